@@ -1,0 +1,144 @@
+//! A packet buffer with headroom, so encapsulation prepends headers in place
+//! instead of copying the frame.
+
+use crate::wire::vxlan::VXLAN_HEADER_LEN;
+
+/// Room kept before the frame: the VXLAN header today, and later a
+/// `virtio_net_hdr` or WireGuard's data header, without moving the frame.
+pub const HEADROOM: usize = 128;
+/// Largest frame the core handles (a 64 KiB super-frame once TSO is on).
+pub const MAX_FRAME: usize = 65_535 + 14;
+
+/// One frame and the space around it. Allocated once per driver slot and reused.
+pub struct PacketBuf {
+    buf: Box<[u8]>,
+    head: usize,
+    len: usize,
+}
+
+impl Default for PacketBuf {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PacketBuf {
+    pub fn new() -> Self {
+        Self {
+            buf: vec![0u8; HEADROOM + MAX_FRAME].into_boxed_slice(),
+            head: HEADROOM,
+            len: 0,
+        }
+    }
+
+    /// Space for a driver to read an Ethernet frame into; call [`Self::set_frame_len`] after.
+    pub fn frame_slot(&mut self) -> &mut [u8] {
+        self.head = HEADROOM;
+        self.len = 0;
+        &mut self.buf[HEADROOM..]
+    }
+
+    /// Space for a driver to read a VXLAN datagram (header + frame) into, placed so
+    /// that the inner frame lands at the usual frame offset; call
+    /// [`Self::set_datagram_len`] after.
+    pub fn datagram_slot(&mut self) -> &mut [u8] {
+        self.head = HEADROOM - VXLAN_HEADER_LEN;
+        self.len = 0;
+        &mut self.buf[HEADROOM - VXLAN_HEADER_LEN..]
+    }
+
+    pub fn set_frame_len(&mut self, len: usize) {
+        self.head = HEADROOM;
+        self.len = len.min(MAX_FRAME);
+    }
+
+    pub fn set_datagram_len(&mut self, len: usize) {
+        self.head = HEADROOM - VXLAN_HEADER_LEN;
+        self.len = len.min(MAX_FRAME + VXLAN_HEADER_LEN);
+    }
+
+    /// Copies `data` in as a frame (tests, benches, replication).
+    pub fn load_frame(&mut self, data: &[u8]) {
+        let n = data.len().min(MAX_FRAME);
+        self.frame_slot()[..n].copy_from_slice(&data[..n]);
+        self.set_frame_len(n);
+    }
+
+    /// Copies `data` in as a datagram (tests, benches).
+    pub fn load_datagram(&mut self, data: &[u8]) {
+        let n = data.len().min(MAX_FRAME + VXLAN_HEADER_LEN);
+        self.datagram_slot()[..n].copy_from_slice(&data[..n]);
+        self.set_datagram_len(n);
+    }
+
+    /// The bytes currently held: a frame, or a datagram before decapsulation.
+    pub fn data(&self) -> &[u8] {
+        &self.buf[self.head..self.head + self.len]
+    }
+
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.head..self.head + self.len]
+    }
+
+    /// Everything from the frame start to the end of the buffer, for a reply that is
+    /// longer than the request; follow with [`Self::set_len`].
+    pub fn frame_room(&mut self) -> &mut [u8] {
+        &mut self.buf[self.head..]
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Grows the data at the front by `n` bytes and returns them.
+    /// Returns `None` (never panics) when the headroom is used up.
+    pub fn push_front(&mut self, n: usize) -> Option<&mut [u8]> {
+        if self.head < n {
+            return None;
+        }
+        self.head -= n;
+        self.len += n;
+        Some(&mut self.buf[self.head..self.head + n])
+    }
+
+    /// Drops `n` bytes from the front (after a header was consumed).
+    pub fn pull_front(&mut self, n: usize) -> bool {
+        if self.len < n {
+            return false;
+        }
+        self.head += n;
+        self.len -= n;
+        true
+    }
+
+    /// Resizes the data in place (a reply that is longer or shorter than the request).
+    pub fn set_len(&mut self, len: usize) -> bool {
+        if self.head + len > self.buf.len() {
+            return false;
+        }
+        self.len = len;
+        true
+    }
+
+    /// The VXLAN datagram made of the header the core wrote just before the frame
+    /// and the frame itself. Valid after an action that sends to a VTEP.
+    pub fn datagram(&self) -> &[u8] {
+        let start = self.head.saturating_sub(VXLAN_HEADER_LEN);
+        &self.buf[start..self.head + self.len]
+    }
+
+    /// Writes the VXLAN header just before the frame without moving `head`, so the
+    /// same buffer serves both local delivery (frame) and remote sends (datagram).
+    pub fn write_vxlan_header(&mut self, vni: u32) -> bool {
+        if self.head < VXLAN_HEADER_LEN {
+            return false;
+        }
+        let start = self.head - VXLAN_HEADER_LEN;
+        crate::wire::vxlan::emit(&mut self.buf[start..self.head], vni);
+        true
+    }
+}

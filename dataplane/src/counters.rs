@@ -1,0 +1,137 @@
+//! Per-worker counters: plain integers on the packet path (one owner, no atomics),
+//! copied out to the control plane now and then.
+
+use serde::Serialize;
+
+/// Why a frame or datagram was dropped. Every drop has one, so operators can tell
+/// an attack from a misconfiguration from a bug.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DropReason {
+    /// Too short, or a header that does not parse.
+    Malformed,
+    /// A VXLAN header without the I flag.
+    BadVxlanHeader,
+    /// A VNI this node has no network for.
+    UnknownVni,
+    /// A datagram from an address that is not a member VTEP of that VNI.
+    NotMember,
+    /// A frame from an endpoint with a source MAC that is not its own.
+    SpoofedSourceMac,
+    /// A frame from an endpoint with a source IP (or ARP sender) that is not its own.
+    SpoofedSourceIp,
+    /// A frame read from a port the current state does not know (it is being removed).
+    UnknownPort,
+    /// A unicast frame from the underlay for a MAC that is not on this node.
+    NoLocalDestination,
+    /// Addressed to the network's gateway; nothing routes yet on this network.
+    NoRoute,
+    /// The learned-FDB table is full; the frame still went out (flooded).
+    LearnedFdbFull,
+    /// Frame larger than the buffer or the headroom allows.
+    TooBig,
+    /// The device or socket refused the write (full queue, gone).
+    TxFailed,
+    /// An EtherType other than ARP, IPv4 and IPv6 (e.g. a VLAN tag) from an endpoint.
+    UnsupportedEtherType,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 13] = [
+        DropReason::Malformed,
+        DropReason::BadVxlanHeader,
+        DropReason::UnknownVni,
+        DropReason::NotMember,
+        DropReason::SpoofedSourceMac,
+        DropReason::SpoofedSourceIp,
+        DropReason::UnknownPort,
+        DropReason::NoLocalDestination,
+        DropReason::NoRoute,
+        DropReason::LearnedFdbFull,
+        DropReason::TooBig,
+        DropReason::TxFailed,
+        DropReason::UnsupportedEtherType,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "malformed",
+            DropReason::BadVxlanHeader => "bad_vxlan_header",
+            DropReason::UnknownVni => "unknown_vni",
+            DropReason::NotMember => "not_member",
+            DropReason::SpoofedSourceMac => "spoofed_source_mac",
+            DropReason::SpoofedSourceIp => "spoofed_source_ip",
+            DropReason::UnknownPort => "unknown_port",
+            DropReason::NoLocalDestination => "no_local_destination",
+            DropReason::NoRoute => "no_route",
+            DropReason::LearnedFdbFull => "learned_fdb_full",
+            DropReason::TooBig => "too_big",
+            DropReason::TxFailed => "tx_failed",
+            DropReason::UnsupportedEtherType => "unsupported_ether_type",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Counters {
+    /// Frames read from local ports.
+    pub port_rx: u64,
+    /// Frames written to local ports.
+    pub port_tx: u64,
+    /// VXLAN datagrams received from the underlay.
+    pub underlay_rx: u64,
+    /// VXLAN datagrams sent to the underlay (one per VTEP for replicated frames).
+    pub underlay_tx: u64,
+    /// ARP replies and neighbour advertisements the agent answered itself.
+    pub neighbor_replies: u64,
+    /// Frames replicated because their destination was broadcast, multicast or unknown.
+    pub flooded: u64,
+    /// MACs learned from static peer VTEPs.
+    pub learned: u64,
+    pub drops: [u64; DropReason::ALL.len()],
+}
+
+impl Counters {
+    #[inline]
+    pub fn drop(&mut self, r: DropReason) {
+        self.drops[r as usize] += 1;
+    }
+
+    pub fn dropped(&self, r: DropReason) -> u64 {
+        self.drops[r as usize]
+    }
+
+    /// Sums another worker's counters into these.
+    pub fn add(&mut self, o: &Counters) {
+        self.port_rx += o.port_rx;
+        self.port_tx += o.port_tx;
+        self.underlay_rx += o.underlay_rx;
+        self.underlay_tx += o.underlay_tx;
+        self.neighbor_replies += o.neighbor_replies;
+        self.flooded += o.flooded;
+        self.learned += o.learned;
+        for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
+            *a += b;
+        }
+    }
+
+    /// Drops as (reason, count) pairs, for the API.
+    pub fn drops_by_reason(&self) -> Vec<(&'static str, u64)> {
+        DropReason::ALL
+            .iter()
+            .map(|r| (r.as_str(), self.dropped(*r)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_is_in_discriminant_order() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+    }
+}

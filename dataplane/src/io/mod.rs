@@ -1,0 +1,6 @@
+//! Drivers: thin code that moves buffers between devices, sockets and the core.
+
+pub mod packet_socket;
+pub mod tap;
+pub mod underlay;
+pub mod worker;

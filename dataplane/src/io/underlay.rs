@@ -1,0 +1,50 @@
+//! The underlay: one socket that receives VXLAN on 4789, and a small pool of send
+//! sockets on distinct source ports.
+//!
+//! RFC 7348 wants the outer source port to follow the inner flow (for ECMP and the
+//! receiver's RSS). A kernel UDP socket has one source port, so the worker picks a
+//! socket of the pool by the inner flow's hash. Kernel UDP sockets also fill in a
+//! real outer checksum, which the receiver's UDP GRO needs.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+
+pub struct Underlay {
+    pub rx: UdpSocket,
+    tx: Vec<UdpSocket>,
+    port: u16,
+}
+
+impl Underlay {
+    /// Binds `[::]`/`0.0.0.0`:`port` for receiving and `pool` send sockets on
+    /// `local` (so datagrams leave from the advertised address that peers check).
+    pub fn bind(local: IpAddr, port: u16, pool: usize) -> io::Result<Self> {
+        let any: IpAddr = match local {
+            IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        };
+        let rx = UdpSocket::bind(SocketAddr::new(any, port))?;
+        rx.set_nonblocking(true)?;
+        let tx = (0..pool.max(1))
+            .map(|_| {
+                let s = UdpSocket::bind(SocketAddr::new(local, 0))?;
+                s.set_nonblocking(true)?;
+                Ok(s)
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok(Self { rx, tx, port })
+    }
+
+    /// Sends one VXLAN datagram to `vtep` from the socket that `flow_hash` selects.
+    pub fn send(&self, flow_hash: u32, vtep: IpAddr, datagram: &[u8]) -> io::Result<()> {
+        let s = &self.tx[flow_hash as usize % self.tx.len()];
+        s.send_to(datagram, SocketAddr::new(vtep, self.port)).map(|_| ())
+    }
+
+    pub fn source_ports(&self) -> Vec<u16> {
+        self.tx
+            .iter()
+            .filter_map(|s| s.local_addr().ok().map(|a| a.port()))
+            .collect()
+    }
+}

@@ -1,0 +1,271 @@
+use super::*;
+use crate::wire::neighbor::tests::{arp_request, solicitation};
+use etherparse::PacketBuilder;
+use std::net::Ipv4Addr;
+
+const A: Mac = [2, 0, 0, 0, 0, 0xa];
+const B: Mac = [2, 0, 0, 0, 0, 0xb];
+const R: Mac = [2, 0, 0, 0, 0, 0xc];
+const GW: Mac = [2, 0x56, 0x58, 0, 0, 7];
+const VNI: u32 = 7;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn state() -> SwitchState {
+    let mut net = NetworkView {
+        vni: VNI,
+        gateway_mac: GW,
+        gateways: vec![ip("10.0.0.1")],
+        members: vec![ip("192.0.2.2"), ip("192.0.2.9")],
+        static_peers: vec![ip("192.0.2.9")],
+        local_ports: vec![PortId(1), PortId(2)],
+        ..Default::default()
+    };
+    net.macs.insert(A, Location::Local(PortId(1)));
+    net.macs.insert(B, Location::Local(PortId(2)));
+    net.macs.insert(R, Location::Remote(ip("192.0.2.2")));
+    for (i, m) in [("10.0.0.10", A), ("10.0.0.11", B), ("10.0.0.12", R), ("10.0.0.1", GW)] {
+        net.neighbors.insert(ip(i), m);
+    }
+    net.neighbors.insert(ip("fd00::12"), R);
+    let mut st = SwitchState::default();
+    st.networks.insert(VNI, net);
+    st.ports.insert(
+        PortId(1),
+        PortView { vni: VNI, mac: A, ips: vec![ip("10.0.0.10"), ip("fd00::10")] },
+    );
+    st.ports.insert(PortId(2), PortView { vni: VNI, mac: B, ips: vec![ip("10.0.0.11")] });
+    st
+}
+
+fn udp(src: Mac, dst: Mac, sip: [u8; 4], dip: [u8; 4], len: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(src, dst)
+        .ipv4(sip, dip, 64)
+        .udp(1000, 2000)
+        .write(&mut out, &vec![0x5a; len])
+        .unwrap();
+    out
+}
+
+fn buf(frame: &[u8]) -> PacketBuf {
+    let mut b = PacketBuf::new();
+    b.load_frame(frame);
+    b
+}
+
+fn datagram(vni: u32, frame: &[u8]) -> PacketBuf {
+    let mut d = vec![0u8; 8];
+    crate::wire::vxlan::emit(&mut d, vni);
+    d.extend_from_slice(frame);
+    let mut b = PacketBuf::new();
+    b.load_datagram(&d);
+    b
+}
+
+#[test]
+fn local_unicast_is_delivered() {
+    let st = state();
+    let mut sw = Switch::new(16);
+    let f = udp(A, B, [10, 0, 0, 10], [10, 0, 0, 11], 100);
+    let mut b = buf(&f);
+    assert_eq!(sw.from_port(&st, PortId(1), &mut b, 0), Action::Deliver(PortId(2)));
+    assert_eq!(b.data(), &f[..]);
+}
+
+#[test]
+fn remote_unicast_is_encapsulated_per_rfc7348() {
+    let st = state();
+    let mut sw = Switch::new(16);
+    let f = udp(A, R, [10, 0, 0, 10], [10, 0, 0, 12], 1400);
+    let mut b = buf(&f);
+    let a = sw.from_port(&st, PortId(1), &mut b, 0);
+    assert!(matches!(a, Action::Encap { vtep, .. } if vtep == ip("192.0.2.2")));
+    let d = b.datagram();
+    assert_eq!(&d[..8], &[0x08, 0, 0, 0, 0, 0, 7, 0]);
+    assert_eq!(&d[8..], &f[..]);
+}
+
+#[test]
+fn broadcast_floods_to_other_ports_and_every_member() {
+    let st = state();
+    let mut sw = Switch::new(16);
+    let f = arp_request(A, [10, 0, 0, 10], [10, 0, 0, 99]);
+    let mut b = buf(&f);
+    match sw.from_port(&st, PortId(1), &mut b, 0) {
+        Action::Flood { ports, skip, vteps, .. } => {
+            assert_eq!(ports, &[PortId(1), PortId(2)]);
+            assert_eq!(skip, Some(PortId(1)));
+            assert_eq!(vteps, &[ip("192.0.2.2"), ip("192.0.2.9")]);
+        }
+        a => panic!("{a:?}"),
+    }
+    assert_eq!(&b.datagram()[8..], &f[..]);
+}
+
+#[test]
+fn arp_for_known_endpoint_and_gateway_is_answered() {
+    let st = state();
+    let mut sw = Switch::new(16);
+    for (target, mac) in [([10, 0, 0, 12], R), ([10, 0, 0, 1], GW)] {
+        let mut b = buf(&arp_request(A, [10, 0, 0, 10], target));
+        assert_eq!(sw.from_port(&st, PortId(1), &mut b, 0), Action::Reply(PortId(1)));
+        let rep = neighbor::parse_arp(b.data()).unwrap();
+        assert!(!rep.is_request);
+        assert_eq!(rep.sender_mac, mac);
+        assert_eq!(rep.sender_ip, Ipv4Addr::from(target));
+    }
+    // a probe for its own address (duplicate address detection) is not answered
+    let mut b = buf(&arp_request(A, [0, 0, 0, 0], [10, 0, 0, 10]));
+    assert!(matches!(sw.from_port(&st, PortId(1), &mut b, 0), Action::Flood { .. }));
+    assert_eq!(sw.counters.neighbor_replies, 2);
+}
+
+#[test]
+fn neighbor_solicitation_for_known_endpoint_is_answered() {
+    let st = state();
+    let mut sw = Switch::new(16);
+    let mut b = buf(&solicitation(A, "fd00::10".parse().unwrap(), "fd00::12".parse().unwrap()));
+    assert_eq!(sw.from_port(&st, PortId(1), &mut b, 0), Action::Reply(PortId(1)));
+    assert_eq!(b.len(), 86);
+    assert_eq!(&b.data()[6..12], &R);
+}
+
+#[test]
+fn spoofed_sources_are_dropped_and_counted() {
+    let st = state();
+    let mut sw = Switch::new(16);
+    let cases = [
+        (udp(B, R, [10, 0, 0, 10], [10, 0, 0, 12], 10), DropReason::SpoofedSourceMac),
+        (udp(A, R, [10, 0, 0, 11], [10, 0, 0, 12], 10), DropReason::SpoofedSourceIp),
+        (arp_request(A, [10, 0, 0, 11], [10, 0, 0, 12]), DropReason::SpoofedSourceIp),
+        (vec![1, 2, 3], DropReason::Malformed),
+    ];
+    for (f, why) in cases {
+        let before = sw.counters.dropped(why);
+        let mut b = buf(&f);
+        assert_eq!(sw.from_port(&st, PortId(1), &mut b, 0), Action::Drop(why));
+        assert_eq!(sw.counters.dropped(why), before + 1);
+    }
+    let mut vlan = udp(A, R, [10, 0, 0, 10], [10, 0, 0, 12], 10);
+    vlan[12..14].copy_from_slice(&[0x81, 0x00]);
+    let mut b = buf(&vlan);
+    assert_eq!(
+        sw.from_port(&st, PortId(1), &mut b, 0),
+        Action::Drop(DropReason::UnsupportedEtherType)
+    );
+    let mut b = buf(&udp(A, B, [10, 0, 0, 10], [10, 0, 0, 11], 10));
+    assert_eq!(
+        sw.from_port(&st, PortId(99), &mut b, 0),
+        Action::Drop(DropReason::UnknownPort)
+    );
+}
+
+#[test]
+fn frames_for_the_gateway_have_no_route_yet() {
+    let st = state();
+    let mut sw = Switch::new(16);
+    let mut b = buf(&udp(A, GW, [10, 0, 0, 10], [8, 8, 8, 8], 10));
+    assert_eq!(sw.from_port(&st, PortId(1), &mut b, 0), Action::Drop(DropReason::NoRoute));
+}
+
+#[test]
+fn underlay_datagrams_are_checked_then_delivered() {
+    let st = state();
+    let mut sw = Switch::new(16);
+    let f = udp(R, A, [10, 0, 0, 12], [10, 0, 0, 10], 200);
+    let mut b = datagram(VNI, &f);
+    assert_eq!(sw.from_underlay(&st, ip("192.0.2.2"), &mut b, 0), Action::Deliver(PortId(1)));
+    assert_eq!(b.data(), &f[..]);
+
+    let mut b = datagram(VNI, &f);
+    assert_eq!(
+        sw.from_underlay(&st, ip("192.0.2.77"), &mut b, 0),
+        Action::Drop(DropReason::NotMember)
+    );
+    let mut b = datagram(99, &f);
+    assert_eq!(
+        sw.from_underlay(&st, ip("192.0.2.2"), &mut b, 0),
+        Action::Drop(DropReason::UnknownVni)
+    );
+    let mut b = datagram(VNI, &f);
+    b.data_mut()[0] = 0;
+    assert_eq!(
+        sw.from_underlay(&st, ip("192.0.2.2"), &mut b, 0),
+        Action::Drop(DropReason::BadVxlanHeader)
+    );
+    // R lives on 192.0.2.2: the static peer may not claim it
+    let mut b = datagram(VNI, &f);
+    assert_eq!(
+        sw.from_underlay(&st, ip("192.0.2.9"), &mut b, 0),
+        Action::Drop(DropReason::SpoofedSourceMac)
+    );
+    let mut b = datagram(VNI, &udp(R, [2, 9, 9, 9, 9, 9], [10, 0, 0, 12], [10, 0, 0, 10], 20));
+    assert_eq!(
+        sw.from_underlay(&st, ip("192.0.2.2"), &mut b, 0),
+        Action::Drop(DropReason::NoLocalDestination)
+    );
+}
+
+#[test]
+fn broadcast_from_underlay_goes_to_local_ports_only() {
+    let st = state();
+    let mut sw = Switch::new(16);
+    let mut b = datagram(VNI, &arp_request(R, [10, 0, 0, 12], [10, 0, 0, 10]));
+    match sw.from_underlay(&st, ip("192.0.2.2"), &mut b, 0) {
+        Action::Flood { ports, skip, vteps, .. } => {
+            assert_eq!(ports.len(), 2);
+            assert_eq!(skip, None);
+            assert!(vteps.is_empty());
+        }
+        a => panic!("{a:?}"),
+    }
+}
+
+#[test]
+fn macs_behind_static_peers_are_learned() {
+    let st = state();
+    let mut sw = Switch::new(16);
+    let k: Mac = [2, 0x4b, 0, 0, 0, 1];
+    // unknown unicast to K floods first
+    let mut b = buf(&udp(A, k, [10, 0, 0, 10], [10, 0, 0, 200], 10));
+    assert!(matches!(sw.from_port(&st, PortId(1), &mut b, 0), Action::Flood { .. }));
+    // K speaks through the static peer, and is learned
+    let mut b = datagram(VNI, &arp_request(k, [10, 0, 0, 200], [10, 0, 0, 10]));
+    assert!(matches!(sw.from_underlay(&st, ip("192.0.2.9"), &mut b, 1), Action::Flood { .. }));
+    assert_eq!(sw.counters.learned, 1);
+    let mut b = buf(&udp(A, k, [10, 0, 0, 10], [10, 0, 0, 200], 10));
+    assert!(matches!(
+        sw.from_port(&st, PortId(1), &mut b, 2),
+        Action::Encap { vtep, .. } if vtep == ip("192.0.2.9")
+    ));
+    // a MAC from a vxmesh member is not learned (the control plane knows its own)
+    let mut b = datagram(VNI, &arp_request([2, 7, 7, 7, 7, 7], [10, 0, 0, 201], [10, 0, 0, 10]));
+    sw.from_underlay(&st, ip("192.0.2.2"), &mut b, 3);
+    assert_eq!(sw.learned_len(), 1);
+    // the peer is removed from the network: what it taught is forgotten
+    let mut st2 = st.clone();
+    st2.networks.get_mut(&VNI).unwrap().static_peers.clear();
+    sw.prune_learned(&st2);
+    assert_eq!(sw.learned_len(), 0);
+}
+
+proptest::proptest! {
+    #[test]
+    fn never_panics_on_any_input(data in proptest::collection::vec(proptest::num::u8::ANY, 0..200), vxlan_hdr in proptest::bool::ANY) {
+        let st = state();
+        let mut sw = Switch::new(4);
+        let mut b = PacketBuf::new();
+        b.load_frame(&data);
+        let _ = sw.from_port(&st, PortId(1), &mut b, 0);
+        let mut d = data.clone();
+        if vxlan_hdr && d.len() >= 8 { crate::wire::vxlan::emit(&mut d[..8], VNI); }
+        b.load_datagram(&d);
+        let _ = sw.from_underlay(&st, ip("192.0.2.9"), &mut b, 0);
+        let mut b = PacketBuf::new();
+        b.load_datagram(&d);
+        let _ = sw.from_underlay(&st, ip("192.0.2.2"), &mut b, 0);
+    }
+}

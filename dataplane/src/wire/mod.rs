@@ -1,0 +1,5 @@
+//! Wire formats etherparse does not cover, and small helpers over the ones it does.
+
+pub mod flow_hash;
+pub mod neighbor;
+pub mod vxlan;
