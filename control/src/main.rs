@@ -1,1 +1,8 @@
-fn main() {}
+//! `vxmesh`: the agent and its CLI in one binary.
+
+fn main() {
+    if let Err(e) = vxmesh_control::cli::main() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

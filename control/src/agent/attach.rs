@@ -1,0 +1,152 @@
+//! Giving an endpoint its interface: a TAP the agent creates and moves into the
+//! container's namespace, or a user-made veth whose host end the agent reads.
+//! Either way the container side gets the endpoint's name, MAC, addresses, MTU and a
+//! default route via the network's gateway.
+
+use super::iproute::{ethtool_in, ip, ip_in, PlumbError};
+use crate::state::{Endpoint, Network};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+use vxmesh_dataplane::io::{packet_socket, tap};
+
+#[derive(Debug, Error)]
+pub enum AttachError {
+    #[error("network namespace {0} not found (looked for {1}): create it (ip netns add NAME) or pass a path to a namespace file")]
+    NetnsNotFound(String, String),
+    #[error("namespace {netns} already has an interface named {ifname}: pass another --ifname")]
+    IfnameTaken { netns: String, ifname: String },
+    #[error("--veth {0}: no such interface in the agent's namespace")]
+    NoVeth(String),
+    #[error("--veth {0} is not a veth whose other end is in namespace {1}")]
+    NotAVethIntoNetns(String, String),
+    #[error("cannot create TAP {0}: {1}")]
+    Tap(String, std::io::Error),
+    #[error("cannot read veth {0}: {1}")]
+    PacketSocket(String, std::io::Error),
+    #[error(transparent)]
+    Plumb(#[from] PlumbError),
+}
+
+/// `/run/netns/NAME` for a name, the path itself for a path.
+pub fn netns_path(netns: &str) -> PathBuf {
+    if netns.contains('/') {
+        PathBuf::from(netns)
+    } else {
+        Path::new("/run/netns").join(netns)
+    }
+}
+
+/// Checks what can be checked before anything is created or stored.
+pub async fn precheck(netns: &str, ifname: &str, veth: Option<&str>) -> Result<(), AttachError> {
+    let path = netns_path(netns);
+    if !path.exists() {
+        return Err(AttachError::NetnsNotFound(netns.into(), path.display().to_string()));
+    }
+    if let Some(v) = veth {
+        if ip(&["link", "show", "dev", v]).await.is_err() {
+            return Err(AttachError::NoVeth(v.into()));
+        }
+        if veth_peer(&path, v).await?.is_none() {
+            return Err(AttachError::NotAVethIntoNetns(v.into(), netns.into()));
+        }
+    } else if ip_in(&path, &["link", "show", "dev", ifname]).await.is_ok() {
+        return Err(AttachError::IfnameTaken {
+            netns: netns.into(),
+            ifname: ifname.into(),
+        });
+    }
+    Ok(())
+}
+
+/// The TAP's name while it is still in the agent's namespace: unique per endpoint.
+pub fn tap_name(ep: &Endpoint) -> String {
+    format!("vx{}", &ep.id[..ep.id.len().min(12)])
+}
+
+/// Creates the endpoint's interface and returns the fd the worker reads and writes.
+/// On failure nothing is left behind: a TAP dies with its fd.
+pub async fn attach(ep: &Endpoint, net: &Network, mtu: u32) -> Result<OwnedFd, AttachError> {
+    let path = netns_path(&ep.netns);
+    if !path.exists() {
+        return Err(AttachError::NetnsNotFound(ep.netns.clone(), path.display().to_string()));
+    }
+    match &ep.veth {
+        None => {
+            let name = tap_name(ep);
+            let fd = tap::create(&name).map_err(|e| AttachError::Tap(name.clone(), e))?;
+            let ns = path.display().to_string();
+            ip(&["link", "set", "dev", &name, "netns", &ns]).await?;
+            ip_in(&path, &["link", "set", "dev", &name, "name", &ep.ifname]).await?;
+            configure(&path, ep, net, mtu).await?;
+            Ok(fd)
+        }
+        Some(host) => {
+            let peer = veth_peer(&path, host)
+                .await?
+                .ok_or_else(|| AttachError::NotAVethIntoNetns(host.clone(), ep.netns.clone()))?;
+            if peer != ep.ifname {
+                ip_in(&path, &["link", "set", "dev", &peer, "down"]).await?;
+                ip_in(&path, &["link", "set", "dev", &peer, "name", &ep.ifname]).await?;
+            }
+            // The host end hands the agent whatever the container end sends; with
+            // offloads on that would be unchecksummed super-frames.
+            ethtool_in(&path, &["-K", &ep.ifname, "tx", "off", "tso", "off", "gso", "off"]).await?;
+            configure(&path, ep, net, mtu).await?;
+            let m = mtu.to_string();
+            ip(&["link", "set", "dev", host, "mtu", &m, "up"]).await?;
+            packet_socket::open(host).map_err(|e| AttachError::PacketSocket(host.clone(), e))
+        }
+    }
+}
+
+/// The name, inside `netns`, of the other end of veth `host`.
+async fn veth_peer(netns: &Path, host: &str) -> Result<Option<String>, AttachError> {
+    let out = ip(&["-j", "link", "show", "dev", host])
+        .await
+        .map_err(|_| AttachError::NoVeth(host.into()))?;
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    let Some(peer_index) = v[0]["link_index"].as_u64() else {
+        return Ok(None);
+    };
+    let out = ip_in(netns, &["-j", "link", "show"]).await?;
+    let links: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    Ok(links.as_array().into_iter().flatten().find_map(|l| {
+        (l["ifindex"].as_u64() == Some(peer_index))
+            .then(|| l["ifname"].as_str().map(String::from))
+            .flatten()
+    }))
+}
+
+async fn configure(ns: &Path, ep: &Endpoint, net: &Network, mtu: u32) -> Result<(), AttachError> {
+    let m = mtu.to_string();
+    let dev = ep.ifname.as_str();
+    ip_in(ns, &["link", "set", "dev", dev, "address", &ep.mac, "mtu", &m]).await?;
+    for addr in &ep.ips {
+        let Some(subnet) = net.subnets.iter().find(|s| s.contains(addr)) else {
+            continue;
+        };
+        let cidr = format!("{addr}/{}", subnet.prefix_len());
+        let mut args = vec!["addr", "add", cidr.as_str(), "dev", dev];
+        if addr.is_ipv6() {
+            args.push("nodad");
+        }
+        if let Err(e) = ip_in(ns, &args).await {
+            if !e.exists() {
+                return Err(e.into());
+            }
+        }
+    }
+    ip_in(ns, &["link", "set", "dev", dev, "up"]).await?;
+    for gw in &net.gateways {
+        let g = gw.to_string();
+        let family = if gw.is_ipv6() { "-6" } else { "-4" };
+        // A namespace already routed elsewhere (another network) keeps its default.
+        if let Err(e) = ip_in(ns, &[family, "route", "add", "default", "via", &g, "dev", dev]).await {
+            if !e.exists() {
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,73 @@
+//! Link plumbing through iproute2 (`ip`) and util-linux (`nsenter`), the tools every
+//! Linux host has: moving a TAP into a container namespace, naming it, addressing
+//! it, routing through the gateway. Each call is one process, off the packet path.
+
+use std::path::Path;
+use thiserror::Error;
+use tokio::process::Command;
+
+#[derive(Debug, Error)]
+pub enum PlumbError {
+    #[error("`{cmd}` failed: {stderr}")]
+    Failed { cmd: String, stderr: String },
+    #[error("cannot run `{cmd}`: {source} (is iproute2/util-linux/ethtool installed?)")]
+    Spawn { cmd: String, source: std::io::Error },
+}
+
+impl PlumbError {
+    /// Whether the tool said the object already exists (an idempotent add).
+    pub fn exists(&self) -> bool {
+        matches!(self, PlumbError::Failed { stderr, .. } if stderr.contains("File exists"))
+    }
+}
+
+async fn run(program: &str, args: &[&str]) -> Result<String, PlumbError> {
+    let cmd = format!("{program} {}", args.join(" "));
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .await
+        .map_err(|source| PlumbError::Spawn { cmd: cmd.clone(), source })?;
+    if !out.status.success() {
+        return Err(PlumbError::Failed {
+            cmd,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `ip ARGS` in the agent's own namespace.
+pub async fn ip(args: &[&str]) -> Result<String, PlumbError> {
+    run("ip", args).await
+}
+
+/// `ip ARGS` inside the namespace at `netns`.
+pub async fn ip_in(netns: &Path, args: &[&str]) -> Result<String, PlumbError> {
+    let net = format!("--net={}", netns.display());
+    let mut a = vec![net.as_str(), "ip"];
+    a.extend_from_slice(args);
+    run("nsenter", &a).await
+}
+
+/// `ethtool ARGS` inside the namespace at `netns`.
+pub async fn ethtool_in(netns: &Path, args: &[&str]) -> Result<String, PlumbError> {
+    let net = format!("--net={}", netns.display());
+    let mut a = vec![net.as_str(), "ethtool"];
+    a.extend_from_slice(args);
+    run("nsenter", &a).await
+}
+
+/// The MTU of the interface that holds `addr` in the agent's namespace.
+pub async fn mtu_of_address(addr: std::net::IpAddr) -> Result<Option<u32>, PlumbError> {
+    let out = ip(&["-j", "addr", "show"]).await?;
+    let links: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    let want = addr.to_string();
+    Ok(links.as_array().into_iter().flatten().find_map(|l| {
+        let has = l["addr_info"]
+            .as_array()?
+            .iter()
+            .any(|a| a["local"].as_str() == Some(want.as_str()));
+        has.then(|| l["mtu"].as_u64().map(|m| m as u32)).flatten()
+    }))
+}

@@ -1,0 +1,302 @@
+//! The node agent: owns this node's ports and dataplane worker, follows the store,
+//! and serves the API the CLI talks to.
+
+pub mod attach;
+pub mod iproute;
+pub mod switch_state;
+
+use crate::state::{ipam, ops, ClusterState, Endpoint, EndpointSpec, Node, StateError};
+use crate::store::{self, Snapshot, Store, UpdateError};
+use anyhow::Context;
+use rustc_hash::FxHashMap;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+use vxmesh_dataplane::io::underlay::Underlay;
+use vxmesh_dataplane::io::worker::WorkerHandle;
+use vxmesh_dataplane::{Counters, PortId, VXLAN_PORT};
+
+/// Bytes VXLAN adds over IPv4: outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14.
+pub const VXLAN_OVERHEAD_V4: u32 = 50;
+/// Over IPv6 the outer header is 40 bytes.
+pub const VXLAN_OVERHEAD_V6: u32 = 70;
+/// Send sockets, i.e. distinct outer source ports flows are spread over.
+const SOURCE_PORTS: usize = 8;
+const MAX_LEARNED_MACS: usize = 16_384;
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub node: String,
+    pub advertise_addr: IpAddr,
+    pub store: String,
+    pub data_dir: PathBuf,
+    pub api: PathBuf,
+}
+
+#[derive(Debug, Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Update(#[from] UpdateError),
+    #[error(transparent)]
+    Attach(#[from] attach::AttachError),
+    #[error("the store call did not finish: {0}")]
+    Join(String),
+}
+
+impl From<StateError> for AgentError {
+    fn from(e: StateError) -> Self {
+        AgentError::Update(UpdateError::State(e))
+    }
+}
+
+struct LocalPort {
+    port: PortId,
+}
+
+#[derive(Default)]
+struct LocalPorts {
+    by_endpoint: HashMap<String, LocalPort>,
+    next: u32,
+    /// Endpoints whose interface could not be made, and why; not retried until
+    /// they change, so one bad endpoint does not flood the log.
+    failed: HashMap<String, Endpoint>,
+}
+
+pub struct Agent {
+    pub node: String,
+    pub advertise_addr: IpAddr,
+    pub endpoint_mtu: u32,
+    store: Arc<dyn Store>,
+    worker: WorkerHandle,
+    ports: tokio::sync::Mutex<LocalPorts>,
+}
+
+impl Agent {
+    pub async fn start(cfg: &AgentConfig) -> anyhow::Result<Arc<Agent>> {
+        let store: Arc<dyn Store> = {
+            let url = cfg.store.clone();
+            Arc::from(tokio::task::spawn_blocking(move || store::open(&url)).await??)
+        };
+        let underlay_mtu = iproute::mtu_of_address(cfg.advertise_addr)
+            .await?
+            .with_context(|| {
+                format!(
+                    "--advertise-addr {} is not an address of this node's interfaces (ip addr): pass one that is",
+                    cfg.advertise_addr
+                )
+            })?;
+        let overhead = if cfg.advertise_addr.is_ipv4() { VXLAN_OVERHEAD_V4 } else { VXLAN_OVERHEAD_V6 };
+        let underlay = Underlay::bind(cfg.advertise_addr, VXLAN_PORT, SOURCE_PORTS).with_context(|| {
+            format!("cannot bind the VXLAN underlay socket (udp/{VXLAN_PORT}, {}): is another VXLAN endpoint using it?", cfg.advertise_addr)
+        })?;
+        tracing::info!(source_ports = ?underlay.source_ports(), "underlay bound on udp/{VXLAN_PORT}");
+        let worker = WorkerHandle::spawn(underlay, MAX_LEARNED_MACS)?;
+        let agent = Arc::new(Agent {
+            node: cfg.node.clone(),
+            advertise_addr: cfg.advertise_addr,
+            endpoint_mtu: underlay_mtu.saturating_sub(overhead),
+            store,
+            worker,
+            ports: tokio::sync::Mutex::new(LocalPorts { next: 1, ..Default::default() }),
+        });
+        let me = Node {
+            name: cfg.node.clone(),
+            advertise_addr: cfg.advertise_addr,
+            public_key: None,
+            ingress: true,
+            labels: Default::default(),
+            last_seen: crate::state::model::unix_now(),
+        };
+        agent
+            .transact(move |st| {
+                let mut n = me.clone();
+                if let Some(old) = st.nodes.get(&n.name) {
+                    n.labels = old.labels.clone();
+                    n.ingress = old.ingress;
+                }
+                ops::upsert_node(st, n)
+            })
+            .await
+            .context("cannot register this node in the store")?;
+        tracing::info!(node = %cfg.node, addr = %cfg.advertise_addr, mtu = agent.endpoint_mtu, store = %agent.store.describe(), "agent started");
+        Ok(agent)
+    }
+
+    /// Runs a state operation in a store transaction, off the async threads.
+    pub async fn transact<T: Send + 'static>(
+        &self,
+        f: impl FnMut(&mut ClusterState) -> Result<T, StateError> + Send + 'static,
+    ) -> Result<T, AgentError> {
+        let s = self.store.clone();
+        tokio::task::spawn_blocking(move || store::transact(&*s, f))
+            .await
+            .map_err(|e| AgentError::Join(e.to_string()))?
+            .map_err(AgentError::from)
+    }
+
+    pub async fn load(&self) -> Result<Snapshot, AgentError> {
+        let s = self.store.clone();
+        tokio::task::spawn_blocking(move || s.load())
+            .await
+            .map_err(|e| AgentError::Join(e.to_string()))?
+            .map_err(|e| AgentError::Update(e.into()))
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.worker.counters()
+    }
+
+    pub fn store_name(&self) -> String {
+        self.store.describe()
+    }
+
+    /// Follows the store and applies every change, forever. While the store is
+    /// unreachable the worker keeps the last state it was given.
+    pub async fn follow(self: Arc<Self>) {
+        let mut rev = u64::MAX;
+        loop {
+            match self.load().await {
+                Ok(snap) => {
+                    let r = snap.revision;
+                    if r != rev {
+                        self.reconcile(snap).await;
+                        rev = r;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "store read failed; forwarding on the last state"),
+            }
+            let s = self.store.clone();
+            let since = rev;
+            let waited = tokio::task::spawn_blocking(move || s.wait_change(since, Duration::from_secs(2))).await;
+            if !matches!(waited, Ok(Ok(_))) {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+
+    /// Makes this node's ports and switch match `snap`.
+    async fn reconcile(&self, snap: Snapshot) {
+        let st = &snap.state;
+        let mut ports = self.ports.lock().await;
+        let gone: Vec<String> = ports
+            .by_endpoint
+            .keys()
+            .filter(|id| st.endpoints.get(*id).is_none_or(|e| e.node != self.node))
+            .cloned()
+            .collect();
+        for id in gone {
+            if let Some(p) = ports.by_endpoint.remove(&id) {
+                self.worker.remove_port(p.port);
+                tracing::info!(endpoint = %id, "endpoint removed; port closed");
+            }
+        }
+        ports.failed.retain(|id, ep| st.endpoints.get(id) == Some(ep));
+        let missing: Vec<Endpoint> = st
+            .endpoints
+            .values()
+            .filter(|e| e.node == self.node && !ports.by_endpoint.contains_key(&e.id) && !ports.failed.contains_key(&e.id))
+            .cloned()
+            .collect();
+        for ep in missing {
+            // An endpoint this node owns but has no port for: made by an earlier run
+            // of the agent (a TAP dies with its process), so make it again.
+            let Some(net) = st.networks.get(&ep.network) else { continue };
+            match attach::attach(&ep, net, self.endpoint_mtu).await {
+                Ok(fd) => {
+                    let port = self.add_port(&mut ports, &ep.id, fd);
+                    tracing::info!(endpoint = %ep.id, port = port.0, "endpoint attached");
+                }
+                Err(e) => {
+                    tracing::warn!(endpoint = %ep.id, error = %e, "cannot attach endpoint");
+                    ports.failed.insert(ep.id.clone(), ep);
+                }
+            }
+        }
+        self.publish(st, &ports);
+    }
+
+    fn add_port(&self, ports: &mut LocalPorts, id: &str, fd: std::os::fd::OwnedFd) -> PortId {
+        let port = PortId(ports.next);
+        ports.next += 1;
+        self.worker.add_port(port, fd);
+        ports.by_endpoint.insert(id.to_string(), LocalPort { port });
+        port
+    }
+
+    fn publish(&self, st: &ClusterState, ports: &LocalPorts) {
+        let local: FxHashMap<String, PortId> =
+            ports.by_endpoint.iter().map(|(k, v)| (k.clone(), v.port)).collect();
+        self.worker.publish(switch_state::build(st, &self.node, &local));
+    }
+
+    /// Creates an endpoint on this node: checks, stores, attaches; on any failure
+    /// nothing stays behind (neither the store entry nor the device).
+    pub async fn create_endpoint(&self, spec: EndpointSpec) -> Result<Endpoint, AgentError> {
+        let ifname = spec.ifname.clone().unwrap_or_else(|| "eth0".into());
+        attach::precheck(&spec.netns, &ifname, spec.veth.as_deref()).await?;
+        let mut ports = self.ports.lock().await;
+        let node = self.node.clone();
+        let id = new_id();
+        let ep = self
+            .transact(move |st| ops::create_endpoint(st, &spec, &node, id.clone(), ipam::random_mac))
+            .await?;
+        let snap = self.load().await?;
+        let attached = match snap.state.networks.get(&ep.network) {
+            Some(net) => attach::attach(&ep, net, self.endpoint_mtu).await.map_err(AgentError::from),
+            None => Err(StateError::NotFound(format!("network {} was removed meanwhile", ep.network)).into()),
+        };
+        match attached {
+            Ok(fd) => {
+                self.add_port(&mut ports, &ep.id, fd);
+                self.publish(&snap.state, &ports);
+                Ok(ep)
+            }
+            Err(e) => {
+                let id = ep.id.clone();
+                if let Err(undo) = self.transact(move |st| ops::remove_endpoint(st, &id)).await {
+                    tracing::error!(endpoint = %ep.id, error = %undo, "cannot undo a failed endpoint create");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    pub async fn remove_endpoint(&self, id: String) -> Result<Endpoint, AgentError> {
+        let mut ports = self.ports.lock().await;
+        let ep = self.transact(move |st| ops::remove_endpoint(st, &id)).await?;
+        if let Some(p) = ports.by_endpoint.remove(&ep.id) {
+            self.worker.remove_port(p.port);
+        }
+        if let Ok(snap) = self.load().await {
+            self.publish(&snap.state, &ports);
+        }
+        Ok(ep)
+    }
+}
+
+/// A 16-hex-digit endpoint id (the TAP name takes the first 12).
+fn new_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// Runs an agent until SIGINT or SIGTERM.
+pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create --data-dir {}", cfg.data_dir.display()))?;
+    let agent = Agent::start(&cfg).await?;
+    let listener = crate::api::server::bind(&cfg.api)?;
+    tokio::spawn(agent.clone().follow());
+    let api = tokio::spawn(crate::api::server::serve(listener, agent.clone()));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        r = api => { r??; }
+    }
+    tracing::info!("stopping");
+    let _ = std::fs::remove_file(&cfg.api);
+    Ok(())
+}

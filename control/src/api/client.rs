@@ -1,0 +1,56 @@
+//! The CLI's side of the API: one HTTP/1.1 request per command over the unix socket.
+
+use super::ErrorBody;
+use anyhow::{anyhow, bail, Context};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use std::path::PathBuf;
+
+/// Where the CLI finds the local agent when neither -H nor VXMESH_HOST says.
+pub const DEFAULT_SOCKET: &str = "/run/vxmesh/vxmesh.sock";
+
+pub struct Client {
+    socket: PathBuf,
+}
+
+impl Client {
+    /// `unix:PATH` or a bare path.
+    pub fn new(host: &str) -> anyhow::Result<Self> {
+        let path = host.strip_prefix("unix://").or_else(|| host.strip_prefix("unix:")).unwrap_or(host);
+        if path.is_empty() || host.contains("://") && !host.starts_with("unix://") {
+            bail!("-H {host:?}: use unix:PATH (the agent's --api socket)");
+        }
+        Ok(Self { socket: PathBuf::from(path) })
+    }
+
+    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let stream = tokio::net::UnixStream::connect(&self.socket).await.with_context(|| {
+            format!(
+                "cannot reach the vxmesh agent at unix:{}: is `vxmesh agent` running? (point -H or VXMESH_HOST at its --api socket)",
+                self.socket.display()
+            )
+        })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let bytes = body.map(|b| b.to_string()).unwrap_or_default();
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "vxmesh")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(bytes)))?;
+        let resp = sender.send_request(req).await.context("the agent closed the connection")?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        if !status.is_success() {
+            let msg = serde_json::from_slice::<ErrorBody>(&body)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+            return Err(anyhow!("{msg}"));
+        }
+        serde_json::from_slice(&body).context("the agent sent a response that is not JSON")
+    }
+}

@@ -1,0 +1,165 @@
+//! Routes of the agent's API. Reads go to the store (not the agent's cache), so a
+//! CLI call sees what another node just wrote.
+
+use super::ErrorBody;
+use crate::agent::{Agent, AgentError};
+use crate::state::{ops, EndpointSpec, NetworkSpec, StateError};
+use crate::store::{StoreError, UpdateError};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use tokio::net::UnixListener;
+
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(ErrorBody { error: self.1 })).into_response()
+    }
+}
+
+impl From<AgentError> for ApiError {
+    fn from(e: AgentError) -> Self {
+        let code = match &e {
+            AgentError::Update(UpdateError::State(StateError::Invalid(_))) => StatusCode::BAD_REQUEST,
+            AgentError::Update(UpdateError::State(StateError::NotFound(_))) => StatusCode::NOT_FOUND,
+            AgentError::Update(UpdateError::State(StateError::Conflict(_))) => StatusCode::CONFLICT,
+            AgentError::Update(UpdateError::Store(StoreError::Unreachable { .. })) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            AgentError::Attach(_) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(code, e.to_string())
+    }
+}
+
+impl From<StateError> for ApiError {
+    fn from(e: StateError) -> Self {
+        AgentError::from(e).into()
+    }
+}
+
+type Res = Result<Json<Value>, ApiError>;
+type Ag = State<Arc<Agent>>;
+
+fn to_json<T: serde::Serialize>(v: T) -> Res {
+    serde_json::to_value(v)
+        .map(Json)
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+pub fn router(agent: Arc<Agent>) -> Router {
+    Router::new()
+        .route("/v1/networks", get(list_networks).post(create_network))
+        .route("/v1/networks/{name}", get(inspect_network).delete(remove_network))
+        .route("/v1/endpoints", get(list_endpoints).post(create_endpoint))
+        .route("/v1/endpoints/{id}", axum::routing::delete(remove_endpoint))
+        .route("/v1/nodes", get(list_nodes))
+        .route("/v1/stats", get(stats))
+        .with_state(agent)
+}
+
+/// Binds the socket, replacing a stale one left by a killed agent.
+pub fn bind(path: &std::path::Path) -> anyhow::Result<UnixListener> {
+    use anyhow::Context;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        anyhow::bail!(
+            "another agent already serves --api unix:{}: stop it or pick another socket",
+            path.display()
+        );
+    }
+    let _ = std::fs::remove_file(path);
+    UnixListener::bind(path).with_context(|| format!("cannot listen on unix:{}", path.display()))
+}
+
+pub async fn serve(listener: UnixListener, agent: Arc<Agent>) -> anyhow::Result<()> {
+    axum::serve(listener, router(agent)).await?;
+    Ok(())
+}
+
+async fn list_networks(State(a): Ag) -> Res {
+    let st = a.load().await?.state;
+    let v: Vec<Value> = st
+        .networks
+        .values()
+        .map(|n| {
+            let mut j = serde_json::to_value(n).unwrap_or_default();
+            j["endpoints"] = json!(st.endpoints_on(&n.name).count());
+            j
+        })
+        .collect();
+    Ok(Json(Value::Array(v)))
+}
+
+async fn create_network(State(a): Ag, Json(spec): Json<NetworkSpec>) -> Res {
+    let n = a.transact(move |st| ops::create_network(st, &spec)).await?;
+    tracing::info!(network = %n.name, vni = n.vni, "network created");
+    to_json(n)
+}
+
+async fn inspect_network(State(a): Ag, Path(name): Path<String>) -> Res {
+    let st = a.load().await?.state;
+    let n = st.networks.get(&name).ok_or_else(|| {
+        StateError::NotFound(format!("no network named {name} (vxmesh network ls lists them)"))
+    })?;
+    let mut j = serde_json::to_value(n).unwrap_or_default();
+    j["endpoints"] = serde_json::to_value(st.endpoints_on(&name).collect::<Vec<_>>()).unwrap_or_default();
+    Ok(Json(j))
+}
+
+async fn remove_network(State(a): Ag, Path(name): Path<String>) -> Res {
+    let n = a.transact(move |st| ops::remove_network(st, &name)).await?;
+    tracing::info!(network = %n.name, "network removed");
+    to_json(n)
+}
+
+async fn list_endpoints(State(a): Ag) -> Res {
+    to_json(a.load().await?.state.endpoints.values().collect::<Vec<_>>())
+}
+
+async fn create_endpoint(State(a): Ag, Json(spec): Json<EndpointSpec>) -> Res {
+    let e = a.create_endpoint(spec).await?;
+    tracing::info!(endpoint = %e.id, network = %e.network, ips = ?e.ips, "endpoint created");
+    to_json(e)
+}
+
+async fn remove_endpoint(State(a): Ag, Path(id): Path<String>) -> Res {
+    let e = a.remove_endpoint(id).await?;
+    tracing::info!(endpoint = %e.id, "endpoint removed");
+    to_json(e)
+}
+
+async fn list_nodes(State(a): Ag) -> Res {
+    to_json(a.load().await?.state.nodes.values().collect::<Vec<_>>())
+}
+
+async fn stats(State(a): Ag) -> Res {
+    let c = a.counters();
+    let drops: serde_json::Map<String, Value> = c
+        .drops_by_reason()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect();
+    Ok(Json(json!({
+        "node": a.node,
+        "advertise_addr": a.advertise_addr,
+        "endpoint_mtu": a.endpoint_mtu,
+        "store": a.store_name(),
+        "port_rx": c.port_rx,
+        "port_tx": c.port_tx,
+        "underlay_rx": c.underlay_rx,
+        "underlay_tx": c.underlay_tx,
+        "neighbor_replies": c.neighbor_replies,
+        "flooded": c.flooded,
+        "learned": c.learned,
+        "drops": drops,
+    })))
+}

@@ -1,0 +1,212 @@
+//! The `vxmesh` command line, as DESIGN.md's contract writes it.
+
+mod output;
+
+use crate::agent::{self, AgentConfig};
+use crate::api::client::{Client, DEFAULT_SOCKET};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use hyper::Method;
+use ipnet::IpNet;
+use serde_json::{json, Value};
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "vxmesh", version, about = "Userspace VXLAN overlays and a routing-mesh load balancer for containers")]
+pub struct Cli {
+    /// The agent to talk to: unix:PATH (default: $VXMESH_HOST, then the local agent's socket)
+    #[arg(short = 'H', long = "host", global = true, env = "VXMESH_HOST")]
+    host: Option<String>,
+    /// Print tables, or JSON
+    #[arg(long, global = true, value_enum, default_value_t = Format::Table)]
+    format: Format,
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the node agent
+    Agent(AgentArgs),
+    /// Overlay networks
+    #[command(subcommand)]
+    Network(NetworkCmd),
+    /// Container interfaces on networks
+    #[command(subcommand)]
+    Endpoint(EndpointCmd),
+    /// Nodes of the cluster
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// This agent's dataplane counters (frames, drops by reason)
+    Stats,
+}
+
+#[derive(Args, Debug)]
+struct AgentArgs {
+    /// This node's name, unique in the cluster
+    #[arg(long)]
+    node: String,
+    /// This node's underlay address; VXLAN goes to and from it
+    #[arg(long)]
+    advertise_addr: IpAddr,
+    /// sqlite:PATH (default: sqlite:DATA_DIR/store.db)
+    #[arg(long)]
+    store: Option<String>,
+    #[arg(long, default_value = "/var/lib/vxmesh")]
+    data_dir: PathBuf,
+    /// The API socket, unix:PATH
+    #[arg(long, default_value = "unix:/run/vxmesh/vxmesh.sock")]
+    api: String,
+    /// Log as JSON lines instead of text
+    #[arg(long)]
+    log_json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum NetworkCmd {
+    /// Create an overlay network
+    Create {
+        name: String,
+        /// One IPv4 and/or one IPv6 subnet (default: a free /24 of 10.10.0.0/16)
+        #[arg(long = "subnet")]
+        subnets: Vec<IpNet>,
+        #[arg(long)]
+        encrypted: bool,
+        /// No egress beyond the overlay
+        #[arg(long)]
+        internal: bool,
+        /// VXLAN network identifier, 1-16777215 (default: the first free from 4096)
+        #[arg(long)]
+        vni: Option<u32>,
+        /// A static VTEP that runs no vxmesh (e.g. the Linux kernel's VXLAN)
+        #[arg(long = "peer-vtep")]
+        peer_vteps: Vec<IpAddr>,
+    },
+    #[command(alias = "list")]
+    Ls,
+    Inspect { name: String },
+    #[command(alias = "remove")]
+    Rm { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum EndpointCmd {
+    /// Give a network namespace an interface on a network (prints id and IP)
+    Create {
+        #[arg(long)]
+        network: String,
+        /// A name under /run/netns, or a path to a namespace file
+        #[arg(long)]
+        netns: String,
+        #[arg(long, default_value = "eth0")]
+        ifname: String,
+        #[arg(long)]
+        ip: Option<IpAddr>,
+        #[arg(long)]
+        service: Option<String>,
+        /// Attach this existing veth (its host end) instead of creating a TAP
+        #[arg(long)]
+        veth: Option<String>,
+    },
+    #[command(alias = "list")]
+    Ls,
+    #[command(alias = "remove")]
+    Rm { id: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum NodeCmd {
+    #[command(alias = "list")]
+    Ls,
+}
+
+fn socket_path(api: &str) -> anyhow::Result<PathBuf> {
+    match api.strip_prefix("unix:") {
+        Some(p) if !p.is_empty() => Ok(PathBuf::from(p)),
+        _ => anyhow::bail!("--api {api:?}: use unix:PATH"),
+    }
+}
+
+pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Command::Agent(a) => {
+            crate::logging::init(a.log_json);
+            let cfg = AgentConfig {
+                store: a
+                    .store
+                    .unwrap_or_else(|| format!("sqlite:{}", a.data_dir.join("store.db").display())),
+                node: a.node,
+                advertise_addr: a.advertise_addr,
+                api: socket_path(&a.api)?,
+                data_dir: a.data_dir,
+            };
+            tokio::runtime::Runtime::new()?.block_on(agent::run(cfg))
+        }
+        cmd => {
+            let host = cli.host.unwrap_or_else(|| format!("unix:{DEFAULT_SOCKET}"));
+            let client = Client::new(&host)?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(run_client(&client, cli.format, cmd))
+        }
+    }
+}
+
+async fn run_client(c: &Client, f: Format, cmd: Command) -> anyhow::Result<()> {
+    match cmd {
+        Command::Agent(_) => unreachable!("handled in main"),
+        Command::Network(n) => match n {
+            NetworkCmd::Create { name, subnets, encrypted, internal, vni, peer_vteps } => {
+                let body = json!({
+                    "name": name, "subnets": subnets, "encrypted": encrypted,
+                    "internal": internal, "vni": vni, "peer_vteps": peer_vteps,
+                });
+                let v = c.call(Method::POST, "/v1/networks", Some(body)).await?;
+                output::created(f, &v, &[&v["name"], &v["vni"]])
+            }
+            NetworkCmd::Ls => output::networks(f, &c.call(Method::GET, "/v1/networks", None).await?),
+            NetworkCmd::Inspect { name } => {
+                let v = c.call(Method::GET, &format!("/v1/networks/{}", esc(&name)), None).await?;
+                output::pretty(&v)
+            }
+            NetworkCmd::Rm { name } => {
+                let v = c.call(Method::DELETE, &format!("/v1/networks/{}", esc(&name)), None).await?;
+                output::created(f, &v, &[&v["name"]])
+            }
+        },
+        Command::Endpoint(e) => match e {
+            EndpointCmd::Create { network, netns, ifname, ip, service, veth } => {
+                let body = json!({
+                    "network": network, "netns": netns, "ifname": ifname,
+                    "ip": ip, "service": service, "veth": veth,
+                });
+                let v = c.call(Method::POST, "/v1/endpoints", Some(body)).await?;
+                let ips = output::join(&v["ips"]);
+                output::created(f, &v, &[&v["id"], &Value::String(ips)])
+            }
+            EndpointCmd::Ls => output::endpoints(f, &c.call(Method::GET, "/v1/endpoints", None).await?),
+            EndpointCmd::Rm { id } => {
+                let v = c.call(Method::DELETE, &format!("/v1/endpoints/{}", esc(&id)), None).await?;
+                output::created(f, &v, &[&v["id"]])
+            }
+        },
+        Command::Node(NodeCmd::Ls) => output::nodes(f, &c.call(Method::GET, "/v1/nodes", None).await?),
+        Command::Stats => output::stats(f, &c.call(Method::GET, "/v1/stats", None).await?),
+    }
+}
+
+/// Names are checked by the agent; here they only must not break the URL path.
+fn esc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -1,0 +1,146 @@
+//! Tables for people, JSON (`--format json`) for scripts; every listing has both.
+
+use super::Format;
+use serde_json::Value;
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        Value::Array(_) => join(v),
+        v => v.to_string(),
+    }
+}
+
+/// An array as `a,b`; `-` when empty.
+pub fn join(v: &Value) -> String {
+    let parts: Vec<String> = v.as_array().into_iter().flatten().map(s).collect();
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(",")
+    }
+}
+
+fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut w: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut out = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(c);
+            } else {
+                out.push_str(&format!("{c:<width$}   ", width = w[i]));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+pub fn pretty(v: &Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// A created or removed object: its key fields on one line, or the object as JSON.
+pub fn created(f: Format, v: &Value, fields: &[&Value]) -> anyhow::Result<()> {
+    match f {
+        Format::Json => pretty(v),
+        Format::Table => {
+            println!("{}", fields.iter().map(|x| s(x)).collect::<Vec<_>>().join(" "));
+            Ok(())
+        }
+    }
+}
+
+fn rows(v: &Value, f: impl Fn(&Value) -> Vec<String>) -> Vec<Vec<String>> {
+    v.as_array().into_iter().flatten().map(f).collect()
+}
+
+pub fn networks(f: Format, v: &Value) -> anyhow::Result<()> {
+    if f == Format::Json {
+        return pretty(v);
+    }
+    table(
+        &["NAME", "VNI", "SUBNETS", "GATEWAYS", "ENDPOINTS", "PEER VTEPS", "FLAGS"],
+        rows(v, |n| {
+            let mut flags = vec![];
+            if n["encrypted"] == Value::Bool(true) {
+                flags.push("encrypted");
+            }
+            if n["internal"] == Value::Bool(true) {
+                flags.push("internal");
+            }
+            vec![
+                s(&n["name"]),
+                s(&n["vni"]),
+                join(&n["subnets"]),
+                join(&n["gateways"]),
+                s(&n["endpoints"]),
+                join(&n["peer_vteps"]),
+                if flags.is_empty() { "-".into() } else { flags.join(",") },
+            ]
+        }),
+    );
+    Ok(())
+}
+
+pub fn endpoints(f: Format, v: &Value) -> anyhow::Result<()> {
+    if f == Format::Json {
+        return pretty(v);
+    }
+    table(
+        &["ID", "NETWORK", "NODE", "IPS", "MAC", "NETNS", "IFNAME", "SERVICE"],
+        rows(v, |e| {
+            ["id", "network", "node", "ips", "mac", "netns", "ifname", "service"]
+                .iter()
+                .map(|k| s(&e[*k]))
+                .collect()
+        }),
+    );
+    Ok(())
+}
+
+pub fn nodes(f: Format, v: &Value) -> anyhow::Result<()> {
+    if f == Format::Json {
+        return pretty(v);
+    }
+    table(
+        &["NAME", "ADDRESS", "INGRESS", "LAST SEEN"],
+        rows(v, |n| {
+            vec![
+                s(&n["name"]),
+                s(&n["advertise_addr"]),
+                if n["ingress"] == Value::Bool(true) { "on".into() } else { "off".into() },
+                s(&n["last_seen"]),
+            ]
+        }),
+    );
+    Ok(())
+}
+
+pub fn stats(f: Format, v: &Value) -> anyhow::Result<()> {
+    if f == Format::Json {
+        return pretty(v);
+    }
+    let mut rows: Vec<Vec<String>> = [
+        "port_rx", "port_tx", "underlay_rx", "underlay_tx", "neighbor_replies", "flooded", "learned",
+    ]
+    .iter()
+    .map(|k| vec![k.to_string(), s(&v[*k])])
+    .collect();
+    if let Some(d) = v["drops"].as_object() {
+        rows.extend(d.iter().map(|(k, n)| vec![format!("drop {k}"), s(n)]));
+    }
+    table(&["COUNTER", "VALUE"], rows);
+    Ok(())
+}

@@ -1,0 +1,9 @@
+//! vxmesh's control plane: the desired state and its stores, IPAM, the agent that
+//! reconciles the dataplane with the store, its API, and the CLI.
+
+pub mod agent;
+pub mod api;
+pub mod cli;
+pub mod logging;
+pub mod state;
+pub mod store;

@@ -1,0 +1,10 @@
+//! Desired state, the same whichever store holds it, and the operations that change
+//! it. Every check (names, clashes, IPAM) lives here once, so the SQLite and etcd
+//! stores only have to make `update` atomic.
+
+pub mod ipam;
+pub mod model;
+pub mod ops;
+
+pub use model::{ClusterState, Endpoint, Network, Node};
+pub use ops::{EndpointSpec, NetworkSpec, StateError};

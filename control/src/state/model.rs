@@ -1,0 +1,89 @@
+//! The objects users create, as stored (JSON, one object per key).
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Network {
+    pub name: String,
+    pub vni: u32,
+    /// At most one IPv4 and one IPv6 subnet.
+    pub subnets: Vec<IpNet>,
+    /// The first host address of each subnet, answered by the agent.
+    pub gateways: Vec<IpAddr>,
+    #[serde(default)]
+    pub encrypted: bool,
+    /// No egress beyond the overlay.
+    #[serde(default)]
+    pub internal: bool,
+    #[serde(default = "yes")]
+    pub attachable: bool,
+    /// VTEPs that run no vxmesh (e.g. the Linux kernel's VXLAN) but belong to this network.
+    #[serde(default)]
+    pub peer_vteps: Vec<IpAddr>,
+    #[serde(default)]
+    pub created: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    pub name: String,
+    pub advertise_addr: IpAddr,
+    #[serde(default)]
+    pub public_key: Option<String>,
+    #[serde(default = "yes")]
+    pub ingress: bool,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Unix seconds of the agent's last start or heartbeat.
+    #[serde(default)]
+    pub last_seen: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub id: String,
+    pub network: String,
+    pub node: String,
+    pub mac: String,
+    pub ips: Vec<IpAddr>,
+    /// A name under /run/netns, or a path to a namespace file.
+    pub netns: String,
+    pub ifname: String,
+    /// The host end of a user-made veth the agent reads with AF_PACKET; none for a TAP.
+    #[serde(default)]
+    pub veth: Option<String>,
+    #[serde(default)]
+    pub service: Option<String>,
+    #[serde(default)]
+    pub created: u64,
+}
+
+/// Everything the store holds. Small (hundreds to thousands of objects), so agents
+/// reload it whole on each change and diff locally.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub networks: BTreeMap<String, Network>,
+    pub nodes: BTreeMap<String, Node>,
+    pub endpoints: BTreeMap<String, Endpoint>,
+}
+
+impl ClusterState {
+    pub fn endpoints_on<'a>(&'a self, network: &'a str) -> impl Iterator<Item = &'a Endpoint> {
+        self.endpoints.values().filter(move |e| e.network == network)
+    }
+}
+
+/// Seconds since the Unix epoch, for `created` and `last_seen`.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

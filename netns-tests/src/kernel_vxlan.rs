@@ -1,0 +1,110 @@
+//! A reference VXLAN endpoint built from the Linux kernel's own vxlan and
+//! bridge drivers. Interop tests put one next to vxmesh agents to prove the
+//! agents speak standard VXLAN, not just to each other.
+
+use std::net::Ipv4Addr;
+
+use anyhow::{Context, Result};
+
+use crate::command;
+use crate::topology::Node;
+
+/// UDP port IANA assigned to VXLAN; the kernel defaults to 8472 otherwise.
+const VXLAN_PORT: &str = "4789";
+
+/// Everything that defines a kernel VXLAN node; kept as a value so a test can
+/// log or tweak it before calling [`KernelVxlanNode::setup`].
+#[derive(Clone, Debug)]
+pub struct KernelVxlanNode {
+    pub node: Node,
+    pub vni: u32,
+    pub peers: Vec<Ipv4Addr>,
+    pub container_ns: String,
+    pub container_cidr: String,
+    pub mtu: u32,
+}
+
+impl KernelVxlanNode {
+    /// Builds `vx0` + `br0` in the node namespace and wires `container_ns`
+    /// to the bridge via a veth (`ck0` on the node side, `eth0` inside the
+    /// container). Nothing needs tearing down explicitly: the links vanish
+    /// with the namespaces when the `Topology` is dropped.
+    pub fn setup(&self) -> Result<()> {
+        let ns = self.node.ns.as_str();
+        let cns = self.container_ns.as_str();
+        let vni = self.vni.to_string();
+        let local = self.node.addr.to_string();
+        let mtu = self.mtu.to_string();
+        let ip = |args: &[&str]| command::tool_ok("ip", args);
+
+        ip(&[
+            "-n", ns, "link", "add", "vx0", "mtu", &mtu, "type", "vxlan", "id", &vni, "local",
+            &local, "dstport", VXLAN_PORT, "dev", "ul0",
+        ])?;
+        ip(&["-n", ns, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", ns, "link", "set", "vx0", "master", "br0"])?;
+        // An all-zeros FDB entry per peer is head-end replication: BUM
+        // traffic (ARP in particular) is flooded to every listed peer.
+        for peer in &self.peers {
+            let peer = peer.to_string();
+            command::tool_ok(
+                "bridge",
+                &[
+                    "-n",
+                    ns,
+                    "fdb",
+                    "append",
+                    "00:00:00:00:00:00",
+                    "dev",
+                    "vx0",
+                    "dst",
+                    &peer,
+                ],
+            )?;
+        }
+        ip(&[
+            "-n", ns, "link", "add", "ck0", "mtu", &mtu, "type", "veth", "peer", "name", "eth0",
+            "mtu", &mtu, "netns", cns,
+        ])?;
+        ip(&["-n", ns, "link", "set", "ck0", "master", "br0"])?;
+        ip(&[
+            "-n",
+            cns,
+            "addr",
+            "add",
+            &self.container_cidr,
+            "dev",
+            "eth0",
+        ])?;
+        for (n, dev) in [
+            (ns, "vx0"),
+            (ns, "ck0"),
+            (ns, "br0"),
+            (cns, "eth0"),
+            (cns, "lo"),
+        ] {
+            ip(&["-n", n, "link", "set", dev, "up"])?;
+        }
+        Ok(())
+    }
+}
+
+pub fn kernel_vxlan_setup(
+    node: &Node,
+    vni: u32,
+    peers: &[Ipv4Addr],
+    container_ns: &str,
+    container_cidr: &str,
+    mtu: u32,
+) -> Result<()> {
+    KernelVxlanNode {
+        node: node.clone(),
+        vni,
+        peers: peers.to_vec(),
+        container_ns: container_ns.to_string(),
+        container_cidr: container_cidr.to_string(),
+        mtu,
+    }
+    .setup()
+    .with_context(|| format!("kernel VXLAN setup on node {}", node.name))
+}

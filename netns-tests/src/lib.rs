@@ -1,0 +1,20 @@
+//! Test harness for vxmesh: builds throwaway topologies of Linux network
+//! namespaces on this one machine and runs real vxmesh agents inside them, so
+//! integration tests exercise the actual kernel datapath instead of mocks.
+//!
+//! Everything here needs root (namespaces, veths, raw sockets) and iproute2
+//! plus `ping` on the host.
+
+mod command;
+mod kernel_vxlan;
+mod netns;
+mod topology;
+mod traffic;
+
+pub use kernel_vxlan::{kernel_vxlan_setup, KernelVxlanNode};
+pub use netns::{exec, exec_ok, in_netns};
+pub use topology::{vxmesh_bin, Node, Topology};
+pub use traffic::{
+    ping, send_raw_frames, tcp_echo_server, tcp_roundtrip, udp_echo_server, udp_roundtrip,
+    udp_send_raw, EchoServer,
+};

@@ -1,0 +1,427 @@
+//! A test's whole world: an underlay bridge, node and container namespaces,
+//! and the vxmesh agents running in them. Owning all of it in one value lets
+//! `Drop` tear everything down even when the test panics halfway through.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::BTreeMap;
+use std::fs::{self, OpenOptions};
+use std::hash::{Hash, Hasher};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, ensure, Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::command::{self, DEFAULT_TIMEOUT};
+use crate::netns;
+
+/// First three octets of every underlay address; the subnet only exists
+/// inside each topology's private underlay, so parallel topologies reuse it.
+const UNDERLAY_NET: [u8; 3] = [192, 168, 77];
+const AGENT_READY_TIMEOUT: Duration = Duration::from_secs(15);
+const AGENT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+const PANIC_LOG_LINES: usize = 60;
+const START_FAILURE_LOG_LINES: usize = 40;
+
+/// A namespace attached to the underlay. Cheap to clone so tests can hand it
+/// around freely while the `Topology` keeps ownership of the real resources.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    pub name: String,
+    pub ns: String,
+    pub addr: Ipv4Addr,
+}
+
+struct Agent {
+    child: Child,
+}
+
+pub struct Topology {
+    prefix: String,
+    dir: PathBuf,
+    underlay_ns: String,
+    /// Creation order, so teardown can go in reverse.
+    namespaces: Vec<String>,
+    names: Vec<String>,
+    next_host: u8,
+    agents: BTreeMap<String, Agent>,
+    /// Every node that ever ran an agent, so a panicking test dumps logs of
+    /// agents that were already stopped too.
+    logged_nodes: Vec<String>,
+}
+
+impl Topology {
+    pub fn new(test_name: &str) -> Result<Topology> {
+        let prefix = unique_prefix(test_name);
+        let dir = PathBuf::from(format!("/tmp/vxmesh-test-{prefix}"));
+        fs::create_dir_all(&dir).with_context(|| format!("failed to create {}", dir.display()))?;
+        let mut topo = Topology {
+            underlay_ns: format!("{prefix}-ul"),
+            prefix,
+            dir,
+            namespaces: Vec::new(),
+            names: Vec::new(),
+            next_host: 1,
+            agents: BTreeMap::new(),
+            logged_nodes: Vec::new(),
+        };
+        let ul = topo.underlay_ns.clone();
+        topo.create_ns(&ul)?;
+        ip(&["-n", &ul, "link", "set", "lo", "up"])?;
+        ip(&["-n", &ul, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &ul, "link", "set", "br0", "up"])?;
+        Ok(topo)
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn add_node(&mut self, name: &str) -> Result<Node> {
+        self.attach_to_underlay(name)
+    }
+
+    /// Separate from `add_node` only so tests read clearly; an outside host is
+    /// just an underlay address that never gets an agent.
+    pub fn add_outside_host(&mut self, name: &str) -> Result<Node> {
+        self.attach_to_underlay(name)
+    }
+
+    pub fn add_container(&mut self, name: &str) -> Result<String> {
+        let ns = self.claim_name(name)?;
+        self.create_ns(&ns)?;
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn start_agent(&mut self, node: &Node, extra_args: &[&str]) -> Result<()> {
+        ensure!(
+            !self.agents.contains_key(&node.name),
+            "agent for node {} is already running",
+            node.name
+        );
+        let data_dir = self.dir.join(&node.name);
+        fs::create_dir_all(&data_dir)
+            .with_context(|| format!("failed to create {}", data_dir.display()))?;
+        let log_path = self.log_path(node);
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("failed to open {}", log_path.display()))?;
+        let log_err = log.try_clone().context("failed to clone log file handle")?;
+
+        let store = format!("sqlite:{}", self.dir.join("store.db").display());
+        let api = self.socket(node);
+        let addr = node.addr.to_string();
+        let data_dir = data_dir.display().to_string();
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &node.ns])
+            .arg(vxmesh_bin())
+            .args(["agent", "--node", &node.name, "--advertise-addr", &addr])
+            .args(["--store", &store, "--api", &api, "--data-dir", &data_dir])
+            .args(extra_args)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err);
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info");
+        }
+        let desc = command::describe(&cmd);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("failed to spawn `{desc}`"))?;
+        if !self.logged_nodes.contains(&node.name) {
+            self.logged_nodes.push(node.name.clone());
+        }
+        self.agents.insert(node.name.clone(), Agent { child });
+        self.wait_agent_ready(node, &desc)
+    }
+
+    /// Readiness is judged through the public CLI rather than the socket
+    /// file appearing, so a test starts only once the API actually answers.
+    fn wait_agent_ready(&mut self, node: &Node, desc: &str) -> Result<()> {
+        let deadline = Instant::now() + AGENT_READY_TIMEOUT;
+        loop {
+            let agent = self
+                .agents
+                .get_mut(&node.name)
+                .expect("agent just inserted");
+            if let Some(status) = agent.child.try_wait().context("failed to poll agent")? {
+                self.agents.remove(&node.name);
+                bail!(
+                    "agent for node {} exited ({status}) before becoming ready\ncommand: {desc}\n{}",
+                    node.name,
+                    self.log_tail(node, START_FAILURE_LOG_LINES)
+                );
+            }
+            let mut probe = Command::new(vxmesh_bin());
+            probe.args(["-H", &self.socket(node), "network", "ls"]);
+            let last_probe = match command::run(&mut probe, PROBE_TIMEOUT) {
+                Ok(out) if out.status.success() => return Ok(()),
+                Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                Err(e) => format!("{e:#}"),
+            };
+            if Instant::now() >= deadline {
+                let stop = self.stop_agent(node);
+                bail!(
+                    "agent for node {} not ready after {AGENT_READY_TIMEOUT:?} \
+                     (last probe: {last_probe}; stop: {stop:?})\ncommand: {desc}\n{}",
+                    node.name,
+                    self.log_tail(node, START_FAILURE_LOG_LINES)
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn stop_agent(&mut self, node: &Node) -> Result<()> {
+        let mut agent = self
+            .agents
+            .remove(&node.name)
+            .with_context(|| format!("no running agent for node {}", node.name))?;
+        terminate(std::slice::from_mut(&mut agent.child))
+    }
+
+    pub fn socket(&self, node: &Node) -> String {
+        format!(
+            "unix:{}",
+            self.dir.join(format!("{}.sock", node.name)).display()
+        )
+    }
+
+    pub fn cli(&self, node: &Node, args: &[&str]) -> Result<Output> {
+        let mut cmd = Command::new(vxmesh_bin());
+        cmd.args(["-H", &self.socket(node)]).args(args);
+        command::run(&mut cmd, DEFAULT_TIMEOUT)
+    }
+
+    pub fn cli_ok(&self, node: &Node, args: &[&str]) -> Result<String> {
+        let mut cmd = Command::new(vxmesh_bin());
+        cmd.args(["-H", &self.socket(node)]).args(args);
+        command::run_ok(&mut cmd, DEFAULT_TIMEOUT)
+    }
+
+    pub fn cli_json(&self, node: &Node, args: &[&str]) -> Result<serde_json::Value> {
+        let mut full: Vec<&str> = args.to_vec();
+        full.extend(["--format", "json"]);
+        let out = self.cli_ok(node, &full)?;
+        serde_json::from_str(&out)
+            .with_context(|| format!("`vxmesh {}` printed invalid JSON: {out}", full.join(" ")))
+    }
+
+    pub fn agent_log(&self, node: &Node) -> String {
+        fs::read(self.log_path(node))
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    fn log_path(&self, node: &Node) -> PathBuf {
+        self.dir.join(format!("{}.log", node.name))
+    }
+
+    fn log_tail(&self, node: &Node, lines: usize) -> String {
+        tail(&self.agent_log(node), lines, &format!("{}.log", node.name))
+    }
+
+    fn attach_to_underlay(&mut self, name: &str) -> Result<Node> {
+        ensure!(self.next_host < 255, "underlay /24 exhausted");
+        let ns = self.claim_name(name)?;
+        let host = self.next_host;
+        self.next_host += 1;
+        let addr = Ipv4Addr::new(UNDERLAY_NET[0], UNDERLAY_NET[1], UNDERLAY_NET[2], host);
+        self.create_ns(&ns)?;
+        let ul = self.underlay_ns.clone();
+        // The underlay-side name only has to be unique inside the underlay
+        // namespace; deriving it from the host number keeps it short.
+        let port = format!("u{host}");
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        ip(&[
+            "-n", &ul, "link", "add", &port, "mtu", "1500", "type", "veth", "peer", "name", "ul0",
+            "mtu", "1500", "netns", &ns,
+        ])?;
+        ip(&["-n", &ul, "link", "set", &port, "master", "br0", "up"])?;
+        let cidr = format!("{addr}/24");
+        ip(&["-n", &ns, "addr", "add", &cidr, "dev", "ul0"])?;
+        ip(&["-n", &ns, "link", "set", "ul0", "up"])?;
+        Ok(Node {
+            name: name.to_string(),
+            ns,
+            addr,
+        })
+    }
+
+    fn claim_name(&mut self, name: &str) -> Result<String> {
+        ensure!(
+            !name.is_empty()
+                && name != "ul"
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+            "invalid topology member name {name:?}"
+        );
+        ensure!(
+            !self.names.iter().any(|n| n == name),
+            "name {name:?} already used in this topology"
+        );
+        self.names.push(name.to_string());
+        Ok(format!("{}-{name}", self.prefix))
+    }
+
+    /// Records the namespace before anything else can fail so `Drop` always
+    /// knows about it.
+    fn create_ns(&mut self, ns: &str) -> Result<()> {
+        netns::create(ns)?;
+        self.namespaces.push(ns.to_string());
+        Ok(())
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        let panicking = thread::panicking();
+        if panicking {
+            for name in &self.logged_nodes {
+                let path = self.dir.join(format!("{name}.log"));
+                let log = fs::read(&path)
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_default();
+                eprintln!(
+                    "{}",
+                    tail(&log, PANIC_LOG_LINES, &path.display().to_string())
+                );
+            }
+        }
+        let mut children: Vec<Child> = std::mem::take(&mut self.agents)
+            .into_values()
+            .map(|a| a.child)
+            .collect();
+        if let Err(e) = terminate(&mut children) {
+            eprintln!("vxmesh-netns-tests: stopping agents: {e:#}");
+        }
+        for ns in self.namespaces.iter().rev() {
+            if let Err(e) = netns::delete(ns) {
+                eprintln!("vxmesh-netns-tests: {e:#}");
+            }
+        }
+        if std::env::var_os("VXMESH_KEEP_TEST_DIR").is_some() {
+            eprintln!("vxmesh-netns-tests: kept test dir {}", self.dir.display());
+        } else {
+            if panicking {
+                eprintln!(
+                    "vxmesh-netns-tests: set VXMESH_KEEP_TEST_DIR=1 to keep {}",
+                    self.dir.display()
+                );
+            }
+            if let Err(e) = fs::remove_dir_all(&self.dir) {
+                eprintln!("vxmesh-netns-tests: removing {}: {e}", self.dir.display());
+            }
+        }
+    }
+}
+
+/// SIGTERM all first so agents shut down in parallel, then SIGKILL whatever
+/// is left after the grace period. Always reaps, so no zombies outlive a test.
+fn terminate(children: &mut [Child]) -> Result<()> {
+    for child in children.iter_mut() {
+        if child.try_wait().ok().flatten().is_none() {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        }
+    }
+    let deadline = Instant::now() + AGENT_STOP_TIMEOUT;
+    let mut killed = Vec::new();
+    for child in children.iter_mut() {
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+                Ok(None) => {
+                    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+                    let _ = child.wait();
+                    killed.push(child.id());
+                    break;
+                }
+                Err(e) => bail!("waiting for agent pid {}: {e}", child.id()),
+            }
+        }
+    }
+    ensure!(
+        killed.is_empty(),
+        "agents {killed:?} ignored SIGTERM for {AGENT_STOP_TIMEOUT:?} and were killed"
+    );
+    Ok(())
+}
+
+/// Locates the agent binary. Tests live in a different package than the
+/// binary, so `CARGO_BIN_EXE_*` is unavailable and we look next to our own
+/// test executable instead.
+pub fn vxmesh_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("VXMESH_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("current_exe unavailable");
+    let mut dir = exe
+        .parent()
+        .expect("test exe has no parent dir")
+        .to_path_buf();
+    if matches!(
+        dir.file_name().and_then(|n| n.to_str()),
+        Some("deps" | "examples")
+    ) {
+        dir.pop();
+    }
+    let bin = dir.join("vxmesh");
+    assert!(
+        bin.is_file(),
+        "vxmesh binary not found at {} (set VXMESH_BIN or build it first: cargo build --bins)",
+        bin.display()
+    );
+    bin
+}
+
+fn unique_prefix(test_name: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    loop {
+        let mut h = DefaultHasher::new();
+        std::process::id().hash(&mut h);
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default()
+            .hash(&mut h);
+        COUNTER.fetch_add(1, Ordering::Relaxed).hash(&mut h);
+        test_name.hash(&mut h);
+        let prefix = format!("vx{:06x}", h.finish() & 0xff_ffff);
+        // Another process may hold the same 24-bit value; skip it rather
+        // than share (and later delete) its namespaces.
+        let taken = netns::exists(&format!("{prefix}-ul"))
+            || Path::new(&format!("/tmp/vxmesh-test-{prefix}")).exists();
+        if !taken {
+            return prefix;
+        }
+    }
+}
+
+fn tail(text: &str, lines: usize, label: &str) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    let start = all.len().saturating_sub(lines);
+    format!(
+        "----- last {} lines of {label} -----\n{}\n----- end of {label} -----",
+        all.len() - start,
+        all[start..].join("\n")
+    )
+}
+
+fn ip(args: &[&str]) -> Result<String> {
+    command::tool_ok("ip", args)
+}
