@@ -85,6 +85,12 @@ impl KernelVxlanNode {
         ] {
             ip(&["-n", n, "link", "set", dev, "up"])?;
         }
+        // Over a veth underlay the kernel leaves the inner TCP/UDP checksum
+        // unfinished (CHECKSUM_PARTIAL) inside the VXLAN datagram, trusting the
+        // receiving kernel to know; a real NIC would finish it on the wire. A
+        // userspace VTEP receives the bytes only, so make the kernel node compute
+        // inner checksums before encapsulating, as a physical link would.
+        command::tool_ok("ip", &["netns", "exec", ns, "ethtool", "-K", "vx0", "tx", "off"])?;
         Ok(())
     }
 }

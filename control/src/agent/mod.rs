@@ -236,6 +236,13 @@ impl Agent {
     /// nothing stays behind (neither the store entry nor the device).
     pub async fn create_endpoint(&self, spec: EndpointSpec) -> Result<Endpoint, AgentError> {
         let ifname = spec.ifname.clone().unwrap_or_else(|| "eth0".into());
+        if !self.load().await?.state.networks.contains_key(&spec.network) {
+            return Err(StateError::NotFound(format!(
+                "no network named {}: create it first (vxmesh network create {})",
+                spec.network, spec.network
+            ))
+            .into());
+        }
         attach::precheck(&spec.netns, &ifname, spec.veth.as_deref()).await?;
         let mut ports = self.ports.lock().await;
         let node = self.node.clone();
