@@ -134,22 +134,32 @@ pub fn tcp_roundtrip(
         let mut conn = TcpStream::connect_timeout(&dst, timeout)
             .with_context(|| format!("TCP connect to {dst}"))?;
         conn.set_write_timeout(Some(timeout))?;
-        conn.write_all(&payload)
-            .with_context(|| format!("TCP write to {dst}"))?;
-        conn.shutdown(Shutdown::Write)?;
+        // Write from another thread while this one reads: an echo larger than
+        // both socket buffers would otherwise deadlock.
+        let mut writer = conn.try_clone()?;
+        let sent = thread::spawn(move || -> Result<()> {
+            writer
+                .write_all(&payload)
+                .with_context(|| format!("TCP write to {dst}"))?;
+            writer.shutdown(Shutdown::Write)?;
+            Ok(())
+        });
         let mut reply = Vec::new();
         let mut buf = [0u8; 16 * 1024];
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             ensure!(
                 !left.is_zero(),
-                "TCP reply from {dst} incomplete after {timeout:?} ({} of {} bytes)",
-                reply.len(),
-                payload.len()
+                "TCP reply from {dst} incomplete after {timeout:?} ({} bytes)",
+                reply.len()
             );
             conn.set_read_timeout(Some(left))?;
             match conn.read(&mut buf) {
-                Ok(0) => return Ok(reply),
+                Ok(0) => {
+                    sent.join()
+                        .map_err(|_| anyhow::anyhow!("TCP writer to {dst} panicked"))??;
+                    return Ok(reply);
+                }
                 Ok(n) => reply.extend_from_slice(&buf[..n]),
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs what building and running vxmesh's demo and tests need, from Debian's
+# packages: iproute2 (ip, bridge), util-linux (nsenter), ethtool, ping, iperf3,
+# tcpdump, a C compiler for the bundled SQLite. Idempotent; quiet when all is there.
+set -euo pipefail
+pkgs=(iproute2 util-linux ethtool iputils-ping iperf3 tcpdump gcc libc6-dev ca-certificates)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if ! command -v cargo >/dev/null; then
+  echo "cargo not found: install Rust (https://rustup.rs) and run this again" >&2
+  exit 1
+fi
