@@ -90,7 +90,10 @@ impl KernelVxlanNode {
         // receiving kernel to know; a real NIC would finish it on the wire. A
         // userspace VTEP receives the bytes only, so make the kernel node compute
         // inner checksums before encapsulating, as a physical link would.
-        command::tool_ok("ip", &["netns", "exec", ns, "ethtool", "-K", "vx0", "tx", "off"])?;
+        command::tool_ok(
+            "ip",
+            &["netns", "exec", ns, "ethtool", "-K", "vx0", "tx", "off"],
+        )?;
         Ok(())
     }
 }

@@ -16,7 +16,20 @@ fn kernel_vxlan_peer_interoperates() -> anyhow::Result<()> {
     let k = t.add_outside_host("k")?;
     t.start_agent(&n1, &[])?;
     let peer = k.addr.to_string();
-    t.cli_ok(&n1, &["network", "create", "kv", "--subnet", "10.33.0.0/24", "--vni", "5001", "--peer-vtep", &peer])?;
+    t.cli_ok(
+        &n1,
+        &[
+            "network",
+            "create",
+            "kv",
+            "--subnet",
+            "10.33.0.0/24",
+            "--vni",
+            "5001",
+            "--peer-vtep",
+            &peer,
+        ],
+    )?;
     let c1 = t.add_container("c1")?;
     let ck = t.add_container("ck")?;
     let e1 = endpoint(&t, &n1, "kv", &c1, &[])?;
@@ -26,15 +39,25 @@ fn kernel_vxlan_peer_interoperates() -> anyhow::Result<()> {
     assert!(ping(&c1, "10.33.0.200", 3, None)?, "vxmesh -> kernel VXLAN");
     assert!(ping(&ck, &e1.ip, 3, None)?, "kernel VXLAN -> vxmesh");
     assert!(ping(&ck, &e1.ip, 2, Some(1400))?, "1400-byte payload");
-    assert!(ping(&c1, "10.33.0.200", 2, Some(1400))?, "1400-byte payload, back");
+    assert!(
+        ping(&c1, "10.33.0.200", 2, Some(1400))?,
+        "1400-byte payload, back"
+    );
 
     // ARP resolved on both sides to the real MACs
     let mac = vxmesh_dataplane_mac(&e1.mac);
     let neigh = exec_ok(&ck, &["ip", "neigh", "show", &e1.ip])?;
-    assert!(neigh.contains(&mac), "kernel side resolved {}: {neigh}", e1.ip);
+    assert!(
+        neigh.contains(&mac),
+        "kernel side resolved {}: {neigh}",
+        e1.ip
+    );
     let ck_mac = exec_ok(&ck, &["cat", "/sys/class/net/eth0/address"])?;
     let neigh = exec_ok(&c1, &["ip", "neigh", "show", "10.33.0.200"])?;
-    assert!(neigh.contains(ck_mac.trim()), "vxmesh side resolved the kernel container: {neigh}");
+    assert!(
+        neigh.contains(ck_mac.trim()),
+        "vxmesh side resolved the kernel container: {neigh}"
+    );
 
     // TCP both ways
     let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
@@ -50,5 +73,8 @@ fn kernel_vxlan_peer_interoperates() -> anyhow::Result<()> {
 }
 
 fn vxmesh_dataplane_mac(m: &[u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }

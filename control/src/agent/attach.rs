@@ -41,7 +41,10 @@ pub fn netns_path(netns: &str) -> PathBuf {
 pub async fn precheck(netns: &str, ifname: &str, veth: Option<&str>) -> Result<(), AttachError> {
     let path = netns_path(netns);
     if !path.exists() {
-        return Err(AttachError::NetnsNotFound(netns.into(), path.display().to_string()));
+        return Err(AttachError::NetnsNotFound(
+            netns.into(),
+            path.display().to_string(),
+        ));
     }
     if let Some(v) = veth {
         if ip(&["link", "show", "dev", v]).await.is_err() {
@@ -69,7 +72,10 @@ pub fn tap_name(ep: &Endpoint) -> String {
 pub async fn attach(ep: &Endpoint, net: &Network, mtu: u32) -> Result<OwnedFd, AttachError> {
     let path = netns_path(&ep.netns);
     if !path.exists() {
-        return Err(AttachError::NetnsNotFound(ep.netns.clone(), path.display().to_string()));
+        return Err(AttachError::NetnsNotFound(
+            ep.netns.clone(),
+            path.display().to_string(),
+        ));
     }
     match &ep.veth {
         None => {
@@ -91,7 +97,11 @@ pub async fn attach(ep: &Endpoint, net: &Network, mtu: u32) -> Result<OwnedFd, A
             }
             // The host end hands the agent whatever the container end sends; with
             // offloads on that would be unchecksummed super-frames.
-            ethtool_in(&path, &["-K", &ep.ifname, "tx", "off", "tso", "off", "gso", "off"]).await?;
+            ethtool_in(
+                &path,
+                &["-K", &ep.ifname, "tx", "off", "tso", "off", "gso", "off"],
+            )
+            .await?;
             configure(&path, ep, net, mtu).await?;
             let m = mtu.to_string();
             ip(&["link", "set", "dev", host, "mtu", &m, "up"]).await?;
@@ -121,7 +131,11 @@ async fn veth_peer(netns: &Path, host: &str) -> Result<Option<String>, AttachErr
 async fn configure(ns: &Path, ep: &Endpoint, net: &Network, mtu: u32) -> Result<(), AttachError> {
     let m = mtu.to_string();
     let dev = ep.ifname.as_str();
-    ip_in(ns, &["link", "set", "dev", dev, "address", &ep.mac, "mtu", &m]).await?;
+    ip_in(
+        ns,
+        &["link", "set", "dev", dev, "address", &ep.mac, "mtu", &m],
+    )
+    .await?;
     for addr in &ep.ips {
         let Some(subnet) = net.subnets.iter().find(|s| s.contains(addr)) else {
             continue;
@@ -142,7 +156,12 @@ async fn configure(ns: &Path, ep: &Endpoint, net: &Network, mtu: u32) -> Result<
         let g = gw.to_string();
         let family = if gw.is_ipv6() { "-6" } else { "-4" };
         // A namespace already routed elsewhere (another network) keeps its default.
-        if let Err(e) = ip_in(ns, &[family, "route", "add", "default", "via", &g, "dev", dev]).await {
+        if let Err(e) = ip_in(
+            ns,
+            &[family, "route", "add", "default", "via", &g, "dev", dev],
+        )
+        .await
+        {
             if !e.exists() {
                 return Err(e.into());
             }

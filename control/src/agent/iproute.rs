@@ -27,7 +27,10 @@ async fn run(program: &str, args: &[&str]) -> Result<String, PlumbError> {
         .args(args)
         .output()
         .await
-        .map_err(|source| PlumbError::Spawn { cmd: cmd.clone(), source })?;
+        .map_err(|source| PlumbError::Spawn {
+            cmd: cmd.clone(),
+            source,
+        })?;
     if !out.status.success() {
         return Err(PlumbError::Failed {
             cmd,

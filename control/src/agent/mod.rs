@@ -88,7 +88,11 @@ impl Agent {
                     cfg.advertise_addr
                 )
             })?;
-        let overhead = if cfg.advertise_addr.is_ipv4() { VXLAN_OVERHEAD_V4 } else { VXLAN_OVERHEAD_V6 };
+        let overhead = if cfg.advertise_addr.is_ipv4() {
+            VXLAN_OVERHEAD_V4
+        } else {
+            VXLAN_OVERHEAD_V6
+        };
         let underlay = Underlay::bind(cfg.advertise_addr, VXLAN_PORT, SOURCE_PORTS).with_context(|| {
             format!("cannot bind the VXLAN underlay socket (udp/{VXLAN_PORT}, {}): is another VXLAN endpoint using it?", cfg.advertise_addr)
         })?;
@@ -100,7 +104,10 @@ impl Agent {
             endpoint_mtu: underlay_mtu.saturating_sub(overhead),
             store,
             worker,
-            ports: tokio::sync::Mutex::new(LocalPorts { next: 1, ..Default::default() }),
+            ports: tokio::sync::Mutex::new(LocalPorts {
+                next: 1,
+                ..Default::default()
+            }),
         });
         let me = Node {
             name: cfg.node.clone(),
@@ -166,11 +173,15 @@ impl Agent {
                         rev = r;
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "store read failed; forwarding on the last state"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "store read failed; forwarding on the last state")
+                }
             }
             let s = self.store.clone();
             let since = rev;
-            let waited = tokio::task::spawn_blocking(move || s.wait_change(since, Duration::from_secs(2))).await;
+            let waited =
+                tokio::task::spawn_blocking(move || s.wait_change(since, Duration::from_secs(2)))
+                    .await;
             if !matches!(waited, Ok(Ok(_))) {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
@@ -193,17 +204,25 @@ impl Agent {
                 tracing::info!(endpoint = %id, "endpoint removed; port closed");
             }
         }
-        ports.failed.retain(|id, ep| st.endpoints.get(id) == Some(ep));
+        ports
+            .failed
+            .retain(|id, ep| st.endpoints.get(id) == Some(ep));
         let missing: Vec<Endpoint> = st
             .endpoints
             .values()
-            .filter(|e| e.node == self.node && !ports.by_endpoint.contains_key(&e.id) && !ports.failed.contains_key(&e.id))
+            .filter(|e| {
+                e.node == self.node
+                    && !ports.by_endpoint.contains_key(&e.id)
+                    && !ports.failed.contains_key(&e.id)
+            })
             .cloned()
             .collect();
         for ep in missing {
             // An endpoint this node owns but has no port for: made by an earlier run
             // of the agent (a TAP dies with its process), so make it again.
-            let Some(net) = st.networks.get(&ep.network) else { continue };
+            let Some(net) = st.networks.get(&ep.network) else {
+                continue;
+            };
             match attach::attach(&ep, net, self.endpoint_mtu).await {
                 Ok(fd) => {
                     let port = self.add_port(&mut ports, &ep.id, fd);
@@ -227,16 +246,26 @@ impl Agent {
     }
 
     fn publish(&self, st: &ClusterState, ports: &LocalPorts) {
-        let local: FxHashMap<String, PortId> =
-            ports.by_endpoint.iter().map(|(k, v)| (k.clone(), v.port)).collect();
-        self.worker.publish(switch_state::build(st, &self.node, &local));
+        let local: FxHashMap<String, PortId> = ports
+            .by_endpoint
+            .iter()
+            .map(|(k, v)| (k.clone(), v.port))
+            .collect();
+        self.worker
+            .publish(switch_state::build(st, &self.node, &local));
     }
 
     /// Creates an endpoint on this node: checks, stores, attaches; on any failure
     /// nothing stays behind (neither the store entry nor the device).
     pub async fn create_endpoint(&self, spec: EndpointSpec) -> Result<Endpoint, AgentError> {
         let ifname = spec.ifname.clone().unwrap_or_else(|| "eth0".into());
-        if !self.load().await?.state.networks.contains_key(&spec.network) {
+        if !self
+            .load()
+            .await?
+            .state
+            .networks
+            .contains_key(&spec.network)
+        {
             return Err(StateError::NotFound(format!(
                 "no network named {}: create it first (vxmesh network create {})",
                 spec.network, spec.network
@@ -248,12 +277,20 @@ impl Agent {
         let node = self.node.clone();
         let id = new_id();
         let ep = self
-            .transact(move |st| ops::create_endpoint(st, &spec, &node, id.clone(), ipam::random_mac))
+            .transact(move |st| {
+                ops::create_endpoint(st, &spec, &node, id.clone(), ipam::random_mac)
+            })
             .await?;
         let snap = self.load().await?;
         let attached = match snap.state.networks.get(&ep.network) {
-            Some(net) => attach::attach(&ep, net, self.endpoint_mtu).await.map_err(AgentError::from),
-            None => Err(StateError::NotFound(format!("network {} was removed meanwhile", ep.network)).into()),
+            Some(net) => attach::attach(&ep, net, self.endpoint_mtu)
+                .await
+                .map_err(AgentError::from),
+            None => Err(StateError::NotFound(format!(
+                "network {} was removed meanwhile",
+                ep.network
+            ))
+            .into()),
         };
         match attached {
             Ok(fd) => {
@@ -273,7 +310,9 @@ impl Agent {
 
     pub async fn remove_endpoint(&self, id: String) -> Result<Endpoint, AgentError> {
         let mut ports = self.ports.lock().await;
-        let ep = self.transact(move |st| ops::remove_endpoint(st, &id)).await?;
+        let ep = self
+            .transact(move |st| ops::remove_endpoint(st, &id))
+            .await?;
         if let Some(p) = ports.by_endpoint.remove(&ep.id) {
             self.worker.remove_port(p.port);
         }

@@ -28,14 +28,20 @@ pub fn build(st: &ClusterState, node: &str, local: &FxHashMap<String, PortId>) -
         }
         let mut members: Vec<IpAddr> = v.static_peers.clone();
         for ep in st.endpoints_on(&net.name) {
-            let Some(mac) = parse_mac(&ep.mac) else { continue };
+            let Some(mac) = parse_mac(&ep.mac) else {
+                continue;
+            };
             let loc = if ep.node == node {
                 match local.get(&ep.id) {
                     Some(p) => {
                         v.local_ports.push(*p);
                         out.ports.insert(
                             *p,
-                            PortView { vni: net.vni, mac, ips: ep.ips.clone() },
+                            PortView {
+                                vni: net.vni,
+                                mac,
+                                ips: ep.ips.clone(),
+                            },
                         );
                         Location::Local(*p)
                     }
@@ -43,7 +49,9 @@ pub fn build(st: &ClusterState, node: &str, local: &FxHashMap<String, PortId>) -
                     None => continue,
                 }
             } else {
-                let Some(n) = st.nodes.get(&ep.node) else { continue };
+                let Some(n) = st.nodes.get(&ep.node) else {
+                    continue;
+                };
                 members.push(n.advertise_addr);
                 Location::Remote(n.advertise_addr)
             };
@@ -69,15 +77,22 @@ mod tests {
     #[test]
     fn members_are_nodes_with_endpoints_plus_peers() {
         let mut st = ClusterState::default();
-        for (n, a) in [("n1", "192.0.2.1"), ("n2", "192.0.2.2"), ("n3", "192.0.2.3")] {
-            ops::upsert_node(&mut st, Node {
-                name: n.into(),
-                advertise_addr: a.parse().unwrap(),
-                public_key: None,
-                ingress: true,
-                labels: Default::default(),
-                last_seen: 0,
-            })
+        for (n, a) in [
+            ("n1", "192.0.2.1"),
+            ("n2", "192.0.2.2"),
+            ("n3", "192.0.2.3"),
+        ] {
+            ops::upsert_node(
+                &mut st,
+                Node {
+                    name: n.into(),
+                    advertise_addr: a.parse().unwrap(),
+                    public_key: None,
+                    ingress: true,
+                    labels: Default::default(),
+                    last_seen: 0,
+                },
+            )
             .unwrap();
         }
         let spec = NetworkSpec {
@@ -87,7 +102,11 @@ mod tests {
         };
         let net = ops::create_network(&mut st, &spec).unwrap();
         for (id, node) in [("e1", "n1"), ("e2", "n2"), ("e3", "n1")] {
-            let es = EndpointSpec { network: "a".into(), netns: id.into(), ..Default::default() };
+            let es = EndpointSpec {
+                network: "a".into(),
+                netns: id.into(),
+                ..Default::default()
+            };
             ops::create_endpoint(&mut st, &es, node, id.into(), ipam::random_mac).unwrap();
         }
         let mut local = FxHashMap::default();
@@ -95,7 +114,10 @@ mod tests {
         let sw = build(&st, "n1", &local);
         let v = &sw.networks[&net.vni];
         let addrs: Vec<IpAddr> = vec!["192.0.2.2".parse().unwrap(), "192.0.2.50".parse().unwrap()];
-        assert_eq!(v.members, addrs, "n3 has no endpoint; self is never a member");
+        assert_eq!(
+            v.members, addrs,
+            "n3 has no endpoint; self is never a member"
+        );
         assert_eq!(v.local_ports, vec![PortId(1)]);
         assert_eq!(sw.ports.len(), 1, "e3 is not attached yet");
         assert_eq!(v.macs.len(), 2);

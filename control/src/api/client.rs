@@ -19,21 +19,32 @@ pub struct Client {
 impl Client {
     /// `unix:PATH` or a bare path.
     pub fn new(host: &str) -> anyhow::Result<Self> {
-        let path = host.strip_prefix("unix://").or_else(|| host.strip_prefix("unix:")).unwrap_or(host);
+        let path = host
+            .strip_prefix("unix://")
+            .or_else(|| host.strip_prefix("unix:"))
+            .unwrap_or(host);
         if path.is_empty() || host.contains("://") && !host.starts_with("unix://") {
             bail!("-H {host:?}: use unix:PATH (the agent's --api socket)");
         }
-        Ok(Self { socket: PathBuf::from(path) })
+        Ok(Self {
+            socket: PathBuf::from(path),
+        })
     }
 
-    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
         let stream = tokio::net::UnixStream::connect(&self.socket).await.with_context(|| {
             format!(
                 "cannot reach the vxmesh agent at unix:{}: is `vxmesh agent` running? (point -H or VXMESH_HOST at its --api socket)",
                 self.socket.display()
             )
         })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
         let bytes = body.map(|b| b.to_string()).unwrap_or_default();
         let req = Request::builder()
@@ -42,7 +53,10 @@ impl Client {
             .header("host", "vxmesh")
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(bytes)))?;
-        let resp = sender.send_request(req).await.context("the agent closed the connection")?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .context("the agent closed the connection")?;
         let status = resp.status();
         let body = resp.into_body().collect().await?.to_bytes();
         if !status.is_success() {

@@ -25,8 +25,12 @@ impl IntoResponse for ApiError {
 impl From<AgentError> for ApiError {
     fn from(e: AgentError) -> Self {
         let code = match &e {
-            AgentError::Update(UpdateError::State(StateError::Invalid(_))) => StatusCode::BAD_REQUEST,
-            AgentError::Update(UpdateError::State(StateError::NotFound(_))) => StatusCode::NOT_FOUND,
+            AgentError::Update(UpdateError::State(StateError::Invalid(_))) => {
+                StatusCode::BAD_REQUEST
+            }
+            AgentError::Update(UpdateError::State(StateError::NotFound(_))) => {
+                StatusCode::NOT_FOUND
+            }
             AgentError::Update(UpdateError::State(StateError::Conflict(_))) => StatusCode::CONFLICT,
             AgentError::Update(UpdateError::Store(StoreError::Unreachable { .. })) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -56,7 +60,10 @@ fn to_json<T: serde::Serialize>(v: T) -> Res {
 pub fn router(agent: Arc<Agent>) -> Router {
     Router::new()
         .route("/v1/networks", get(list_networks).post(create_network))
-        .route("/v1/networks/{name}", get(inspect_network).delete(remove_network))
+        .route(
+            "/v1/networks/{name}",
+            get(inspect_network).delete(remove_network),
+        )
         .route("/v1/endpoints", get(list_endpoints).post(create_endpoint))
         .route("/v1/endpoints/{id}", axum::routing::delete(remove_endpoint))
         .route("/v1/nodes", get(list_nodes))
@@ -108,10 +115,13 @@ async fn create_network(State(a): Ag, Json(spec): Json<NetworkSpec>) -> Res {
 async fn inspect_network(State(a): Ag, Path(name): Path<String>) -> Res {
     let st = a.load().await?.state;
     let n = st.networks.get(&name).ok_or_else(|| {
-        StateError::NotFound(format!("no network named {name} (vxmesh network ls lists them)"))
+        StateError::NotFound(format!(
+            "no network named {name} (vxmesh network ls lists them)"
+        ))
     })?;
     let mut j = serde_json::to_value(n).unwrap_or_default();
-    j["endpoints"] = serde_json::to_value(st.endpoints_on(&name).collect::<Vec<_>>()).unwrap_or_default();
+    j["endpoints"] =
+        serde_json::to_value(st.endpoints_on(&name).collect::<Vec<_>>()).unwrap_or_default();
     Ok(Json(j))
 }
 

@@ -12,7 +12,11 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "vxmesh", version, about = "Userspace VXLAN overlays and a routing-mesh load balancer for containers")]
+#[command(
+    name = "vxmesh",
+    version,
+    about = "Userspace VXLAN overlays and a routing-mesh load balancer for containers"
+)]
 pub struct Cli {
     /// The agent to talk to: unix:PATH (default: $VXMESH_HOST, then the local agent's socket)
     #[arg(short = 'H', long = "host", global = true, env = "VXMESH_HOST")]
@@ -90,9 +94,13 @@ enum NetworkCmd {
     },
     #[command(alias = "list")]
     Ls,
-    Inspect { name: String },
+    Inspect {
+        name: String,
+    },
     #[command(alias = "remove")]
-    Rm { name: String },
+    Rm {
+        name: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -152,7 +160,9 @@ pub fn main() -> anyhow::Result<()> {
         cmd => {
             let host = cli.host.unwrap_or_else(|| format!("unix:{DEFAULT_SOCKET}"));
             let client = Client::new(&host)?;
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(run_client(&client, cli.format, cmd))
         }
     }
@@ -162,7 +172,14 @@ async fn run_client(c: &Client, f: Format, cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Agent(_) => unreachable!("handled in main"),
         Command::Network(n) => match n {
-            NetworkCmd::Create { name, subnets, encrypted, internal, vni, peer_vteps } => {
+            NetworkCmd::Create {
+                name,
+                subnets,
+                encrypted,
+                internal,
+                vni,
+                peer_vteps,
+            } => {
                 let body = json!({
                     "name": name, "subnets": subnets, "encrypted": encrypted,
                     "internal": internal, "vni": vni, "peer_vteps": peer_vteps,
@@ -170,18 +187,35 @@ async fn run_client(c: &Client, f: Format, cmd: Command) -> anyhow::Result<()> {
                 let v = c.call(Method::POST, "/v1/networks", Some(body)).await?;
                 output::created(f, &v, &[&v["name"], &v["vni"]])
             }
-            NetworkCmd::Ls => output::networks(f, &c.call(Method::GET, "/v1/networks", None).await?),
+            NetworkCmd::Ls => {
+                output::networks(f, &c.call(Method::GET, "/v1/networks", None).await?)
+            }
             NetworkCmd::Inspect { name } => {
-                let v = c.call(Method::GET, &format!("/v1/networks/{}", esc(&name)), None).await?;
+                let v = c
+                    .call(Method::GET, &format!("/v1/networks/{}", esc(&name)), None)
+                    .await?;
                 output::pretty(&v)
             }
             NetworkCmd::Rm { name } => {
-                let v = c.call(Method::DELETE, &format!("/v1/networks/{}", esc(&name)), None).await?;
+                let v = c
+                    .call(
+                        Method::DELETE,
+                        &format!("/v1/networks/{}", esc(&name)),
+                        None,
+                    )
+                    .await?;
                 output::created(f, &v, &[&v["name"]])
             }
         },
         Command::Endpoint(e) => match e {
-            EndpointCmd::Create { network, netns, ifname, ip, service, veth } => {
+            EndpointCmd::Create {
+                network,
+                netns,
+                ifname,
+                ip,
+                service,
+                veth,
+            } => {
                 let body = json!({
                     "network": network, "netns": netns, "ifname": ifname,
                     "ip": ip, "service": service, "veth": veth,
@@ -190,13 +224,19 @@ async fn run_client(c: &Client, f: Format, cmd: Command) -> anyhow::Result<()> {
                 let ips = output::join(&v["ips"]);
                 output::created(f, &v, &[&v["id"], &Value::String(ips)])
             }
-            EndpointCmd::Ls => output::endpoints(f, &c.call(Method::GET, "/v1/endpoints", None).await?),
+            EndpointCmd::Ls => {
+                output::endpoints(f, &c.call(Method::GET, "/v1/endpoints", None).await?)
+            }
             EndpointCmd::Rm { id } => {
-                let v = c.call(Method::DELETE, &format!("/v1/endpoints/{}", esc(&id)), None).await?;
+                let v = c
+                    .call(Method::DELETE, &format!("/v1/endpoints/{}", esc(&id)), None)
+                    .await?;
                 output::created(f, &v, &[&v["id"]])
             }
         },
-        Command::Node(NodeCmd::Ls) => output::nodes(f, &c.call(Method::GET, "/v1/nodes", None).await?),
+        Command::Node(NodeCmd::Ls) => {
+            output::nodes(f, &c.call(Method::GET, "/v1/nodes", None).await?)
+        }
         Command::Stats => output::stats(f, &c.call(Method::GET, "/v1/stats", None).await?),
     }
 }

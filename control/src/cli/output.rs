@@ -56,7 +56,10 @@ pub fn created(f: Format, v: &Value, fields: &[&Value]) -> anyhow::Result<()> {
     match f {
         Format::Json => pretty(v),
         Format::Table => {
-            println!("{}", fields.iter().map(|x| s(x)).collect::<Vec<_>>().join(" "));
+            println!(
+                "{}",
+                fields.iter().map(|x| s(x)).collect::<Vec<_>>().join(" ")
+            );
             Ok(())
         }
     }
@@ -71,7 +74,15 @@ pub fn networks(f: Format, v: &Value) -> anyhow::Result<()> {
         return pretty(v);
     }
     table(
-        &["NAME", "VNI", "SUBNETS", "GATEWAYS", "ENDPOINTS", "PEER VTEPS", "FLAGS"],
+        &[
+            "NAME",
+            "VNI",
+            "SUBNETS",
+            "GATEWAYS",
+            "ENDPOINTS",
+            "PEER VTEPS",
+            "FLAGS",
+        ],
         rows(v, |n| {
             let mut flags = vec![];
             if n["encrypted"] == Value::Bool(true) {
@@ -87,7 +98,11 @@ pub fn networks(f: Format, v: &Value) -> anyhow::Result<()> {
                 join(&n["gateways"]),
                 s(&n["endpoints"]),
                 join(&n["peer_vteps"]),
-                if flags.is_empty() { "-".into() } else { flags.join(",") },
+                if flags.is_empty() {
+                    "-".into()
+                } else {
+                    flags.join(",")
+                },
             ]
         }),
     );
@@ -99,12 +114,16 @@ pub fn endpoints(f: Format, v: &Value) -> anyhow::Result<()> {
         return pretty(v);
     }
     table(
-        &["ID", "NETWORK", "NODE", "IPS", "MAC", "NETNS", "IFNAME", "SERVICE"],
+        &[
+            "ID", "NETWORK", "NODE", "IPS", "MAC", "NETNS", "IFNAME", "SERVICE",
+        ],
         rows(v, |e| {
-            ["id", "network", "node", "ips", "mac", "netns", "ifname", "service"]
-                .iter()
-                .map(|k| s(&e[*k]))
-                .collect()
+            [
+                "id", "network", "node", "ips", "mac", "netns", "ifname", "service",
+            ]
+            .iter()
+            .map(|k| s(&e[*k]))
+            .collect()
         }),
     );
     Ok(())
@@ -120,7 +139,11 @@ pub fn nodes(f: Format, v: &Value) -> anyhow::Result<()> {
             vec![
                 s(&n["name"]),
                 s(&n["advertise_addr"]),
-                if n["ingress"] == Value::Bool(true) { "on".into() } else { "off".into() },
+                if n["ingress"] == Value::Bool(true) {
+                    "on".into()
+                } else {
+                    "off".into()
+                },
                 s(&n["last_seen"]),
             ]
         }),
@@ -133,7 +156,13 @@ pub fn stats(f: Format, v: &Value) -> anyhow::Result<()> {
         return pretty(v);
     }
     let mut rows: Vec<Vec<String>> = [
-        "port_rx", "port_tx", "underlay_rx", "underlay_tx", "neighbor_replies", "flooded", "learned",
+        "port_rx",
+        "port_tx",
+        "underlay_rx",
+        "underlay_tx",
+        "neighbor_replies",
+        "flooded",
+        "learned",
     ]
     .iter()
     .map(|k| vec![k.to_string(), s(&v[*k])])

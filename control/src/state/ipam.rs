@@ -113,7 +113,10 @@ mod tests {
         used.insert("10.1.0.2".parse().unwrap());
         assert_eq!(allocate_ip(&s, &used), None, "10.1.0.3 is the broadcast");
         let s6 = n("fd00:1::/64");
-        assert_eq!(allocate_ip(&s6, &BTreeSet::new()), Some("fd00:1::2".parse().unwrap()));
+        assert_eq!(
+            allocate_ip(&s6, &BTreeSet::new()),
+            Some("fd00:1::2".parse().unwrap())
+        );
     }
 
     #[test]

@@ -76,7 +76,9 @@ pub struct ClusterState {
 
 impl ClusterState {
     pub fn endpoints_on<'a>(&'a self, network: &'a str) -> impl Iterator<Item = &'a Endpoint> {
-        self.endpoints.values().filter(move |e| e.network == network)
+        self.endpoints
+            .values()
+            .filter(move |e| e.network == network)
     }
 }
 

@@ -52,7 +52,10 @@ pub struct EndpointSpec {
 fn valid_name(kind: &str, name: &str) -> Result<(), StateError> {
     let ok = !name.is_empty()
         && name.len() <= 63
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
@@ -94,14 +97,22 @@ pub fn create_network(st: &mut ClusterState, spec: &NetworkSpec) -> Result<Netwo
             "encrypted networks are not available in this version: create the network without --encrypted".into(),
         ));
     }
-    let v4 = spec.subnets.iter().filter(|s| matches!(s, IpNet::V4(_))).count();
+    let v4 = spec
+        .subnets
+        .iter()
+        .filter(|s| matches!(s, IpNet::V4(_)))
+        .count();
     let v6 = spec.subnets.len() - v4;
     if v4 > 1 || v6 > 1 {
         return Err(StateError::Invalid(
             "a network takes at most one IPv4 and one IPv6 --subnet".into(),
         ));
     }
-    let used: Vec<IpNet> = st.networks.values().flat_map(|n| n.subnets.clone()).collect();
+    let used: Vec<IpNet> = st
+        .networks
+        .values()
+        .flat_map(|n| n.subnets.clone())
+        .collect();
     let mut subnets = Vec::new();
     for s in &spec.subnets {
         if s.trunc() != *s {
@@ -127,7 +138,11 @@ pub fn create_network(st: &mut ClusterState, spec: &NetworkSpec) -> Result<Netwo
             return Err(StateError::Conflict(format!(
                 "--subnet {s} overlaps network {} ({}): choose a subnet that does not",
                 n.name,
-                n.subnets.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ")
+                n.subnets
+                    .iter()
+                    .map(|x| x.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
         subnets.push(*s);
@@ -210,7 +225,9 @@ pub fn create_endpoint(
         ))
     })?;
     if !st.nodes.contains_key(node) {
-        return Err(StateError::NotFound(format!("node {node} is not registered")));
+        return Err(StateError::NotFound(format!(
+            "node {node} is not registered"
+        )));
     }
     let ifname = spec.ifname.clone().unwrap_or_else(|| "eth0".into());
     if ifname.is_empty() || ifname.len() > 15 || ifname.contains(['/', ' ']) {
@@ -234,13 +251,21 @@ pub fn create_endpoint(
         .collect();
     let mut ips = Vec::new();
     if let Some(ip) = spec.ip {
-        let subnet = net.subnets.iter().find(|s| s.contains(&ip)).ok_or_else(|| {
-            StateError::Invalid(format!(
-                "--ip {ip} is outside network {}'s subnets ({})",
-                net.name,
-                net.subnets.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")
-            ))
-        })?;
+        let subnet = net
+            .subnets
+            .iter()
+            .find(|s| s.contains(&ip))
+            .ok_or_else(|| {
+                StateError::Invalid(format!(
+                    "--ip {ip} is outside network {}'s subnets ({})",
+                    net.name,
+                    net.subnets
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?;
         if !ipam::assignable(subnet, ip) {
             return Err(StateError::Invalid(format!(
                 "--ip {ip} is the network, broadcast or gateway address of {subnet}: pick a host address"
@@ -293,7 +318,10 @@ pub fn find_endpoint<'a>(st: &'a ClusterState, id: &str) -> Result<&'a Endpoint,
     if let Some(e) = st.endpoints.get(id) {
         return Ok(e);
     }
-    let mut m = st.endpoints.values().filter(|e| !id.is_empty() && e.id.starts_with(id));
+    let mut m = st
+        .endpoints
+        .values()
+        .filter(|e| !id.is_empty() && e.id.starts_with(id));
     match (m.next(), m.next()) {
         (Some(e), None) => Ok(e),
         (Some(_), Some(_)) => Err(StateError::Invalid(format!(
@@ -309,7 +337,7 @@ pub fn remove_endpoint(st: &mut ClusterState, id: &str) -> Result<Endpoint, Stat
     let id = find_endpoint(st, id)?.id.clone();
     st.endpoints
         .remove(&id)
-        .ok_or_else(|| StateError::NotFound(id))
+        .ok_or(StateError::NotFound(id))
 }
 
 #[cfg(test)]
@@ -357,16 +385,29 @@ mod tests {
         let mut st = state();
         create_network(&mut st, &spec("a", Some("10.20.0.0/16"), Some(100))).unwrap();
         let e = create_network(&mut st, &spec("b", Some("10.20.5.0/24"), None)).unwrap_err();
-        assert!(matches!(&e, StateError::Conflict(m) if m.contains("overlaps network a")), "{e}");
+        assert!(
+            matches!(&e, StateError::Conflict(m) if m.contains("overlaps network a")),
+            "{e}"
+        );
         let e = create_network(&mut st, &spec("b", Some("10.30.0.0/24"), Some(100))).unwrap_err();
-        assert!(matches!(&e, StateError::Conflict(m) if m.contains("VNI 100")), "{e}");
+        assert!(
+            matches!(&e, StateError::Conflict(m) if m.contains("VNI 100")),
+            "{e}"
+        );
         let e = create_network(&mut st, &spec("a", None, None)).unwrap_err();
         assert!(matches!(e, StateError::Conflict(_)));
         let e = create_network(&mut st, &spec("bad name", None, None)).unwrap_err();
         assert!(matches!(e, StateError::Invalid(_)));
         let e = create_network(&mut st, &spec("c", Some("10.40.0.1/24"), None)).unwrap_err();
-        assert!(matches!(&e, StateError::Invalid(m) if m.contains("10.40.0.0/24")), "{e}");
-        assert_eq!(st.networks.len(), 1, "no failed create left anything behind");
+        assert!(
+            matches!(&e, StateError::Invalid(m) if m.contains("10.40.0.0/24")),
+            "{e}"
+        );
+        assert_eq!(
+            st.networks.len(),
+            1,
+            "no failed create left anything behind"
+        );
     }
 
     #[test]
@@ -379,15 +420,46 @@ mod tests {
             ip: ip.map(|s| s.parse().unwrap()),
             ..Default::default()
         };
-        let e1 = create_endpoint(&mut st, &es(None, "c1"), "n1", "e1".into(), ipam::random_mac).unwrap();
+        let e1 = create_endpoint(
+            &mut st,
+            &es(None, "c1"),
+            "n1",
+            "e1".into(),
+            ipam::random_mac,
+        )
+        .unwrap();
         assert_eq!(e1.ips, vec!["10.20.0.2".parse::<IpAddr>().unwrap()]);
-        let e2 = create_endpoint(&mut st, &es(Some("10.20.0.9"), "c2"), "n1", "e2".into(), ipam::random_mac).unwrap();
+        let e2 = create_endpoint(
+            &mut st,
+            &es(Some("10.20.0.9"), "c2"),
+            "n1",
+            "e2".into(),
+            ipam::random_mac,
+        )
+        .unwrap();
         assert_eq!(e2.ips, vec!["10.20.0.9".parse::<IpAddr>().unwrap()]);
-        for (ip, ns) in [("10.20.0.9", "c3"), ("10.20.0.1", "c3"), ("10.99.0.2", "c3")] {
-            assert!(create_endpoint(&mut st, &es(Some(ip), ns), "n1", "x".into(), ipam::random_mac).is_err());
+        for (ip, ns) in [
+            ("10.20.0.9", "c3"),
+            ("10.20.0.1", "c3"),
+            ("10.99.0.2", "c3"),
+        ] {
+            assert!(create_endpoint(
+                &mut st,
+                &es(Some(ip), ns),
+                "n1",
+                "x".into(),
+                ipam::random_mac
+            )
+            .is_err());
         }
-        assert!(create_endpoint(&mut st, &es(None, "c1"), "n1", "x".into(), ipam::random_mac).is_err(), "same netns+ifname twice");
-        assert!(matches!(remove_network(&mut st, "a"), Err(StateError::Conflict(_))));
+        assert!(
+            create_endpoint(&mut st, &es(None, "c1"), "n1", "x".into(), ipam::random_mac).is_err(),
+            "same netns+ifname twice"
+        );
+        assert!(matches!(
+            remove_network(&mut st, "a"),
+            Err(StateError::Conflict(_))
+        ));
         remove_endpoint(&mut st, "e1").unwrap();
         remove_endpoint(&mut st, "e2").unwrap();
         remove_network(&mut st, "a").unwrap();
@@ -401,7 +473,11 @@ mod tests {
         create_network(&mut st, &s).unwrap();
         let e = create_endpoint(
             &mut st,
-            &EndpointSpec { network: "d".into(), netns: "c".into(), ..Default::default() },
+            &EndpointSpec {
+                network: "d".into(),
+                netns: "c".into(),
+                ..Default::default()
+            },
             "n1",
             "e".into(),
             ipam::random_mac,
@@ -416,11 +492,21 @@ mod tests {
         let mut st = state();
         create_network(&mut st, &spec("a", None, None)).unwrap();
         for id in ["abc1", "abd2"] {
-            let es = EndpointSpec { network: "a".into(), netns: id.into(), ..Default::default() };
+            let es = EndpointSpec {
+                network: "a".into(),
+                netns: id.into(),
+                ..Default::default()
+            };
             create_endpoint(&mut st, &es, "n1", id.into(), ipam::random_mac).unwrap();
         }
         assert_eq!(find_endpoint(&st, "abc").unwrap().id, "abc1");
-        assert!(matches!(find_endpoint(&st, "ab"), Err(StateError::Invalid(_))));
-        assert!(matches!(find_endpoint(&st, "zz"), Err(StateError::NotFound(_))));
+        assert!(matches!(
+            find_endpoint(&st, "ab"),
+            Err(StateError::Invalid(_))
+        ));
+        assert!(matches!(
+            find_endpoint(&st, "zz"),
+            Err(StateError::NotFound(_))
+        ));
     }
 }

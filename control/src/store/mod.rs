@@ -74,11 +74,16 @@ pub fn transact<T>(
 
 /// Opens the store an agent's `--store` names.
 pub fn open(url: &str) -> Result<Box<dyn Store>, StoreError> {
-    if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+    if let Some(path) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    {
         if path.is_empty() {
             return Err(StoreError::BadUrl(url.into()));
         }
-        return Ok(Box::new(sqlite::SqliteStore::open(std::path::Path::new(path))?));
+        return Ok(Box::new(sqlite::SqliteStore::open(std::path::Path::new(
+            path,
+        ))?));
     }
     Err(StoreError::BadUrl(url.into()))
 }

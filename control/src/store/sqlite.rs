@@ -34,7 +34,8 @@ impl SqliteStore {
             std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
         }
         let conn = Connection::open(path).map_err(|e| err(&e))?;
-        conn.busy_timeout(Duration::from_secs(10)).map_err(|e| err(&e))?;
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(|e| err(&e))?;
         conn.execute_batch(
             "PRAGMA journal_mode=WAL;
              PRAGMA synchronous=NORMAL;
@@ -66,7 +67,9 @@ impl SqliteStore {
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
-        self.conn.lock().map_err(|_| self.unreachable("connection lock poisoned"))
+        self.conn
+            .lock()
+            .map_err(|_| self.unreachable("connection lock poisoned"))
     }
 
     fn read(&self, conn: &Connection) -> Result<Snapshot, StoreError> {
@@ -77,7 +80,13 @@ impl SqliteStore {
             .prepare_cached("SELECT kind, key, value FROM objects")
             .map_err(|e| self.unreachable(e))?;
         let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })
             .map_err(|e| self.unreachable(e))?;
         let mut st = ClusterState::default();
         for row in rows {
@@ -97,7 +106,11 @@ impl SqliteStore {
     }
 }
 
-fn put<T: DeserializeOwned>(map: &mut BTreeMap<String, T>, key: String, value: &str) -> Result<(), String> {
+fn put<T: DeserializeOwned>(
+    map: &mut BTreeMap<String, T>,
+    key: String,
+    value: &str,
+) -> Result<(), String> {
     let v = serde_json::from_str(value).map_err(|e| format!("object {key}: {e}"))?;
     map.insert(key, v);
     Ok(())
@@ -124,8 +137,11 @@ fn write_diff<T: Serialize + PartialEq>(
         }
     }
     for k in old.keys().filter(|k| !new.contains_key(*k)) {
-        tx.execute("DELETE FROM objects WHERE kind = ?1 AND key = ?2", params![kind, k])
-            .map_err(|e| e.to_string())?;
+        tx.execute(
+            "DELETE FROM objects WHERE kind = ?1 AND key = ?2",
+            params![kind, k],
+        )
+        .map_err(|e| e.to_string())?;
         changed = true;
     }
     Ok(changed)
@@ -150,14 +166,27 @@ impl Store for SqliteStore {
         f(&mut next)?;
         let mut changed = false;
         let w = |r: Result<bool, String>| r.map_err(|e| self.unreachable(e));
-        changed |= w(write_diff(&tx, "network", &snap.state.networks, &next.networks))?;
+        changed |= w(write_diff(
+            &tx,
+            "network",
+            &snap.state.networks,
+            &next.networks,
+        ))?;
         changed |= w(write_diff(&tx, "node", &snap.state.nodes, &next.nodes))?;
-        changed |= w(write_diff(&tx, "endpoint", &snap.state.endpoints, &next.endpoints))?;
+        changed |= w(write_diff(
+            &tx,
+            "endpoint",
+            &snap.state.endpoints,
+            &next.endpoints,
+        ))?;
         let mut rev = snap.revision;
         if changed {
             rev += 1;
-            tx.execute("UPDATE meta SET v = ?1 WHERE k = 'revision'", params![rev as i64])
-                .map_err(|e| self.unreachable(e))?;
+            tx.execute(
+                "UPDATE meta SET v = ?1 WHERE k = 'revision'",
+                params![rev as i64],
+            )
+            .map_err(|e| self.unreachable(e))?;
         }
         tx.commit().map_err(|e| self.unreachable(e))?;
         Ok(rev)
@@ -208,7 +237,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(&dir.path().join("s.db")).unwrap();
         assert_eq!(s.load().unwrap().revision, 0);
-        let spec = NetworkSpec { name: "a".into(), ..Default::default() };
+        let spec = NetworkSpec {
+            name: "a".into(),
+            ..Default::default()
+        };
         let n = transact(&s, |st| ops::create_network(st, &spec)).unwrap();
         assert_eq!(s.load().unwrap().revision, 1);
         assert_eq!(s.load().unwrap().state.networks["a"], n);
@@ -234,7 +266,13 @@ mod tests {
         transact(&*a, |st| {
             ops::upsert_node(st, node("n1", "192.0.2.1"))?;
             ops::upsert_node(st, node("n2", "192.0.2.2"))?;
-            ops::create_network(st, &NetworkSpec { name: "a".into(), ..Default::default() })
+            ops::create_network(
+                st,
+                &NetworkSpec {
+                    name: "a".into(),
+                    ..Default::default()
+                },
+            )
         })
         .unwrap();
         let threads: Vec<_> = (0..4)
@@ -249,7 +287,13 @@ mod tests {
                             ..Default::default()
                         };
                         transact(&s, |st| {
-                            ops::create_endpoint(st, &spec, if t % 2 == 0 { "n1" } else { "n2" }, format!("{t}-{i}"), crate::state::ipam::random_mac)
+                            ops::create_endpoint(
+                                st,
+                                &spec,
+                                if t % 2 == 0 { "n1" } else { "n2" },
+                                format!("{t}-{i}"),
+                                crate::state::ipam::random_mac,
+                            )
                         })
                         .unwrap();
                     }
@@ -286,7 +330,9 @@ mod tests {
 
     #[test]
     fn unreachable_and_bad_urls_are_clear_errors() {
-        let e = crate::store::open("sqlite:/proc/vxmesh/nope.db").err().unwrap();
+        let e = crate::store::open("sqlite:/proc/vxmesh/nope.db")
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("unreachable"), "{e}");
         let e = crate::store::open("mysql://x").err().unwrap();
         assert!(e.to_string().contains("sqlite:PATH"), "{e}");

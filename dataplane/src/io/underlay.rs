@@ -38,7 +38,8 @@ impl Underlay {
     /// Sends one VXLAN datagram to `vtep` from the socket that `flow_hash` selects.
     pub fn send(&self, flow_hash: u32, vtep: IpAddr, datagram: &[u8]) -> io::Result<()> {
         let s = &self.tx[flow_hash as usize % self.tx.len()];
-        s.send_to(datagram, SocketAddr::new(vtep, self.port)).map(|_| ())
+        s.send_to(datagram, SocketAddr::new(vtep, self.port))
+            .map(|_| ())
     }
 
     pub fn source_ports(&self) -> Vec<u16> {
@@ -46,5 +47,45 @@ impl Underlay {
             .iter()
             .filter_map(|s| s.local_addr().ok().map(|a| a.port()))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Flows go out from different source ports, each flow always from the same one,
+    /// and from the bound address (loopback here, so the test needs no namespace).
+    #[test]
+    fn source_port_follows_the_flow_hash() {
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let sink = UdpSocket::bind((lo, 0)).unwrap();
+        sink.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let port = sink.local_addr().unwrap().port();
+        // receive on any free port; send to the sink's
+        let u = Underlay {
+            port,
+            ..Underlay::bind(lo, 0, 8).unwrap()
+        };
+        let mut seen = std::collections::BTreeMap::new();
+        let mut buf = [0u8; 16];
+        for hash in [1u32, 2, 3, 9, 1, 2, 3, 9] {
+            u.send(hash, lo, &hash.to_be_bytes()).unwrap();
+            let (n, from) = sink.recv_from(&mut buf).unwrap();
+            assert_eq!(n, 4);
+            assert_eq!(from.ip(), lo);
+            let prev = seen.insert(hash, from.port());
+            assert!(
+                prev.is_none() || prev == Some(from.port()),
+                "flow {hash} changed source port"
+            );
+        }
+        let ports: std::collections::BTreeSet<u16> = seen.values().copied().collect();
+        assert_eq!(
+            ports.len(),
+            3,
+            "hashes 1 and 9 share a socket of 8, the rest differ: {seen:?}"
+        );
     }
 }

@@ -62,7 +62,13 @@ impl LearnedFdb {
                 return Learn::Full;
             }
         }
-        self.map.insert((vni, mac), Entry { vtep, seen_ms: now_ms });
+        self.map.insert(
+            (vni, mac),
+            Entry {
+                vtep,
+                seen_ms: now_ms,
+            },
+        );
         Learn::New
     }
 
@@ -87,7 +93,10 @@ mod tests {
         assert_eq!(f.lookup(1, &[2, 0, 0, 0, 0, 1], 10), Some(v));
         assert_eq!(f.lookup(2, &[2, 0, 0, 0, 0, 1], 10), None);
         // after ageing, the table makes room again
-        assert!(matches!(f.learn(1, [2, 0, 0, 0, 0, 3], v, AGEING_MS + 1), Learn::New));
+        assert!(matches!(
+            f.learn(1, [2, 0, 0, 0, 0, 3], v, AGEING_MS + 1),
+            Learn::New
+        ));
         assert_eq!(f.lookup(1, &[2, 0, 0, 0, 0, 1], AGEING_MS + 1), None);
     }
 }

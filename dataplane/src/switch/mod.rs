@@ -237,13 +237,11 @@ impl Switch {
                 return self.drop(DropReason::SpoofedSourceMac)
             }
             Some(Location::Remote(_)) => {}
-            None if net.is_static_peer(&src) => {
-                match self.learned.learn(vni, smac, src, now_ms) {
-                    fdb::Learn::New => self.counters.learned += 1,
-                    fdb::Learn::Known => {}
-                    fdb::Learn::Full => self.counters.drop(DropReason::LearnedFdbFull),
-                }
-            }
+            None if net.is_static_peer(&src) => match self.learned.learn(vni, smac, src, now_ms) {
+                fdb::Learn::New => self.counters.learned += 1,
+                fdb::Learn::Known => {}
+                fdb::Learn::Full => self.counters.drop(DropReason::LearnedFdbFull),
+            },
             None => {}
         }
         if dst[0] & 1 == 1 {

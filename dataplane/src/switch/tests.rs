@@ -26,7 +26,12 @@ fn state() -> SwitchState {
     net.macs.insert(A, Location::Local(PortId(1)));
     net.macs.insert(B, Location::Local(PortId(2)));
     net.macs.insert(R, Location::Remote(ip("192.0.2.2")));
-    for (i, m) in [("10.0.0.10", A), ("10.0.0.11", B), ("10.0.0.12", R), ("10.0.0.1", GW)] {
+    for (i, m) in [
+        ("10.0.0.10", A),
+        ("10.0.0.11", B),
+        ("10.0.0.12", R),
+        ("10.0.0.1", GW),
+    ] {
         net.neighbors.insert(ip(i), m);
     }
     net.neighbors.insert(ip("fd00::12"), R);
@@ -34,9 +39,20 @@ fn state() -> SwitchState {
     st.networks.insert(VNI, net);
     st.ports.insert(
         PortId(1),
-        PortView { vni: VNI, mac: A, ips: vec![ip("10.0.0.10"), ip("fd00::10")] },
+        PortView {
+            vni: VNI,
+            mac: A,
+            ips: vec![ip("10.0.0.10"), ip("fd00::10")],
+        },
     );
-    st.ports.insert(PortId(2), PortView { vni: VNI, mac: B, ips: vec![ip("10.0.0.11")] });
+    st.ports.insert(
+        PortId(2),
+        PortView {
+            vni: VNI,
+            mac: B,
+            ips: vec![ip("10.0.0.11")],
+        },
+    );
     st
 }
 
@@ -71,7 +87,10 @@ fn local_unicast_is_delivered() {
     let mut sw = Switch::new(16);
     let f = udp(A, B, [10, 0, 0, 10], [10, 0, 0, 11], 100);
     let mut b = buf(&f);
-    assert_eq!(sw.from_port(&st, PortId(1), &mut b, 0), Action::Deliver(PortId(2)));
+    assert_eq!(
+        sw.from_port(&st, PortId(1), &mut b, 0),
+        Action::Deliver(PortId(2))
+    );
     assert_eq!(b.data(), &f[..]);
 }
 
@@ -95,7 +114,9 @@ fn broadcast_floods_to_other_ports_and_every_member() {
     let f = arp_request(A, [10, 0, 0, 10], [10, 0, 0, 99]);
     let mut b = buf(&f);
     match sw.from_port(&st, PortId(1), &mut b, 0) {
-        Action::Flood { ports, skip, vteps, .. } => {
+        Action::Flood {
+            ports, skip, vteps, ..
+        } => {
             assert_eq!(ports, &[PortId(1), PortId(2)]);
             assert_eq!(skip, Some(PortId(1)));
             assert_eq!(vteps, &[ip("192.0.2.2"), ip("192.0.2.9")]);
@@ -111,7 +132,10 @@ fn arp_for_known_endpoint_and_gateway_is_answered() {
     let mut sw = Switch::new(16);
     for (target, mac) in [([10, 0, 0, 12], R), ([10, 0, 0, 1], GW)] {
         let mut b = buf(&arp_request(A, [10, 0, 0, 10], target));
-        assert_eq!(sw.from_port(&st, PortId(1), &mut b, 0), Action::Reply(PortId(1)));
+        assert_eq!(
+            sw.from_port(&st, PortId(1), &mut b, 0),
+            Action::Reply(PortId(1))
+        );
         let rep = neighbor::parse_arp(b.data()).unwrap();
         assert!(!rep.is_request);
         assert_eq!(rep.sender_mac, mac);
@@ -119,7 +143,10 @@ fn arp_for_known_endpoint_and_gateway_is_answered() {
     }
     // a probe for its own address (duplicate address detection) is not answered
     let mut b = buf(&arp_request(A, [0, 0, 0, 0], [10, 0, 0, 10]));
-    assert!(matches!(sw.from_port(&st, PortId(1), &mut b, 0), Action::Flood { .. }));
+    assert!(matches!(
+        sw.from_port(&st, PortId(1), &mut b, 0),
+        Action::Flood { .. }
+    ));
     assert_eq!(sw.counters.neighbor_replies, 2);
 }
 
@@ -127,8 +154,15 @@ fn arp_for_known_endpoint_and_gateway_is_answered() {
 fn neighbor_solicitation_for_known_endpoint_is_answered() {
     let st = state();
     let mut sw = Switch::new(16);
-    let mut b = buf(&solicitation(A, "fd00::10".parse().unwrap(), "fd00::12".parse().unwrap()));
-    assert_eq!(sw.from_port(&st, PortId(1), &mut b, 0), Action::Reply(PortId(1)));
+    let mut b = buf(&solicitation(
+        A,
+        "fd00::10".parse().unwrap(),
+        "fd00::12".parse().unwrap(),
+    ));
+    assert_eq!(
+        sw.from_port(&st, PortId(1), &mut b, 0),
+        Action::Reply(PortId(1))
+    );
     assert_eq!(b.len(), 86);
     assert_eq!(&b.data()[6..12], &R);
 }
@@ -138,9 +172,18 @@ fn spoofed_sources_are_dropped_and_counted() {
     let st = state();
     let mut sw = Switch::new(16);
     let cases = [
-        (udp(B, R, [10, 0, 0, 10], [10, 0, 0, 12], 10), DropReason::SpoofedSourceMac),
-        (udp(A, R, [10, 0, 0, 11], [10, 0, 0, 12], 10), DropReason::SpoofedSourceIp),
-        (arp_request(A, [10, 0, 0, 11], [10, 0, 0, 12]), DropReason::SpoofedSourceIp),
+        (
+            udp(B, R, [10, 0, 0, 10], [10, 0, 0, 12], 10),
+            DropReason::SpoofedSourceMac,
+        ),
+        (
+            udp(A, R, [10, 0, 0, 11], [10, 0, 0, 12], 10),
+            DropReason::SpoofedSourceIp,
+        ),
+        (
+            arp_request(A, [10, 0, 0, 11], [10, 0, 0, 12]),
+            DropReason::SpoofedSourceIp,
+        ),
         (vec![1, 2, 3], DropReason::Malformed),
     ];
     for (f, why) in cases {
@@ -168,7 +211,10 @@ fn frames_for_the_gateway_have_no_route_yet() {
     let st = state();
     let mut sw = Switch::new(16);
     let mut b = buf(&udp(A, GW, [10, 0, 0, 10], [8, 8, 8, 8], 10));
-    assert_eq!(sw.from_port(&st, PortId(1), &mut b, 0), Action::Drop(DropReason::NoRoute));
+    assert_eq!(
+        sw.from_port(&st, PortId(1), &mut b, 0),
+        Action::Drop(DropReason::NoRoute)
+    );
 }
 
 #[test]
@@ -177,7 +223,10 @@ fn underlay_datagrams_are_checked_then_delivered() {
     let mut sw = Switch::new(16);
     let f = udp(R, A, [10, 0, 0, 12], [10, 0, 0, 10], 200);
     let mut b = datagram(VNI, &f);
-    assert_eq!(sw.from_underlay(&st, ip("192.0.2.2"), &mut b, 0), Action::Deliver(PortId(1)));
+    assert_eq!(
+        sw.from_underlay(&st, ip("192.0.2.2"), &mut b, 0),
+        Action::Deliver(PortId(1))
+    );
     assert_eq!(b.data(), &f[..]);
 
     let mut b = datagram(VNI, &f);
@@ -202,7 +251,10 @@ fn underlay_datagrams_are_checked_then_delivered() {
         sw.from_underlay(&st, ip("192.0.2.9"), &mut b, 0),
         Action::Drop(DropReason::SpoofedSourceMac)
     );
-    let mut b = datagram(VNI, &udp(R, [2, 9, 9, 9, 9, 9], [10, 0, 0, 12], [10, 0, 0, 10], 20));
+    let mut b = datagram(
+        VNI,
+        &udp(R, [2, 9, 9, 9, 9, 9], [10, 0, 0, 12], [10, 0, 0, 10], 20),
+    );
     assert_eq!(
         sw.from_underlay(&st, ip("192.0.2.2"), &mut b, 0),
         Action::Drop(DropReason::NoLocalDestination)
@@ -215,7 +267,9 @@ fn broadcast_from_underlay_goes_to_local_ports_only() {
     let mut sw = Switch::new(16);
     let mut b = datagram(VNI, &arp_request(R, [10, 0, 0, 12], [10, 0, 0, 10]));
     match sw.from_underlay(&st, ip("192.0.2.2"), &mut b, 0) {
-        Action::Flood { ports, skip, vteps, .. } => {
+        Action::Flood {
+            ports, skip, vteps, ..
+        } => {
             assert_eq!(ports.len(), 2);
             assert_eq!(skip, None);
             assert!(vteps.is_empty());
@@ -231,10 +285,16 @@ fn macs_behind_static_peers_are_learned() {
     let k: Mac = [2, 0x4b, 0, 0, 0, 1];
     // unknown unicast to K floods first
     let mut b = buf(&udp(A, k, [10, 0, 0, 10], [10, 0, 0, 200], 10));
-    assert!(matches!(sw.from_port(&st, PortId(1), &mut b, 0), Action::Flood { .. }));
+    assert!(matches!(
+        sw.from_port(&st, PortId(1), &mut b, 0),
+        Action::Flood { .. }
+    ));
     // K speaks through the static peer, and is learned
     let mut b = datagram(VNI, &arp_request(k, [10, 0, 0, 200], [10, 0, 0, 10]));
-    assert!(matches!(sw.from_underlay(&st, ip("192.0.2.9"), &mut b, 1), Action::Flood { .. }));
+    assert!(matches!(
+        sw.from_underlay(&st, ip("192.0.2.9"), &mut b, 1),
+        Action::Flood { .. }
+    ));
     assert_eq!(sw.counters.learned, 1);
     let mut b = buf(&udp(A, k, [10, 0, 0, 10], [10, 0, 0, 200], 10));
     assert!(matches!(
@@ -242,7 +302,10 @@ fn macs_behind_static_peers_are_learned() {
         Action::Encap { vtep, .. } if vtep == ip("192.0.2.9")
     ));
     // a MAC from a vxmesh member is not learned (the control plane knows its own)
-    let mut b = datagram(VNI, &arp_request([2, 7, 7, 7, 7, 7], [10, 0, 0, 201], [10, 0, 0, 10]));
+    let mut b = datagram(
+        VNI,
+        &arp_request([2, 7, 7, 7, 7, 7], [10, 0, 0, 201], [10, 0, 0, 10]),
+    );
     sw.from_underlay(&st, ip("192.0.2.2"), &mut b, 3);
     assert_eq!(sw.learned_len(), 1);
     // the peer is removed from the network: what it taught is forgotten

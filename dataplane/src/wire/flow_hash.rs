@@ -18,17 +18,28 @@ pub fn flow_hash(frame: &[u8]) -> u32 {
     if frame.len() < 14 {
         return 0;
     }
-    h = mix(h, u64::from_le_bytes([
-        frame[0], frame[1], frame[2], frame[3], frame[4], frame[5], frame[6], frame[7],
-    ]));
-    h = mix(h, u64::from_le_bytes([
-        frame[8], frame[9], frame[10], frame[11], frame[12], frame[13], 0, 0,
-    ]));
+    h = mix(
+        h,
+        u64::from_le_bytes([
+            frame[0], frame[1], frame[2], frame[3], frame[4], frame[5], frame[6], frame[7],
+        ]),
+    );
+    h = mix(
+        h,
+        u64::from_le_bytes([
+            frame[8], frame[9], frame[10], frame[11], frame[12], frame[13], 0, 0,
+        ]),
+    );
     let ip = &frame[14..];
     match (frame[12], frame[13]) {
         (0x08, 0x00) if ip.len() >= 20 => {
             let ihl = usize::from(ip[0] & 0x0f) * 4;
-            h = mix(h, u64::from_le_bytes([ip[12], ip[13], ip[14], ip[15], ip[16], ip[17], ip[18], ip[19]]));
+            h = mix(
+                h,
+                u64::from_le_bytes([
+                    ip[12], ip[13], ip[14], ip[15], ip[16], ip[17], ip[18], ip[19],
+                ]),
+            );
             h = mix(h, u64::from(ip[9]));
             if let Some(p) = ip.get(ihl..ihl + 4) {
                 h = mix(h, u64::from(u32::from_le_bytes([p[0], p[1], p[2], p[3]])));

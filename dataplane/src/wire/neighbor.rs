@@ -4,8 +4,8 @@
 
 use crate::Mac;
 use etherparse::{
-    icmpv6::NeighborAdvertisementHeader, ArpHardwareId, ArpOperation, ArpPacketSlice,
-    EtherType, Icmpv6Slice, Icmpv6Type, IpNumber, Ipv6HeaderSlice,
+    icmpv6::NeighborAdvertisementHeader, ArpHardwareId, ArpOperation, ArpPacketSlice, EtherType,
+    Icmpv6Slice, Icmpv6Type, IpNumber, Ipv6HeaderSlice,
 };
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -101,7 +101,11 @@ pub fn write_advertisement(frame: &mut [u8], ns: &Solicitation, answer_mac: Mac)
     } else {
         (ns.src_ip, true)
     };
-    let dst_mac = if solicited { requester } else { [0x33, 0x33, 0, 0, 0, 1] };
+    let dst_mac = if solicited {
+        requester
+    } else {
+        [0x33, 0x33, 0, 0, 0, 1]
+    };
     f[0..6].copy_from_slice(&dst_mac);
     f[6..12].copy_from_slice(&answer_mac);
     f[12..14].copy_from_slice(&[0x86, 0xdd]);
@@ -151,7 +155,11 @@ pub(crate) mod tests {
         payload.extend_from_slice(&[1, 1]);
         payload.extend_from_slice(&src_mac);
         let b = PacketBuilder::ethernet2(src_mac, [0x33, 0x33, 0xff, 0, 0, 1])
-            .ipv6(src.octets(), [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0, 1], 255)
+            .ipv6(
+                src.octets(),
+                [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0, 1],
+                255,
+            )
             .icmpv6(Icmpv6Type::NeighborSolicitation);
         let mut out = Vec::new();
         b.write(&mut out, &payload).unwrap();

@@ -37,15 +37,27 @@ fn main() -> Result<()> {
     run(&t, &nodes[0], &["node", "ls"])?;
 
     say("An overlay network, created on node1, seen by every agent");
-    run(&t, &nodes[0], &["network", "create", "demo", "--subnet", "10.40.0.0/24"])?;
+    run(
+        &t,
+        &nodes[0],
+        &["network", "create", "demo", "--subnet", "10.40.0.0/24"],
+    )?;
     run(&t, &nodes[2], &["network", "ls"])?;
 
     say("One container on each node, each given an interface on the overlay by its node's agent");
     let mut ips = Vec::new();
     for (i, n) in nodes.iter().enumerate() {
         let c = t.add_container(&format!("c{}", i + 1))?;
-        let out = run(&t, n, &["endpoint", "create", "--network", "demo", "--netns", &c])?;
-        let ip = out.split_whitespace().nth(1).context("endpoint create prints id and IP")?.to_string();
+        let out = run(
+            &t,
+            n,
+            &["endpoint", "create", "--network", "demo", "--netns", &c],
+        )?;
+        let ip = out
+            .split_whitespace()
+            .nth(1)
+            .context("endpoint create prints id and IP")?
+            .to_string();
         ips.push((c, ip));
     }
     run(&t, &nodes[1], &["endpoint", "ls"])?;
@@ -55,20 +67,32 @@ fn main() -> Result<()> {
         let (ns, _) = &ips[from];
         let (_, ip) = &ips[to];
         let ok = ping(ns, ip, 3, None)?;
-        println!("c{} -> c{} ({ip}): {}", from + 1, to + 1, if ok { "replies" } else { "NO REPLY" });
+        println!(
+            "c{} -> c{} ({ip}): {}",
+            from + 1,
+            to + 1,
+            if ok { "replies" } else { "NO REPLY" }
+        );
         anyhow::ensure!(ok, "ping failed");
     }
 
     say("TCP: 8 MB through an echo server on node3, from a container on node1");
     let srv = tcp_echo_server(&ips[2].0, SocketAddr::new(ips[2].1.parse()?, 8080))?;
     let payload: Vec<u8> = (0..8_000_000u32).map(|i| (i % 251) as u8).collect();
-    let back = tcp_roundtrip(&ips[0].0, srv.local_addr(), &payload, Duration::from_secs(60))?;
+    let back = tcp_roundtrip(
+        &ips[0].0,
+        srv.local_addr(),
+        &payload,
+        Duration::from_secs(60),
+    )?;
     anyhow::ensure!(back == payload, "the echo came back changed");
     println!("8 MB there and back, intact");
 
     say("Bulk TCP for 3 s with iperf3, container on node1 -> container on node3");
     let iperf = std::process::Command::new("ip")
-        .args(["netns", "exec", &ips[2].0, "iperf3", "-s", "-1", "-B", &ips[2].1])
+        .args([
+            "netns", "exec", &ips[2].0, "iperf3", "-s", "-1", "-B", &ips[2].1,
+        ])
         .stdout(std::process::Stdio::null())
         .spawn()
         .context("iperf3 (apt-get install iperf3)")?;
@@ -76,8 +100,13 @@ fn main() -> Result<()> {
     std::thread::sleep(Duration::from_millis(500));
     let out = exec_ok(&ips[0].0, &["iperf3", "-c", &ips[2].1, "-t", "3", "-J"])?;
     let v: serde_json::Value = serde_json::from_str(&out)?;
-    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0);
-    println!("{:.2} Gbit/s over vxmesh (one stream, this agent is still one packet per syscall)", bps / 1e9);
+    let bps = v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or(0.0);
+    println!(
+        "{:.2} Gbit/s over vxmesh (one stream, this agent is still one packet per syscall)",
+        bps / 1e9
+    );
 
     say("The agent's counters on node1 (frames, VXLAN datagrams, drops by reason)");
     run(&t, &nodes[0], &["stats"])?;

@@ -14,7 +14,13 @@ pub struct Ep {
 }
 
 /// `vxmesh endpoint create` on `node`'s agent; returns what it printed as JSON.
-pub fn endpoint(t: &Topology, node: &Node, network: &str, netns: &str, extra: &[&str]) -> Result<Ep> {
+pub fn endpoint(
+    t: &Topology,
+    node: &Node,
+    network: &str,
+    netns: &str,
+    extra: &[&str],
+) -> Result<Ep> {
     let mut args = vec!["endpoint", "create", "--network", network, "--netns", netns];
     args.extend_from_slice(extra);
     let v = t.cli_json(node, &args)?;
@@ -53,7 +59,14 @@ pub fn eventually(within: Duration, mut f: impl FnMut() -> Result<bool>) -> Resu
 }
 
 /// An Ethernet/IPv4/UDP frame.
-pub fn udp_frame(src_mac: [u8; 6], dst_mac: [u8; 6], src: [u8; 4], dst: [u8; 4], dport: u16, payload: &[u8]) -> Vec<u8> {
+pub fn udp_frame(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: [u8; 4],
+    dst: [u8; 4],
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut out = Vec::new();
     etherparse::PacketBuilder::ethernet2(src_mac, dst_mac)
         .ipv4(src, dst, 64)
@@ -64,5 +77,7 @@ pub fn udp_frame(src_mac: [u8; 6], dst_mac: [u8; 6], src: [u8; 4], dst: [u8; 4],
 }
 
 pub fn octets(ip: &str) -> [u8; 4] {
-    ip.parse::<std::net::Ipv4Addr>().expect("an IPv4 address").octets()
+    ip.parse::<std::net::Ipv4Addr>()
+        .expect("an IPv4 address")
+        .octets()
 }
