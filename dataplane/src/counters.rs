@@ -34,10 +34,24 @@ pub enum DropReason {
     TxFailed,
     /// An EtherType other than ARP, IPv4 and IPv6 (e.g. a VLAN tag) from an endpoint.
     UnsupportedEtherType,
+    /// Plain VXLAN for a VNI whose network is encrypted.
+    Unencrypted,
+    /// No tunnel to or from that peer (unknown key or index, or not configured).
+    TunnelNoPeer,
+    /// A WireGuard message that failed authentication (forged, wrong key).
+    TunnelAuth,
+    /// A WireGuard data message replayed or outside the replay window.
+    TunnelReplay,
+    /// Decrypted, but not VXLAN from the peer's tunnel address to ours.
+    TunnelNotAllowed,
+    /// A handshake refused under load (answered with a cookie).
+    TunnelUnderLoad,
+    /// A datagram on the WireGuard port that is not a valid WireGuard message.
+    TunnelInvalid,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 20] = [
         DropReason::Malformed,
         DropReason::BadVxlanHeader,
         DropReason::UnknownVni,
@@ -51,6 +65,13 @@ impl DropReason {
         DropReason::TooBig,
         DropReason::TxFailed,
         DropReason::UnsupportedEtherType,
+        DropReason::Unencrypted,
+        DropReason::TunnelNoPeer,
+        DropReason::TunnelAuth,
+        DropReason::TunnelReplay,
+        DropReason::TunnelNotAllowed,
+        DropReason::TunnelUnderLoad,
+        DropReason::TunnelInvalid,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -68,6 +89,13 @@ impl DropReason {
             DropReason::TooBig => "too_big",
             DropReason::TxFailed => "tx_failed",
             DropReason::UnsupportedEtherType => "unsupported_ether_type",
+            DropReason::Unencrypted => "unencrypted",
+            DropReason::TunnelNoPeer => "tunnel_no_peer",
+            DropReason::TunnelAuth => "tunnel_auth",
+            DropReason::TunnelReplay => "tunnel_replay",
+            DropReason::TunnelNotAllowed => "tunnel_not_allowed",
+            DropReason::TunnelUnderLoad => "tunnel_under_load",
+            DropReason::TunnelInvalid => "tunnel_invalid",
         }
     }
 }

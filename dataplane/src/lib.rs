@@ -10,6 +10,7 @@ pub mod buf;
 pub mod counters;
 pub mod io;
 pub mod switch;
+pub mod tunnel;
 pub mod wire;
 
 pub use buf::PacketBuf;
