@@ -335,9 +335,7 @@ pub fn find_endpoint<'a>(st: &'a ClusterState, id: &str) -> Result<&'a Endpoint,
 
 pub fn remove_endpoint(st: &mut ClusterState, id: &str) -> Result<Endpoint, StateError> {
     let id = find_endpoint(st, id)?.id.clone();
-    st.endpoints
-        .remove(&id)
-        .ok_or(StateError::NotFound(id))
+    st.endpoints.remove(&id).ok_or(StateError::NotFound(id))
 }
 
 #[cfg(test)]

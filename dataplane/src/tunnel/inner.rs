@@ -9,13 +9,21 @@ pub const INNER_HEADER_LEN: usize = 28;
 
 /// Writes an IPv4/UDP header (`src` → `dst`:4789, source port from the flow hash,
 /// UDP checksum 0 as RFC 7348 allows over IPv4) for a payload of `payload_len`.
-pub fn write(out: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, flow_hash: u32, payload_len: usize) -> bool {
+pub fn write(
+    out: &mut [u8],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    flow_hash: u32,
+    payload_len: usize,
+) -> bool {
     let total = INNER_HEADER_LEN + payload_len;
     if out.len() < INNER_HEADER_LEN || total > u16::MAX as usize {
         return false;
     }
     let ip = &mut out[..20];
-    ip.copy_from_slice(&[0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    ip.copy_from_slice(&[
+        0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ]);
     ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
     ip[12..16].copy_from_slice(&src.octets());
     ip[16..20].copy_from_slice(&dst.octets());

@@ -69,7 +69,11 @@ struct Slot {
 pub enum Received {
     /// A VXLAN datagram from `vtep` is now at the front of the buffer's tunnel slot;
     /// `offset..offset+len` of it is the VXLAN datagram.
-    Vxlan { vtep: IpAddr, offset: usize, len: usize },
+    Vxlan {
+        vtep: IpAddr,
+        offset: usize,
+        len: usize,
+    },
     /// Handled inside (handshake, keepalive, cookie); replies were sent.
     Control,
     Drop(DropReason),
@@ -191,7 +195,9 @@ impl Tunnels {
                 s.endpoint = p.endpoint;
             }
             let current = self.slots.values().any(|s| {
-                s.vtep == p.vtep && s.peer_public == p.public && s.local_public == cur_public.to_bytes()
+                s.vtep == p.vtep
+                    && s.peer_public == p.public
+                    && s.local_public == cur_public.to_bytes()
             });
             if current {
                 continue;
@@ -343,11 +349,10 @@ impl Tunnels {
             TunnResult::WriteToNetwork(d) => {
                 send(d, slot.endpoint);
                 // Packets queued while the handshake ran go out now.
-                loop {
-                    match slot.tunn.decapsulate(None, &[], &mut self.scratch) {
-                        TunnResult::WriteToNetwork(d) => send(d, slot.endpoint),
-                        _ => break,
-                    }
+                while let TunnResult::WriteToNetwork(d) =
+                    slot.tunn.decapsulate(None, &[], &mut self.scratch)
+                {
+                    send(d, slot.endpoint);
                 }
                 note_session(slot);
                 return Received::Control;
@@ -363,7 +368,11 @@ impl Tunnels {
         note_session(slot);
         let vtep = IpAddr::V4(slot.vtep);
         match inner::strip(&out[..out_len], local_vtep, slot.vtep) {
-            Some(offset) => Received::Vxlan { vtep, offset, len: out_len - offset },
+            Some(offset) => Received::Vxlan {
+                vtep,
+                offset,
+                len: out_len - offset,
+            },
             None => Received::Drop(DropReason::TunnelNotAllowed),
         }
     }
@@ -387,7 +396,9 @@ impl Tunnels {
             let replaced = newest.iter().any(|(v, created, est)| {
                 *v == s.vtep && *created > s.created && now.duration_since(*est) > RETIRE_AFTER
             });
-            let stale = s.superseded.is_some_and(|t| now.duration_since(t) > SUPERSEDED_GRACE);
+            let stale = s
+                .superseded
+                .is_some_and(|t| now.duration_since(t) > SUPERSEDED_GRACE);
             !replaced && !stale
         });
     }

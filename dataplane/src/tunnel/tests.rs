@@ -29,12 +29,22 @@ struct Net {
     drops: Vec<DropReason>,
 }
 
-fn cfg(local: Ipv4Addr, keys: &[[u8; 32]], peer: Ipv4Addr, peer_ep: SocketAddr, peer_key: [u8; 32]) -> TunnelConfig {
+fn cfg(
+    local: Ipv4Addr,
+    keys: &[[u8; 32]],
+    peer: Ipv4Addr,
+    peer_ep: SocketAddr,
+    peer_key: [u8; 32],
+) -> TunnelConfig {
     TunnelConfig {
         local_vtep: local,
         keys: keys.to_vec(),
         preshared: None,
-        peers: vec![TunnelPeer { vtep: peer, endpoint: peer_ep, public: public(peer_key) }],
+        peers: vec![TunnelPeer {
+            vtep: peer,
+            endpoint: peer_ep,
+            public: public(peer_key),
+        }],
     }
 }
 
@@ -56,8 +66,12 @@ impl Net {
             drops: vec![],
         };
         let mut q = Vec::new();
-        n.a.configure(cfg(VA, &[key(1)], VB, ep(2), key(2)), &mut |d, to| q.push((d.to_vec(), ep(1), to)));
-        n.b.configure(cfg(VB, &[key(2)], VA, ep(1), key(1)), &mut |d, to| q.push((d.to_vec(), ep(2), to)));
+        n.a.configure(cfg(VA, &[key(1)], VB, ep(2), key(2)), &mut |d, to| {
+            q.push((d.to_vec(), ep(1), to))
+        });
+        n.b.configure(cfg(VB, &[key(2)], VA, ep(1), key(1)), &mut |d, to| {
+            q.push((d.to_vec(), ep(2), to))
+        });
         n.wire.extend(q);
         n
     }
@@ -65,7 +79,10 @@ impl Net {
     fn send_a(&mut self, body: &[u8]) {
         let p = vxlan_packet(VA, VB, body);
         let w = &mut self.wire;
-        if let Err(r) = self.a.send_to(VB, &p, &mut |d, to| w.push_back((d.to_vec(), ep(1), to))) {
+        if let Err(r) = self
+            .a
+            .send_to(VB, &p, &mut |d, to| w.push_back((d.to_vec(), ep(1), to)))
+        {
             self.drops.push(r);
         }
     }
@@ -73,7 +90,10 @@ impl Net {
     fn send_b(&mut self, body: &[u8]) {
         let p = vxlan_packet(VB, VA, body);
         let w = &mut self.wire;
-        if let Err(r) = self.b.send_to(VA, &p, &mut |d, to| w.push_back((d.to_vec(), ep(2), to))) {
+        if let Err(r) = self
+            .b
+            .send_to(VA, &p, &mut |d, to| w.push_back((d.to_vec(), ep(2), to)))
+        {
             self.drops.push(r);
         }
     }
@@ -86,7 +106,9 @@ impl Net {
             (&mut self.b, &mut self.got_b, ep(2))
         };
         let w = &mut self.wire;
-        match t.receive(from, d, &mut out, &mut |d, dst| w.push_back((d.to_vec(), me, dst))) {
+        match t.receive(from, d, &mut out, &mut |d, dst| {
+            w.push_back((d.to_vec(), me, dst))
+        }) {
             Received::Vxlan { offset, len, .. } => got.push(out[offset..offset + len].to_vec()),
             Received::Control => {}
             Received::Drop(r) => self.drops.push(r),
@@ -107,7 +129,11 @@ fn handshake_then_data_both_ways() {
     n.pump();
     n.send_b(b"hello a");
     n.pump();
-    assert_eq!(n.got_b, vec![b"hello b".to_vec()], "queued during the handshake, then delivered");
+    assert_eq!(
+        n.got_b,
+        vec![b"hello b".to_vec()],
+        "queued during the handshake, then delivered"
+    );
     assert_eq!(n.got_a, vec![b"hello a".to_vec()]);
     assert!(n.drops.is_empty(), "{:?}", n.drops);
 }
@@ -132,8 +158,17 @@ fn replayed_forged_and_unknown_are_dropped_by_reason() {
     // a stranger's handshake: its key is no peer of B
     let mut stranger = Tunnels::new();
     let mut q = vec![];
-    stranger.configure(cfg(Ipv4Addr::new(100, 64, 0, 9), &[key(9)], VB, ep(2), key(2)), &mut |_, _| {});
-    stranger.send_to(VB, &vxlan_packet(Ipv4Addr::new(100, 64, 0, 9), VB, b"x"), &mut |d, _| q.push(d.to_vec())).unwrap();
+    stranger.configure(
+        cfg(Ipv4Addr::new(100, 64, 0, 9), &[key(9)], VB, ep(2), key(2)),
+        &mut |_, _| {},
+    );
+    stranger
+        .send_to(
+            VB,
+            &vxlan_packet(Ipv4Addr::new(100, 64, 0, 9), VB, b"x"),
+            &mut |d, _| q.push(d.to_vec()),
+        )
+        .unwrap();
     n.deliver(&q[0], ep(9), ep(2));
     assert_eq!(n.drops.last(), Some(&DropReason::TunnelNoPeer));
     n.deliver(&[4, 0, 0, 0, 1, 2, 3], ep(9), ep(2));
@@ -145,7 +180,8 @@ fn inner_source_must_be_the_peer() {
     let mut n = Net::new();
     let p = vxlan_packet(Ipv4Addr::new(100, 64, 0, 77), VB, b"spoof");
     let w = &mut n.wire;
-    n.a.send_to(VB, &p, &mut |d, to| w.push_back((d.to_vec(), ep(1), to))).unwrap();
+    n.a.send_to(VB, &p, &mut |d, to| w.push_back((d.to_vec(), ep(1), to)))
+        .unwrap();
     n.pump();
     assert!(n.got_b.is_empty());
     assert_eq!(n.drops, vec![DropReason::TunnelNotAllowed]);
@@ -156,7 +192,13 @@ fn a_removed_peer_can_no_longer_send() {
     let mut n = Net::new();
     n.send_a(b"before");
     n.pump();
-    n.b.configure(TunnelConfig { peers: vec![], ..cfg(VB, &[key(2)], VA, ep(1), key(1)) }, &mut |_, _| {});
+    n.b.configure(
+        TunnelConfig {
+            peers: vec![],
+            ..cfg(VB, &[key(2)], VA, ep(1), key(1))
+        },
+        &mut |_, _| {},
+    );
     n.send_a(b"after");
     n.pump();
     assert_eq!(n.got_b, vec![b"before".to_vec()]);
@@ -178,14 +220,19 @@ fn key_rotation_loses_nothing() {
     }
     // A rotates: it keeps accepting with the old key, and publishes the new one
     let mut q = vec![];
-    n.a.configure(cfg(VA, &[key(3), key(1)], VB, ep(2), key(2)), &mut |d, to| q.push((d.to_vec(), ep(1), to)));
+    n.a.configure(
+        cfg(VA, &[key(3), key(1)], VB, ep(2), key(2)),
+        &mut |d, to| q.push((d.to_vec(), ep(1), to)),
+    );
     n.wire.extend(q);
     for _ in 0..5 {
         step(&mut n); // B has not seen the new key yet
     }
     // B learns A's new public key from the store
     let mut q = vec![];
-    n.b.configure(cfg(VB, &[key(2)], VA, ep(1), key(3)), &mut |d, to| q.push((d.to_vec(), ep(2), to)));
+    n.b.configure(cfg(VB, &[key(2)], VA, ep(1), key(3)), &mut |d, to| {
+        q.push((d.to_vec(), ep(2), to))
+    });
     n.wire.extend(q);
     for _ in 0..5 {
         step(&mut n);

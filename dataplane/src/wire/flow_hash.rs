@@ -41,7 +41,11 @@ pub fn flow_hash(frame: &[u8]) -> u32 {
                 ]),
             );
             h = mix(h, u64::from(ip[9]));
-            if let Some(p) = ip.get(ihl..ihl + 4) {
+            // Ports only for unfragmented TCP/UDP: later fragments carry none, and
+            // must take the same path as the first.
+            let fragmented = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0;
+            let ported = matches!(ip[9], 6 | 17);
+            if let Some(p) = ip.get(ihl..ihl + 4).filter(|_| ported && !fragmented) {
                 h = mix(h, u64::from(u32::from_le_bytes([p[0], p[1], p[2], p[3]])));
             }
         }
@@ -94,5 +98,15 @@ mod tests {
             used[(flow_hash(&udp_frame(1000 + p)) % 8) as usize] += 1;
         }
         assert!(used.iter().all(|&n| n > 0), "uneven spread: {used:?}");
+    }
+
+    #[test]
+    fn fragments_hash_like_their_first_fragment() {
+        let mut first = udp_frame(1000);
+        first[14 + 6] = 0x20; // MF
+        let mut later = udp_frame(4242); // bytes at the port offset are payload now
+        later[14 + 6] = 0x00;
+        later[14 + 7] = 0xb9; // fragment offset
+        assert_eq!(flow_hash(&first), flow_hash(&later));
     }
 }
