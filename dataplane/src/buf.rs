@@ -1,7 +1,12 @@
 //! A packet buffer with headroom, so encapsulation prepends headers in place
 //! instead of copying the frame.
 
+use crate::tunnel::inner::{self, INNER_HEADER_LEN};
 use crate::wire::vxlan::VXLAN_HEADER_LEN;
+use std::net::Ipv4Addr;
+
+/// Bytes before the frame taken by the VXLAN header and the tunnel's inner IPv4/UDP.
+const TUNNEL_OFFSET: usize = VXLAN_HEADER_LEN + INNER_HEADER_LEN;
 
 /// Room kept before the frame: the VXLAN header today, and later a
 /// `virtio_net_hdr` or WireGuard's data header, without moving the frame.
@@ -129,6 +134,37 @@ impl PacketBuf {
     pub fn datagram(&self) -> &[u8] {
         let start = self.head.saturating_sub(VXLAN_HEADER_LEN);
         &self.buf[start..self.head + self.len]
+    }
+
+    /// Space for decrypting a tunnel packet (inner IPv4/UDP, VXLAN, frame) so that
+    /// the frame lands at the usual frame offset.
+    pub fn tunnel_slot(&mut self) -> &mut [u8] {
+        self.head = HEADROOM - TUNNEL_OFFSET;
+        self.len = 0;
+        &mut self.buf[HEADROOM - TUNNEL_OFFSET..]
+    }
+
+    /// After decryption: the VXLAN datagram is at `offset..offset+len` of the slot.
+    pub fn set_tunnel_received(&mut self, offset: usize, len: usize) {
+        self.head = HEADROOM - TUNNEL_OFFSET + offset;
+        self.len = len.min(self.buf.len() - self.head);
+    }
+
+    /// Writes the tunnel's inner IPv4/UDP header before the VXLAN header (which
+    /// must be written already) and returns the whole inner packet.
+    pub fn tunnel_packet(&mut self, src: Ipv4Addr, dst: Ipv4Addr, flow_hash: u32) -> Option<&[u8]> {
+        let start = self.head.checked_sub(TUNNEL_OFFSET)?;
+        let payload = VXLAN_HEADER_LEN + self.len;
+        if !inner::write(
+            &mut self.buf[start..start + INNER_HEADER_LEN],
+            src,
+            dst,
+            flow_hash,
+            payload,
+        ) {
+            return None;
+        }
+        Some(&self.buf[start..self.head + self.len])
     }
 
     /// Writes the VXLAN header just before the frame without moving `head`, so the

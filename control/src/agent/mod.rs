@@ -3,6 +3,7 @@
 
 pub mod attach;
 pub mod iproute;
+pub mod keys;
 pub mod switch_state;
 
 use crate::state::{ipam, ops, ClusterState, Endpoint, EndpointSpec, Node, StateError};
@@ -14,6 +15,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+pub use switch_state::Mtus;
 use thiserror::Error;
 use vxmesh_dataplane::io::underlay::Underlay;
 use vxmesh_dataplane::io::worker::WorkerHandle;
@@ -23,6 +25,11 @@ use vxmesh_dataplane::{Counters, PortId, VXLAN_PORT};
 pub const VXLAN_OVERHEAD_V4: u32 = 50;
 /// Over IPv6 the outer header is 40 bytes.
 pub const VXLAN_OVERHEAD_V6: u32 = 70;
+/// What WireGuard adds on top of VXLAN: the inner IPv4 + UDP (28), WireGuard's
+/// data header and tag (32), and up to 15 bytes of padding to 16.
+pub const WIREGUARD_OVERHEAD: u32 = 28 + 32 + 15;
+/// WireGuard's usual port.
+pub const WG_PORT: u16 = 51820;
 /// Send sockets, i.e. distinct outer source ports flows are spread over.
 const SOURCE_PORTS: usize = 8;
 const MAX_LEARNED_MACS: usize = 16_384;
@@ -34,6 +41,11 @@ pub struct AgentConfig {
     pub store: String,
     pub data_dir: PathBuf,
     pub api: PathBuf,
+    pub wg_port: u16,
+    /// A file holding the cluster's WireGuard preshared key (base64), if any.
+    pub preshared_key_file: Option<PathBuf>,
+    /// Rotate this node's static key this often (Docker rotates overlay keys every 12 h).
+    pub key_rotation_interval: Option<Duration>,
 }
 
 #[derive(Debug, Error)]
@@ -44,6 +56,8 @@ pub enum AgentError {
     Attach(#[from] attach::AttachError),
     #[error("the store call did not finish: {0}")]
     Join(String),
+    #[error("{0}")]
+    Keys(String),
 }
 
 impl From<StateError> for AgentError {
@@ -68,10 +82,16 @@ struct LocalPorts {
 pub struct Agent {
     pub node: String,
     pub advertise_addr: IpAddr,
-    pub endpoint_mtu: u32,
+    pub mtus: switch_state::Mtus,
     store: Arc<dyn Store>,
     worker: WorkerHandle,
     ports: tokio::sync::Mutex<LocalPorts>,
+    keys: std::sync::Mutex<keys::KeyRing>,
+    preshared: Option<[u8; 32]>,
+    rotation_interval: Option<Duration>,
+    last_rotation: std::sync::Mutex<std::time::Instant>,
+    /// The last state applied, to refresh the tunnels between store changes.
+    last_state: std::sync::Mutex<ClusterState>,
 }
 
 impl Agent {
@@ -97,38 +117,76 @@ impl Agent {
             format!("cannot bind the VXLAN underlay socket (udp/{VXLAN_PORT}, {}): is another VXLAN endpoint using it?", cfg.advertise_addr)
         })?;
         tracing::info!(source_ports = ?underlay.source_ports(), "underlay bound on udp/{VXLAN_PORT}");
-        let worker = WorkerHandle::spawn(underlay, MAX_LEARNED_MACS)?;
+        let keyring = keys::KeyRing::load_or_create(&cfg.data_dir)?;
+        let preshared = match &cfg.preshared_key_file {
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .ok()
+                    .and_then(|s| ops::decode_key(&s))
+                    .with_context(|| format!("--preshared-key-file {}: not a readable base64 WireGuard key (wg genpsk makes one)", p.display()))?,
+            ),
+            None => None,
+        };
+        let wg = std::net::UdpSocket::bind(std::net::SocketAddr::new(
+            if cfg.advertise_addr.is_ipv4() {
+                IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+            } else {
+                IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+            },
+            cfg.wg_port,
+        ))
+        .with_context(|| {
+            format!(
+                "cannot bind the WireGuard socket (udp/{}): pass another --wg-port",
+                cfg.wg_port
+            )
+        })?;
+        let worker = WorkerHandle::spawn(underlay, Some(wg), MAX_LEARNED_MACS)?;
+        let public = ops::encode_key(&keyring.public());
         let agent = Arc::new(Agent {
             node: cfg.node.clone(),
             advertise_addr: cfg.advertise_addr,
-            endpoint_mtu: underlay_mtu.saturating_sub(overhead),
+            mtus: switch_state::Mtus {
+                plain: underlay_mtu.saturating_sub(overhead),
+                encrypted: underlay_mtu.saturating_sub(overhead + WIREGUARD_OVERHEAD),
+            },
             store,
             worker,
             ports: tokio::sync::Mutex::new(LocalPorts {
                 next: 1,
                 ..Default::default()
             }),
+            keys: std::sync::Mutex::new(keyring),
+            preshared,
+            rotation_interval: cfg.key_rotation_interval,
+            last_rotation: std::sync::Mutex::new(std::time::Instant::now()),
+            last_state: std::sync::Mutex::new(ClusterState::default()),
         });
-        let me = Node {
-            name: cfg.node.clone(),
-            advertise_addr: cfg.advertise_addr,
-            public_key: None,
-            ingress: true,
-            labels: Default::default(),
-            last_seen: crate::state::model::unix_now(),
-        };
+        let mut me = Node::new(&cfg.node, cfg.advertise_addr);
+        me.last_seen = crate::state::model::unix_now();
+        me.public_key = Some(public);
+        me.wg_port = Some(cfg.wg_port);
         agent
             .transact(move |st| {
                 let mut n = me.clone();
                 if let Some(old) = st.nodes.get(&n.name) {
+                    if old.external {
+                        return Err(StateError::Conflict(format!(
+                            "node {} is declared as an external WireGuard peer: remove it (vxmesh node rm {}) or pick another --node",
+                            n.name, n.name
+                        )));
+                    }
                     n.labels = old.labels.clone();
                     n.ingress = old.ingress;
+                    n.tunnel_addr = old.tunnel_addr;
+                    n.key_epoch = old.key_epoch;
+                    n.rotate_requested = old.rotate_requested;
                 }
                 ops::upsert_node(st, n)
             })
             .await
             .context("cannot register this node in the store")?;
-        tracing::info!(node = %cfg.node, addr = %cfg.advertise_addr, mtu = agent.endpoint_mtu, store = %agent.store.describe(), "agent started");
+        tracing::info!(node = %cfg.node, addr = %cfg.advertise_addr, mtu = agent.mtus.plain, encrypted_mtu = agent.mtus.encrypted, store = %agent.store.describe(), "agent started");
         Ok(agent)
     }
 
@@ -177,6 +235,7 @@ impl Agent {
                     tracing::warn!(error = %e, "store read failed; forwarding on the last state")
                 }
             }
+            self.housekeeping().await;
             let s = self.store.clone();
             let since = rev;
             let waited =
@@ -186,6 +245,75 @@ impl Agent {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
+    }
+
+    /// Timed work between store changes: scheduled key rotation, and telling the
+    /// tunnels when the previous key's grace period is over.
+    async fn housekeeping(&self) {
+        let due = self.rotation_interval.is_some_and(|i| {
+            self.last_rotation
+                .lock()
+                .map(|t| t.elapsed() >= i)
+                .unwrap_or(false)
+        });
+        if due {
+            if let Err(e) = self.rotate(None).await {
+                tracing::error!(error = %e, "scheduled key rotation failed");
+            }
+        }
+        let had_previous = self.keys.lock().map(|k| k.has_previous()).unwrap_or(false);
+        if had_previous {
+            let st = self
+                .last_state
+                .lock()
+                .map(|s| s.clone())
+                .unwrap_or_default();
+            self.publish_tunnels(&st);
+        }
+    }
+
+    fn publish_tunnels(&self, st: &ClusterState) {
+        let keys = match self.keys.lock() {
+            Ok(mut k) => k.active(),
+            Err(_) => return,
+        };
+        self.worker
+            .set_tunnels(switch_state::tunnels(st, &self.node, keys, self.preshared));
+    }
+
+    /// Replaces this node's static key: the tunnels first (still accepting the old
+    /// key), then the public key in the store, from which peers pick it up.
+    pub async fn rotate(&self, requested: Option<u64>) -> Result<(), AgentError> {
+        let public = {
+            let mut k = self
+                .keys
+                .lock()
+                .map_err(|_| AgentError::Keys("key lock poisoned".into()))?;
+            k.rotate().map_err(|e| AgentError::Keys(e.to_string()))?;
+            ops::encode_key(&k.public())
+        };
+        if let Ok(mut t) = self.last_rotation.lock() {
+            *t = std::time::Instant::now();
+        }
+        let st = self
+            .last_state
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default();
+        self.publish_tunnels(&st);
+        let node = self.node.clone();
+        self.transact(move |st| {
+            let n = st
+                .nodes
+                .get_mut(&node)
+                .ok_or_else(|| StateError::NotFound(format!("node {node} is not registered")))?;
+            n.public_key = Some(public.clone());
+            n.key_epoch = requested.unwrap_or(0).max(n.key_epoch + 1);
+            Ok(())
+        })
+        .await?;
+        tracing::info!(node = %self.node, "static key rotated");
+        Ok(())
     }
 
     /// Makes this node's ports and switch match `snap`.
@@ -223,7 +351,7 @@ impl Agent {
             let Some(net) = st.networks.get(&ep.network) else {
                 continue;
             };
-            match attach::attach(&ep, net, self.endpoint_mtu).await {
+            match attach::attach(&ep, net, self.mtus.of(net)).await {
                 Ok(fd) => {
                     let port = self.add_port(&mut ports, &ep.id, fd);
                     tracing::info!(endpoint = %ep.id, port = port.0, "endpoint attached");
@@ -235,6 +363,21 @@ impl Agent {
             }
         }
         self.publish(st, &ports);
+        drop(ports);
+        if let Ok(mut s) = self.last_state.lock() {
+            s.clone_from(st);
+        }
+        self.publish_tunnels(st);
+        let asked = st
+            .nodes
+            .get(&self.node)
+            .filter(|n| n.rotate_requested > n.key_epoch)
+            .map(|n| n.rotate_requested);
+        if let Some(epoch) = asked {
+            if let Err(e) = self.rotate(Some(epoch)).await {
+                tracing::error!(error = %e, "requested key rotation failed");
+            }
+        }
     }
 
     fn add_port(&self, ports: &mut LocalPorts, id: &str, fd: std::os::fd::OwnedFd) -> PortId {
@@ -252,7 +395,7 @@ impl Agent {
             .map(|(k, v)| (k.clone(), v.port))
             .collect();
         self.worker
-            .publish(switch_state::build(st, &self.node, &local));
+            .publish(switch_state::build(st, &self.node, &local, self.mtus));
     }
 
     /// Creates an endpoint on this node: checks, stores, attaches; on any failure
@@ -283,7 +426,7 @@ impl Agent {
             .await?;
         let snap = self.load().await?;
         let attached = match snap.state.networks.get(&ep.network) {
-            Some(net) => attach::attach(&ep, net, self.endpoint_mtu)
+            Some(net) => attach::attach(&ep, net, self.mtus.of(net))
                 .await
                 .map_err(AgentError::from),
             None => Err(StateError::NotFound(format!(
@@ -296,6 +439,7 @@ impl Agent {
             Ok(fd) => {
                 self.add_port(&mut ports, &ep.id, fd);
                 self.publish(&snap.state, &ports);
+                self.publish_tunnels(&snap.state);
                 Ok(ep)
             }
             Err(e) => {

@@ -3,16 +3,52 @@
 use crate::state::{ipam, ClusterState};
 use rustc_hash::FxHashMap;
 use std::net::IpAddr;
+use vxmesh_dataplane::tunnel::{TunnelConfig, TunnelPeer};
 use vxmesh_dataplane::{parse_mac, Location, NetworkView, PortId, PortView, SwitchState};
 
+/// Endpoint MTUs (largest IP packet) this node gives plain and encrypted networks.
+#[derive(Debug, Clone, Copy)]
+pub struct Mtus {
+    pub plain: u32,
+    pub encrypted: u32,
+}
+
+impl Mtus {
+    pub fn of(&self, net: &crate::state::Network) -> u32 {
+        if net.encrypted {
+            self.encrypted
+        } else {
+            self.plain
+        }
+    }
+}
+
+/// A node's VTEP on a network: its underlay address, or inside the tunnels for an
+/// encrypted network.
+fn vtep_of(n: &crate::state::Node, encrypted: bool) -> Option<IpAddr> {
+    if encrypted {
+        n.tunnel_addr.map(IpAddr::V4)
+    } else {
+        Some(n.advertise_addr)
+    }
+}
+
 /// `local` maps this node's attached endpoint ids to their ports.
-pub fn build(st: &ClusterState, node: &str, local: &FxHashMap<String, PortId>) -> SwitchState {
+pub fn build(
+    st: &ClusterState,
+    node: &str,
+    local: &FxHashMap<String, PortId>,
+    mtus: Mtus,
+) -> SwitchState {
     let mut out = SwitchState::default();
-    let self_addr = st.nodes.get(node).map(|n| n.advertise_addr);
+    let me = st.nodes.get(node);
     for net in st.networks.values() {
         let gw_mac = ipam::gateway_mac(net.vni);
+        let self_addr = me.and_then(|n| vtep_of(n, net.encrypted));
         let mut v = NetworkView {
             vni: net.vni,
+            encrypted: net.encrypted,
+            mtu: mtus.of(net).min(u32::from(u16::MAX)) as u16,
             gateway_mac: gw_mac,
             gateways: net.gateways.clone(),
             static_peers: net
@@ -69,6 +105,62 @@ pub fn build(st: &ClusterState, node: &str, local: &FxHashMap<String, PortId>) -
     out
 }
 
+/// The WireGuard peers this node needs: every node it shares an encrypted network
+/// with (nodes with endpoints on it, and external peers named by `--peer-vtep`).
+/// Nodes without a public key in the store get no tunnel.
+pub fn tunnels(
+    st: &ClusterState,
+    node: &str,
+    keys: Vec<[u8; 32]>,
+    preshared: Option<[u8; 32]>,
+) -> TunnelConfig {
+    let me = st.nodes.get(node);
+    let mut peers: Vec<TunnelPeer> = Vec::new();
+    for net in st.networks.values().filter(|n| n.encrypted) {
+        let mut members: Vec<&crate::state::Node> = st
+            .endpoints_on(&net.name)
+            .filter_map(|e| st.nodes.get(&e.node))
+            .collect();
+        members.extend(st.nodes.values().filter(|n| {
+            n.external
+                && n.tunnel_addr
+                    .is_some_and(|t| net.peer_vteps.contains(&IpAddr::V4(t)))
+        }));
+        if !members.iter().any(|n| n.name == node) {
+            continue;
+        }
+        for n in members.into_iter().filter(|n| n.name != node) {
+            let (Some(vtep), Some(public)) = (
+                n.tunnel_addr,
+                n.public_key
+                    .as_deref()
+                    .and_then(crate::state::ops::decode_key),
+            ) else {
+                continue;
+            };
+            if peers.iter().any(|p| p.vtep == vtep) {
+                continue;
+            }
+            peers.push(TunnelPeer {
+                vtep,
+                endpoint: std::net::SocketAddr::new(
+                    n.advertise_addr,
+                    n.wg_port.unwrap_or(crate::agent::WG_PORT),
+                ),
+                public,
+            });
+        }
+    }
+    TunnelConfig {
+        local_vtep: me
+            .and_then(|n| n.tunnel_addr)
+            .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+        keys,
+        preshared,
+        peers,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,18 +174,7 @@ mod tests {
             ("n2", "192.0.2.2"),
             ("n3", "192.0.2.3"),
         ] {
-            ops::upsert_node(
-                &mut st,
-                Node {
-                    name: n.into(),
-                    advertise_addr: a.parse().unwrap(),
-                    public_key: None,
-                    ingress: true,
-                    labels: Default::default(),
-                    last_seen: 0,
-                },
-            )
-            .unwrap();
+            ops::upsert_node(&mut st, Node::new(n, a.parse().unwrap())).unwrap();
         }
         let spec = NetworkSpec {
             name: "a".into(),
@@ -111,7 +192,15 @@ mod tests {
         }
         let mut local = FxHashMap::default();
         local.insert("e1".to_string(), PortId(1));
-        let sw = build(&st, "n1", &local);
+        let sw = build(
+            &st,
+            "n1",
+            &local,
+            Mtus {
+                plain: 1450,
+                encrypted: 1375,
+            },
+        );
         let v = &sw.networks[&net.vni];
         let addrs: Vec<IpAddr> = vec!["192.0.2.2".parse().unwrap(), "192.0.2.50".parse().unwrap()];
         assert_eq!(

@@ -66,7 +66,12 @@ pub fn router(agent: Arc<Agent>) -> Router {
         )
         .route("/v1/endpoints", get(list_endpoints).post(create_endpoint))
         .route("/v1/endpoints/{id}", axum::routing::delete(remove_endpoint))
-        .route("/v1/nodes", get(list_nodes))
+        .route("/v1/nodes", get(list_nodes).post(add_node))
+        .route("/v1/nodes/{name}", axum::routing::delete(remove_node))
+        .route(
+            "/v1/nodes/{name}/rotate-key",
+            axum::routing::post(rotate_key),
+        )
         .route("/v1/stats", get(stats))
         .with_state(agent)
 }
@@ -151,6 +156,42 @@ async fn list_nodes(State(a): Ag) -> Res {
     to_json(a.load().await?.state.nodes.values().collect::<Vec<_>>())
 }
 
+#[derive(serde::Deserialize)]
+struct ExternalNode {
+    name: String,
+    advertise_addr: std::net::IpAddr,
+    public_key: String,
+    tunnel_addr: std::net::Ipv4Addr,
+    wg_port: Option<u16>,
+}
+
+async fn add_node(State(a): Ag, Json(n): Json<ExternalNode>) -> Res {
+    let mut node = crate::state::Node::new(&n.name, n.advertise_addr);
+    node.public_key = Some(n.public_key);
+    node.tunnel_addr = Some(n.tunnel_addr);
+    node.wg_port = n.wg_port;
+    node.ingress = false;
+    let n = a
+        .transact(move |st| ops::add_external_node(st, node.clone()))
+        .await?;
+    tracing::info!(node = %n.name, "external WireGuard peer added");
+    to_json(n)
+}
+
+async fn remove_node(State(a): Ag, Path(name): Path<String>) -> Res {
+    let n = a.transact(move |st| ops::remove_node(st, &name)).await?;
+    tracing::info!(node = %n.name, "node removed");
+    to_json(n)
+}
+
+async fn rotate_key(State(a): Ag, Path(name): Path<String>) -> Res {
+    let n = a
+        .transact(move |st| ops::request_rotation(st, &name))
+        .await?;
+    tracing::info!(node = %n.name, "key rotation requested");
+    to_json(n)
+}
+
 async fn stats(State(a): Ag) -> Res {
     let c = a.counters();
     let drops: serde_json::Map<String, Value> = c
@@ -161,7 +202,10 @@ async fn stats(State(a): Ag) -> Res {
     Ok(Json(json!({
         "node": a.node,
         "advertise_addr": a.advertise_addr,
-        "endpoint_mtu": a.endpoint_mtu,
+        "endpoint_mtu": a.mtus.plain,
+        "encrypted_endpoint_mtu": a.mtus.encrypted,
+        "tunnel_tx": c.tunnel_tx,
+        "tunnel_rx": c.tunnel_rx,
         "store": a.store_name(),
         "port_rx": c.port_rx,
         "port_tx": c.port_tx,

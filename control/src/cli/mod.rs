@@ -70,6 +70,34 @@ struct AgentArgs {
     /// Log as JSON lines instead of text
     #[arg(long)]
     log_json: bool,
+    /// UDP port of this node's WireGuard socket (encrypted networks)
+    #[arg(long, default_value_t = agent::WG_PORT)]
+    wg_port: u16,
+    /// A file with the cluster's WireGuard preshared key (base64, `wg genpsk`), the same on every node
+    #[arg(long)]
+    preshared_key_file: Option<PathBuf>,
+    /// Replace this node's WireGuard key this often, e.g. 12h, 30m, 90s
+    #[arg(long, value_parser = parse_duration)]
+    key_rotation_interval: Option<std::time::Duration>,
+}
+
+/// `90s`, `30m`, `12h`, `1d`, or plain seconds.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 90s, 30m, 12h or 1d"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(format!("{s:?} is not a duration like 90s, 30m, 12h or 1d")),
+    };
+    if secs == 0 {
+        return Err("a rotation interval must be longer than 0".into());
+    }
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 #[derive(Subcommand, Debug)]
@@ -132,6 +160,26 @@ enum EndpointCmd {
 enum NodeCmd {
     #[command(alias = "list")]
     Ls,
+    /// Declare a WireGuard peer that runs no vxmesh (e.g. wireguard-go + kernel VXLAN)
+    Add {
+        name: String,
+        /// Its underlay address (where its WireGuard socket listens)
+        #[arg(long)]
+        advertise_addr: IpAddr,
+        /// Its WireGuard public key (base64, as `wg pubkey` prints)
+        #[arg(long)]
+        public_key: String,
+        /// Its address on its WireGuard interface: its VTEP, named by --peer-vtep
+        #[arg(long)]
+        tunnel_addr: std::net::Ipv4Addr,
+        #[arg(long, default_value_t = agent::WG_PORT)]
+        wg_port: u16,
+    },
+    /// Remove a node (and its key) from the cluster
+    #[command(alias = "remove")]
+    Rm { name: String },
+    /// Replace a node's WireGuard static key; peers follow without losing traffic
+    RotateKey { name: String },
 }
 
 fn socket_path(api: &str) -> anyhow::Result<PathBuf> {
@@ -154,6 +202,9 @@ pub fn main() -> anyhow::Result<()> {
                 advertise_addr: a.advertise_addr,
                 api: socket_path(&a.api)?,
                 data_dir: a.data_dir,
+                wg_port: a.wg_port,
+                preshared_key_file: a.preshared_key_file,
+                key_rotation_interval: a.key_rotation_interval,
             };
             tokio::runtime::Runtime::new()?.block_on(agent::run(cfg))
         }
@@ -234,9 +285,43 @@ async fn run_client(c: &Client, f: Format, cmd: Command) -> anyhow::Result<()> {
                 output::created(f, &v, &[&v["id"]])
             }
         },
-        Command::Node(NodeCmd::Ls) => {
-            output::nodes(f, &c.call(Method::GET, "/v1/nodes", None).await?)
-        }
+        Command::Node(n) => match n {
+            NodeCmd::Ls => output::nodes(f, &c.call(Method::GET, "/v1/nodes", None).await?),
+            NodeCmd::Add {
+                name,
+                advertise_addr,
+                public_key,
+                tunnel_addr,
+                wg_port,
+            } => {
+                let body = json!({
+                    "name": name, "advertise_addr": advertise_addr, "public_key": public_key,
+                    "tunnel_addr": tunnel_addr, "wg_port": wg_port,
+                });
+                let v = c.call(Method::POST, "/v1/nodes", Some(body)).await?;
+                output::created(f, &v, &[&v["name"], &v["tunnel_addr"]])
+            }
+            NodeCmd::Rm { name } => {
+                let v = c
+                    .call(Method::DELETE, &format!("/v1/nodes/{}", esc(&name)), None)
+                    .await?;
+                output::created(f, &v, &[&v["name"]])
+            }
+            NodeCmd::RotateKey { name } => {
+                let v = c
+                    .call(
+                        Method::POST,
+                        &format!("/v1/nodes/{}/rotate-key", esc(&name)),
+                        None,
+                    )
+                    .await?;
+                output::created(
+                    f,
+                    &v,
+                    &[&v["name"], &Value::String("rotation requested".into())],
+                )
+            }
+        },
         Command::Stats => output::stats(f, &c.call(Method::GET, "/v1/stats", None).await?),
     }
 }

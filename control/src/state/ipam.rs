@@ -8,6 +8,19 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Where networks created without `--subnet` get a /24 from.
 pub const DEFAULT_POOL: &str = "10.10.0.0/16";
+/// Where nodes get their tunnel addresses (RFC 6598 shared space: not routed on
+/// the internet, rarely used inside a cluster).
+pub const TUNNEL_POOL: &str = "100.64.0.0/16";
+
+/// The lowest free tunnel address.
+pub fn allocate_tunnel_addr(used: &BTreeSet<IpAddr>) -> Option<std::net::Ipv4Addr> {
+    let pool: IpNet = TUNNEL_POOL.parse().ok()?;
+    match allocate_ip(&pool, used)? {
+        IpAddr::V4(a) => Some(a),
+        IpAddr::V6(_) => None,
+    }
+}
+
 /// First VNI handed out automatically (Docker's overlay driver starts here too).
 pub const FIRST_AUTO_VNI: u32 = 4096;
 

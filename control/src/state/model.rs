@@ -44,6 +44,40 @@ pub struct Node {
     /// Unix seconds of the agent's last start or heartbeat.
     #[serde(default)]
     pub last_seen: u64,
+    /// The node's address inside WireGuard tunnels: its VTEP on encrypted networks.
+    #[serde(default)]
+    pub tunnel_addr: Option<std::net::Ipv4Addr>,
+    /// The UDP port its WireGuard socket listens on.
+    #[serde(default)]
+    pub wg_port: Option<u16>,
+    /// A WireGuard peer that runs no vxmesh (declared with `node add`).
+    #[serde(default)]
+    pub external: bool,
+    /// Rotations done, and asked for (`node rotate-key`); the agent rotates while
+    /// `rotate_requested > key_epoch`.
+    #[serde(default)]
+    pub key_epoch: u64,
+    #[serde(default)]
+    pub rotate_requested: u64,
+}
+
+impl Node {
+    /// A vxmesh node with everything but its name and address left to defaults.
+    pub fn new(name: &str, advertise_addr: IpAddr) -> Self {
+        Node {
+            name: name.into(),
+            advertise_addr,
+            public_key: None,
+            ingress: true,
+            labels: BTreeMap::new(),
+            last_seen: 0,
+            tunnel_addr: None,
+            wg_port: None,
+            external: false,
+            key_epoch: 0,
+            rotate_requested: 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

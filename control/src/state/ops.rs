@@ -80,8 +80,107 @@ pub fn upsert_node(st: &mut ClusterState, node: Node) -> Result<(), StateError> 
             node.advertise_addr, other.name
         )));
     }
+    let mut node = node;
+    if let Some(t) = node.tunnel_addr {
+        if let Some(other) = st
+            .nodes
+            .values()
+            .find(|n| n.name != node.name && n.tunnel_addr == Some(t))
+        {
+            return Err(StateError::Conflict(format!(
+                "tunnel address {t} is already node {}'s: pick another --tunnel-addr",
+                other.name
+            )));
+        }
+    } else {
+        let used: BTreeSet<IpAddr> = st
+            .nodes
+            .values()
+            .filter_map(|n| n.tunnel_addr.map(IpAddr::V4))
+            .collect();
+        node.tunnel_addr = Some(ipam::allocate_tunnel_addr(&used).ok_or_else(|| {
+            StateError::Conflict(format!("no tunnel address left in {}", ipam::TUNNEL_POOL))
+        })?);
+    }
     st.nodes.insert(node.name.clone(), node);
     Ok(())
+}
+
+/// Declares a WireGuard peer that runs no vxmesh (e.g. wireguard-go with the
+/// kernel's VXLAN behind it). Networks reach it through `--peer-vtep TUNNEL_ADDR`.
+pub fn add_external_node(st: &mut ClusterState, node: Node) -> Result<Node, StateError> {
+    if let Some(n) = st.nodes.get(&node.name) {
+        if !n.external {
+            return Err(StateError::Conflict(format!(
+                "node {} runs a vxmesh agent: it registers itself",
+                node.name
+            )));
+        }
+    }
+    let key = node.public_key.as_deref().unwrap_or("");
+    if decode_key(key).is_none() {
+        return Err(StateError::Invalid(format!(
+            "--public-key {key:?} is not a WireGuard public key (44 characters of base64, as `wg pubkey` prints)"
+        )));
+    }
+    if node.tunnel_addr.is_none() {
+        return Err(StateError::Invalid(
+            "--tunnel-addr is required: the peer's address on its WireGuard interface".into(),
+        ));
+    }
+    let node = Node {
+        external: true,
+        ..node
+    };
+    upsert_node(st, node.clone())?;
+    Ok(st.nodes.get(&node.name).cloned().unwrap_or(node))
+}
+
+/// Removes a node from the cluster: its key goes with it, so it can no longer
+/// send into encrypted networks.
+pub fn remove_node(st: &mut ClusterState, name: &str) -> Result<Node, StateError> {
+    if !st.nodes.contains_key(name) {
+        return Err(StateError::NotFound(format!(
+            "no node named {name} (vxmesh node ls lists them)"
+        )));
+    }
+    let n = st.endpoints.values().filter(|e| e.node == name).count();
+    if n > 0 {
+        return Err(StateError::Conflict(format!(
+            "node {name} still has {n} endpoint(s): remove them first (vxmesh endpoint ls)"
+        )));
+    }
+    st.nodes
+        .remove(name)
+        .ok_or_else(|| StateError::NotFound(name.into()))
+}
+
+/// Asks a node's agent to replace its static key.
+pub fn request_rotation(st: &mut ClusterState, name: &str) -> Result<Node, StateError> {
+    let n = st.nodes.get_mut(name).ok_or_else(|| {
+        StateError::NotFound(format!("no node named {name} (vxmesh node ls lists them)"))
+    })?;
+    if n.external {
+        return Err(StateError::Invalid(format!(
+            "node {name} runs no vxmesh agent: give it a new key with `wg`, then `vxmesh node add {name} --public-key ...`"
+        )));
+    }
+    n.rotate_requested = n.rotate_requested.max(n.key_epoch) + 1;
+    Ok(n.clone())
+}
+
+/// A WireGuard key in base64, as `wg` prints it.
+pub fn decode_key(s: &str) -> Option<[u8; 32]> {
+    use base64::Engine;
+    let v = base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .ok()?;
+    v.try_into().ok()
+}
+
+pub fn encode_key(k: &[u8; 32]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(k)
 }
 
 pub fn create_network(st: &mut ClusterState, spec: &NetworkSpec) -> Result<Network, StateError> {
@@ -91,11 +190,6 @@ pub fn create_network(st: &mut ClusterState, spec: &NetworkSpec) -> Result<Netwo
             "network {} already exists: pick another name or remove it first (vxmesh network rm {})",
             spec.name, spec.name
         )));
-    }
-    if spec.encrypted {
-        return Err(StateError::Invalid(
-            "encrypted networks are not available in this version: create the network without --encrypted".into(),
-        ));
     }
     let v4 = spec
         .subnets
@@ -344,18 +438,7 @@ mod tests {
 
     fn state() -> ClusterState {
         let mut st = ClusterState::default();
-        upsert_node(
-            &mut st,
-            Node {
-                name: "n1".into(),
-                advertise_addr: "192.0.2.1".parse().unwrap(),
-                public_key: None,
-                ingress: true,
-                labels: Default::default(),
-                last_seen: 0,
-            },
-        )
-        .unwrap();
+        upsert_node(&mut st, Node::new("n1", "192.0.2.1".parse().unwrap())).unwrap();
         st
     }
 

@@ -222,14 +222,7 @@ mod tests {
     use std::sync::Arc;
 
     fn node(name: &str, addr: &str) -> Node {
-        Node {
-            name: name.into(),
-            advertise_addr: addr.parse().unwrap(),
-            public_key: None,
-            ingress: true,
-            labels: Default::default(),
-            last_seen: 0,
-        }
+        Node::new(name, addr.parse().unwrap())
     }
 
     #[test]

@@ -9,6 +9,7 @@ use crate::buf::PacketBuf;
 use crate::counters::{Counters, DropReason};
 use crate::io::underlay::Underlay;
 use crate::switch::{Action, PortId, Switch, SwitchState};
+use crate::tunnel::{Received, TunnelConfig, Tunnels};
 use arc_swap::ArcSwap;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -22,7 +23,10 @@ use std::time::{Duration, Instant};
 
 const WAKER: Token = Token(0);
 const UNDERLAY: Token = Token(1);
-const FIRST_PORT_TOKEN: usize = 2;
+const WIREGUARD: Token = Token(2);
+const FIRST_PORT_TOKEN: usize = 3;
+/// WireGuard's timers want a tick about this often.
+const TUNNEL_TICK: Duration = Duration::from_millis(250);
 /// Frames taken from one fd before looking at the others.
 const BUDGET: usize = 64;
 /// How often counters are copied out for the control plane.
@@ -32,6 +36,7 @@ enum Command {
     AddPort(PortId, OwnedFd),
     RemovePort(PortId),
     StateChanged,
+    Tunnels(Box<TunnelConfig>),
     Stop,
 }
 
@@ -45,7 +50,12 @@ pub struct WorkerHandle {
 }
 
 impl WorkerHandle {
-    pub fn spawn(underlay: Underlay, max_learned: usize) -> io::Result<Self> {
+    /// `wireguard`: the socket encrypted networks use, if this node has a key.
+    pub fn spawn(
+        underlay: Underlay,
+        wireguard: Option<std::net::UdpSocket>,
+        max_learned: usize,
+    ) -> io::Result<Self> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (tx, rx) = mpsc::channel();
@@ -60,7 +70,18 @@ impl WorkerHandle {
             switch: Switch::new(max_learned),
             published: counters.clone(),
             start: Instant::now(),
+            wg: wireguard,
+            tunnels: Tunnels::new(),
+            wg_in: vec![0u8; 65_536],
         };
+        if let Some(wg) = &w.wg {
+            wg.set_nonblocking(true)?;
+            w.poll.registry().register(
+                &mut SourceFd(&wg.as_raw_fd()),
+                WIREGUARD,
+                Interest::READABLE,
+            )?;
+        }
         w.poll.registry().register(
             &mut SourceFd(&w.underlay.rx.as_raw_fd()),
             UNDERLAY,
@@ -90,6 +111,11 @@ impl WorkerHandle {
 
     pub fn remove_port(&self, id: PortId) {
         self.send(Command::RemovePort(id));
+    }
+
+    /// Replaces the tunnels' peers and keys (the keys stay inside the worker).
+    pub fn set_tunnels(&self, cfg: TunnelConfig) {
+        self.send(Command::Tunnels(Box::new(cfg)));
     }
 
     /// Makes `st` the state every following frame is switched by.
@@ -126,6 +152,18 @@ struct Worker {
     switch: Switch,
     published: Arc<Mutex<Counters>>,
     start: Instant,
+    wg: Option<std::net::UdpSocket>,
+    tunnels: Tunnels,
+    /// Encrypted datagrams are read here, then decrypted into a PacketBuf.
+    wg_in: Vec<u8>,
+}
+
+/// Sends one WireGuard datagram; a failed send counts, it never stops the worker.
+fn send_wg(wg: &Option<std::net::UdpSocket>, c: &mut Counters, d: &[u8], to: std::net::SocketAddr) {
+    match wg.as_ref().map(|s| s.send_to(d, to)) {
+        Some(Ok(_)) => c.tunnel_tx += 1,
+        _ => c.drop(DropReason::TxFailed),
+    }
 }
 
 fn token_of(p: PortId) -> Token {
@@ -139,6 +177,8 @@ impl Worker {
         // fds that still had frames when their budget ran out
         let mut pending: Vec<Token> = Vec::new();
         let mut last_publish = Instant::now();
+        let mut last_tick = Instant::now();
+        let mut last_limiter_reset = Instant::now();
         loop {
             let timeout = if pending.is_empty() {
                 PUBLISH_EVERY
@@ -165,11 +205,21 @@ impl Worker {
                         false
                     }
                     UNDERLAY => self.drain_underlay(&mut buf),
+                    WIREGUARD => self.drain_wireguard(&mut buf),
                     t => self.drain_port(PortId((t.0 - FIRST_PORT_TOKEN) as u32), &mut buf),
                 };
                 if more {
                     pending.push(t);
                 }
+            }
+            if self.tunnels.is_enabled() && last_tick.elapsed() >= TUNNEL_TICK {
+                let (wg, tunnels, c) = (&self.wg, &mut self.tunnels, &mut self.switch.counters);
+                tunnels.tick(&mut |d, to| send_wg(wg, c, d, to));
+                last_tick = Instant::now();
+            }
+            if last_limiter_reset.elapsed() >= Duration::from_secs(1) {
+                self.tunnels.reset_rate_limiter();
+                last_limiter_reset = Instant::now();
             }
             if last_publish.elapsed() >= PUBLISH_EVERY {
                 self.publish_counters();
@@ -213,6 +263,10 @@ impl Worker {
                     let st = self.state.load();
                     self.switch.prune_learned(&st);
                 }
+                Command::Tunnels(cfg) => {
+                    let (wg, tunnels, c) = (&self.wg, &mut self.tunnels, &mut self.switch.counters);
+                    tunnels.configure(*cfg, &mut |d, to| send_wg(wg, c, d, to));
+                }
                 Command::Stop => return false,
             }
         }
@@ -236,10 +290,54 @@ impl Worker {
             };
             buf.set_datagram_len(n);
             let now = self.now_ms();
-            let a = self.switch.from_underlay(&st, src.ip(), buf, now);
+            let a = self.switch.from_underlay(&st, src.ip(), buf, now, false);
             self.execute(a, buf);
         }
         true
+    }
+
+    fn drain_wireguard(&mut self, buf: &mut PacketBuf) -> bool {
+        let st = self.state.load();
+        for _ in 0..BUDGET {
+            let Some(wg) = &self.wg else { return false };
+            let (n, src) = match wg.recv_from(&mut self.wg_in) {
+                Ok(r) => r,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(_) => return false,
+            };
+            self.switch.counters.tunnel_rx += 1;
+            let (wg, tunnels, c) = (&self.wg, &mut self.tunnels, &mut self.switch.counters);
+            let r = tunnels.receive(src, &self.wg_in[..n], buf.tunnel_slot(), &mut |d, to| {
+                send_wg(wg, c, d, to)
+            });
+            match r {
+                Received::Vxlan { vtep, offset, len } => {
+                    buf.set_tunnel_received(offset, len);
+                    let now = self.now_ms();
+                    let a = self.switch.from_underlay(&st, vtep, buf, now, true);
+                    self.execute(a, buf);
+                }
+                Received::Control => {}
+                Received::Drop(r) => self.switch.counters.drop(r),
+            }
+        }
+        true
+    }
+
+    /// Encrypts the datagram in `buf` for `vtep` (a tunnel address) and sends it.
+    fn send_secure(&mut self, hash: u32, vtep: std::net::IpAddr, buf: &mut PacketBuf) {
+        let (std::net::IpAddr::V4(dst), local) = (vtep, self.tunnels.local_vtep()) else {
+            self.switch.counters.drop(DropReason::TunnelNoPeer);
+            return;
+        };
+        let Some(packet) = buf.tunnel_packet(local, dst, hash) else {
+            self.switch.counters.drop(DropReason::TooBig);
+            return;
+        };
+        let (wg, tunnels, c) = (&self.wg, &mut self.tunnels, &mut self.switch.counters);
+        if let Err(r) = tunnels.send_to(dst, packet, &mut |d, to| send_wg(wg, c, d, to)) {
+            c.drop(r);
+        }
     }
 
     fn drain_port(&mut self, port: PortId, buf: &mut PacketBuf) -> bool {
@@ -290,21 +388,35 @@ impl Worker {
         }
     }
 
-    fn execute(&mut self, a: Action<'_>, buf: &PacketBuf) {
+    fn execute(&mut self, a: Action<'_>, buf: &mut PacketBuf) {
         match a {
             Action::Deliver(p) | Action::Reply(p) => self.write_port(p, buf.data()),
-            Action::Encap { vtep, flow_hash } => self.send_vtep(flow_hash, vtep, buf.datagram()),
+            Action::Encap {
+                vtep,
+                flow_hash,
+                secure: false,
+            } => self.send_vtep(flow_hash, vtep, buf.datagram()),
+            Action::Encap {
+                vtep,
+                flow_hash,
+                secure: true,
+            } => self.send_secure(flow_hash, vtep, buf),
             Action::Flood {
                 ports,
                 skip,
                 vteps,
                 flow_hash,
+                secure,
             } => {
                 for p in ports.iter().filter(|p| Some(**p) != skip) {
                     self.write_port(*p, buf.data());
                 }
                 for v in vteps {
-                    self.send_vtep(flow_hash, *v, buf.datagram());
+                    if secure {
+                        self.send_secure(flow_hash, *v, buf);
+                    } else {
+                        self.send_vtep(flow_hash, *v, buf.datagram());
+                    }
                 }
             }
             Action::Drop(_) => {}

@@ -13,7 +13,7 @@ pub use state::{Location, NetworkView, PortId, PortView, SwitchState};
 
 use crate::buf::PacketBuf;
 use crate::counters::{Counters, DropReason};
-use crate::wire::{flow_hash::flow_hash, neighbor, vxlan};
+use crate::wire::{flow_hash::flow_hash, icmp_too_big, neighbor, vxlan};
 use crate::Mac;
 use etherparse::{Ipv4HeaderSlice, Ipv6HeaderSlice};
 use std::net::IpAddr;
@@ -24,14 +24,19 @@ pub enum Action<'s> {
     /// Write the frame to this local port.
     Deliver(PortId),
     /// Send the datagram (VXLAN header + frame, [`PacketBuf::datagram`]) to this VTEP.
-    /// `flow_hash` picks the outer UDP source port.
-    Encap { vtep: IpAddr, flow_hash: u32 },
+    /// `flow_hash` picks the outer UDP source port. `secure`: only inside the tunnel.
+    Encap {
+        vtep: IpAddr,
+        flow_hash: u32,
+        secure: bool,
+    },
     /// Write the frame to each of `ports` but `skip`, and the datagram to each of `vteps`.
     Flood {
         ports: &'s [PortId],
         skip: Option<PortId>,
         vteps: &'s [IpAddr],
         flow_hash: u32,
+        secure: bool,
     },
     /// The core wrote an answer (ARP reply, NA) over the frame: write it back to this port.
     Reply(PortId),
@@ -151,6 +156,9 @@ impl Switch {
             // checks above never see.
             _ => return self.drop(DropReason::UnsupportedEtherType),
         }
+        if net.mtu > 0 && buf.len() > usize::from(net.mtu) + ETH_HDR {
+            return self.too_big(net, port, buf);
+        }
         let frame = buf.data();
         let dst: Mac = [frame[0], frame[1], frame[2], frame[3], frame[4], frame[5]];
         if dst[0] & 1 == 1 {
@@ -173,9 +181,37 @@ impl Switch {
                 if !buf.write_vxlan_header(net.vni) {
                     return self.drop(DropReason::TooBig);
                 }
-                Action::Encap { vtep, flow_hash }
+                Action::Encap {
+                    vtep,
+                    flow_hash,
+                    secure: net.encrypted,
+                }
             }
             None => self.flood(net, Some(port), buf),
+        }
+    }
+
+    /// Answers an oversized packet with ICMP "fragmentation needed" / "packet too
+    /// big" from the gateway, so the sender lowers its path MTU.
+    fn too_big<'s>(&mut self, net: &NetworkView, port: PortId, buf: &mut PacketBuf) -> Action<'s> {
+        let len = buf.len();
+        let is_v6 = buf.data()[12..14] == ETHERTYPE_IPV6;
+        let gw = net.gateways.iter().find(|g| g.is_ipv6() == is_v6).copied();
+        let n = match gw {
+            Some(IpAddr::V4(g)) => {
+                icmp_too_big::write_v4(buf.frame_room(), len, net.gateway_mac, g, net.mtu)
+            }
+            Some(IpAddr::V6(g)) => {
+                icmp_too_big::write_v6(buf.frame_room(), len, net.gateway_mac, g, net.mtu)
+            }
+            None => None,
+        };
+        match n {
+            Some(n) if buf.set_len(n) => {
+                self.counters.drop(DropReason::TooBig);
+                Action::Reply(port)
+            }
+            _ => self.drop(DropReason::TooBig),
         }
     }
 
@@ -197,16 +233,20 @@ impl Switch {
             skip,
             vteps,
             flow_hash,
+            secure: net.encrypted,
         }
     }
 
-    /// A VXLAN datagram (UDP payload) from `src` on the underlay.
+    /// A VXLAN datagram (UDP payload) from VTEP `src`: plain from the underlay, or
+    /// `secure` when it came out of a WireGuard tunnel (then `src` is the peer's
+    /// tunnel address).
     pub fn from_underlay<'s>(
         &mut self,
         st: &'s SwitchState,
         src: IpAddr,
         buf: &mut PacketBuf,
         now_ms: u64,
+        secure: bool,
     ) -> Action<'s> {
         self.counters.underlay_rx += 1;
         let vni = match vxlan::parse(buf.data()) {
@@ -217,6 +257,9 @@ impl Switch {
         let Some(net) = st.networks.get(&vni) else {
             return self.drop(DropReason::UnknownVni);
         };
+        if net.encrypted && !secure {
+            return self.drop(DropReason::Unencrypted);
+        }
         if !net.is_member(&src) {
             return self.drop(DropReason::NotMember);
         }

@@ -29,6 +29,11 @@ pub struct PortView {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NetworkView {
     pub vni: u32,
+    /// Frames cross the underlay only inside WireGuard; plain VXLAN for it is refused.
+    pub encrypted: bool,
+    /// Largest IP packet an endpoint may send (0: no limit); larger ones are
+    /// answered with ICMP "too big" from the gateway.
+    pub mtu: u16,
     /// The MAC the agent answers for the gateway addresses.
     pub gateway_mac: Mac,
     pub gateways: Vec<IpAddr>,

@@ -224,31 +224,31 @@ fn underlay_datagrams_are_checked_then_delivered() {
     let f = udp(R, A, [10, 0, 0, 12], [10, 0, 0, 10], 200);
     let mut b = datagram(VNI, &f);
     assert_eq!(
-        sw.from_underlay(&st, ip("192.0.2.2"), &mut b, 0),
+        sw.from_underlay(&st, ip("192.0.2.2"), &mut b, 0, false),
         Action::Deliver(PortId(1))
     );
     assert_eq!(b.data(), &f[..]);
 
     let mut b = datagram(VNI, &f);
     assert_eq!(
-        sw.from_underlay(&st, ip("192.0.2.77"), &mut b, 0),
+        sw.from_underlay(&st, ip("192.0.2.77"), &mut b, 0, false),
         Action::Drop(DropReason::NotMember)
     );
     let mut b = datagram(99, &f);
     assert_eq!(
-        sw.from_underlay(&st, ip("192.0.2.2"), &mut b, 0),
+        sw.from_underlay(&st, ip("192.0.2.2"), &mut b, 0, false),
         Action::Drop(DropReason::UnknownVni)
     );
     let mut b = datagram(VNI, &f);
     b.data_mut()[0] = 0;
     assert_eq!(
-        sw.from_underlay(&st, ip("192.0.2.2"), &mut b, 0),
+        sw.from_underlay(&st, ip("192.0.2.2"), &mut b, 0, false),
         Action::Drop(DropReason::BadVxlanHeader)
     );
     // R lives on 192.0.2.2: the static peer may not claim it
     let mut b = datagram(VNI, &f);
     assert_eq!(
-        sw.from_underlay(&st, ip("192.0.2.9"), &mut b, 0),
+        sw.from_underlay(&st, ip("192.0.2.9"), &mut b, 0, false),
         Action::Drop(DropReason::SpoofedSourceMac)
     );
     let mut b = datagram(
@@ -256,7 +256,7 @@ fn underlay_datagrams_are_checked_then_delivered() {
         &udp(R, [2, 9, 9, 9, 9, 9], [10, 0, 0, 12], [10, 0, 0, 10], 20),
     );
     assert_eq!(
-        sw.from_underlay(&st, ip("192.0.2.2"), &mut b, 0),
+        sw.from_underlay(&st, ip("192.0.2.2"), &mut b, 0, false),
         Action::Drop(DropReason::NoLocalDestination)
     );
 }
@@ -266,7 +266,7 @@ fn broadcast_from_underlay_goes_to_local_ports_only() {
     let st = state();
     let mut sw = Switch::new(16);
     let mut b = datagram(VNI, &arp_request(R, [10, 0, 0, 12], [10, 0, 0, 10]));
-    match sw.from_underlay(&st, ip("192.0.2.2"), &mut b, 0) {
+    match sw.from_underlay(&st, ip("192.0.2.2"), &mut b, 0, false) {
         Action::Flood {
             ports, skip, vteps, ..
         } => {
@@ -292,7 +292,7 @@ fn macs_behind_static_peers_are_learned() {
     // K speaks through the static peer, and is learned
     let mut b = datagram(VNI, &arp_request(k, [10, 0, 0, 200], [10, 0, 0, 10]));
     assert!(matches!(
-        sw.from_underlay(&st, ip("192.0.2.9"), &mut b, 1),
+        sw.from_underlay(&st, ip("192.0.2.9"), &mut b, 1, false),
         Action::Flood { .. }
     ));
     assert_eq!(sw.counters.learned, 1);
@@ -306,7 +306,7 @@ fn macs_behind_static_peers_are_learned() {
         VNI,
         &arp_request([2, 7, 7, 7, 7, 7], [10, 0, 0, 201], [10, 0, 0, 10]),
     );
-    sw.from_underlay(&st, ip("192.0.2.2"), &mut b, 3);
+    sw.from_underlay(&st, ip("192.0.2.2"), &mut b, 3, false);
     assert_eq!(sw.learned_len(), 1);
     // the peer is removed from the network: what it taught is forgotten
     let mut st2 = st.clone();
@@ -326,9 +326,57 @@ proptest::proptest! {
         let mut d = data.clone();
         if vxlan_hdr && d.len() >= 8 { crate::wire::vxlan::emit(&mut d[..8], VNI); }
         b.load_datagram(&d);
-        let _ = sw.from_underlay(&st, ip("192.0.2.9"), &mut b, 0);
+        let _ = sw.from_underlay(&st, ip("192.0.2.9"), &mut b, 0, false);
         let mut b = PacketBuf::new();
         b.load_datagram(&d);
-        let _ = sw.from_underlay(&st, ip("192.0.2.2"), &mut b, 0);
+        let _ = sw.from_underlay(&st, ip("192.0.2.2"), &mut b, 0, false);
     }
+}
+
+#[test]
+fn encrypted_networks_refuse_plain_vxlan_and_mark_sends_secure() {
+    let mut st = state();
+    st.networks.get_mut(&VNI).unwrap().encrypted = true;
+    let mut sw = Switch::new(16);
+    let f = udp(R, A, [10, 0, 0, 12], [10, 0, 0, 10], 20);
+    let mut b = datagram(VNI, &f);
+    assert_eq!(
+        sw.from_underlay(&st, ip("192.0.2.2"), &mut b, 0, false),
+        Action::Drop(DropReason::Unencrypted)
+    );
+    let mut b = datagram(VNI, &f);
+    assert_eq!(
+        sw.from_underlay(&st, ip("192.0.2.2"), &mut b, 0, true),
+        Action::Deliver(PortId(1))
+    );
+    let mut b = buf(&udp(A, R, [10, 0, 0, 10], [10, 0, 0, 12], 20));
+    assert!(matches!(
+        sw.from_port(&st, PortId(1), &mut b, 0),
+        Action::Encap { secure: true, .. }
+    ));
+}
+
+#[test]
+fn oversized_packets_get_icmp_from_the_gateway() {
+    let mut st = state();
+    st.networks.get_mut(&VNI).unwrap().mtu = 1000;
+    let mut sw = Switch::new(16);
+    let mut f = udp(A, R, [10, 0, 0, 10], [10, 0, 0, 12], 1200);
+    f[14 + 6] |= 0x40; // DF
+    let mut b = buf(&f);
+    assert_eq!(
+        sw.from_port(&st, PortId(1), &mut b, 0),
+        Action::Reply(PortId(1))
+    );
+    let d = b.data();
+    assert_eq!(&d[6..12], &GW);
+    assert_eq!(&d[14 + 12..14 + 16], &[10, 0, 0, 1], "from the gateway");
+    assert_eq!(&d[34..36], &[3, 4], "fragmentation needed");
+    assert_eq!(u16::from_be_bytes([d[40], d[41]]), 1000);
+    // within the MTU, it goes
+    let mut b = buf(&udp(A, R, [10, 0, 0, 10], [10, 0, 0, 12], 900));
+    assert!(matches!(
+        sw.from_port(&st, PortId(1), &mut b, 0),
+        Action::Encap { .. }
+    ));
 }

@@ -13,6 +13,9 @@
 
 pub mod inner;
 
+/// The curve25519 types, re-exported so the control plane builds no second copy.
+pub use boringtun::x25519;
+
 use crate::counters::DropReason;
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::handshake::parse_handshake_anon;

@@ -81,3 +81,123 @@ pub fn octets(ip: &str) -> [u8; 4] {
         .expect("an IPv4 address")
         .octets()
 }
+
+/// A UDP datagram seen in a capture.
+pub struct CapturedUdp {
+    pub src: std::net::Ipv4Addr,
+    pub dst: std::net::Ipv4Addr,
+    pub dport: u16,
+    pub payload: Vec<u8>,
+}
+
+/// Reads a classic pcap file (what `tcpdump -w` writes) of Ethernet frames and
+/// returns every frame's bytes, and the IPv4/UDP datagrams among them.
+pub fn read_pcap(path: &std::path::Path) -> Result<(Vec<Vec<u8>>, Vec<CapturedUdp>)> {
+    let data = std::fs::read(path)?;
+    anyhow::ensure!(data.len() >= 24, "pcap too short");
+    let le = match data[..4] {
+        [0xd4, 0xc3, 0xb2, 0xa1] | [0x4d, 0x3c, 0xb2, 0xa1] => true,
+        [0xa1, 0xb2, 0xc3, 0xd4] | [0xa1, 0xb2, 0x3c, 0x4d] => false,
+        _ => anyhow::bail!("not a pcap file"),
+    };
+    let u32_at = |b: &[u8]| {
+        let a = [b[0], b[1], b[2], b[3]];
+        if le {
+            u32::from_le_bytes(a)
+        } else {
+            u32::from_be_bytes(a)
+        }
+    };
+    let mut frames = Vec::new();
+    let mut udp = Vec::new();
+    let mut off = 24;
+    while off + 16 <= data.len() {
+        let incl = u32_at(&data[off + 8..]) as usize;
+        let start = off + 16;
+        let Some(f) = data.get(start..start + incl) else {
+            break;
+        };
+        if let Ok(p) = etherparse::SlicedPacket::from_ethernet(f) {
+            if let (
+                Some(etherparse::NetSlice::Ipv4(ip)),
+                Some(etherparse::TransportSlice::Udp(u)),
+            ) = (&p.net, &p.transport)
+            {
+                udp.push(CapturedUdp {
+                    src: ip.header().source_addr(),
+                    dst: ip.header().destination_addr(),
+                    dport: u.destination_port(),
+                    payload: u.payload().to_vec(),
+                });
+            }
+        }
+        frames.push(f.to_vec());
+        off = start + incl;
+    }
+    Ok((frames, udp))
+}
+
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Runs `ping` and returns (transmitted, received).
+pub fn ping_counts(ns: &str, dst: &str, args: &[&str]) -> Result<(u32, u32)> {
+    let mut a = vec!["ping", "-q"];
+    a.extend_from_slice(args);
+    a.push(dst);
+    let out = vxmesh_netns_tests::exec(ns, &a)?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .with_context(|| format!("no ping summary in {text}"))?;
+    let nums: Vec<u32> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    Ok((nums[0], nums[1]))
+}
+
+/// A background process (tcpdump, wireguard-go) stopped with SIGTERM and reaped
+/// however the test ends.
+pub struct Bg(pub std::process::Child);
+
+impl Bg {
+    pub fn spawn(ns: &str, args: &[&str]) -> Result<Bg> {
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {args:?}"))?;
+        Ok(Bg(child))
+    }
+
+    /// SIGTERM, then wait (tcpdump flushes its file on SIGTERM).
+    pub fn stop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.0.id() as i32, libc::SIGTERM);
+        }
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            self.stop();
+        }
+    }
+}
