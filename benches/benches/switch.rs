@@ -252,12 +252,12 @@ fn from_underlay(c: &mut Criterion) {
     let mut sw = Switch::new(4096);
     let mut buf = PacketBuf::new();
     buf.load_datagram(&d);
-    let a = sw.from_underlay(&st, src, &mut buf, 0);
+    let a = sw.from_underlay(&st, src, &mut buf, 0, false);
     assert_eq!(a, Action::Deliver(PORT_A));
     g.bench_function("decap_deliver", |b| {
         b.iter(|| {
             buf.load_datagram(&d);
-            black_box(sw.from_underlay(&st, src, black_box(&mut buf), 0))
+            black_box(sw.from_underlay(&st, src, black_box(&mut buf), 0, false))
         })
     });
     g.finish();
