@@ -92,6 +92,8 @@ pub struct Agent {
     last_rotation: std::sync::Mutex<std::time::Instant>,
     /// The last state applied, to refresh the tunnels between store changes.
     last_state: std::sync::Mutex<ClusterState>,
+    /// The tunnel peers last handed to the worker, to log changes only.
+    tunnel_peers: std::sync::Mutex<Vec<String>>,
 }
 
 impl Agent {
@@ -161,6 +163,7 @@ impl Agent {
             rotation_interval: cfg.key_rotation_interval,
             last_rotation: std::sync::Mutex::new(std::time::Instant::now()),
             last_state: std::sync::Mutex::new(ClusterState::default()),
+            tunnel_peers: std::sync::Mutex::new(Vec::new()),
         });
         let mut me = Node::new(&cfg.node, cfg.advertise_addr);
         me.last_seen = crate::state::model::unix_now();
@@ -277,8 +280,19 @@ impl Agent {
             Ok(mut k) => k.active(),
             Err(_) => return,
         };
-        self.worker
-            .set_tunnels(switch_state::tunnels(st, &self.node, keys, self.preshared));
+        let cfg = switch_state::tunnels(st, &self.node, keys, self.preshared);
+        let peers: Vec<String> = cfg
+            .peers
+            .iter()
+            .map(|p| format!("{}@{}", p.vtep, p.endpoint))
+            .collect();
+        if let Ok(mut last) = self.tunnel_peers.lock() {
+            if *last != peers {
+                tracing::info!(peers = ?peers, local = %cfg.local_vtep, "tunnel peers changed");
+                last.clone_from(&peers);
+            }
+        }
+        self.worker.set_tunnels(cfg);
     }
 
     /// Replaces this node's static key: the tunnels first (still accepting the old

@@ -85,11 +85,15 @@ pub fn build(
                     None => continue,
                 }
             } else {
-                let Some(n) = st.nodes.get(&ep.node) else {
+                let Some(addr) = st
+                    .nodes
+                    .get(&ep.node)
+                    .and_then(|n| vtep_of(n, net.encrypted))
+                else {
                     continue;
                 };
-                members.push(n.advertise_addr);
-                Location::Remote(n.advertise_addr)
+                members.push(addr);
+                Location::Remote(addr)
             };
             v.macs.insert(mac, loc);
             for ip in &ep.ips {
@@ -211,5 +215,56 @@ mod tests {
         assert_eq!(sw.ports.len(), 1, "e3 is not attached yet");
         assert_eq!(v.macs.len(), 2);
         assert!(v.neighbors.contains_key(&net.gateways[0]));
+    }
+}
+
+#[cfg(test)]
+mod tunnel_tests {
+    use super::*;
+    use crate::state::{ops, EndpointSpec, NetworkSpec, Node};
+
+    #[test]
+    fn peers_are_nodes_sharing_an_encrypted_network() {
+        let mut st = ClusterState::default();
+        for (n, a) in [
+            ("n1", "192.0.2.1"),
+            ("n2", "192.0.2.2"),
+            ("n3", "192.0.2.3"),
+        ] {
+            let mut node = Node::new(n, a.parse().unwrap());
+            node.public_key = Some(ops::encode_key(&[n.as_bytes()[1]; 32]));
+            ops::upsert_node(&mut st, node).unwrap();
+        }
+        let spec = NetworkSpec {
+            name: "s".into(),
+            encrypted: true,
+            ..Default::default()
+        };
+        ops::create_network(&mut st, &spec).unwrap();
+        ops::create_network(
+            &mut st,
+            &NetworkSpec {
+                name: "p".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        for (id, node, net) in [("e1", "n1", "s"), ("e2", "n2", "s"), ("e3", "n3", "p")] {
+            let es = EndpointSpec {
+                network: net.into(),
+                netns: id.into(),
+                ..Default::default()
+            };
+            ops::create_endpoint(&mut st, &es, node, id.into(), ipam::random_mac).unwrap();
+        }
+        let cfg = tunnels(&st, "n1", vec![[1; 32]], None);
+        let vteps: Vec<_> = cfg.peers.iter().map(|p| p.vtep).collect();
+        assert_eq!(
+            vteps,
+            vec![st.nodes["n2"].tunnel_addr.unwrap()],
+            "n3 shares only a plain network"
+        );
+        assert_eq!(cfg.local_vtep, st.nodes["n1"].tunnel_addr.unwrap());
+        assert!(tunnels(&st, "n3", vec![[3; 32]], None).peers.is_empty());
     }
 }

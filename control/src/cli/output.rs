@@ -134,11 +134,26 @@ pub fn nodes(f: Format, v: &Value) -> anyhow::Result<()> {
         return pretty(v);
     }
     table(
-        &["NAME", "ADDRESS", "INGRESS", "LAST SEEN"],
+        &[
+            "NAME",
+            "ADDRESS",
+            "TUNNEL ADDR",
+            "PUBLIC KEY",
+            "KIND",
+            "INGRESS",
+            "LAST SEEN",
+        ],
         rows(v, |n| {
             vec![
                 s(&n["name"]),
                 s(&n["advertise_addr"]),
+                s(&n["tunnel_addr"]),
+                s(&n["public_key"]),
+                if n["external"] == Value::Bool(true) {
+                    "external".into()
+                } else {
+                    "vxmesh".into()
+                },
                 if n["ingress"] == Value::Bool(true) {
                     "on".into()
                 } else {
@@ -160,6 +175,8 @@ pub fn stats(f: Format, v: &Value) -> anyhow::Result<()> {
         "port_tx",
         "underlay_rx",
         "underlay_tx",
+        "tunnel_rx",
+        "tunnel_tx",
         "neighbor_replies",
         "flooded",
         "learned",

@@ -266,6 +266,7 @@ impl Worker {
                 Command::Tunnels(cfg) => {
                     let (wg, tunnels, c) = (&self.wg, &mut self.tunnels, &mut self.switch.counters);
                     tunnels.configure(*cfg, &mut |d, to| send_wg(wg, c, d, to));
+                    tracing::debug!(slots = tunnels.slots(), "tunnels configured");
                 }
                 Command::Stop => return false,
             }

@@ -272,7 +272,10 @@ impl Tunnels {
         packet: &[u8],
         send: &mut dyn FnMut(&[u8], SocketAddr),
     ) -> Result<(), DropReason> {
-        let idx = self.pick(vtep).ok_or(DropReason::TunnelNoPeer)?;
+        let Some(idx) = self.pick(vtep) else {
+            tracing::debug!(%vtep, slots = ?self.slots.values().map(|s| s.vtep).collect::<Vec<_>>(), "no tunnel to this VTEP");
+            return Err(DropReason::TunnelNoPeer);
+        };
         let slot = self.slots.get_mut(&idx).ok_or(DropReason::TunnelNoPeer)?;
         if self.scratch.len() < packet.len() + 148 {
             return Err(DropReason::TooBig);
@@ -282,8 +285,14 @@ impl Tunnels {
                 send(d, slot.endpoint);
                 Ok(())
             }
-            TunnResult::Err(e) => Err(classify(&e)),
-            _ => Ok(()),
+            TunnResult::Err(e) => {
+                tracing::debug!(error = ?e, %vtep, "tunnel send failed");
+                Err(classify(&e))
+            }
+            other => {
+                tracing::trace!(result = ?other, %vtep, "queued until the handshake completes");
+                Ok(())
+            }
         }
     }
 

@@ -258,3 +258,34 @@ fn key_rotation_loses_nothing() {
     // retires it RETIRE_AFTER after the new session came up.
     assert_eq!(n.b.slots(), 2);
 }
+
+#[test]
+fn peers_added_after_keys_work() {
+    // as the agent does it: keys first with no peers, then peers as they appear
+    let mut a = Tunnels::new();
+    let mut b = Tunnels::new();
+    let none = |v: Ipv4Addr, k: [u8; 32]| TunnelConfig {
+        local_vtep: v,
+        keys: vec![k],
+        preshared: None,
+        peers: vec![],
+    };
+    a.configure(none(VA, key(1)), &mut |_, _| {});
+    b.configure(none(VB, key(2)), &mut |_, _| {});
+    a.configure(cfg(VA, &[key(1)], VB, ep(2), key(2)), &mut |_, _| {});
+    b.configure(cfg(VB, &[key(2)], VA, ep(1), key(1)), &mut |_, _| {});
+    let mut n = Net {
+        a,
+        b,
+        wire: VecDeque::new(),
+        got_a: vec![],
+        got_b: vec![],
+        drops: vec![],
+    };
+    n.send_a(b"x");
+    n.pump();
+    n.send_b(b"y");
+    n.pump();
+    assert!(n.drops.is_empty(), "{:?}", n.drops);
+    assert_eq!(n.got_b, vec![b"x".to_vec()]);
+}
