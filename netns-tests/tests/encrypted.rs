@@ -242,9 +242,21 @@ fn key_rotation_loses_no_packets() -> anyhow::Result<()> {
     let mut t = Topology::new("rot")?;
     let n1 = t.add_node("n1")?;
     let n2 = t.add_node("n2")?;
+    // one preshared key for the cluster, on top of the static keys
+    let psk = t.dir().join("psk");
+    std::fs::write(&psk, exec_ok(&n1.ns, &["wg", "genpsk"])?)?;
+    let psk = psk.to_str().unwrap().to_string();
     // n1 also rotates on its own schedule, as Docker does every 12 h
-    t.start_agent(&n1, &["--key-rotation-interval", "3s"])?;
-    t.start_agent(&n2, &[])?;
+    t.start_agent(
+        &n1,
+        &[
+            "--key-rotation-interval",
+            "3s",
+            "--preshared-key-file",
+            &psk,
+        ],
+    )?;
+    t.start_agent(&n2, &["--preshared-key-file", &psk])?;
     t.cli_ok(
         &n1,
         &[

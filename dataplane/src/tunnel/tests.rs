@@ -289,3 +289,41 @@ fn peers_added_after_keys_work() {
     assert!(n.drops.is_empty(), "{:?}", n.drops);
     assert_eq!(n.got_b, vec![b"x".to_vec()]);
 }
+
+#[test]
+fn a_flood_of_handshakes_gets_cookies_not_work() {
+    let mut n = Net::new();
+    // B's side of the tunnel, driven directly so it can re-send initiations at will
+    let mut b = Tunn::new(
+        StaticSecret::from(key(2)),
+        PublicKey::from(public(key(1))),
+        None,
+        None,
+        77,
+        None,
+    );
+    let mut buf = vec![0u8; 256];
+    let (mut cookies, mut under_load) = (0, 0);
+    for _ in 0..(HANDSHAKE_RATE_LIMIT * 2) {
+        let TunnResult::WriteToNetwork(init) = b.format_handshake_initiation(&mut buf, true) else {
+            panic!("no initiation")
+        };
+        let init = init.to_vec();
+        let mut out = vec![0u8; 2048];
+        let mut replies = vec![];
+        if let Received::Drop(DropReason::TunnelUnderLoad) =
+            n.a.receive(ep(2), &init, &mut out, &mut |d, _| replies.push(d.len()))
+        {
+            under_load += 1;
+        }
+        cookies += replies.iter().filter(|l| **l == 64).count();
+    }
+    assert!(
+        under_load >= HANDSHAKE_RATE_LIMIT as usize / 2,
+        "only {under_load} refused under load"
+    );
+    assert_eq!(
+        cookies, under_load,
+        "every refused handshake got a cookie reply"
+    );
+}
