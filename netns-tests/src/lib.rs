@@ -10,6 +10,7 @@ mod kernel_vxlan;
 mod netns;
 mod topology;
 mod traffic;
+mod wireguard_go;
 
 pub use kernel_vxlan::{kernel_vxlan_setup, KernelVxlanNode};
 pub use netns::{exec, exec_ok, in_netns};
@@ -18,3 +19,4 @@ pub use traffic::{
     ping, send_raw_frames, tcp_echo_server, tcp_roundtrip, udp_echo_server, udp_roundtrip,
     udp_send_raw, EchoServer,
 };
+pub use wireguard_go::{wg_keypair, WgPeer, WgVxlanHost, WireguardGo};

@@ -326,88 +326,23 @@ fn wireguard_go_with_kernel_vxlan_interoperates() -> anyhow::Result<()> {
     );
 
     // the stock WireGuard peer: wireguard-go on wg0, the kernel's VXLAN over it
-    let key_file = t.dir().join("k.key");
-    let privk = exec_ok(&k.ns, &["wg", "genkey"])?;
-    std::fs::write(&key_file, &privk)?;
-    let out = std::process::Command::new("wg")
-        .arg("pubkey")
-        .stdin(std::fs::File::open(&key_file)?)
-        .output()?;
-    let k_pub = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let _wg = Bg::spawn(&k.ns, &["wireguard-go", "-f", "wg0"])?;
-    let up = eventually(Duration::from_secs(5), || {
-        Ok(exec(&k.ns, &["ip", "link", "show", "wg0"])?
-            .status
-            .success())
-    })?;
-    assert!(up, "wireguard-go did not make wg0");
-    let endpoint_arg = format!("{}:51820", n1.addr);
-    let allowed = format!("{n1_tun}/32");
-    exec_ok(
-        &k.ns,
-        &[
-            "wg",
-            "set",
-            "wg0",
-            "private-key",
-            key_file.to_str().unwrap(),
-            "listen-port",
-            "51820",
-            "peer",
-            &n1_pub,
-            "endpoint",
-            &endpoint_arg,
-            "allowed-ips",
-            &allowed,
-        ],
-    )?;
-    for cmd in [
-        vec!["ip", "addr", "add", "100.64.255.1/32", "dev", "wg0"],
-        vec!["ip", "link", "set", "wg0", "up"],
-        vec!["ip", "route", "add", &allowed, "dev", "wg0"],
-        vec![
-            "ip",
-            "link",
-            "add",
-            "vx0",
-            "mtu",
-            "1370",
-            "type",
-            "vxlan",
-            "id",
-            "6001",
-            "local",
-            "100.64.255.1",
-            "dstport",
-            "4789",
-            "dev",
-            "wg0",
-        ],
-        vec!["ip", "link", "add", "br0", "type", "bridge"],
-        vec!["ip", "link", "set", "vx0", "master", "br0"],
-        vec![
-            "bridge",
-            "fdb",
-            "append",
-            "00:00:00:00:00:00",
-            "dev",
-            "vx0",
-            "dst",
-            &n1_tun,
-        ],
-        vec![
-            "ip", "link", "add", "ck0", "mtu", "1370", "type", "veth", "peer", "name", "eth0",
-            "mtu", "1370", "netns", &ck,
-        ],
-        vec!["ip", "link", "set", "ck0", "master", "br0"],
-        vec!["ip", "link", "set", "vx0", "up"],
-        vec!["ip", "link", "set", "br0", "up"],
-        vec!["ip", "link", "set", "ck0", "up"],
-    ] {
-        exec_ok(&k.ns, &cmd)?;
+    let (k_priv, k_pub) = wg_keypair(&k.ns)?;
+    let n1_peer = WgPeer {
+        public_key: n1_pub.clone(),
+        endpoint: SocketAddr::new(n1.addr.into(), 51820),
+        tunnel_addr: n1_tun.parse()?,
+    };
+    let _wg = WgVxlanHost {
+        node: &k,
+        private_key: &k_priv,
+        tunnel_addr: Ipv4Addr::new(100, 64, 255, 1),
+        peers: std::slice::from_ref(&n1_peer),
+        vni: 6001,
+        container_ns: &ck,
+        container_cidr: "10.43.0.200/24",
+        mtu: 1370,
     }
-    exec_ok(&ck, &["ip", "addr", "add", "10.43.0.200/24", "dev", "eth0"])?;
-    exec_ok(&ck, &["ip", "link", "set", "eth0", "up"])?;
+    .start(t.dir())?;
 
     // vxmesh: the peer declared with its key and tunnel address, named by --peer-vtep
     let k_addr = k.addr.to_string();
