@@ -1,4 +1,4 @@
-//! A stock WireGuard peer for interop tests and benchmarks: wireguard-go on `wg0`
+//! A stock WireGuard peer for interop tests and benchmarks: wireguard-go on `wg-NODE`
 //! with the kernel's VXLAN + bridge behind it, the way a non-vxmesh host would join
 //! an encrypted vxmesh network (or another such host).
 
@@ -71,17 +71,21 @@ impl WgVxlanHost<'_> {
     /// with the container's veth behind it.
     pub fn start(&self, dir: &Path) -> Result<WireguardGo> {
         let ns = self.node.ns.as_str();
+        // wireguard-go's control socket (/var/run/wireguard/NAME.sock) is on the
+        // shared filesystem: each host needs its own interface name.
+        let ifname: String = format!("wg-{}", self.node.name).chars().take(15).collect();
+        let wg0 = ifname.as_str();
         let child = Command::new("ip")
-            .args(["netns", "exec", ns, "wireguard-go", "-f", "wg0"])
+            .args(["netns", "exec", ns, "wireguard-go", "-f", wg0])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .context("cannot start wireguard-go (apt-get install wireguard-go)")?;
         let wg = WireguardGo { child };
         let until = Instant::now() + Duration::from_secs(5);
-        while exec_ok(ns, &["ip", "link", "show", "wg0"]).is_err() {
+        while exec_ok(ns, &["ip", "link", "show", wg0]).is_err() {
             if Instant::now() > until {
-                bail!("wireguard-go made no wg0 in {ns}");
+                bail!("wireguard-go made no {wg0} in {ns}");
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -93,7 +97,7 @@ impl WgVxlanHost<'_> {
             &[
                 "wg",
                 "set",
-                "wg0",
+                wg0,
                 "private-key",
                 key_path,
                 "listen-port",
@@ -101,8 +105,8 @@ impl WgVxlanHost<'_> {
             ],
         )?;
         let me = format!("{}/32", self.tunnel_addr);
-        exec_ok(ns, &["ip", "addr", "add", &me, "dev", "wg0"])?;
-        exec_ok(ns, &["ip", "link", "set", "wg0", "up"])?;
+        exec_ok(ns, &["ip", "addr", "add", &me, "dev", wg0])?;
+        exec_ok(ns, &["ip", "link", "set", wg0, "up"])?;
         for p in self.peers {
             let allowed = format!("{}/32", p.tunnel_addr);
             let endpoint = p.endpoint.to_string();
@@ -111,7 +115,7 @@ impl WgVxlanHost<'_> {
                 &[
                     "wg",
                     "set",
-                    "wg0",
+                    wg0,
                     "peer",
                     &p.public_key,
                     "endpoint",
@@ -120,7 +124,7 @@ impl WgVxlanHost<'_> {
                     &allowed,
                 ],
             )?;
-            exec_ok(ns, &["ip", "route", "add", &allowed, "dev", "wg0"])?;
+            exec_ok(ns, &["ip", "route", "add", &allowed, "dev", wg0])?;
         }
         let (vni, mtu, local) = (
             self.vni.to_string(),
@@ -131,7 +135,7 @@ impl WgVxlanHost<'_> {
             ns,
             &[
                 "ip", "link", "add", "vx0", "mtu", &mtu, "type", "vxlan", "id", &vni, "local",
-                &local, "dstport", "4789", "dev", "wg0",
+                &local, "dstport", "4789", "dev", wg0,
             ],
         )?;
         exec_ok(ns, &["ip", "link", "add", "br0", "type", "bridge"])?;

@@ -390,7 +390,7 @@ fn wireguard_go_with_kernel_vxlan_interoperates() -> anyhow::Result<()> {
     assert!(tcp_roundtrip(&c1, srv.local_addr(), &payload, Duration::from_secs(20))? == payload);
     let srv = tcp_echo_server(&c1, SocketAddr::new(e1.ip.parse()?, 6101))?;
     assert!(tcp_roundtrip(&ck, srv.local_addr(), &payload, Duration::from_secs(20))? == payload);
-    let hs = exec_ok(&k.ns, &["wg", "show", "wg0", "latest-handshakes"])?;
+    let hs = exec_ok(&k.ns, &["wg", "show", "wg-k", "latest-handshakes"])?;
     assert!(
         hs.split_whitespace().nth(1).is_some_and(|t| t != "0"),
         "no handshake: {hs}"
