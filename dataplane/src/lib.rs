@@ -9,6 +9,7 @@
 pub mod buf;
 pub mod counters;
 pub mod io;
+pub mod offload;
 pub mod switch;
 pub mod tunnel;
 pub mod wire;

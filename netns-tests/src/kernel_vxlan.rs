@@ -22,6 +22,9 @@ pub struct KernelVxlanNode {
     pub container_ns: String,
     pub container_cidr: String,
     pub mtu: u32,
+    /// Keep the VXLAN device's TX offloads (fast, but leaves inner checksums
+    /// unfinished over a veth): only when every peer is a kernel too.
+    pub kernel_peers_only: bool,
 }
 
 impl KernelVxlanNode {
@@ -89,11 +92,14 @@ impl KernelVxlanNode {
         // unfinished (CHECKSUM_PARTIAL) inside the VXLAN datagram, trusting the
         // receiving kernel to know; a real NIC would finish it on the wire. A
         // userspace VTEP receives the bytes only, so make the kernel node compute
-        // inner checksums before encapsulating, as a physical link would.
-        command::tool_ok(
-            "ip",
-            &["netns", "exec", ns, "ethtool", "-K", "vx0", "tx", "off"],
-        )?;
+        // inner checksums before encapsulating, as a physical link would. (This
+        // also turns off TSO on vx0, so kernel-to-kernel baselines keep it on.)
+        if !self.kernel_peers_only {
+            command::tool_ok(
+                "ip",
+                &["netns", "exec", ns, "ethtool", "-K", "vx0", "tx", "off"],
+            )?;
+        }
         Ok(())
     }
 }
@@ -113,6 +119,7 @@ pub fn kernel_vxlan_setup(
         container_ns: container_ns.to_string(),
         container_cidr: container_cidr.to_string(),
         mtu,
+        kernel_peers_only: false,
     }
     .setup()
     .with_context(|| format!("kernel VXLAN setup on node {}", node.name))

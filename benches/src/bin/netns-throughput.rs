@@ -158,8 +158,22 @@ fn main() -> Result<()> {
     let k1 = t.add_outside_host("k1")?;
     let k2 = t.add_outside_host("k2")?;
     let (kc, ks) = (t.add_container("cc")?, t.add_container("cs")?);
-    kernel_vxlan_setup(&k1, 7001, &[k2.addr], &kc, "10.63.0.1/24", 1450)?;
-    kernel_vxlan_setup(&k2, 7001, &[k1.addr], &ks, "10.63.0.2/24", 1450)?;
+    // kernel to kernel: offloads stay on, as on real hosts
+    for (node, peer, ns, cidr) in [
+        (&k1, k2.addr, &kc, "10.63.0.1/24"),
+        (&k2, k1.addr, &ks, "10.63.0.2/24"),
+    ] {
+        KernelVxlanNode {
+            node: node.clone(),
+            vni: 7001,
+            peers: vec![peer],
+            container_ns: ns.clone(),
+            container_cidr: cidr.into(),
+            mtu: 1450,
+            kernel_peers_only: true,
+        }
+        .setup()?;
+    }
     setups.push(Setup {
         key: "c",
         label: "kernel VXLAN",

@@ -1,0 +1,15 @@
+//! TCP segmentation and coalescing in userspace, so the TAP can hand over and take
+//! back 64 KiB super-frames (`IFF_VNET_HDR`, `TUNSETOFFLOAD`) instead of one
+//! packet per syscall. Sans-IO: bytes in, bytes out.
+//!
+//! - [`vnet`]: the `virtio_net_hdr` in front of every TAP read and write.
+//! - [`segment`]: a TSO super-frame from a container → MSS-sized frames with
+//!   their own IP/TCP headers and checksums, ready for VXLAN.
+//! - [`coalesce`]: consecutive segments of one flow from the underlay → one
+//!   super-frame for a single TAP write (GRO).
+//! - [`checksum`]: the Internet checksum, folded in 64-bit words.
+
+pub mod checksum;
+pub mod coalesce;
+pub mod segment;
+pub mod vnet;
