@@ -43,6 +43,21 @@ impl PacketBuf {
         &mut self.buf[HEADROOM..]
     }
 
+    /// Space for a TAP read with `IFF_VNET_HDR`: the 10-byte header lands in the
+    /// headroom and the frame at the usual offset; call [`Self::set_frame_len`]
+    /// with the length minus the header, then read it with [`Self::vnet_header`].
+    pub fn vnet_slot(&mut self) -> &mut [u8] {
+        self.head = HEADROOM;
+        self.len = 0;
+        &mut self.buf[HEADROOM - crate::offload::vnet::LEN..]
+    }
+
+    /// The `virtio_net_hdr` of the last [`Self::vnet_slot`] read (valid until the
+    /// headroom is written).
+    pub fn vnet_header(&self) -> &[u8] {
+        &self.buf[HEADROOM - crate::offload::vnet::LEN..HEADROOM]
+    }
+
     /// Space for a driver to read a VXLAN datagram (header + frame) into, placed so
     /// that the inner frame lands at the usual frame offset; call
     /// [`Self::set_datagram_len`] after.

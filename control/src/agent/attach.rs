@@ -67,9 +67,16 @@ pub fn tap_name(ep: &Endpoint) -> String {
     format!("vx{}", &ep.id[..ep.id.len().min(12)])
 }
 
+/// An endpoint's interface as the worker drives it.
+pub struct Attached {
+    pub fd: OwnedFd,
+    /// A TAP with `virtio_net_hdr` and TSO: super-frames in, super-frames out.
+    pub offloaded: bool,
+}
+
 /// Creates the endpoint's interface and returns the fd the worker reads and writes.
 /// On failure nothing is left behind: a TAP dies with its fd.
-pub async fn attach(ep: &Endpoint, net: &Network, mtu: u32) -> Result<OwnedFd, AttachError> {
+pub async fn attach(ep: &Endpoint, net: &Network, mtu: u32) -> Result<Attached, AttachError> {
     let path = netns_path(&ep.netns);
     if !path.exists() {
         return Err(AttachError::NetnsNotFound(
@@ -80,12 +87,15 @@ pub async fn attach(ep: &Endpoint, net: &Network, mtu: u32) -> Result<OwnedFd, A
     match &ep.veth {
         None => {
             let name = tap_name(ep);
-            let fd = tap::create(&name).map_err(|e| AttachError::Tap(name.clone(), e))?;
+            let fd = tap::create_offloaded(&name).map_err(|e| AttachError::Tap(name.clone(), e))?;
             let ns = path.display().to_string();
             ip(&["link", "set", "dev", &name, "netns", &ns]).await?;
             ip_in(&path, &["link", "set", "dev", &name, "name", &ep.ifname]).await?;
             configure(&path, ep, net, mtu).await?;
-            Ok(fd)
+            Ok(Attached {
+                fd,
+                offloaded: true,
+            })
         }
         Some(host) => {
             let peer = veth_peer(&path, host)
@@ -105,7 +115,12 @@ pub async fn attach(ep: &Endpoint, net: &Network, mtu: u32) -> Result<OwnedFd, A
             configure(&path, ep, net, mtu).await?;
             let m = mtu.to_string();
             ip(&["link", "set", "dev", host, "mtu", &m, "up"]).await?;
-            packet_socket::open(host).map_err(|e| AttachError::PacketSocket(host.clone(), e))
+            packet_socket::open(host)
+                .map(|fd| Attached {
+                    fd,
+                    offloaded: false,
+                })
+                .map_err(|e| AttachError::PacketSocket(host.clone(), e))
         }
     }
 }

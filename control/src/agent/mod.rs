@@ -394,10 +394,10 @@ impl Agent {
         }
     }
 
-    fn add_port(&self, ports: &mut LocalPorts, id: &str, fd: std::os::fd::OwnedFd) -> PortId {
+    fn add_port(&self, ports: &mut LocalPorts, id: &str, a: attach::Attached) -> PortId {
         let port = PortId(ports.next);
         ports.next += 1;
-        self.worker.add_port(port, fd);
+        self.worker.add_port(port, a.fd, a.offloaded);
         ports.by_endpoint.insert(id.to_string(), LocalPort { port });
         port
     }

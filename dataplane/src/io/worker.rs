@@ -7,7 +7,11 @@
 
 use crate::buf::PacketBuf;
 use crate::counters::{Counters, DropReason};
+use crate::io::gso;
 use crate::io::underlay::Underlay;
+use crate::offload::coalesce::Coalescer;
+use crate::offload::segment;
+use crate::offload::vnet::{self, VnetHdr};
 use crate::switch::{Action, PortId, Switch, SwitchState};
 use crate::tunnel::{Received, TunnelConfig, Tunnels};
 use arc_swap::ArcSwap;
@@ -33,7 +37,7 @@ const BUDGET: usize = 64;
 const PUBLISH_EVERY: Duration = Duration::from_millis(100);
 
 enum Command {
-    AddPort(PortId, OwnedFd),
+    AddPort(PortId, OwnedFd, bool),
     RemovePort(PortId),
     StateChanged,
     Tunnels(Box<TunnelConfig>),
@@ -66,6 +70,10 @@ impl WorkerHandle {
             rx,
             underlay,
             ports: FxHashMap::default(),
+            batch: GsoBatch::default(),
+            coalescer: Coalescer::new(),
+            co_port: None,
+            rx_big: vec![0u8; 65_536 + 4096],
             state: state.clone(),
             switch: Switch::new(max_learned),
             published: counters.clone(),
@@ -81,6 +89,9 @@ impl WorkerHandle {
                 WIREGUARD,
                 Interest::READABLE,
             )?;
+        }
+        if let Err(e) = w.underlay.enable_gro() {
+            tracing::warn!(error = %e, "UDP GRO unavailable: one datagram per read");
         }
         w.poll.registry().register(
             &mut SourceFd(&w.underlay.rx.as_raw_fd()),
@@ -105,8 +116,9 @@ impl WorkerHandle {
         let _ = self.waker.wake();
     }
 
-    pub fn add_port(&self, id: PortId, fd: OwnedFd) {
-        self.send(Command::AddPort(id, fd));
+    /// `vnet`: the fd is a TAP opened with `IFF_VNET_HDR` (see `tap::create_offloaded`).
+    pub fn add_port(&self, id: PortId, fd: OwnedFd, vnet: bool) {
+        self.send(Command::AddPort(id, fd, vnet));
     }
 
     pub fn remove_port(&self, id: PortId) {
@@ -147,7 +159,14 @@ struct Worker {
     poll: Poll,
     rx: mpsc::Receiver<Command>,
     underlay: Underlay,
-    ports: FxHashMap<PortId, OwnedFd>,
+    ports: FxHashMap<PortId, Port>,
+    /// Equal-sized VXLAN datagrams to one VTEP, waiting for one GSO send.
+    batch: GsoBatch,
+    /// Segments from the underlay for one port, waiting to be one TAP write.
+    coalescer: Coalescer,
+    co_port: Option<PortId>,
+    /// One UDP GRO read: up to 64 KiB of datagrams.
+    rx_big: Vec<u8>,
     state: Arc<ArcSwap<SwitchState>>,
     switch: Switch,
     published: Arc<Mutex<Counters>>,
@@ -166,6 +185,67 @@ fn send_wg(wg: &Option<std::net::UdpSocket>, c: &mut Counters, d: &[u8], to: std
     }
 }
 
+struct Port {
+    fd: OwnedFd,
+    vnet: bool,
+}
+
+/// A run of VXLAN datagrams for one `sendmsg` with `UDP_SEGMENT`: same VTEP, same
+/// flow (so the same source socket), all `seg` bytes but possibly the last.
+#[derive(Default)]
+struct GsoBatch {
+    buf: Vec<u8>,
+    vtep: Option<std::net::IpAddr>,
+    hash: u32,
+    seg: usize,
+    count: usize,
+    closed: bool,
+}
+
+/// Most datagrams one GSO send may carry (the kernel's UDP_MAX_SEGMENTS).
+const GSO_MAX_SEGMENTS: usize = 64;
+/// Largest GSO send payload.
+const GSO_MAX_BYTES: usize = 65_000;
+
+/// Writes one frame to a port: with a `virtio_net_hdr` in front (one `writev`)
+/// when the port is an offloading TAP.
+fn write_frame(
+    ports: &FxHashMap<PortId, Port>,
+    c: &mut Counters,
+    port: PortId,
+    hdr: &VnetHdr,
+    frame: &[u8],
+) {
+    let Some(p) = ports.get(&port) else {
+        c.drop(DropReason::TxFailed);
+        return;
+    };
+    let n = if p.vnet {
+        let mut h = [0u8; vnet::LEN];
+        hdr.emit(&mut h);
+        let iov = [
+            libc::iovec {
+                iov_base: h.as_ptr() as *mut libc::c_void,
+                iov_len: h.len(),
+            },
+            libc::iovec {
+                iov_base: frame.as_ptr() as *mut libc::c_void,
+                iov_len: frame.len(),
+            },
+        ];
+        // SAFETY: both iovecs point at live buffers of the lengths given.
+        unsafe { libc::writev(p.fd.as_raw_fd(), iov.as_ptr(), 2) }
+    } else {
+        // SAFETY: writing from a live slice of the length passed.
+        unsafe { libc::write(p.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len()) }
+    };
+    if n < 0 {
+        c.drop(DropReason::TxFailed);
+    } else {
+        c.port_tx += 1;
+    }
+}
+
 fn token_of(p: PortId) -> Token {
     Token(p.0 as usize + FIRST_PORT_TOKEN)
 }
@@ -174,6 +254,8 @@ impl Worker {
     fn run(&mut self) {
         let mut events = Events::with_capacity(256);
         let mut buf = PacketBuf::new();
+        // where TSO super-frames are cut into segments
+        let mut seg = PacketBuf::new();
         // fds that still had frames when their budget ran out
         let mut pending: Vec<Token> = Vec::new();
         let mut last_publish = Instant::now();
@@ -206,7 +288,9 @@ impl Worker {
                     }
                     UNDERLAY => self.drain_underlay(&mut buf),
                     WIREGUARD => self.drain_wireguard(&mut buf),
-                    t => self.drain_port(PortId((t.0 - FIRST_PORT_TOKEN) as u32), &mut buf),
+                    t => {
+                        self.drain_port(PortId((t.0 - FIRST_PORT_TOKEN) as u32), &mut buf, &mut seg)
+                    }
                 };
                 if more {
                     pending.push(t);
@@ -238,7 +322,7 @@ impl Worker {
     fn commands(&mut self) -> bool {
         while let Ok(c) = self.rx.try_recv() {
             match c {
-                Command::AddPort(id, fd) => {
+                Command::AddPort(id, fd, vnet) => {
                     let r = self.poll.registry().register(
                         &mut SourceFd(&fd.as_raw_fd()),
                         token_of(id),
@@ -246,17 +330,17 @@ impl Worker {
                     );
                     match r {
                         Ok(()) => {
-                            self.ports.insert(id, fd);
+                            self.ports.insert(id, Port { fd, vnet });
                         }
                         Err(e) => tracing::error!(port = id.0, error = %e, "cannot poll port"),
                     }
                 }
                 Command::RemovePort(id) => {
-                    if let Some(fd) = self.ports.remove(&id) {
+                    if let Some(p) = self.ports.remove(&id) {
                         let _ = self
                             .poll
                             .registry()
-                            .deregister(&mut SourceFd(&fd.as_raw_fd()));
+                            .deregister(&mut SourceFd(&p.fd.as_raw_fd()));
                     }
                 }
                 Command::StateChanged => {
@@ -278,23 +362,72 @@ impl Worker {
         self.start.elapsed().as_millis() as u64
     }
 
+    /// Reads the underlay until empty (within the budget). With UDP GRO one read
+    /// holds a run of datagrams of one flow; consecutive TCP segments for one
+    /// port are coalesced into one TAP write.
     fn drain_underlay(&mut self, buf: &mut PacketBuf) -> bool {
         let st = self.state.load();
+        let mut more = true;
         for _ in 0..BUDGET {
-            let (n, src) = match self.underlay.rx.recv_from(buf.datagram_slot()) {
+            let (n, src, size) = match gso::recv(&self.underlay.rx, &mut self.rx_big) {
                 Ok(r) => r,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) => {
-                    tracing::debug!(error = %e, "underlay receive failed");
-                    return false;
+                    if e.kind() != io::ErrorKind::WouldBlock {
+                        tracing::debug!(error = %e, "underlay receive failed");
+                    }
+                    more = false;
+                    break;
                 }
             };
-            buf.set_datagram_len(n);
-            let now = self.now_ms();
-            let a = self.switch.from_underlay(&st, src.ip(), buf, now, false);
-            self.execute(a, buf);
+            let mut off = 0;
+            while off < n {
+                let end = (off + size).min(n);
+                buf.load_datagram(&self.rx_big[off..end]);
+                off = end;
+                let now = self.now_ms();
+                let a = self.switch.from_underlay(&st, src.ip(), buf, now, false);
+                match a {
+                    Action::Deliver(p) if self.ports.get(&p).is_some_and(|p| p.vnet) => {
+                        self.coalesce(p, buf.data())
+                    }
+                    a => {
+                        self.flush_coalescer();
+                        self.execute(a, buf);
+                    }
+                }
+            }
         }
-        true
+        self.flush_coalescer();
+        more
+    }
+
+    /// Adds a frame for `port` to the pending super-frame, or writes what is
+    /// pending and starts anew.
+    fn coalesce(&mut self, port: PortId, frame: &[u8]) {
+        if self.co_port == Some(port) && self.coalescer.push(frame) {
+            return;
+        }
+        self.flush_coalescer();
+        if self.coalescer.push(frame) {
+            self.co_port = Some(port);
+        } else {
+            write_frame(
+                &self.ports,
+                &mut self.switch.counters,
+                port,
+                &VnetHdr::default(),
+                frame,
+            );
+        }
+    }
+
+    fn flush_coalescer(&mut self) {
+        let Some(port) = self.co_port.take() else {
+            return;
+        };
+        if let Some((h, frame)) = self.coalescer.take() {
+            write_frame(&self.ports, &mut self.switch.counters, port, &h, frame);
+        }
     }
 
     fn drain_wireguard(&mut self, buf: &mut PacketBuf) -> bool {
@@ -341,45 +474,85 @@ impl Worker {
         }
     }
 
-    fn drain_port(&mut self, port: PortId, buf: &mut PacketBuf) -> bool {
-        let Some(fd) = self.ports.get(&port).map(|f| f.as_raw_fd()) else {
+    /// Reads a port until empty (within the budget). An offloading TAP hands over
+    /// TCP super-frames, which are cut into segments here and switched one by one;
+    /// their datagrams to one VTEP leave in one GSO send.
+    fn drain_port(&mut self, port: PortId, buf: &mut PacketBuf, seg: &mut PacketBuf) -> bool {
+        let Some((fd, vnet)) = self.ports.get(&port).map(|p| (p.fd.as_raw_fd(), p.vnet)) else {
             return false;
         };
         let st = self.state.load();
+        let mut more = true;
         for _ in 0..BUDGET {
-            let slot = buf.frame_slot();
+            let slot = if vnet {
+                buf.vnet_slot()
+            } else {
+                buf.frame_slot()
+            };
             // SAFETY: reading into a live, writable slice of the length passed.
             let n = unsafe { libc::read(fd, slot.as_mut_ptr().cast(), slot.len()) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::WouldBlock && e.kind() != io::ErrorKind::Interrupted {
-                    tracing::debug!(port = port.0, error = %e, "port read failed");
+            if n <= 0 {
+                if n < 0 {
+                    let e = io::Error::last_os_error();
+                    if e.kind() != io::ErrorKind::WouldBlock
+                        && e.kind() != io::ErrorKind::Interrupted
+                    {
+                        tracing::debug!(port = port.0, error = %e, "port read failed");
+                    }
                 }
-                return false;
+                more = false;
+                break;
             }
-            if n == 0 {
-                return false;
-            }
-            buf.set_frame_len(n as usize);
+            let n = n as usize;
             let now = self.now_ms();
-            let a = self.switch.from_port(&st, port, buf, now);
-            self.execute(a, buf);
+            if !vnet {
+                buf.set_frame_len(n);
+                let a = self.switch.from_port(&st, port, buf, now);
+                self.execute(a, buf);
+                continue;
+            }
+            let Some(h) = VnetHdr::parse(buf.vnet_header()).filter(|_| n >= vnet::LEN) else {
+                self.switch.counters.drop(DropReason::Malformed);
+                continue;
+            };
+            buf.set_frame_len(n - vnet::LEN);
+            if !h.is_gso() {
+                if h.flags & vnet::F_NEEDS_CSUM != 0 && !vnet::finish_checksum(buf.data_mut(), &h) {
+                    self.switch.counters.drop(DropReason::Malformed);
+                    continue;
+                }
+                let a = self.switch.from_port(&st, port, buf, now);
+                self.execute(a, buf);
+                continue;
+            }
+            let frame = buf.data();
+            let mss = usize::from(h.gso_size);
+            let Some(t) = segment::parse_tcp(frame).filter(|_| mss > 0) else {
+                // UDP and other GSO kinds are not offered to the kernel (TUNSETOFFLOAD)
+                self.switch.counters.drop(DropReason::Malformed);
+                continue;
+            };
+            for i in 0..segment::count(frame, &t, mss) {
+                let Some(len) = segment::write_segment(frame, &t, mss, i, seg.frame_slot()) else {
+                    break;
+                };
+                seg.set_frame_len(len);
+                let a = self.switch.from_port(&st, port, seg, now);
+                self.execute(a, seg);
+            }
         }
-        true
+        self.flush_batch();
+        more
     }
 
     fn write_port(&mut self, port: PortId, frame: &[u8]) {
-        let Some(fd) = self.ports.get(&port) else {
-            self.switch.counters.drop(DropReason::TxFailed);
-            return;
-        };
-        // SAFETY: writing from a live slice of the length passed.
-        let n = unsafe { libc::write(fd.as_raw_fd(), frame.as_ptr().cast(), frame.len()) };
-        if n < 0 {
-            self.switch.counters.drop(DropReason::TxFailed);
-        } else {
-            self.switch.counters.port_tx += 1;
-        }
+        write_frame(
+            &self.ports,
+            &mut self.switch.counters,
+            port,
+            &VnetHdr::default(),
+            frame,
+        );
     }
 
     fn send_vtep(&mut self, hash: u32, vtep: std::net::IpAddr, datagram: &[u8]) {
@@ -389,6 +562,53 @@ impl Worker {
         }
     }
 
+    /// Queues a datagram for a GSO send, sending what is queued first when this
+    /// one cannot join it.
+    fn batch_push(&mut self, hash: u32, vtep: std::net::IpAddr, d: &[u8]) {
+        let b = &self.batch;
+        let joins = b.count > 0
+            && b.vtep == Some(vtep)
+            && b.hash == hash
+            && !b.closed
+            && d.len() <= b.seg
+            && b.count < GSO_MAX_SEGMENTS
+            && b.buf.len() + d.len() <= GSO_MAX_BYTES;
+        if !joins {
+            self.flush_batch();
+            let b = &mut self.batch;
+            b.vtep = Some(vtep);
+            b.hash = hash;
+            b.seg = d.len();
+        }
+        let b = &mut self.batch;
+        b.buf.extend_from_slice(d);
+        b.count += 1;
+        b.closed = d.len() < b.seg;
+    }
+
+    fn flush_batch(&mut self) {
+        let b = &mut self.batch;
+        let (Some(vtep), count) = (b.vtep.take(), b.count) else {
+            return;
+        };
+        let r = if count == 1 {
+            self.underlay.send(b.hash, vtep, &b.buf)
+        } else {
+            self.underlay.send_gso(b.hash, vtep, &b.buf, b.seg as u16)
+        };
+        match r {
+            Ok(()) => self.switch.counters.underlay_tx += count as u64,
+            Err(_) => {
+                for _ in 0..count {
+                    self.switch.counters.drop(DropReason::TxFailed);
+                }
+            }
+        }
+        b.buf.clear();
+        b.count = 0;
+        b.closed = false;
+    }
+
     fn execute(&mut self, a: Action<'_>, buf: &mut PacketBuf) {
         match a {
             Action::Deliver(p) | Action::Reply(p) => self.write_port(p, buf.data()),
@@ -396,7 +616,7 @@ impl Worker {
                 vtep,
                 flow_hash,
                 secure: false,
-            } => self.send_vtep(flow_hash, vtep, buf.datagram()),
+            } => self.batch_push(flow_hash, vtep, buf.datagram()),
             Action::Encap {
                 vtep,
                 flow_hash,
@@ -412,6 +632,7 @@ impl Worker {
                 for p in ports.iter().filter(|p| Some(**p) != skip) {
                     self.write_port(*p, buf.data());
                 }
+                self.flush_batch();
                 for v in vteps {
                     if secure {
                         self.send_secure(flow_hash, *v, buf);

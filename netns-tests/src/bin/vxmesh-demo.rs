@@ -103,10 +103,7 @@ fn main() -> Result<()> {
     let bps = v["end"]["sum_received"]["bits_per_second"]
         .as_f64()
         .unwrap_or(0.0);
-    println!(
-        "{:.2} Gbit/s over vxmesh (one stream, this agent is still one packet per syscall)",
-        bps / 1e9
-    );
+    println!("{:.2} Gbit/s over vxmesh, one TCP stream", bps / 1e9);
 
     say("The agent's counters on node1 (frames, VXLAN datagrams, drops by reason)");
     run(&t, &nodes[0], &["stats"])?;
