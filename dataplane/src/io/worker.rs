@@ -71,6 +71,7 @@ impl WorkerHandle {
             underlay,
             ports: FxHashMap::default(),
             batch: GsoBatch::default(),
+            wg_batch: GsoBatch::default(),
             coalescer: Coalescer::new(),
             co_port: None,
             rx_big: vec![0u8; 65_536 + 4096],
@@ -80,10 +81,12 @@ impl WorkerHandle {
             start: Instant::now(),
             wg: wireguard,
             tunnels: Tunnels::new(),
-            wg_in: vec![0u8; 65_536],
         };
         if let Some(wg) = &w.wg {
             wg.set_nonblocking(true)?;
+            if let Err(e) = gso::enable_gro(wg) {
+                tracing::warn!(error = %e, "UDP GRO unavailable on the WireGuard socket");
+            }
             w.poll.registry().register(
                 &mut SourceFd(&wg.as_raw_fd()),
                 WIREGUARD,
@@ -162,6 +165,8 @@ struct Worker {
     ports: FxHashMap<PortId, Port>,
     /// Equal-sized VXLAN datagrams to one VTEP, waiting for one GSO send.
     batch: GsoBatch,
+    /// The same for encrypted datagrams to one WireGuard peer.
+    wg_batch: GsoBatch,
     /// Segments from the underlay for one port, waiting to be one TAP write.
     coalescer: Coalescer,
     co_port: Option<PortId>,
@@ -173,8 +178,6 @@ struct Worker {
     start: Instant,
     wg: Option<std::net::UdpSocket>,
     tunnels: Tunnels,
-    /// Encrypted datagrams are read here, then decrypted into a PacketBuf.
-    wg_in: Vec<u8>,
 }
 
 /// Sends one WireGuard datagram; a failed send counts, it never stops the worker.
@@ -190,16 +193,69 @@ struct Port {
     vnet: bool,
 }
 
-/// A run of VXLAN datagrams for one `sendmsg` with `UDP_SEGMENT`: same VTEP, same
-/// flow (so the same source socket), all `seg` bytes but possibly the last.
+/// A run of datagrams for one `sendmsg` with `UDP_SEGMENT`: same destination,
+/// same flow (so the same source socket), all `seg` bytes but possibly the last.
 #[derive(Default)]
 struct GsoBatch {
     buf: Vec<u8>,
-    vtep: Option<std::net::IpAddr>,
+    to: Option<std::net::SocketAddr>,
     hash: u32,
     seg: usize,
     count: usize,
     closed: bool,
+}
+
+impl GsoBatch {
+    fn joins(&self, to: std::net::SocketAddr, hash: u32, len: usize) -> bool {
+        self.count > 0
+            && self.to == Some(to)
+            && self.hash == hash
+            && !self.closed
+            && len <= self.seg
+            && self.count < GSO_MAX_SEGMENTS
+            && self.buf.len() + len <= GSO_MAX_BYTES
+    }
+
+    /// Adds a datagram; the caller has flushed if it does not join.
+    fn add(&mut self, to: std::net::SocketAddr, hash: u32, d: &[u8]) {
+        if self.count == 0 {
+            self.to = Some(to);
+            self.hash = hash;
+            self.seg = d.len();
+        }
+        self.buf.extend_from_slice(d);
+        self.count += 1;
+        self.closed = d.len() < self.seg;
+    }
+
+    fn clear(&mut self) {
+        self.buf.clear();
+        self.to = None;
+        self.count = 0;
+        self.closed = false;
+    }
+}
+
+/// Sends what a WireGuard batch holds on the WireGuard socket.
+fn flush_wg(b: &mut GsoBatch, wg: &Option<std::net::UdpSocket>, c: &mut Counters) {
+    let (Some(to), Some(sock)) = (b.to, wg.as_ref()) else {
+        b.clear();
+        return;
+    };
+    let r = if b.count == 1 {
+        sock.send_to(&b.buf, to).map(|_| ())
+    } else {
+        gso::send(sock, to, &b.buf, b.seg as u16)
+    };
+    match r {
+        Ok(()) => c.tunnel_tx += b.count as u64,
+        Err(_) => {
+            for _ in 0..b.count {
+                c.drop(DropReason::TxFailed);
+            }
+        }
+    }
+    b.clear();
 }
 
 /// Most datagrams one GSO send may carry (the kernel's UDP_MAX_SEGMENTS).
@@ -430,32 +486,53 @@ impl Worker {
         }
     }
 
+    /// Reads the WireGuard socket until empty (within the budget): with UDP GRO a
+    /// read holds a run of one peer's datagrams, each decrypted in turn; runs of
+    /// TCP segments for one port become one TAP write, as on the plain path.
     fn drain_wireguard(&mut self, buf: &mut PacketBuf) -> bool {
         let st = self.state.load();
+        let mut more = true;
         for _ in 0..BUDGET {
             let Some(wg) = &self.wg else { return false };
-            let (n, src) = match wg.recv_from(&mut self.wg_in) {
+            let (n, src, size) = match gso::recv(wg, &mut self.rx_big) {
                 Ok(r) => r,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-                Err(_) => return false,
-            };
-            self.switch.counters.tunnel_rx += 1;
-            let (wg, tunnels, c) = (&self.wg, &mut self.tunnels, &mut self.switch.counters);
-            let r = tunnels.receive(src, &self.wg_in[..n], buf.tunnel_slot(), &mut |d, to| {
-                send_wg(wg, c, d, to)
-            });
-            match r {
-                Received::Vxlan { vtep, offset, len } => {
-                    buf.set_tunnel_received(offset, len);
-                    let now = self.now_ms();
-                    let a = self.switch.from_underlay(&st, vtep, buf, now, true);
-                    self.execute(a, buf);
+                Err(_) => {
+                    more = false;
+                    break;
                 }
-                Received::Control => {}
-                Received::Drop(r) => self.switch.counters.drop(r),
+            };
+            let mut off = 0;
+            while off < n {
+                let end = (off + size).min(n);
+                let d = off..end;
+                off = end;
+                self.switch.counters.tunnel_rx += 1;
+                let (wg, tunnels, c) = (&self.wg, &mut self.tunnels, &mut self.switch.counters);
+                let r = tunnels.receive(src, &self.rx_big[d], buf.tunnel_slot(), &mut |d, to| {
+                    send_wg(wg, c, d, to)
+                });
+                match r {
+                    Received::Vxlan { vtep, offset, len } => {
+                        buf.set_tunnel_received(offset, len);
+                        let now = self.now_ms();
+                        match self.switch.from_underlay(&st, vtep, buf, now, true) {
+                            Action::Deliver(p) if self.ports.get(&p).is_some_and(|p| p.vnet) => {
+                                self.coalesce(p, buf.data())
+                            }
+                            a => {
+                                self.flush_coalescer();
+                                self.execute(a, buf);
+                            }
+                        }
+                    }
+                    Received::Control => {}
+                    Received::Drop(r) => self.switch.counters.drop(r),
+                }
             }
         }
-        true
+        self.flush_coalescer();
+        flush_wg(&mut self.wg_batch, &self.wg, &mut self.switch.counters);
+        more
     }
 
     /// Encrypts the datagram in `buf` for `vtep` (a tunnel address) and sends it.
@@ -468,8 +545,19 @@ impl Worker {
             self.switch.counters.drop(DropReason::TooBig);
             return;
         };
-        let (wg, tunnels, c) = (&self.wg, &mut self.tunnels, &mut self.switch.counters);
-        if let Err(r) = tunnels.send_to(dst, packet, &mut |d, to| send_wg(wg, c, d, to)) {
+        let (wg, tunnels, c, b) = (
+            &self.wg,
+            &mut self.tunnels,
+            &mut self.switch.counters,
+            &mut self.wg_batch,
+        );
+        let r = tunnels.send_to(dst, packet, &mut |d, to| {
+            if !b.joins(to, 0, d.len()) {
+                flush_wg(b, wg, c);
+            }
+            b.add(to, 0, d);
+        });
+        if let Err(r) = r {
             c.drop(r);
         }
     }
@@ -542,6 +630,7 @@ impl Worker {
             }
         }
         self.flush_batch();
+        flush_wg(&mut self.wg_batch, &self.wg, &mut self.switch.counters);
         more
     }
 
@@ -565,48 +654,31 @@ impl Worker {
     /// Queues a datagram for a GSO send, sending what is queued first when this
     /// one cannot join it.
     fn batch_push(&mut self, hash: u32, vtep: std::net::IpAddr, d: &[u8]) {
-        let b = &self.batch;
-        let joins = b.count > 0
-            && b.vtep == Some(vtep)
-            && b.hash == hash
-            && !b.closed
-            && d.len() <= b.seg
-            && b.count < GSO_MAX_SEGMENTS
-            && b.buf.len() + d.len() <= GSO_MAX_BYTES;
-        if !joins {
+        let to = std::net::SocketAddr::new(vtep, crate::VXLAN_PORT);
+        if !self.batch.joins(to, hash, d.len()) {
             self.flush_batch();
-            let b = &mut self.batch;
-            b.vtep = Some(vtep);
-            b.hash = hash;
-            b.seg = d.len();
         }
-        let b = &mut self.batch;
-        b.buf.extend_from_slice(d);
-        b.count += 1;
-        b.closed = d.len() < b.seg;
+        self.batch.add(to, hash, d);
     }
 
     fn flush_batch(&mut self) {
         let b = &mut self.batch;
-        let (Some(vtep), count) = (b.vtep.take(), b.count) else {
-            return;
-        };
-        let r = if count == 1 {
-            self.underlay.send(b.hash, vtep, &b.buf)
+        let Some(to) = b.to else { return };
+        let r = if b.count == 1 {
+            self.underlay.send(b.hash, to.ip(), &b.buf)
         } else {
-            self.underlay.send_gso(b.hash, vtep, &b.buf, b.seg as u16)
+            self.underlay
+                .send_gso(b.hash, to.ip(), &b.buf, b.seg as u16)
         };
         match r {
-            Ok(()) => self.switch.counters.underlay_tx += count as u64,
+            Ok(()) => self.switch.counters.underlay_tx += b.count as u64,
             Err(_) => {
-                for _ in 0..count {
+                for _ in 0..b.count {
                     self.switch.counters.drop(DropReason::TxFailed);
                 }
             }
         }
-        b.buf.clear();
-        b.count = 0;
-        b.closed = false;
+        b.clear();
     }
 
     fn execute(&mut self, a: Action<'_>, buf: &mut PacketBuf) {
