@@ -372,12 +372,109 @@ fn wireguard(c: &mut Criterion) {
     g.finish();
 }
 
+/// The load balancer's per-packet pieces: a conntrack hit (1k and 1M flows), a
+/// NAT rewrite with incremental checksums, a maglev lookup, a new-flow setup.
+fn lb(c: &mut Criterion) {
+    use vxmesh_dataplane::conntrack::{Conntrack, Dir, Key};
+    use vxmesh_dataplane::lb::{maglev::Maglev, nat, scheduler};
+    let key = |i: u32| Key {
+        zone: 7,
+        proto: 6,
+        src: Ipv4Addr::from(0x0a00_0000 + (i >> 16)),
+        dst: Ipv4Addr::new(10, 0, 0, 100),
+        sport: (i & 0xffff) as u16,
+        dport: 80,
+    };
+    let mut g = group(c, "lb");
+    for flows in [1_000u32, 1_000_000] {
+        let mut ct = Conntrack::new(flows as usize + 1);
+        for i in 0..flows {
+            let k = key(i);
+            let r = Key {
+                src: Ipv4Addr::new(10, 0, 1, 5),
+                sport: 80,
+                dst: k.src,
+                dport: k.sport,
+                ..k
+            };
+            ct.insert(k, r, 1, 0, 0x10, 0);
+        }
+        let mut i = 0u32;
+        g.bench_function(format!("conntrack_hit_{flows}_flows"), |b| {
+            b.iter(|| {
+                i = (i + 7919) % flows;
+                let (id, dir) = ct.lookup(black_box(&key(i))).expect("tracked");
+                ct.update(id, dir, 0x10, 1);
+                black_box(dir == Dir::Orig)
+            })
+        });
+    }
+    let mut f = udp(A, R, [10, 0, 0, 10], [10, 0, 0, 100]);
+    g.bench_function("nat_rewrite_dst_1442B", |b| {
+        let mut flip = false;
+        b.iter(|| {
+            flip = !flip;
+            let ip = if flip {
+                Ipv4Addr::new(10, 0, 1, 5)
+            } else {
+                Ipv4Addr::new(10, 0, 0, 100)
+            };
+            black_box(nat::rewrite_v4(black_box(&mut f), nat::Side::Dst, ip, 8080))
+        })
+    });
+    let names: Vec<Vec<u8>> = (0..100)
+        .map(|i| format!("10.0.1.{i}:80").into_bytes())
+        .collect();
+    let refs: Vec<&[u8]> = names.iter().map(|n| n.as_slice()).collect();
+    let m = Maglev::new(&refs, 65_537);
+    let mut h = 0u64;
+    g.bench_function("maglev_lookup_100_backends", |b| {
+        b.iter(|| {
+            h = h.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            black_box(m.lookup(black_box(h)))
+        })
+    });
+    // a new flow: schedule, then track it (in a table that is full, so each
+    // setup also evicts, as under a SYN flood)
+    let backends: Vec<scheduler::Backend> = (0..3)
+        .map(|_| scheduler::Backend {
+            weight: 1,
+            active: 0,
+            healthy: true,
+        })
+        .collect();
+    let mut sched = scheduler::Scheduler::new(scheduler::Kind::Rr, &[], 0);
+    let mut ct = Conntrack::new(100_000);
+    let mut n = 0u32;
+    g.bench_function("new_flow_setup_full_table", |b| {
+        b.iter(|| {
+            n = n.wrapping_add(1);
+            let k = key(n);
+            let be = sched.pick(&backends, u64::from(n), 0).expect("a backend");
+            let r = Key {
+                src: Ipv4Addr::new(10, 0, 1, be as u8),
+                sport: 80,
+                dst: k.src,
+                dport: k.sport,
+                ..k
+            };
+            black_box(ct.insert(k, r, 1, be as u32, 0x02, u64::from(n)))
+        })
+    });
+    g.finish();
+    eprintln!(
+        "conntrack entry: {} B in the slab + 2 index slots of {} B",
+        std::mem::size_of::<Option<vxmesh_dataplane::conntrack::Entry>>(),
+        std::mem::size_of::<(Key, (u32, Dir))>()
+    );
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))
         .sample_size(50);
-    targets = baseline, from_port, from_underlay, offload, wireguard
+    targets = baseline, from_port, from_underlay, offload, wireguard, lb
 }
 criterion_main!(benches);

@@ -7,8 +7,10 @@
 //! The drivers in [`io`] only move buffers between devices, sockets and the core.
 
 pub mod buf;
+pub mod conntrack;
 pub mod counters;
 pub mod io;
+pub mod lb;
 pub mod offload;
 pub mod switch;
 pub mod tunnel;

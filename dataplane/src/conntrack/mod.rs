@@ -1,0 +1,312 @@
+//! Connection tracking for the load balancer: one entry per connection, found
+//! from either direction, with TCP state-aware timeouts and a hard size limit.
+//!
+//! Entries live in a slab indexed by two keys (the client's view, and the
+//! backend's reply after NAT). When the table is full, a new connection evicts
+//! the oldest entry among a sample, preferring ones not established, so a SYN
+//! flood displaces half-open entries before real connections.
+
+use rustc_hash::FxHashMap;
+use std::net::Ipv4Addr;
+
+/// A 5-tuple in a zone (the network's VNI; ingress has its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub zone: u32,
+    pub proto: u8,
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+impl Key {
+    pub fn reversed(&self) -> Key {
+        Key {
+            src: self.dst,
+            dst: self.src,
+            sport: self.dport,
+            dport: self.sport,
+            ..*self
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    SynSent,
+    SynRecv,
+    Established,
+    FinWait,
+    TimeWait,
+    Close,
+    /// UDP/ICMP before a reply, and after.
+    Unreplied,
+    Replied,
+}
+
+/// Timeouts in milliseconds, by state; IPVS's defaults where it has them,
+/// but a shorter SYN wait.
+pub fn timeout_ms(s: State, proto: u8) -> u64 {
+    match (s, proto) {
+        (State::SynSent | State::SynRecv, _) => 30_000,
+        (State::Established, _) => 900_000,
+        (State::FinWait | State::TimeWait, _) => 120_000,
+        (State::Close, _) => 10_000,
+        (State::Unreplied, _) => 30_000,
+        (State::Replied, 17) => 180_000,
+        (State::Replied, _) => 30_000,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dir {
+    Orig,
+    Reply,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    pub orig: Key,
+    pub reply: Key,
+    /// The virtual service (fwmark) and backend index that took the connection.
+    pub service: u32,
+    pub backend: u32,
+    pub state: State,
+    pub last_ms: u64,
+    fin_orig: bool,
+    fin_reply: bool,
+}
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+/// Entries looked at to choose one to evict.
+const EVICTION_SAMPLE: usize = 32;
+
+pub struct Conntrack {
+    index: FxHashMap<Key, (u32, Dir)>,
+    slab: Vec<Option<Entry>>,
+    free: Vec<u32>,
+    max: usize,
+    cursor: usize,
+    pub evicted: u64,
+}
+
+impl Conntrack {
+    pub fn new(max: usize) -> Self {
+        Self {
+            index: FxHashMap::default(),
+            slab: Vec::new(),
+            free: Vec::new(),
+            max: max.max(1),
+            cursor: 0,
+            evicted: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.slab.len() - self.free.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn lookup(&self, k: &Key) -> Option<(u32, Dir)> {
+        self.index.get(k).copied()
+    }
+
+    pub fn get(&self, id: u32) -> Option<&Entry> {
+        self.slab.get(id as usize)?.as_ref()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Entry> {
+        self.slab.iter().flatten()
+    }
+
+    /// Records a new connection; evicts one first when the table is full.
+    pub fn insert(
+        &mut self,
+        orig: Key,
+        reply: Key,
+        service: u32,
+        backend: u32,
+        tcp_flags: u8,
+        now_ms: u64,
+    ) -> u32 {
+        if self.len() >= self.max {
+            self.evict_one();
+        }
+        let state = match orig.proto {
+            6 if tcp_flags & TCP_SYN != 0 => State::SynSent,
+            // picked up mid-stream (e.g. after a restart without a snapshot)
+            6 => State::Established,
+            _ => State::Unreplied,
+        };
+        let e = Entry {
+            orig,
+            reply,
+            service,
+            backend,
+            state,
+            last_ms: now_ms,
+            fin_orig: false,
+            fin_reply: false,
+        };
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.slab[id as usize] = Some(e);
+                id
+            }
+            None => {
+                self.slab.push(Some(e));
+                (self.slab.len() - 1) as u32
+            }
+        };
+        self.index.insert(orig, (id, Dir::Orig));
+        self.index.insert(reply, (id, Dir::Reply));
+        id
+    }
+
+    /// Notes a packet of a tracked connection: state and last-seen time.
+    pub fn update(&mut self, id: u32, dir: Dir, tcp_flags: u8, now_ms: u64) {
+        let Some(Some(e)) = self.slab.get_mut(id as usize) else {
+            return;
+        };
+        e.last_ms = now_ms;
+        if e.orig.proto != 6 {
+            if dir == Dir::Reply {
+                e.state = State::Replied;
+            }
+            return;
+        }
+        if tcp_flags & TCP_RST != 0 {
+            e.state = State::Close;
+            return;
+        }
+        if tcp_flags & TCP_FIN != 0 {
+            match dir {
+                Dir::Orig => e.fin_orig = true,
+                Dir::Reply => e.fin_reply = true,
+            }
+            e.state = if e.fin_orig && e.fin_reply {
+                State::TimeWait
+            } else {
+                State::FinWait
+            };
+            return;
+        }
+        e.state = match (e.state, dir) {
+            (State::SynSent, Dir::Reply)
+                if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK =>
+            {
+                State::SynRecv
+            }
+            (State::SynRecv, Dir::Orig) if tcp_flags & TCP_ACK != 0 => State::Established,
+            (s, _) => s,
+        };
+    }
+
+    fn remove(&mut self, id: u32) -> Option<Entry> {
+        let e = self.slab.get_mut(id as usize)?.take()?;
+        self.index.remove(&e.orig);
+        self.index.remove(&e.reply);
+        self.free.push(id);
+        Some(e)
+    }
+
+    fn evict_one(&mut self) {
+        let n = self.slab.len();
+        let mut best: Option<(bool, u64, u32)> = None;
+        let mut seen = 0;
+        let mut k = 0;
+        while seen < EVICTION_SAMPLE && k < n {
+            let i = (self.cursor + k) % n;
+            k += 1;
+            if let Some(e) = &self.slab[i] {
+                seen += 1;
+                // (established?, last seen): smallest is the best victim
+                let rank = (e.state == State::Established, e.last_ms, i as u32);
+                if best.is_none_or(|b| rank < b) {
+                    best = Some(rank);
+                }
+            }
+        }
+        self.cursor = (self.cursor + k) % n.max(1);
+        if let Some((_, _, id)) = best {
+            self.remove(id);
+            self.evicted += 1;
+        }
+    }
+
+    /// Removes expired entries; established TCP ones are handed to `on_reset` so
+    /// both ends can be told (a RST) instead of being silently blackholed.
+    pub fn expire(&mut self, now_ms: u64, mut on_reset: impl FnMut(&Entry)) -> usize {
+        let mut n = 0;
+        for id in 0..self.slab.len() as u32 {
+            let expired = self.slab[id as usize].as_ref().is_some_and(|e| {
+                now_ms.saturating_sub(e.last_ms) > timeout_ms(e.state, e.orig.proto)
+            });
+            if expired {
+                if let Some(e) = self.remove(id) {
+                    if e.orig.proto == 6 && e.state == State::Established {
+                        on_reset(&e);
+                    }
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    /// Removes every connection of a backend that left (removed or unhealthy),
+    /// handing the live TCP ones to `on_reset`.
+    pub fn remove_backend(
+        &mut self,
+        service: u32,
+        backend: u32,
+        mut on_reset: impl FnMut(&Entry),
+    ) -> usize {
+        let ids: Vec<u32> = self
+            .slab
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| {
+                e.as_ref()
+                    .filter(|e| e.service == service && e.backend == backend)
+                    .map(|_| i as u32)
+            })
+            .collect();
+        for &id in &ids {
+            if let Some(e) = self.remove(id) {
+                if e.orig.proto == 6 && !matches!(e.state, State::Close | State::TimeWait) {
+                    on_reset(&e);
+                }
+            }
+        }
+        ids.len()
+    }
+
+    /// Active (established) and inactive connections of one backend, as
+    /// `ipvsadm -Ln` shows them.
+    pub fn counts(&self, service: u32, backend: u32) -> (u32, u32) {
+        let mut active = 0;
+        let mut inactive = 0;
+        for e in self
+            .iter()
+            .filter(|e| e.service == service && e.backend == backend)
+        {
+            if e.state == State::Established {
+                active += 1;
+            } else {
+                inactive += 1;
+            }
+        }
+        (active, inactive)
+    }
+}
+
+#[cfg(test)]
+mod tests;

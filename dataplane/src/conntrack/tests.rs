@@ -1,0 +1,153 @@
+use super::*;
+
+fn key(sport: u16) -> Key {
+    Key {
+        zone: 7,
+        proto: 6,
+        src: Ipv4Addr::new(10, 0, 0, 2),
+        dst: Ipv4Addr::new(10, 0, 0, 100),
+        sport,
+        dport: 80,
+    }
+}
+
+fn reply_of(k: &Key) -> Key {
+    Key {
+        src: Ipv4Addr::new(10, 0, 0, 5),
+        sport: 8080,
+        dst: k.src,
+        dport: k.sport,
+        ..*k
+    }
+}
+
+fn open(ct: &mut Conntrack, sport: u16, now: u64) -> u32 {
+    let k = key(sport);
+    let id = ct.insert(k, reply_of(&k), 1, 0, TCP_SYN, now);
+    ct.update(id, Dir::Reply, TCP_SYN | TCP_ACK, now);
+    ct.update(id, Dir::Orig, TCP_ACK, now);
+    id
+}
+
+#[test]
+fn found_from_both_directions_and_follows_tcp() {
+    let mut ct = Conntrack::new(16);
+    let k = key(1000);
+    let id = ct.insert(k, reply_of(&k), 1, 0, TCP_SYN, 0);
+    assert_eq!(ct.lookup(&k), Some((id, Dir::Orig)));
+    assert_eq!(ct.lookup(&reply_of(&k)), Some((id, Dir::Reply)));
+    assert_eq!(ct.get(id).unwrap().state, State::SynSent);
+    ct.update(id, Dir::Reply, TCP_SYN | TCP_ACK, 1);
+    assert_eq!(ct.get(id).unwrap().state, State::SynRecv);
+    ct.update(id, Dir::Orig, TCP_ACK, 2);
+    assert_eq!(ct.get(id).unwrap().state, State::Established);
+    ct.update(id, Dir::Orig, TCP_FIN | TCP_ACK, 3);
+    assert_eq!(ct.get(id).unwrap().state, State::FinWait);
+    ct.update(id, Dir::Reply, TCP_FIN | TCP_ACK, 4);
+    assert_eq!(ct.get(id).unwrap().state, State::TimeWait);
+    assert_eq!(ct.counts(1, 0), (0, 1));
+}
+
+#[test]
+fn timeouts_follow_state_and_established_ones_get_reset() {
+    let mut ct = Conntrack::new(16);
+    let est = open(&mut ct, 1, 0);
+    let k = key(2);
+    ct.insert(k, reply_of(&k), 1, 0, TCP_SYN, 0); // half-open
+    let mut resets = vec![];
+    assert_eq!(
+        ct.expire(31_000, |e| resets.push(e.orig.sport)),
+        1,
+        "the SYN wait is short"
+    );
+    assert!(resets.is_empty(), "a half-open entry needs no RST");
+    assert!(ct.get(est).is_some());
+    assert_eq!(ct.expire(901_000, |e| resets.push(e.orig.sport)), 1);
+    assert_eq!(
+        resets,
+        vec![1],
+        "an idle established connection is reset, not blackholed"
+    );
+    assert!(ct.is_empty());
+}
+
+#[test]
+fn a_full_table_evicts_half_open_before_established() {
+    let mut ct = Conntrack::new(10);
+    for p in 0..5 {
+        open(&mut ct, p, 0);
+    }
+    for p in 5..10 {
+        let k = key(p);
+        ct.insert(k, reply_of(&k), 1, 0, TCP_SYN, 10);
+    }
+    // a flood of new SYNs: the table stays bounded and the established survive
+    for p in 100..1000 {
+        let k = key(p);
+        ct.insert(k, reply_of(&k), 1, 0, TCP_SYN, 20 + u64::from(p));
+        assert!(ct.len() <= 10);
+    }
+    for p in 0..5 {
+        assert!(
+            ct.lookup(&key(p)).is_some(),
+            "established connection {p} evicted"
+        );
+    }
+    assert!(ct.evicted >= 890);
+}
+
+#[test]
+fn removing_a_backend_resets_its_live_connections() {
+    let mut ct = Conntrack::new(16);
+    open(&mut ct, 1, 0);
+    let k = key(2);
+    let id = ct.insert(k, reply_of(&k), 1, 1, TCP_SYN, 0);
+    ct.update(id, Dir::Reply, TCP_SYN | TCP_ACK, 0);
+    ct.update(id, Dir::Orig, TCP_ACK, 0);
+    let mut resets = vec![];
+    assert_eq!(ct.remove_backend(1, 1, |e| resets.push(e.orig.sport)), 1);
+    assert_eq!(resets, vec![2]);
+    assert_eq!(ct.len(), 1);
+    assert!(ct.lookup(&reply_of(&k)).is_none());
+}
+
+#[test]
+fn udp_is_unreplied_then_replied() {
+    let mut ct = Conntrack::new(4);
+    let k = Key {
+        proto: 17,
+        ..key(53)
+    };
+    let id = ct.insert(k, reply_of(&k), 1, 0, 0, 0);
+    assert_eq!(ct.get(id).unwrap().state, State::Unreplied);
+    ct.update(id, Dir::Reply, 0, 1);
+    assert_eq!(ct.get(id).unwrap().state, State::Replied);
+    assert_eq!(
+        ct.expire(60_000, |_| {}),
+        0,
+        "a replied UDP flow lives longer"
+    );
+}
+
+proptest::proptest! {
+    #[test]
+    fn bounded_and_consistent_under_any_sequence(
+        ops in proptest::collection::vec((0u16..64, 0u8..0x20, proptest::bool::ANY, 0u64..2_000_000), 1..300)
+    ) {
+        let mut ct = Conntrack::new(16);
+        for (p, flags, reply, t) in ops {
+            let k = key(p);
+            match ct.lookup(&k) {
+                Some((id, _)) => ct.update(id, if reply { Dir::Reply } else { Dir::Orig }, flags, t),
+                None => { ct.insert(k, reply_of(&k), 1, u32::from(p % 3), flags, t); }
+            }
+            proptest::prop_assert!(ct.len() <= 16);
+            if p % 7 == 0 { ct.expire(t, |_| {}); }
+            // every entry is findable from both directions, and nothing else is indexed
+            for e in ct.iter() {
+                proptest::prop_assert!(ct.lookup(&e.orig).is_some() && ct.lookup(&e.reply).is_some());
+            }
+            proptest::prop_assert_eq!(ct.index.len(), 2 * ct.len());
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! The load balancer's pieces that decide, without I/O: schedulers that pick a
+//! backend for a new flow. (Virtual services keyed by fwmark, conntrack and NAT
+//! build on them.)
+
+pub mod maglev;
+pub mod nat;
+pub mod scheduler;

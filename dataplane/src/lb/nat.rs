@@ -1,0 +1,166 @@
+//! Address and port rewriting with incremental checksum updates (RFC 1624):
+//! rewriting one address of a 1400-byte packet touches a few words, not the
+//! whole payload.
+
+use std::net::Ipv4Addr;
+
+const ETH: usize = 14;
+
+/// Which end of the packet to rewrite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Src,
+    Dst,
+}
+
+/// RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m') over 16-bit words.
+#[inline]
+fn update(check: u16, old: &[u8], new: &[u8]) -> u16 {
+    let mut sum = u32::from(!check);
+    for (o, n) in old.chunks(2).zip(new.chunks(2)) {
+        sum += u32::from(!u16::from_be_bytes([o[0], o[1]]));
+        sum += u32::from(u16::from_be_bytes([n[0], n[1]]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+fn set_check(f: &mut [u8], at: usize, old: &[u8], new: &[u8]) {
+    let c = u16::from_be_bytes([f[at], f[at + 1]]);
+    f[at..at + 2].copy_from_slice(&update(c, old, new).to_be_bytes());
+}
+
+/// Rewrites the IPv4 address and L4 port on `side` of the Ethernet/IPv4 frame,
+/// updating the IP header checksum and the TCP, UDP (unless zero) or nothing (ICMP
+/// carries no pseudo-header). Returns false, touching nothing, for a frame that is
+/// not IPv4 TCP/UDP/ICMP or is too short.
+pub fn rewrite_v4(f: &mut [u8], side: Side, ip: Ipv4Addr, port: u16) -> bool {
+    if f.len() < ETH + 20 || f[12..14] != [0x08, 0x00] {
+        return false;
+    }
+    let ihl = usize::from(f[ETH] & 0x0f) * 4;
+    let l4 = ETH + ihl;
+    let proto = f[ETH + 9];
+    let (csum_at, port_at) = match proto {
+        6 => (
+            Some(l4 + 16),
+            Some(l4 + if side == Side::Src { 0 } else { 2 }),
+        ),
+        17 => (
+            Some(l4 + 6),
+            Some(l4 + if side == Side::Src { 0 } else { 2 }),
+        ),
+        1 => (None, None),
+        _ => return false,
+    };
+    let need = match proto {
+        6 => l4 + 20,
+        17 => l4 + 8,
+        _ => l4,
+    };
+    if ihl < 20 || f.len() < need {
+        return false;
+    }
+    let a = ETH + if side == Side::Src { 12 } else { 16 };
+    let old_ip: [u8; 4] = [f[a], f[a + 1], f[a + 2], f[a + 3]];
+    let new_ip = ip.octets();
+    f[a..a + 4].copy_from_slice(&new_ip);
+    set_check(f, ETH + 10, &old_ip, &new_ip);
+    if let (Some(c), Some(p)) = (csum_at, port_at) {
+        let old_port = [f[p], f[p + 1]];
+        let new_port = port.to_be_bytes();
+        f[p..p + 2].copy_from_slice(&new_port);
+        let udp_zero = proto == 17 && f[c] == 0 && f[c + 1] == 0;
+        if !udp_zero {
+            // the pseudo-header covers the address, the header the port
+            set_check(f, c, &old_ip, &new_ip);
+            set_check(f, c, &old_port, &new_port);
+            if proto == 17 && f[c] == 0 && f[c + 1] == 0 {
+                f[c..c + 2].copy_from_slice(&[0xff, 0xff]); // UDP: 0 means "none"
+            }
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
+
+    fn frame(tcp: bool, payload: &[u8]) -> Vec<u8> {
+        let b = PacketBuilder::ethernet2([2; 6], [4; 6]).ipv4([10, 0, 0, 2], [10, 0, 9, 9], 64);
+        let mut out = Vec::new();
+        if tcp {
+            b.tcp(40000, 80, 7, 100).write(&mut out, payload).unwrap();
+        } else {
+            b.udp(40000, 53).write(&mut out, payload).unwrap();
+        }
+        out
+    }
+
+    fn valid(f: &[u8]) -> bool {
+        let p = SlicedPacket::from_ethernet(f).unwrap();
+        let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else {
+            return false;
+        };
+        let h = ip.header().to_header();
+        let (s, d) = (ip.header().source(), ip.header().destination());
+        h.calc_header_checksum() == h.header_checksum
+            && match p.transport {
+                Some(TransportSlice::Tcp(t)) => t.calc_checksum_ipv4(s, d).unwrap() == t.checksum(),
+                Some(TransportSlice::Udp(u)) => {
+                    u.to_header()
+                        .calc_checksum_ipv4_raw(s, d, u.payload())
+                        .unwrap()
+                        == u.checksum()
+                }
+                _ => false,
+            }
+    }
+
+    #[test]
+    fn dnat_and_back_keep_checksums_valid() {
+        for tcp in [true, false] {
+            let orig = frame(tcp, b"hello backend");
+            let mut f = orig.clone();
+            assert!(rewrite_v4(
+                &mut f,
+                Side::Dst,
+                Ipv4Addr::new(10, 0, 1, 5),
+                8080
+            ));
+            assert!(valid(&f));
+            assert_eq!(&f[30..34], &[10, 0, 1, 5]);
+            assert!(rewrite_v4(
+                &mut f,
+                Side::Dst,
+                Ipv4Addr::new(10, 0, 9, 9),
+                if tcp { 80 } else { 53 }
+            ));
+            assert_eq!(f, orig, "rewriting back restores the packet exactly");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn checksums_stay_valid(
+            payload in proptest::collection::vec(proptest::num::u8::ANY, 0..200),
+            ip in proptest::num::u32::ANY, port in proptest::num::u16::ANY,
+            tcp in proptest::bool::ANY, src in proptest::bool::ANY,
+        ) {
+            let mut f = frame(tcp, &payload);
+            let side = if src { Side::Src } else { Side::Dst };
+            proptest::prop_assert!(rewrite_v4(&mut f, side, Ipv4Addr::from(ip), port));
+            proptest::prop_assert!(valid(&f));
+        }
+
+        #[test]
+        fn never_panics(data in proptest::collection::vec(proptest::num::u8::ANY, 0..80)) {
+            let mut d = data.clone();
+            let _ = rewrite_v4(&mut d, Side::Dst, Ipv4Addr::LOCALHOST, 1);
+        }
+    }
+}
