@@ -69,14 +69,22 @@ pub fn tap_name(ep: &Endpoint) -> String {
 
 /// An endpoint's interface as the worker drives it.
 pub struct Attached {
-    pub fd: OwnedFd,
+    /// One per worker for a multi-queue TAP, else one.
+    pub fds: Vec<OwnedFd>,
     /// A TAP with `virtio_net_hdr` and TSO: super-frames in, super-frames out.
     pub offloaded: bool,
 }
 
-/// Creates the endpoint's interface and returns the fd the worker reads and writes.
-/// On failure nothing is left behind: a TAP dies with its fd.
-pub async fn attach(ep: &Endpoint, net: &Network, mtu: u32) -> Result<Attached, AttachError> {
+/// Creates the endpoint's interface and returns the fds the workers read and
+/// write: `queues` TAP queues (one per worker; 1 for an encrypted network, whose
+/// traffic one worker handles). On failure nothing is left behind: a TAP dies
+/// with its fds.
+pub async fn attach(
+    ep: &Endpoint,
+    net: &Network,
+    mtu: u32,
+    queues: usize,
+) -> Result<Attached, AttachError> {
     let path = netns_path(&ep.netns);
     if !path.exists() {
         return Err(AttachError::NetnsNotFound(
@@ -87,13 +95,15 @@ pub async fn attach(ep: &Endpoint, net: &Network, mtu: u32) -> Result<Attached, 
     match &ep.veth {
         None => {
             let name = tap_name(ep);
-            let fd = tap::create_offloaded(&name).map_err(|e| AttachError::Tap(name.clone(), e))?;
+            let queues = if net.encrypted { 1 } else { queues };
+            let fds =
+                tap::create_queues(&name, queues).map_err(|e| AttachError::Tap(name.clone(), e))?;
             let ns = path.display().to_string();
             ip(&["link", "set", "dev", &name, "netns", &ns]).await?;
             ip_in(&path, &["link", "set", "dev", &name, "name", &ep.ifname]).await?;
             configure(&path, ep, net, mtu).await?;
             Ok(Attached {
-                fd,
+                fds,
                 offloaded: true,
             })
         }
@@ -117,7 +127,7 @@ pub async fn attach(ep: &Endpoint, net: &Network, mtu: u32) -> Result<Attached, 
             ip(&["link", "set", "dev", host, "mtu", &m, "up"]).await?;
             packet_socket::open(host)
                 .map(|fd| Attached {
-                    fd,
+                    fds: vec![fd],
                     offloaded: false,
                 })
                 .map_err(|e| AttachError::PacketSocket(host.clone(), e))

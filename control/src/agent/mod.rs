@@ -17,8 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 pub use switch_state::Mtus;
 use thiserror::Error;
-use vxmesh_dataplane::io::underlay::Underlay;
-use vxmesh_dataplane::io::worker::WorkerHandle;
+use vxmesh_dataplane::io::dataplane::Dataplane;
 use vxmesh_dataplane::{Counters, PortId, VXLAN_PORT};
 
 /// Bytes VXLAN adds over IPv4: outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14.
@@ -46,6 +45,8 @@ pub struct AgentConfig {
     pub preshared_key_file: Option<PathBuf>,
     /// Rotate this node's static key this often (Docker rotates overlay keys every 12 h).
     pub key_rotation_interval: Option<Duration>,
+    /// Dataplane workers (default: one per CPU).
+    pub workers: Option<usize>,
 }
 
 #[derive(Debug, Error)]
@@ -84,7 +85,7 @@ pub struct Agent {
     pub advertise_addr: IpAddr,
     pub mtus: switch_state::Mtus,
     store: Arc<dyn Store>,
-    worker: WorkerHandle,
+    worker: Dataplane,
     ports: tokio::sync::Mutex<LocalPorts>,
     keys: std::sync::Mutex<keys::KeyRing>,
     preshared: Option<[u8; 32]>,
@@ -115,10 +116,6 @@ impl Agent {
         } else {
             VXLAN_OVERHEAD_V6
         };
-        let underlay = Underlay::bind(cfg.advertise_addr, VXLAN_PORT, SOURCE_PORTS).with_context(|| {
-            format!("cannot bind the VXLAN underlay socket (udp/{VXLAN_PORT}, {}): is another VXLAN endpoint using it?", cfg.advertise_addr)
-        })?;
-        tracing::info!(source_ports = ?underlay.source_ports(), "underlay bound on udp/{VXLAN_PORT}");
         let keyring = keys::KeyRing::load_or_create(&cfg.data_dir)?;
         let preshared = match &cfg.preshared_key_file {
             Some(p) => Some(
@@ -143,7 +140,16 @@ impl Agent {
                 cfg.wg_port
             )
         })?;
-        let worker = WorkerHandle::spawn(underlay, Some(wg), MAX_LEARNED_MACS)?;
+        let workers = cfg.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        });
+        let worker = Dataplane::start(workers, cfg.advertise_addr, VXLAN_PORT, SOURCE_PORTS, Some(wg), MAX_LEARNED_MACS)
+            .with_context(|| {
+                format!("cannot bind the VXLAN underlay sockets (udp/{VXLAN_PORT}, {}): is another VXLAN endpoint using the port?", cfg.advertise_addr)
+            })?;
+        tracing::info!(workers, source_ports = ?worker.source_ports(), "dataplane started on udp/{VXLAN_PORT}");
         let public = ops::encode_key(&keyring.public());
         let agent = Arc::new(Agent {
             node: cfg.node.clone(),
@@ -365,7 +371,7 @@ impl Agent {
             let Some(net) = st.networks.get(&ep.network) else {
                 continue;
             };
-            match attach::attach(&ep, net, self.mtus.of(net)).await {
+            match attach::attach(&ep, net, self.mtus.of(net), self.worker.workers()).await {
                 Ok(fd) => {
                     let port = self.add_port(&mut ports, &ep.id, fd);
                     tracing::info!(endpoint = %ep.id, port = port.0, "endpoint attached");
@@ -397,7 +403,9 @@ impl Agent {
     fn add_port(&self, ports: &mut LocalPorts, id: &str, a: attach::Attached) -> PortId {
         let port = PortId(ports.next);
         ports.next += 1;
-        self.worker.add_port(port, a.fd, a.offloaded);
+        if let Err(e) = self.worker.add_port(port, a.fds, a.offloaded) {
+            tracing::error!(endpoint = %id, error = %e, "cannot hand the port to the workers");
+        }
         ports.by_endpoint.insert(id.to_string(), LocalPort { port });
         port
     }
@@ -440,7 +448,7 @@ impl Agent {
             .await?;
         let snap = self.load().await?;
         let attached = match snap.state.networks.get(&ep.network) {
-            Some(net) => attach::attach(&ep, net, self.mtus.of(net))
+            Some(net) => attach::attach(&ep, net, self.mtus.of(net), self.worker.workers())
                 .await
                 .map_err(AgentError::from),
             None => Err(StateError::NotFound(format!(

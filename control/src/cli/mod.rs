@@ -79,6 +79,9 @@ struct AgentArgs {
     /// Replace this node's WireGuard key this often, e.g. 12h, 30m, 90s
     #[arg(long, value_parser = parse_duration)]
     key_rotation_interval: Option<std::time::Duration>,
+    /// Dataplane worker threads, each with its own TAP queue and underlay socket (default: one per CPU)
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
+    workers: Option<u16>,
 }
 
 /// `90s`, `30m`, `12h`, `1d`, or plain seconds.
@@ -205,6 +208,7 @@ pub fn main() -> anyhow::Result<()> {
                 wg_port: a.wg_port,
                 preshared_key_file: a.preshared_key_file,
                 key_rotation_interval: a.key_rotation_interval,
+                workers: a.workers.map(usize::from),
             };
             tokio::runtime::Runtime::new()?.block_on(agent::run(cfg))
         }

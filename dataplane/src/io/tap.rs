@@ -14,6 +14,9 @@ const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
+const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
+const TUN_F_USO4: libc::c_uint = 0x20;
+const TUN_F_USO6: libc::c_uint = 0x40;
 const TUN_F_CSUM: libc::c_uint = 0x01;
 const TUN_F_TSO4: libc::c_uint = 0x02;
 const TUN_F_TSO6: libc::c_uint = 0x04;
@@ -37,15 +40,34 @@ pub fn create(name: &str) -> io::Result<OwnedFd> {
 /// unchecksummed TCP super-frames (`TUNSETOFFLOAD`: csum, TSO4, TSO6), which the
 /// worker segments itself (see `offload`).
 pub fn create_offloaded(name: &str) -> io::Result<OwnedFd> {
-    let fd = open(name, IFF_VNET_HDR)?;
+    let mut fds = create_queues(name, 1)?;
+    fds.pop().ok_or_else(|| io::Error::other("no queue"))
+}
+
+/// An offloading TAP with `queues` queues (`IFF_MULTI_QUEUE`), one fd each, so one
+/// worker per core reads its own queue; the kernel spreads the container's flows
+/// over them by flow hash. UDP segmentation offload (USO) is asked for too and
+/// dropped if the kernel refuses it.
+pub fn create_queues(name: &str, queues: usize) -> io::Result<Vec<OwnedFd>> {
     use std::os::fd::AsRawFd;
-    let flags = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
-    // SAFETY: TUNSETOFFLOAD takes the flags by value.
-    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETOFFLOAD, flags as libc::c_ulong) };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
+    let mq = if queues > 1 { IFF_MULTI_QUEUE } else { 0 };
+    let mut fds = Vec::new();
+    for _ in 0..queues.max(1) {
+        let fd = open(name, IFF_VNET_HDR | mq)?;
+        let full = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_USO4 | TUN_F_USO6;
+        // SAFETY: TUNSETOFFLOAD takes the flags by value.
+        let mut rc = unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETOFFLOAD, full as libc::c_ulong) };
+        if rc < 0 {
+            let tcp_only = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
+            // SAFETY: as above.
+            rc = unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETOFFLOAD, tcp_only as libc::c_ulong) };
+        }
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        fds.push(fd);
     }
-    Ok(fd)
+    Ok(fds)
 }
 
 fn open(name: &str, extra_flags: libc::c_short) -> io::Result<OwnedFd> {

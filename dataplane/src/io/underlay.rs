@@ -16,6 +16,20 @@ pub struct Underlay {
     port: u16,
 }
 
+/// A UDP socket with `SO_REUSEPORT`, so each worker has its own on 4789 and the
+/// kernel spreads flows over them by their 4-tuple (one flow, one worker).
+fn bind_reuseport(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let domain = if addr.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    s.set_reuse_port(true)?;
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
 impl Underlay {
     /// Binds `[::]`/`0.0.0.0`:`port` for receiving and `pool` send sockets on
     /// `local` (so datagrams leave from the advertised address that peers check).
@@ -24,7 +38,7 @@ impl Underlay {
             IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
             IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
         };
-        let rx = UdpSocket::bind(SocketAddr::new(any, port))?;
+        let rx = bind_reuseport(SocketAddr::new(any, port))?;
         rx.set_nonblocking(true)?;
         let tx = (0..pool.max(1))
             .map(|_| {

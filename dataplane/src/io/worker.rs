@@ -37,7 +37,14 @@ const BUDGET: usize = 64;
 const PUBLISH_EVERY: Duration = Duration::from_millis(100);
 
 enum Command {
-    AddPort(PortId, OwnedFd, bool),
+    /// A port's fd for this worker; `read`: this worker reads it (else it only
+    /// writes to it, e.g. a single-queue device another worker reads).
+    AddPort {
+        id: PortId,
+        fd: OwnedFd,
+        vnet: bool,
+        read: bool,
+    },
     RemovePort(PortId),
     StateChanged,
     Tunnels(Box<TunnelConfig>),
@@ -48,14 +55,16 @@ enum Command {
 pub struct WorkerHandle {
     tx: mpsc::Sender<Command>,
     waker: Arc<Waker>,
-    state: Arc<ArcSwap<SwitchState>>,
     counters: Arc<Mutex<Counters>>,
     join: Option<JoinHandle<()>>,
 }
 
 impl WorkerHandle {
-    /// `wireguard`: the socket encrypted networks use, if this node has a key.
+    /// `state`: the state all workers switch by (see `Dataplane`). `wireguard`: the
+    /// socket encrypted networks use, given to one worker only.
     pub fn spawn(
+        index: usize,
+        state: Arc<ArcSwap<SwitchState>>,
         underlay: Underlay,
         wireguard: Option<std::net::UdpSocket>,
         max_learned: usize,
@@ -63,7 +72,6 @@ impl WorkerHandle {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (tx, rx) = mpsc::channel();
-        let state = Arc::new(ArcSwap::from_pointee(SwitchState::default()));
         let counters = Arc::new(Mutex::new(Counters::default()));
         let mut w = Worker {
             poll,
@@ -102,12 +110,11 @@ impl WorkerHandle {
             Interest::READABLE,
         )?;
         let join = std::thread::Builder::new()
-            .name("vxmesh-worker".into())
+            .name(format!("vxmesh-worker-{index}"))
             .spawn(move || w.run())?;
         Ok(Self {
             tx,
             waker,
-            state,
             counters,
             join: Some(join),
         })
@@ -119,9 +126,9 @@ impl WorkerHandle {
         let _ = self.waker.wake();
     }
 
-    /// `vnet`: the fd is a TAP opened with `IFF_VNET_HDR` (see `tap::create_offloaded`).
-    pub fn add_port(&self, id: PortId, fd: OwnedFd, vnet: bool) {
-        self.send(Command::AddPort(id, fd, vnet));
+    /// `vnet`: the fd is a TAP opened with `IFF_VNET_HDR` (see `tap::create_queues`).
+    pub fn add_port(&self, id: PortId, fd: OwnedFd, vnet: bool, read: bool) {
+        self.send(Command::AddPort { id, fd, vnet, read });
     }
 
     pub fn remove_port(&self, id: PortId) {
@@ -133,14 +140,9 @@ impl WorkerHandle {
         self.send(Command::Tunnels(Box::new(cfg)));
     }
 
-    /// Makes `st` the state every following frame is switched by.
-    pub fn publish(&self, st: SwitchState) {
-        self.state.store(Arc::new(st));
+    /// Tells the worker the shared state was replaced (it prunes what it learned).
+    pub fn state_changed(&self) {
         self.send(Command::StateChanged);
-    }
-
-    pub fn state(&self) -> Arc<SwitchState> {
-        self.state.load_full()
     }
 
     /// Counters as of the last publication (at most 100 ms old).
@@ -191,6 +193,7 @@ fn send_wg(wg: &Option<std::net::UdpSocket>, c: &mut Counters, d: &[u8], to: std
 struct Port {
     fd: OwnedFd,
     vnet: bool,
+    read: bool,
 }
 
 /// A run of datagrams for one `sendmsg` with `UDP_SEGMENT`: same destination,
@@ -378,21 +381,25 @@ impl Worker {
     fn commands(&mut self) -> bool {
         while let Ok(c) = self.rx.try_recv() {
             match c {
-                Command::AddPort(id, fd, vnet) => {
-                    let r = self.poll.registry().register(
-                        &mut SourceFd(&fd.as_raw_fd()),
-                        token_of(id),
-                        Interest::READABLE,
-                    );
+                Command::AddPort { id, fd, vnet, read } => {
+                    let r = if read {
+                        self.poll.registry().register(
+                            &mut SourceFd(&fd.as_raw_fd()),
+                            token_of(id),
+                            Interest::READABLE,
+                        )
+                    } else {
+                        Ok(())
+                    };
                     match r {
                         Ok(()) => {
-                            self.ports.insert(id, Port { fd, vnet });
+                            self.ports.insert(id, Port { fd, vnet, read });
                         }
                         Err(e) => tracing::error!(port = id.0, error = %e, "cannot poll port"),
                     }
                 }
                 Command::RemovePort(id) => {
-                    if let Some(p) = self.ports.remove(&id) {
+                    if let Some(p) = self.ports.remove(&id).filter(|p| p.read) {
                         let _ = self
                             .poll
                             .registry()
@@ -614,14 +621,34 @@ impl Worker {
                 continue;
             }
             let frame = buf.data();
-            let mss = usize::from(h.gso_size);
-            let Some(t) = segment::parse_tcp(frame).filter(|_| mss > 0) else {
-                // UDP and other GSO kinds are not offered to the kernel (TUNSETOFFLOAD)
+            let size = usize::from(h.gso_size);
+            if size == 0 {
+                self.switch.counters.drop(DropReason::Malformed);
+                continue;
+            }
+            if h.gso_type & !vnet::GSO_ECN == vnet::GSO_UDP_L4 {
+                let Some(l4) = segment::parse_udp(frame) else {
+                    self.switch.counters.drop(DropReason::Malformed);
+                    continue;
+                };
+                for i in 0..segment::udp_count(frame, l4, size) {
+                    let Some(len) =
+                        segment::write_udp_segment(frame, l4, size, i, seg.frame_slot())
+                    else {
+                        break;
+                    };
+                    seg.set_frame_len(len);
+                    let a = self.switch.from_port(&st, port, seg, now);
+                    self.execute(a, seg);
+                }
+                continue;
+            }
+            let Some(t) = segment::parse_tcp(frame) else {
                 self.switch.counters.drop(DropReason::Malformed);
                 continue;
             };
-            for i in 0..segment::count(frame, &t, mss) {
-                let Some(len) = segment::write_segment(frame, &t, mss, i, seg.frame_slot()) else {
+            for i in 0..segment::count(frame, &t, size) {
+                let Some(len) = segment::write_segment(frame, &t, size, i, seg.frame_slot()) else {
                     break;
                 };
                 seg.set_frame_len(len);

@@ -196,3 +196,148 @@ pub(crate) mod tests {
         }
     }
 }
+
+/// Where a UDP frame's headers are: the UDP header's offset, for `GSO_UDP_L4`
+/// super-frames (USO), whose payload is cut into `gso_size` datagrams.
+pub fn parse_udp(frame: &[u8]) -> Option<usize> {
+    let ip = frame.get(ETH..)?;
+    let l4 = match [*frame.get(12)?, *frame.get(13)?] {
+        [0x08, 0x00] => {
+            let ihl = usize::from(ip.first()? & 0x0f) * 4;
+            let frag = u16::from_be_bytes([*ip.get(6)?, *ip.get(7)?]) & 0x3fff;
+            if ip[0] >> 4 != 4 || ihl < 20 || *ip.get(9)? != 17 || frag != 0 {
+                return None;
+            }
+            ETH + ihl
+        }
+        [0x86, 0xdd] if ip.len() >= 40 && ip[0] >> 4 == 6 && ip[6] == 17 => ETH + 40,
+        _ => return None,
+    };
+    (frame.len() >= l4 + 8).then_some(l4)
+}
+
+/// Writes datagram `i` of a USO super-frame into `out` (IP length and ID, UDP
+/// length and checksum fixed up) and returns its length.
+pub fn write_udp_segment(
+    frame: &[u8],
+    l4: usize,
+    size: usize,
+    i: usize,
+    out: &mut [u8],
+) -> Option<usize> {
+    let payload = frame.get(l4 + 8..)?;
+    let n = if size == 0 {
+        1
+    } else {
+        payload.len().div_ceil(size).max(1)
+    };
+    if i >= n {
+        return None;
+    }
+    let chunk = payload
+        .get(i * size..payload.len().min((i + 1) * size))
+        .unwrap_or(&[]);
+    let hlen = l4 + 8;
+    let len = hlen + chunk.len();
+    let out = out.get_mut(..len)?;
+    out[..hlen].copy_from_slice(&frame[..hlen]);
+    out[hlen..].copy_from_slice(chunk);
+    let udp_len = (len - l4) as u16;
+    let v6 = frame[12] == 0x86;
+    let pseudo = if v6 {
+        out[ETH + 4..ETH + 6].copy_from_slice(&((len - ETH - 40) as u16).to_be_bytes());
+        checksum::pseudo(
+            &out[ETH + 8..ETH + 24],
+            &out[ETH + 24..ETH + 40],
+            17,
+            u32::from(udp_len),
+        )
+    } else {
+        out[ETH + 2..ETH + 4].copy_from_slice(&((len - ETH) as u16).to_be_bytes());
+        let id = u16::from_be_bytes([frame[ETH + 4], frame[ETH + 5]]).wrapping_add(i as u16);
+        out[ETH + 4..ETH + 6].copy_from_slice(&id.to_be_bytes());
+        out[ETH + 10..ETH + 12].copy_from_slice(&[0, 0]);
+        let c = checksum::ipv4_header(&out[ETH..l4]);
+        out[ETH + 10..ETH + 12].copy_from_slice(&c.to_be_bytes());
+        checksum::pseudo(
+            &out[ETH + 12..ETH + 16],
+            &out[ETH + 16..ETH + 20],
+            17,
+            u32::from(udp_len),
+        )
+    };
+    out[l4 + 4..l4 + 6].copy_from_slice(&udp_len.to_be_bytes());
+    out[l4 + 6..l4 + 8].copy_from_slice(&[0, 0]);
+    let mut c = !checksum::fold(checksum::add(pseudo, &out[l4..]));
+    if c == 0 {
+        c = 0xffff;
+    }
+    out[l4 + 6..l4 + 8].copy_from_slice(&c.to_be_bytes());
+    Some(len)
+}
+
+/// How many datagrams a USO super-frame makes.
+pub fn udp_count(frame: &[u8], l4: usize, size: usize) -> usize {
+    let len = frame.len().saturating_sub(l4 + 8);
+    if size == 0 {
+        return 1;
+    }
+    len.div_ceil(size).max(1)
+}
+
+#[cfg(test)]
+mod udp_tests {
+    use super::*;
+    use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
+
+    #[test]
+    fn uso_super_frames_split_into_valid_datagrams() {
+        for v6 in [false, true] {
+            let payload: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
+            let b = PacketBuilder::ethernet2([2; 6], [4; 6]);
+            let b = if v6 {
+                b.ipv6([0xfd; 16], [0xfe; 16], 64)
+            } else {
+                b.ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            };
+            let mut f = Vec::new();
+            b.udp(4433, 443).write(&mut f, &payload).unwrap();
+            let l4 = parse_udp(&f).unwrap();
+            assert_eq!(udp_count(&f, l4, 1200), 3);
+            let mut out = vec![0u8; 1500];
+            let mut joined = Vec::new();
+            for i in 0..3 {
+                let n = write_udp_segment(&f, l4, 1200, i, &mut out).unwrap();
+                let p = SlicedPacket::from_ethernet(&out[..n]).unwrap();
+                let Some(TransportSlice::Udp(u)) = p.transport else {
+                    panic!()
+                };
+                let ok = match &p.net {
+                    Some(etherparse::NetSlice::Ipv4(ip)) => {
+                        let h = ip.header().to_header();
+                        assert_eq!(h.calc_header_checksum(), h.header_checksum);
+                        u.to_header()
+                            .calc_checksum_ipv4_raw(
+                                ip.header().source(),
+                                ip.header().destination(),
+                                u.payload(),
+                            )
+                            .unwrap()
+                    }
+                    Some(etherparse::NetSlice::Ipv6(ip)) => u
+                        .to_header()
+                        .calc_checksum_ipv6_raw(
+                            ip.header().source(),
+                            ip.header().destination(),
+                            u.payload(),
+                        )
+                        .unwrap(),
+                    _ => panic!(),
+                };
+                assert_eq!(ok, u.checksum());
+                joined.extend_from_slice(u.payload());
+            }
+            assert_eq!(joined, payload);
+        }
+    }
+}

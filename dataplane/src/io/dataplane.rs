@@ -1,0 +1,130 @@
+//! The dataplane as the control plane sees it: one run-to-completion worker per
+//! core, all switching by one shared state.
+//!
+//! - Plain networks: a TAP has one queue per worker (`IFF_MULTI_QUEUE`), and each
+//!   worker has its own underlay socket on 4789 (`SO_REUSEPORT`). The kernel
+//!   hashes a flow to one queue and one socket, so a flow stays on one worker and
+//!   nothing is shared on the packet path but the read-only state.
+//! - Encrypted networks: their TAPs have one queue, read by worker 0, which alone
+//!   holds the WireGuard socket and every peer's `Tunn`. Per-peer ownership,
+//!   without a lock; encryption does not spread over cores yet.
+//! - Veths (AF_PACKET): read by worker 0; the others hold a duplicate fd to write.
+
+use crate::counters::Counters;
+use crate::io::underlay::Underlay;
+use crate::io::worker::WorkerHandle;
+use crate::switch::{PortId, SwitchState};
+use crate::tunnel::TunnelConfig;
+use arc_swap::ArcSwap;
+use std::io;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+pub struct Dataplane {
+    workers: Vec<WorkerHandle>,
+    state: Arc<ArcSwap<SwitchState>>,
+    source_ports: Vec<u16>,
+}
+
+impl Dataplane {
+    /// Starts `workers` workers on the underlay address `local`. Fails with
+    /// `AddrInUse` if anything else already listens on the VXLAN port (the
+    /// workers' `SO_REUSEPORT` sockets would otherwise share it silently).
+    pub fn start(
+        workers: usize,
+        local: IpAddr,
+        vxlan_port: u16,
+        source_ports: usize,
+        wireguard: Option<UdpSocket>,
+        max_learned: usize,
+    ) -> io::Result<Self> {
+        let any: IpAddr = match local {
+            IpAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+            IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+        };
+        drop(UdpSocket::bind(SocketAddr::new(any, vxlan_port))?);
+        let state = Arc::new(ArcSwap::from_pointee(SwitchState::default()));
+        let mut wireguard = wireguard;
+        let mut handles = Vec::new();
+        let mut ports = Vec::new();
+        for i in 0..workers.max(1) {
+            let underlay = Underlay::bind(local, vxlan_port, source_ports)?;
+            ports.extend(underlay.source_ports());
+            handles.push(WorkerHandle::spawn(
+                i,
+                state.clone(),
+                underlay,
+                wireguard.take(),
+                max_learned,
+            )?);
+        }
+        Ok(Self {
+            workers: handles,
+            state,
+            source_ports: ports,
+        })
+    }
+
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    pub fn source_ports(&self) -> &[u16] {
+        &self.source_ports
+    }
+
+    /// `fds`: one per worker (a multi-queue TAP), or a single one that worker 0
+    /// reads and the others write through a duplicate.
+    pub fn add_port(&self, id: PortId, fds: Vec<OwnedFd>, vnet: bool) -> io::Result<()> {
+        if fds.len() == self.workers.len() {
+            for (w, fd) in self.workers.iter().zip(fds) {
+                w.add_port(id, fd, vnet, true);
+            }
+            return Ok(());
+        }
+        let Some(fd) = fds.into_iter().next() else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a port needs an fd",
+            ));
+        };
+        for w in &self.workers[1..] {
+            w.add_port(id, fd.try_clone()?, vnet, false);
+        }
+        self.workers[0].add_port(id, fd, vnet, true);
+        Ok(())
+    }
+
+    pub fn remove_port(&self, id: PortId) {
+        for w in &self.workers {
+            w.remove_port(id);
+        }
+    }
+
+    /// Makes `st` the state every following frame is switched by, on every worker.
+    pub fn publish(&self, st: SwitchState) {
+        self.state.store(Arc::new(st));
+        for w in &self.workers {
+            w.state_changed();
+        }
+    }
+
+    pub fn state(&self) -> Arc<SwitchState> {
+        self.state.load_full()
+    }
+
+    /// The WireGuard peers and keys, for the worker that owns the tunnels.
+    pub fn set_tunnels(&self, cfg: TunnelConfig) {
+        self.workers[0].set_tunnels(cfg);
+    }
+
+    /// Every worker's counters, summed.
+    pub fn counters(&self) -> Counters {
+        let mut c = Counters::default();
+        for w in &self.workers {
+            c.add(&w.counters());
+        }
+        c
+    }
+}
