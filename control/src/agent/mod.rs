@@ -219,6 +219,11 @@ impl Agent {
             .map_err(|e| AgentError::Update(e.into()))
     }
 
+    /// Per worker: frames read from ports and from the underlay.
+    pub fn worker_counters(&self) -> Vec<Counters> {
+        self.worker.worker_counters()
+    }
+
     pub fn counters(&self) -> Counters {
         self.worker.counters()
     }

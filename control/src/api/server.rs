@@ -215,5 +215,17 @@ async fn stats(State(a): Ag) -> Res {
         "flooded": c.flooded,
         "learned": c.learned,
         "drops": drops,
+        "workers": a
+            .worker_counters()
+            .iter()
+            .map(|w| json!({
+                "port_rx": w.port_rx,
+                "port_tx": w.port_tx,
+                "underlay_rx": w.underlay_rx,
+                "underlay_tx": w.underlay_tx,
+                "tunnel_rx": w.tunnel_rx,
+                "tunnel_tx": w.tunnel_tx,
+            }))
+            .collect::<Vec<_>>(),
     })))
 }

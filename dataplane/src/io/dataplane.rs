@@ -119,6 +119,11 @@ impl Dataplane {
         self.workers[0].set_tunnels(cfg);
     }
 
+    /// Each worker's counters, in worker order.
+    pub fn worker_counters(&self) -> Vec<Counters> {
+        self.workers.iter().map(|w| w.counters()).collect()
+    }
+
     /// Every worker's counters, summed.
     pub fn counters(&self) -> Counters {
         let mut c = Counters::default();
