@@ -442,12 +442,13 @@ impl Worker {
                     break;
                 }
             };
+            // one clock read per GRO run, not per datagram
+            let now = self.now_ms();
             let mut off = 0;
             while off < n {
                 let end = (off + size).min(n);
                 buf.load_datagram(&self.rx_big[off..end]);
                 off = end;
-                let now = self.now_ms();
                 let a = self.switch.from_underlay(&st, src.ip(), buf, now, false);
                 match a {
                     Action::Deliver(p) if self.ports.get(&p).is_some_and(|p| p.vnet) => {
@@ -508,6 +509,7 @@ impl Worker {
                     break;
                 }
             };
+            let now = self.now_ms();
             let mut off = 0;
             while off < n {
                 let end = (off + size).min(n);
@@ -521,7 +523,6 @@ impl Worker {
                 match r {
                     Received::Vxlan { vtep, offset, len } => {
                         buf.set_tunnel_received(offset, len);
-                        let now = self.now_ms();
                         match self.switch.from_underlay(&st, vtep, buf, now, true) {
                             Action::Deliver(p) if self.ports.get(&p).is_some_and(|p| p.vnet) => {
                                 self.coalesce(p, buf.data())
