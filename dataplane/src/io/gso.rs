@@ -87,66 +87,6 @@ pub fn enable_gro(s: &UdpSocket) -> io::Result<()> {
     Ok(())
 }
 
-/// One `recvmsg`: returns (bytes, sender, datagram size). With GRO the buffer
-/// holds several datagrams of `size` bytes (the last may be shorter); without,
-/// `size` is the whole read.
-pub fn recv(s: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, usize)> {
-    // SAFETY: zeroed storage is valid for the kernel to fill.
-    let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr() as *mut libc::c_void,
-        iov_len: buf.len(),
-    };
-    let mut control = [0u64; 8];
-    // SAFETY: a zeroed msghdr is valid; pointers set below outlive the call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_name = &mut addr as *mut _ as *mut libc::c_void;
-    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-    msg.msg_controllen = std::mem::size_of_val(&control);
-    // SAFETY: msg points at live buffers for the duration of the call.
-    let n = unsafe { libc::recvmsg(s.as_raw_fd(), &mut msg, 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let n = n as usize;
-    let mut size = n;
-    // SAFETY: walking the control messages the kernel wrote, within controllen.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == SOL_UDP && (*c).cmsg_type == UDP_GRO {
-                let v = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::c_int);
-                if v > 0 {
-                    size = v as usize;
-                }
-            }
-            c = libc::CMSG_NXTHDR(&msg, c);
-        }
-    }
-    let from = match addr.ss_family as libc::c_int {
-        libc::AF_INET => {
-            // SAFETY: the kernel wrote a sockaddr_in for an AF_INET sender.
-            let a = unsafe { &*(&addr as *const _ as *const libc::sockaddr_in) };
-            SocketAddr::new(
-                std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)).into(),
-                u16::from_be(a.sin_port),
-            )
-        }
-        _ => {
-            // SAFETY: otherwise it is AF_INET6 on these sockets.
-            let a = unsafe { &*(&addr as *const _ as *const libc::sockaddr_in6) };
-            SocketAddr::new(
-                std::net::Ipv6Addr::from(a.sin6_addr.s6_addr).into(),
-                u16::from_be(a.sin6_port),
-            )
-        }
-    };
-    Ok((n, from, size.max(1)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,29 +97,172 @@ mod tests {
     #[test]
     fn gso_send_and_gro_receive_on_loopback() {
         let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
-        rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
         let mut data = vec![0u8; 1000 * 3 + 200];
         for (i, b) in data.iter_mut().enumerate() {
             *b = (i / 1000) as u8;
         }
         send(&tx, rx.local_addr().unwrap(), &data, 1000).unwrap();
-        let mut buf = vec![0u8; 65536];
+        rx.set_nonblocking(true).unwrap();
+        let mut bufs = vec![vec![0u8; 65536]; 1];
+        let mut meta = [RecvMeta {
+            len: 0,
+            from: rx.local_addr().unwrap(),
+            size: 0,
+        }; 1];
         let mut sizes = vec![];
-        for _ in 0..4 {
-            let (n, _, _) = recv(&rx, &mut buf).unwrap();
-            sizes.push(n);
+        while sizes.len() < 4 {
+            match recv_many(&rx, &mut bufs, &mut meta) {
+                Ok(_) => sizes.push(meta[0].len),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Err(e) => panic!("{e}"),
+            }
         }
         assert_eq!(sizes, vec![1000, 1000, 1000, 200]);
         enable_gro(&rx).unwrap();
         send(&tx, rx.local_addr().unwrap(), &data, 1000).unwrap();
-        let (n, from, size) = recv(&rx, &mut buf).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        recv_many(&rx, &mut bufs, &mut meta).unwrap();
+        let RecvMeta { len: n, from, size } = meta[0];
         assert_eq!(from, tx.local_addr().unwrap());
         assert_eq!(
             (n, size),
             (3200, 1000),
             "GRO hands the run over in one read"
         );
-        assert_eq!(&buf[..n], &data[..]);
+        assert_eq!(&bufs[0][..n], &data[..]);
+    }
+}
+
+/// What one message of a [`recv_many`] batch held.
+#[derive(Debug, Clone, Copy)]
+pub struct RecvMeta {
+    pub len: usize,
+    pub from: SocketAddr,
+    /// The datagram size of a GRO run (the whole message otherwise).
+    pub size: usize,
+}
+
+/// Most messages one [`recv_many`] call takes.
+pub const BATCH: usize = 8;
+
+fn from_storage(addr: &libc::sockaddr_storage) -> SocketAddr {
+    match addr.ss_family as libc::c_int {
+        libc::AF_INET => {
+            // SAFETY: the kernel wrote a sockaddr_in for an AF_INET sender.
+            let a = unsafe { &*(addr as *const _ as *const libc::sockaddr_in) };
+            SocketAddr::new(
+                std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)).into(),
+                u16::from_be(a.sin_port),
+            )
+        }
+        _ => {
+            // SAFETY: otherwise AF_INET6 on these sockets.
+            let a = unsafe { &*(addr as *const _ as *const libc::sockaddr_in6) };
+            SocketAddr::new(
+                std::net::Ipv6Addr::from(a.sin6_addr.s6_addr).into(),
+                u16::from_be(a.sin6_port),
+            )
+        }
+    }
+}
+
+/// One `recvmmsg` for up to [`BATCH`] messages, each possibly a GRO run: one
+/// syscall for many small datagrams of different flows too. Returns how many
+/// messages arrived; `WouldBlock` when none.
+pub fn recv_many(s: &UdpSocket, bufs: &mut [Vec<u8>], meta: &mut [RecvMeta]) -> io::Result<usize> {
+    let n = bufs.len().min(meta.len()).min(BATCH);
+    // SAFETY: zeroed C structs are valid; every pointer set below outlives the call.
+    let mut addrs: [libc::sockaddr_storage; BATCH] = unsafe { std::mem::zeroed() };
+    let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
+    let mut controls = [[0u64; 8]; BATCH];
+    let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+    for i in 0..n {
+        iovs[i] = libc::iovec {
+            iov_base: bufs[i].as_mut_ptr() as *mut libc::c_void,
+            iov_len: bufs[i].len(),
+        };
+        let h = &mut msgs[i].msg_hdr;
+        h.msg_name = &mut addrs[i] as *mut _ as *mut libc::c_void;
+        h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
+        h.msg_iov = &mut iovs[i];
+        h.msg_iovlen = 1;
+        h.msg_control = controls[i].as_mut_ptr() as *mut libc::c_void;
+        h.msg_controllen = std::mem::size_of_val(&controls[i]);
+    }
+    // SAFETY: msgs[..n] point at live buffers; the socket is non-blocking.
+    let got = unsafe {
+        libc::recvmmsg(
+            s.as_raw_fd(),
+            msgs.as_mut_ptr(),
+            n as u32,
+            0,
+            std::ptr::null_mut(),
+        )
+    };
+    if got < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    for i in 0..got as usize {
+        let len = msgs[i].msg_len as usize;
+        let mut size = len;
+        // SAFETY: walking the control messages the kernel wrote for message i.
+        unsafe {
+            let h = &msgs[i].msg_hdr;
+            let mut c = libc::CMSG_FIRSTHDR(h);
+            while !c.is_null() {
+                if (*c).cmsg_level == SOL_UDP && (*c).cmsg_type == UDP_GRO {
+                    let v = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::c_int);
+                    if v > 0 {
+                        size = v as usize;
+                    }
+                }
+                c = libc::CMSG_NXTHDR(h, c);
+            }
+        }
+        meta[i] = RecvMeta {
+            len,
+            from: from_storage(&addrs[i]),
+            size: size.max(1),
+        };
+    }
+    Ok(got as usize)
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn many_datagrams_from_many_senders_in_one_call() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let senders: Vec<UdpSocket> = (0..5)
+            .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        for (i, s) in senders.iter().enumerate() {
+            s.send_to(&[i as u8; 100], rx.local_addr().unwrap())
+                .unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        rx.set_nonblocking(true).unwrap();
+        let mut bufs = vec![vec![0u8; 2048]; BATCH];
+        let mut meta = [RecvMeta {
+            len: 0,
+            from: rx.local_addr().unwrap(),
+            size: 0,
+        }; BATCH];
+        let n = recv_many(&rx, &mut bufs, &mut meta).unwrap();
+        assert_eq!(n, 5, "all five in one recvmmsg");
+        for (i, m) in meta[..n].iter().enumerate() {
+            assert_eq!(m.len, 100);
+            assert_eq!(m.from, senders[bufs[i][0] as usize].local_addr().unwrap());
+        }
+        assert_eq!(
+            recv_many(&rx, &mut bufs, &mut meta).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
     }
 }

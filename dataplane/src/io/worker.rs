@@ -82,7 +82,12 @@ impl WorkerHandle {
             wg_batch: GsoBatch::default(),
             coalescer: Coalescer::new(),
             co_port: None,
-            rx_big: vec![0u8; 65_536 + 4096],
+            rx_bufs: vec![vec![0u8; 65_536 + 4096]; gso::BATCH],
+            rx_meta: [gso::RecvMeta {
+                len: 0,
+                from: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+                size: 0,
+            }; gso::BATCH],
             state: state.clone(),
             switch: Switch::new(max_learned),
             published: counters.clone(),
@@ -172,8 +177,9 @@ struct Worker {
     /// Segments from the underlay for one port, waiting to be one TAP write.
     coalescer: Coalescer,
     co_port: Option<PortId>,
-    /// One UDP GRO read: up to 64 KiB of datagrams.
-    rx_big: Vec<u8>,
+    /// One `recvmmsg`: up to `gso::BATCH` messages, each a GRO run of up to 64 KiB.
+    rx_bufs: Vec<Vec<u8>>,
+    rx_meta: [gso::RecvMeta; gso::BATCH],
     state: Arc<ArcSwap<SwitchState>>,
     switch: Switch,
     published: Arc<Mutex<Counters>>,
@@ -317,6 +323,7 @@ impl Worker {
         let mut seg = PacketBuf::new();
         // fds that still had frames when their budget ran out
         let mut pending: Vec<Token> = Vec::new();
+        let mut ready: Vec<Token> = Vec::with_capacity(256);
         let mut last_publish = Instant::now();
         let mut last_tick = Instant::now();
         let mut last_limiter_reset = Instant::now();
@@ -332,11 +339,12 @@ impl Worker {
                     return;
                 }
             }
-            let mut ready: Vec<Token> = std::mem::take(&mut pending);
+            ready.clear();
+            ready.append(&mut pending);
             ready.extend(events.iter().map(|e| e.token()));
             ready.sort_unstable_by_key(|t| t.0);
             ready.dedup();
-            for t in ready {
+            for &t in &ready {
                 let more = match t {
                     WAKER => {
                         if !self.commands() {
@@ -431,9 +439,10 @@ impl Worker {
     fn drain_underlay(&mut self, buf: &mut PacketBuf) -> bool {
         let st = self.state.load();
         let mut more = true;
-        for _ in 0..BUDGET {
-            let (n, src, size) = match gso::recv(&self.underlay.rx, &mut self.rx_big) {
-                Ok(r) => r,
+        for _ in 0..BUDGET / gso::BATCH {
+            let got = match gso::recv_many(&self.underlay.rx, &mut self.rx_bufs, &mut self.rx_meta)
+            {
+                Ok(n) => n,
                 Err(e) => {
                     if e.kind() != io::ErrorKind::WouldBlock {
                         tracing::debug!(error = %e, "underlay receive failed");
@@ -442,21 +451,28 @@ impl Worker {
                     break;
                 }
             };
-            // one clock read per GRO run, not per datagram
+            // one clock read per batch, not per datagram
             let now = self.now_ms();
-            let mut off = 0;
-            while off < n {
-                let end = (off + size).min(n);
-                buf.load_datagram(&self.rx_big[off..end]);
-                off = end;
-                let a = self.switch.from_underlay(&st, src.ip(), buf, now, false);
-                match a {
-                    Action::Deliver(p) if self.ports.get(&p).is_some_and(|p| p.vnet) => {
-                        self.coalesce(p, buf.data())
-                    }
-                    a => {
-                        self.flush_coalescer();
-                        self.execute(a, buf);
+            for m in 0..got {
+                let gso::RecvMeta {
+                    len: n,
+                    from: src,
+                    size,
+                } = self.rx_meta[m];
+                let mut off = 0;
+                while off < n {
+                    let end = (off + size).min(n);
+                    buf.load_datagram(&self.rx_bufs[m][off..end]);
+                    off = end;
+                    let a = self.switch.from_underlay(&st, src.ip(), buf, now, false);
+                    match a {
+                        Action::Deliver(p) if self.ports.get(&p).is_some_and(|p| p.vnet) => {
+                            self.coalesce(p, buf.data())
+                        }
+                        a => {
+                            self.flush_coalescer();
+                            self.execute(a, buf);
+                        }
                     }
                 }
             }
@@ -500,41 +516,53 @@ impl Worker {
     fn drain_wireguard(&mut self, buf: &mut PacketBuf) -> bool {
         let st = self.state.load();
         let mut more = true;
-        for _ in 0..BUDGET {
+        for _ in 0..BUDGET / gso::BATCH {
             let Some(wg) = &self.wg else { return false };
-            let (n, src, size) = match gso::recv(wg, &mut self.rx_big) {
-                Ok(r) => r,
+            let got = match gso::recv_many(wg, &mut self.rx_bufs, &mut self.rx_meta) {
+                Ok(n) => n,
                 Err(_) => {
                     more = false;
                     break;
                 }
             };
             let now = self.now_ms();
-            let mut off = 0;
-            while off < n {
-                let end = (off + size).min(n);
-                let d = off..end;
-                off = end;
-                self.switch.counters.tunnel_rx += 1;
-                let (wg, tunnels, c) = (&self.wg, &mut self.tunnels, &mut self.switch.counters);
-                let r = tunnels.receive(src, &self.rx_big[d], buf.tunnel_slot(), &mut |d, to| {
-                    send_wg(wg, c, d, to)
-                });
-                match r {
-                    Received::Vxlan { vtep, offset, len } => {
-                        buf.set_tunnel_received(offset, len);
-                        match self.switch.from_underlay(&st, vtep, buf, now, true) {
-                            Action::Deliver(p) if self.ports.get(&p).is_some_and(|p| p.vnet) => {
-                                self.coalesce(p, buf.data())
-                            }
-                            a => {
-                                self.flush_coalescer();
-                                self.execute(a, buf);
+            for m in 0..got {
+                let gso::RecvMeta {
+                    len: n,
+                    from: src,
+                    size,
+                } = self.rx_meta[m];
+                let mut off = 0;
+                while off < n {
+                    let end = (off + size).min(n);
+                    let d = off..end;
+                    off = end;
+                    self.switch.counters.tunnel_rx += 1;
+                    let (wg, tunnels, c) = (&self.wg, &mut self.tunnels, &mut self.switch.counters);
+                    let r = tunnels.receive(
+                        src,
+                        &self.rx_bufs[m][d],
+                        buf.tunnel_slot(),
+                        &mut |d, to| send_wg(wg, c, d, to),
+                    );
+                    match r {
+                        Received::Vxlan { vtep, offset, len } => {
+                            buf.set_tunnel_received(offset, len);
+                            match self.switch.from_underlay(&st, vtep, buf, now, true) {
+                                Action::Deliver(p)
+                                    if self.ports.get(&p).is_some_and(|p| p.vnet) =>
+                                {
+                                    self.coalesce(p, buf.data())
+                                }
+                                a => {
+                                    self.flush_coalescer();
+                                    self.execute(a, buf);
+                                }
                             }
                         }
+                        Received::Control => {}
+                        Received::Drop(r) => self.switch.counters.drop(r),
                     }
-                    Received::Control => {}
-                    Received::Drop(r) => self.switch.counters.drop(r),
                 }
             }
         }
