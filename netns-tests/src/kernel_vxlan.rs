@@ -44,50 +44,8 @@ impl KernelVxlanNode {
             "-n", ns, "link", "add", "vx0", "mtu", &mtu, "type", "vxlan", "id", &vni, "local",
             &local, "dstport", VXLAN_PORT, "dev", "ul0",
         ])?;
-        ip(&["-n", ns, "link", "add", "br0", "type", "bridge"])?;
-        ip(&["-n", ns, "link", "set", "vx0", "master", "br0"])?;
-        // An all-zeros FDB entry per peer is head-end replication: BUM
-        // traffic (ARP in particular) is flooded to every listed peer.
-        for peer in &self.peers {
-            let peer = peer.to_string();
-            command::tool_ok(
-                "bridge",
-                &[
-                    "-n",
-                    ns,
-                    "fdb",
-                    "append",
-                    "00:00:00:00:00:00",
-                    "dev",
-                    "vx0",
-                    "dst",
-                    &peer,
-                ],
-            )?;
-        }
-        ip(&[
-            "-n", ns, "link", "add", "ck0", "mtu", &mtu, "type", "veth", "peer", "name", "eth0",
-            "mtu", &mtu, "netns", cns,
-        ])?;
-        ip(&["-n", ns, "link", "set", "ck0", "master", "br0"])?;
-        ip(&[
-            "-n",
-            cns,
-            "addr",
-            "add",
-            &self.container_cidr,
-            "dev",
-            "eth0",
-        ])?;
-        for (n, dev) in [
-            (ns, "vx0"),
-            (ns, "ck0"),
-            (ns, "br0"),
-            (cns, "eth0"),
-            (cns, "lo"),
-        ] {
-            ip(&["-n", n, "link", "set", dev, "up"])?;
-        }
+        let peers: Vec<String> = self.peers.iter().map(|p| p.to_string()).collect();
+        bridge_to_container(ns, &peers, cns, &self.container_cidr, self.mtu)?;
         // Over a veth underlay the kernel leaves the inner TCP/UDP checksum
         // unfinished (CHECKSUM_PARTIAL) inside the VXLAN datagram, trusting the
         // receiving kernel to know; a real NIC would finish it on the wire. A
@@ -123,4 +81,76 @@ pub fn kernel_vxlan_setup(
     }
     .setup()
     .with_context(|| format!("kernel VXLAN setup on node {}", node.name))
+}
+
+/// Puts the VXLAN device `vx0` of namespace `ns` on a bridge with head-end
+/// replication to `peers` (an all-zeros FDB entry each: BUM traffic, ARP in
+/// particular, is flooded to every one), and wires `container_ns` to the bridge
+/// by a veth (`ck0` on the node side, `eth0` inside, addressed `container_cidr`).
+/// Shared by the kernel-VXLAN and the wireguard-go hosts.
+pub(crate) fn bridge_to_container(
+    ns: &str,
+    peers: &[String],
+    container_ns: &str,
+    container_cidr: &str,
+    mtu: u32,
+) -> Result<()> {
+    let ip = |args: &[&str]| command::tool_ok("ip", args);
+    let mtu = mtu.to_string();
+    ip(&["-n", ns, "link", "add", "br0", "type", "bridge"])?;
+    ip(&["-n", ns, "link", "set", "vx0", "master", "br0"])?;
+    for peer in peers {
+        command::tool_ok(
+            "bridge",
+            &[
+                "-n",
+                ns,
+                "fdb",
+                "append",
+                "00:00:00:00:00:00",
+                "dev",
+                "vx0",
+                "dst",
+                peer,
+            ],
+        )?;
+    }
+    ip(&[
+        "-n",
+        ns,
+        "link",
+        "add",
+        "ck0",
+        "mtu",
+        &mtu,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "mtu",
+        &mtu,
+        "netns",
+        container_ns,
+    ])?;
+    ip(&["-n", ns, "link", "set", "ck0", "master", "br0"])?;
+    ip(&[
+        "-n",
+        container_ns,
+        "addr",
+        "add",
+        container_cidr,
+        "dev",
+        "eth0",
+    ])?;
+    for (n, dev) in [
+        (ns, "vx0"),
+        (ns, "ck0"),
+        (ns, "br0"),
+        (container_ns, "eth0"),
+        (container_ns, "lo"),
+    ] {
+        ip(&["-n", n, "link", "set", dev, "up"])?;
+    }
+    Ok(())
 }

@@ -138,53 +138,18 @@ impl WgVxlanHost<'_> {
                 &local, "dstport", "4789", "dev", wg0,
             ],
         )?;
-        exec_ok(ns, &["ip", "link", "add", "br0", "type", "bridge"])?;
-        exec_ok(ns, &["ip", "link", "set", "vx0", "master", "br0"])?;
-        for p in self.peers {
-            let dst = p.tunnel_addr.to_string();
-            exec_ok(
-                ns,
-                &[
-                    "bridge",
-                    "fdb",
-                    "append",
-                    "00:00:00:00:00:00",
-                    "dev",
-                    "vx0",
-                    "dst",
-                    &dst,
-                ],
-            )?;
-        }
-        exec_ok(
+        let peers: Vec<String> = self
+            .peers
+            .iter()
+            .map(|p| p.tunnel_addr.to_string())
+            .collect();
+        crate::kernel_vxlan::bridge_to_container(
             ns,
-            &[
-                "ip",
-                "link",
-                "add",
-                "ck0",
-                "mtu",
-                &mtu,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "mtu",
-                &mtu,
-                "netns",
-                self.container_ns,
-            ],
-        )?;
-        exec_ok(ns, &["ip", "link", "set", "ck0", "master", "br0"])?;
-        for dev in ["vx0", "br0", "ck0"] {
-            exec_ok(ns, &["ip", "link", "set", dev, "up"])?;
-        }
-        exec_ok(
+            &peers,
             self.container_ns,
-            &["ip", "addr", "add", self.container_cidr, "dev", "eth0"],
+            self.container_cidr,
+            self.mtu,
         )?;
-        exec_ok(self.container_ns, &["ip", "link", "set", "eth0", "up"])?;
         Ok(wg)
     }
 }

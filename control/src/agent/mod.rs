@@ -277,13 +277,16 @@ impl Agent {
         }
         let had_previous = self.keys.lock().map(|k| k.has_previous()).unwrap_or(false);
         if had_previous {
-            let st = self
-                .last_state
-                .lock()
-                .map(|s| s.clone())
-                .unwrap_or_default();
-            self.publish_tunnels(&st);
+            self.publish_tunnels(&self.last_state());
         }
+    }
+
+    /// The state last applied (empty before the first).
+    fn last_state(&self) -> ClusterState {
+        self.last_state
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
     }
 
     fn publish_tunnels(&self, st: &ClusterState) {
@@ -320,12 +323,7 @@ impl Agent {
         if let Ok(mut t) = self.last_rotation.lock() {
             *t = std::time::Instant::now();
         }
-        let st = self
-            .last_state
-            .lock()
-            .map(|s| s.clone())
-            .unwrap_or_default();
-        self.publish_tunnels(&st);
+        self.publish_tunnels(&self.last_state());
         let node = self.node.clone();
         self.transact(move |st| {
             let n = st

@@ -465,20 +465,27 @@ impl Worker {
                     buf.load_datagram(&self.rx_bufs[m][off..end]);
                     off = end;
                     let a = self.switch.from_underlay(&st, src.ip(), buf, now, false);
-                    match a {
-                        Action::Deliver(p) if self.ports.get(&p).is_some_and(|p| p.vnet) => {
-                            self.coalesce(p, buf.data())
-                        }
-                        a => {
-                            self.flush_coalescer();
-                            self.execute(a, buf);
-                        }
-                    }
+                    self.execute_received(a, buf);
                 }
             }
         }
         self.flush_coalescer();
         more
+    }
+
+    /// Executes the action for a frame from the underlay or a tunnel: deliveries to
+    /// an offloading TAP go through the coalescer, anything else flushes it first
+    /// (so nothing overtakes what it holds).
+    fn execute_received(&mut self, a: Action<'_>, buf: &mut PacketBuf) {
+        match a {
+            Action::Deliver(p) if self.ports.get(&p).is_some_and(|p| p.vnet) => {
+                self.coalesce(p, buf.data())
+            }
+            a => {
+                self.flush_coalescer();
+                self.execute(a, buf);
+            }
+        }
     }
 
     /// Adds a frame for `port` to the pending super-frame, or writes what is
@@ -548,17 +555,8 @@ impl Worker {
                     match r {
                         Received::Vxlan { vtep, offset, len } => {
                             buf.set_tunnel_received(offset, len);
-                            match self.switch.from_underlay(&st, vtep, buf, now, true) {
-                                Action::Deliver(p)
-                                    if self.ports.get(&p).is_some_and(|p| p.vnet) =>
-                                {
-                                    self.coalesce(p, buf.data())
-                                }
-                                a => {
-                                    self.flush_coalescer();
-                                    self.execute(a, buf);
-                                }
-                            }
+                            let a = self.switch.from_underlay(&st, vtep, buf, now, true);
+                            self.execute_received(a, buf);
                         }
                         Received::Control => {}
                         Received::Drop(r) => self.switch.counters.drop(r),
