@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod api;
 pub mod cli;
+pub mod cni;
 pub mod logging;
 pub mod state;
 pub mod store;

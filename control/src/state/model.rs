@@ -95,6 +95,10 @@ pub struct Endpoint {
     pub veth: Option<String>,
     #[serde(default)]
     pub service: Option<String>,
+    /// Who made it, when not a person: `cni:CONTAINER_ID:IFNAME` for the CNI plugin,
+    /// which finds its attachments by it on DEL, CHECK and GC.
+    #[serde(default)]
+    pub owner: Option<String>,
     #[serde(default)]
     pub created: u64,
 }

@@ -47,6 +47,8 @@ pub struct EndpointSpec {
     pub service: Option<String>,
     #[serde(default)]
     pub veth: Option<String>,
+    #[serde(default)]
+    pub owner: Option<String>,
 }
 
 fn valid_name(kind: &str, name: &str) -> Result<(), StateError> {
@@ -329,6 +331,18 @@ pub fn create_endpoint(
             "--ifname {ifname:?} is not a valid interface name (1-15 characters, no '/' or spaces)"
         )));
     }
+    if let Some(owner) = &spec.owner {
+        if let Some(e) = st
+            .endpoints
+            .values()
+            .find(|e| e.owner.as_ref() == Some(owner))
+        {
+            return Err(StateError::Conflict(format!(
+                "{owner} is already attached as endpoint {}",
+                e.id
+            )));
+        }
+    }
     if let Some(e) = st
         .endpoints
         .values()
@@ -401,6 +415,7 @@ pub fn create_endpoint(
         ifname,
         veth: spec.veth.clone(),
         service: spec.service.clone(),
+        owner: spec.owner.clone(),
         created: unix_now(),
     };
     st.endpoints.insert(id, ep.clone());
