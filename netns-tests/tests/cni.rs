@@ -2,9 +2,6 @@
 //! configuration on stdin, `CNI_*` variables, JSON results or error objects on
 //! stdout, against agents on two nodes.
 
-mod common;
-
-use common::*;
 use serde_json::{json, Value};
 use std::io::Write;
 use std::process::{Command, Stdio};
