@@ -5,6 +5,7 @@
 pub mod ipam;
 pub mod model;
 pub mod ops;
+pub mod services;
 
-pub use model::{ClusterState, Endpoint, Network, Node};
+pub use model::{ClusterState, Endpoint, Network, Node, PublishedPort, Service};
 pub use ops::{EndpointSpec, NetworkSpec, StateError};

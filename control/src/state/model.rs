@@ -103,6 +103,46 @@ pub struct Endpoint {
     pub created: u64,
 }
 
+/// A port published by a service: `published` answers on every node (ingress) or
+/// on the task's node (host), and goes to `target` on the tasks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedPort {
+    pub proto: String,
+    pub published: u16,
+    pub target: u16,
+    #[serde(default = "ingress_mode")]
+    pub mode: String,
+}
+
+fn ingress_mode() -> String {
+    "ingress".into()
+}
+
+/// A service: its tasks are the endpoints created with `--service NAME`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    pub name: String,
+    pub networks: Vec<String>,
+    /// The virtual IP on each network (none in dnsrr mode).
+    #[serde(default)]
+    pub vips: BTreeMap<String, IpAddr>,
+    #[serde(default)]
+    pub ports: Vec<PublishedPort>,
+    /// `vip` or `dnsrr`.
+    pub endpoint_mode: String,
+    /// `rr`, `wrr`, `lc`, `sh` or `maglev`.
+    pub scheduler: String,
+    /// `tcp:PORT` or `http:PORT/PATH`.
+    #[serde(default)]
+    pub health: Option<String>,
+    #[serde(default)]
+    pub health_interval_ms: Option<u64>,
+    /// The firewall mark that keys its virtual service, as in IPVS.
+    pub fwmark: u32,
+    #[serde(default)]
+    pub created: u64,
+}
+
 /// Everything the store holds. Small (hundreds to thousands of objects), so agents
 /// reload it whole on each change and diff locally.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,6 +150,8 @@ pub struct ClusterState {
     pub networks: BTreeMap<String, Network>,
     pub nodes: BTreeMap<String, Node>,
     pub endpoints: BTreeMap<String, Endpoint>,
+    #[serde(default)]
+    pub services: BTreeMap<String, Service>,
 }
 
 impl ClusterState {

@@ -51,7 +51,7 @@ pub struct EndpointSpec {
     pub owner: Option<String>,
 }
 
-fn valid_name(kind: &str, name: &str) -> Result<(), StateError> {
+pub(crate) fn valid_name(kind: &str, name: &str) -> Result<(), StateError> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name
@@ -353,10 +353,19 @@ pub fn create_endpoint(
             spec.netns, e.id
         )));
     }
-    let used: BTreeSet<IpAddr> = st
-        .endpoints_on(&net.name)
-        .flat_map(|e| e.ips.iter().copied())
-        .collect();
+    if let Some(svc) = &spec.service {
+        let s = st.services.get(svc).ok_or_else(|| {
+            StateError::NotFound(format!("no service named {svc}: create it first (vxmesh service create {svc} --network {})", net.name))
+        })?;
+        if !s.networks.contains(&net.name) {
+            return Err(StateError::Invalid(format!(
+                "service {svc} is not on network {} (it is on {}): attach the task to one of those",
+                net.name,
+                s.networks.join(", ")
+            )));
+        }
+    }
+    let used = super::services::used_addresses(st, &net.name);
     let mut ips = Vec::new();
     if let Some(ip) = spec.ip {
         let subnet = net

@@ -95,6 +95,7 @@ impl SqliteStore {
                 "network" => put(&mut st.networks, key, &value).map_err(|e| self.corrupt(e))?,
                 "node" => put(&mut st.nodes, key, &value).map_err(|e| self.corrupt(e))?,
                 "endpoint" => put(&mut st.endpoints, key, &value).map_err(|e| self.corrupt(e))?,
+                "service" => put(&mut st.services, key, &value).map_err(|e| self.corrupt(e))?,
                 // Kinds from a newer version are kept on disk and ignored here.
                 _ => {}
             }
@@ -178,6 +179,12 @@ impl Store for SqliteStore {
             "endpoint",
             &snap.state.endpoints,
             &next.endpoints,
+        ))?;
+        changed |= w(write_diff(
+            &tx,
+            "service",
+            &snap.state.services,
+            &next.services,
         ))?;
         let mut rev = snap.revision;
         if changed {

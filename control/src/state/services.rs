@@ -1,0 +1,431 @@
+//! Services: virtual IPs, fwmarks, published ports, and their checks. Like every
+//! operation on the state, each applies whole or not at all.
+
+use super::ipam;
+use super::model::{unix_now, ClusterState, PublishedPort, Service};
+use super::ops::StateError;
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+/// Where ports published without a number come from (Docker's default range).
+pub const AUTO_PORTS: std::ops::RangeInclusive<u16> = 30000..=32767;
+/// First fwmark handed out (below are left to the host's own rules).
+pub const FIRST_FWMARK: u32 = 0x100;
+
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub networks: Vec<String>,
+    /// `PUB:TARGET[/tcp|/udp][,mode=host]`, `:TARGET` for a port from 30000-32767.
+    #[serde(default)]
+    pub publish: Vec<String>,
+    #[serde(default)]
+    pub endpoint_mode: Option<String>,
+    #[serde(default)]
+    pub scheduler: Option<String>,
+    #[serde(default)]
+    pub health: Option<String>,
+    #[serde(default)]
+    pub health_interval_ms: Option<u64>,
+}
+
+/// A `--publish` value, before a port is given to `:TARGET`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishSpec {
+    pub proto: String,
+    pub published: Option<u16>,
+    pub target: u16,
+    pub mode: String,
+}
+
+pub fn parse_publish(s: &str) -> Result<PublishSpec, StateError> {
+    let bad = || {
+        StateError::Invalid(format!(
+            "--publish {s:?}: use PUBLISHED:TARGET[/tcp|/udp][,mode=ingress|host], e.g. 8080:80 or :80/udp"
+        ))
+    };
+    let (main, mode) = match s.split_once(',') {
+        Some((m, opt)) => match opt.strip_prefix("mode=") {
+            Some(v @ ("ingress" | "host")) => (m, v.to_string()),
+            _ => return Err(bad()),
+        },
+        None => (s, "ingress".to_string()),
+    };
+    let (ports, proto) = match main.split_once('/') {
+        Some((p, proto @ ("tcp" | "udp"))) => (p, proto.to_string()),
+        Some(_) => return Err(bad()),
+        None => (main, "tcp".to_string()),
+    };
+    let (p, t) = ports.split_once(':').ok_or_else(bad)?;
+    let target: u16 = t.parse().ok().filter(|v| *v > 0).ok_or_else(bad)?;
+    let published = if p.is_empty() {
+        None
+    } else {
+        Some(p.parse().ok().filter(|v: &u16| *v > 0).ok_or_else(bad)?)
+    };
+    Ok(PublishSpec {
+        proto,
+        published,
+        target,
+        mode,
+    })
+}
+
+fn used_ports(st: &ClusterState, except: Option<&str>) -> BTreeSet<(String, u16)> {
+    st.services
+        .values()
+        .filter(|s| Some(s.name.as_str()) != except)
+        .flat_map(|s| s.ports.iter().map(|p| (p.proto.clone(), p.published)))
+        .collect()
+}
+
+/// Gives each spec its published port, checking clashes with other services and
+/// within the list.
+fn assign_ports(
+    st: &ClusterState,
+    service: &str,
+    specs: &[PublishSpec],
+    keep: &[PublishedPort],
+) -> Result<Vec<PublishedPort>, StateError> {
+    let mut used = used_ports(st, Some(service));
+    for k in keep {
+        used.insert((k.proto.clone(), k.published));
+    }
+    let mut out = Vec::new();
+    for p in specs {
+        let published = match p.published {
+            Some(n) => {
+                if let Some(other) = st.services.values().find(|s| {
+                    s.name != service
+                        && s.ports
+                            .iter()
+                            .any(|q| q.proto == p.proto && q.published == n)
+                }) {
+                    return Err(StateError::Conflict(format!(
+                        "port {n}/{} is already published by service {}: pick another",
+                        p.proto, other.name
+                    )));
+                }
+                if used.contains(&(p.proto.clone(), n)) {
+                    return Err(StateError::Conflict(format!(
+                        "port {n}/{} is published twice",
+                        p.proto
+                    )));
+                }
+                n
+            }
+            None => AUTO_PORTS
+                .clone()
+                .find(|n| !used.contains(&(p.proto.clone(), *n)))
+                .ok_or_else(|| StateError::Conflict("no free port left in 30000-32767".into()))?,
+        };
+        used.insert((p.proto.clone(), published));
+        out.push(PublishedPort {
+            proto: p.proto.clone(),
+            published,
+            target: p.target,
+            mode: p.mode.clone(),
+        });
+    }
+    Ok(out)
+}
+
+/// Addresses taken on a network: endpoints' and other services' VIPs.
+pub fn used_addresses(st: &ClusterState, network: &str) -> BTreeSet<IpAddr> {
+    st.endpoints_on(network)
+        .flat_map(|e| e.ips.iter().copied())
+        .chain(
+            st.services
+                .values()
+                .filter_map(|s| s.vips.get(network).copied()),
+        )
+        .collect()
+}
+
+pub fn create_service(st: &mut ClusterState, spec: &ServiceSpec) -> Result<Service, StateError> {
+    super::ops::valid_name("service", &spec.name)?;
+    if st.services.contains_key(&spec.name) {
+        return Err(StateError::Conflict(format!(
+            "service {} already exists: pick another name or change it with vxmesh service update",
+            spec.name
+        )));
+    }
+    if spec.networks.is_empty() {
+        return Err(StateError::Invalid("a service needs --network".into()));
+    }
+    let mode = spec.endpoint_mode.clone().unwrap_or_else(|| "vip".into());
+    if mode != "vip" && mode != "dnsrr" {
+        return Err(StateError::Invalid(format!(
+            "--endpoint-mode {mode}: use vip or dnsrr"
+        )));
+    }
+    let scheduler = spec.scheduler.clone().unwrap_or_else(|| "rr".into());
+    if !["rr", "wrr", "lc", "sh", "maglev"].contains(&scheduler.as_str()) {
+        return Err(StateError::Invalid(format!(
+            "--scheduler {scheduler}: use rr, wrr, lc, sh or maglev"
+        )));
+    }
+    if let Some(h) = &spec.health {
+        parse_health(h)?;
+    }
+    let mut vips = std::collections::BTreeMap::new();
+    for n in &spec.networks {
+        let net = st.networks.get(n).ok_or_else(|| {
+            StateError::NotFound(format!(
+                "no network named {n}: create it first (vxmesh network create {n})"
+            ))
+        })?;
+        if mode == "vip" {
+            let used = used_addresses(st, n);
+            let subnet = net
+                .subnets
+                .iter()
+                .find(|s| s.addr().is_ipv4())
+                .or(net.subnets.first());
+            let vip = subnet
+                .and_then(|s| ipam::allocate_ip(s, &used))
+                .ok_or_else(|| {
+                    StateError::Conflict(format!("network {n} has no address left for a VIP"))
+                })?;
+            vips.insert(n.clone(), vip);
+        }
+    }
+    let specs: Vec<PublishSpec> = spec
+        .publish
+        .iter()
+        .map(|p| parse_publish(p))
+        .collect::<Result<_, _>>()?;
+    let ports = assign_ports(st, &spec.name, &specs, &[])?;
+    let fwmarks: BTreeSet<u32> = st.services.values().map(|s| s.fwmark).collect();
+    let fwmark = (FIRST_FWMARK..)
+        .find(|m| !fwmarks.contains(m))
+        .unwrap_or(FIRST_FWMARK);
+    let svc = Service {
+        name: spec.name.clone(),
+        networks: spec.networks.clone(),
+        vips,
+        ports,
+        endpoint_mode: mode,
+        scheduler,
+        health: spec.health.clone(),
+        health_interval_ms: spec.health_interval_ms,
+        fwmark,
+        created: unix_now(),
+    };
+    st.services.insert(svc.name.clone(), svc.clone());
+    Ok(svc)
+}
+
+/// Adds and removes published ports, as `docker service update --publish-add/-rm`.
+pub fn update_ports(
+    st: &mut ClusterState,
+    name: &str,
+    add: &[String],
+    rm: &[String],
+) -> Result<Service, StateError> {
+    let svc = st.services.get(name).cloned().ok_or_else(|| {
+        StateError::NotFound(format!(
+            "no service named {name} (vxmesh service ls lists them)"
+        ))
+    })?;
+    let mut keep = svc.ports.clone();
+    for r in rm {
+        let (num, proto) = match r.split_once('/') {
+            Some((n, p)) => (n, p),
+            None => (r.as_str(), "tcp"),
+        };
+        let n: u16 = num.parse().map_err(|_| {
+            StateError::Invalid(format!(
+                "--publish-rm {r:?}: give the published port, e.g. 8080 or 53/udp"
+            ))
+        })?;
+        let before = keep.len();
+        keep.retain(|p| !(p.published == n && p.proto == proto));
+        if keep.len() == before {
+            return Err(StateError::NotFound(format!(
+                "service {name} does not publish {n}/{proto}"
+            )));
+        }
+    }
+    let specs: Vec<PublishSpec> = add
+        .iter()
+        .map(|p| parse_publish(p))
+        .collect::<Result<_, _>>()?;
+    let added = assign_ports(st, name, &specs, &keep)?;
+    keep.extend(added);
+    let s = st
+        .services
+        .get_mut(name)
+        .ok_or_else(|| StateError::NotFound(name.into()))?;
+    s.ports = keep;
+    Ok(s.clone())
+}
+
+pub fn remove_service(st: &mut ClusterState, name: &str) -> Result<Service, StateError> {
+    if !st.services.contains_key(name) {
+        return Err(StateError::NotFound(format!(
+            "no service named {name} (vxmesh service ls lists them)"
+        )));
+    }
+    let tasks: Vec<&str> = st
+        .endpoints
+        .values()
+        .filter(|e| e.service.as_deref() == Some(name))
+        .map(|e| e.id.as_str())
+        .collect();
+    if !tasks.is_empty() {
+        return Err(StateError::Conflict(format!(
+            "service {name} still has {} task(s) ({}): remove them first (vxmesh endpoint rm ID)",
+            tasks.len(),
+            tasks.join(", ")
+        )));
+    }
+    st.services
+        .remove(name)
+        .ok_or_else(|| StateError::NotFound(name.into()))
+}
+
+/// `tcp:PORT` or `http:PORT/PATH`.
+pub fn parse_health(s: &str) -> Result<(String, u16, String), StateError> {
+    let bad = || StateError::Invalid(format!("--health {s:?}: use tcp:PORT or http:PORT/PATH"));
+    let (kind, rest) = s.split_once(':').ok_or_else(bad)?;
+    match kind {
+        "tcp" => Ok((
+            "tcp".into(),
+            rest.parse().map_err(|_| bad())?,
+            String::new(),
+        )),
+        "http" => {
+            let (port, path) = rest.split_once('/').unwrap_or((rest, ""));
+            Ok((
+                "http".into(),
+                port.parse().map_err(|_| bad())?,
+                format!("/{path}"),
+            ))
+        }
+        _ => Err(bad()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{ops, NetworkSpec};
+
+    fn state() -> ClusterState {
+        let mut st = ClusterState::default();
+        ops::create_network(
+            &mut st,
+            &NetworkSpec {
+                name: "a".into(),
+                subnets: vec!["10.9.0.0/24".parse().unwrap()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        st
+    }
+
+    fn spec(name: &str, publish: &[&str]) -> ServiceSpec {
+        ServiceSpec {
+            name: name.into(),
+            networks: vec!["a".into()],
+            publish: publish.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn publish_specs_parse() {
+        assert_eq!(
+            parse_publish("8080:80").unwrap(),
+            PublishSpec {
+                proto: "tcp".into(),
+                published: Some(8080),
+                target: 80,
+                mode: "ingress".into()
+            }
+        );
+        assert_eq!(parse_publish(":53/udp").unwrap().published, None);
+        assert_eq!(parse_publish("9000:90/tcp,mode=host").unwrap().mode, "host");
+        for bad in ["80", "x:80", "8080:0", "1:2/sctp", "1:2,mode=x"] {
+            assert!(parse_publish(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn vips_marks_and_ports_are_distinct() {
+        let mut st = state();
+        let a = create_service(&mut st, &spec("web", &["8080:80", ":443"])).unwrap();
+        let b = create_service(&mut st, &spec("api", &[":80", ":53/udp"])).unwrap();
+        assert_ne!(a.vips["a"], b.vips["a"]);
+        assert_ne!(a.fwmark, b.fwmark);
+        assert_eq!(a.ports[1].published, 30000);
+        assert_eq!(b.ports[0].published, 30001);
+        assert_eq!(b.ports[1].published, 30000, "udp has its own port space");
+        let e = create_service(&mut st, &spec("x", &["8080:81"])).unwrap_err();
+        assert!(
+            e.to_string().contains("already published by service web"),
+            "{e}"
+        );
+        assert_eq!(st.services.len(), 2);
+        // endpoints never get a VIP's address
+        let es = ops::EndpointSpec {
+            network: "a".into(),
+            netns: "n".into(),
+            ..Default::default()
+        };
+        st.nodes.insert(
+            "n1".into(),
+            crate::state::Node::new("n1", "192.0.2.1".parse().unwrap()),
+        );
+        let ep = ops::create_endpoint(&mut st, &es, "n1", "e1".into(), ipam::random_mac).unwrap();
+        assert!(!ep.ips.contains(&a.vips["a"]) && !ep.ips.contains(&b.vips["a"]));
+    }
+
+    #[test]
+    fn ports_change_live_and_services_with_tasks_stay() {
+        let mut st = state();
+        create_service(&mut st, &spec("web", &["8080:80"])).unwrap();
+        let s = update_ports(&mut st, "web", &["9090:90/udp".into()], &["8080".into()]).unwrap();
+        assert_eq!(s.ports.len(), 1);
+        assert_eq!(
+            (s.ports[0].published, s.ports[0].proto.as_str()),
+            (9090, "udp")
+        );
+        assert!(update_ports(&mut st, "web", &[], &["1234".into()]).is_err());
+        st.nodes.insert(
+            "n1".into(),
+            crate::state::Node::new("n1", "192.0.2.1".parse().unwrap()),
+        );
+        let es = ops::EndpointSpec {
+            network: "a".into(),
+            netns: "n".into(),
+            service: Some("web".into()),
+            ..Default::default()
+        };
+        ops::create_endpoint(&mut st, &es, "n1", "t1".into(), ipam::random_mac).unwrap();
+        assert!(remove_service(&mut st, "web")
+            .unwrap_err()
+            .to_string()
+            .contains("t1"));
+    }
+
+    #[test]
+    fn bad_modes_schedulers_and_health_are_refused() {
+        let mut st = state();
+        let mut s = spec("w", &[]);
+        s.scheduler = Some("fastest".into());
+        assert!(create_service(&mut st, &s).is_err());
+        let mut s = spec("w", &[]);
+        s.health = Some("icmp:1".into());
+        assert!(create_service(&mut st, &s).is_err());
+        let mut s = spec("w", &[]);
+        s.endpoint_mode = Some("dnsrr".into());
+        assert!(create_service(&mut st, &s).unwrap().vips.is_empty());
+        assert_eq!(
+            parse_health("http:8080/healthz").unwrap(),
+            ("http".into(), 8080, "/healthz".into())
+        );
+    }
+}
