@@ -48,10 +48,12 @@ pub enum DropReason {
     TunnelUnderLoad,
     /// A datagram on the WireGuard port that is not a valid WireGuard message.
     TunnelInvalid,
+    /// A new connection to a VIP whose service has no healthy task.
+    NoBackend,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 20] = [
+    pub const ALL: [DropReason; 21] = [
         DropReason::Malformed,
         DropReason::BadVxlanHeader,
         DropReason::UnknownVni,
@@ -72,6 +74,7 @@ impl DropReason {
         DropReason::TunnelNotAllowed,
         DropReason::TunnelUnderLoad,
         DropReason::TunnelInvalid,
+        DropReason::NoBackend,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -96,6 +99,7 @@ impl DropReason {
             DropReason::TunnelNotAllowed => "tunnel_not_allowed",
             DropReason::TunnelUnderLoad => "tunnel_under_load",
             DropReason::TunnelInvalid => "tunnel_invalid",
+            DropReason::NoBackend => "no_backend",
         }
     }
 }

@@ -25,7 +25,11 @@ pub struct Dataplane {
     workers: Vec<WorkerHandle>,
     state: Arc<ArcSwap<SwitchState>>,
     source_ports: Vec<u16>,
+    conntrack: Arc<std::sync::Mutex<crate::conntrack::Conntrack>>,
 }
+
+/// Connections tracked through VIPs, at most (Linux's default `nf_conntrack_max` here).
+pub const CONNTRACK_MAX: usize = 262_144;
 
 impl Dataplane {
     /// Starts `workers` workers on the underlay address `local`. Fails with
@@ -45,6 +49,10 @@ impl Dataplane {
         };
         drop(UdpSocket::bind(SocketAddr::new(any, vxlan_port))?);
         let state = Arc::new(ArcSwap::from_pointee(SwitchState::default()));
+        let conntrack = Arc::new(std::sync::Mutex::new(crate::conntrack::Conntrack::new(
+            CONNTRACK_MAX,
+        )));
+        let start = std::time::Instant::now();
         let mut wireguard = wireguard;
         let mut handles = Vec::new();
         let mut ports = Vec::new();
@@ -54,12 +62,15 @@ impl Dataplane {
             handles.push(WorkerHandle::spawn(
                 i,
                 state.clone(),
+                conntrack.clone(),
+                start,
                 underlay,
                 wireguard.take(),
                 max_learned,
             )?);
         }
         Ok(Self {
+            conntrack,
             workers: handles,
             state,
             source_ports: ports,
@@ -122,6 +133,14 @@ impl Dataplane {
     /// Each worker's counters, in worker order.
     pub fn worker_counters(&self) -> Vec<Counters> {
         self.workers.iter().map(|w| w.counters()).collect()
+    }
+
+    /// A copy of the tracked connections (for `conntrack ls` and `lb ls`).
+    pub fn connections(&self) -> Vec<crate::conntrack::Entry> {
+        self.conntrack
+            .lock()
+            .map(|c| c.iter().copied().collect())
+            .unwrap_or_default()
     }
 
     /// Every worker's counters, summed.

@@ -65,6 +65,8 @@ impl WorkerHandle {
     pub fn spawn(
         index: usize,
         state: Arc<ArcSwap<SwitchState>>,
+        conntrack: Arc<Mutex<crate::conntrack::Conntrack>>,
+        start: Instant,
         underlay: Underlay,
         wireguard: Option<std::net::UdpSocket>,
         max_learned: usize,
@@ -89,9 +91,10 @@ impl WorkerHandle {
                 size: 0,
             }; gso::BATCH],
             state: state.clone(),
-            switch: Switch::new(max_learned),
+            switch: Switch::with_conntrack(max_learned, conntrack),
+            index,
             published: counters.clone(),
-            start: Instant::now(),
+            start,
             wg: wireguard,
             tunnels: Tunnels::new(),
         };
@@ -183,7 +186,9 @@ struct Worker {
     state: Arc<ArcSwap<SwitchState>>,
     switch: Switch,
     published: Arc<Mutex<Counters>>,
+    /// Shared by all workers, so conntrack timestamps agree.
     start: Instant,
+    index: usize,
     wg: Option<std::net::UdpSocket>,
     tunnels: Tunnels,
 }
@@ -371,6 +376,14 @@ impl Worker {
             if last_limiter_reset.elapsed() >= Duration::from_secs(1) {
                 self.tunnels.reset_rate_limiter();
                 last_limiter_reset = Instant::now();
+                if self.index == 0 {
+                    let now = self.now_ms();
+                    if let Ok(mut ct) = self.switch.conntrack().lock() {
+                        // (RSTs to both ends of expired established flows come with the
+                        // routing mesh's health work, issue 3)
+                        ct.expire(now, |_| {});
+                    }
+                }
             }
             if last_publish.elapsed() >= PUBLISH_EVERY {
                 self.publish_counters();
@@ -416,7 +429,7 @@ impl Worker {
                 }
                 Command::StateChanged => {
                     let st = self.state.load();
-                    self.switch.prune_learned(&st);
+                    self.switch.on_state(&st);
                 }
                 Command::Tunnels(cfg) => {
                     let (wg, tunnels, c) = (&self.wg, &mut self.tunnels, &mut self.switch.counters);

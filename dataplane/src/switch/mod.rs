@@ -9,14 +9,20 @@ mod fdb;
 mod state;
 
 pub use fdb::{LearnedFdb, AGEING_MS};
-pub use state::{Location, NetworkView, PortId, PortView, SwitchState};
+pub use state::{BackendView, Location, NetworkView, PortId, PortView, ServiceView, SwitchState};
 
 use crate::buf::PacketBuf;
+use crate::conntrack::{Conntrack, Dir, Key};
 use crate::counters::{Counters, DropReason};
+use crate::lb::nat::{self, Side};
+use crate::lb::scheduler::{self, Scheduler};
 use crate::wire::{flow_hash::flow_hash, icmp_too_big, neighbor, vxlan};
 use crate::Mac;
 use etherparse::{Ipv4HeaderSlice, Ipv6HeaderSlice};
+use rustc_hash::FxHashMap;
 use std::net::IpAddr;
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
 
 /// What the driver must do with the buffer after the core has looked at it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,14 +60,167 @@ const ETHERTYPE_IPV6: [u8; 2] = [0x86, 0xdd];
 pub struct Switch {
     learned: LearnedFdb,
     pub counters: Counters,
+    /// Connections through VIPs: shared by the workers, since a connection's two
+    /// directions may reach different workers.
+    conntrack: Arc<Mutex<Conntrack>>,
+    /// This worker's scheduler state per (VNI, fwmark), rebuilt on state changes.
+    schedulers: FxHashMap<(u32, u32), Scheduler>,
+}
+
+/// The 5-tuple of an IPv4 TCP/UDP frame, and its TCP flags.
+fn five_tuple(frame: &[u8], zone: u32) -> Option<(Key, u8)> {
+    let ip = frame.get(ETH_HDR..)?;
+    if frame.get(12..14)? != ETHERTYPE_IPV4 || ip.len() < 20 {
+        return None;
+    }
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let proto = ip[9];
+    if !(proto == 6 || proto == 17) || u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0 {
+        return None;
+    }
+    let l4 = ip.get(ihl..ihl + 14.min(ip.len().saturating_sub(ihl)))?;
+    if l4.len() < 4 {
+        return None;
+    }
+    let flags = if proto == 6 {
+        *l4.get(13).unwrap_or(&0)
+    } else {
+        0
+    };
+    Some((
+        Key {
+            zone,
+            proto,
+            src: Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
+            dst: Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
+            sport: u16::from_be_bytes([l4[0], l4[1]]),
+            dport: u16::from_be_bytes([l4[2], l4[3]]),
+        },
+        flags,
+    ))
 }
 
 impl Switch {
     pub fn new(max_learned: usize) -> Self {
+        Self::with_conntrack(max_learned, Arc::new(Mutex::new(Conntrack::new(262_144))))
+    }
+
+    /// A switch that tracks VIP connections in `conntrack`, shared with other workers.
+    pub fn with_conntrack(max_learned: usize, conntrack: Arc<Mutex<Conntrack>>) -> Self {
         Self {
             learned: LearnedFdb::new(max_learned),
             counters: Counters::default(),
+            conntrack,
+            schedulers: FxHashMap::default(),
         }
+    }
+
+    /// Brings per-worker derived state in line with a new control-plane state:
+    /// forgets learned MACs of removed peers, rebuilds schedulers.
+    pub fn on_state(&mut self, st: &SwitchState) {
+        self.prune_learned(st);
+        self.schedulers.clear();
+        for (vni, net) in &st.networks {
+            for (mark, svc) in &net.services {
+                let names: Vec<[u8; 4]> = svc.backends.iter().map(|b| b.ip.octets()).collect();
+                let refs: Vec<&[u8]> = names.iter().map(|n| n.as_slice()).collect();
+                let table = crate::lb::maglev::DEFAULT_SIZE;
+                self.schedulers
+                    .insert((*vni, *mark), Scheduler::new(svc.scheduler, &refs, table));
+            }
+        }
+    }
+
+    /// DNATs a new or tracked connection to a VIP to its backend (the client's
+    /// node balances; no SNAT). Returns false when no backend can take it.
+    fn balance(
+        &mut self,
+        net: &NetworkView,
+        buf: &mut PacketBuf,
+        now_ms: u64,
+    ) -> Result<(), DropReason> {
+        let (key, flags) = five_tuple(buf.data(), net.vni).ok_or(DropReason::NoRoute)?;
+        let mark = *net.vips.get(&key.dst).ok_or(DropReason::NoRoute)?;
+        let backend = {
+            let mut ct = self.conntrack.lock().map_err(|_| DropReason::NoBackend)?;
+            let id = match ct.lookup(&key) {
+                Some((id, Dir::Orig)) => id,
+                _ => {
+                    let svc = net.services.get(&mark).ok_or(DropReason::NoBackend)?;
+                    let view: Vec<scheduler::Backend> = svc
+                        .backends
+                        .iter()
+                        .map(|b| scheduler::Backend {
+                            weight: b.weight,
+                            active: 0,
+                            healthy: b.healthy,
+                        })
+                        .collect();
+                    let sched = self
+                        .schedulers
+                        .get_mut(&(net.vni, mark))
+                        .ok_or(DropReason::NoBackend)?;
+                    let h = u64::from(crate::wire::flow_hash::flow_hash(buf.data()));
+                    let i = sched
+                        .pick(&view, h, u64::from(u32::from(key.src)))
+                        .ok_or(DropReason::NoBackend)?;
+                    let b = svc.backends[i];
+                    let reply = Key {
+                        src: b.ip,
+                        dst: key.src,
+                        sport: key.dport,
+                        dport: key.sport,
+                        ..key
+                    };
+                    ct.insert(key, reply, mark, i as u32, flags, now_ms)
+                }
+            };
+            ct.update(id, Dir::Orig, flags, now_ms);
+            ct.get(id)
+                .map(|e| e.reply.src)
+                .ok_or(DropReason::NoBackend)?
+        };
+        let mac = *net
+            .neighbors
+            .get(&IpAddr::V4(backend))
+            .ok_or(DropReason::NoBackend)?;
+        if !nat::rewrite_v4(buf.data_mut(), Side::Dst, backend, key.dport) {
+            return Err(DropReason::Malformed);
+        }
+        buf.data_mut()[0..6].copy_from_slice(&mac);
+        Ok(())
+    }
+
+    /// A reply of a balanced connection, about to be delivered to its client:
+    /// rewrites its source back to the VIP (and the gateway MAC the client sent to).
+    fn unbalance(&mut self, net: &NetworkView, buf: &mut PacketBuf, now_ms: u64) {
+        if net.vips.is_empty() {
+            return;
+        }
+        let Some((key, flags)) = five_tuple(buf.data(), net.vni) else {
+            return;
+        };
+        let orig = {
+            let Ok(mut ct) = self.conntrack.lock() else {
+                return;
+            };
+            let Some((id, Dir::Reply)) = ct.lookup(&key) else {
+                return;
+            };
+            ct.update(id, Dir::Reply, flags, now_ms);
+            match ct.get(id) {
+                Some(e) => e.orig,
+                None => return,
+            }
+        };
+        if nat::rewrite_v4(buf.data_mut(), Side::Src, orig.dst, orig.dport) {
+            buf.data_mut()[6..12].copy_from_slice(&net.gateway_mac);
+        }
+    }
+
+    /// The shared connection table (for `conntrack ls`, `lb ls` and expiry).
+    pub fn conntrack(&self) -> Arc<Mutex<Conntrack>> {
+        self.conntrack.clone()
     }
 
     pub fn learned_len(&self) -> usize {
@@ -165,13 +324,41 @@ impl Switch {
             return self.flood(net, Some(port), buf);
         }
         if dst == net.gateway_mac {
-            return self.drop(DropReason::NoRoute);
+            // to the gateway: a service VIP (balanced here, on the client's node)
+            // or something to route, which nothing does yet
+            if let Err(r) = self.balance(net, buf, now_ms) {
+                return self.drop(r);
+            }
+            let frame = buf.data();
+            let dst: Mac = [frame[0], frame[1], frame[2], frame[3], frame[4], frame[5]];
+            return match net.macs.get(&dst) {
+                Some(Location::Local(p)) => {
+                    self.unbalance(net, buf, now_ms);
+                    Action::Deliver(*p)
+                }
+                Some(Location::Remote(v)) => {
+                    let flow_hash = flow_hash(buf.data());
+                    if !buf.write_vxlan_header(net.vni) {
+                        return self.drop(DropReason::TooBig);
+                    }
+                    Action::Encap {
+                        vtep: *v,
+                        flow_hash,
+                        secure: net.encrypted,
+                    }
+                }
+                None => self.drop(DropReason::NoBackend),
+            };
         }
         let vtep = match net.macs.get(&dst) {
             Some(Location::Local(p)) if *p == port => {
                 return self.drop(DropReason::NoLocalDestination)
             }
-            Some(Location::Local(p)) => return Action::Deliver(*p),
+            Some(Location::Local(p)) => {
+                let p = *p;
+                self.unbalance(net, buf, now_ms);
+                return Action::Deliver(p);
+            }
             Some(Location::Remote(v)) => Some(*v),
             None => self.learned.lookup(net.vni, &dst, now_ms),
         };
@@ -291,7 +478,11 @@ impl Switch {
             return self.flood(net, None, buf);
         }
         match net.macs.get(&dst) {
-            Some(Location::Local(p)) => Action::Deliver(*p),
+            Some(Location::Local(p)) => {
+                let p = *p;
+                self.unbalance(net, buf, now_ms);
+                Action::Deliver(p)
+            }
             _ => self.drop(DropReason::NoLocalDestination),
         }
     }

@@ -2,9 +2,10 @@
 //! whole (arc-swap), so a worker never waits on the control plane and never sees a
 //! half-applied change.
 
+use crate::lb::scheduler::Kind;
 use crate::Mac;
 use rustc_hash::FxHashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 /// A local port (TAP or veth) as the worker knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -47,6 +48,25 @@ pub struct NetworkView {
     pub macs: FxHashMap<Mac, Location>,
     /// Endpoint and gateway addresses, for ARP and neighbour-solicitation answers.
     pub neighbors: FxHashMap<IpAddr, Mac>,
+    /// Service VIPs on this network and the fwmark of their virtual service.
+    pub vips: FxHashMap<Ipv4Addr, u32>,
+    /// Virtual services by fwmark: scheduler and backends (the tasks on this network).
+    pub services: FxHashMap<u32, ServiceView>,
+}
+
+/// A virtual service as one network sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceView {
+    pub scheduler: Kind,
+    /// Sorted by address, so every worker and node sees the same order.
+    pub backends: Vec<BackendView>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendView {
+    pub ip: Ipv4Addr,
+    pub weight: u32,
+    pub healthy: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

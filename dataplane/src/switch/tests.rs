@@ -380,3 +380,135 @@ fn oversized_packets_get_icmp_from_the_gateway() {
         Action::Encap { .. }
     ));
 }
+
+fn tcp(
+    src: Mac,
+    dst: Mac,
+    sip: [u8; 4],
+    dip: [u8; 4],
+    sport: u16,
+    dport: u16,
+    syn: bool,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    let b = PacketBuilder::ethernet2(src, dst)
+        .ipv4(sip, dip, 64)
+        .tcp(sport, dport, 1, 1000);
+    let b = if syn { b.syn() } else { b.ack(1) };
+    b.write(&mut out, b"x").unwrap();
+    out
+}
+
+fn with_vip() -> SwitchState {
+    let mut st = state();
+    let net = st.networks.get_mut(&VNI).unwrap();
+    net.vips.insert(Ipv4Addr::new(10, 0, 0, 100), 0x100);
+    net.neighbors.insert(ip("10.0.0.100"), GW);
+    net.services.insert(
+        0x100,
+        ServiceView {
+            scheduler: crate::lb::scheduler::Kind::Rr,
+            backends: vec![
+                BackendView {
+                    ip: Ipv4Addr::new(10, 0, 0, 11),
+                    weight: 1,
+                    healthy: true,
+                },
+                BackendView {
+                    ip: Ipv4Addr::new(10, 0, 0, 12),
+                    weight: 1,
+                    healthy: true,
+                },
+            ],
+        },
+    );
+    st
+}
+
+fn ipv4_src_dst(f: &[u8]) -> ([u8; 4], [u8; 4]) {
+    (f[26..30].try_into().unwrap(), f[30..34].try_into().unwrap())
+}
+
+#[test]
+fn vip_connections_are_balanced_and_replies_come_from_the_vip() {
+    let st = with_vip();
+    let mut sw = Switch::new(16);
+    sw.on_state(&st);
+    // flow 1: the first backend, local on port 2
+    let mut b = buf(&tcp(A, GW, [10, 0, 0, 10], [10, 0, 0, 100], 5000, 80, true));
+    assert_eq!(
+        sw.from_port(&st, PortId(1), &mut b, 0),
+        Action::Deliver(PortId(2))
+    );
+    assert_eq!(ipv4_src_dst(b.data()), ([10, 0, 0, 10], [10, 0, 0, 11]));
+    assert_eq!(&b.data()[0..6], &B);
+    let h = Ipv4HeaderSlice::from_slice(&b.data()[14..]).unwrap();
+    assert_eq!(h.to_header().calc_header_checksum(), h.header_checksum());
+    // the same flow again sticks to its backend
+    let mut b = buf(&tcp(
+        A,
+        GW,
+        [10, 0, 0, 10],
+        [10, 0, 0, 100],
+        5000,
+        80,
+        false,
+    ));
+    assert_eq!(
+        sw.from_port(&st, PortId(1), &mut b, 0),
+        Action::Deliver(PortId(2))
+    );
+    // B's reply reaches A from the VIP and the gateway MAC
+    let mut b = buf(&tcp(B, A, [10, 0, 0, 11], [10, 0, 0, 10], 80, 5000, false));
+    assert_eq!(
+        sw.from_port(&st, PortId(2), &mut b, 0),
+        Action::Deliver(PortId(1))
+    );
+    assert_eq!(ipv4_src_dst(b.data()), ([10, 0, 0, 100], [10, 0, 0, 10]));
+    assert_eq!(&b.data()[6..12], &GW);
+    // flow 2: round robin moves on to the remote backend
+    let mut b = buf(&tcp(A, GW, [10, 0, 0, 10], [10, 0, 0, 100], 5001, 80, true));
+    assert!(
+        matches!(sw.from_port(&st, PortId(1), &mut b, 0), Action::Encap { vtep, .. } if vtep == ip("192.0.2.2"))
+    );
+    assert_eq!(&b.data()[0..6], &R);
+    // its reply comes over the underlay and is rewritten before delivery
+    let mut b = datagram(
+        VNI,
+        &tcp(R, A, [10, 0, 0, 12], [10, 0, 0, 10], 80, 5001, false),
+    );
+    assert_eq!(
+        sw.from_underlay(&st, ip("192.0.2.2"), &mut b, 0, false),
+        Action::Deliver(PortId(1))
+    );
+    assert_eq!(ipv4_src_dst(b.data()), ([10, 0, 0, 100], [10, 0, 0, 10]));
+    assert_eq!(sw.conntrack().lock().unwrap().len(), 2);
+}
+
+#[test]
+fn a_vip_without_healthy_backends_drops_with_a_reason() {
+    let mut st = with_vip();
+    let svc = st
+        .networks
+        .get_mut(&VNI)
+        .unwrap()
+        .services
+        .get_mut(&0x100)
+        .unwrap();
+    for b in svc.backends.iter_mut() {
+        b.healthy = false;
+    }
+    let mut sw = Switch::new(16);
+    sw.on_state(&st);
+    let mut b = buf(&tcp(A, GW, [10, 0, 0, 10], [10, 0, 0, 100], 5000, 80, true));
+    assert_eq!(
+        sw.from_port(&st, PortId(1), &mut b, 0),
+        Action::Drop(DropReason::NoBackend)
+    );
+    // not a VIP: nothing routes yet
+    let mut b = buf(&tcp(A, GW, [10, 0, 0, 10], [10, 0, 0, 99], 5000, 80, true));
+    assert_eq!(
+        sw.from_port(&st, PortId(1), &mut b, 0),
+        Action::Drop(DropReason::NoRoute)
+    );
+}
