@@ -18,7 +18,9 @@ pub mod wire;
 
 pub use buf::PacketBuf;
 pub use counters::{Counters, DropReason};
-pub use switch::{Action, Location, NetworkView, PortId, PortView, Switch, SwitchState};
+pub use switch::{
+    Action, BackendView, Location, NetworkView, PortId, PortView, ServiceView, Switch, SwitchState,
+};
 
 /// An Ethernet MAC address.
 pub type Mac = [u8; 6];

@@ -219,6 +219,68 @@ impl Agent {
             .map_err(|e| AgentError::Update(e.into()))
     }
 
+    /// The virtual services this node balances, with their backends' connection
+    /// counts, as `ipvsadm -Ln` shows them.
+    pub fn lb_table(&self) -> serde_json::Value {
+        let st = self.worker.state();
+        let conns = self.worker.connections();
+        let mut out = Vec::new();
+        for net in st.networks.values() {
+            for (vip, mark) in &net.vips {
+                let Some(svc) = net.services.get(mark) else {
+                    continue;
+                };
+                let backends: Vec<serde_json::Value> = svc
+                    .backends
+                    .iter()
+                    .map(|b| {
+                        let mine = conns.iter().filter(|e| {
+                            e.orig.zone == net.vni && e.service == *mark && e.reply.src == b.ip
+                        });
+                        let (mut active, mut inactive) = (0, 0);
+                        for e in mine {
+                            if e.state == vxmesh_dataplane::conntrack::State::Established {
+                                active += 1;
+                            } else {
+                                inactive += 1;
+                            }
+                        }
+                        serde_json::json!({
+                            "address": b.ip, "forward": "Masq", "weight": b.weight,
+                            "healthy": b.healthy, "active": active, "inactive": inactive,
+                        })
+                    })
+                    .collect();
+                out.push(serde_json::json!({
+                    "fwmark": mark, "vip": vip, "vni": net.vni,
+                    "scheduler": svc.scheduler.as_str(), "backends": backends,
+                }));
+            }
+        }
+        serde_json::Value::Array(out)
+    }
+
+    /// The connections this node tracks through VIPs.
+    pub fn conntrack_table(&self) -> serde_json::Value {
+        let rows: Vec<serde_json::Value> = self
+            .worker
+            .connections()
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "proto": if e.orig.proto == 6 { "tcp" } else { "udp" },
+                    "zone": e.orig.zone,
+                    "src": format!("{}:{}", e.orig.src, e.orig.sport),
+                    "dst": format!("{}:{}", e.orig.dst, e.orig.dport),
+                    "backend": format!("{}:{}", e.reply.src, e.reply.sport),
+                    "fwmark": e.service,
+                    "state": format!("{:?}", e.state),
+                })
+            })
+            .collect();
+        serde_json::Value::Array(rows)
+    }
+
     /// Per worker: frames read from ports and from the underlay.
     pub fn worker_counters(&self) -> Vec<Counters> {
         self.worker.worker_counters()

@@ -3,8 +3,11 @@
 use crate::state::{ipam, ClusterState};
 use rustc_hash::FxHashMap;
 use std::net::IpAddr;
+use vxmesh_dataplane::lb::scheduler::Kind;
 use vxmesh_dataplane::tunnel::{TunnelConfig, TunnelPeer};
-use vxmesh_dataplane::{parse_mac, Location, NetworkView, PortId, PortView, SwitchState};
+use vxmesh_dataplane::{
+    parse_mac, BackendView, Location, NetworkView, PortId, PortView, ServiceView, SwitchState,
+};
 
 /// Endpoint MTUs (largest IP packet) this node gives plain and encrypted networks.
 #[derive(Debug, Clone, Copy)]
@@ -103,6 +106,38 @@ pub fn build(
         members.sort();
         members.dedup();
         v.members = members;
+        // services with a VIP here: the VIP answers ARP with the gateway MAC, and
+        // its virtual service balances over the tasks on this network
+        for svc in st.services.values().filter(|s| s.endpoint_mode == "vip") {
+            let Some(IpAddr::V4(vip)) = svc.vips.get(&net.name).copied() else {
+                continue;
+            };
+            v.vips.insert(vip, svc.fwmark);
+            v.neighbors.insert(IpAddr::V4(vip), gw_mac);
+            let mut backends: Vec<BackendView> = st
+                .endpoints_on(&net.name)
+                .filter(|e| e.service.as_deref() == Some(svc.name.as_str()))
+                .filter_map(|e| {
+                    e.ips.iter().find_map(|ip| match ip {
+                        IpAddr::V4(a) => Some(BackendView {
+                            ip: *a,
+                            weight: 1,
+                            healthy: true,
+                        }),
+                        IpAddr::V6(_) => None,
+                    })
+                })
+                .collect();
+            backends.sort_by_key(|b| b.ip);
+            let scheduler = Kind::parse(&svc.scheduler).unwrap_or(Kind::Rr);
+            v.services.insert(
+                svc.fwmark,
+                ServiceView {
+                    scheduler,
+                    backends,
+                },
+            );
+        }
         v.local_ports.sort();
         out.networks.insert(net.vni, v);
     }

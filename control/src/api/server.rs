@@ -3,7 +3,7 @@
 
 use super::ErrorBody;
 use crate::agent::{Agent, AgentError};
-use crate::state::{ops, EndpointSpec, NetworkSpec, StateError};
+use crate::state::{ops, services, EndpointSpec, NetworkSpec, StateError};
 use crate::store::{StoreError, UpdateError};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -73,6 +73,17 @@ pub fn router(agent: Arc<Agent>) -> Router {
             axum::routing::post(rotate_key),
         )
         .route("/v1/stats", get(stats))
+        .route("/v1/services", get(list_services).post(create_service))
+        .route(
+            "/v1/services/{name}",
+            get(inspect_service).delete(remove_service),
+        )
+        .route(
+            "/v1/services/{name}/update",
+            axum::routing::post(update_service),
+        )
+        .route("/v1/lb", get(lb_table))
+        .route("/v1/conntrack", get(conntrack_table))
         .with_state(agent)
 }
 
@@ -190,6 +201,86 @@ async fn rotate_key(State(a): Ag, Path(name): Path<String>) -> Res {
         .await?;
     tracing::info!(node = %n.name, "key rotation requested");
     to_json(n)
+}
+
+async fn list_services(State(a): Ag) -> Res {
+    let st = a.load().await?.state;
+    let v: Vec<Value> = st
+        .services
+        .values()
+        .map(|s| {
+            let mut j = serde_json::to_value(s).unwrap_or_default();
+            j["tasks"] = json!(st
+                .endpoints
+                .values()
+                .filter(|e| e.service.as_deref() == Some(s.name.as_str()))
+                .count());
+            j
+        })
+        .collect();
+    Ok(Json(Value::Array(v)))
+}
+
+async fn create_service(State(a): Ag, Json(spec): Json<services::ServiceSpec>) -> Res {
+    let s = a
+        .transact(move |st| services::create_service(st, &spec))
+        .await?;
+    tracing::info!(service = %s.name, fwmark = s.fwmark, "service created");
+    to_json(s)
+}
+
+async fn inspect_service(State(a): Ag, Path(name): Path<String>) -> Res {
+    let st = a.load().await?.state;
+    let s = st.services.get(&name).ok_or_else(|| {
+        StateError::NotFound(format!(
+            "no service named {name} (vxmesh service ls lists them)"
+        ))
+    })?;
+    let mut j = serde_json::to_value(s).unwrap_or_default();
+    j["tasks"] = serde_json::to_value(
+        st.endpoints
+            .values()
+            .filter(|e| e.service.as_deref() == Some(name.as_str()))
+            .collect::<Vec<_>>(),
+    )
+    .unwrap_or_default();
+    Ok(Json(j))
+}
+
+#[derive(serde::Deserialize)]
+struct ServiceUpdate {
+    #[serde(default)]
+    publish_add: Vec<String>,
+    #[serde(default)]
+    publish_rm: Vec<String>,
+}
+
+async fn update_service(
+    State(a): Ag,
+    Path(name): Path<String>,
+    Json(u): Json<ServiceUpdate>,
+) -> Res {
+    services::check_publish_supported(&u.publish_add)?;
+    let s = a
+        .transact(move |st| services::update_ports(st, &name, &u.publish_add, &u.publish_rm))
+        .await?;
+    to_json(s)
+}
+
+async fn remove_service(State(a): Ag, Path(name): Path<String>) -> Res {
+    let s = a
+        .transact(move |st| services::remove_service(st, &name))
+        .await?;
+    tracing::info!(service = %s.name, "service removed");
+    to_json(s)
+}
+
+async fn lb_table(State(a): Ag) -> Res {
+    Ok(Json(a.lb_table()))
+}
+
+async fn conntrack_table(State(a): Ag) -> Res {
+    Ok(Json(a.conntrack_table()))
 }
 
 async fn stats(State(a): Ag) -> Res {

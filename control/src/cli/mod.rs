@@ -47,6 +47,15 @@ enum Command {
     /// Nodes of the cluster
     #[command(subcommand)]
     Node(NodeCmd),
+    /// Services: a VIP per network, balanced over their tasks
+    #[command(subcommand)]
+    Service(ServiceCmd),
+    /// The load balancer's virtual services
+    #[command(subcommand)]
+    Lb(ListCmd),
+    /// Connections tracked through VIPs on this node
+    #[command(subcommand)]
+    Conntrack(ListCmd),
     /// This agent's dataplane counters (frames, drops by reason)
     Stats,
 }
@@ -157,6 +166,54 @@ enum EndpointCmd {
     Ls,
     #[command(alias = "remove")]
     Rm { id: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum ServiceCmd {
+    /// Create a service; its tasks are endpoints created with --service NAME
+    Create {
+        name: String,
+        #[arg(long = "network", required = true)]
+        networks: Vec<String>,
+        /// PUB:TARGET[/tcp|/udp][,mode=host], or :TARGET for a port from 30000-32767
+        #[arg(long)]
+        publish: Vec<String>,
+        /// vip or dnsrr
+        #[arg(long)]
+        endpoint_mode: Option<String>,
+        /// rr, wrr, lc, sh or maglev
+        #[arg(long)]
+        scheduler: Option<String>,
+        /// tcp:PORT or http:PORT/PATH
+        #[arg(long)]
+        health: Option<String>,
+        #[arg(long, value_parser = parse_duration)]
+        health_interval: Option<std::time::Duration>,
+    },
+    /// Change a service's published ports
+    Update {
+        name: String,
+        #[arg(long = "publish-add")]
+        publish_add: Vec<String>,
+        /// PUB[/tcp|/udp]
+        #[arg(long = "publish-rm")]
+        publish_rm: Vec<String>,
+    },
+    #[command(alias = "list")]
+    Ls,
+    Inspect {
+        name: String,
+    },
+    #[command(alias = "remove")]
+    Rm {
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ListCmd {
+    #[command(alias = "list")]
+    Ls,
 }
 
 #[derive(Subcommand, Debug)]
@@ -327,6 +384,67 @@ async fn run_client(c: &Client, f: Format, cmd: Command) -> anyhow::Result<()> {
             }
         },
         Command::Stats => output::stats(f, &c.call(Method::GET, "/v1/stats", None).await?),
+        Command::Service(s) => match s {
+            ServiceCmd::Create {
+                name,
+                networks,
+                publish,
+                endpoint_mode,
+                scheduler,
+                health,
+                health_interval,
+            } => {
+                let body = json!({
+                    "name": name, "networks": networks, "publish": publish,
+                    "endpoint_mode": endpoint_mode, "scheduler": scheduler, "health": health,
+                    "health_interval_ms": health_interval.map(|d| d.as_millis() as u64),
+                });
+                let v = c.call(Method::POST, "/v1/services", Some(body)).await?;
+                let vips = output::join(&Value::Array(
+                    v["vips"]
+                        .as_object()
+                        .map(|o| o.values().cloned().collect())
+                        .unwrap_or_default(),
+                ));
+                output::created(f, &v, &[&v["name"], &Value::String(vips)])
+            }
+            ServiceCmd::Update {
+                name,
+                publish_add,
+                publish_rm,
+            } => {
+                let body = json!({ "publish_add": publish_add, "publish_rm": publish_rm });
+                let v = c
+                    .call(
+                        Method::POST,
+                        &format!("/v1/services/{}/update", esc(&name)),
+                        Some(body),
+                    )
+                    .await?;
+                output::created(f, &v, &[&v["name"]])
+            }
+            ServiceCmd::Ls => {
+                output::services(f, &c.call(Method::GET, "/v1/services", None).await?)
+            }
+            ServiceCmd::Inspect { name } => output::pretty(
+                &c.call(Method::GET, &format!("/v1/services/{}", esc(&name)), None)
+                    .await?,
+            ),
+            ServiceCmd::Rm { name } => {
+                let v = c
+                    .call(
+                        Method::DELETE,
+                        &format!("/v1/services/{}", esc(&name)),
+                        None,
+                    )
+                    .await?;
+                output::created(f, &v, &[&v["name"]])
+            }
+        },
+        Command::Lb(ListCmd::Ls) => output::lb(f, &c.call(Method::GET, "/v1/lb", None).await?),
+        Command::Conntrack(ListCmd::Ls) => {
+            output::conntrack(f, &c.call(Method::GET, "/v1/conntrack", None).await?)
+        }
     }
 }
 

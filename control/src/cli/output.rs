@@ -166,6 +166,89 @@ pub fn nodes(f: Format, v: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub fn services(f: Format, v: &Value) -> anyhow::Result<()> {
+    if f == Format::Json {
+        return pretty(v);
+    }
+    table(
+        &[
+            "NAME",
+            "NETWORKS",
+            "VIPS",
+            "MODE",
+            "SCHEDULER",
+            "FWMARK",
+            "TASKS",
+        ],
+        rows(v, |sv| {
+            let vips = Value::Array(
+                sv["vips"]
+                    .as_object()
+                    .map(|o| o.values().cloned().collect())
+                    .unwrap_or_default(),
+            );
+            vec![
+                s(&sv["name"]),
+                join(&sv["networks"]),
+                join(&vips),
+                s(&sv["endpoint_mode"]),
+                s(&sv["scheduler"]),
+                s(&sv["fwmark"]),
+                s(&sv["tasks"]),
+            ]
+        }),
+    );
+    Ok(())
+}
+
+/// The virtual services, as `ipvsadm -Ln` prints them.
+pub fn lb(f: Format, v: &Value) -> anyhow::Result<()> {
+    if f == Format::Json {
+        return pretty(v);
+    }
+    println!("IP Virtual Server (vxmesh)");
+    println!("Prot LocalAddress:Port Scheduler Flags");
+    println!("  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn");
+    for vs in v.as_array().into_iter().flatten() {
+        println!(
+            "FWM  {} {} (VIP {}, VNI {})",
+            s(&vs["fwmark"]),
+            s(&vs["scheduler"]),
+            s(&vs["vip"]),
+            s(&vs["vni"])
+        );
+        for b in vs["backends"].as_array().into_iter().flatten() {
+            println!(
+                "  -> {:<28} {:<7} {:<6} {:<10} {}",
+                format!("{}:0", s(&b["address"])),
+                s(&b["forward"]),
+                s(&b["weight"]),
+                s(&b["active"]),
+                s(&b["inactive"])
+            );
+        }
+    }
+    Ok(())
+}
+
+pub fn conntrack(f: Format, v: &Value) -> anyhow::Result<()> {
+    if f == Format::Json {
+        return pretty(v);
+    }
+    table(
+        &[
+            "PROTO", "ZONE", "SOURCE", "VIP", "BACKEND", "FWMARK", "STATE",
+        ],
+        rows(v, |e| {
+            ["proto", "zone", "src", "dst", "backend", "fwmark", "state"]
+                .iter()
+                .map(|k| s(&e[*k]))
+                .collect()
+        }),
+    );
+    Ok(())
+}
+
 pub fn stats(f: Format, v: &Value) -> anyhow::Result<()> {
     if f == Format::Json {
         return pretty(v);

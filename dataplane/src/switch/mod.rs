@@ -147,12 +147,15 @@ impl Switch {
                 Some((id, Dir::Orig)) => id,
                 _ => {
                     let svc = net.services.get(&mark).ok_or(DropReason::NoBackend)?;
+                    let lc = svc.scheduler == scheduler::Kind::Lc;
                     let view: Vec<scheduler::Backend> = svc
                         .backends
                         .iter()
-                        .map(|b| scheduler::Backend {
+                        .enumerate()
+                        .map(|(i, b)| scheduler::Backend {
                             weight: b.weight,
-                            active: 0,
+                            // only lc looks at the load; counting walks the table
+                            active: if lc { ct.counts(mark, i as u32).0 } else { 0 },
                             healthy: b.healthy,
                         })
                         .collect();

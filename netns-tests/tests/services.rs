@@ -1,0 +1,181 @@
+//! Service VIPs balanced on the client's node: three tasks on three nodes share
+//! the connections made to the VIP; replies come from the VIP; `lb ls` and
+//! `conntrack ls` show the virtual service and its connections; what this version
+//! cannot do yet is refused.
+
+mod common;
+
+use common::*;
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use vxmesh_netns_tests::*;
+
+/// A TCP server in `ns` that writes its name to each connection and closes it.
+struct NameServer {
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for NameServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn name_server(ns: &str, addr: SocketAddr, name: &str) -> anyhow::Result<NameServer> {
+    let l = in_netns(ns, move || TcpListener::bind(addr))??;
+    l.set_nonblocking(true)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (flag, name) = (stop.clone(), name.to_string());
+    std::thread::spawn(move || {
+        while !flag.load(Ordering::Relaxed) {
+            match l.accept() {
+                Ok((mut c, _)) => {
+                    let _ = c.write_all(name.as_bytes());
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+    Ok(NameServer { stop })
+}
+
+/// Connects to `vip:port` from `ns` and returns what the server says, and the
+/// address the reply came from.
+fn ask(ns: &str, vip: SocketAddr) -> anyhow::Result<(String, SocketAddr)> {
+    in_netns(ns, move || -> anyhow::Result<(String, SocketAddr)> {
+        let mut c = TcpStream::connect_timeout(&vip, Duration::from_secs(3))?;
+        c.set_read_timeout(Some(Duration::from_secs(3)))?;
+        let peer = c.peer_addr()?;
+        let mut s = String::new();
+        c.read_to_string(&mut s)?;
+        Ok((s, peer))
+    })?
+}
+
+#[test]
+fn a_vip_balances_over_tasks_on_three_nodes() -> anyhow::Result<()> {
+    let mut t = Topology::new("svc")?;
+    let nodes: Vec<Node> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| t.add_node(n))
+        .collect::<anyhow::Result<_>>()?;
+    for n in &nodes {
+        t.start_agent(n, &[])?;
+    }
+    t.cli_ok(
+        &nodes[0],
+        &["network", "create", "web", "--subnet", "10.45.0.0/24"],
+    )?;
+    let svc = t.cli_json(&nodes[0], &["service", "create", "api", "--network", "web"])?;
+    let vip: std::net::IpAddr = svc["vips"]["web"].as_str().unwrap().parse()?;
+    let mut servers = Vec::new();
+    let mut tasks = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let ns = t.add_container(&format!("t{}", i + 1))?;
+        let e = endpoint(&t, n, "web", &ns, &["--service", "api"])?;
+        servers.push(name_server(
+            &ns,
+            SocketAddr::new(e.ip.parse()?, 8080),
+            &format!("task{}", i + 1),
+        )?);
+        tasks.push(e);
+    }
+    let client = t.add_container("client")?;
+    endpoint(&t, &nodes[0], "web", &client, &[])?;
+    assert!(
+        ping(&client, &tasks[1].ip, 3, None)?,
+        "the overlay works before the VIP is asked"
+    );
+
+    // 30 connections to the VIP: every task gets its share, every reply is from the VIP
+    let target = SocketAddr::new(vip, 8080);
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..30 {
+        let (name, from) = ask(&client, target)?;
+        assert_eq!(from, target, "a reply did not come from the VIP");
+        *seen.entry(name).or_default() += 1;
+    }
+    assert_eq!(seen.len(), 3, "not every task was used: {seen:?}");
+    assert!(seen.values().all(|&n| n >= 4), "uneven: {seen:?}");
+
+    // the balancer's view, ipvsadm-style, and the tracked connections
+    let lb = t.cli_json(&nodes[0], &["lb", "ls"])?;
+    let vs = &lb.as_array().unwrap()[0];
+    assert_eq!(vs["scheduler"], "rr");
+    assert_eq!(vs["backends"].as_array().unwrap().len(), 3);
+    let conns: u64 = vs["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["active"].as_u64().unwrap() + b["inactive"].as_u64().unwrap())
+        .sum();
+    assert!(conns >= 30, "lb ls counts {conns} connections: {lb}");
+    assert!(t.cli_ok(&nodes[0], &["lb", "ls"])?.contains("FWM  256 rr"));
+    assert!(
+        t.cli_json(&nodes[0], &["conntrack", "ls"])?
+            .as_array()
+            .unwrap()
+            .len()
+            >= 30
+    );
+    let ls = t.cli_json(&nodes[1], &["service", "ls"])?;
+    assert_eq!(ls[0]["tasks"], 3);
+
+    // a task removed leaves the balancer
+    t.cli_ok(&nodes[0], &["endpoint", "rm", &tasks[2].id])?;
+    let gone = eventually(Duration::from_secs(3), || {
+        let lb = t.cli_json(&nodes[0], &["lb", "ls"])?;
+        Ok(lb[0]["backends"].as_array().map(|b| b.len()) == Some(2))
+    })?;
+    assert!(gone, "the removed task is still a backend");
+    for _ in 0..10 {
+        assert_ne!(ask(&client, target)?.0, "task3");
+    }
+
+    // what is not built yet is refused, and nothing half-made stays
+    let o = t.cli(
+        &nodes[0],
+        &[
+            "service",
+            "create",
+            "pub",
+            "--network",
+            "web",
+            "--publish",
+            "8080:80",
+        ],
+    )?;
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("ingress"));
+    let o = t.cli(&nodes[0], &["service", "rm", "api"])?;
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("task"));
+    let stray = t.add_container("stray")?;
+    let o = t.cli(
+        &nodes[0],
+        &[
+            "endpoint",
+            "create",
+            "--network",
+            "web",
+            "--netns",
+            &stray,
+            "--service",
+            "nosuch",
+        ],
+    )?;
+    assert!(
+        !o.status.success()
+            && String::from_utf8_lossy(&o.stderr).contains("no service named nosuch")
+    );
+    assert_eq!(
+        t.cli_json(&nodes[0], &["service", "ls"])?
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    Ok(())
+}
