@@ -120,6 +120,8 @@ pub struct Counters {
     pub flooded: u64,
     /// MACs learned from static peer VTEPs.
     pub learned: u64,
+    /// DNS queries answered by the embedded DNS.
+    pub dns_answers: u64,
     /// WireGuard datagrams sent and received (data and handshakes).
     pub tunnel_tx: u64,
     pub tunnel_rx: u64,
@@ -145,6 +147,7 @@ impl Counters {
         self.neighbor_replies += o.neighbor_replies;
         self.flooded += o.flooded;
         self.learned += o.learned;
+        self.dns_answers += o.dns_answers;
         self.tunnel_tx += o.tunnel_tx;
         self.tunnel_rx += o.tunnel_rx;
         for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {

@@ -25,6 +25,11 @@ pub(crate) fn create(ns: &str) -> Result<()> {
 pub(crate) fn delete(ns: &str) -> Result<()> {
     let _guard = NETNS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     command::tool_ok("ip", &["netns", "del", ns])?;
+    // per-namespace files iproute2 reads (the agent writes resolv.conf there)
+    let etc = std::path::Path::new("/etc/netns").join(ns);
+    if etc.exists() {
+        let _ = std::fs::remove_dir_all(etc);
+    }
     Ok(())
 }
 

@@ -179,3 +179,68 @@ fn a_vip_balances_over_tasks_on_three_nodes() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// The embedded DNS at the gateway: a service name is its VIP, `tasks.NAME` every
+/// task (rotated), a container its namespace's name; containers' resolv.conf
+/// points at it, so the system resolver finds them.
+#[test]
+fn service_names_resolve_in_containers() -> anyhow::Result<()> {
+    let mut t = Topology::new("dns")?;
+    let n1 = t.add_node("n1")?;
+    let n2 = t.add_node("n2")?;
+    t.start_agent(&n1, &[])?;
+    t.start_agent(&n2, &[])?;
+    t.cli_ok(&n1, &["network", "create", "d", "--subnet", "10.46.0.0/24"])?;
+    let svc = t.cli_json(&n1, &["service", "create", "db", "--network", "d"])?;
+    let vip = svc["vips"]["d"].as_str().unwrap().to_string();
+    let t1 = t.add_container("t1")?;
+    let t2 = t.add_container("t2")?;
+    let e1 = endpoint(&t, &n1, "d", &t1, &["--service", "db"])?;
+    let e2 = endpoint(&t, &n2, "d", &t2, &["--service", "db"])?;
+    let c = t.add_container("c")?;
+    endpoint(&t, &n2, "d", &c, &[])?;
+    let resolv = exec_ok(&c, &["cat", "/etc/resolv.conf"])?;
+    assert!(resolv.contains("nameserver 10.46.0.1"), "{resolv}");
+    let hosts = |name: &str| -> anyhow::Result<Vec<String>> {
+        let out = exec(&c, &["getent", "ahostsv4", name])?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let mut ips: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.split_whitespace().next().map(String::from))
+            .collect();
+        ips.dedup();
+        Ok(ips)
+    };
+    assert_eq!(hosts("db")?, vec![vip.clone()]);
+    let mut tasks = hosts("tasks.db")?;
+    tasks.sort();
+    let mut want = vec![e1.ip.clone(), e2.ip.clone()];
+    want.sort();
+    assert_eq!(tasks, want);
+    // the first answer rotates between queries (gethostbyname keeps the DNS
+    // order; getaddrinfo re-sorts addresses, so it cannot show this)
+    let firsts: std::collections::BTreeSet<String> = (0..6)
+        .filter_map(|_| {
+            let out = exec(&c, &["getent", "hosts", "tasks.db"]).ok()?;
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .next()
+                .map(String::from)
+        })
+        .collect();
+    assert_eq!(firsts.len(), 2, "tasks.db is not rotated: {firsts:?}");
+    assert_eq!(hosts(&t1)?, vec![e1.ip.clone()], "a container by its name");
+    assert!(hosts("nosuch.example")?.is_empty());
+    let counted = eventually(std::time::Duration::from_secs(2), || {
+        Ok(t.cli_json(&n2, &["stats"])?["dns_answers"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 5)
+    })?;
+    assert!(
+        counted,
+        "DNS answers not counted: {}",
+        t.cli_json(&n2, &["stats"])?
+    );
+    Ok(())
+}

@@ -153,7 +153,54 @@ async fn veth_peer(netns: &Path, host: &str) -> Result<Option<String>, AttachErr
     }))
 }
 
+/// Where iproute2 looks for a named namespace's own resolv.conf: `ip netns exec`
+/// bind-mounts it over /etc/resolv.conf.
+fn resolv_conf(netns: &str) -> Option<PathBuf> {
+    (!netns.contains('/')).then(|| Path::new("/etc/netns").join(netns).join("resolv.conf"))
+}
+
+fn marker(ep: &Endpoint) -> String {
+    format!("# written by vxmesh for endpoint {}", ep.id)
+}
+
+/// Points a named namespace's resolver at the network's gateway, where the
+/// embedded DNS answers, unless it has one already (a first network wins).
+fn write_resolv_conf(ep: &Endpoint, net: &Network) {
+    let (Some(path), Some(gw)) = (
+        resolv_conf(&ep.netns),
+        net.gateways.iter().find(|g| g.is_ipv4()),
+    ) else {
+        return;
+    };
+    if path.exists() {
+        return;
+    }
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    if let Err(e) = std::fs::write(&path, format!("{}\nnameserver {gw}\n", marker(ep))) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot write the namespace's resolv.conf");
+    }
+}
+
+/// Removes the resolv.conf written for `ep` (and its directory, if then empty).
+pub fn forget_resolv_conf(ep: &Endpoint) {
+    let Some(path) = resolv_conf(&ep.netns) else {
+        return;
+    };
+    let ours = std::fs::read_to_string(&path)
+        .map(|s| s.starts_with(&marker(ep)))
+        .unwrap_or(false);
+    if ours {
+        let _ = std::fs::remove_file(&path);
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
 async fn configure(ns: &Path, ep: &Endpoint, net: &Network, mtu: u32) -> Result<(), AttachError> {
+    write_resolv_conf(ep, net);
     let m = mtu.to_string();
     let dev = ep.ifname.as_str();
     ip_in(

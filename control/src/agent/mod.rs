@@ -546,6 +546,7 @@ impl Agent {
             .await?;
         if let Some(p) = ports.by_endpoint.remove(&ep.id) {
             self.worker.remove_port(p.port);
+            attach::forget_resolv_conf(&ep);
         }
         if let Ok(snap) = self.load().await {
             self.publish(&snap.state, &ports);

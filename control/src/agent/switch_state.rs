@@ -138,6 +138,37 @@ pub fn build(
                 },
             );
         }
+        // names: a service is its VIP, tasks.NAME every task; a container is
+        // named after its namespace
+        for svc in st
+            .services
+            .values()
+            .filter(|s| s.networks.contains(&net.name))
+        {
+            let tasks: Vec<IpAddr> = st
+                .endpoints_on(&net.name)
+                .filter(|e| e.service.as_deref() == Some(svc.name.as_str()))
+                .flat_map(|e| e.ips.iter().copied())
+                .collect();
+            let name = svc.name.to_lowercase();
+            match svc.vips.get(&net.name) {
+                Some(vip) => v.dns.insert(name.clone(), vec![*vip]),
+                None => v.dns.insert(name.clone(), tasks.clone()),
+            };
+            v.dns.insert(format!("tasks.{name}"), tasks);
+        }
+        for ep in st.endpoints_on(&net.name) {
+            let base = ep
+                .netns
+                .rsplit('/')
+                .next()
+                .unwrap_or(&ep.netns)
+                .to_lowercase();
+            v.dns
+                .entry(base)
+                .or_default()
+                .extend(ep.ips.iter().copied());
+        }
         v.local_ports.sort();
         out.networks.insert(net.vni, v);
     }

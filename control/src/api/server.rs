@@ -305,6 +305,7 @@ async fn stats(State(a): Ag) -> Res {
         "neighbor_replies": c.neighbor_replies,
         "flooded": c.flooded,
         "learned": c.learned,
+        "dns_answers": c.dns_answers,
         "drops": drops,
         "workers": a
             .worker_counters()

@@ -16,7 +16,8 @@ use crate::conntrack::{Conntrack, Dir, Key};
 use crate::counters::{Counters, DropReason};
 use crate::lb::nat::{self, Side};
 use crate::lb::scheduler::{self, Scheduler};
-use crate::wire::{flow_hash::flow_hash, icmp_too_big, neighbor, vxlan};
+use crate::offload::checksum;
+use crate::wire::{dns, flow_hash::flow_hash, icmp_too_big, neighbor, vxlan};
 use crate::Mac;
 use etherparse::{Ipv4HeaderSlice, Ipv6HeaderSlice};
 use rustc_hash::FxHashMap;
@@ -65,6 +66,8 @@ pub struct Switch {
     conntrack: Arc<Mutex<Conntrack>>,
     /// This worker's scheduler state per (VNI, fwmark), rebuilt on state changes.
     schedulers: FxHashMap<(u32, u32), Scheduler>,
+    /// Rotates multi-address DNS answers (`tasks.NAME`), query by query.
+    dns_rotate: usize,
 }
 
 /// The 5-tuple of an IPv4 TCP/UDP frame, and its TCP flags.
@@ -112,7 +115,64 @@ impl Switch {
             counters: Counters::default(),
             conntrack,
             schedulers: FxHashMap::default(),
+            dns_rotate: 0,
         }
+    }
+
+    /// A DNS query to a gateway address: answered in place from the network's
+    /// names. `None`: not a DNS query for the gateway.
+    fn dns<'s>(
+        &mut self,
+        net: &NetworkView,
+        port: PortId,
+        buf: &mut PacketBuf,
+    ) -> Option<Action<'s>> {
+        let (key, _) = five_tuple(buf.data(), net.vni)?;
+        if key.proto != 17 || key.dport != 53 || !net.gateways.contains(&IpAddr::V4(key.dst)) {
+            return None;
+        }
+        let f = buf.data();
+        let payload_off = ETH_HDR + usize::from(f[ETH_HDR] & 0x0f) * 4 + 8;
+        let client: Mac = [f[6], f[7], f[8], f[9], f[10], f[11]];
+        self.dns_rotate = self.dns_rotate.wrapping_add(1);
+        let Some(resp) = dns::answer(f.get(payload_off..)?, self.dns_rotate, |n| {
+            net.dns.get(n).cloned()
+        }) else {
+            return Some(self.drop(DropReason::Malformed));
+        };
+        let udp_len = 8 + resp.len();
+        let total = ETH_HDR + 20 + udp_len;
+        let room = buf.frame_room();
+        if room.len() < total || udp_len > usize::from(u16::MAX) - 20 {
+            return Some(self.drop(DropReason::TooBig));
+        }
+        room[0..6].copy_from_slice(&client);
+        room[6..12].copy_from_slice(&net.gateway_mac);
+        room[12..14].copy_from_slice(&ETHERTYPE_IPV4);
+        let ip = &mut room[ETH_HDR..ETH_HDR + 20];
+        ip.copy_from_slice(&[
+            0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ]);
+        ip[2..4].copy_from_slice(&((20 + udp_len) as u16).to_be_bytes());
+        ip[12..16].copy_from_slice(&key.dst.octets());
+        ip[16..20].copy_from_slice(&key.src.octets());
+        let c = checksum::ipv4_header(ip);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        let u = ETH_HDR + 20;
+        room[u..u + 2].copy_from_slice(&53u16.to_be_bytes());
+        room[u + 2..u + 4].copy_from_slice(&key.sport.to_be_bytes());
+        room[u + 4..u + 6].copy_from_slice(&(udp_len as u16).to_be_bytes());
+        room[u + 6..u + 8].copy_from_slice(&[0, 0]);
+        room[u + 8..u + udp_len].copy_from_slice(&resp);
+        let pseudo = checksum::pseudo(&key.dst.octets(), &key.src.octets(), 17, udp_len as u32);
+        let mut c = !checksum::fold(checksum::add(pseudo, &room[u..u + udp_len]));
+        if c == 0 {
+            c = 0xffff;
+        }
+        room[u + 6..u + 8].copy_from_slice(&c.to_be_bytes());
+        buf.set_len(total);
+        self.counters.dns_answers += 1;
+        Some(Action::Reply(port))
     }
 
     /// Brings per-worker derived state in line with a new control-plane state:
@@ -327,6 +387,9 @@ impl Switch {
             return self.flood(net, Some(port), buf);
         }
         if dst == net.gateway_mac {
+            if let Some(a) = self.dns(net, port, buf) {
+                return a;
+            }
             // to the gateway: a service VIP (balanced here, on the client's node)
             // or something to route, which nothing does yet
             if let Err(r) = self.balance(net, buf, now_ms) {

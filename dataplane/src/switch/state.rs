@@ -52,6 +52,8 @@ pub struct NetworkView {
     pub vips: FxHashMap<Ipv4Addr, u32>,
     /// Virtual services by fwmark: scheduler and backends (the tasks on this network).
     pub services: FxHashMap<u32, ServiceView>,
+    /// Names the embedded DNS answers on this network (lowercase, no trailing dot).
+    pub dns: FxHashMap<String, Vec<IpAddr>>,
 }
 
 /// A virtual service as one network sees it.

@@ -1,5 +1,6 @@
 //! Wire formats etherparse does not cover, and small helpers over the ones it does.
 
+pub mod dns;
 pub mod flow_hash;
 pub mod icmp_too_big;
 pub mod neighbor;

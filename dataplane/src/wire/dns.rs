@@ -1,0 +1,114 @@
+//! The embedded DNS: answers A/AAAA for names the control plane publishes
+//! (service → VIP, `tasks.NAME` → every task, rotated; container names), at the
+//! network's gateway address. The wire format is hickory-proto's. A query is rare
+//! next to data frames, so building the answer may allocate.
+
+use hickory_proto::op::{Message, MessageType, Metadata, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::{A, AAAA};
+use hickory_proto::rr::{RData, Record, RecordType};
+use std::net::IpAddr;
+
+/// How long clients may cache an answer: short, since tasks come and go.
+const TTL: u32 = 5;
+
+/// Answers the DNS query in `query` from `lookup` (a lowercase name without the
+/// trailing dot → its addresses), rotating multi-address answers by `rotate`.
+/// `None` for anything that is not a well-formed standard query.
+pub fn answer(
+    query: &[u8],
+    rotate: usize,
+    lookup: impl Fn(&str) -> Option<Vec<IpAddr>>,
+) -> Option<Vec<u8>> {
+    let req = Message::from_vec(query).ok()?;
+    if req.metadata.message_type != MessageType::Query || req.metadata.op_code != OpCode::Query {
+        return None;
+    }
+    let q = req.queries.first()?.clone();
+    let mut resp = Message::response(req.metadata.id, OpCode::Query);
+    resp.metadata = Metadata::response_from_request(&req.metadata);
+    resp.metadata.authoritative = true;
+    resp.add_query(q.clone());
+    let name = q.name().to_lowercase().to_ascii();
+    let name = name.trim_end_matches('.');
+    match lookup(name) {
+        None => {
+            // not ours; forwarding to the node's resolvers is not built yet
+            resp.metadata.response_code = ResponseCode::Refused;
+        }
+        Some(mut addrs) => {
+            if !addrs.is_empty() {
+                let k = rotate % addrs.len();
+                addrs.rotate_left(k);
+            }
+            for a in addrs {
+                let rdata = match (q.query_type(), a) {
+                    (RecordType::A, IpAddr::V4(v4)) => RData::A(A(v4)),
+                    (RecordType::AAAA, IpAddr::V6(v6)) => RData::AAAA(AAAA(v6)),
+                    _ => continue,
+                };
+                resp.add_answer(Record::from_rdata(q.name().clone(), TTL, rdata));
+            }
+        }
+    }
+    resp.to_vec().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::op::Query;
+    use hickory_proto::rr::Name;
+    use std::str::FromStr;
+
+    fn query(name: &str, t: RecordType) -> Vec<u8> {
+        let mut m = Message::new(7, MessageType::Query, OpCode::Query);
+        m.add_query(Query::query(Name::from_str(name).unwrap(), t));
+        m.to_vec().unwrap()
+    }
+
+    fn table(n: &str) -> Option<Vec<IpAddr>> {
+        match n {
+            "api" => Some(vec!["10.0.0.100".parse().unwrap()]),
+            "tasks.api" => Some(vec![
+                "10.0.0.2".parse().unwrap(),
+                "10.0.0.3".parse().unwrap(),
+                "fd00::2".parse().unwrap(),
+            ]),
+            _ => None,
+        }
+    }
+
+    fn ips(resp: &[u8]) -> (ResponseCode, Vec<String>) {
+        let m = Message::from_vec(resp).unwrap();
+        (
+            m.metadata.response_code,
+            m.answers.iter().map(|r| r.data.to_string()).collect(),
+        )
+    }
+
+    #[test]
+    fn names_vips_tasks_rotated_and_refused() {
+        let r = answer(&query("API.", RecordType::A), 0, table).unwrap();
+        assert_eq!(
+            ips(&r),
+            (ResponseCode::NoError, vec!["10.0.0.100".to_string()])
+        );
+        let a = ips(&answer(&query("tasks.api.", RecordType::A), 0, table).unwrap()).1;
+        let b = ips(&answer(&query("tasks.api.", RecordType::A), 1, table).unwrap()).1;
+        assert_eq!(a.len(), 2);
+        assert_ne!(a[0], b[0], "rotated");
+        let v6 = ips(&answer(&query("tasks.api.", RecordType::AAAA), 0, table).unwrap()).1;
+        assert_eq!(v6, vec!["fd00::2".to_string()]);
+        assert_eq!(
+            ips(&answer(&query("example.org.", RecordType::A), 0, table).unwrap()).0,
+            ResponseCode::Refused
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics(data in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            let _ = answer(&data, 3, table);
+        }
+    }
+}
