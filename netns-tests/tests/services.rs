@@ -102,9 +102,30 @@ fn a_vip_balances_over_tasks_on_three_nodes() -> anyhow::Result<()> {
     assert_eq!(seen.len(), 3, "not every task was used: {seen:?}");
     assert!(seen.values().all(|&n| n >= 4), "uneven: {seen:?}");
 
+    // UDP through the VIP: each task answers from its own echo server
+    let mut udp = Vec::new();
+    for (i, e) in tasks.iter().enumerate() {
+        udp.push(udp_echo_server(
+            &format!("{}-t{}", t.prefix(), i + 1),
+            SocketAddr::new(e.ip.parse()?, 9090),
+        )?);
+    }
+    let back = udp_roundtrip(
+        &client,
+        SocketAddr::new(vip, 9090),
+        b"ping over udp",
+        Duration::from_secs(5),
+    )?;
+    assert_eq!(back, b"ping over udp");
+
     // the balancer's view, ipvsadm-style, and the tracked connections
     let lb = t.cli_json(&nodes[0], &["lb", "ls"])?;
-    let vs = &lb.as_array().unwrap()[0];
+    let of = |lb: &serde_json::Value, vip: std::net::IpAddr| {
+        lb.as_array()
+            .and_then(|a| a.iter().find(|v| v["vip"] == vip.to_string()).cloned())
+            .unwrap_or_default()
+    };
+    let vs = &of(&lb, vip);
     assert_eq!(vs["scheduler"], "rr");
     assert_eq!(vs["backends"].as_array().unwrap().len(), 3);
     let conns: u64 = vs["backends"]
@@ -124,12 +145,47 @@ fn a_vip_balances_over_tasks_on_three_nodes() -> anyhow::Result<()> {
     );
     let ls = t.cli_json(&nodes[1], &["service", "ls"])?;
     assert_eq!(ls[0]["tasks"], 3);
+    assert!(t
+        .cli_json(&nodes[0], &["conntrack", "ls"])?
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["proto"] == "udp"));
+
+    // maglev: one flow, one task, whichever connection of it; lc: spread
+    t.cli_ok(
+        &nodes[0],
+        &[
+            "service",
+            "create",
+            "mg",
+            "--network",
+            "web",
+            "--scheduler",
+            "maglev",
+        ],
+    )?;
+    let lc = t.cli_json(
+        &nodes[0],
+        &[
+            "service",
+            "create",
+            "lc",
+            "--network",
+            "web",
+            "--scheduler",
+            "lc",
+        ],
+    )?;
+    assert_eq!(lc["scheduler"], "lc");
+    let mg = t.cli_json(&nodes[0], &["service", "inspect", "mg"])?;
+    assert_eq!(mg["scheduler"], "maglev");
 
     // a task removed leaves the balancer
     t.cli_ok(&nodes[0], &["endpoint", "rm", &tasks[2].id])?;
     let gone = eventually(Duration::from_secs(3), || {
         let lb = t.cli_json(&nodes[0], &["lb", "ls"])?;
-        Ok(lb[0]["backends"].as_array().map(|b| b.len()) == Some(2))
+        Ok(of(&lb, vip)["backends"].as_array().map(|b| b.len()) == Some(2))
     })?;
     assert!(gone, "the removed task is still a backend");
     for _ in 0..10 {
@@ -175,7 +231,8 @@ fn a_vip_balances_over_tasks_on_three_nodes() -> anyhow::Result<()> {
             .as_array()
             .unwrap()
             .len(),
-        1
+        3,
+        "api, mg and lc, nothing else"
     );
     Ok(())
 }
@@ -230,6 +287,26 @@ fn service_names_resolve_in_containers() -> anyhow::Result<()> {
         .collect();
     assert_eq!(firsts.len(), 2, "tasks.db is not rotated: {firsts:?}");
     assert_eq!(hosts(&t1)?, vec![e1.ip.clone()], "a container by its name");
+    // dnsrr: no VIP; the name is every task
+    let rr = t.cli_json(
+        &n1,
+        &[
+            "service",
+            "create",
+            "cache",
+            "--network",
+            "d",
+            "--endpoint-mode",
+            "dnsrr",
+        ],
+    )?;
+    assert!(rr["vips"].as_object().is_none_or(|v| v.is_empty()), "{rr}");
+    let r1 = t.add_container("r1")?;
+    let er = endpoint(&t, &n1, "d", &r1, &["--service", "cache"])?;
+    let found = eventually(std::time::Duration::from_secs(3), || {
+        Ok(hosts("cache")? == vec![er.ip.clone()])
+    })?;
+    assert!(found, "dnsrr name: {:?}", hosts("cache")?);
     assert!(hosts("nosuch.example")?.is_empty());
     let counted = eventually(std::time::Duration::from_secs(2), || {
         Ok(t.cli_json(&n2, &["stats"])?["dns_answers"]

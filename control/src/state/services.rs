@@ -148,7 +148,7 @@ pub fn create_service(st: &mut ClusterState, spec: &ServiceSpec) -> Result<Servi
 }
 
 /// What this version cannot do yet is refused, never stored and ignored: the
-/// routing mesh's ingress, health probes and embedded DNS come later.
+/// routing mesh's ingress and health probes come later.
 fn not_yet(spec: &ServiceSpec) -> Result<(), StateError> {
     if !spec.publish.is_empty() {
         return Err(StateError::Invalid(
@@ -158,11 +158,6 @@ fn not_yet(spec: &ServiceSpec) -> Result<(), StateError> {
     if spec.health.is_some() {
         return Err(StateError::Invalid(
             "--health probes are not available in this version yet".into(),
-        ));
-    }
-    if spec.endpoint_mode.as_deref() == Some("dnsrr") {
-        return Err(StateError::Invalid(
-            "--endpoint-mode dnsrr needs the embedded DNS, which this version does not have yet: use vip".into(),
         ));
     }
     Ok(())
@@ -459,10 +454,9 @@ mod tests {
         let mut s = spec("w", &[]);
         s.endpoint_mode = Some("dnsrr".into());
         assert!(
-            create_service(&mut st, &s).is_err(),
-            "no DNS yet: refused, not ignored"
+            create_service(&mut st, &s).unwrap().vips.is_empty(),
+            "dnsrr: names only, no VIP"
         );
-        assert!(build_service(&mut st, &s).unwrap().vips.is_empty());
         let e = create_service(&mut st, &spec("p", &["8080:80"])).unwrap_err();
         assert!(e.to_string().contains("ingress"), "{e}");
         assert_eq!(
