@@ -321,3 +321,72 @@ fn service_names_resolve_in_containers() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A task whose health probe fails leaves the balancer and DNS on every node
+/// (and comes back when it answers again).
+#[test]
+fn an_unhealthy_task_leaves_the_balancer_and_dns() -> anyhow::Result<()> {
+    let mut t = Topology::new("health")?;
+    let n1 = t.add_node("n1")?;
+    let n2 = t.add_node("n2")?;
+    t.start_agent(&n1, &[])?;
+    t.start_agent(&n2, &[])?;
+    t.cli_ok(&n1, &["network", "create", "h", "--subnet", "10.47.0.0/24"])?;
+    let svc = t.cli_json(
+        &n1,
+        &[
+            "service",
+            "create",
+            "hc",
+            "--network",
+            "h",
+            "--health",
+            "tcp:8080",
+            "--health-interval",
+            "300ms",
+        ],
+    )?;
+    let vip: std::net::IpAddr = svc["vips"]["h"].as_str().unwrap().parse()?;
+    let (t1, t2) = (t.add_container("t1")?, t.add_container("t2")?);
+    let e1 = endpoint(&t, &n1, "h", &t1, &["--service", "hc"])?;
+    let e2 = endpoint(&t, &n2, "h", &t2, &["--service", "hc"])?;
+    let _s1 = name_server(&t1, SocketAddr::new(e1.ip.parse()?, 8080), "task1")?;
+    let s2 = name_server(&t2, SocketAddr::new(e2.ip.parse()?, 8080), "task2")?;
+    let c = t.add_container("c")?;
+    endpoint(&t, &n1, "h", &c, &[])?;
+    let target = SocketAddr::new(vip, 8080);
+    let names = |n: usize| -> anyhow::Result<BTreeMap<String, usize>> {
+        let mut seen = BTreeMap::new();
+        for _ in 0..n {
+            *seen.entry(ask(&c, target)?.0).or_default() += 1;
+        }
+        Ok(seen)
+    };
+    assert_eq!(names(10)?.len(), 2, "both tasks serve while healthy");
+
+    // task2 stops answering: out of the balancer (seen from n1) and of DNS
+    drop(s2);
+    let out = eventually(Duration::from_secs(5), || {
+        let lb = t.cli_json(&n1, &["lb", "ls"])?;
+        Ok(lb[0]["backends"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|b| b["address"] == e2.ip && b["healthy"] == false))
+    })?;
+    assert!(
+        out,
+        "task2 still healthy: {}",
+        t.cli_json(&n1, &["lb", "ls"])?
+    );
+    let seen = names(10)?;
+    assert_eq!(seen.keys().collect::<Vec<_>>(), vec!["task1"], "{seen:?}");
+    let tasks = exec_ok(&c, &["getent", "ahostsv4", "tasks.hc"])?;
+    assert!(!tasks.contains(&e2.ip) && tasks.contains(&e1.ip), "{tasks}");
+
+    // back when it answers again
+    let _s2 = name_server(&t2, SocketAddr::new(e2.ip.parse()?, 8080), "task2")?;
+    let back = eventually(Duration::from_secs(5), || Ok(names(6)?.len() == 2))?;
+    assert!(back, "task2 did not come back");
+    Ok(())
+}

@@ -2,6 +2,7 @@
 //! and serves the API the CLI talks to.
 
 pub mod attach;
+pub mod health;
 pub mod iproute;
 pub mod keys;
 pub mod switch_state;
@@ -401,6 +402,68 @@ impl Agent {
         Ok(())
     }
 
+    /// Probes this node's tasks whose service has `--health`, each every
+    /// `--health-interval` (default 5 s), and writes verdicts to the store:
+    /// unhealthy after 2 failures in a row, healthy after 1 success.
+    pub async fn probe_tasks(self: Arc<Self>) {
+        let mut last: HashMap<String, std::time::Instant> = HashMap::new();
+        let mut fails: HashMap<String, u32> = HashMap::new();
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let st = self.last_state();
+            last.retain(|id, _| st.endpoints.contains_key(id));
+            fails.retain(|id, _| st.endpoints.contains_key(id));
+            for ep in st.endpoints.values().filter(|e| e.node == self.node) {
+                let Some(svc) = ep.service.as_ref().and_then(|s| st.services.get(s)) else {
+                    continue;
+                };
+                let Some(probe) = svc.health.as_deref().and_then(health::Probe::parse) else {
+                    continue;
+                };
+                let every = Duration::from_millis(svc.health_interval_ms.unwrap_or(5000).max(100));
+                if last.get(&ep.id).is_some_and(|t| t.elapsed() < every) {
+                    continue;
+                }
+                last.insert(ep.id.clone(), std::time::Instant::now());
+                let Some(ip) = ep.ips.first().copied() else {
+                    continue;
+                };
+                let path = attach::netns_path(&ep.netns);
+                let timeout = every.min(Duration::from_secs(2));
+                let ok =
+                    tokio::task::spawn_blocking(move || health::probe(path, ip, probe, timeout))
+                        .await
+                        .unwrap_or(false);
+                let n = fails.entry(ep.id.clone()).or_default();
+                *n = if ok { 0 } else { *n + 1 };
+                let verdict = match (ok, *n) {
+                    (true, _) => "healthy",
+                    (false, n) if n >= 2 => "unhealthy",
+                    _ => continue,
+                };
+                if ep.health.as_deref() != Some(verdict) {
+                    let (id, v) = (ep.id.clone(), verdict.to_string());
+                    let r = self
+                        .transact(move |st| {
+                            if let Some(e) = st.endpoints.get_mut(&id) {
+                                e.health = Some(v.clone());
+                            }
+                            Ok(())
+                        })
+                        .await;
+                    match r {
+                        Ok(()) => {
+                            tracing::info!(endpoint = %ep.id, health = verdict, "task health changed")
+                        }
+                        Err(e) => {
+                            tracing::warn!(endpoint = %ep.id, error = %e, "cannot record task health")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Makes this node's ports and switch match `snap`.
     async fn reconcile(&self, snap: Snapshot) {
         let st = &snap.state;
@@ -567,6 +630,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let agent = Agent::start(&cfg).await?;
     let listener = crate::api::server::bind(&cfg.api)?;
     tokio::spawn(agent.clone().follow());
+    tokio::spawn(agent.clone().probe_tasks());
     let api = tokio::spawn(crate::api::server::serve(listener, agent.clone()));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

@@ -122,7 +122,7 @@ pub fn build(
                         IpAddr::V4(a) => Some(BackendView {
                             ip: *a,
                             weight: 1,
-                            healthy: true,
+                            healthy: e.health.as_deref() != Some("unhealthy"),
                         }),
                         IpAddr::V6(_) => None,
                     })
@@ -148,6 +148,7 @@ pub fn build(
             let tasks: Vec<IpAddr> = st
                 .endpoints_on(&net.name)
                 .filter(|e| e.service.as_deref() == Some(svc.name.as_str()))
+                .filter(|e| e.health.as_deref() != Some("unhealthy"))
                 .flat_map(|e| e.ips.iter().copied())
                 .collect();
             let name = svc.name.to_lowercase();

@@ -95,21 +95,21 @@ struct AgentArgs {
 
 /// `90s`, `30m`, `12h`, `1d`, or plain seconds.
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("{s:?} is not a duration like 500ms, 90s, 30m, 12h or 1d");
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 90s, 30m, 12h or 1d"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
-        _ => return Err(format!("{s:?} is not a duration like 90s, 30m, 12h or 1d")),
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let ms = match unit {
+        "ms" => n,
+        "" | "s" => n * 1000,
+        "m" => n * 60_000,
+        "h" => n * 3_600_000,
+        "d" => n * 86_400_000,
+        _ => return Err(bad()),
     };
-    if secs == 0 {
-        return Err("a rotation interval must be longer than 0".into());
+    if ms == 0 {
+        return Err("a duration must be longer than 0".into());
     }
-    Ok(std::time::Duration::from_secs(secs))
+    Ok(std::time::Duration::from_millis(ms))
 }
 
 #[derive(Subcommand, Debug)]

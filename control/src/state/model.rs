@@ -99,6 +99,10 @@ pub struct Endpoint {
     /// which finds its attachments by it on DEL, CHECK and GC.
     #[serde(default)]
     pub owner: Option<String>,
+    /// `healthy` or `unhealthy` once its service's probe has run; unhealthy tasks
+    /// leave the balancer and DNS on every node.
+    #[serde(default)]
+    pub health: Option<String>,
     #[serde(default)]
     pub created: u64,
 }

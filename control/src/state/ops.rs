@@ -425,6 +425,7 @@ pub fn create_endpoint(
         veth: spec.veth.clone(),
         service: spec.service.clone(),
         owner: spec.owner.clone(),
+        health: None,
         created: unix_now(),
     };
     st.endpoints.insert(id, ep.clone());

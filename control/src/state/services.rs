@@ -148,16 +148,11 @@ pub fn create_service(st: &mut ClusterState, spec: &ServiceSpec) -> Result<Servi
 }
 
 /// What this version cannot do yet is refused, never stored and ignored: the
-/// routing mesh's ingress and health probes come later.
+/// routing mesh's ingress comes later.
 fn not_yet(spec: &ServiceSpec) -> Result<(), StateError> {
     if !spec.publish.is_empty() {
         return Err(StateError::Invalid(
             "--publish needs the ingress routing mesh, which this version does not have yet: the service's VIP balances traffic inside its networks".into(),
-        ));
-    }
-    if spec.health.is_some() {
-        return Err(StateError::Invalid(
-            "--health probes are not available in this version yet".into(),
         ));
     }
     Ok(())
@@ -172,7 +167,7 @@ pub fn check_publish_supported(add: &[String]) -> Result<(), StateError> {
 }
 
 /// The whole of service creation, publishing and all: what `create_service` does
-/// once ingress, health and DNS exist (tested on its own meanwhile).
+/// once ingress exists (tested on its own meanwhile).
 fn build_service(st: &mut ClusterState, spec: &ServiceSpec) -> Result<Service, StateError> {
     super::ops::valid_name("service", &spec.name)?;
     if st.services.contains_key(&spec.name) {

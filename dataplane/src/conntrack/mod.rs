@@ -289,6 +289,26 @@ impl Conntrack {
         ids.len()
     }
 
+    /// Forgets every connection of service `service` in `zone` to backend `ip`
+    /// (it went unhealthy or away). Its clients' next packets are scheduled anew,
+    /// and for TCP the new backend answers the stray segment with a RST.
+    pub fn forget_backend(&mut self, zone: u32, service: u32, ip: Ipv4Addr) -> usize {
+        let ids: Vec<u32> = self
+            .slab
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| {
+                e.as_ref()
+                    .filter(|e| e.orig.zone == zone && e.service == service && e.reply.src == ip)
+                    .map(|_| i as u32)
+            })
+            .collect();
+        for &id in &ids {
+            self.remove(id);
+        }
+        ids.len()
+    }
+
     /// Active (established) and inactive connections of one backend, as
     /// `ipvsadm -Ln` shows them.
     pub fn counts(&self, service: u32, backend: u32) -> (u32, u32) {

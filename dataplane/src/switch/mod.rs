@@ -187,6 +187,19 @@ impl Switch {
                 let table = crate::lb::maglev::DEFAULT_SIZE;
                 self.schedulers
                     .insert((*vni, *mark), Scheduler::new(svc.scheduler, &refs, table));
+                let sick: Vec<Ipv4Addr> = svc
+                    .backends
+                    .iter()
+                    .filter(|b| !b.healthy)
+                    .map(|b| b.ip)
+                    .collect();
+                if !sick.is_empty() {
+                    if let Ok(mut ct) = self.conntrack.lock() {
+                        for ip in sick {
+                            ct.forget_backend(*vni, *mark, ip);
+                        }
+                    }
+                }
             }
         }
     }
