@@ -78,8 +78,15 @@ mod tests {
                 "HTTP/1.0 503 Unavailable\r\n\r\n",
             ] {
                 let (mut c, _) = l.accept().unwrap();
+                // read the whole request: closing with unread bytes sends a RST
+                let mut req = Vec::new();
                 let mut buf = [0u8; 256];
-                let _ = c.read(&mut buf);
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match c.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
                 c.write_all(answer.as_bytes()).unwrap();
             }
         });
