@@ -105,6 +105,53 @@ fn main() -> Result<()> {
         .unwrap_or(0.0);
     println!("{:.2} Gbit/s over vxmesh, one TCP stream", bps / 1e9);
 
+    say("A service: one VIP, three tasks (one per node), balanced on the client's node");
+    run(
+        &t,
+        &nodes[0],
+        &["service", "create", "hello", "--network", "demo"],
+    )?;
+    let mut task_servers = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let ns = t.add_container(&format!("hello{}", i + 1))?;
+        let out = run(
+            &t,
+            n,
+            &[
+                "endpoint",
+                "create",
+                "--network",
+                "demo",
+                "--netns",
+                &ns,
+                "--service",
+                "hello",
+            ],
+        )?;
+        let ip = out
+            .split_whitespace()
+            .nth(1)
+            .context("endpoint create prints id and IP")?
+            .to_string();
+        task_servers.push(hello_server(
+            &ns,
+            SocketAddr::new(ip.parse()?, 8000),
+            &format!("task on {}", n.name),
+        )?);
+    }
+    println!("[c1]$ getent hosts hello   (the embedded DNS answers at the gateway)");
+    print!("{}", exec_ok(&ips[0].0, &["getent", "hosts", "hello"])?);
+    let vip: std::net::IpAddr = t.cli_json(&nodes[0], &["service", "inspect", "hello"])?["vips"]
+        ["demo"]
+        .as_str()
+        .context("a VIP")?
+        .parse()?;
+    for _ in 0..6 {
+        let (answer, from) = ask(&ips[0].0, SocketAddr::new(vip, 8000))?;
+        println!("c1 -> {vip}:8000 answered by {answer} (reply from {from})");
+    }
+    run(&t, &nodes[0], &["lb", "ls"])?;
+
     say("The agent's counters on node1 (frames, VXLAN datagrams, drops by reason)");
     run(&t, &nodes[0], &["stats"])?;
 
@@ -113,6 +160,30 @@ fn main() -> Result<()> {
     drop(t);
     println!("done");
     Ok(())
+}
+
+/// A TCP server in `ns` that tells each client who it is.
+fn hello_server(ns: &str, addr: SocketAddr, name: &str) -> Result<()> {
+    let l = in_netns(ns, move || std::net::TcpListener::bind(addr))??;
+    let name = name.to_string();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            let mut c = c;
+            let _ = std::io::Write::write_all(&mut c, name.as_bytes());
+        }
+    });
+    Ok(())
+}
+
+/// Connects from `ns` and returns what the server said and who replied.
+fn ask(ns: &str, to: SocketAddr) -> Result<(String, SocketAddr)> {
+    in_netns(ns, move || -> Result<(String, SocketAddr)> {
+        let mut c = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
+        let peer = c.peer_addr()?;
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut c, &mut s)?;
+        Ok((s, peer))
+    })?
 }
 
 /// Stops a helper process (iperf3 server) however the demo ends.
