@@ -5,6 +5,7 @@ pub mod attach;
 pub mod health;
 pub mod iproute;
 pub mod keys;
+pub mod metrics;
 pub mod switch_state;
 
 use crate::state::{ipam, ops, ClusterState, Endpoint, EndpointSpec, Node, StateError};
@@ -48,6 +49,8 @@ pub struct AgentConfig {
     pub key_rotation_interval: Option<Duration>,
     /// Dataplane workers (default: one per CPU).
     pub workers: Option<usize>,
+    /// Where to serve Prometheus metrics (`GET /metrics`).
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Error)]
@@ -94,6 +97,10 @@ pub struct Agent {
     last_rotation: std::sync::Mutex<std::time::Instant>,
     /// The last state applied, to refresh the tunnels between store changes.
     last_state: std::sync::Mutex<ClusterState>,
+    /// Whether the last store read succeeded (for metrics).
+    store_ok: std::sync::atomic::AtomicBool,
+    /// Endpoints of this node with an interface (for metrics).
+    attached: std::sync::atomic::AtomicUsize,
     /// The tunnel peers last handed to the worker, to log changes only.
     tunnel_peers: std::sync::Mutex<Vec<String>>,
 }
@@ -171,6 +178,8 @@ impl Agent {
             last_rotation: std::sync::Mutex::new(std::time::Instant::now()),
             last_state: std::sync::Mutex::new(ClusterState::default()),
             tunnel_peers: std::sync::Mutex::new(Vec::new()),
+            store_ok: std::sync::atomic::AtomicBool::new(true),
+            attached: std::sync::atomic::AtomicUsize::new(0),
         });
         let mut me = Node::new(&cfg.node, cfg.advertise_addr);
         me.last_seen = crate::state::model::unix_now();
@@ -261,6 +270,18 @@ impl Agent {
         serde_json::Value::Array(out)
     }
 
+    pub fn connection_count(&self) -> usize {
+        self.worker.connections().len()
+    }
+
+    pub fn store_reachable(&self) -> bool {
+        self.store_ok.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn attached_count(&self) -> usize {
+        self.attached.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The connections this node tracks through VIPs.
     pub fn conntrack_table(&self) -> serde_json::Value {
         let rows: Vec<serde_json::Value> = self
@@ -300,7 +321,10 @@ impl Agent {
     pub async fn follow(self: Arc<Self>) {
         let mut rev = u64::MAX;
         loop {
-            match self.load().await {
+            let loaded = self.load().await;
+            self.store_ok
+                .store(loaded.is_ok(), std::sync::atomic::Ordering::Relaxed);
+            match loaded {
                 Ok(snap) => {
                     let r = snap.revision;
                     if r != rev {
@@ -539,6 +563,10 @@ impl Agent {
     }
 
     fn publish(&self, st: &ClusterState, ports: &LocalPorts) {
+        self.attached.store(
+            ports.by_endpoint.len(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let local: FxHashMap<String, PortId> = ports
             .by_endpoint
             .iter()
@@ -629,6 +657,33 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create --data-dir {}", cfg.data_dir.display()))?;
     let agent = Agent::start(&cfg).await?;
     let listener = crate::api::server::bind(&cfg.api)?;
+    if let Some(addr) = cfg.metrics_addr {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot serve metrics on --metrics-addr {addr}"))?;
+        let a = agent.clone();
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let a = a.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        metrics::render(&a),
+                    )
+                }
+            }),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(l, app).await {
+                tracing::error!(error = %e, "metrics server stopped");
+            }
+        });
+        tracing::info!(%addr, "metrics on /metrics");
+    }
     tokio::spawn(agent.clone().follow());
     tokio::spawn(agent.clone().probe_tasks());
     let api = tokio::spawn(crate::api::server::serve(listener, agent.clone()));

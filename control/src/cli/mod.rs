@@ -91,6 +91,9 @@ struct AgentArgs {
     /// Dataplane worker threads, each with its own TAP queue and underlay socket (default: one per CPU)
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
     workers: Option<u16>,
+    /// Serve Prometheus metrics on IP:PORT (GET /metrics)
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// `90s`, `30m`, `12h`, `1d`, or plain seconds.
@@ -266,6 +269,7 @@ pub fn main() -> anyhow::Result<()> {
                 preshared_key_file: a.preshared_key_file,
                 key_rotation_interval: a.key_rotation_interval,
                 workers: a.workers.map(usize::from),
+                metrics_addr: a.metrics_addr,
             };
             tokio::runtime::Runtime::new()?.block_on(agent::run(cfg))
         }
