@@ -390,3 +390,56 @@ fn an_unhealthy_task_leaves_the_balancer_and_dns() -> anyhow::Result<()> {
     assert!(back, "task2 did not come back");
     Ok(())
 }
+
+/// A node that stops (its agent silent) loses its tasks from the other nodes'
+/// balancers within seconds, and gets them back when it returns.
+#[test]
+fn a_stopped_node_leaves_the_balancers_and_comes_back() -> anyhow::Result<()> {
+    let mut t = Topology::new("live")?;
+    let n1 = t.add_node("n1")?;
+    let n2 = t.add_node("n2")?;
+    t.start_agent(&n1, &[])?;
+    t.start_agent(&n2, &[])?;
+    t.cli_ok(&n1, &["network", "create", "l", "--subnet", "10.49.0.0/24"])?;
+    t.cli_ok(&n1, &["service", "create", "s", "--network", "l"])?;
+    let t2 = t.add_container("t2")?;
+    let e2 = endpoint(&t, &n2, "l", &t2, &["--service", "s"])?;
+    fn healthy(t: &Topology, n1: &Node, ip: &str, want: bool) -> anyhow::Result<bool> {
+        let lb = t.cli_json(n1, &["lb", "ls"])?;
+        Ok(lb[0]["backends"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|b| b["address"] == ip && b["healthy"] == want))
+    }
+    fn status(t: &Topology, n1: &Node, name: &str) -> anyhow::Result<String> {
+        let nodes = t.cli_json(n1, &["node", "ls"])?;
+        Ok(nodes
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|n| n["name"] == name)
+            .map(|n| n["status"].to_string())
+            .unwrap_or_default())
+    }
+    assert!(eventually(Duration::from_secs(3), || Ok(status(
+        &t, &n1, "n2"
+    )? == "\"up\""))?);
+    assert!(healthy(&t, &n1, &e2.ip, true)?);
+    t.stop_agent(&n2)?;
+    let out = eventually(Duration::from_secs(8), || healthy(&t, &n1, &e2.ip, false))?;
+    assert!(
+        out,
+        "n2's task still a healthy backend: {}",
+        t.cli_json(&n1, &["lb", "ls"])?
+    );
+    assert_eq!(status(&t, &n1, "n2")?, "\"down\"");
+    assert!(t.cli_ok(&n1, &["node", "ls"])?.contains("down"));
+    t.start_agent(&n2, &[])?;
+    assert!(
+        eventually(Duration::from_secs(8), || healthy(&t, &n1, &e2.ip, true))?,
+        "n2's task did not come back"
+    );
+    assert_eq!(status(&t, &n1, "n2")?, "\"up\"");
+    Ok(())
+}

@@ -97,6 +97,10 @@ pub struct Agent {
     last_rotation: std::sync::Mutex<std::time::Instant>,
     /// The last state applied, to refresh the tunnels between store changes.
     last_state: std::sync::Mutex<ClusterState>,
+    /// Nodes whose agents stopped heartbeating.
+    down: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// The last heartbeats read, Unix ms by node.
+    beats: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
     /// Whether the last store read succeeded (for metrics).
     store_ok: std::sync::atomic::AtomicBool,
     /// Endpoints of this node with an interface (for metrics).
@@ -179,6 +183,8 @@ impl Agent {
             last_state: std::sync::Mutex::new(ClusterState::default()),
             tunnel_peers: std::sync::Mutex::new(Vec::new()),
             store_ok: std::sync::atomic::AtomicBool::new(true),
+            down: std::sync::Mutex::new(Default::default()),
+            beats: std::sync::Mutex::new(Default::default()),
             attached: std::sync::atomic::AtomicUsize::new(0),
         });
         let mut me = Node::new(&cfg.node, cfg.advertise_addr);
@@ -426,6 +432,66 @@ impl Agent {
         Ok(())
     }
 
+    /// Heartbeats this node every second and watches the others': a node silent
+    /// for 4 s is down, and its tasks leave this node's balancer and DNS until it
+    /// beats again.
+    pub async fn liveness(self: Arc<Self>) {
+        const EVERY: Duration = Duration::from_secs(1);
+        const DOWN_AFTER_MS: u64 = 4_000;
+        loop {
+            let (s, node) = (self.store.clone(), self.node.clone());
+            let beats = tokio::task::spawn_blocking(move || {
+                s.heartbeat(&node)?;
+                s.heartbeats()
+            })
+            .await;
+            if let Ok(Ok(beats)) = beats {
+                let now = crate::state::model::unix_now_ms();
+                let st = self.last_state();
+                let down: std::collections::BTreeSet<String> = st
+                    .nodes
+                    .values()
+                    .filter(|n| !n.external && n.name != self.node)
+                    .filter(|n| {
+                        beats
+                            .get(&n.name)
+                            .is_none_or(|t| now.saturating_sub(*t) > DOWN_AFTER_MS)
+                    })
+                    .map(|n| n.name.clone())
+                    .collect();
+                let changed = match self.down.lock() {
+                    Ok(mut d) if *d != down => {
+                        tracing::info!(down = ?down, "node liveness changed");
+                        *d = down;
+                        true
+                    }
+                    _ => false,
+                };
+                if let Ok(mut b) = self.beats.lock() {
+                    *b = beats;
+                }
+                if changed {
+                    let ports = self.ports.lock().await;
+                    self.publish(&st, &ports);
+                }
+            }
+            tokio::time::sleep(EVERY).await;
+        }
+    }
+
+    /// Each node's liveness as this agent sees it: the nodes it counts down, and
+    /// the last heartbeat of each (Unix ms).
+    pub fn liveness_view(
+        &self,
+    ) -> (
+        std::collections::BTreeSet<String>,
+        std::collections::BTreeMap<String, u64>,
+    ) {
+        let down = self.down.lock().map(|d| d.clone()).unwrap_or_default();
+        let beats = self.beats.lock().map(|b| b.clone()).unwrap_or_default();
+        (down, beats)
+    }
+
     /// Probes this node's tasks whose service has `--health`, each every
     /// `--health-interval` (default 5 s), and writes verdicts to the store:
     /// unhealthy after 2 failures in a row, healthy after 1 success.
@@ -572,8 +638,10 @@ impl Agent {
             .iter()
             .map(|(k, v)| (k.clone(), v.port))
             .collect();
-        self.worker
-            .publish(switch_state::build(st, &self.node, &local, self.mtus));
+        let down = self.down.lock().map(|d| d.clone()).unwrap_or_default();
+        self.worker.publish(switch_state::build(
+            st, &self.node, &local, self.mtus, &down,
+        ));
     }
 
     /// Creates an endpoint on this node: checks, stores, attaches; on any failure
@@ -686,6 +754,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     }
     tokio::spawn(agent.clone().follow());
     tokio::spawn(agent.clone().probe_tasks());
+    tokio::spawn(agent.clone().liveness());
     let api = tokio::spawn(crate::api::server::serve(listener, agent.clone()));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

@@ -37,11 +37,14 @@ fn vtep_of(n: &crate::state::Node, encrypted: bool) -> Option<IpAddr> {
 }
 
 /// `local` maps this node's attached endpoint ids to their ports.
+/// `down`: nodes whose agents stopped heartbeating; their tasks leave balancers
+/// and DNS until they are back.
 pub fn build(
     st: &ClusterState,
     node: &str,
     local: &FxHashMap<String, PortId>,
     mtus: Mtus,
+    down: &std::collections::BTreeSet<String>,
 ) -> SwitchState {
     let mut out = SwitchState::default();
     let me = st.nodes.get(node);
@@ -122,7 +125,8 @@ pub fn build(
                         IpAddr::V4(a) => Some(BackendView {
                             ip: *a,
                             weight: 1,
-                            healthy: e.health.as_deref() != Some("unhealthy"),
+                            healthy: e.health.as_deref() != Some("unhealthy")
+                                && !down.contains(&e.node),
                         }),
                         IpAddr::V6(_) => None,
                     })
@@ -148,7 +152,7 @@ pub fn build(
             let tasks: Vec<IpAddr> = st
                 .endpoints_on(&net.name)
                 .filter(|e| e.service.as_deref() == Some(svc.name.as_str()))
-                .filter(|e| e.health.as_deref() != Some("unhealthy"))
+                .filter(|e| e.health.as_deref() != Some("unhealthy") && !down.contains(&e.node))
                 .flat_map(|e| e.ips.iter().copied())
                 .collect();
             let name = svc.name.to_lowercase();
@@ -271,6 +275,7 @@ mod tests {
                 plain: 1450,
                 encrypted: 1375,
             },
+            &Default::default(),
         );
         let v = &sw.networks[&net.vni];
         let addrs: Vec<IpAddr> = vec!["192.0.2.2".parse().unwrap(), "192.0.2.50".parse().unwrap()];

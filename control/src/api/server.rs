@@ -164,7 +164,27 @@ async fn remove_endpoint(State(a): Ag, Path(id): Path<String>) -> Res {
 }
 
 async fn list_nodes(State(a): Ag) -> Res {
-    to_json(a.load().await?.state.nodes.values().collect::<Vec<_>>())
+    let st = a.load().await?.state;
+    let (down, beats) = a.liveness_view();
+    let now = crate::state::model::unix_now_ms();
+    let v: Vec<Value> = st
+        .nodes
+        .values()
+        .map(|n| {
+            let mut j = serde_json::to_value(n).unwrap_or_default();
+            let up = n.name == a.node || !down.contains(&n.name) && beats.contains_key(&n.name);
+            j["status"] = json!(if n.external {
+                "external"
+            } else if up {
+                "up"
+            } else {
+                "down"
+            });
+            j["heartbeat_age_ms"] = json!(beats.get(&n.name).map(|t| now.saturating_sub(*t)));
+            j
+        })
+        .collect();
+    Ok(Json(Value::Array(v)))
 }
 
 #[derive(serde::Deserialize)]

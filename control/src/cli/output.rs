@@ -136,16 +136,18 @@ pub fn nodes(f: Format, v: &Value) -> anyhow::Result<()> {
     table(
         &[
             "NAME",
+            "STATUS",
             "ADDRESS",
             "TUNNEL ADDR",
             "PUBLIC KEY",
             "KIND",
             "INGRESS",
-            "LAST SEEN",
+            "HEARTBEAT",
         ],
         rows(v, |n| {
             vec![
                 s(&n["name"]),
+                s(&n["status"]),
                 s(&n["advertise_addr"]),
                 s(&n["tunnel_addr"]),
                 s(&n["public_key"]),
@@ -159,7 +161,10 @@ pub fn nodes(f: Format, v: &Value) -> anyhow::Result<()> {
                 } else {
                     "off".into()
                 },
-                s(&n["last_seen"]),
+                n["heartbeat_age_ms"]
+                    .as_u64()
+                    .map(|ms| format!("{:.1}s ago", ms as f64 / 1000.0))
+                    .unwrap_or_else(|| "never".into()),
             ]
         }),
     );

@@ -166,6 +166,14 @@ impl ClusterState {
     }
 }
 
+/// Milliseconds since the Unix epoch, for heartbeats.
+pub fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// Seconds since the Unix epoch, for `created` and `last_seen`.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()

@@ -52,6 +52,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// What to print in errors and logs (never secrets).
     fn describe(&self) -> String;
+
+    /// Records that `node`'s agent is alive now. Kept apart from the revisioned
+    /// state: heartbeats must not make every agent reload everything.
+    fn heartbeat(&self, node: &str) -> Result<(), StoreError>;
+
+    /// Every node's last heartbeat, in Unix milliseconds.
+    fn heartbeats(&self) -> Result<std::collections::BTreeMap<String, u64>, StoreError>;
 }
 
 /// Runs an operation that returns a value inside [`Store::update`].

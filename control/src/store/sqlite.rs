@@ -43,7 +43,8 @@ impl SqliteStore {
                  kind TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
                  PRIMARY KEY (kind, key));
              CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
-             INSERT OR IGNORE INTO meta (k, v) VALUES ('revision', 0);",
+                          INSERT OR IGNORE INTO meta (k, v) VALUES ('revision', 0);
+             CREATE TABLE IF NOT EXISTS heartbeats (node TEXT PRIMARY KEY, at_ms INTEGER NOT NULL);",
         )
         .map_err(|e| err(&e))?;
         Ok(Self {
@@ -218,6 +219,37 @@ impl Store for SqliteStore {
 
     fn describe(&self) -> String {
         format!("sqlite:{}", self.path.display())
+    }
+
+    fn heartbeat(&self, node: &str) -> Result<(), StoreError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        let conn = self.lock()?;
+        conn.execute(
+            "INSERT INTO heartbeats (node, at_ms) VALUES (?1, ?2)
+             ON CONFLICT (node) DO UPDATE SET at_ms = excluded.at_ms",
+            params![node, now],
+        )
+        .map_err(|e| self.unreachable(e))?;
+        Ok(())
+    }
+
+    fn heartbeats(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        let conn = self.lock()?;
+        let mut stmt = conn
+            .prepare_cached("SELECT node, at_ms FROM heartbeats")
+            .map_err(|e| self.unreachable(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(|e| self.unreachable(e))?;
+        let mut out = BTreeMap::new();
+        for row in rows {
+            let (n, at) = row.map_err(|e| self.unreachable(e))?;
+            out.insert(n, at.max(0) as u64);
+        }
+        Ok(out)
     }
 }
 
