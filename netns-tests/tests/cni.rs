@@ -19,11 +19,12 @@ fn cni(cmd: &str, config: &Value, container: &str, netns: &str) -> anyhow::Resul
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()?;
-    child
+    // a plugin that has already answered may have closed stdin
+    let _ = child
         .stdin
         .take()
         .unwrap()
-        .write_all(config.to_string().as_bytes())?;
+        .write_all(config.to_string().as_bytes());
     let out = child.wait_with_output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let v = if text.trim().is_empty() {

@@ -285,7 +285,8 @@ pub fn main() -> i32 {
     let var = |k: &str| std::env::var(k).ok();
     let mut input = String::new();
     let command = var("CNI_COMMAND").unwrap_or_default();
-    if command != "VERSION" {
+    // every command gets the configuration on stdin (VERSION just `cniVersion`)
+    {
         use std::io::Read;
         let _ = std::io::stdin().read_to_string(&mut input);
     }
