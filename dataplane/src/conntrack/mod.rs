@@ -261,6 +261,17 @@ impl Conntrack {
         n
     }
 
+    /// Removes every entry `pick` selects and returns them.
+    fn remove_where(&mut self, pick: impl Fn(&Entry) -> bool) -> Vec<Entry> {
+        let ids: Vec<u32> = self
+            .slab
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| e.as_ref().filter(|e| pick(e)).map(|_| i as u32))
+            .collect();
+        ids.into_iter().filter_map(|id| self.remove(id)).collect()
+    }
+
     /// Removes every connection of a backend that left (removed or unhealthy),
     /// handing the live TCP ones to `on_reset`.
     pub fn remove_backend(
@@ -269,44 +280,22 @@ impl Conntrack {
         backend: u32,
         mut on_reset: impl FnMut(&Entry),
     ) -> usize {
-        let ids: Vec<u32> = self
-            .slab
+        let gone = self.remove_where(|e| e.service == service && e.backend == backend);
+        for e in gone
             .iter()
-            .enumerate()
-            .filter_map(|(i, e)| {
-                e.as_ref()
-                    .filter(|e| e.service == service && e.backend == backend)
-                    .map(|_| i as u32)
-            })
-            .collect();
-        for &id in &ids {
-            if let Some(e) = self.remove(id) {
-                if e.orig.proto == 6 && !matches!(e.state, State::Close | State::TimeWait) {
-                    on_reset(&e);
-                }
-            }
+            .filter(|e| e.orig.proto == 6 && !matches!(e.state, State::Close | State::TimeWait))
+        {
+            on_reset(e);
         }
-        ids.len()
+        gone.len()
     }
 
     /// Forgets every connection of service `service` in `zone` to backend `ip`
     /// (it went unhealthy or away). Its clients' next packets are scheduled anew,
     /// and for TCP the new backend answers the stray segment with a RST.
     pub fn forget_backend(&mut self, zone: u32, service: u32, ip: Ipv4Addr) -> usize {
-        let ids: Vec<u32> = self
-            .slab
-            .iter()
-            .enumerate()
-            .filter_map(|(i, e)| {
-                e.as_ref()
-                    .filter(|e| e.orig.zone == zone && e.service == service && e.reply.src == ip)
-                    .map(|_| i as u32)
-            })
-            .collect();
-        for &id in &ids {
-            self.remove(id);
-        }
-        ids.len()
+        self.remove_where(|e| e.orig.zone == zone && e.service == service && e.reply.src == ip)
+            .len()
     }
 
     /// Active (established) and inactive connections of one backend, as
