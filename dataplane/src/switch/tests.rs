@@ -512,3 +512,42 @@ fn a_vip_without_healthy_backends_drops_with_a_reason() {
         Action::Drop(DropReason::NoRoute)
     );
 }
+
+proptest::proptest! {
+    /// The VIP, conntrack, NAT and DNS paths never panic either, whatever an
+    /// endpoint sends to the gateway MAC or a backend sends back.
+    #[test]
+    fn lb_and_dns_paths_never_panic(tail in proptest::collection::vec(proptest::num::u8::ANY, 0..120), proto in proptest::prop_oneof![proptest::strategy::Just(6u8), proptest::strategy::Just(17u8), proptest::num::u8::ANY], dport in proptest::prop_oneof![proptest::strategy::Just(53u16), proptest::strategy::Just(80u16), proptest::num::u16::ANY]) {
+        let mut st = with_vip();
+        st.networks.get_mut(&VNI).unwrap().dns.insert("api".into(), vec![ip("10.0.0.100")]);
+        let mut sw = Switch::new(4);
+        sw.on_state(&st);
+        for dst_ip in [[10, 0, 0, 100], [10, 0, 0, 1]] {
+            // a frame to the gateway MAC: Ethernet + IPv4 header (proto varies) + random rest
+            let mut f = vec![0u8; 14 + 20];
+            f[0..6].copy_from_slice(&GW);
+            f[6..12].copy_from_slice(&A);
+            f[12..14].copy_from_slice(&[0x08, 0x00]);
+            f[14] = 0x45;
+            f[14 + 9] = proto;
+            f[14 + 12..14 + 16].copy_from_slice(&[10, 0, 0, 10]);
+            f[14 + 16..14 + 20].copy_from_slice(&dst_ip);
+            let mut l4 = vec![0u8; 4];
+            l4[2..4].copy_from_slice(&dport.to_be_bytes());
+            f.extend_from_slice(&l4);
+            f.extend_from_slice(&tail);
+            let len = (f.len() - 14) as u16;
+            f[14 + 2..14 + 4].copy_from_slice(&len.to_be_bytes());
+            let mut b = buf(&f);
+            let _ = sw.from_port(&st, PortId(1), &mut b, 0);
+            // and the same bytes as a "reply" from a backend
+            let mut r = f.clone();
+            r[0..6].copy_from_slice(&A);
+            r[6..12].copy_from_slice(&B);
+            r[14 + 12..14 + 16].copy_from_slice(&[10, 0, 0, 11]);
+            r[14 + 16..14 + 20].copy_from_slice(&[10, 0, 0, 10]);
+            let mut b = buf(&r);
+            let _ = sw.from_port(&st, PortId(2), &mut b, 0);
+        }
+    }
+}
