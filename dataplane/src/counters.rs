@@ -50,10 +50,12 @@ pub enum DropReason {
     TunnelInvalid,
     /// A new connection to a VIP whose service has no healthy task.
     NoBackend,
+    /// A DNS query not forwarded: too many already waiting for the node's resolvers.
+    DnsBusy,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 21] = [
+    pub const ALL: [DropReason; 22] = [
         DropReason::Malformed,
         DropReason::BadVxlanHeader,
         DropReason::UnknownVni,
@@ -75,6 +77,7 @@ impl DropReason {
         DropReason::TunnelUnderLoad,
         DropReason::TunnelInvalid,
         DropReason::NoBackend,
+        DropReason::DnsBusy,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -100,6 +103,7 @@ impl DropReason {
             DropReason::TunnelUnderLoad => "tunnel_under_load",
             DropReason::TunnelInvalid => "tunnel_invalid",
             DropReason::NoBackend => "no_backend",
+            DropReason::DnsBusy => "dns_busy",
         }
     }
 }

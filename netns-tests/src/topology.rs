@@ -87,8 +87,30 @@ impl Topology {
         &self.dir
     }
 
+    /// A node namespace. It gets a resolv.conf of its own with no nameserver, so an
+    /// agent there never forwards DNS to the host's (outside) resolvers; a test
+    /// that wants an upstream writes one with [`Topology::set_node_resolver`].
     pub fn add_node(&mut self, name: &str) -> Result<Node> {
-        self.attach_to_underlay(name)
+        let node = self.attach_to_underlay(name)?;
+        self.set_node_resolver(&node, None)?;
+        Ok(node)
+    }
+
+    /// Points a node's own resolv.conf at `resolver` (or at nothing). Takes effect
+    /// for agents started afterwards.
+    pub fn set_node_resolver(
+        &self,
+        node: &Node,
+        resolver: Option<std::net::Ipv4Addr>,
+    ) -> Result<()> {
+        let dir = Path::new("/etc/netns").join(&node.ns);
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let body = match resolver {
+            Some(ip) => format!("nameserver {ip}\n"),
+            None => "# no upstream resolver in tests\n".to_string(),
+        };
+        fs::write(dir.join("resolv.conf"), body).context("cannot write the node's resolv.conf")?;
+        Ok(())
     }
 
     /// Separate from `add_node` only so tests read clearly; an outside host is

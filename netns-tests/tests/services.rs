@@ -443,3 +443,47 @@ fn a_stopped_node_leaves_the_balancers_and_comes_back() -> anyhow::Result<()> {
     assert_eq!(status(&t, &n1, "n2")?, "\"up\"");
     Ok(())
 }
+
+/// Names the embedded DNS does not know go to the node's own resolvers, and the
+/// answer comes back to the container from its gateway.
+#[test]
+fn unknown_names_are_forwarded_to_the_nodes_resolver() -> anyhow::Result<()> {
+    let mut t = Topology::new("fwd")?;
+    let n1 = t.add_node("n1")?;
+    let up = t.add_outside_host("up")?;
+    // a resolver on the underlay that answers every A query with 192.0.2.123
+    let upstream = SocketAddr::new(up.addr.into(), 53);
+    let sock = in_netns(&up.ns, move || std::net::UdpSocket::bind(upstream))??;
+    sock.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let resolver = std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while !flag.load(Ordering::Relaxed) {
+            let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                continue;
+            };
+            let mut r = buf[..n].to_vec();
+            r[2] |= 0x80; // a response
+            r[3] |= 0x80; // recursion available
+            r[6..8].copy_from_slice(&1u16.to_be_bytes());
+            r[8..12].copy_from_slice(&[0, 0, 0, 0]);
+            r.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 123]);
+            let _ = sock.send_to(&r, from);
+        }
+    });
+    t.set_node_resolver(&n1, Some(up.addr))?;
+    t.start_agent(&n1, &[])?;
+    t.cli_ok(&n1, &["network", "create", "f", "--subnet", "10.50.0.0/24"])?;
+    let c = t.add_container("c")?;
+    endpoint(&t, &n1, "f", &c, &[])?;
+    let out = exec_ok(&c, &["getent", "ahostsv4", "www.example.test"])?;
+    assert!(out.contains("192.0.2.123"), "not forwarded: {out}");
+    // names it knows it still answers itself
+    assert!(exec_ok(&c, &["getent", "ahostsv4", &c])?.contains("10.50.0."));
+    stop.store(true, Ordering::Relaxed);
+    resolver
+        .join()
+        .map_err(|_| anyhow::anyhow!("resolver thread panicked"))?;
+    Ok(())
+}

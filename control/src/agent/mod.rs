@@ -97,6 +97,8 @@ pub struct Agent {
     last_rotation: std::sync::Mutex<std::time::Instant>,
     /// The last state applied, to refresh the tunnels between store changes.
     last_state: std::sync::Mutex<ClusterState>,
+    /// The node's own resolvers, where names the embedded DNS does not know go.
+    dns_upstream: Vec<std::net::SocketAddr>,
     /// Nodes whose agents stopped heartbeating.
     down: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// The last heartbeats read, Unix ms by node.
@@ -184,6 +186,7 @@ impl Agent {
             tunnel_peers: std::sync::Mutex::new(Vec::new()),
             store_ok: std::sync::atomic::AtomicBool::new(true),
             down: std::sync::Mutex::new(Default::default()),
+            dns_upstream: upstream_resolvers(),
             beats: std::sync::Mutex::new(Default::default()),
             attached: std::sync::atomic::AtomicUsize::new(0),
         });
@@ -639,9 +642,9 @@ impl Agent {
             .map(|(k, v)| (k.clone(), v.port))
             .collect();
         let down = self.down.lock().map(|d| d.clone()).unwrap_or_default();
-        self.worker.publish(switch_state::build(
-            st, &self.node, &local, self.mtus, &down,
-        ));
+        let mut sw = switch_state::build(st, &self.node, &local, self.mtus, &down);
+        sw.dns_upstream.clone_from(&self.dns_upstream);
+        self.worker.publish(sw);
     }
 
     /// Creates an endpoint on this node: checks, stores, attaches; on any failure
@@ -712,6 +715,18 @@ impl Agent {
         }
         Ok(ep)
     }
+}
+
+/// The IPv4 nameservers of the agent's namespace (`ip netns exec` shows a node
+/// namespace its own `/etc/netns/NAME/resolv.conf` here).
+fn upstream_resolvers() -> Vec<std::net::SocketAddr> {
+    std::fs::read_to_string("/etc/resolv.conf")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|a| a.trim().parse::<std::net::Ipv4Addr>().ok())
+        .map(|ip| std::net::SocketAddr::new(ip.into(), 53))
+        .collect()
 }
 
 /// A 16-hex-digit endpoint id (the TAP name takes the first 12).

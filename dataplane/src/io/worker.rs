@@ -28,7 +28,12 @@ use std::time::{Duration, Instant};
 const WAKER: Token = Token(0);
 const UNDERLAY: Token = Token(1);
 const WIREGUARD: Token = Token(2);
-const FIRST_PORT_TOKEN: usize = 3;
+const DNS_FORWARD: Token = Token(3);
+const FIRST_PORT_TOKEN: usize = 4;
+/// DNS queries waiting for the node's resolvers, at most, per worker.
+const DNS_INFLIGHT_MAX: usize = 1024;
+/// How long a forwarded query waits for its answer.
+const DNS_FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 /// WireGuard's timers want a tick about this often.
 const TUNNEL_TICK: Duration = Duration::from_millis(250);
 /// Frames taken from one fd before looking at the others.
@@ -85,6 +90,10 @@ impl WorkerHandle {
             coalescer: Coalescer::new(),
             co_port: None,
             rx_bufs: vec![vec![0u8; 65_536 + 4096]; gso::BATCH],
+            dns_sock: std::net::UdpSocket::bind("0.0.0.0:0")?,
+            dns_pending: FxHashMap::default(),
+            dns_next: 0,
+            dns_scratch: vec![0u8; 65_536],
             rx_meta: [gso::RecvMeta {
                 len: 0,
                 from: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
@@ -109,6 +118,12 @@ impl WorkerHandle {
                 Interest::READABLE,
             )?;
         }
+        w.dns_sock.set_nonblocking(true)?;
+        w.poll.registry().register(
+            &mut SourceFd(&w.dns_sock.as_raw_fd()),
+            DNS_FORWARD,
+            Interest::READABLE,
+        )?;
         if let Err(e) = w.underlay.enable_gro() {
             tracing::warn!(error = %e, "UDP GRO unavailable: one datagram per read");
         }
@@ -182,6 +197,12 @@ struct Worker {
     co_port: Option<PortId>,
     /// One `recvmmsg`: up to `gso::BATCH` messages, each a GRO run of up to 64 KiB.
     rx_bufs: Vec<Vec<u8>>,
+    /// Relays DNS queries for unknown names to the node's resolvers.
+    dns_sock: std::net::UdpSocket,
+    /// Forwarded queries by the id we gave them: who asked, their id, when.
+    dns_pending: FxHashMap<u16, (PortId, crate::wire::udp_reply::UdpPeer, u16, Instant)>,
+    dns_next: u16,
+    dns_scratch: Vec<u8>,
     rx_meta: [gso::RecvMeta; gso::BATCH],
     state: Arc<ArcSwap<SwitchState>>,
     switch: Switch,
@@ -360,6 +381,7 @@ impl Worker {
                     }
                     UNDERLAY => self.drain_underlay(&mut buf),
                     WIREGUARD => self.drain_wireguard(&mut buf),
+                    DNS_FORWARD => self.drain_dns(&mut buf),
                     t => {
                         self.drain_port(PortId((t.0 - FIRST_PORT_TOKEN) as u32), &mut buf, &mut seg)
                     }
@@ -376,6 +398,8 @@ impl Worker {
             if last_limiter_reset.elapsed() >= Duration::from_secs(1) {
                 self.tunnels.reset_rate_limiter();
                 last_limiter_reset = Instant::now();
+                self.dns_pending
+                    .retain(|_, p| p.3.elapsed() < DNS_FORWARD_TIMEOUT);
                 if self.index == 0 {
                     let now = self.now_ms();
                     if let Ok(mut ct) = self.switch.conntrack().lock() {
@@ -780,7 +804,75 @@ impl Worker {
                     }
                 }
             }
+            Action::ForwardDns {
+                port,
+                peer,
+                payload_off,
+            } => self.forward_dns(port, peer, &buf.data()[payload_off.min(buf.len())..]),
             Action::Drop(_) => {}
         }
+    }
+
+    /// Sends a query to the node's first resolver under an id of our own.
+    fn forward_dns(&mut self, port: PortId, peer: crate::wire::udp_reply::UdpPeer, query: &[u8]) {
+        let st = self.state.load();
+        let Some(up) = st.dns_upstream.first().copied() else {
+            self.switch.counters.drop(DropReason::NoRoute);
+            return;
+        };
+        if query.len() < 12 {
+            self.switch.counters.drop(DropReason::Malformed);
+            return;
+        }
+        if self.dns_pending.len() >= DNS_INFLIGHT_MAX {
+            self.switch.counters.drop(DropReason::DnsBusy);
+            return;
+        }
+        self.dns_next = self.dns_next.wrapping_add(1);
+        while self.dns_pending.contains_key(&self.dns_next) {
+            self.dns_next = self.dns_next.wrapping_add(1);
+        }
+        let id = self.dns_next;
+        let orig = u16::from_be_bytes([query[0], query[1]]);
+        let q = &mut self.dns_scratch[..query.len()];
+        q.copy_from_slice(query);
+        q[0..2].copy_from_slice(&id.to_be_bytes());
+        match self.dns_sock.send_to(q, up) {
+            Ok(_) => {
+                self.dns_pending
+                    .insert(id, (port, peer, orig, Instant::now()));
+            }
+            Err(_) => self.switch.counters.drop(DropReason::TxFailed),
+        }
+    }
+
+    /// Answers from the node's resolvers, relayed to whoever asked (only from a
+    /// configured resolver, and only for a query we sent).
+    fn drain_dns(&mut self, buf: &mut PacketBuf) -> bool {
+        let st = self.state.load();
+        for _ in 0..BUDGET {
+            let (n, src) = match self.dns_sock.recv_from(&mut self.dns_scratch) {
+                Ok(r) => r,
+                Err(_) => return false,
+            };
+            if n < 12 || !st.dns_upstream.contains(&src) {
+                self.switch.counters.drop(DropReason::Malformed);
+                continue;
+            }
+            let id = u16::from_be_bytes([self.dns_scratch[0], self.dns_scratch[1]]);
+            let Some((port, peer, orig, _)) = self.dns_pending.remove(&id) else {
+                continue; // late or unknown: the asker has given up
+            };
+            self.dns_scratch[0..2].copy_from_slice(&orig.to_be_bytes());
+            match crate::wire::udp_reply::write(buf.frame_slot(), &peer, &self.dns_scratch[..n]) {
+                Some(len) => {
+                    buf.set_frame_len(len);
+                    self.switch.counters.dns_answers += 1;
+                    self.write_port(port, buf.data());
+                }
+                None => self.switch.counters.drop(DropReason::TooBig),
+            }
+        }
+        true
     }
 }

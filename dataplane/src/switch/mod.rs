@@ -16,8 +16,8 @@ use crate::conntrack::{Conntrack, Dir, Key};
 use crate::counters::{Counters, DropReason};
 use crate::lb::nat::{self, Side};
 use crate::lb::scheduler::{self, Scheduler};
-use crate::offload::checksum;
-use crate::wire::{dns, flow_hash::flow_hash, icmp_too_big, neighbor, vxlan};
+
+use crate::wire::{dns, flow_hash::flow_hash, icmp_too_big, neighbor, udp_reply, vxlan};
 use crate::Mac;
 use etherparse::{Ipv4HeaderSlice, Ipv6HeaderSlice};
 use rustc_hash::FxHashMap;
@@ -47,6 +47,13 @@ pub enum Action<'s> {
     },
     /// The core wrote an answer (ARP reply, NA) over the frame: write it back to this port.
     Reply(PortId),
+    /// A DNS query (at `payload_off` in the frame) for a name the embedded DNS does
+    /// not know: relay it to the node's resolvers and the answer back to `peer`.
+    ForwardDns {
+        port: PortId,
+        peer: udp_reply::UdpPeer,
+        payload_off: usize,
+    },
     /// Counted already.
     Drop(DropReason),
 }
@@ -126,6 +133,7 @@ impl Switch {
         net: &NetworkView,
         port: PortId,
         buf: &mut PacketBuf,
+        forward: bool,
     ) -> Option<Action<'s>> {
         let (key, _) = five_tuple(buf.data(), net.vni)?;
         if key.proto != 17 || key.dport != 53 || !net.gateways.contains(&IpAddr::V4(key.dst)) {
@@ -134,42 +142,30 @@ impl Switch {
         let f = buf.data();
         let payload_off = ETH_HDR + usize::from(f[ETH_HDR] & 0x0f) * 4 + 8;
         let client: Mac = [f[6], f[7], f[8], f[9], f[10], f[11]];
+        let peer = udp_reply::UdpPeer {
+            client_mac: client,
+            client_ip: key.src,
+            client_port: key.sport,
+            gateway_mac: net.gateway_mac,
+            gateway_ip: key.dst,
+            gateway_port: 53,
+        };
+        if forward && dns::is_unknown(f.get(payload_off..)?, |n| net.dns.contains_key(n)) {
+            return Some(Action::ForwardDns {
+                port,
+                peer,
+                payload_off,
+            });
+        }
         self.dns_rotate = self.dns_rotate.wrapping_add(1);
         let Some(resp) = dns::answer(f.get(payload_off..)?, self.dns_rotate, |n| {
             net.dns.get(n).cloned()
         }) else {
             return Some(self.drop(DropReason::Malformed));
         };
-        let udp_len = 8 + resp.len();
-        let total = ETH_HDR + 20 + udp_len;
-        let room = buf.frame_room();
-        if room.len() < total || udp_len > usize::from(u16::MAX) - 20 {
+        let Some(total) = udp_reply::write(buf.frame_room(), &peer, &resp) else {
             return Some(self.drop(DropReason::TooBig));
-        }
-        room[0..6].copy_from_slice(&client);
-        room[6..12].copy_from_slice(&net.gateway_mac);
-        room[12..14].copy_from_slice(&ETHERTYPE_IPV4);
-        let ip = &mut room[ETH_HDR..ETH_HDR + 20];
-        ip.copy_from_slice(&[
-            0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-        ]);
-        ip[2..4].copy_from_slice(&((20 + udp_len) as u16).to_be_bytes());
-        ip[12..16].copy_from_slice(&key.dst.octets());
-        ip[16..20].copy_from_slice(&key.src.octets());
-        let c = checksum::ipv4_header(ip);
-        ip[10..12].copy_from_slice(&c.to_be_bytes());
-        let u = ETH_HDR + 20;
-        room[u..u + 2].copy_from_slice(&53u16.to_be_bytes());
-        room[u + 2..u + 4].copy_from_slice(&key.sport.to_be_bytes());
-        room[u + 4..u + 6].copy_from_slice(&(udp_len as u16).to_be_bytes());
-        room[u + 6..u + 8].copy_from_slice(&[0, 0]);
-        room[u + 8..u + udp_len].copy_from_slice(&resp);
-        let pseudo = checksum::pseudo(&key.dst.octets(), &key.src.octets(), 17, udp_len as u32);
-        let mut c = !checksum::fold(checksum::add(pseudo, &room[u..u + udp_len]));
-        if c == 0 {
-            c = 0xffff;
-        }
-        room[u + 6..u + 8].copy_from_slice(&c.to_be_bytes());
+        };
         buf.set_len(total);
         self.counters.dns_answers += 1;
         Some(Action::Reply(port))
@@ -400,7 +396,7 @@ impl Switch {
             return self.flood(net, Some(port), buf);
         }
         if dst == net.gateway_mac {
-            if let Some(a) = self.dns(net, port, buf) {
+            if let Some(a) = self.dns(net, port, buf, !st.dns_upstream.is_empty()) {
                 return a;
             }
             // to the gateway: a service VIP (balanced here, on the client's node)

@@ -75,6 +75,8 @@ pub struct BackendView {
 pub struct SwitchState {
     pub networks: FxHashMap<u32, NetworkView>,
     pub ports: FxHashMap<PortId, PortView>,
+    /// The node's own resolvers: names the embedded DNS does not know go there.
+    pub dns_upstream: Vec<std::net::SocketAddr>,
 }
 
 impl NetworkView {

@@ -32,7 +32,7 @@ pub fn answer(
     let name = name.trim_end_matches('.');
     match lookup(name) {
         None => {
-            // not ours; forwarding to the node's resolvers is not built yet
+            // not ours, and the node has no resolver to forward it to
             resp.metadata.response_code = ResponseCode::Refused;
         }
         Some(mut addrs) => {
@@ -51,6 +51,19 @@ pub fn answer(
         }
     }
     resp.to_vec().ok()
+}
+
+/// Whether the query asks for a name `known` does not know (so it should go to
+/// the node's resolvers). False for anything unparsable.
+pub fn is_unknown(query: &[u8], known: impl Fn(&str) -> bool) -> bool {
+    let Ok(req) = Message::from_vec(query) else {
+        return false;
+    };
+    let Some(q) = req.queries.first() else {
+        return false;
+    };
+    let name = q.name().to_lowercase().to_ascii();
+    !known(name.trim_end_matches('.'))
 }
 
 #[cfg(test)]

@@ -4,4 +4,5 @@ pub mod dns;
 pub mod flow_hash;
 pub mod icmp_too_big;
 pub mod neighbor;
+pub mod udp_reply;
 pub mod vxlan;

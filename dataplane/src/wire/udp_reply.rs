@@ -1,0 +1,58 @@
+//! A UDP/IPv4 frame from the gateway to an endpoint, written into a buffer: how
+//! the agent's own services (the embedded DNS, its forwarder) answer containers.
+
+use crate::offload::checksum;
+use crate::Mac;
+use std::net::Ipv4Addr;
+
+/// Who gets the answer, and from where it comes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpPeer {
+    pub client_mac: Mac,
+    pub client_ip: Ipv4Addr,
+    pub client_port: u16,
+    pub gateway_mac: Mac,
+    pub gateway_ip: Ipv4Addr,
+    pub gateway_port: u16,
+}
+
+/// Writes Ethernet + IPv4 + UDP + `payload` into `room`; returns the frame's
+/// length, or `None` when it does not fit.
+pub fn write(room: &mut [u8], p: &UdpPeer, payload: &[u8]) -> Option<usize> {
+    const ETH: usize = 14;
+    let udp_len = 8 + payload.len();
+    let total = ETH + 20 + udp_len;
+    if room.len() < total || udp_len > usize::from(u16::MAX) - 20 {
+        return None;
+    }
+    room[0..6].copy_from_slice(&p.client_mac);
+    room[6..12].copy_from_slice(&p.gateway_mac);
+    room[12..14].copy_from_slice(&[0x08, 0x00]);
+    let ip = &mut room[ETH..ETH + 20];
+    ip.copy_from_slice(&[
+        0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ]);
+    ip[2..4].copy_from_slice(&((20 + udp_len) as u16).to_be_bytes());
+    ip[12..16].copy_from_slice(&p.gateway_ip.octets());
+    ip[16..20].copy_from_slice(&p.client_ip.octets());
+    let c = checksum::ipv4_header(ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let u = ETH + 20;
+    room[u..u + 2].copy_from_slice(&p.gateway_port.to_be_bytes());
+    room[u + 2..u + 4].copy_from_slice(&p.client_port.to_be_bytes());
+    room[u + 4..u + 6].copy_from_slice(&(udp_len as u16).to_be_bytes());
+    room[u + 6..u + 8].copy_from_slice(&[0, 0]);
+    room[u + 8..u + udp_len].copy_from_slice(payload);
+    let pseudo = checksum::pseudo(
+        &p.gateway_ip.octets(),
+        &p.client_ip.octets(),
+        17,
+        udp_len as u32,
+    );
+    let mut c = !checksum::fold(checksum::add(pseudo, &room[u..u + udp_len]));
+    if c == 0 {
+        c = 0xffff;
+    }
+    room[u + 6..u + 8].copy_from_slice(&c.to_be_bytes());
+    Some(total)
+}
