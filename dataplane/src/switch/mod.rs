@@ -73,9 +73,11 @@ pub struct Switch {
     conntrack: Arc<Mutex<Conntrack>>,
     /// This worker's scheduler state per (VNI, fwmark), rebuilt on state changes.
     schedulers: FxHashMap<(u32, u32), Scheduler>,
-    /// Rotates multi-address DNS answers (`tasks.NAME`), query by query.
-    dns_rotate: usize,
 }
+
+/// Rotates multi-address DNS answers (`tasks.NAME`): one counter for the whole
+/// process, so the order moves answer by answer whichever worker answers.
+static DNS_ROTATE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// The 5-tuple of an IPv4 TCP/UDP frame, and its TCP flags.
 fn five_tuple(frame: &[u8], zone: u32) -> Option<(Key, u8)> {
@@ -122,7 +124,6 @@ impl Switch {
             counters: Counters::default(),
             conntrack,
             schedulers: FxHashMap::default(),
-            dns_rotate: 0,
         }
     }
 
@@ -157,12 +158,15 @@ impl Switch {
                 payload_off,
             });
         }
-        self.dns_rotate = self.dns_rotate.wrapping_add(1);
-        let Some(resp) = dns::answer(f.get(payload_off..)?, self.dns_rotate, |n| {
-            net.dns.get(n).cloned()
-        }) else {
+        let rotate = DNS_ROTATE.load(std::sync::atomic::Ordering::Relaxed);
+        let Some((resp, records)) =
+            dns::answer_counted(f.get(payload_off..)?, rotate, |n| net.dns.get(n).cloned())
+        else {
             return Some(self.drop(DropReason::Malformed));
         };
+        if records > 0 {
+            DNS_ROTATE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let Some(total) = udp_reply::write(buf.frame_room(), &peer, &resp) else {
             return Some(self.drop(DropReason::TooBig));
         };

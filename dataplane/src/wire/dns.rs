@@ -19,6 +19,16 @@ pub fn answer(
     rotate: usize,
     lookup: impl Fn(&str) -> Option<Vec<IpAddr>>,
 ) -> Option<Vec<u8>> {
+    answer_counted(query, rotate, lookup).map(|(bytes, _)| bytes)
+}
+
+/// [`answer`], also saying how many address records the answer carries (the
+/// caller advances its rotation only for those).
+pub fn answer_counted(
+    query: &[u8],
+    rotate: usize,
+    lookup: impl Fn(&str) -> Option<Vec<IpAddr>>,
+) -> Option<(Vec<u8>, usize)> {
     let req = Message::from_vec(query).ok()?;
     if req.metadata.message_type != MessageType::Query || req.metadata.op_code != OpCode::Query {
         return None;
@@ -50,7 +60,8 @@ pub fn answer(
             }
         }
     }
-    resp.to_vec().ok()
+    let n = resp.answers.len();
+    resp.to_vec().ok().map(|b| (b, n))
 }
 
 /// Whether the query asks for a name `known` does not know (so it should go to
