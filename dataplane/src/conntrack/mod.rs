@@ -186,6 +186,14 @@ impl Conntrack {
             e.state = State::Close;
             return;
         }
+        // a new connection reusing the tuple of a finished one starts over
+        let fresh_syn = dir == Dir::Orig && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+        if fresh_syn && matches!(e.state, State::TimeWait | State::Close | State::FinWait) {
+            e.state = State::SynSent;
+            e.fin_orig = false;
+            e.fin_reply = false;
+            return;
+        }
         if tcp_flags & TCP_FIN != 0 {
             match dir {
                 Dir::Orig => e.fin_orig = true,
@@ -211,8 +219,13 @@ impl Conntrack {
 
     fn remove(&mut self, id: u32) -> Option<Entry> {
         let e = self.slab.get_mut(id as usize)?.take()?;
-        self.index.remove(&e.orig);
-        self.index.remove(&e.reply);
+        // a later connection may have taken a key over (same reply tuple through
+        // another VIP): only this entry's own keys go
+        for k in [e.orig, e.reply] {
+            if self.index.get(&k).map(|(i, _)| *i) == Some(id) {
+                self.index.remove(&k);
+            }
+        }
         self.free.push(id);
         Some(e)
     }

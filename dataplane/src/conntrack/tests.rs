@@ -112,6 +112,41 @@ fn removing_a_backend_resets_its_live_connections() {
 }
 
 #[test]
+fn a_new_syn_on_a_finished_tuple_starts_a_fresh_connection() {
+    let mut ct = Conntrack::new(4);
+    let id = open(&mut ct, 7, 0);
+    ct.update(id, Dir::Orig, TCP_FIN | TCP_ACK, 1);
+    ct.update(id, Dir::Reply, TCP_FIN | TCP_ACK, 2);
+    assert_eq!(ct.get(id).unwrap().state, State::TimeWait);
+    ct.update(id, Dir::Orig, TCP_SYN, 3);
+    assert_eq!(
+        ct.get(id).unwrap().state,
+        State::SynSent,
+        "not left with TIME_WAIT's short timeout"
+    );
+}
+
+#[test]
+fn removing_one_entry_keeps_a_later_entry_that_took_its_key() {
+    let mut ct = Conntrack::new(8);
+    let k1 = key(1);
+    let r = reply_of(&k1);
+    let a = ct.insert(k1, r, 1, 0, TCP_SYN, 0);
+    let k2 = Key {
+        dst: Ipv4Addr::new(10, 0, 0, 101),
+        ..k1
+    }; // same client port, another VIP
+    let b = ct.insert(k2, r, 2, 0, TCP_SYN, 0);
+    ct.remove_backend(1, 0, |_| {});
+    assert!(ct.get(a).is_none());
+    assert_eq!(
+        ct.lookup(&r),
+        Some((b, Dir::Reply)),
+        "the later entry lost its reply key"
+    );
+}
+
+#[test]
 fn udp_is_unreplied_then_replied() {
     let mut ct = Conntrack::new(4);
     let k = Key {

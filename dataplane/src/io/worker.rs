@@ -92,7 +92,6 @@ impl WorkerHandle {
             rx_bufs: vec![vec![0u8; 65_536 + 4096]; gso::BATCH],
             dns_sock: std::net::UdpSocket::bind("0.0.0.0:0")?,
             dns_pending: FxHashMap::default(),
-            dns_next: 0,
             dns_scratch: vec![0u8; 65_536],
             rx_meta: [gso::RecvMeta {
                 len: 0,
@@ -201,7 +200,6 @@ struct Worker {
     dns_sock: std::net::UdpSocket,
     /// Forwarded queries by the id we gave them: who asked, their id, when.
     dns_pending: FxHashMap<u16, (PortId, crate::wire::udp_reply::UdpPeer, u16, Instant)>,
-    dns_next: u16,
     dns_scratch: Vec<u8>,
     rx_meta: [gso::RecvMeta; gso::BATCH],
     state: Arc<ArcSwap<SwitchState>>,
@@ -212,6 +210,19 @@ struct Worker {
     index: usize,
     wg: Option<std::net::UdpSocket>,
     tunnels: Tunnels,
+}
+
+/// A random 16-bit number (std's per-instance random hash keys as the source).
+fn random_u16() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0),
+    );
+    h.finish() as u16
 }
 
 /// Sends one WireGuard datagram; a failed send counts, it never stops the worker.
@@ -828,11 +839,11 @@ impl Worker {
             self.switch.counters.drop(DropReason::DnsBusy);
             return;
         }
-        self.dns_next = self.dns_next.wrapping_add(1);
-        while self.dns_pending.contains_key(&self.dns_next) {
-            self.dns_next = self.dns_next.wrapping_add(1);
+        // unpredictable ids, so an off-path host cannot guess which to forge
+        let mut id = random_u16();
+        while self.dns_pending.contains_key(&id) {
+            id = random_u16();
         }
-        let id = self.dns_next;
         let orig = u16::from_be_bytes([query[0], query[1]]);
         let q = &mut self.dns_scratch[..query.len()];
         q.copy_from_slice(query);

@@ -123,7 +123,8 @@ impl Scheduler {
             }
             Kind::Maglev => {
                 let i = self.maglev.as_ref()?.lookup(flow_hash)?;
-                if ok(i) {
+                // a table built for an older backend list may name one past the end
+                if i < n && ok(i) {
                     Some(i)
                 } else {
                     // not yet rebuilt without it: fall back to the next healthy one
@@ -203,6 +204,19 @@ mod tests {
         assert!((0..10).all(|_| m.pick(&b, 12345, 0) == f));
         let c = counts(&mut m, &b, 30_000);
         assert!(c.iter().all(|&x| x > 9_000), "{c:?}");
+    }
+
+    #[test]
+    fn a_maglev_table_older_than_the_backend_list_never_panics() {
+        // built for 3 backends, asked with 2 (the state moved on before the
+        // worker rebuilt its schedulers)
+        let names: Vec<Vec<u8>> = (0..3).map(|i| vec![i]).collect();
+        let refs: Vec<&[u8]> = names.iter().map(|v| v.as_slice()).collect();
+        let mut m = Scheduler::new(Kind::Maglev, &refs, 251);
+        let b = up(&[1, 1]);
+        for h in 0..2_000u64 {
+            assert!(m.pick(&b, h, 0).is_some_and(|i| i < 2));
+        }
     }
 
     #[test]

@@ -194,7 +194,11 @@ impl Switch {
                     .map(|b| b.ip)
                     .collect();
                 if !sick.is_empty() {
-                    if let Ok(mut ct) = self.conntrack.lock() {
+                    {
+                        let mut ct = self
+                            .conntrack
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
                         for ip in sick {
                             ct.forget_backend(*vni, *mark, ip);
                         }
@@ -215,7 +219,10 @@ impl Switch {
         let (key, flags) = five_tuple(buf.data(), net.vni).ok_or(DropReason::NoRoute)?;
         let mark = *net.vips.get(&key.dst).ok_or(DropReason::NoRoute)?;
         let backend = {
-            let mut ct = self.conntrack.lock().map_err(|_| DropReason::NoBackend)?;
+            let mut ct = self
+                .conntrack
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let id = match ct.lookup(&key) {
                 Some((id, Dir::Orig)) => id,
                 _ => {
@@ -240,7 +247,7 @@ impl Switch {
                     let i = sched
                         .pick(&view, h, u64::from(u32::from(key.src)))
                         .ok_or(DropReason::NoBackend)?;
-                    let b = svc.backends[i];
+                    let b = *svc.backends.get(i).ok_or(DropReason::NoBackend)?;
                     let reply = Key {
                         src: b.ip,
                         dst: key.src,
@@ -277,9 +284,10 @@ impl Switch {
             return;
         };
         let orig = {
-            let Ok(mut ct) = self.conntrack.lock() else {
-                return;
-            };
+            let mut ct = self
+                .conntrack
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let Some((id, Dir::Reply)) = ct.lookup(&key) else {
                 return;
             };
@@ -375,6 +383,10 @@ impl Switch {
                 let src = ip.source_addr();
                 let link_local = src.segments()[0] & 0xffc0 == 0xfe80;
                 if !src.is_unspecified() && !link_local && !pv.ips.contains(&IpAddr::V6(src)) {
+                    return self.drop(DropReason::SpoofedSourceIp);
+                }
+                // neighbour discovery may only speak for this port's own addresses
+                if !neighbor::nd_allowed(frame, &pv.mac, &pv.ips) {
                     return self.drop(DropReason::SpoofedSourceIp);
                 }
                 if let Some(ns) = neighbor::parse_solicitation(frame) {

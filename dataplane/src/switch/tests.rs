@@ -207,6 +207,77 @@ fn spoofed_sources_are_dropped_and_counted() {
 }
 
 #[test]
+fn neighbour_discovery_cannot_speak_for_others() {
+    use etherparse::{icmpv6::NeighborAdvertisementHeader, Icmpv6Type};
+    let st = state();
+    let mut sw = Switch::new(16);
+    let na = |target: &str, lladdr: Mac| {
+        let mut payload = target
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets()
+            .to_vec();
+        payload.extend_from_slice(&[2, 1]);
+        payload.extend_from_slice(&lladdr);
+        let mut out = Vec::new();
+        PacketBuilder::ethernet2(A, [0x33, 0x33, 0, 0, 0, 1])
+            .ipv6(
+                [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xa],
+                [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+                255,
+            )
+            .icmpv6(Icmpv6Type::NeighborAdvertisement(
+                NeighborAdvertisementHeader {
+                    router: false,
+                    solicited: false,
+                    r#override: true,
+                },
+            ))
+            .write(&mut out, &payload)
+            .unwrap();
+        out
+    };
+    // another endpoint's address: refused
+    let mut b = buf(&na("fd00::12", A));
+    assert_eq!(
+        sw.from_port(&st, PortId(1), &mut b, 0),
+        Action::Drop(DropReason::SpoofedSourceIp)
+    );
+    // its own address but someone else's MAC in the option: refused
+    let mut b = buf(&na("fd00::10", B));
+    assert_eq!(
+        sw.from_port(&st, PortId(1), &mut b, 0),
+        Action::Drop(DropReason::SpoofedSourceIp)
+    );
+    // its own address and MAC: flooded as usual
+    let mut b = buf(&na("fd00::10", A));
+    assert!(matches!(
+        sw.from_port(&st, PortId(1), &mut b, 0),
+        Action::Flood { .. }
+    ));
+    // a router advertisement from a container: refused
+    let mut ra = Vec::new();
+    PacketBuilder::ethernet2(A, [0x33, 0x33, 0, 0, 0, 1])
+        .ipv6(
+            [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xa],
+            [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            255,
+        )
+        .icmpv6(Icmpv6Type::Unknown {
+            type_u8: 134,
+            code_u8: 0,
+            bytes5to8: [64, 0, 7, 8],
+        })
+        .write(&mut ra, &[0u8; 8])
+        .unwrap();
+    let mut b = buf(&ra);
+    assert_eq!(
+        sw.from_port(&st, PortId(1), &mut b, 0),
+        Action::Drop(DropReason::SpoofedSourceIp)
+    );
+}
+
+#[test]
 fn frames_for_the_gateway_have_no_route_yet() {
     let st = state();
     let mut sw = Switch::new(16);

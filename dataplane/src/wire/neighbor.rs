@@ -134,6 +134,57 @@ pub fn write_advertisement(frame: &mut [u8], ns: &Solicitation, answer_mac: Mac)
     Some(total)
 }
 
+/// Whether ICMPv6 neighbour discovery sent by a port stays within what that port
+/// owns: no router advertisements or redirects (a container is no router); an
+/// advertisement only for one of its own addresses (or a link-local one); and
+/// any link-layer address option naming the port's own MAC. Other frames pass.
+pub fn nd_allowed(frame: &[u8], port_mac: &Mac, port_ips: &[std::net::IpAddr]) -> bool {
+    let Ok(ip) = Ipv6HeaderSlice::from_slice(frame.get(ETH..).unwrap_or(&[])) else {
+        return true;
+    };
+    if ip.next_header() != IpNumber::IPV6_ICMP {
+        return true;
+    }
+    let Some(icmp) = frame.get(ETH + IPV6_LEN..) else {
+        return true;
+    };
+    let Some(&kind) = icmp.first() else {
+        return true;
+    };
+    let (target_at, opts_at) = match kind {
+        133 => (None, 8),          // router solicitation
+        135 => (Some(8), 24),      // neighbour solicitation
+        136 => (Some(8), 24),      // neighbour advertisement
+        134 | 137 => return false, // router advertisement, redirect
+        _ => return true,
+    };
+    if kind == 136 {
+        let Some(t) = target_at.and_then(|a| icmp.get(a..a + 16)) else {
+            return false;
+        };
+        let t: [u8; 16] = t.try_into().unwrap_or([0; 16]);
+        let target = Ipv6Addr::from(t);
+        let link_local = target.segments()[0] & 0xffc0 == 0xfe80;
+        if !link_local && !port_ips.contains(&std::net::IpAddr::V6(target)) {
+            return false;
+        }
+    }
+    // options: type, length in units of 8 bytes, value; source/target link-layer
+    // address options (1, 2) must carry the port's MAC
+    let mut off = opts_at;
+    while let (Some(&t), Some(&l)) = (icmp.get(off), icmp.get(off + 1)) {
+        let len = usize::from(l) * 8;
+        if len == 0 {
+            return false;
+        }
+        if (t == 1 || t == 2) && icmp.get(off + 2..off + 8) != Some(&port_mac[..]) {
+            return false;
+        }
+        off += len;
+    }
+    true
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
