@@ -30,6 +30,28 @@ impl Default for Coalescer {
     }
 }
 
+/// Whether a segment may be merged at all: its IP length says exactly the frame
+/// (no padding or trailing bytes would become payload) and its TCP checksum is
+/// right. A merged super-frame goes up as checksum-verified, so a corrupted
+/// segment must never join one: written alone, the kernel checks and drops it.
+fn mergeable(f: &[u8], t: &TcpFrame) -> bool {
+    let ip_len = if t.v6 {
+        usize::from(u16::from_be_bytes([f[ETH + 4], f[ETH + 5]])) + 40
+    } else {
+        usize::from(u16::from_be_bytes([f[ETH + 2], f[ETH + 3]]))
+    };
+    if ETH + ip_len != f.len() {
+        return false;
+    }
+    let tcp_len = (f.len() - t.l4_off) as u32;
+    let pseudo = if t.v6 {
+        checksum::pseudo(&f[ETH + 8..ETH + 24], &f[ETH + 24..ETH + 40], 6, tcp_len)
+    } else {
+        checksum::pseudo(&f[ETH + 12..ETH + 16], &f[ETH + 16..ETH + 20], 6, tcp_len)
+    };
+    checksum::fold(checksum::add(pseudo, &f[t.l4_off..])) == 0xffff
+}
+
 fn seq_of(f: &[u8], t: &TcpFrame) -> u32 {
     let o = t.l4_off + 4;
     u32::from_be_bytes([f[o], f[o + 1], f[o + 2], f[o + 3]])
@@ -62,6 +84,9 @@ impl Coalescer {
         let Some(ft) = parse_tcp(frame) else {
             return false;
         };
+        if !mergeable(frame, &ft) {
+            return false;
+        }
         let plen = frame.len() - ft.payload_off;
         let ok = !self.closed
             && ft == t
@@ -90,6 +115,9 @@ impl Coalescer {
         let Some(t) = parse_tcp(frame) else {
             return false;
         };
+        if !mergeable(frame, &t) {
+            return false;
+        }
         let plen = frame.len() - t.payload_off;
         if plen == 0 || frame[t.l4_off + 13] & !MERGEABLE != 0 || frame.len() > self.buf.len() {
             return false;
@@ -226,6 +254,14 @@ mod tests {
         let (h, out) = c.take().unwrap();
         assert_eq!(h.gso_size, 100);
         assert_eq!(out.len(), 14 + 20 + 20 + 150);
+        // a corrupted segment is never merged (nor padded bytes taken as payload)
+        let mut bad = tcp_frame(false, 300, &[1; 100], false);
+        let last = bad.len() - 1;
+        bad[last] ^= 0xff;
+        assert!(!c.push(&bad), "a segment with a bad checksum");
+        let mut padded = tcp_frame(false, 300, &[1; 100], false);
+        padded.extend_from_slice(&[0; 6]);
+        assert!(!c.push(&padded), "bytes past the IP length");
         // a lone segment goes out unchanged, without GSO
         assert!(c.push(&tcp_frame(false, 9, &[1; 10], false)));
         let (h, _) = c.take().unwrap();
