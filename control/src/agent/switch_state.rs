@@ -133,6 +133,7 @@ pub fn build(
                 })
                 .collect();
             backends.sort_by_key(|b| b.ip);
+            v.backend_ips.extend(backends.iter().map(|b| b.ip));
             let scheduler = Kind::parse(&svc.scheduler).unwrap_or(Kind::Rr);
             v.services.insert(
                 svc.fwmark,

@@ -277,12 +277,15 @@ impl Switch {
     /// A reply of a balanced connection, about to be delivered to its client:
     /// rewrites its source back to the VIP (and the gateway MAC the client sent to).
     fn unbalance(&mut self, net: &NetworkView, buf: &mut PacketBuf, now_ms: u64) {
-        if net.vips.is_empty() {
+        if net.backend_ips.is_empty() {
             return;
         }
         let Some((key, flags)) = five_tuple(buf.data(), net.vni) else {
             return;
         };
+        if !net.backend_ips.contains(&key.src) {
+            return;
+        }
         let orig = {
             let mut ct = self
                 .conntrack

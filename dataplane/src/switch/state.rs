@@ -54,6 +54,9 @@ pub struct NetworkView {
     pub services: FxHashMap<u32, ServiceView>,
     /// Names the embedded DNS answers on this network (lowercase, no trailing dot).
     pub dns: FxHashMap<String, Vec<IpAddr>>,
+    /// Every backend address of this network's services: only frames from these
+    /// can be replies to rewrite back to a VIP, so only they pay a conntrack lookup.
+    pub backend_ips: rustc_hash::FxHashSet<Ipv4Addr>,
 }
 
 /// A virtual service as one network sees it.

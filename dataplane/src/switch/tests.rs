@@ -474,6 +474,8 @@ fn with_vip() -> SwitchState {
     let mut st = state();
     let net = st.networks.get_mut(&VNI).unwrap();
     net.vips.insert(Ipv4Addr::new(10, 0, 0, 100), 0x100);
+    net.backend_ips
+        .extend([Ipv4Addr::new(10, 0, 0, 11), Ipv4Addr::new(10, 0, 0, 12)]);
     net.neighbors.insert(ip("10.0.0.100"), GW);
     net.services.insert(
         0x100,
