@@ -28,22 +28,6 @@ struct IfReq {
     _pad: [u8; 22],
 }
 
-/// Creates a TAP named `name` (no packet-info header) and returns its queue fd,
-/// non-blocking. The device lives as long as the fd (it is not persistent), so a
-/// crashed agent leaves no device behind.
-pub fn create(name: &str) -> io::Result<OwnedFd> {
-    open(name, 0)
-}
-
-/// Like [`create`], with a `virtio_net_hdr` before every frame read and written
-/// (`IFF_VNET_HDR`) and the offloads that let the container's kernel hand us
-/// unchecksummed TCP super-frames (`TUNSETOFFLOAD`: csum, TSO4, TSO6), which the
-/// worker segments itself (see `offload`).
-pub fn create_offloaded(name: &str) -> io::Result<OwnedFd> {
-    let mut fds = create_queues(name, 1)?;
-    fds.pop().ok_or_else(|| io::Error::other("no queue"))
-}
-
 /// An offloading TAP with `queues` queues (`IFF_MULTI_QUEUE`), one fd each, so one
 /// worker per core reads its own queue; the kernel spreads the container's flows
 /// over them by flow hash. UDP segmentation offload (USO) is asked for too and

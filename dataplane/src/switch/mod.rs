@@ -135,8 +135,8 @@ impl Switch {
         port: PortId,
         buf: &mut PacketBuf,
         forward: bool,
+        key: Key,
     ) -> Option<Action<'s>> {
-        let (key, _) = five_tuple(buf.data(), net.vni)?;
         if key.proto != 17 || key.dport != 53 || !net.gateways.contains(&IpAddr::V4(key.dst)) {
             return None;
         }
@@ -160,7 +160,7 @@ impl Switch {
         }
         let rotate = DNS_ROTATE.load(std::sync::atomic::Ordering::Relaxed);
         let Some((resp, records)) =
-            dns::answer_counted(f.get(payload_off..)?, rotate, |n| net.dns.get(n).cloned())
+            dns::answer(f.get(payload_off..)?, rotate, |n| net.dns.get(n).cloned())
         else {
             return Some(self.drop(DropReason::Malformed));
         };
@@ -215,8 +215,9 @@ impl Switch {
         net: &NetworkView,
         buf: &mut PacketBuf,
         now_ms: u64,
+        tuple: Option<(Key, u8)>,
     ) -> Result<(), DropReason> {
-        let (key, flags) = five_tuple(buf.data(), net.vni).ok_or(DropReason::NoRoute)?;
+        let (key, flags) = tuple.ok_or(DropReason::NoRoute)?;
         let mark = *net.vips.get(&key.dst).ok_or(DropReason::NoRoute)?;
         let backend = {
             let mut ct = self
@@ -415,12 +416,16 @@ impl Switch {
             return self.flood(net, Some(port), buf);
         }
         if dst == net.gateway_mac {
-            if let Some(a) = self.dns(net, port, buf, !st.dns_upstream.is_empty()) {
-                return a;
+            // parsed once for both: a DNS query to the gateway, or a VIP
+            let tuple = five_tuple(buf.data(), net.vni);
+            if let Some((key, _)) = tuple {
+                if let Some(a) = self.dns(net, port, buf, !st.dns_upstream.is_empty(), key) {
+                    return a;
+                }
             }
             // to the gateway: a service VIP (balanced here, on the client's node)
             // or something to route, which nothing does yet
-            if let Err(r) = self.balance(net, buf, now_ms) {
+            if let Err(r) = self.balance(net, buf, now_ms, tuple) {
                 return self.drop(r);
             }
             let frame = buf.data();

@@ -13,18 +13,10 @@ const TTL: u32 = 5;
 
 /// Answers the DNS query in `query` from `lookup` (a lowercase name without the
 /// trailing dot → its addresses), rotating multi-address answers by `rotate`.
-/// `None` for anything that is not a well-formed standard query.
+/// Returns the answer and how many address records it carries (the caller
+/// advances its rotation only for those); `None` for anything that is not a
+/// well-formed standard query.
 pub fn answer(
-    query: &[u8],
-    rotate: usize,
-    lookup: impl Fn(&str) -> Option<Vec<IpAddr>>,
-) -> Option<Vec<u8>> {
-    answer_counted(query, rotate, lookup).map(|(bytes, _)| bytes)
-}
-
-/// [`answer`], also saying how many address records the answer carries (the
-/// caller advances its rotation only for those).
-pub fn answer_counted(
     query: &[u8],
     rotate: usize,
     lookup: impl Fn(&str) -> Option<Vec<IpAddr>>,
@@ -112,19 +104,31 @@ mod tests {
 
     #[test]
     fn names_vips_tasks_rotated_and_refused() {
-        let r = answer(&query("API.", RecordType::A), 0, table).unwrap();
+        let r = answer(&query("API.", RecordType::A), 0, table).unwrap().0;
         assert_eq!(
             ips(&r),
             (ResponseCode::NoError, vec!["10.0.0.100".to_string()])
         );
-        let a = ips(&answer(&query("tasks.api.", RecordType::A), 0, table).unwrap()).1;
-        let b = ips(&answer(&query("tasks.api.", RecordType::A), 1, table).unwrap()).1;
+        let a = ips(&answer(&query("tasks.api.", RecordType::A), 0, table)
+            .unwrap()
+            .0)
+        .1;
+        let b = ips(&answer(&query("tasks.api.", RecordType::A), 1, table)
+            .unwrap()
+            .0)
+        .1;
         assert_eq!(a.len(), 2);
         assert_ne!(a[0], b[0], "rotated");
-        let v6 = ips(&answer(&query("tasks.api.", RecordType::AAAA), 0, table).unwrap()).1;
+        let v6 = ips(&answer(&query("tasks.api.", RecordType::AAAA), 0, table)
+            .unwrap()
+            .0)
+        .1;
         assert_eq!(v6, vec!["fd00::2".to_string()]);
         assert_eq!(
-            ips(&answer(&query("example.org.", RecordType::A), 0, table).unwrap()).0,
+            ips(&answer(&query("example.org.", RecordType::A), 0, table)
+                .unwrap()
+                .0)
+            .0,
             ResponseCode::Refused
         );
     }
