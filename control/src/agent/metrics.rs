@@ -102,23 +102,21 @@ pub fn render(a: &Agent) -> String {
     );
     let backend_conns = Family::<Labels, Gauge<i64>>::default();
     let backend_healthy = Family::<Labels, Gauge<i64>>::default();
-    for vs in a.lb_table().as_array().into_iter().flatten() {
-        for b in vs["backends"].as_array().into_iter().flatten() {
+    for vs in a.lb_table() {
+        for b in &vs.backends {
             let base: Labels = vec![
-                ("fwmark".into(), vs["fwmark"].to_string()),
-                ("vip".into(), vs["vip"].as_str().unwrap_or("").into()),
-                ("backend".into(), b["address"].as_str().unwrap_or("").into()),
+                ("fwmark".into(), vs.fwmark.to_string()),
+                ("vip".into(), vs.vip.to_string()),
+                ("backend".into(), b.address.to_string()),
             ];
-            for state in ["active", "inactive"] {
+            for (state, n) in [("active", b.active), ("inactive", b.inactive)] {
                 let mut l = base.clone();
                 l.push(("state".into(), state.into()));
-                backend_conns
-                    .get_or_create(&l)
-                    .set(b[state].as_i64().unwrap_or(0));
+                backend_conns.get_or_create(&l).set(i64::from(n));
             }
             backend_healthy
                 .get_or_create(&base)
-                .set(i64::from(b["healthy"] == true));
+                .set(i64::from(b.healthy));
         }
     }
     reg.register(

@@ -240,7 +240,7 @@ impl Agent {
 
     /// The virtual services this node balances, with their backends' connection
     /// counts, as `ipvsadm -Ln` shows them.
-    pub fn lb_table(&self) -> serde_json::Value {
+    pub fn lb_table(&self) -> Vec<VirtualService> {
         let st = self.worker.state();
         let conns = self.worker.connections();
         let mut out = Vec::new();
@@ -249,7 +249,7 @@ impl Agent {
                 let Some(svc) = net.services.get(mark) else {
                     continue;
                 };
-                let backends: Vec<serde_json::Value> = svc
+                let backends = svc
                     .backends
                     .iter()
                     .map(|b| {
@@ -264,19 +264,26 @@ impl Agent {
                                 inactive += 1;
                             }
                         }
-                        serde_json::json!({
-                            "address": b.ip, "forward": "Masq", "weight": b.weight,
-                            "healthy": b.healthy, "active": active, "inactive": inactive,
-                        })
+                        RealServer {
+                            address: b.ip,
+                            forward: "Masq",
+                            weight: b.weight,
+                            healthy: b.healthy,
+                            active,
+                            inactive,
+                        }
                     })
                     .collect();
-                out.push(serde_json::json!({
-                    "fwmark": mark, "vip": vip, "vni": net.vni,
-                    "scheduler": svc.scheduler.as_str(), "backends": backends,
-                }));
+                out.push(VirtualService {
+                    fwmark: *mark,
+                    vip: *vip,
+                    vni: net.vni,
+                    scheduler: svc.scheduler.as_str(),
+                    backends,
+                });
             }
         }
-        serde_json::Value::Array(out)
+        out
     }
 
     pub fn connection_count(&self) -> usize {
@@ -727,6 +734,27 @@ fn upstream_resolvers() -> Vec<std::net::SocketAddr> {
         .filter_map(|a| a.trim().parse::<std::net::Ipv4Addr>().ok())
         .map(|ip| std::net::SocketAddr::new(ip.into(), 53))
         .collect()
+}
+
+/// One virtual service as `lb ls` and the metrics show it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct VirtualService {
+    pub fwmark: u32,
+    pub vip: std::net::Ipv4Addr,
+    pub vni: u32,
+    pub scheduler: &'static str,
+    pub backends: Vec<RealServer>,
+}
+
+/// A backend of a virtual service, with its connection counts (IPVS's words).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RealServer {
+    pub address: std::net::Ipv4Addr,
+    pub forward: &'static str,
+    pub weight: u32,
+    pub healthy: bool,
+    pub active: u32,
+    pub inactive: u32,
 }
 
 /// A 16-hex-digit endpoint id (the TAP name takes the first 12).

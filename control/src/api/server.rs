@@ -296,7 +296,7 @@ async fn remove_service(State(a): Ag, Path(name): Path<String>) -> Res {
 }
 
 async fn lb_table(State(a): Ag) -> Res {
-    Ok(Json(a.lb_table()))
+    to_json(a.lb_table())
 }
 
 async fn conntrack_table(State(a): Ag) -> Res {
