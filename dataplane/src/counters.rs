@@ -52,10 +52,18 @@ pub enum DropReason {
     NoBackend,
     /// A DNS query not forwarded: too many already waiting for the node's resolvers.
     DnsBusy,
+    /// Ingress traffic on a node whose ingress is off (`node update --ingress off`).
+    IngressOff,
+    /// Ingress traffic for a port no service publishes (here).
+    NotPublished,
+    /// A new ingress connection a `drop` policy refused.
+    PolicyDrop,
+    /// A new ingress connection a `reject` policy refused (answered with RST or ICMP).
+    PolicyReject,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 22] = [
+    pub const ALL: [DropReason; 26] = [
         DropReason::Malformed,
         DropReason::BadVxlanHeader,
         DropReason::UnknownVni,
@@ -78,6 +86,10 @@ impl DropReason {
         DropReason::TunnelInvalid,
         DropReason::NoBackend,
         DropReason::DnsBusy,
+        DropReason::IngressOff,
+        DropReason::NotPublished,
+        DropReason::PolicyDrop,
+        DropReason::PolicyReject,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -104,6 +116,10 @@ impl DropReason {
             DropReason::TunnelInvalid => "tunnel_invalid",
             DropReason::NoBackend => "no_backend",
             DropReason::DnsBusy => "dns_busy",
+            DropReason::IngressOff => "ingress_off",
+            DropReason::NotPublished => "not_published",
+            DropReason::PolicyDrop => "policy_drop",
+            DropReason::PolicyReject => "policy_reject",
         }
     }
 }

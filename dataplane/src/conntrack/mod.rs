@@ -76,6 +76,13 @@ pub struct Entry {
     pub last_ms: u64,
     fin_orig: bool,
     fin_reply: bool,
+    /// TCP: the sequence number each side sends next (client, backend), so the
+    /// agent can reset both ends with numbers they accept.
+    pub next_seq: [u32; 2],
+    /// On a task's node, for a connection that came in through another node's
+    /// ingress with the client's own address: that node's sandbox MAC, where the
+    /// replies go back to. (`service` is 0 for these: nothing was balanced here.)
+    pub via: Option<crate::Mac>,
 }
 
 const TCP_FIN: u8 = 0x01;
@@ -154,6 +161,8 @@ impl Conntrack {
             last_ms: now_ms,
             fin_orig: false,
             fin_reply: false,
+            next_seq: [0; 2],
+            via: None,
         };
         let id = match self.free.pop() {
             Some(id) => {
@@ -215,6 +224,22 @@ impl Conntrack {
             (State::SynRecv, Dir::Orig) if tcp_flags & TCP_ACK != 0 => State::Established,
             (s, _) => s,
         };
+    }
+
+    /// Notes where a TCP side's next segment starts (its sequence number plus
+    /// the length this segment used up).
+    pub fn note_seq(&mut self, id: u32, dir: Dir, seq_end: u32) {
+        if let Some(Some(e)) = self.slab.get_mut(id as usize) {
+            e.next_seq[usize::from(dir == Dir::Reply)] = seq_end;
+        }
+    }
+
+    /// Marks a connection as one whose replies go back through the ingress node
+    /// with sandbox MAC `via`.
+    pub fn set_via(&mut self, id: u32, via: crate::Mac) {
+        if let Some(Some(e)) = self.slab.get_mut(id as usize) {
+            e.via = Some(via);
+        }
     }
 
     fn remove(&mut self, id: u32) -> Option<Entry> {

@@ -9,7 +9,10 @@ mod fdb;
 mod state;
 
 pub use fdb::{LearnedFdb, AGEING_MS};
-pub use state::{BackendView, Location, NetworkView, PortId, PortView, ServiceView, SwitchState};
+pub use state::{
+    policy_verdict, BackendView, IngressView, Location, NetworkView, PolicyAction, PolicyRule,
+    PortId, PortView, PublishedView, ServiceView, SwitchState,
+};
 
 use crate::buf::PacketBuf;
 use crate::conntrack::{Conntrack, Dir, Key};
@@ -17,7 +20,7 @@ use crate::counters::{Counters, DropReason};
 use crate::lb::nat::{self, Side};
 use crate::lb::scheduler::{self, Scheduler};
 
-use crate::wire::{dns, flow_hash::flow_hash, icmp_too_big, neighbor, udp_reply, vxlan};
+use crate::wire::{dns, flow_hash::flow_hash, icmp_error, neighbor, tcp_rst, udp_reply, vxlan};
 use crate::Mac;
 use etherparse::{Ipv4HeaderSlice, Ipv6HeaderSlice};
 use rustc_hash::FxHashMap;
@@ -79,8 +82,16 @@ pub struct Switch {
 /// process, so the order moves answer by answer whichever worker answers.
 static DNS_ROTATE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// The 5-tuple of an IPv4 TCP/UDP frame, and its TCP flags.
-fn five_tuple(frame: &[u8], zone: u32) -> Option<(Key, u8)> {
+/// What conntrack needs of a TCP segment: its flags, and where the sender's next
+/// segment starts (to reset the connection with a sequence number it accepts).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Seg {
+    flags: u8,
+    seq_end: u32,
+}
+
+/// The 5-tuple of an IPv4 TCP/UDP frame, and its TCP details.
+fn five_tuple(frame: &[u8], zone: u32) -> Option<(Key, Seg)> {
     let ip = frame.get(ETH_HDR..)?;
     if frame.get(12..14)? != ETHERTYPE_IPV4 || ip.len() < 20 {
         return None;
@@ -94,10 +105,18 @@ fn five_tuple(frame: &[u8], zone: u32) -> Option<(Key, u8)> {
     if l4.len() < 4 {
         return None;
     }
-    let flags = if proto == 6 {
-        *l4.get(13).unwrap_or(&0)
-    } else {
-        0
+    let seg = match (proto, l4.get(4..14)) {
+        (6, Some(t)) => {
+            let flags = t[9];
+            let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+            let payload = total.saturating_sub(ihl + usize::from(t[8] >> 4) * 4) as u32;
+            let used = payload + u32::from(flags & 0x02 != 0) + u32::from(flags & 0x01 != 0);
+            Seg {
+                flags,
+                seq_end: u32::from_be_bytes([t[0], t[1], t[2], t[3]]).wrapping_add(used),
+            }
+        }
+        _ => Seg::default(),
     };
     Some((
         Key {
@@ -108,7 +127,7 @@ fn five_tuple(frame: &[u8], zone: u32) -> Option<(Key, u8)> {
             sport: u16::from_be_bytes([l4[0], l4[1]]),
             dport: u16::from_be_bytes([l4[2], l4[3]]),
         },
-        flags,
+        seg,
     ))
 }
 
@@ -208,47 +227,78 @@ impl Switch {
         }
     }
 
+    fn lock_conntrack(&self) -> std::sync::MutexGuard<'_, Conntrack> {
+        // a worker that panicked mid-update leaves a table that is still
+        // consistent entry by entry: keep balancing rather than stop everywhere
+        self.conntrack
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Picks a backend of virtual service `mark` on `net` for a new connection.
+    /// `host_only`: only tasks on this node (`mode=host`).
+    #[allow(clippy::too_many_arguments)]
+    fn pick_backend(
+        schedulers: &mut FxHashMap<(u32, u32), Scheduler>,
+        ct: &Conntrack,
+        net: &NetworkView,
+        mark: u32,
+        host_only: bool,
+        src: Ipv4Addr,
+        flow: u32,
+    ) -> Result<(u32, BackendView), DropReason> {
+        let svc = net.services.get(&mark).ok_or(DropReason::NoBackend)?;
+        let lc = svc.scheduler == scheduler::Kind::Lc;
+        let view: Vec<scheduler::Backend> = svc
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| scheduler::Backend {
+                weight: b.weight,
+                // only lc looks at the load; counting walks the table
+                active: if lc { ct.counts(mark, i as u32).0 } else { 0 },
+                healthy: b.healthy && (b.local || !host_only),
+            })
+            .collect();
+        let sched = schedulers
+            .get_mut(&(net.vni, mark))
+            .ok_or(DropReason::NoBackend)?;
+        let i = sched
+            .pick(&view, u64::from(flow), u64::from(u32::from(src)))
+            .ok_or(DropReason::NoBackend)?;
+        let b = *svc.backends.get(i).ok_or(DropReason::NoBackend)?;
+        Ok((i as u32, b))
+    }
+
     /// DNATs a new or tracked connection to a VIP to its backend (the client's
-    /// node balances; no SNAT). Returns false when no backend can take it.
+    /// node balances; no SNAT).
     fn balance(
         &mut self,
         net: &NetworkView,
         buf: &mut PacketBuf,
         now_ms: u64,
-        tuple: Option<(Key, u8)>,
+        tuple: Option<(Key, Seg)>,
     ) -> Result<(), DropReason> {
-        let (key, flags) = tuple.ok_or(DropReason::NoRoute)?;
+        let (key, seg) = tuple.ok_or(DropReason::NoRoute)?;
         let mark = *net.vips.get(&key.dst).ok_or(DropReason::NoRoute)?;
         let backend = {
-            let mut ct = self
-                .conntrack
+            let conntrack = self.conntrack.clone();
+            let mut ct = conntrack
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let id = match ct.lookup(&key) {
                 Some((id, Dir::Orig)) => id,
                 _ => {
-                    let svc = net.services.get(&mark).ok_or(DropReason::NoBackend)?;
-                    let lc = svc.scheduler == scheduler::Kind::Lc;
-                    let view: Vec<scheduler::Backend> = svc
-                        .backends
-                        .iter()
-                        .enumerate()
-                        .map(|(i, b)| scheduler::Backend {
-                            weight: b.weight,
-                            // only lc looks at the load; counting walks the table
-                            active: if lc { ct.counts(mark, i as u32).0 } else { 0 },
-                            healthy: b.healthy,
-                        })
-                        .collect();
-                    let sched = self
-                        .schedulers
-                        .get_mut(&(net.vni, mark))
-                        .ok_or(DropReason::NoBackend)?;
-                    let h = u64::from(crate::wire::flow_hash::flow_hash(buf.data()));
-                    let i = sched
-                        .pick(&view, h, u64::from(u32::from(key.src)))
-                        .ok_or(DropReason::NoBackend)?;
-                    let b = *svc.backends.get(i).ok_or(DropReason::NoBackend)?;
+                    let flow = flow_hash(buf.data());
+                    let (i, b) = Self::pick_backend(
+                        &mut self.schedulers,
+                        &ct,
+                        net,
+                        mark,
+                        false,
+                        key.src,
+                        flow,
+                    )?;
                     let reply = Key {
                         src: b.ip,
                         dst: key.src,
@@ -256,10 +306,13 @@ impl Switch {
                         dport: key.sport,
                         ..key
                     };
-                    ct.insert(key, reply, mark, i as u32, flags, now_ms)
+                    ct.insert(key, reply, mark, i, seg.flags, now_ms)
                 }
             };
-            ct.update(id, Dir::Orig, flags, now_ms);
+            ct.update(id, Dir::Orig, seg.flags, now_ms);
+            if key.proto == 6 {
+                ct.note_seq(id, Dir::Orig, seg.seq_end);
+            }
             ct.get(id)
                 .map(|e| e.reply.src)
                 .ok_or(DropReason::NoBackend)?
@@ -281,21 +334,21 @@ impl Switch {
         if net.backend_ips.is_empty() {
             return;
         }
-        let Some((key, flags)) = five_tuple(buf.data(), net.vni) else {
+        let Some((key, seg)) = five_tuple(buf.data(), net.vni) else {
             return;
         };
         if !net.backend_ips.contains(&key.src) {
             return;
         }
         let orig = {
-            let mut ct = self
-                .conntrack
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut ct = self.lock_conntrack();
             let Some((id, Dir::Reply)) = ct.lookup(&key) else {
                 return;
             };
-            ct.update(id, Dir::Reply, flags, now_ms);
+            ct.update(id, Dir::Reply, seg.flags, now_ms);
+            if key.proto == 6 {
+                ct.note_seq(id, Dir::Reply, seg.seq_end);
+            }
             match ct.get(id) {
                 Some(e) => e.orig,
                 None => return,
@@ -303,6 +356,266 @@ impl Switch {
         };
         if nat::rewrite_v4(buf.data_mut(), Side::Src, orig.dst, orig.dport) {
             buf.data_mut()[6..12].copy_from_slice(&net.gateway_mac);
+        }
+    }
+
+    /// A frame the kernel wrote to the ingress sandbox: ARP for the sandbox
+    /// address, or a connection to a published port (already DNATed by the node's
+    /// nftables table, so its source is still the real client). New connections
+    /// pass this node's policy, get a task, and go to it on the ingress network
+    /// with the client's address kept.
+    fn sandbox_in<'s>(
+        &mut self,
+        st: &'s SwitchState,
+        ing: &'s IngressView,
+        buf: &mut PacketBuf,
+        now_ms: u64,
+    ) -> Action<'s> {
+        let frame = buf.data();
+        if frame.len() < ETH_HDR {
+            return self.drop(DropReason::Malformed);
+        }
+        match [frame[12], frame[13]] {
+            ETHERTYPE_ARP => {
+                return match neighbor::parse_arp(frame) {
+                    Some(arp) if arp.is_request && arp.target_ip == ing.sandbox_ip => {
+                        neighbor::write_arp_reply(buf.data_mut(), &arp, ing.sandbox_mac);
+                        self.counters.neighbor_replies += 1;
+                        Action::Reply(ing.port)
+                    }
+                    Some(_) => self.drop(DropReason::NoRoute),
+                    None => self.drop(DropReason::Malformed),
+                }
+            }
+            ETHERTYPE_IPV4 => {}
+            _ => return self.drop(DropReason::UnsupportedEtherType),
+        }
+        let Some(net) = st.networks.get(&ing.vni) else {
+            return self.drop(DropReason::UnknownVni);
+        };
+        let Some((key, seg)) = five_tuple(frame, ing.vni) else {
+            return self.drop(DropReason::NoRoute);
+        };
+        if key.dst != ing.sandbox_ip {
+            return self.drop(DropReason::NoRoute);
+        }
+        let tracked = self.lock_conntrack().lookup(&key);
+        if !matches!(tracked, Some((_, Dir::Orig))) {
+            if !ing.enabled {
+                return self.drop(DropReason::IngressOff);
+            }
+            if !ing.published.contains_key(&(key.proto, key.dport)) {
+                return self.drop(DropReason::NotPublished);
+            }
+            match policy_verdict(&ing.policies, key.proto, key.dport, key.src) {
+                PolicyAction::Accept => {}
+                PolicyAction::Drop => return self.drop(DropReason::PolicyDrop),
+                PolicyAction::Reject => return self.reject(ing, buf),
+            }
+        }
+        let target = {
+            let conntrack = self.conntrack.clone();
+            let mut ct = conntrack
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let id = match ct.lookup(&key) {
+                Some((id, Dir::Orig)) => id,
+                _ => {
+                    let Some(p) = ing.published.get(&(key.proto, key.dport)) else {
+                        return self.drop(DropReason::NotPublished);
+                    };
+                    let flow = flow_hash(buf.data());
+                    let picked = Self::pick_backend(
+                        &mut self.schedulers,
+                        &ct,
+                        net,
+                        p.fwmark,
+                        p.host_only,
+                        key.src,
+                        flow,
+                    );
+                    let (i, b) = match picked {
+                        Ok(x) => x,
+                        Err(r) => {
+                            drop(ct);
+                            return self.drop(r);
+                        }
+                    };
+                    let reply = Key {
+                        src: b.ip,
+                        dst: key.src,
+                        sport: p.target,
+                        dport: key.sport,
+                        ..key
+                    };
+                    ct.insert(key, reply, p.fwmark, i, seg.flags, now_ms)
+                }
+            };
+            ct.update(id, Dir::Orig, seg.flags, now_ms);
+            if key.proto == 6 {
+                ct.note_seq(id, Dir::Orig, seg.seq_end);
+            }
+            ct.get(id).map(|e| (e.reply.src, e.reply.sport))
+        };
+        let Some((ip, port)) = target else {
+            return self.drop(DropReason::NoBackend);
+        };
+        let Some(mac) = net.neighbors.get(&IpAddr::V4(ip)).copied() else {
+            return self.drop(DropReason::NoBackend);
+        };
+        if !nat::rewrite_v4(buf.data_mut(), Side::Dst, ip, port) {
+            return self.drop(DropReason::Malformed);
+        }
+        let f = buf.data_mut();
+        f[0..6].copy_from_slice(&mac);
+        f[6..12].copy_from_slice(&ing.sandbox_mac);
+        self.send_to_mac(net, mac, buf)
+    }
+
+    /// Sends a frame already addressed to `mac` on `net`: to its local port, or
+    /// over VXLAN to its node.
+    fn send_to_mac<'s>(&mut self, net: &NetworkView, mac: Mac, buf: &mut PacketBuf) -> Action<'s> {
+        match net.macs.get(&mac) {
+            Some(Location::Local(p)) => Action::Deliver(*p),
+            Some(Location::Remote(v)) => {
+                let flow_hash = flow_hash(buf.data());
+                if !buf.write_vxlan_header(net.vni) {
+                    return self.drop(DropReason::TooBig);
+                }
+                Action::Encap {
+                    vtep: *v,
+                    flow_hash,
+                    secure: net.encrypted,
+                }
+            }
+            None => self.drop(DropReason::NoBackend),
+        }
+    }
+
+    /// Refuses a new ingress connection as a closed port would: RST for TCP,
+    /// ICMP port unreachable for UDP, back through the sandbox to the client.
+    fn reject<'s>(&mut self, ing: &IngressView, buf: &mut PacketBuf) -> Action<'s> {
+        let len = buf.len();
+        let tcp = buf.data().get(ETH_HDR + 9) == Some(&6);
+        let n = if tcp {
+            tcp_rst::write_refusal(buf.frame_room(), len, ing.sandbox_mac)
+        } else {
+            icmp_error::write_v4_port_unreachable(
+                buf.frame_room(),
+                len,
+                ing.sandbox_mac,
+                ing.sandbox_ip,
+            )
+        };
+        match n {
+            Some(n) if buf.set_len(n) => {
+                self.counters.drop(DropReason::PolicyReject);
+                Action::Reply(ing.port)
+            }
+            _ => self.drop(DropReason::PolicyReject),
+        }
+    }
+
+    /// A task's reply to a client that came in through ingress, sent to the
+    /// ingress network's gateway: back to the ingress node it came through (its
+    /// sandbox on this node, or another node's over VXLAN).
+    fn ingress_reply<'s>(
+        &mut self,
+        ing: &'s IngressView,
+        net: &NetworkView,
+        buf: &mut PacketBuf,
+        now_ms: u64,
+    ) -> Action<'s> {
+        let Some((key, seg)) = five_tuple(buf.data(), net.vni) else {
+            return self.drop(DropReason::NoRoute);
+        };
+        let via = {
+            let mut ct = self.lock_conntrack();
+            match ct.lookup(&key) {
+                Some((id, Dir::Reply)) => {
+                    let via = ct.get(id).and_then(|e| e.via);
+                    if via.is_some() {
+                        ct.update(id, Dir::Reply, seg.flags, now_ms);
+                        if key.proto == 6 {
+                            ct.note_seq(id, Dir::Reply, seg.seq_end);
+                        }
+                    }
+                    Some(via)
+                }
+                _ => None,
+            }
+        };
+        let Some(via) = via else {
+            return self.drop(DropReason::NoRoute);
+        };
+        match via {
+            Some(mac) => {
+                buf.data_mut()[0..6].copy_from_slice(&mac);
+                self.send_to_mac(net, mac, buf)
+            }
+            // balanced here: the client came in through this node's own sandbox
+            None => self.sandbox_out(ing, buf, now_ms),
+        }
+    }
+
+    /// A task's reply reaching the ingress node that balanced its connection:
+    /// reverse-NATed to the sandbox address and published port, and written to
+    /// the sandbox for the kernel to un-DNAT and route to the client.
+    fn sandbox_out<'s>(
+        &mut self,
+        ing: &'s IngressView,
+        buf: &mut PacketBuf,
+        now_ms: u64,
+    ) -> Action<'s> {
+        let Some((key, seg)) = five_tuple(buf.data(), ing.vni) else {
+            return self.drop(DropReason::NoRoute);
+        };
+        let orig = {
+            let mut ct = self.lock_conntrack();
+            let Some((id, Dir::Reply)) = ct.lookup(&key) else {
+                drop(ct);
+                return self.drop(DropReason::NoRoute);
+            };
+            ct.update(id, Dir::Reply, seg.flags, now_ms);
+            if key.proto == 6 {
+                ct.note_seq(id, Dir::Reply, seg.seq_end);
+            }
+            ct.get(id).map(|e| e.orig)
+        };
+        let Some(orig) = orig else {
+            return self.drop(DropReason::NoRoute);
+        };
+        if !nat::rewrite_v4(buf.data_mut(), Side::Src, orig.dst, orig.dport) {
+            return self.drop(DropReason::Malformed);
+        }
+        let f = buf.data_mut();
+        f[0..6].copy_from_slice(&ing.host_mac);
+        f[6..12].copy_from_slice(&ing.sandbox_mac);
+        Action::Deliver(ing.port)
+    }
+
+    /// On a task's node: a connection arriving from another node's ingress with
+    /// the client's address. Remembers that node, so the task's replies (which
+    /// go to the ingress gateway) are sent back there rather than anywhere else.
+    fn note_ingress_return(&mut self, ing: &IngressView, buf: &PacketBuf, now_ms: u64) {
+        let f = buf.data();
+        let smac: Mac = [f[6], f[7], f[8], f[9], f[10], f[11]];
+        if smac == ing.sandbox_mac || !ing.sandbox_macs.contains(&smac) {
+            return;
+        }
+        let Some((key, seg)) = five_tuple(f, ing.vni) else {
+            return;
+        };
+        let mut ct = self.lock_conntrack();
+        let id = match ct.lookup(&key) {
+            Some((id, Dir::Orig)) => id,
+            _ => ct.insert(key, key.reversed(), 0, 0, seg.flags, now_ms),
+        };
+        // the client may come back through another node after a failover
+        ct.set_via(id, smac);
+        ct.update(id, Dir::Orig, seg.flags, now_ms);
+        if key.proto == 6 {
+            ct.note_seq(id, Dir::Orig, seg.seq_end);
         }
     }
 
@@ -338,6 +651,9 @@ impl Switch {
         now_ms: u64,
     ) -> Action<'s> {
         self.counters.port_rx += 1;
+        if let Some(ing) = st.ingress.as_ref().filter(|i| i.port == port) {
+            return self.sandbox_in(st, ing, buf, now_ms);
+        }
         let Some(pv) = st.ports.get(&port) else {
             return self.drop(DropReason::UnknownPort);
         };
@@ -423,6 +739,9 @@ impl Switch {
                     return a;
                 }
             }
+            if let Some(ing) = st.ingress.as_ref().filter(|i| i.vni == net.vni) {
+                return self.ingress_reply(ing, net, buf, now_ms);
+            }
             // to the gateway: a service VIP (balanced here, on the client's node)
             // or something to route, which nothing does yet
             if let Err(r) = self.balance(net, buf, now_ms, tuple) {
@@ -485,10 +804,10 @@ impl Switch {
         let gw = net.gateways.iter().find(|g| g.is_ipv6() == is_v6).copied();
         let n = match gw {
             Some(IpAddr::V4(g)) => {
-                icmp_too_big::write_v4(buf.frame_room(), len, net.gateway_mac, g, net.mtu)
+                icmp_error::write_v4(buf.frame_room(), len, net.gateway_mac, g, net.mtu)
             }
             Some(IpAddr::V6(g)) => {
-                icmp_too_big::write_v6(buf.frame_room(), len, net.gateway_mac, g, net.mtu)
+                icmp_error::write_v6(buf.frame_room(), len, net.gateway_mac, g, net.mtu)
             }
             None => None,
         };
@@ -576,6 +895,14 @@ impl Switch {
         if dst[0] & 1 == 1 {
             return self.flood(net, None, buf);
         }
+        if let Some(ing) = st.ingress.as_ref().filter(|i| i.vni == vni) {
+            if dst == ing.sandbox_mac {
+                return self.sandbox_out(ing, buf, now_ms);
+            }
+            if matches!(net.macs.get(&dst), Some(Location::Local(_))) {
+                self.note_ingress_return(ing, buf, now_ms);
+            }
+        }
         match net.macs.get(&dst) {
             Some(Location::Local(p)) => {
                 let p = *p;
@@ -599,3 +926,5 @@ fn answer_for(net: &NetworkView, asker: &PortView, ip: IpAddr) -> Option<Mac> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_ingress;

@@ -11,6 +11,12 @@ use std::net::{IpAddr, Ipv4Addr};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PortId(pub u32);
 
+impl Default for PortId {
+    fn default() -> Self {
+        PortId(u32::MAX)
+    }
+}
+
 /// Where a MAC lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Location {
@@ -72,6 +78,8 @@ pub struct BackendView {
     pub ip: Ipv4Addr,
     pub weight: u32,
     pub healthy: bool,
+    /// The task runs on this node (`mode=host` ports balance over these only).
+    pub local: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -80,6 +88,8 @@ pub struct SwitchState {
     pub ports: FxHashMap<PortId, PortView>,
     /// The node's own resolvers: names the embedded DNS does not know go there.
     pub dns_upstream: Vec<std::net::SocketAddr>,
+    /// The routing mesh's ingress on this node, once the agent has its sandbox.
+    pub ingress: Option<IngressView>,
 }
 
 impl NetworkView {
@@ -90,4 +100,78 @@ impl NetworkView {
     pub fn is_static_peer(&self, vtep: &IpAddr) -> bool {
         self.static_peers.iter().any(|m| m == vtep)
     }
+}
+
+/// What a policy does with a new ingress connection it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyAction {
+    Accept,
+    /// Silently: the client times out.
+    Drop,
+    /// With a TCP RST or an ICMP port-unreachable: the client fails at once.
+    Reject,
+}
+
+/// One per-node access rule for ingress traffic, already narrowed to this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PolicyRule {
+    pub proto: u8,
+    pub port: u16,
+    /// Source network and prefix length (0.0.0.0/0 when the rule has no `--from`).
+    pub from: Ipv4Addr,
+    pub prefix: u8,
+    pub action: PolicyAction,
+}
+
+impl PolicyRule {
+    fn covers(&self, proto: u8, port: u16, src: Ipv4Addr) -> bool {
+        let mask = u32::MAX
+            .checked_shl(32 - u32::from(self.prefix))
+            .unwrap_or(0);
+        self.proto == proto
+            && self.port == port
+            && u32::from(src) & mask == u32::from(self.from) & mask
+    }
+}
+
+/// The longest `--from` prefix that covers the connection decides, so "drop all,
+/// accept 10.0.0.0/8" reads as an allow-list; no rule at all accepts.
+pub fn policy_verdict(rules: &[PolicyRule], proto: u8, port: u16, src: Ipv4Addr) -> PolicyAction {
+    rules
+        .iter()
+        .filter(|r| r.covers(proto, port, src))
+        .max_by_key(|r| r.prefix)
+        .map_or(PolicyAction::Accept, |r| r.action)
+}
+
+/// A published port on this node: the virtual service it feeds and the tasks' port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishedView {
+    pub fwmark: u32,
+    pub target: u16,
+    /// `mode=host`: only this node's tasks serve it.
+    pub host_only: bool,
+}
+
+/// This node's end of the routing mesh: the sandbox TAP the kernel DNATs published
+/// ports into, and what the agent answers there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngressView {
+    pub port: PortId,
+    /// The ingress network's VNI (its own conntrack zone).
+    pub vni: u32,
+    /// The kernel's side of the sandbox TAP: where replies are written to.
+    pub host_mac: Mac,
+    /// The address the kernel DNATs published ports to; the agent answers it.
+    pub sandbox_ip: Ipv4Addr,
+    /// This node's MAC on the sandbox TAP and on the ingress network.
+    pub sandbox_mac: Mac,
+    /// Every node's sandbox MAC on the ingress network: frames from these carry
+    /// outside clients' addresses, and the replies must go back through them.
+    pub sandbox_macs: rustc_hash::FxHashSet<Mac>,
+    /// `node update --ingress off` clears it: nothing is accepted.
+    pub enabled: bool,
+    /// (IP protocol, published port) to its virtual service.
+    pub published: FxHashMap<(u8, u16), PublishedView>,
+    pub policies: Vec<PolicyRule>,
 }

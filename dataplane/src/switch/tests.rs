@@ -486,11 +486,13 @@ fn with_vip() -> SwitchState {
                     ip: Ipv4Addr::new(10, 0, 0, 11),
                     weight: 1,
                     healthy: true,
+                    local: false,
                 },
                 BackendView {
                     ip: Ipv4Addr::new(10, 0, 0, 12),
                     weight: 1,
                     healthy: true,
+                    local: false,
                 },
             ],
         },

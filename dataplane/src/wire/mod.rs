@@ -2,7 +2,8 @@
 
 pub mod dns;
 pub mod flow_hash;
-pub mod icmp_too_big;
+pub mod icmp_error;
 pub mod neighbor;
+pub mod tcp_rst;
 pub mod udp_reply;
 pub mod vxlan;

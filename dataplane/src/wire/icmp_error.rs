@@ -1,6 +1,7 @@
-//! "Fragmentation needed" (ICMPv4 3/4) and "packet too big" (ICMPv6 2) answers for
-//! frames larger than the network's MTU, so senders lower their path MTU instead
-//! of losing packets silently. Written over the offending frame, from the gateway.
+//! ICMP errors the agent answers with, written over the offending frame:
+//! "fragmentation needed" (ICMPv4 3/4) and "packet too big" (ICMPv6 2) for frames
+//! larger than the network's MTU, so senders lower their path MTU instead of
+//! losing packets silently; "port unreachable" (3/3) for a rejected UDP flow.
 
 use crate::Mac;
 use etherparse::checksum::Sum16BitWords;
@@ -25,11 +26,38 @@ pub fn write_v4(
     gw_ip: Ipv4Addr,
     mtu: u16,
 ) -> Option<usize> {
-    let frame = room.get(..len)?;
-    let ip = etherparse::Ipv4HeaderSlice::from_slice(frame.get(ETH..)?).ok()?;
+    let ip = etherparse::Ipv4HeaderSlice::from_slice(room.get(..len)?.get(ETH..)?).ok()?;
     if !ip.dont_fragment() {
         return None;
     }
+    let mut rest = [0u8; 4];
+    rest[2..4].copy_from_slice(&mtu.to_be_bytes());
+    error_v4(room, len, gw_mac, gw_ip, (3, 4), rest)
+}
+
+/// Writes an ICMPv4 port-unreachable reply (3/3) to the frame in `room[..len]`,
+/// from `src_ip`: how a `reject` policy refuses UDP.
+pub fn write_v4_port_unreachable(
+    room: &mut [u8],
+    len: usize,
+    src_mac: Mac,
+    src_ip: Ipv4Addr,
+) -> Option<usize> {
+    error_v4(room, len, src_mac, src_ip, (3, 3), [0; 4])
+}
+
+/// An ICMPv4 error of `(type, code)` quoting the offending packet's header and
+/// first 8 bytes, sent back to its source from `from_mac`/`from_ip`.
+fn error_v4(
+    room: &mut [u8],
+    len: usize,
+    from_mac: Mac,
+    from_ip: Ipv4Addr,
+    (kind, code): (u8, u8),
+    rest: [u8; 4],
+) -> Option<usize> {
+    let frame = room.get(..len)?;
+    let ip = etherparse::Ipv4HeaderSlice::from_slice(frame.get(ETH..)?).ok()?;
     let dst = ip.source_addr();
     let quote = (ip.slice().len() + 8).min(len - ETH);
     let src_mac: Mac = frame[6..12].try_into().ok()?;
@@ -39,20 +67,20 @@ pub fn write_v4(
     }
     room.copy_within(ETH..ETH + quote, ETH + 28);
     room[0..6].copy_from_slice(&src_mac);
-    room[6..12].copy_from_slice(&gw_mac);
+    room[6..12].copy_from_slice(&from_mac);
     room[12..14].copy_from_slice(&[0x08, 0x00]);
     let h = &mut room[ETH..ETH + 20];
     h.copy_from_slice(&[
         0x45, 0xc0, 0, 0, 0, 0, 0, 0, 64, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     ]);
     h[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-    h[12..16].copy_from_slice(&gw_ip.octets());
+    h[12..16].copy_from_slice(&from_ip.octets());
     h[16..20].copy_from_slice(&dst.octets());
     let c = fold(Sum16BitWords::new().add_slice(h));
     h[10..12].copy_from_slice(&c);
     let icmp = &mut room[ETH + 20..ETH + total];
-    icmp[0..8].copy_from_slice(&[3, 4, 0, 0, 0, 0, 0, 0]);
-    icmp[6..8].copy_from_slice(&mtu.to_be_bytes());
+    icmp[0..4].copy_from_slice(&[kind, code, 0, 0]);
+    icmp[4..8].copy_from_slice(&rest);
     let c = fold(Sum16BitWords::new().add_slice(icmp));
     icmp[2..4].copy_from_slice(&c);
     Some(ETH + total)

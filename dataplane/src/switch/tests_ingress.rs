@@ -1,0 +1,415 @@
+//! The routing mesh's ingress path through the core: sandbox in, task out, and
+//! the replies back through the node the client came in by.
+
+use super::*;
+use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
+use std::net::Ipv4Addr;
+
+const IVNI: u32 = 4095;
+const HOST: Mac = [2, 0, 0, 0, 0xff, 1];
+const SBOX: Mac = [2, 0, 0, 0, 0xff, 2];
+const SBOX_B: Mac = [2, 0, 0, 0, 0xff, 3];
+const IGW: Mac = [2, 0x56, 0x58, 0, 0x0f, 0xff];
+const TASK_A: Mac = [2, 0, 0, 0, 0xaa, 1];
+const TASK_B: Mac = [2, 0, 0, 0, 0xbb, 1];
+const SANDBOX_PORT: PortId = PortId(0);
+const TASK_PORT: PortId = PortId(5);
+const NODE_B: &str = "192.0.2.2";
+const CLIENT: [u8; 4] = [198, 51, 100, 7];
+const SBOX_IP: [u8; 4] = [169, 254, 250, 2];
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// Node A: a sandbox, one local task (10.255.0.10), one on node B (10.255.0.20);
+/// 8080/tcp and 5353/udp go to 80 and 53 of service 0x100, 9090 is mode=host.
+fn node_a() -> SwitchState {
+    let mut net = NetworkView {
+        vni: IVNI,
+        gateway_mac: IGW,
+        gateways: vec![ip("10.255.0.1")],
+        members: vec![ip(NODE_B)],
+        local_ports: vec![TASK_PORT],
+        ..Default::default()
+    };
+    net.macs.insert(TASK_A, Location::Local(TASK_PORT));
+    net.macs.insert(TASK_B, Location::Remote(ip(NODE_B)));
+    net.macs.insert(SBOX_B, Location::Remote(ip(NODE_B)));
+    for (i, m) in [
+        ("10.255.0.10", TASK_A),
+        ("10.255.0.20", TASK_B),
+        ("10.255.0.1", IGW),
+    ] {
+        net.neighbors.insert(ip(i), m);
+    }
+    net.services.insert(
+        0x100,
+        ServiceView {
+            scheduler: crate::lb::scheduler::Kind::Rr,
+            backends: vec![
+                BackendView {
+                    ip: Ipv4Addr::new(10, 255, 0, 10),
+                    weight: 1,
+                    healthy: true,
+                    local: true,
+                },
+                BackendView {
+                    ip: Ipv4Addr::new(10, 255, 0, 20),
+                    weight: 1,
+                    healthy: true,
+                    local: false,
+                },
+            ],
+        },
+    );
+    let mut st = SwitchState::default();
+    st.networks.insert(IVNI, net);
+    st.ports.insert(
+        TASK_PORT,
+        PortView {
+            vni: IVNI,
+            mac: TASK_A,
+            ips: vec![ip("10.255.0.10")],
+        },
+    );
+    let mut published = FxHashMap::default();
+    for (proto, port, target, host_only) in [
+        (6, 8080, 80, false),
+        (17, 5353, 53, false),
+        (6, 9090, 80, true),
+    ] {
+        published.insert(
+            (proto, port),
+            PublishedView {
+                fwmark: 0x100,
+                target,
+                host_only,
+            },
+        );
+    }
+    st.ingress = Some(IngressView {
+        port: SANDBOX_PORT,
+        vni: IVNI,
+        host_mac: HOST,
+        sandbox_ip: Ipv4Addr::from(SBOX_IP),
+        sandbox_mac: SBOX,
+        sandbox_macs: [SBOX, SBOX_B].into_iter().collect(),
+        enabled: true,
+        published,
+        policies: Vec::new(),
+    });
+    st
+}
+
+fn tcp(
+    src: Mac,
+    dst: Mac,
+    sip: [u8; 4],
+    dip: [u8; 4],
+    sport: u16,
+    dport: u16,
+    syn: bool,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    let b = PacketBuilder::ethernet2(src, dst)
+        .ipv4(sip, dip, 64)
+        .tcp(sport, dport, 100, 1000);
+    let b = if syn { b.syn() } else { b.ack(1) };
+    b.write(&mut out, b"hello").unwrap();
+    out
+}
+
+fn udp(src: Mac, dst: Mac, sip: [u8; 4], dip: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(src, dst)
+        .ipv4(sip, dip, 64)
+        .udp(sport, dport)
+        .write(&mut out, b"q")
+        .unwrap();
+    out
+}
+
+fn buf(frame: &[u8]) -> PacketBuf {
+    let mut b = PacketBuf::new();
+    b.load_frame(frame);
+    b
+}
+
+fn datagram(frame: &[u8]) -> PacketBuf {
+    let mut d = vec![0u8; 8];
+    crate::wire::vxlan::emit(&mut d, IVNI);
+    d.extend_from_slice(frame);
+    let mut b = PacketBuf::new();
+    b.load_datagram(&d);
+    b
+}
+
+/// (src ip, sport, dst ip, dport), checking both checksums on the way.
+fn endpoints(f: &[u8]) -> ([u8; 4], u16, [u8; 4], u16) {
+    let p = SlicedPacket::from_ethernet(f).unwrap();
+    let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else {
+        panic!("not ipv4")
+    };
+    let h = ip.header();
+    assert_eq!(h.to_header().calc_header_checksum(), h.header_checksum());
+    let (sp, dp) = match &p.transport {
+        Some(TransportSlice::Tcp(t)) => {
+            let c = t
+                .to_header()
+                .calc_checksum_ipv4(&h.to_header(), t.payload())
+                .unwrap();
+            assert_eq!(c, t.checksum(), "tcp checksum");
+            (t.source_port(), t.destination_port())
+        }
+        Some(TransportSlice::Udp(u)) => (u.source_port(), u.destination_port()),
+        _ => panic!("not tcp/udp"),
+    };
+    (h.source(), sp, h.destination(), dp)
+}
+
+#[test]
+fn arp_for_the_sandbox_address_is_answered_on_the_sandbox() {
+    let st = node_a();
+    let mut sw = Switch::new(16);
+    let req = crate::wire::neighbor::tests::arp_request(HOST, [169, 254, 250, 1], SBOX_IP);
+    let mut b = buf(&req);
+    assert_eq!(
+        sw.from_port(&st, SANDBOX_PORT, &mut b, 0),
+        Action::Reply(SANDBOX_PORT)
+    );
+    assert_eq!(&b.data()[6..12], &SBOX);
+}
+
+#[test]
+fn published_connections_keep_the_client_address_both_ways() {
+    let st = node_a();
+    let mut sw = Switch::new(16);
+    sw.on_state(&st);
+    // first connection: rr gives the local task, port 8080 -> 80
+    let mut b = buf(&tcp(HOST, SBOX, CLIENT, SBOX_IP, 40000, 8080, true));
+    assert_eq!(
+        sw.from_port(&st, SANDBOX_PORT, &mut b, 0),
+        Action::Deliver(TASK_PORT)
+    );
+    assert_eq!(endpoints(b.data()), (CLIENT, 40000, [10, 255, 0, 10], 80));
+    assert_eq!(&b.data()[0..12], &[TASK_A, SBOX].concat()[..]);
+    // the local task answers the client through the ingress gateway
+    let mut b = buf(&tcp(
+        TASK_A,
+        IGW,
+        [10, 255, 0, 10],
+        CLIENT,
+        80,
+        40000,
+        false,
+    ));
+    assert_eq!(
+        sw.from_port(&st, TASK_PORT, &mut b, 1),
+        Action::Deliver(SANDBOX_PORT)
+    );
+    assert_eq!(endpoints(b.data()), (SBOX_IP, 8080, CLIENT, 40000));
+    assert_eq!(&b.data()[0..12], &[HOST, SBOX].concat()[..]);
+    // second connection: the task on node B, over VXLAN on the ingress VNI
+    let mut b = buf(&tcp(HOST, SBOX, CLIENT, SBOX_IP, 40001, 8080, true));
+    let a = sw.from_port(&st, SANDBOX_PORT, &mut b, 2);
+    assert!(
+        matches!(a, Action::Encap { vtep, secure: false, .. } if vtep == ip(NODE_B)),
+        "{a:?}"
+    );
+    assert_eq!(crate::wire::vxlan::parse(b.datagram()), Ok(IVNI));
+    assert_eq!(endpoints(b.data()), (CLIENT, 40001, [10, 255, 0, 20], 80));
+    // B sends the reply back to our sandbox MAC: reverse-NATed to the sandbox
+    let mut d = datagram(&tcp(
+        TASK_B,
+        SBOX,
+        [10, 255, 0, 20],
+        CLIENT,
+        80,
+        40001,
+        false,
+    ));
+    assert_eq!(
+        sw.from_underlay(&st, ip(NODE_B), &mut d, 3, false),
+        Action::Deliver(SANDBOX_PORT)
+    );
+    assert_eq!(endpoints(d.data()), (SBOX_IP, 8080, CLIENT, 40001));
+    // a reply nothing tracked is not let out
+    let mut d = datagram(&tcp(TASK_B, SBOX, [10, 255, 0, 20], CLIENT, 80, 1, false));
+    assert_eq!(
+        sw.from_underlay(&st, ip(NODE_B), &mut d, 3, false),
+        Action::Drop(DropReason::NoRoute)
+    );
+}
+
+#[test]
+fn udp_is_published_too_and_host_mode_stays_on_this_node() {
+    let st = node_a();
+    let mut sw = Switch::new(16);
+    sw.on_state(&st);
+    let mut targets = std::collections::BTreeSet::new();
+    for sport in 0..4 {
+        let mut b = buf(&udp(HOST, SBOX, CLIENT, SBOX_IP, 5000 + sport, 5353));
+        sw.from_port(&st, SANDBOX_PORT, &mut b, 0);
+        let (_, _, dst, dport) = endpoints(b.data());
+        assert_eq!(dport, 53);
+        targets.insert(dst);
+    }
+    assert_eq!(targets.len(), 2, "both tasks serve an ingress port");
+    for sport in 0..4 {
+        let mut b = buf(&tcp(HOST, SBOX, CLIENT, SBOX_IP, 6000 + sport, 9090, true));
+        assert_eq!(
+            sw.from_port(&st, SANDBOX_PORT, &mut b, 0),
+            Action::Deliver(TASK_PORT),
+            "mode=host: only the local task"
+        );
+    }
+}
+
+#[test]
+fn policies_ingress_off_and_unpublished_ports_refuse_with_a_reason() {
+    let mut st = node_a();
+    let mut sw = Switch::new(16);
+    sw.on_state(&st);
+    let ing = st.ingress.as_mut().unwrap();
+    ing.policies = vec![
+        PolicyRule {
+            proto: 6,
+            port: 8080,
+            from: Ipv4Addr::UNSPECIFIED,
+            prefix: 0,
+            action: PolicyAction::Reject,
+        },
+        PolicyRule {
+            proto: 6,
+            port: 8080,
+            from: Ipv4Addr::new(198, 51, 100, 0),
+            prefix: 24,
+            action: PolicyAction::Accept,
+        },
+        PolicyRule {
+            proto: 17,
+            port: 5353,
+            from: Ipv4Addr::UNSPECIFIED,
+            prefix: 0,
+            action: PolicyAction::Drop,
+        },
+    ];
+    // the longer prefix accepts the client's network
+    let mut b = buf(&tcp(HOST, SBOX, CLIENT, SBOX_IP, 40000, 8080, true));
+    assert_eq!(
+        sw.from_port(&st, SANDBOX_PORT, &mut b, 0),
+        Action::Deliver(TASK_PORT)
+    );
+    // anyone else gets a RST from the published address
+    let mut b = buf(&tcp(
+        HOST,
+        SBOX,
+        [203, 0, 113, 1],
+        SBOX_IP,
+        40000,
+        8080,
+        true,
+    ));
+    assert_eq!(
+        sw.from_port(&st, SANDBOX_PORT, &mut b, 0),
+        Action::Reply(SANDBOX_PORT)
+    );
+    assert_eq!(
+        endpoints(b.data()),
+        (SBOX_IP, 8080, [203, 0, 113, 1], 40000)
+    );
+    let mut b = buf(&udp(HOST, SBOX, CLIENT, SBOX_IP, 1, 5353));
+    assert_eq!(
+        sw.from_port(&st, SANDBOX_PORT, &mut b, 0),
+        Action::Drop(DropReason::PolicyDrop)
+    );
+    let mut b = buf(&tcp(HOST, SBOX, CLIENT, SBOX_IP, 1, 7777, true));
+    assert_eq!(
+        sw.from_port(&st, SANDBOX_PORT, &mut b, 0),
+        Action::Drop(DropReason::NotPublished)
+    );
+    // ingress off: new connections refused, tracked ones go on
+    st.ingress.as_mut().unwrap().enabled = false;
+    let mut b = buf(&tcp(HOST, SBOX, CLIENT, SBOX_IP, 40009, 8080, true));
+    assert_eq!(
+        sw.from_port(&st, SANDBOX_PORT, &mut b, 0),
+        Action::Drop(DropReason::IngressOff)
+    );
+    let mut b = buf(&tcp(HOST, SBOX, CLIENT, SBOX_IP, 40000, 8080, false));
+    assert_eq!(
+        sw.from_port(&st, SANDBOX_PORT, &mut b, 0),
+        Action::Deliver(TASK_PORT)
+    );
+    assert_eq!(sw.counters.dropped(DropReason::PolicyReject), 1);
+}
+
+#[test]
+fn a_task_node_sends_replies_back_through_the_ingress_node() {
+    // node A's state seen from node B's side: TASK_A is the local task, and a
+    // connection arrives from node B's sandbox (SBOX_B, at NODE_B)
+    let st = node_a();
+    let mut sw = Switch::new(16);
+    sw.on_state(&st);
+    let mut d = datagram(&tcp(
+        SBOX_B,
+        TASK_A,
+        CLIENT,
+        [10, 255, 0, 10],
+        40000,
+        80,
+        true,
+    ));
+    assert_eq!(
+        sw.from_underlay(&st, ip(NODE_B), &mut d, 0, false),
+        Action::Deliver(TASK_PORT)
+    );
+    let mut b = buf(&tcp(
+        TASK_A,
+        IGW,
+        [10, 255, 0, 10],
+        CLIENT,
+        80,
+        40000,
+        false,
+    ));
+    let a = sw.from_port(&st, TASK_PORT, &mut b, 1);
+    assert!(
+        matches!(a, Action::Encap { vtep, .. } if vtep == ip(NODE_B)),
+        "{a:?}"
+    );
+    assert_eq!(&b.data()[0..6], &SBOX_B, "to the ingress node's sandbox");
+    assert_eq!(endpoints(b.data()), ([10, 255, 0, 10], 80, CLIENT, 40000));
+    // a reply to a client nobody brought in goes nowhere
+    let mut b = buf(&tcp(TASK_A, IGW, [10, 255, 0, 10], CLIENT, 80, 1, false));
+    assert_eq!(
+        sw.from_port(&st, TASK_PORT, &mut b, 1),
+        Action::Drop(DropReason::NoRoute)
+    );
+}
+
+#[test]
+fn policy_verdict_takes_the_longest_prefix() {
+    let r = |from: [u8; 4], prefix, action| PolicyRule {
+        proto: 6,
+        port: 80,
+        from: Ipv4Addr::from(from),
+        prefix,
+        action,
+    };
+    let rules = [
+        r([0, 0, 0, 0], 0, PolicyAction::Drop),
+        r([10, 0, 0, 0], 8, PolicyAction::Accept),
+        r([10, 1, 0, 0], 16, PolicyAction::Reject),
+    ];
+    let v = |a: [u8; 4], port| policy_verdict(&rules, 6, port, Ipv4Addr::from(a));
+    assert_eq!(v([192, 0, 2, 1], 80), PolicyAction::Drop);
+    assert_eq!(v([10, 2, 0, 1], 80), PolicyAction::Accept);
+    assert_eq!(v([10, 1, 0, 1], 80), PolicyAction::Reject);
+    assert_eq!(v([192, 0, 2, 1], 81), PolicyAction::Accept, "other ports");
+    assert_eq!(
+        policy_verdict(&rules, 17, 80, Ipv4Addr::new(192, 0, 2, 1)),
+        PolicyAction::Accept,
+        "other protocols"
+    );
+}
