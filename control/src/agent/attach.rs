@@ -199,8 +199,17 @@ pub fn forget_resolv_conf(ep: &Endpoint) {
     }
 }
 
+/// The routing table a task's ingress interface routes its replies by: traffic
+/// from its ingress address goes back through the ingress network's gateway, so
+/// replies to outside clients (whose addresses the task sees) return the way
+/// they came, not out of the task's default route.
+const INGRESS_TABLE: &str = "4789";
+
 async fn configure(ns: &Path, ep: &Endpoint, net: &Network, mtu: u32) -> Result<(), AttachError> {
-    write_resolv_conf(ep, net);
+    let ingress = net.name == crate::state::ingress::NETWORK;
+    if !ingress {
+        write_resolv_conf(ep, net);
+    }
     let m = mtu.to_string();
     let dev = ep.ifname.as_str();
     ip_in(
@@ -224,6 +233,47 @@ async fn configure(ns: &Path, ep: &Endpoint, net: &Network, mtu: u32) -> Result<
         }
     }
     ip_in(ns, &["link", "set", "dev", dev, "up"]).await?;
+    if ingress {
+        for (addr, gw) in ep
+            .ips
+            .iter()
+            .filter(|a| a.is_ipv4())
+            .zip(net.gateways.iter().filter(|g| g.is_ipv4()))
+        {
+            let (a, g) = (addr.to_string(), gw.to_string());
+            ip_in(
+                ns,
+                &[
+                    "route",
+                    "replace",
+                    "default",
+                    "via",
+                    &g,
+                    "dev",
+                    dev,
+                    "table",
+                    INGRESS_TABLE,
+                ],
+            )
+            .await?;
+            let rule = [
+                "rule",
+                "add",
+                "from",
+                &a,
+                "table",
+                INGRESS_TABLE,
+                "priority",
+                INGRESS_TABLE,
+            ];
+            if let Err(e) = ip_in(ns, &rule).await {
+                if !e.exists() {
+                    return Err(e.into());
+                }
+            }
+        }
+        return Ok(());
+    }
     for gw in &net.gateways {
         let g = gw.to_string();
         let family = if gw.is_ipv6() { "-6" } else { "-4" };

@@ -3,6 +3,7 @@
 
 pub mod attach;
 pub mod health;
+pub mod ingress;
 pub mod iproute;
 pub mod keys;
 pub mod metrics;
@@ -109,6 +110,10 @@ pub struct Agent {
     attached: std::sync::atomic::AtomicUsize,
     /// The tunnel peers last handed to the worker, to log changes only.
     tunnel_peers: std::sync::Mutex<Vec<String>>,
+    /// The routing mesh's sandbox TAP, when it could be made.
+    sandbox: Option<ingress::Sandbox>,
+    /// The nftables table last applied (empty: none yet).
+    nft_table: tokio::sync::Mutex<String>,
 }
 
 impl Agent {
@@ -165,6 +170,19 @@ impl Agent {
             })?;
         tracing::info!(workers, source_ports = ?worker.source_ports(), "dataplane started on udp/{VXLAN_PORT}");
         let public = ops::encode_key(&keyring.public());
+        let sandbox = match ingress::create_sandbox(workers).await {
+            Ok((sb, fds)) => match worker.add_port(sb.port, fds, true) {
+                Ok(()) => Some(sb),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot hand the ingress sandbox to the workers; published ports will not answer here");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "no ingress sandbox; published ports will not answer on this node");
+                None
+            }
+        };
         let agent = Arc::new(Agent {
             node: cfg.node.clone(),
             advertise_addr: cfg.advertise_addr,
@@ -189,6 +207,8 @@ impl Agent {
             dns_upstream: upstream_resolvers(),
             beats: std::sync::Mutex::new(Default::default()),
             attached: std::sync::atomic::AtomicUsize::new(0),
+            sandbox,
+            nft_table: tokio::sync::Mutex::new(String::new()),
         });
         let mut me = Node::new(&cfg.node, cfg.advertise_addr);
         me.last_seen = crate::state::model::unix_now();
@@ -513,7 +533,12 @@ impl Agent {
             let st = self.last_state();
             last.retain(|id, _| st.endpoints.contains_key(id));
             fails.retain(|id, _| st.endpoints.contains_key(id));
-            for ep in st.endpoints.values().filter(|e| e.node == self.node) {
+            // a task's ingress interface shares the task's verdict
+            for ep in st
+                .endpoints
+                .values()
+                .filter(|e| e.node == self.node && crate::state::ingress::task_of(e).is_none())
+            {
                 let Some(svc) = ep.service.as_ref().and_then(|s| st.services.get(s)) else {
                     continue;
                 };
@@ -612,6 +637,7 @@ impl Agent {
         }
         self.publish(st, &ports);
         drop(ports);
+        self.sync_ingress_table(st).await;
         if let Ok(mut s) = self.last_state.lock() {
             s.clone_from(st);
         }
@@ -625,6 +651,25 @@ impl Agent {
             if let Err(e) = self.rotate(Some(epoch)).await {
                 tracing::error!(error = %e, "requested key rotation failed");
             }
+        }
+    }
+
+    /// Brings the nftables table in line with the ports this node publishes.
+    async fn sync_ingress_table(&self, st: &ClusterState) {
+        if self.sandbox.is_none() {
+            return;
+        }
+        let want = ingress::render_table(st, &self.node, self.advertise_addr);
+        let mut have = self.nft_table.lock().await;
+        if *have == want {
+            return;
+        }
+        match ingress::apply_table(&want).await {
+            Ok(()) => {
+                tracing::info!(table = ingress::TABLE, "ingress table applied");
+                *have = want;
+            }
+            Err(e) => tracing::error!(error = %e, "cannot apply the ingress table"),
         }
     }
 
@@ -651,6 +696,10 @@ impl Agent {
         let down = self.down.lock().map(|d| d.clone()).unwrap_or_default();
         let mut sw = switch_state::build(st, &self.node, &local, self.mtus, &down);
         sw.dns_upstream.clone_from(&self.dns_upstream);
+        sw.ingress = self
+            .sandbox
+            .as_ref()
+            .and_then(|sb| switch_state::ingress_view(st, &self.node, sb));
         self.worker.publish(sw);
     }
 
@@ -677,7 +726,9 @@ impl Agent {
         let id = new_id();
         let ep = self
             .transact(move |st| {
-                ops::create_endpoint(st, &spec, &node, id.clone(), ipam::random_mac)
+                let ep = ops::create_endpoint(st, &spec, &node, id.clone(), ipam::random_mac)?;
+                crate::state::ingress::sync_tasks(st)?;
+                Ok(ep)
             })
             .await?;
         let snap = self.load().await?;
@@ -806,6 +857,9 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         r = api => { r??; }
     }
     tracing::info!("stopping");
+    if let Err(e) = ingress::remove_table().await {
+        tracing::warn!(error = %e, "cannot remove the ingress table");
+    }
     let _ = std::fs::remove_file(&cfg.api);
     Ok(())
 }

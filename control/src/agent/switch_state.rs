@@ -1,9 +1,11 @@
 //! Turns the desired state into the switch's view of it, for one node.
 
-use crate::state::{ipam, ClusterState};
+use crate::agent::ingress::Sandbox;
+use crate::state::{ingress, ipam, ClusterState};
 use rustc_hash::FxHashMap;
 use std::net::IpAddr;
 use vxmesh_dataplane::lb::scheduler::Kind;
+use vxmesh_dataplane::switch::{IngressView, PolicyAction, PolicyRule, PublishedView};
 use vxmesh_dataplane::tunnel::{TunnelConfig, TunnelPeer};
 use vxmesh_dataplane::{
     parse_mac, BackendView, Location, NetworkView, PortId, PortView, ServiceView, SwitchState,
@@ -106,6 +108,9 @@ pub fn build(
                 v.neighbors.insert(*ip, mac);
             }
         }
+        if net.name == ingress::NETWORK {
+            ingress_network(st, node, down, &mut v, &mut members);
+        }
         members.sort();
         members.dedup();
         v.members = members;
@@ -127,6 +132,7 @@ pub fn build(
                             weight: 1,
                             healthy: e.health.as_deref() != Some("unhealthy")
                                 && !down.contains(&e.node),
+                            local: e.node == node,
                         }),
                         IpAddr::V6(_) => None,
                     })
@@ -179,6 +185,138 @@ pub fn build(
         out.networks.insert(net.vni, v);
     }
     out
+}
+
+/// The ingress network's extras: every other node's sandbox (where replies of
+/// connections that came in through it go back to), and one virtual service per
+/// publishing service, over its tasks' ingress interfaces.
+fn ingress_network(
+    st: &ClusterState,
+    node: &str,
+    down: &std::collections::BTreeSet<String>,
+    v: &mut NetworkView,
+    members: &mut Vec<IpAddr>,
+) {
+    for n in st.nodes.values().filter(|n| !n.external && n.name != node) {
+        let (Some(ip), Some(mac)) = (n.ingress_ip, n.ingress_mac.as_deref().and_then(parse_mac))
+        else {
+            continue;
+        };
+        v.macs.insert(mac, Location::Remote(n.advertise_addr));
+        v.neighbors.insert(ip, mac);
+        members.push(n.advertise_addr);
+    }
+    for svc in st.services.values().filter(|s| !s.ports.is_empty()) {
+        let mut backends: Vec<BackendView> = st
+            .endpoints_on(ingress::NETWORK)
+            .filter(|e| e.service.as_deref() == Some(svc.name.as_str()))
+            .filter_map(|e| {
+                let task = ingress::task_of(e).and_then(|t| st.endpoints.get(t))?;
+                let ip = e.ips.iter().find_map(|ip| match ip {
+                    IpAddr::V4(a) => Some(*a),
+                    IpAddr::V6(_) => None,
+                })?;
+                Some(BackendView {
+                    ip,
+                    weight: 1,
+                    healthy: task.health.as_deref() != Some("unhealthy") && !down.contains(&e.node),
+                    local: e.node == node,
+                })
+            })
+            .collect();
+        backends.sort_by_key(|b| b.ip);
+        v.services.insert(
+            svc.fwmark,
+            ServiceView {
+                scheduler: Kind::parse(&svc.scheduler).unwrap_or(Kind::Rr),
+                backends,
+            },
+        );
+    }
+}
+
+/// This node's side of the routing mesh: its sandbox (made by the agent), the
+/// ports it answers, and its policies.
+pub fn ingress_view(st: &ClusterState, node: &str, sandbox: &Sandbox) -> Option<IngressView> {
+    let me = st.nodes.get(node)?;
+    let net = st.networks.get(ingress::NETWORK)?;
+    let sandbox_mac = me.ingress_mac.as_deref().and_then(parse_mac)?;
+    let mut published = FxHashMap::default();
+    for (svc, p) in published_here(st, node) {
+        published.insert(
+            (proto_number(&p.proto), p.published),
+            PublishedView {
+                fwmark: svc.fwmark,
+                target: p.target,
+                host_only: p.mode == "host",
+            },
+        );
+    }
+    let policies = st
+        .policies
+        .values()
+        .filter(|p| p.node == node)
+        .filter_map(|p| {
+            let (from, prefix) = match p.from {
+                Some(ipnet::IpNet::V4(n)) => (n.network(), n.prefix_len()),
+                Some(ipnet::IpNet::V6(_)) => return None,
+                None => (std::net::Ipv4Addr::UNSPECIFIED, 0),
+            };
+            Some(PolicyRule {
+                proto: proto_number(&p.proto),
+                port: p.port,
+                from,
+                prefix,
+                action: match p.action.as_str() {
+                    "drop" => PolicyAction::Drop,
+                    "reject" => PolicyAction::Reject,
+                    _ => PolicyAction::Accept,
+                },
+            })
+        })
+        .collect();
+    Some(IngressView {
+        port: sandbox.port,
+        vni: net.vni,
+        host_mac: sandbox.host_mac,
+        sandbox_ip: sandbox.sandbox_ip,
+        sandbox_mac,
+        sandbox_macs: st
+            .nodes
+            .values()
+            .filter_map(|n| n.ingress_mac.as_deref().and_then(parse_mac))
+            .collect(),
+        enabled: me.ingress,
+        published,
+        policies,
+    })
+}
+
+/// The ports this node answers: every `ingress`-mode port while its ingress is
+/// on, and `host`-mode ports of services with a task here.
+pub fn published_here<'a>(
+    st: &'a ClusterState,
+    node: &'a str,
+) -> impl Iterator<Item = (&'a crate::state::Service, &'a crate::state::PublishedPort)> + 'a {
+    let on = st.nodes.get(node).is_some_and(|n| n.ingress);
+    st.services.values().flat_map(move |svc| {
+        let local_task = st
+            .endpoints
+            .values()
+            .any(|e| e.node == node && e.service.as_deref() == Some(svc.name.as_str()));
+        svc.ports
+            .iter()
+            .filter(move |p| if p.mode == "host" { local_task } else { on })
+            .map(move |p| (svc, p))
+    })
+}
+
+fn proto_number(p: &str) -> u8 {
+    if p == "udp" {
+        17
+    } else {
+        6
+    }
 }
 
 /// The WireGuard peers this node needs: every node it shares an encrypted network

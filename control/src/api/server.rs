@@ -82,6 +82,9 @@ pub fn router(agent: Arc<Agent>) -> Router {
             "/v1/services/{name}/update",
             axum::routing::post(update_service),
         )
+        .route("/v1/nodes/{name}/update", axum::routing::post(update_node))
+        .route("/v1/policies", get(list_policies).post(add_policy))
+        .route("/v1/policies/{id}", axum::routing::delete(remove_policy))
         .route("/v1/lb", get(lb_table))
         .route("/v1/conntrack", get(conntrack_table))
         .with_state(agent)
@@ -280,7 +283,6 @@ async fn update_service(
     Path(name): Path<String>,
     Json(u): Json<ServiceUpdate>,
 ) -> Res {
-    services::check_publish_supported(&u.publish_add)?;
     let s = a
         .transact(move |st| services::update_ports(st, &name, &u.publish_add, &u.publish_rm))
         .await?;
@@ -340,4 +342,41 @@ async fn stats(State(a): Ag) -> Res {
             }))
             .collect::<Vec<_>>(),
     })))
+}
+
+#[derive(serde::Deserialize)]
+struct NodeUpdate {
+    #[serde(default)]
+    ingress: Option<bool>,
+}
+
+async fn update_node(State(a): Ag, Path(name): Path<String>, Json(u): Json<NodeUpdate>) -> Res {
+    let n = a
+        .transact(move |st| match u.ingress {
+            Some(on) => crate::state::ingress::set_node_ingress(st, &name, on),
+            None => st.nodes.get(&name).cloned().ok_or_else(|| {
+                StateError::NotFound(format!("no node named {name} (vxmesh node ls lists them)"))
+            }),
+        })
+        .await?;
+    to_json(n)
+}
+
+async fn list_policies(State(a): Ag) -> Res {
+    let st = a.load().await?.state;
+    to_json(st.policies.values().collect::<Vec<_>>())
+}
+
+async fn add_policy(State(a): Ag, Json(spec): Json<crate::state::ingress::PolicySpec>) -> Res {
+    let p = a
+        .transact(move |st| crate::state::ingress::add_policy(st, &spec))
+        .await?;
+    to_json(p)
+}
+
+async fn remove_policy(State(a): Ag, Path(id): Path<String>) -> Res {
+    let p = a
+        .transact(move |st| crate::state::ingress::remove_policy(st, &id))
+        .await?;
+    to_json(p)
 }

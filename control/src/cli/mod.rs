@@ -50,6 +50,9 @@ enum Command {
     /// Services: a VIP per network, balanced over their tasks
     #[command(subcommand)]
     Service(ServiceCmd),
+    /// Per-node access policies for ingress traffic
+    #[command(subcommand)]
+    Policy(PolicyCmd),
     /// The load balancer's virtual services
     #[command(subcommand)]
     Lb(ListCmd),
@@ -214,6 +217,34 @@ enum ServiceCmd {
 }
 
 #[derive(Subcommand, Debug)]
+enum PolicyCmd {
+    /// Decide what a node does with new ingress connections to a port (the
+    /// longest matching --from wins; no rule: accept)
+    Add {
+        #[arg(long)]
+        node: String,
+        /// PORT[/tcp|/udp] (the published port)
+        #[arg(long)]
+        port: String,
+        #[arg(long, value_parser = ["drop", "reject", "accept"])]
+        action: String,
+        /// Sources it applies to (default: every source)
+        #[arg(long)]
+        from: Option<String>,
+    },
+    #[command(alias = "list")]
+    Ls,
+    #[command(alias = "remove")]
+    Rm { id: String },
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
+#[derive(Subcommand, Debug)]
 enum ListCmd {
     #[command(alias = "list")]
     Ls,
@@ -241,6 +272,12 @@ enum NodeCmd {
     /// Remove a node (and its key) from the cluster
     #[command(alias = "remove")]
     Rm { name: String },
+    /// Change a node: --ingress off stops it accepting any routing-mesh traffic
+    Update {
+        name: String,
+        #[arg(long, value_enum)]
+        ingress: Option<OnOff>,
+    },
     /// Replace a node's WireGuard static key; peers follow without losing traffic
     RotateKey { name: String },
 }
@@ -372,6 +409,22 @@ async fn run_client(c: &Client, f: Format, cmd: Command) -> anyhow::Result<()> {
                     .await?;
                 output::created(f, &v, &[&v["name"]])
             }
+            NodeCmd::Update { name, ingress } => {
+                let body = json!({ "ingress": ingress.map(|i| i == OnOff::On) });
+                let v = c
+                    .call(
+                        Method::POST,
+                        &format!("/v1/nodes/{}/update", esc(&name)),
+                        Some(body),
+                    )
+                    .await?;
+                let state = if v["ingress"] == Value::Bool(true) {
+                    "ingress on"
+                } else {
+                    "ingress off"
+                };
+                output::created(f, &v, &[&v["name"], &Value::String(state.into())])
+            }
             NodeCmd::RotateKey { name } => {
                 let v = c
                     .call(
@@ -443,6 +496,25 @@ async fn run_client(c: &Client, f: Format, cmd: Command) -> anyhow::Result<()> {
                     )
                     .await?;
                 output::created(f, &v, &[&v["name"]])
+            }
+        },
+        Command::Policy(p) => match p {
+            PolicyCmd::Add {
+                node,
+                port,
+                action,
+                from,
+            } => {
+                let body = json!({ "node": node, "port": port, "action": action, "from": from });
+                let v = c.call(Method::POST, "/v1/policies", Some(body)).await?;
+                output::created(f, &v, &[&v["id"]])
+            }
+            PolicyCmd::Ls => output::policies(f, &c.call(Method::GET, "/v1/policies", None).await?),
+            PolicyCmd::Rm { id } => {
+                let v = c
+                    .call(Method::DELETE, &format!("/v1/policies/{}", esc(&id)), None)
+                    .await?;
+                output::created(f, &v, &[&v["id"]])
             }
         },
         Command::Lb(ListCmd::Ls) => output::lb(f, &c.call(Method::GET, "/v1/lb", None).await?),

@@ -183,6 +183,7 @@ pub fn services(f: Format, v: &Value) -> anyhow::Result<()> {
             "MODE",
             "SCHEDULER",
             "FWMARK",
+            "PORTS",
             "TASKS",
         ],
         rows(v, |sv| {
@@ -199,6 +200,23 @@ pub fn services(f: Format, v: &Value) -> anyhow::Result<()> {
                 s(&sv["endpoint_mode"]),
                 s(&sv["scheduler"]),
                 s(&sv["fwmark"]),
+                sv["ports"]
+                    .as_array()
+                    .map(|ps| {
+                        ps.iter()
+                            .map(|p| {
+                                let host = if p["mode"] == "host" { ",host" } else { "" };
+                                format!(
+                                    "*:{}->{}/{}{host}",
+                                    s(&p["published"]),
+                                    s(&p["target"]),
+                                    s(&p["proto"])
+                                )
+                            })
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    })
+                    .unwrap_or_default(),
                 s(&sv["tasks"]),
             ]
         }),
@@ -276,5 +294,28 @@ pub fn stats(f: Format, v: &Value) -> anyhow::Result<()> {
         rows.extend(d.iter().map(|(k, n)| vec![format!("drop {k}"), s(n)]));
     }
     table(&["COUNTER", "VALUE"], rows);
+    Ok(())
+}
+
+pub fn policies(f: Format, v: &Value) -> anyhow::Result<()> {
+    if f == Format::Json {
+        return pretty(v);
+    }
+    table(
+        &["ID", "NODE", "PORT", "FROM", "ACTION"],
+        rows(v, |p| {
+            vec![
+                s(&p["id"]),
+                s(&p["node"]),
+                format!("{}/{}", s(&p["port"]), s(&p["proto"])),
+                if p["from"].is_null() {
+                    "anywhere".into()
+                } else {
+                    s(&p["from"])
+                },
+                s(&p["action"]),
+            ]
+        }),
+    );
     Ok(())
 }

@@ -59,6 +59,12 @@ pub struct Node {
     pub key_epoch: u64,
     #[serde(default)]
     pub rotate_requested: u64,
+    /// Its sandbox's address and MAC on the built-in `ingress` network: where
+    /// other nodes send the replies of connections that came in through it.
+    #[serde(default)]
+    pub ingress_ip: Option<IpAddr>,
+    #[serde(default)]
+    pub ingress_mac: Option<String>,
 }
 
 impl Node {
@@ -76,6 +82,8 @@ impl Node {
             external: false,
             key_epoch: 0,
             rotate_requested: 0,
+            ingress_ip: None,
+            ingress_mac: None,
         }
     }
 }
@@ -156,6 +164,26 @@ pub struct ClusterState {
     pub endpoints: BTreeMap<String, Endpoint>,
     #[serde(default)]
     pub services: BTreeMap<String, Service>,
+    #[serde(default)]
+    pub policies: BTreeMap<String, Policy>,
+}
+
+/// A per-node access rule for ingress traffic, checked on that node before
+/// balancing (`vxmesh policy add`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    pub id: String,
+    pub node: String,
+    /// `tcp` or `udp`.
+    pub proto: String,
+    pub port: u16,
+    /// Sources it applies to; none: every source.
+    #[serde(default)]
+    pub from: Option<IpNet>,
+    /// `accept`, `drop` or `reject`.
+    pub action: String,
+    #[serde(default)]
+    pub created: u64,
 }
 
 impl ClusterState {

@@ -104,6 +104,11 @@ pub fn upsert_node(st: &mut ClusterState, node: Node) -> Result<(), StateError> 
             StateError::Conflict(format!("no tunnel address left in {}", ipam::TUNNEL_POOL))
         })?);
     }
+    if let Some(old) = st.nodes.get(&node.name) {
+        node.ingress_ip = node.ingress_ip.or(old.ingress_ip);
+        node.ingress_mac = node.ingress_mac.clone().or(old.ingress_mac.clone());
+    }
+    super::ingress::assign_node(st, &mut node)?;
     st.nodes.insert(node.name.clone(), node);
     Ok(())
 }
@@ -294,6 +299,11 @@ pub fn remove_network(st: &mut ClusterState, name: &str) -> Result<Network, Stat
             "no network named {name} (vxmesh network ls lists them)"
         )));
     }
+    if name == super::ingress::NETWORK {
+        return Err(StateError::Invalid(format!(
+            "network {name} is the routing mesh's own: it stays"
+        )));
+    }
     let n = st.endpoints_on(name).count();
     if n > 0 {
         return Err(StateError::Conflict(format!(
@@ -325,6 +335,17 @@ pub fn create_endpoint(
             "node {node} is not registered"
         )));
     }
+    let ingress = net.name == super::ingress::NETWORK;
+    let ingress_owner = spec
+        .owner
+        .as_deref()
+        .is_some_and(|o| o.starts_with("ingress:"));
+    if ingress != ingress_owner {
+        return Err(StateError::Invalid(format!(
+            "network {} is the routing mesh's own: tasks join it by themselves when their service publishes a port",
+            net.name
+        )));
+    }
     let ifname = spec.ifname.clone().unwrap_or_else(|| "eth0".into());
     if ifname.is_empty() || ifname.len() > 15 || ifname.contains(['/', ' ']) {
         return Err(StateError::Invalid(format!(
@@ -353,7 +374,7 @@ pub fn create_endpoint(
             spec.netns, e.id
         )));
     }
-    if let Some(svc) = &spec.service {
+    if let Some(svc) = spec.service.as_ref().filter(|_| !ingress) {
         let s = st.services.get(svc).ok_or_else(|| {
             StateError::NotFound(format!("no service named {svc}: create it first (vxmesh service create {svc} --network {})", net.name))
         })?;
@@ -452,9 +473,19 @@ pub fn find_endpoint<'a>(st: &'a ClusterState, id: &str) -> Result<&'a Endpoint,
     }
 }
 
+/// Removes an endpoint (and, for a task, its ingress interface).
 pub fn remove_endpoint(st: &mut ClusterState, id: &str) -> Result<Endpoint, StateError> {
-    let id = find_endpoint(st, id)?.id.clone();
-    st.endpoints.remove(&id).ok_or(StateError::NotFound(id))
+    let ep = find_endpoint(st, id)?;
+    if let Some(task) = super::ingress::task_of(ep) {
+        return Err(StateError::Invalid(format!(
+            "endpoint {} is task {task}'s interface on the ingress network: remove the task (vxmesh endpoint rm {task})",
+            ep.id
+        )));
+    }
+    let id = ep.id.clone();
+    let ep = st.endpoints.remove(&id).ok_or(StateError::NotFound(id))?;
+    super::ingress::sync_tasks(st)?;
+    Ok(ep)
 }
 
 #[cfg(test)]
@@ -511,8 +542,8 @@ mod tests {
         );
         assert_eq!(
             st.networks.len(),
-            1,
-            "no failed create left anything behind"
+            2,
+            "no failed create left anything behind (a and the built-in ingress)"
         );
     }
 

@@ -132,6 +132,11 @@ fn assign_ports(
 
 /// Addresses taken on a network: endpoints' and other services' VIPs.
 pub fn used_addresses(st: &ClusterState, network: &str) -> BTreeSet<IpAddr> {
+    let sandboxes = st
+        .nodes
+        .values()
+        .filter(|_| network == super::ingress::NETWORK)
+        .filter_map(|n| n.ingress_ip);
     st.endpoints_on(network)
         .flat_map(|e| e.ips.iter().copied())
         .chain(
@@ -139,36 +144,11 @@ pub fn used_addresses(st: &ClusterState, network: &str) -> BTreeSet<IpAddr> {
                 .values()
                 .filter_map(|s| s.vips.get(network).copied()),
         )
+        .chain(sandboxes)
         .collect()
 }
 
 pub fn create_service(st: &mut ClusterState, spec: &ServiceSpec) -> Result<Service, StateError> {
-    not_yet(spec)?;
-    build_service(st, spec)
-}
-
-/// What this version cannot do yet is refused, never stored and ignored: the
-/// routing mesh's ingress comes later.
-fn not_yet(spec: &ServiceSpec) -> Result<(), StateError> {
-    if !spec.publish.is_empty() {
-        return Err(StateError::Invalid(
-            "--publish needs the ingress routing mesh, which this version does not have yet: the service's VIP balances traffic inside its networks".into(),
-        ));
-    }
-    Ok(())
-}
-
-/// Whether `--publish-add` can be honoured in this version (see [`not_yet`]).
-pub fn check_publish_supported(add: &[String]) -> Result<(), StateError> {
-    not_yet(&ServiceSpec {
-        publish: add.to_vec(),
-        ..Default::default()
-    })
-}
-
-/// The whole of service creation, publishing and all: what `create_service` does
-/// once ingress exists (tested on its own meanwhile).
-fn build_service(st: &mut ClusterState, spec: &ServiceSpec) -> Result<Service, StateError> {
     super::ops::valid_name("service", &spec.name)?;
     if st.services.contains_key(&spec.name) {
         return Err(StateError::Conflict(format!(
@@ -196,6 +176,11 @@ fn build_service(st: &mut ClusterState, spec: &ServiceSpec) -> Result<Service, S
     }
     let mut vips = std::collections::BTreeMap::new();
     for n in &spec.networks {
+        if n == super::ingress::NETWORK {
+            return Err(StateError::Invalid(format!(
+                "network {n} is the routing mesh's own: put the service on your networks and --publish its ports"
+            )));
+        }
         let net = st.networks.get(n).ok_or_else(|| {
             StateError::NotFound(format!(
                 "no network named {n}: create it first (vxmesh network create {n})"
@@ -284,7 +269,9 @@ pub fn update_ports(
         .get_mut(name)
         .ok_or_else(|| StateError::NotFound(name.into()))?;
     s.ports = keep;
-    Ok(s.clone())
+    let s = s.clone();
+    super::ingress::sync_tasks(st)?;
+    Ok(s)
 }
 
 pub fn remove_service(st: &mut ClusterState, name: &str) -> Result<Service, StateError> {
@@ -382,14 +369,14 @@ mod tests {
     #[test]
     fn vips_marks_and_ports_are_distinct() {
         let mut st = state();
-        let a = build_service(&mut st, &spec("web", &["8080:80", ":443"])).unwrap();
-        let b = build_service(&mut st, &spec("api", &[":80", ":53/udp"])).unwrap();
+        let a = create_service(&mut st, &spec("web", &["8080:80", ":443"])).unwrap();
+        let b = create_service(&mut st, &spec("api", &[":80", ":53/udp"])).unwrap();
         assert_ne!(a.vips["a"], b.vips["a"]);
         assert_ne!(a.fwmark, b.fwmark);
         assert_eq!(a.ports[1].published, 30000);
         assert_eq!(b.ports[0].published, 30001);
         assert_eq!(b.ports[1].published, 30000, "udp has its own port space");
-        let e = build_service(&mut st, &spec("x", &["8080:81"])).unwrap_err();
+        let e = create_service(&mut st, &spec("x", &["8080:81"])).unwrap_err();
         assert!(
             e.to_string().contains("already published by service web"),
             "{e}"
@@ -412,7 +399,7 @@ mod tests {
     #[test]
     fn ports_change_live_and_services_with_tasks_stay() {
         let mut st = state();
-        build_service(&mut st, &spec("web", &["8080:80"])).unwrap();
+        create_service(&mut st, &spec("web", &["8080:80"])).unwrap();
         let s = update_ports(&mut st, "web", &["9090:90/udp".into()], &["8080".into()]).unwrap();
         assert_eq!(s.ports.len(), 1);
         assert_eq!(
@@ -452,8 +439,8 @@ mod tests {
             create_service(&mut st, &s).unwrap().vips.is_empty(),
             "dnsrr: names only, no VIP"
         );
-        let e = create_service(&mut st, &spec("p", &["8080:80"])).unwrap_err();
-        assert!(e.to_string().contains("ingress"), "{e}");
+        let e = create_service(&mut st, &spec("p", &["8080:80/sctp"])).unwrap_err();
+        assert!(e.to_string().contains("--publish"), "{e}");
         assert_eq!(
             parse_health("http:8080/healthz").unwrap(),
             ("http".into(), 8080, "/healthz".into())

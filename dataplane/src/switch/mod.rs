@@ -401,11 +401,14 @@ impl Switch {
         }
         let tracked = self.lock_conntrack().lookup(&key);
         if !matches!(tracked, Some((_, Dir::Orig))) {
-            if !ing.enabled {
-                return self.drop(DropReason::IngressOff);
-            }
-            if !ing.published.contains_key(&(key.proto, key.dport)) {
-                return self.drop(DropReason::NotPublished);
+            // `--ingress off` closes the routing mesh here; host-mode ports are
+            // this node's own and stay
+            match ing.published.get(&(key.proto, key.dport)) {
+                None => return self.drop(DropReason::NotPublished),
+                Some(p) if !ing.enabled && !p.host_only => {
+                    return self.drop(DropReason::IngressOff)
+                }
+                Some(_) => {}
             }
             match policy_verdict(&ing.policies, key.proto, key.dport, key.src) {
                 PolicyAction::Accept => {}

@@ -1,0 +1,207 @@
+//! The node's end of the routing mesh, outside the dataplane: the sandbox TAP
+//! the kernel hands published ports to, and the nftables table (owned by the
+//! agent, removed when it stops) that DNATs them there, from the network and from
+//! the node itself.
+//!
+//! nftables is driven through `nft -f -` with the whole table in one script, so
+//! a change applies atomically (no moment with half the ports) and the rules
+//! read exactly as an operator would type them.
+
+use super::iproute::{ip, PlumbError};
+use crate::state::ClusterState;
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::OwnedFd;
+use tokio::io::AsyncWriteExt;
+use vxmesh_dataplane::io::tap;
+use vxmesh_dataplane::{Mac, PortId};
+
+/// The sandbox TAP in the agent's namespace.
+pub const DEVICE: &str = "vxm-ingress";
+/// The kernel's address on it, and the sandbox address the agent answers: a
+/// link-local /30 no overlay or underlay uses.
+pub const HOST_CIDR: &str = "169.254.250.1/30";
+pub const SANDBOX_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 250, 2);
+/// The nftables table (family ip) the agent owns.
+pub const TABLE: &str = "vxmesh";
+/// The port id the workers know the sandbox by (endpoint ports start at 1).
+pub const PORT: PortId = PortId(0);
+
+/// The sandbox as the switch needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct Sandbox {
+    pub port: PortId,
+    pub host_mac: Mac,
+    pub sandbox_ip: Ipv4Addr,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngressError {
+    #[error("cannot create the ingress sandbox TAP {DEVICE}: {0}")]
+    Tap(std::io::Error),
+    #[error(transparent)]
+    Plumb(#[from] PlumbError),
+    #[error("cannot set {0}: {1}")]
+    Sysctl(String, std::io::Error),
+    #[error("cannot run nft (is nftables installed?): {0}")]
+    NftSpawn(std::io::Error),
+    #[error("nft refused the ingress table: {0}")]
+    Nft(String),
+}
+
+fn sysctl(path: &str, value: &str) -> Result<(), IngressError> {
+    std::fs::write(path, value).map_err(|e| IngressError::Sysctl(path.into(), e))
+}
+
+/// Creates the sandbox TAP (`queues` queues, one per worker) and sets the
+/// kernel's side up: its address, forwarding (published ports are forwarded
+/// into the TAP), and `route_localnet`, so `127.0.0.1:PORT` may be DNATed out
+/// of it as Docker does on `docker_gwbridge`.
+pub async fn create_sandbox(queues: usize) -> Result<(Sandbox, Vec<OwnedFd>), IngressError> {
+    // a TAP dies with its fds, but a crashed agent's may linger a moment
+    let _ = ip(&["link", "del", DEVICE]).await;
+    let fds = tap::create_queues(DEVICE, queues).map_err(IngressError::Tap)?;
+    let host_mac = crate::state::ipam::random_mac();
+    let mac = vxmesh_dataplane::mac_to_string(&host_mac);
+    ip(&["link", "set", "dev", DEVICE, "address", &mac]).await?;
+    sysctl(
+        &format!("/proc/sys/net/ipv6/conf/{DEVICE}/disable_ipv6"),
+        "1",
+    )?;
+    sysctl(
+        &format!("/proc/sys/net/ipv4/conf/{DEVICE}/route_localnet"),
+        "1",
+    )?;
+    sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
+    if let Err(e) = ip(&["addr", "add", HOST_CIDR, "dev", DEVICE]).await {
+        if !e.exists() {
+            return Err(e.into());
+        }
+    }
+    ip(&["link", "set", "dev", DEVICE, "up"]).await?;
+    Ok((
+        Sandbox {
+            port: PORT,
+            host_mac,
+            sandbox_ip: SANDBOX_IP,
+        },
+        fds,
+    ))
+}
+
+/// The table for this node's published ports. `advertise`: the node's address,
+/// which connections from the node itself to 127.0.0.1 take as their source
+/// (so a task sees which node the client was, and replies route back).
+pub fn render_table(st: &ClusterState, node: &str, advertise: IpAddr) -> String {
+    let mut ports: [Vec<u16>; 2] = [Vec::new(), Vec::new()];
+    for (_, p) in super::switch_state::published_here(st, node) {
+        ports[usize::from(p.proto == "udp")].push(p.published);
+    }
+    let mut rules = String::new();
+    for (proto, list) in ["tcp", "udp"].iter().zip(ports.iter_mut()) {
+        list.sort_unstable();
+        list.dedup();
+        if list.is_empty() {
+            continue;
+        }
+        let set: Vec<String> = list.iter().map(u16::to_string).collect();
+        let _ = writeln!(
+            rules,
+            "    fib daddr type local {proto} dport {{ {} }} dnat to {SANDBOX_IP}",
+            set.join(", ")
+        );
+    }
+    let snat = match advertise {
+        IpAddr::V4(a) => format!("snat to {a}"),
+        IpAddr::V6(_) => "masquerade".into(),
+    };
+    format!(
+        "table ip {TABLE} {{\n  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n{rules}  }}\n  chain output {{\n    type nat hook output priority -100; policy accept;\n{rules}  }}\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    oifname \"{DEVICE}\" ip saddr 127.0.0.0/8 {snat}\n  }}\n}}\n"
+    )
+}
+
+async fn nft(script: &str) -> Result<(), IngressError> {
+    let mut child = tokio::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(IngressError::NftSpawn)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(script.as_bytes())
+            .await
+            .map_err(IngressError::NftSpawn)?;
+    }
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(IngressError::NftSpawn)?;
+    if !out.status.success() {
+        return Err(IngressError::Nft(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
+    }
+    Ok(())
+}
+
+/// Replaces the table with `table` in one transaction.
+pub async fn apply_table(table: &str) -> Result<(), IngressError> {
+    nft(&format!(
+        "table ip {TABLE}\ndelete table ip {TABLE}\n{table}"
+    ))
+    .await
+}
+
+/// Removes the table (when the agent stops).
+pub async fn remove_table() -> Result<(), IngressError> {
+    nft(&format!("table ip {TABLE}\ndelete table ip {TABLE}\n")).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{ops, services, Node};
+
+    #[test]
+    fn the_table_dnats_published_ports_of_this_node() {
+        let mut st = ClusterState::default();
+        for (n, a) in [("n1", "192.0.2.1"), ("n2", "192.0.2.2")] {
+            ops::upsert_node(&mut st, Node::new(n, a.parse().unwrap())).unwrap();
+        }
+        ops::create_network(
+            &mut st,
+            &ops::NetworkSpec {
+                name: "app".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        services::create_service(
+            &mut st,
+            &services::ServiceSpec {
+                name: "web".into(),
+                networks: vec!["app".into()],
+                publish: vec![
+                    "8080:80".into(),
+                    "5353:53/udp".into(),
+                    "9000:90,mode=host".into(),
+                ],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let t = render_table(&st, "n1", "192.0.2.1".parse().unwrap());
+        assert!(
+            t.contains("tcp dport { 8080 } dnat to 169.254.250.2"),
+            "{t}"
+        );
+        assert!(t.contains("udp dport { 5353 }"), "{t}");
+        assert!(!t.contains("9000"), "host mode: no task here\n{t}");
+        assert!(t.contains("snat to 192.0.2.1"), "{t}");
+        st.nodes.get_mut("n1").unwrap().ingress = false;
+        let t = render_table(&st, "n1", "192.0.2.1".parse().unwrap());
+        assert!(!t.contains("8080"), "ingress off\n{t}");
+    }
+}
