@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what building and running vxmesh's demo and tests need, from Debian's
-# packages: iproute2 (ip, bridge), util-linux (nsenter), ethtool, ping, iperf3,
+# packages: iproute2 (ip, bridge), util-linux (nsenter), nftables (nft: the
+# ingress table), ethtool, ping, iperf3,
 # tcpdump, wireguard-go + wg (a stock WireGuard peer for the interop tests),
 # a C compiler for the bundled SQLite. Idempotent; quiet when all is there.
 set -euo pipefail
-pkgs=(iproute2 util-linux ethtool iputils-ping iperf3 tcpdump wireguard-go wireguard-tools gcc libc6-dev ca-certificates)
+pkgs=(iproute2 util-linux nftables ethtool iputils-ping iperf3 tcpdump wireguard-go wireguard-tools gcc libc6-dev ca-certificates)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -97,6 +97,7 @@ impl SqliteStore {
                 "node" => put(&mut st.nodes, key, &value).map_err(|e| self.corrupt(e))?,
                 "endpoint" => put(&mut st.endpoints, key, &value).map_err(|e| self.corrupt(e))?,
                 "service" => put(&mut st.services, key, &value).map_err(|e| self.corrupt(e))?,
+                "policy" => put(&mut st.policies, key, &value).map_err(|e| self.corrupt(e))?,
                 // Kinds from a newer version are kept on disk and ignored here.
                 _ => {}
             }
@@ -186,6 +187,12 @@ impl Store for SqliteStore {
             "service",
             &snap.state.services,
             &next.services,
+        ))?;
+        changed |= w(write_diff(
+            &tx,
+            "policy",
+            &snap.state.policies,
+            &next.policies,
         ))?;
         let mut rev = snap.revision;
         if changed {
