@@ -142,6 +142,8 @@ pub struct Counters {
     pub learned: u64,
     /// DNS queries answered by the embedded DNS.
     pub dns_answers: u64,
+    /// TCP resets sent to the ends of tracked connections that went away.
+    pub resets_sent: u64,
     /// WireGuard datagrams sent and received (data and handshakes).
     pub tunnel_tx: u64,
     pub tunnel_rx: u64,
@@ -168,6 +170,7 @@ impl Counters {
         self.flooded += o.flooded;
         self.learned += o.learned;
         self.dns_answers += o.dns_answers;
+        self.resets_sent += o.resets_sent;
         self.tunnel_tx += o.tunnel_tx;
         self.tunnel_rx += o.tunnel_rx;
         for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {

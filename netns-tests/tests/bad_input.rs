@@ -180,7 +180,11 @@ fn bad_cli_input_gets_clear_errors_and_no_half_made_state() -> anyhow::Result<()
     assert!(String::from_utf8_lossy(&o.stderr).contains("is `vxmesh agent` running"));
     // nothing was left half-made
     let nets = t.cli_json(&n1, &["network", "ls"])?;
-    assert_eq!(nets.as_array().unwrap().len(), 1);
+    assert_eq!(
+        nets.as_array().unwrap().len(),
+        2,
+        "the user's network and the built-in ingress: {nets}"
+    );
     assert_eq!(
         t.cli_json(&n1, &["endpoint", "ls"])?
             .as_array()

@@ -1,7 +1,7 @@
 //! Service VIPs balanced on the client's node: three tasks on three nodes share
 //! the connections made to the VIP; replies come from the VIP; `lb ls` and
-//! `conntrack ls` show the virtual service and its connections; what this version
-//! cannot do yet is refused.
+//! `conntrack ls` show the virtual service and its connections; bad requests are
+//! refused.
 
 mod common;
 
@@ -192,7 +192,7 @@ fn a_vip_balances_over_tasks_on_three_nodes() -> anyhow::Result<()> {
         assert_ne!(ask(&client, target)?.0, "task3");
     }
 
-    // what is not built yet is refused, and nothing half-made stays
+    // bad requests are refused, and nothing half-made stays
     let o = t.cli(
         &nodes[0],
         &[
@@ -202,10 +202,10 @@ fn a_vip_balances_over_tasks_on_three_nodes() -> anyhow::Result<()> {
             "--network",
             "web",
             "--publish",
-            "8080:80",
+            "8080:80/sctp",
         ],
     )?;
-    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("ingress"));
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--publish"));
     let o = t.cli(&nodes[0], &["service", "rm", "api"])?;
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("task"));
     let stray = t.add_container("stray")?;

@@ -99,6 +99,8 @@ pub struct Conntrack {
     max: usize,
     cursor: usize,
     pub evicted: u64,
+    /// How backends answer new connections (see [`crate::lb::passive`]).
+    pub passive: crate::lb::passive::PassiveHealth,
 }
 
 impl Conntrack {
@@ -110,6 +112,7 @@ impl Conntrack {
             max: max.max(1),
             cursor: 0,
             evicted: 0,
+            passive: Default::default(),
         }
     }
 
@@ -184,6 +187,21 @@ impl Conntrack {
         let Some(Some(e)) = self.slab.get_mut(id as usize) else {
             return;
         };
+        if e.orig.proto == 6 && e.service != 0 && e.state == State::SynSent {
+            // how the backend answers a new connection says whether it is alive
+            let backend = (e.orig.zone, e.service, e.reply.src);
+            match dir {
+                Dir::Reply if tcp_flags & TCP_RST != 0 => self.passive.failed(backend, now_ms),
+                Dir::Reply if tcp_flags & TCP_SYN != 0 => self.passive.answered(backend),
+                Dir::Orig
+                    if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+                        && now_ms.saturating_sub(e.last_ms) >= crate::lb::passive::SYN_RETRY_MS =>
+                {
+                    self.passive.failed(backend, now_ms)
+                }
+                _ => {}
+            }
+        }
         e.last_ms = now_ms;
         if e.orig.proto != 6 {
             if dir == Dir::Reply {
@@ -242,6 +260,22 @@ impl Conntrack {
         }
     }
 
+    /// Whether a connection still waiting for its backend's answer should be
+    /// scheduled again, because passive health took that backend out.
+    pub fn stalled(&self, id: u32, now_ms: u64) -> bool {
+        self.get(id).is_some_and(|e| {
+            e.state == State::SynSent
+                && self
+                    .passive
+                    .is_out((e.orig.zone, e.service, e.reply.src), now_ms)
+        })
+    }
+
+    /// Removes one entry (a stalled connection about to be scheduled anew).
+    pub fn retire(&mut self, id: u32) -> Option<Entry> {
+        self.remove(id)
+    }
+
     fn remove(&mut self, id: u32) -> Option<Entry> {
         let e = self.slab.get_mut(id as usize)?.take()?;
         // a later connection may have taken a key over (same reply tuple through
@@ -279,6 +313,16 @@ impl Conntrack {
         }
     }
 
+    /// Whether resetting a TCP entry's ends is due when it goes: it carried data
+    /// both ways or still could (not yet closed), so someone may be waiting on it.
+    pub fn wants_reset(e: &Entry) -> bool {
+        e.orig.proto == 6
+            && matches!(
+                e.state,
+                State::SynRecv | State::Established | State::FinWait
+            )
+    }
+
     /// Removes expired entries; established TCP ones are handed to `on_reset` so
     /// both ends can be told (a RST) instead of being silently blackholed.
     pub fn expire(&mut self, now_ms: u64, mut on_reset: impl FnMut(&Entry)) -> usize {
@@ -300,7 +344,7 @@ impl Conntrack {
     }
 
     /// Removes every entry `pick` selects and returns them.
-    fn remove_where(&mut self, pick: impl Fn(&Entry) -> bool) -> Vec<Entry> {
+    pub fn remove_where(&mut self, pick: impl Fn(&Entry) -> bool) -> Vec<Entry> {
         let ids: Vec<u32> = self
             .slab
             .iter()

@@ -413,11 +413,11 @@ impl Worker {
                     .retain(|_, p| p.3.elapsed() < DNS_FORWARD_TIMEOUT);
                 if self.index == 0 {
                     let now = self.now_ms();
+                    let mut gone = Vec::new();
                     if let Ok(mut ct) = self.switch.conntrack().lock() {
-                        // (RSTs to both ends of expired established flows come with the
-                        // routing mesh's health work, issue 3)
-                        ct.expire(now, |_| {});
+                        ct.expire(now, |e| gone.push(*e));
                     }
+                    self.send_resets(&gone, &mut buf);
                 }
             }
             if last_publish.elapsed() >= PUBLISH_EVERY {
@@ -464,7 +464,9 @@ impl Worker {
                 }
                 Command::StateChanged => {
                     let st = self.state.load();
-                    self.switch.on_state(&st);
+                    let gone = self.switch.on_state(&st);
+                    let mut buf = PacketBuf::new();
+                    self.send_resets(&gone, &mut buf);
                 }
                 Command::Tunnels(cfg) => {
                     let (wg, tunnels, c) = (&self.wg, &mut self.tunnels, &mut self.switch.counters);
@@ -475,6 +477,23 @@ impl Worker {
             }
         }
         true
+    }
+
+    /// Resets both ends of connections whose entries went (expired, or their
+    /// backend left), so neither waits on a connection nobody carries.
+    fn send_resets(&mut self, gone: &[crate::conntrack::Entry], buf: &mut PacketBuf) {
+        if gone.is_empty() {
+            return;
+        }
+        let st = self.state.load_full();
+        for e in gone {
+            for to_client in [true, false] {
+                let a = self.switch.reset(&st, e, to_client, buf);
+                self.execute(a, buf);
+            }
+        }
+        self.flush_batch();
+        tracing::debug!(connections = gone.len(), "reset connections that went away");
     }
 
     fn now_ms(&self) -> u64 {

@@ -4,4 +4,5 @@
 
 pub mod maglev;
 pub mod nat;
+pub mod passive;
 pub mod scheduler;

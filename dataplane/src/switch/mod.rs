@@ -6,6 +6,7 @@
 //! stages (conntrack/NAT, encryption) slot in between lookup and output.
 
 mod fdb;
+mod reset;
 mod state;
 
 pub use fdb::{LearnedFdb, AGEING_MS};
@@ -194,39 +195,6 @@ impl Switch {
         Some(Action::Reply(port))
     }
 
-    /// Brings per-worker derived state in line with a new control-plane state:
-    /// forgets learned MACs of removed peers, rebuilds schedulers.
-    pub fn on_state(&mut self, st: &SwitchState) {
-        self.prune_learned(st);
-        self.schedulers.clear();
-        for (vni, net) in &st.networks {
-            for (mark, svc) in &net.services {
-                let names: Vec<[u8; 4]> = svc.backends.iter().map(|b| b.ip.octets()).collect();
-                let refs: Vec<&[u8]> = names.iter().map(|n| n.as_slice()).collect();
-                let table = crate::lb::maglev::DEFAULT_SIZE;
-                self.schedulers
-                    .insert((*vni, *mark), Scheduler::new(svc.scheduler, &refs, table));
-                let sick: Vec<Ipv4Addr> = svc
-                    .backends
-                    .iter()
-                    .filter(|b| !b.healthy)
-                    .map(|b| b.ip)
-                    .collect();
-                if !sick.is_empty() {
-                    {
-                        let mut ct = self
-                            .conntrack
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner);
-                        for ip in sick {
-                            ct.forget_backend(*vni, *mark, ip);
-                        }
-                    }
-                }
-            }
-        }
-    }
-
     fn lock_conntrack(&self) -> std::sync::MutexGuard<'_, Conntrack> {
         // a worker that panicked mid-update leaves a table that is still
         // consistent entry by entry: keep balancing rather than stop everywhere
@@ -246,6 +214,7 @@ impl Switch {
         host_only: bool,
         src: Ipv4Addr,
         flow: u32,
+        now_ms: u64,
     ) -> Result<(u32, BackendView), DropReason> {
         let svc = net.services.get(&mark).ok_or(DropReason::NoBackend)?;
         let lc = svc.scheduler == scheduler::Kind::Lc;
@@ -257,7 +226,9 @@ impl Switch {
                 weight: b.weight,
                 // only lc looks at the load; counting walks the table
                 active: if lc { ct.counts(mark, i as u32).0 } else { 0 },
-                healthy: b.healthy && (b.local || !host_only),
+                healthy: b.healthy
+                    && (b.local || !host_only)
+                    && !ct.passive.is_out((net.vni, mark, b.ip), now_ms),
             })
             .collect();
         let sched = schedulers
@@ -286,6 +257,11 @@ impl Switch {
             let mut ct = conntrack
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some((id, Dir::Orig)) = ct.lookup(&key) {
+                if ct.stalled(id, now_ms) {
+                    ct.retire(id);
+                }
+            }
             let id = match ct.lookup(&key) {
                 Some((id, Dir::Orig)) => id,
                 _ => {
@@ -298,6 +274,7 @@ impl Switch {
                         false,
                         key.src,
                         flow,
+                        now_ms,
                     )?;
                     let reply = Key {
                         src: b.ip,
@@ -421,6 +398,11 @@ impl Switch {
             let mut ct = conntrack
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some((id, Dir::Orig)) = ct.lookup(&key) {
+                if ct.stalled(id, now_ms) {
+                    ct.retire(id);
+                }
+            }
             let id = match ct.lookup(&key) {
                 Some((id, Dir::Orig)) => id,
                 _ => {
@@ -436,6 +418,7 @@ impl Switch {
                         p.host_only,
                         key.src,
                         flow,
+                        now_ms,
                     );
                     let (i, b) = match picked {
                         Ok(x) => x,

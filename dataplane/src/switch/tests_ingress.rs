@@ -413,3 +413,154 @@ fn policy_verdict_takes_the_longest_prefix() {
         "other protocols"
     );
 }
+
+/// A TCP segment: a bare SYN (`syn`), or an ACK carrying `payload`; with
+/// `syn` and a non-empty payload, a SYN-ACK.
+fn seg(
+    (src, dst): (Mac, Mac),
+    (sip, dip): ([u8; 4], [u8; 4]),
+    (sport, dport): (u16, u16),
+    seq: u32,
+    syn: bool,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    let b = PacketBuilder::ethernet2(src, dst)
+        .ipv4(sip, dip, 64)
+        .tcp(sport, dport, seq, 1000);
+    match (syn, payload.is_empty()) {
+        (true, true) => b.syn().write(&mut out, &[]).unwrap(),
+        (true, false) => b.syn().ack(1).write(&mut out, &[]).unwrap(),
+        (false, _) => b.ack(1).write(&mut out, payload).unwrap(),
+    }
+    out
+}
+
+#[test]
+fn connections_of_a_backend_that_leaves_are_reset_at_both_ends() {
+    let mut st = node_a();
+    let mut sw = Switch::new(16);
+    sw.on_state(&st);
+    // handshake through the sandbox to the local task, then data both ways
+    let syn = PacketBuilder::ethernet2(HOST, SBOX)
+        .ipv4(CLIENT, SBOX_IP, 64)
+        .tcp(40000, 8080, 1000, 1000)
+        .syn();
+    let mut f = Vec::new();
+    syn.write(&mut f, &[]).unwrap();
+    assert_eq!(
+        sw.from_port(&st, SANDBOX_PORT, &mut buf(&f), 0),
+        Action::Deliver(TASK_PORT)
+    );
+    let tip = [10, 255, 0, 10];
+    let synack = seg((TASK_A, IGW), (tip, CLIENT), (80, 40000), 5000, true, b"-");
+    assert_eq!(
+        sw.from_port(&st, TASK_PORT, &mut buf(&synack), 1),
+        Action::Deliver(SANDBOX_PORT)
+    );
+    let data = seg(
+        (HOST, SBOX),
+        (CLIENT, SBOX_IP),
+        (40000, 8080),
+        1001,
+        false,
+        b"GET",
+    );
+    sw.from_port(&st, SANDBOX_PORT, &mut buf(&data), 2);
+    let answer = seg(
+        (TASK_A, IGW),
+        (tip, CLIENT),
+        (80, 40000),
+        5001,
+        false,
+        b"200 OK",
+    );
+    sw.from_port(&st, TASK_PORT, &mut buf(&answer), 3);
+    // the task goes unhealthy: its connection is removed and reported once
+    let ing_net = st.networks.get_mut(&IVNI).unwrap();
+    ing_net.services.get_mut(&0x100).unwrap().backends[0].healthy = false;
+    let gone = sw.on_state(&st);
+    assert_eq!(gone.len(), 1, "{gone:?}");
+    assert!(sw.on_state(&st).is_empty(), "reported once");
+    // the client hears a RST from the published address, at the sequence number
+    // the task would have sent next; the task hears one from the client
+    let mut b = PacketBuf::new();
+    assert_eq!(
+        sw.reset(&st, &gone[0], true, &mut b),
+        Action::Deliver(SANDBOX_PORT)
+    );
+    assert_eq!(endpoints(b.data()), (SBOX_IP, 8080, CLIENT, 40000));
+    let p = SlicedPacket::from_ethernet(b.data()).unwrap();
+    let Some(TransportSlice::Tcp(t)) = &p.transport else {
+        panic!("not tcp")
+    };
+    assert!(t.rst());
+    assert_eq!(t.sequence_number(), 5001 + 6);
+    assert_eq!(&b.data()[0..6], &HOST);
+    let mut b = PacketBuf::new();
+    assert_eq!(
+        sw.reset(&st, &gone[0], false, &mut b),
+        Action::Deliver(TASK_PORT)
+    );
+    assert_eq!(endpoints(b.data()), (CLIENT, 40000, tip, 80));
+    let p = SlicedPacket::from_ethernet(b.data()).unwrap();
+    let Some(TransportSlice::Tcp(t)) = &p.transport else {
+        panic!("not tcp")
+    };
+    assert!(t.rst());
+    assert_eq!(t.sequence_number(), 1001 + 3);
+    assert_eq!(sw.counters.resets_sent, 2);
+}
+
+#[test]
+fn a_task_that_refuses_new_connections_is_taken_out_passively() {
+    let st = node_a();
+    let mut sw = Switch::new(16);
+    sw.on_state(&st);
+    let tip = [10, 255, 0, 10];
+    let mut to_local = 0;
+    // the local task answers every SYN with a RST; the remote one is fine
+    for i in 0..12u16 {
+        let syn = seg(
+            (HOST, SBOX),
+            (CLIENT, SBOX_IP),
+            (41000 + i, 8080),
+            7,
+            true,
+            &[],
+        );
+        let mut b = buf(&syn);
+        if sw.from_port(&st, SANDBOX_PORT, &mut b, u64::from(i)) == Action::Deliver(TASK_PORT) {
+            to_local += 1;
+            let mut rst = Vec::new();
+            PacketBuilder::ethernet2(TASK_A, IGW)
+                .ipv4(tip, CLIENT, 64)
+                .tcp(80, 41000 + i, 0, 0)
+                .rst()
+                .ack(8)
+                .write(&mut rst, &[])
+                .unwrap();
+            sw.from_port(&st, TASK_PORT, &mut buf(&rst), u64::from(i));
+        }
+    }
+    assert_eq!(to_local, 3, "out after three refusals");
+    // a client retransmitting its SYN to a silent backend is moved on
+    let mut sw = Switch::new(16);
+    sw.on_state(&st);
+    let mut first = None;
+    for (n, t) in [0u64, 1000, 3000, 7000].into_iter().enumerate() {
+        let syn = seg((HOST, SBOX), (CLIENT, SBOX_IP), (42000, 8080), 9, true, &[]);
+        let mut b = buf(&syn);
+        let a = sw.from_port(&st, SANDBOX_PORT, &mut b, t);
+        if n == 0 {
+            first = Some(a);
+        }
+        let _ = (n, a);
+    }
+    // three unanswered SYNs to the first pick (the local task) took it out:
+    // the fourth retransmission went elsewhere
+    assert_eq!(first, Some(Action::Deliver(TASK_PORT)));
+    let syn = seg((HOST, SBOX), (CLIENT, SBOX_IP), (42000, 8080), 9, true, &[]);
+    let a = sw.from_port(&st, SANDBOX_PORT, &mut buf(&syn), 15000);
+    assert!(matches!(a, Action::Encap { .. }), "{a:?}");
+}

@@ -1,0 +1,83 @@
+//! Passive health: backends judged by how they answer real connections, between
+//! (or without) active probes. A backend that answers new TCP connections with a
+//! RST, or not at all (the client has to retransmit its SYN), is taken out of
+//! scheduling after a few failures in a row, for a while, then given another
+//! chance (nginx's `max_fails`/`fail_timeout`, Envoy's outlier detection).
+
+use rustc_hash::FxHashMap;
+use std::net::Ipv4Addr;
+
+/// Failures in a row that take a backend out.
+pub const MAX_FAILS: u8 = 3;
+/// How long it stays out before new connections may try it again.
+pub const OUT_MS: u64 = 10_000;
+/// A SYN seen again this long after the first counts as unanswered.
+pub const SYN_RETRY_MS: u64 = 800;
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Record {
+    fails: u8,
+    out_until_ms: u64,
+}
+
+/// Per (zone, fwmark, backend address): bounded by the backends the state has,
+/// since only those get connections.
+#[derive(Debug, Default)]
+pub struct PassiveHealth {
+    records: FxHashMap<(u32, u32, Ipv4Addr), Record>,
+    /// Times a backend was taken out.
+    pub ejections: u64,
+}
+
+impl PassiveHealth {
+    pub fn failed(&mut self, key: (u32, u32, Ipv4Addr), now_ms: u64) {
+        let r = self.records.entry(key).or_default();
+        r.fails = r.fails.saturating_add(1);
+        if r.fails >= MAX_FAILS && r.out_until_ms <= now_ms {
+            r.out_until_ms = now_ms + OUT_MS;
+            // one more failure after the pause takes it out again
+            r.fails = MAX_FAILS - 1;
+            self.ejections += 1;
+        }
+    }
+
+    pub fn answered(&mut self, key: (u32, u32, Ipv4Addr)) {
+        if let Some(r) = self.records.get_mut(&key) {
+            r.fails = 0;
+        }
+    }
+
+    pub fn is_out(&self, key: (u32, u32, Ipv4Addr), now_ms: u64) -> bool {
+        self.records
+            .get(&key)
+            .is_some_and(|r| r.out_until_ms > now_ms)
+    }
+
+    /// Forgets backends the state no longer has.
+    pub fn retain(&mut self, keep: impl Fn(&(u32, u32, Ipv4Addr)) -> bool) {
+        self.records.retain(|k, _| keep(k));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_few_failures_in_a_row_take_a_backend_out_for_a_while() {
+        let mut p = PassiveHealth::default();
+        let k = (1, 0x100, Ipv4Addr::new(10, 0, 0, 2));
+        p.failed(k, 0);
+        p.failed(k, 1);
+        p.answered(k);
+        p.failed(k, 2);
+        p.failed(k, 3);
+        assert!(!p.is_out(k, 3), "an answer in between resets the count");
+        p.failed(k, 4);
+        assert!(p.is_out(k, 5));
+        assert!(!p.is_out(k, 4 + OUT_MS), "back after the pause");
+        p.failed(k, 5 + OUT_MS);
+        assert!(p.is_out(k, 6 + OUT_MS), "one more failure: out again");
+        assert_eq!(p.ejections, 2);
+    }
+}
