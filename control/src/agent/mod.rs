@@ -263,44 +263,68 @@ impl Agent {
     pub fn lb_table(&self) -> Vec<VirtualService> {
         let st = self.worker.state();
         let conns = self.worker.connections();
+        let row = |net: &vxmesh_dataplane::NetworkView, mark: u32, vip, published: Vec<String>| {
+            let svc = net.services.get(&mark)?;
+            let backends = svc
+                .backends
+                .iter()
+                .map(|b| {
+                    let mine = conns.iter().filter(|e| {
+                        e.orig.zone == net.vni && e.service == mark && e.reply.src == b.ip
+                    });
+                    let (mut active, mut inactive) = (0, 0);
+                    for e in mine {
+                        if e.state == vxmesh_dataplane::conntrack::State::Established {
+                            active += 1;
+                        } else {
+                            inactive += 1;
+                        }
+                    }
+                    RealServer {
+                        address: b.ip,
+                        forward: "Masq",
+                        weight: b.weight,
+                        healthy: b.healthy,
+                        active,
+                        inactive,
+                    }
+                })
+                .collect();
+            Some(VirtualService {
+                fwmark: mark,
+                vip,
+                vni: net.vni,
+                scheduler: svc.scheduler.as_str(),
+                published,
+                backends,
+            })
+        };
         let mut out = Vec::new();
         for net in st.networks.values() {
             for (vip, mark) in &net.vips {
-                let Some(svc) = net.services.get(mark) else {
-                    continue;
-                };
-                let backends = svc
-                    .backends
-                    .iter()
-                    .map(|b| {
-                        let mine = conns.iter().filter(|e| {
-                            e.orig.zone == net.vni && e.service == *mark && e.reply.src == b.ip
-                        });
-                        let (mut active, mut inactive) = (0, 0);
-                        for e in mine {
-                            if e.state == vxmesh_dataplane::conntrack::State::Established {
-                                active += 1;
-                            } else {
-                                inactive += 1;
-                            }
-                        }
-                        RealServer {
-                            address: b.ip,
-                            forward: "Masq",
-                            weight: b.weight,
-                            healthy: b.healthy,
-                            active,
-                            inactive,
-                        }
-                    })
-                    .collect();
-                out.push(VirtualService {
-                    fwmark: *mark,
-                    vip: *vip,
-                    vni: net.vni,
-                    scheduler: svc.scheduler.as_str(),
-                    backends,
-                });
+                out.extend(row(net, *mark, *vip, Vec::new()));
+            }
+        }
+        // the routing mesh: one virtual service per publishing service, fed by
+        // the ports this node answers
+        if let Some(ing) = &st.ingress {
+            if let Some(net) = st.networks.get(&ing.vni) {
+                let mut marks: Vec<u32> = net.services.keys().copied().collect();
+                marks.sort_unstable();
+                for mark in marks {
+                    let mut published: Vec<String> = ing
+                        .published
+                        .iter()
+                        .filter(|(_, p)| p.fwmark == mark)
+                        .map(|((proto, port), p)| {
+                            let proto = if *proto == 17 { "udp" } else { "tcp" };
+                            let host = if p.host_only { ",host" } else { "" };
+                            format!("{port}/{proto}->{}{host}", p.target)
+                        })
+                        .collect();
+                    published.sort();
+                    out.extend(row(net, mark, ing.sandbox_ip, published));
+                }
             }
         }
         out
@@ -794,6 +818,9 @@ pub struct VirtualService {
     pub vip: std::net::Ipv4Addr,
     pub vni: u32,
     pub scheduler: &'static str,
+    /// For the routing mesh's virtual services: the published ports that feed
+    /// them here (`PUB/PROTO->TARGET`); empty for a VIP.
+    pub published: Vec<String>,
     pub backends: Vec<RealServer>,
 }
 

@@ -233,13 +233,23 @@ pub fn lb(f: Format, v: &Value) -> anyhow::Result<()> {
     println!("Prot LocalAddress:Port Scheduler Flags");
     println!("  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn");
     for vs in v.as_array().into_iter().flatten() {
-        println!(
-            "FWM  {} {} (VIP {}, VNI {})",
-            s(&vs["fwmark"]),
-            s(&vs["scheduler"]),
-            s(&vs["vip"]),
-            s(&vs["vni"])
-        );
+        let published = join(&vs["published"]);
+        if vs["published"].as_array().is_none_or(|a| a.is_empty()) {
+            println!(
+                "FWM  {} {} (VIP {}, VNI {})",
+                s(&vs["fwmark"]),
+                s(&vs["scheduler"]),
+                s(&vs["vip"]),
+                s(&vs["vni"])
+            );
+        } else {
+            println!(
+                "FWM  {} {} (ingress {published}, VNI {})",
+                s(&vs["fwmark"]),
+                s(&vs["scheduler"]),
+                s(&vs["vni"])
+            );
+        }
         for b in vs["backends"].as_array().into_iter().flatten() {
             println!(
                 "  -> {:<28} {:<7} {:<6} {:<10} {}",

@@ -21,6 +21,23 @@ pub struct Key {
 }
 
 impl Key {
+    /// A hash of the flow's addresses, protocol and ports only, the same on
+    /// every node (no MACs, no seed): consistent schedulers (maglev) then send
+    /// a flow to the same task whichever node it enters by.
+    pub fn flow_hash(&self) -> u64 {
+        const K: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mix = |h: u64, v: u64| (h ^ v).wrapping_mul(K).rotate_left(29);
+        let mut h = mix(
+            0,
+            u64::from(u32::from(self.src)) << 32 | u64::from(u32::from(self.dst)),
+        );
+        h = mix(
+            h,
+            u64::from(self.sport) << 24 | u64::from(self.dport) << 8 | u64::from(self.proto),
+        );
+        h ^ (h >> 32)
+    }
+
     pub fn reversed(&self) -> Key {
         Key {
             src: self.dst,
@@ -146,6 +163,14 @@ impl Conntrack {
         tcp_flags: u8,
         now_ms: u64,
     ) -> u32 {
+        // a 4-tuple belongs to one live connection: whatever held either key
+        // before (a finished connection whose client reuses its port, now
+        // through another node or VIP) is stale
+        for k in [orig, reply] {
+            if let Some((id, _)) = self.index.get(&k).copied() {
+                self.remove(id);
+            }
+        }
         if self.len() >= self.max {
             self.evict_one();
         }

@@ -85,6 +85,84 @@ pub fn rewrite_v4(f: &mut [u8], side: Side, ip: Ipv4Addr, port: u16) -> bool {
     true
 }
 
+/// The connection an ICMPv4 error (unreachable, time exceeded, parameter
+/// problem) at `f` is about: (proto, src, dst, sport, dport) of the packet it
+/// quotes, as that packet was sent. `None` for other frames.
+pub fn icmp_error_quote(f: &[u8]) -> Option<(u8, Ipv4Addr, Ipv4Addr, u16, u16)> {
+    if f.len() < ETH + 20 || f[12..14] != [0x08, 0x00] || f[ETH + 9] != 1 {
+        return None;
+    }
+    let icmp = ETH + usize::from(f[ETH] & 0x0f) * 4;
+    if !matches!(*f.get(icmp)?, 3 | 11 | 12) {
+        return None;
+    }
+    let inner = icmp + 8;
+    let ihl = usize::from(*f.get(inner)? & 0x0f) * 4;
+    let q = f.get(inner..inner + ihl + 4)?;
+    if ihl < 20 {
+        return None;
+    }
+    let ip = |o: usize| Ipv4Addr::new(q[o], q[o + 1], q[o + 2], q[o + 3]);
+    let port = |o: usize| u16::from_be_bytes([q[ihl + o], q[ihl + o + 1]]);
+    Some((q[9], ip(12), ip(16), port(0), port(2)))
+}
+
+/// Rewrites an ICMPv4 error about a balanced connection so its client accepts
+/// it: the outer source becomes `from` (the VIP), and the quoted packet's
+/// destination `(ip, port)` (the VIP and service port). Checksums are fixed:
+/// the outer header's incrementally, the quoted header's and the ICMP
+/// message's whole (errors are small and rare). The quoted UDP checksum is
+/// updated if quoted and set; a quoted TCP checksum is beyond the 8 bytes
+/// routers must quote, and the client does not check it.
+pub fn rewrite_icmp_error(f: &mut [u8], from: Ipv4Addr, ip: Ipv4Addr, port: u16) -> bool {
+    if icmp_error_quote(f).is_none() {
+        return false;
+    }
+    let icmp = ETH + usize::from(f[ETH] & 0x0f) * 4;
+    let inner = icmp + 8;
+    let ihl = usize::from(f[inner] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([f[ETH + 2], f[ETH + 3]])) + ETH;
+    if total > f.len() || total < inner + ihl + 4 {
+        return false;
+    }
+    // outer source
+    let old: [u8; 4] = [f[ETH + 12], f[ETH + 13], f[ETH + 14], f[ETH + 15]];
+    f[ETH + 12..ETH + 16].copy_from_slice(&from.octets());
+    set_check(f, ETH + 10, &old, &from.octets());
+    // quoted destination address and port
+    let old_ip: [u8; 4] = [f[inner + 16], f[inner + 17], f[inner + 18], f[inner + 19]];
+    f[inner + 16..inner + 20].copy_from_slice(&ip.octets());
+    let p = inner + ihl + 2;
+    let old_port = [f[p], f[p + 1]];
+    f[p..p + 2].copy_from_slice(&port.to_be_bytes());
+    if f[inner + 9] == 17 && total >= inner + ihl + 8 {
+        let c = inner + ihl + 6;
+        if f[c] != 0 || f[c + 1] != 0 {
+            set_check(f, c, &old_ip, &ip.octets());
+            set_check(f, c, &old_port, &port.to_be_bytes());
+        }
+    }
+    f[inner + 10..inner + 12].fill(0);
+    let c = checksum(&f[inner..inner + ihl]);
+    f[inner + 10..inner + 12].copy_from_slice(&c);
+    f[icmp + 2..icmp + 4].fill(0);
+    let c = checksum(&f[icmp..total]);
+    f[icmp + 2..icmp + 4].copy_from_slice(&c);
+    true
+}
+
+/// The Internet checksum of `data`, ready to store.
+fn checksum(data: &[u8]) -> [u8; 2] {
+    let mut sum: u32 = 0;
+    for c in data.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    (!(sum as u16)).to_be_bytes()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,7 +222,76 @@ mod tests {
         }
     }
 
+    #[test]
+    fn an_icmp_error_about_a_balanced_flow_reads_as_from_the_vip() {
+        // the backend 10.0.1.5 refuses UDP 10.0.0.2:40000 -> 10.0.1.5:53
+        let mut quoted = Vec::new();
+        PacketBuilder::ipv4([10, 0, 0, 2], [10, 0, 1, 5], 64)
+            .udp(40000, 53)
+            .write(&mut quoted, b"query")
+            .unwrap();
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2([4; 6], [2; 6])
+            .ipv4([10, 0, 1, 5], [10, 0, 0, 2], 64)
+            .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+                etherparse::icmpv4::DestUnreachableHeader::Port,
+            ))
+            .write(&mut f, &quoted)
+            .unwrap();
+        assert_eq!(
+            icmp_error_quote(&f),
+            Some((
+                17,
+                Ipv4Addr::new(10, 0, 0, 2),
+                Ipv4Addr::new(10, 0, 1, 5),
+                40000,
+                53
+            ))
+        );
+        let vip = Ipv4Addr::new(10, 0, 9, 9);
+        assert!(rewrite_icmp_error(&mut f, vip, vip, 5353));
+        let p = SlicedPacket::from_ethernet(&f).unwrap();
+        let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else {
+            panic!("not ipv4")
+        };
+        let h = ip.header().to_header();
+        assert_eq!(h.calc_header_checksum(), h.header_checksum);
+        assert_eq!(ip.header().source(), vip.octets());
+        let Some(TransportSlice::Icmpv4(icmp)) = &p.transport else {
+            panic!("not icmp")
+        };
+        assert_eq!(
+            icmp.icmp_type().calc_checksum(icmp.payload()),
+            icmp.checksum()
+        );
+        let q = etherparse::Ipv4HeaderSlice::from_slice(icmp.payload()).unwrap();
+        assert_eq!(q.destination(), vip.octets());
+        assert_eq!(q.to_header().calc_header_checksum(), q.header_checksum());
+        let u = &icmp.payload()[20..];
+        assert_eq!(u16::from_be_bytes([u[2], u[3]]), 5353);
+        let uh = etherparse::UdpHeaderSlice::from_slice(u)
+            .unwrap()
+            .to_header();
+        assert_eq!(
+            uh.calc_checksum_ipv4_raw([10, 0, 0, 2], vip.octets(), &u[8..])
+                .unwrap(),
+            uh.checksum,
+            "quoted UDP checksum still matches"
+        );
+        // not an error: untouched
+        let mut g = frame(false, b"x");
+        assert!(!rewrite_icmp_error(&mut g, vip, vip, 1));
+    }
+
     proptest::proptest! {
+        #[test]
+        fn icmp_error_rewrite_never_panics(data in proptest::collection::vec(proptest::num::u8::ANY, 0..120)) {
+            let mut d = data.clone();
+            if d.len() > 34 { d[12] = 8; d[13] = 0; d[14] = 0x45; d[23] = 1; d[34] = 3; }
+            let _ = icmp_error_quote(&d);
+            let _ = rewrite_icmp_error(&mut d, Ipv4Addr::LOCALHOST, Ipv4Addr::LOCALHOST, 1);
+        }
+
         #[test]
         fn checksums_stay_valid(
             payload in proptest::collection::vec(proptest::num::u8::ANY, 0..200),

@@ -99,12 +99,32 @@ fn five_tuple(frame: &[u8], zone: u32) -> Option<(Key, Seg)> {
     }
     let ihl = usize::from(ip[0] & 0x0f) * 4;
     let proto = ip[9];
-    if !(proto == 6 || proto == 17) || u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0 {
+    if !matches!(proto, 1 | 6 | 17) || u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0 {
         return None;
     }
     let l4 = ip.get(ihl..ihl + 14.min(ip.len().saturating_sub(ihl)))?;
     if l4.len() < 4 {
         return None;
+    }
+    let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    if proto == 1 {
+        // echo: the identifier stands in for the client's port, as conntrack does
+        let id = u16::from_be_bytes([*l4.get(4)?, *l4.get(5)?]);
+        let (sport, dport) = match l4[0] {
+            8 => (id, 0),
+            0 => (0, id),
+            _ => return None,
+        };
+        let key = Key {
+            zone,
+            proto,
+            src,
+            dst,
+            sport,
+            dport,
+        };
+        return Some((key, Seg::default()));
     }
     let seg = match (proto, l4.get(4..14)) {
         (6, Some(t)) => {
@@ -213,7 +233,7 @@ impl Switch {
         mark: u32,
         host_only: bool,
         src: Ipv4Addr,
-        flow: u32,
+        flow: u64,
         now_ms: u64,
     ) -> Result<(u32, BackendView), DropReason> {
         let svc = net.services.get(&mark).ok_or(DropReason::NoBackend)?;
@@ -235,7 +255,7 @@ impl Switch {
             .get_mut(&(net.vni, mark))
             .ok_or(DropReason::NoBackend)?;
         let i = sched
-            .pick(&view, u64::from(flow), u64::from(u32::from(src)))
+            .pick(&view, flow, u64::from(u32::from(src)))
             .ok_or(DropReason::NoBackend)?;
         let b = *svc.backends.get(i).ok_or(DropReason::NoBackend)?;
         Ok((i as u32, b))
@@ -265,7 +285,7 @@ impl Switch {
             let id = match ct.lookup(&key) {
                 Some((id, Dir::Orig)) => id,
                 _ => {
-                    let flow = flow_hash(buf.data());
+                    let flow = key.flow_hash();
                     let (i, b) = Self::pick_backend(
                         &mut self.schedulers,
                         &ct,
@@ -312,6 +332,7 @@ impl Switch {
             return;
         }
         let Some((key, seg)) = five_tuple(buf.data(), net.vni) else {
+            self.unbalance_icmp_error(net, buf);
             return;
         };
         if !net.backend_ips.contains(&key.src) {
@@ -333,6 +354,38 @@ impl Switch {
         };
         if nat::rewrite_v4(buf.data_mut(), Side::Src, orig.dst, orig.dport) {
             buf.data_mut()[6..12].copy_from_slice(&net.gateway_mac);
+        }
+    }
+
+    /// An ICMP error a backend sent about a balanced connection (e.g. port
+    /// unreachable for UDP): made to read as coming from the VIP about the
+    /// packet the client sent, so the client's socket sees it.
+    fn unbalance_icmp_error(&mut self, net: &NetworkView, buf: &mut PacketBuf) {
+        let Some((proto, src, dst, sport, dport)) = nat::icmp_error_quote(buf.data()) else {
+            return;
+        };
+        if !net.backend_ips.contains(&dst) {
+            return;
+        }
+        let reply = Key {
+            zone: net.vni,
+            proto,
+            src: dst,
+            dst: src,
+            sport: dport,
+            dport: sport,
+        };
+        let orig = {
+            let ct = self.lock_conntrack();
+            match ct.lookup(&reply) {
+                Some((id, Dir::Reply)) => ct.get(id).map(|e| e.orig),
+                _ => None,
+            }
+        };
+        if let Some(o) = orig {
+            if nat::rewrite_icmp_error(buf.data_mut(), o.dst, o.dst, o.dport) {
+                buf.data_mut()[6..12].copy_from_slice(&net.gateway_mac);
+            }
         }
     }
 
@@ -409,7 +462,7 @@ impl Switch {
                     let Some(p) = ing.published.get(&(key.proto, key.dport)) else {
                         return self.drop(DropReason::NotPublished);
                     };
-                    let flow = flow_hash(buf.data());
+                    let flow = key.flow_hash();
                     let picked = Self::pick_backend(
                         &mut self.schedulers,
                         &ct,
@@ -593,8 +646,10 @@ impl Switch {
             return;
         };
         let mut ct = self.lock_conntrack();
+        // a bare SYN starts a new connection, even on a tuple seen before
+        let fresh = key.proto == 6 && seg.flags & 0x12 == 0x02;
         let id = match ct.lookup(&key) {
-            Some((id, Dir::Orig)) => id,
+            Some((id, Dir::Orig)) if !fresh => id,
             _ => ct.insert(key, key.reversed(), 0, 0, seg.flags, now_ms),
         };
         // the client may come back through another node after a failover
