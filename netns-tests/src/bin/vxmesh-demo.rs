@@ -152,6 +152,80 @@ fn main() -> Result<()> {
     }
     run(&t, &nodes[0], &["lb", "ls"])?;
 
+    say("The routing mesh: a port published on every node, served by a task on node3");
+    run(
+        &t,
+        &nodes[0],
+        &[
+            "service",
+            "create",
+            "web",
+            "--network",
+            "demo",
+            "--publish",
+            "8080:80",
+        ],
+    )?;
+    let web = t.add_container("web1")?;
+    run(
+        &t,
+        &nodes[2],
+        &[
+            "endpoint",
+            "create",
+            "--network",
+            "demo",
+            "--netns",
+            &web,
+            "--service",
+            "web",
+        ],
+    )?;
+    who_server(&web, 80, "web task on node3")?;
+    let client = t.add_outside_host("client")?;
+    println!(
+        "an outside client at {} (on the underlay, no agent) connects to every node:",
+        client.addr
+    );
+    for n in &nodes {
+        let to = SocketAddr::new(n.addr.into(), 8080);
+        let answer = ask_retrying(&client.ns, to)?;
+        println!("client -> {}:8080 ({}): {answer}", n.addr, n.name);
+        anyhow::ensure!(
+            answer.ends_with(&client.addr.to_string()),
+            "the task did not see the client's address"
+        );
+    }
+    let local = SocketAddr::from(([127, 0, 0, 1], 8080));
+    println!("[node1]$ curl 127.0.0.1:8080   (from the node itself)");
+    println!("{}", ask_retrying(&nodes[0].ns, local)?);
+    run(&t, &nodes[0], &["lb", "ls"])?;
+
+    say("A per-node policy: node1 rejects 8080, node2 and node3 keep serving it");
+    run(
+        &t,
+        &nodes[1],
+        &[
+            "policy", "add", "--node", "node1", "--port", "8080", "--action", "reject",
+        ],
+    )?;
+    run(&t, &nodes[1], &["policy", "ls"])?;
+    std::thread::sleep(Duration::from_millis(500));
+    for n in &nodes {
+        let to = SocketAddr::new(n.addr.into(), 8080);
+        let r = ask(&client.ns, to).map(|(a, _)| a);
+        println!(
+            "client -> {}:8080 ({}): {}",
+            n.addr,
+            n.name,
+            match &r {
+                Ok(a) => a.clone(),
+                Err(e) => format!("refused ({e})"),
+            }
+        );
+        anyhow::ensure!(r.is_err() == (n.name == "node1"), "policy not as expected");
+    }
+
     say("The agent's counters on node1 (frames, VXLAN datagrams, drops by reason)");
     run(&t, &nodes[0], &["stats"])?;
 
@@ -173,6 +247,34 @@ fn hello_server(ns: &str, addr: SocketAddr, name: &str) -> Result<()> {
         }
     });
     Ok(())
+}
+
+/// A TCP server (on every address of `ns`) that tells each client who it is and
+/// the address it sees the client at.
+fn who_server(ns: &str, port: u16, name: &str) -> Result<()> {
+    let addr = SocketAddr::from(([0, 0, 0, 0], port));
+    let l = in_netns(ns, move || std::net::TcpListener::bind(addr))??;
+    let name = name.to_string();
+    std::thread::spawn(move || {
+        while let Ok((mut c, peer)) = l.accept() {
+            let msg = format!("answered by {name}, which sees the client as {}", peer.ip());
+            let _ = std::io::Write::write_all(&mut c, msg.as_bytes());
+        }
+    });
+    Ok(())
+}
+
+/// [`ask`], retried for a few seconds while a change reaches every agent.
+fn ask_retrying(ns: &str, to: SocketAddr) -> Result<String> {
+    let mut last = None;
+    for _ in 0..20 {
+        match ask(ns, to) {
+            Ok((a, _)) => return Ok(a),
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no answer")))
 }
 
 /// Connects from `ns` and returns what the server said and who replied.
