@@ -350,7 +350,7 @@ impl Agent {
             .iter()
             .map(|e| {
                 serde_json::json!({
-                    "proto": if e.orig.proto == 6 { "tcp" } else { "udp" },
+                    "proto": match e.orig.proto { 6 => "tcp", 17 => "udp", 1 => "icmp", _ => "other" },
                     "zone": e.orig.zone,
                     "src": format!("{}:{}", e.orig.src, e.orig.sport),
                     "dst": format!("{}:{}", e.orig.dst, e.orig.dport),

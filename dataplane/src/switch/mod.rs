@@ -261,6 +261,60 @@ impl Switch {
         Ok((i as u32, b))
     }
 
+    /// The backend (address, port) of a client's packet: its connection's, or
+    /// for a new connection one picked from `service` (whose tasks listen on its
+    /// `target` port) and tracked from now on. A connection stuck on a backend
+    /// passive health took out is picked anew.
+    fn track_orig(
+        &mut self,
+        net: &NetworkView,
+        key: Key,
+        seg: Seg,
+        service: Option<PublishedView>,
+        now_ms: u64,
+    ) -> Result<(Ipv4Addr, u16), DropReason> {
+        let conntrack = self.conntrack.clone();
+        let mut ct = conntrack
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((id, Dir::Orig)) = ct.lookup(&key) {
+            if ct.stalled(id, now_ms) {
+                ct.retire(id);
+            }
+        }
+        let id = match ct.lookup(&key) {
+            Some((id, Dir::Orig)) => id,
+            _ => {
+                let p = service.ok_or(DropReason::NotPublished)?;
+                let (i, b) = Self::pick_backend(
+                    &mut self.schedulers,
+                    &ct,
+                    net,
+                    p.fwmark,
+                    p.host_only,
+                    key.src,
+                    key.flow_hash(),
+                    now_ms,
+                )?;
+                let reply = Key {
+                    src: b.ip,
+                    dst: key.src,
+                    sport: p.target,
+                    dport: key.sport,
+                    ..key
+                };
+                ct.insert(key, reply, p.fwmark, i, seg.flags, now_ms)
+            }
+        };
+        ct.update(id, Dir::Orig, seg.flags, now_ms);
+        if key.proto == 6 {
+            ct.note_seq(id, Dir::Orig, seg.seq_end);
+        }
+        ct.get(id)
+            .map(|e| (e.reply.src, e.reply.sport))
+            .ok_or(DropReason::NoBackend)
+    }
+
     /// DNATs a new or tracked connection to a VIP to its backend (the client's
     /// node balances; no SNAT).
     fn balance(
@@ -272,48 +326,12 @@ impl Switch {
     ) -> Result<(), DropReason> {
         let (key, seg) = tuple.ok_or(DropReason::NoRoute)?;
         let mark = *net.vips.get(&key.dst).ok_or(DropReason::NoRoute)?;
-        let backend = {
-            let conntrack = self.conntrack.clone();
-            let mut ct = conntrack
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some((id, Dir::Orig)) = ct.lookup(&key) {
-                if ct.stalled(id, now_ms) {
-                    ct.retire(id);
-                }
-            }
-            let id = match ct.lookup(&key) {
-                Some((id, Dir::Orig)) => id,
-                _ => {
-                    let flow = key.flow_hash();
-                    let (i, b) = Self::pick_backend(
-                        &mut self.schedulers,
-                        &ct,
-                        net,
-                        mark,
-                        false,
-                        key.src,
-                        flow,
-                        now_ms,
-                    )?;
-                    let reply = Key {
-                        src: b.ip,
-                        dst: key.src,
-                        sport: key.dport,
-                        dport: key.sport,
-                        ..key
-                    };
-                    ct.insert(key, reply, mark, i, seg.flags, now_ms)
-                }
-            };
-            ct.update(id, Dir::Orig, seg.flags, now_ms);
-            if key.proto == 6 {
-                ct.note_seq(id, Dir::Orig, seg.seq_end);
-            }
-            ct.get(id)
-                .map(|e| e.reply.src)
-                .ok_or(DropReason::NoBackend)?
+        let service = PublishedView {
+            fwmark: mark,
+            target: key.dport,
+            host_only: false,
         };
+        let (backend, _) = self.track_orig(net, key, seg, Some(service), now_ms)?;
         let mac = *net
             .neighbors
             .get(&IpAddr::V4(backend))
@@ -446,58 +464,10 @@ impl Switch {
                 PolicyAction::Reject => return self.reject(ing, buf),
             }
         }
-        let target = {
-            let conntrack = self.conntrack.clone();
-            let mut ct = conntrack
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some((id, Dir::Orig)) = ct.lookup(&key) {
-                if ct.stalled(id, now_ms) {
-                    ct.retire(id);
-                }
-            }
-            let id = match ct.lookup(&key) {
-                Some((id, Dir::Orig)) => id,
-                _ => {
-                    let Some(p) = ing.published.get(&(key.proto, key.dport)) else {
-                        return self.drop(DropReason::NotPublished);
-                    };
-                    let flow = key.flow_hash();
-                    let picked = Self::pick_backend(
-                        &mut self.schedulers,
-                        &ct,
-                        net,
-                        p.fwmark,
-                        p.host_only,
-                        key.src,
-                        flow,
-                        now_ms,
-                    );
-                    let (i, b) = match picked {
-                        Ok(x) => x,
-                        Err(r) => {
-                            drop(ct);
-                            return self.drop(r);
-                        }
-                    };
-                    let reply = Key {
-                        src: b.ip,
-                        dst: key.src,
-                        sport: p.target,
-                        dport: key.sport,
-                        ..key
-                    };
-                    ct.insert(key, reply, p.fwmark, i, seg.flags, now_ms)
-                }
-            };
-            ct.update(id, Dir::Orig, seg.flags, now_ms);
-            if key.proto == 6 {
-                ct.note_seq(id, Dir::Orig, seg.seq_end);
-            }
-            ct.get(id).map(|e| (e.reply.src, e.reply.sport))
-        };
-        let Some((ip, port)) = target else {
-            return self.drop(DropReason::NoBackend);
+        let published = ing.published.get(&(key.proto, key.dport)).copied();
+        let (ip, port) = match self.track_orig(net, key, seg, published, now_ms) {
+            Ok(t) => t,
+            Err(r) => return self.drop(r),
         };
         let Some(mac) = net.neighbors.get(&IpAddr::V4(ip)).copied() else {
             return self.drop(DropReason::NoBackend);
