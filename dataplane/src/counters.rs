@@ -52,9 +52,10 @@ pub enum DropReason {
     NoBackend,
     /// A DNS query not forwarded: too many already waiting for the node's resolvers.
     DnsBusy,
-    /// Ingress traffic on a node whose ingress is off (`node update --ingress off`).
+    /// Ingress traffic on a node whose ingress is off (`node update --ingress off`);
+    /// answered as a closed port would be.
     IngressOff,
-    /// Ingress traffic for a port no service publishes (here).
+    /// Ingress traffic for a port no service publishes (here); refused as closed.
     NotPublished,
     /// A new ingress connection a `drop` policy refused.
     PolicyDrop,

@@ -452,16 +452,18 @@ impl Switch {
             // `--ingress off` closes the routing mesh here; host-mode ports are
             // this node's own and stay
             match ing.published.get(&(key.proto, key.dport)) {
-                None => return self.drop(DropReason::NotPublished),
+                None => return self.reject(ing, buf, DropReason::NotPublished),
+                // refused as the closed port it is about to be once the
+                // kernel's table follows, not left to time out
                 Some(p) if !ing.enabled && !p.host_only => {
-                    return self.drop(DropReason::IngressOff)
+                    return self.reject(ing, buf, DropReason::IngressOff)
                 }
                 Some(_) => {}
             }
             match policy_verdict(&ing.policies, key.proto, key.dport, key.src) {
                 PolicyAction::Accept => {}
                 PolicyAction::Drop => return self.drop(DropReason::PolicyDrop),
-                PolicyAction::Reject => return self.reject(ing, buf),
+                PolicyAction::Reject => return self.reject(ing, buf, DropReason::PolicyReject),
             }
         }
         let published = ing.published.get(&(key.proto, key.dport)).copied();
@@ -503,7 +505,12 @@ impl Switch {
 
     /// Refuses a new ingress connection as a closed port would: RST for TCP,
     /// ICMP port unreachable for UDP, back through the sandbox to the client.
-    fn reject<'s>(&mut self, ing: &IngressView, buf: &mut PacketBuf) -> Action<'s> {
+    fn reject<'s>(
+        &mut self,
+        ing: &IngressView,
+        buf: &mut PacketBuf,
+        why: DropReason,
+    ) -> Action<'s> {
         let len = buf.len();
         let tcp = buf.data().get(ETH_HDR + 9) == Some(&6);
         let n = if tcp {
@@ -518,10 +525,10 @@ impl Switch {
         };
         match n {
             Some(n) if buf.set_len(n) => {
-                self.counters.drop(DropReason::PolicyReject);
+                self.counters.drop(why);
                 Action::Reply(ing.port)
             }
-            _ => self.drop(DropReason::PolicyReject),
+            _ => self.drop(why),
         }
     }
 

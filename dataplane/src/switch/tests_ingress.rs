@@ -327,15 +327,19 @@ fn policies_ingress_off_and_unpublished_ports_refuse_with_a_reason() {
     let mut b = buf(&tcp(HOST, SBOX, CLIENT, SBOX_IP, 1, 7777, true));
     assert_eq!(
         sw.from_port(&st, SANDBOX_PORT, &mut b, 0),
-        Action::Drop(DropReason::NotPublished)
+        Action::Reply(SANDBOX_PORT),
+        "a port just unpublished is closed, as the kernel's table will say"
     );
+    assert_eq!(sw.counters.dropped(DropReason::NotPublished), 1);
     // ingress off: new connections refused, tracked ones go on
     st.ingress.as_mut().unwrap().enabled = false;
     let mut b = buf(&tcp(HOST, SBOX, CLIENT, SBOX_IP, 40009, 8080, true));
     assert_eq!(
         sw.from_port(&st, SANDBOX_PORT, &mut b, 0),
-        Action::Drop(DropReason::IngressOff)
+        Action::Reply(SANDBOX_PORT),
+        "refused with a RST"
     );
+    assert_eq!(sw.counters.dropped(DropReason::IngressOff), 1);
     let mut b = buf(&tcp(HOST, SBOX, CLIENT, SBOX_IP, 40000, 8080, false));
     assert_eq!(
         sw.from_port(&st, SANDBOX_PORT, &mut b, 0),
