@@ -4,17 +4,65 @@
 //! Every switch bench reloads the frame into the buffer each iteration (the core
 //! rewrites it in place), so it includes one frame copy; `copy_only/*` measure just
 //! that reload, to be subtracted. Run with `cargo bench -p vxmesh-benches`.
+//!
+//! `lb_path/*` time the load balancer through the whole `from_port` pipeline (VIP
+//! DNAT on a conntrack hit, reverse NAT of a reply, new connections) against a
+//! plain switched frame of the same size, and print what a conntrack entry costs
+//! in memory (computed from the types, and measured with the counting allocator
+//! below).
 
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use etherparse::PacketBuilder;
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering::Relaxed};
+use std::time::{Duration, Instant};
 use vxmesh_dataplane::wire::{flow_hash::flow_hash, vxlan};
 use vxmesh_dataplane::{
-    Action, Location, Mac, NetworkView, PacketBuf, PortId, PortView, Switch, SwitchState,
+    Action, BackendView, Location, Mac, NetworkView, PacketBuf, PortId, PortView, ServiceView,
+    Switch, SwitchState,
 };
+
+/// The system allocator, counting live heap bytes while [`COUNTING`] is on (for
+/// the conntrack memory figures; the benches themselves run with it off, where it
+/// costs one relaxed load per allocation, and the timed paths hardly allocate).
+struct CountingAlloc;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
+
+fn count(delta: isize) {
+    if COUNTING.load(Relaxed) {
+        LIVE_BYTES.fetch_add(delta, Relaxed);
+    }
+}
+
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        count(l.size() as isize);
+        unsafe { System.alloc(l) }
+    }
+
+    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+        count(l.size() as isize);
+        unsafe { System.alloc_zeroed(l) }
+    }
+
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        count(-(l.size() as isize));
+        unsafe { System.dealloc(p, l) }
+    }
+
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new_size: usize) -> *mut u8 {
+        count(new_size as isize - l.size() as isize);
+        unsafe { System.realloc(p, l, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
 
 const A: Mac = [2, 0, 0, 0, 0, 0xa];
 const B: Mac = [2, 0, 0, 0, 0, 0xb];
@@ -469,12 +517,420 @@ fn lb(c: &mut Criterion) {
     );
 }
 
+/// The address, TCP port and fwmark of the VIP in [`with_vip`], its client (on
+/// port A) and its first backend (on port B).
+const VIP: [u8; 4] = [10, 0, 0, 100];
+const FWMARK: u32 = 0x100;
+const CLIENT: [u8; 4] = [10, 0, 0, 10];
+const CLIENT_PORT: u16 = 40_000;
+const BACKEND: [u8; 4] = [10, 0, 0, 11];
+/// TCP payload of the `lb_path` data frames: a 118-byte Ethernet frame.
+const LB_PAYLOAD: usize = 64;
+/// `now_ms` for every `lb_path` frame: nothing expires or retries.
+const NOW: u64 = 1;
+
+/// [`state`] plus the load balancer of the core's unit tests: VIP 10.0.0.100
+/// (fwmark 0x100, round robin) over 10.0.0.11 (on local port B) and 10.0.0.12
+/// (remote MAC R, behind 192.0.2.2).
+fn with_vip() -> SwitchState {
+    let (mut st, _) = state(0);
+    let net = st.networks.get_mut(&VNI).expect("network");
+    net.vips.insert(Ipv4Addr::from(VIP), FWMARK);
+    net.backend_ips
+        .extend([Ipv4Addr::from(BACKEND), Ipv4Addr::new(10, 0, 0, 12)]);
+    net.neighbors.insert(IpAddr::from(VIP), GW);
+    net.services.insert(
+        FWMARK,
+        ServiceView {
+            scheduler: vxmesh_dataplane::lb::scheduler::Kind::Rr,
+            backends: vec![
+                BackendView {
+                    ip: Ipv4Addr::from(BACKEND),
+                    weight: 1,
+                    healthy: true,
+                    local: true,
+                },
+                BackendView {
+                    ip: Ipv4Addr::new(10, 0, 0, 12),
+                    weight: 1,
+                    healthy: true,
+                    local: false,
+                },
+            ],
+        },
+    );
+    st
+}
+
+#[derive(Clone, Copy)]
+enum Flags {
+    Syn,
+    SynAck,
+    Ack,
+}
+
+/// An IPv4/TCP frame `from` (address, port) `to` (address, port).
+fn tcp(
+    src: Mac,
+    dst: Mac,
+    from: ([u8; 4], u16),
+    to: ([u8; 4], u16),
+    flags: Flags,
+    payload: usize,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    let b = PacketBuilder::ethernet2(src, dst)
+        .ipv4(from.0, to.0, 64)
+        .tcp(from.1, to.1, 1000, 64_000);
+    let b = match flags {
+        Flags::Syn => b.syn(),
+        Flags::SynAck => b.syn().ack(1),
+        Flags::Ack => b.ack(1),
+    };
+    b.write(&mut out, &vec![0x5a; payload]).expect("frame");
+    out
+}
+
+/// Whether an IPv4/TCP frame's IP header and TCP checksums are both right.
+fn checksums_ok(f: &[u8]) -> bool {
+    use etherparse::{Ipv4HeaderSlice, TcpHeaderSlice};
+    let Ok(ip) = Ipv4HeaderSlice::from_slice(&f[14..]) else {
+        return false;
+    };
+    let l4 = &f[14 + ip.slice().len()..];
+    let Ok(t) = TcpHeaderSlice::from_slice(l4) else {
+        return false;
+    };
+    ip.to_header().calc_header_checksum() == ip.header_checksum()
+        && t.calc_checksum_ipv4(&ip, &l4[t.slice().len()..]).ok() == Some(t.checksum())
+}
+
+fn ipv4_src_dst(f: &[u8]) -> ([u8; 4], [u8; 4]) {
+    (
+        f[26..30].try_into().expect("4 bytes"),
+        f[30..34].try_into().expect("4 bytes"),
+    )
+}
+
+/// Times `from_port` on `frame` from `port`, reloading it each iteration (the
+/// same closure for every `lb_path` frame bench, so they compare).
+fn time_frame(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    sw: &mut Switch,
+    st: &SwitchState,
+    port: PortId,
+    frame: &[u8],
+) {
+    let mut buf = PacketBuf::new();
+    g.bench_function(name, |b| {
+        b.iter(|| {
+            buf.load_frame(frame);
+            black_box(sw.from_port(st, port, black_box(&mut buf), NOW))
+        })
+    });
+}
+
+/// A switch on `st` with one connection from the client to the VIP, taken by the
+/// backend on port B and Established (SYN, SYN-ACK, ACK through the pipeline).
+fn established(st: &SwitchState) -> Switch {
+    use vxmesh_dataplane::conntrack::State;
+    let mut sw = Switch::new(4096);
+    sw.on_state(st);
+    let to_vip = |flags| tcp(A, GW, (CLIENT, CLIENT_PORT), (VIP, 80), flags, 0);
+    let mut buf = PacketBuf::new();
+    for (port, f, expect) in [
+        (PORT_A, to_vip(Flags::Syn), Action::Deliver(PORT_B)),
+        (
+            PORT_B,
+            tcp(B, A, (BACKEND, 80), (CLIENT, CLIENT_PORT), Flags::SynAck, 0),
+            Action::Deliver(PORT_A),
+        ),
+        (PORT_A, to_vip(Flags::Ack), Action::Deliver(PORT_B)),
+    ] {
+        buf.load_frame(&f);
+        assert_eq!(sw.from_port(st, port, &mut buf, NOW), expect);
+    }
+    let ct = sw.conntrack();
+    let ct = ct.lock().expect("conntrack");
+    assert_eq!(ct.len(), 1);
+    assert_eq!(ct.iter().next().expect("entry").state, State::Established);
+    drop(ct);
+    sw
+}
+
+/// New connections' ports: the client's source port runs over 1024..=65535 and
+/// the VIP port moves on each time it wraps, so no tuple comes back for billions
+/// of connections.
+fn new_flow_ports(i: u64) -> (u16, u16) {
+    let sport = 1024 + (i % 64_512) as u16;
+    let dport = 1 + ((i / 64_512) % 65_535) as u16;
+    (sport, dport)
+}
+
+/// Writes connection `i`'s ports into a SYN to the VIP (loaded in `buf`). The TCP
+/// checksum is left stale: the core does not check it, and the NAT updates it
+/// incrementally either way.
+fn set_new_flow_ports(buf: &mut PacketBuf, i: u64) {
+    let (sport, dport) = new_flow_ports(i);
+    let f = buf.data_mut();
+    f[34..36].copy_from_slice(&sport.to_be_bytes());
+    f[36..38].copy_from_slice(&dport.to_be_bytes());
+}
+
+/// Memory per conntrack entry: from the types, and measured (live heap bytes
+/// with `n` connections in a table of the agent's size, [`CONNTRACK_MAX`]).
+fn conntrack_memory() {
+    use vxmesh_dataplane::conntrack::{Conntrack, Dir, Entry, Key};
+    use vxmesh_dataplane::io::dataplane::CONNTRACK_MAX;
+    let slab = std::mem::size_of::<Option<Entry>>();
+    let slot = std::mem::size_of::<(Key, (u32, Dir))>();
+    // hashbrown: one bucket of `slot` bytes and one control byte per index key
+    let index = 2 * (slot + 1);
+    eprintln!(
+        "conntrack entry: slab slot (Option<Entry>) {slab} B + 2 index keys x ({slot} B \
+         (Key, (u32, Dir)) + 1 control byte) = {} B with no hash-table slack; \
+         at hashbrown's 7/8 maximum load {:.0} B; just after the index doubles \
+         (7/16 load) {:.0} B",
+        slab + index,
+        slab as f64 + index as f64 * 8.0 / 7.0,
+        slab as f64 + index as f64 * 16.0 / 7.0,
+    );
+    for n in [1_000u32, 100_000, 150_000, CONNTRACK_MAX as u32] {
+        LIVE_BYTES.store(0, Relaxed);
+        COUNTING.store(true, Relaxed);
+        let mut ct = Conntrack::new(CONNTRACK_MAX);
+        for i in 0..n {
+            let orig = Key {
+                zone: VNI,
+                proto: 6,
+                src: Ipv4Addr::from(0x0a00_0000 + (i >> 16)),
+                dst: Ipv4Addr::from(VIP),
+                sport: (i & 0xffff) as u16,
+                dport: 80,
+            };
+            let reply = Key {
+                src: Ipv4Addr::from(BACKEND),
+                dst: orig.src,
+                sport: 80,
+                dport: orig.sport,
+                ..orig
+            };
+            ct.insert(orig, reply, FWMARK, 0, 0x02, 0);
+        }
+        let bytes = LIVE_BYTES.load(Relaxed);
+        COUNTING.store(false, Relaxed);
+        assert_eq!(ct.len(), n as usize);
+        eprintln!(
+            "conntrack measured: {n} connections in Conntrack::new({CONNTRACK_MAX}): \
+             {bytes} B of heap, {:.1} B per connection",
+            bytes as f64 / f64::from(n)
+        );
+        drop(ct);
+    }
+}
+
+/// The load balancer's per-packet path through the real pipeline
+/// (`Switch::from_port`), next to a plain switched frame of the same size.
+fn lb_path(c: &mut Criterion) {
+    use vxmesh_dataplane::conntrack::{Key, State};
+    use vxmesh_dataplane::io::dataplane::CONNTRACK_MAX;
+    conntrack_memory();
+    let plain = state(0).0;
+    let st = with_vip();
+    let mut g = group(c, "lb_path");
+
+    // the reload alone, to subtract
+    let data = tcp(
+        A,
+        B,
+        (CLIENT, CLIENT_PORT),
+        (BACKEND, 80),
+        Flags::Ack,
+        LB_PAYLOAD,
+    );
+    assert_eq!(data.len(), 118);
+    let mut buf = PacketBuf::new();
+    g.bench_function("copy_only_118B", |b| {
+        b.iter(|| {
+            buf.load_frame(black_box(&data));
+            black_box(&mut buf);
+        })
+    });
+
+    // 1. the baseline: client to its peer's MAC, plain L2 (no VIP on the network),
+    // and the same frame on the network with the VIP (a backend's address is the
+    // destination, so delivery also checks whether it is a reply to rewrite)
+    for (name, s) in [
+        ("switched_frame", &plain),
+        ("switched_frame_vip_network", &st),
+    ] {
+        let mut sw = Switch::new(4096);
+        sw.on_state(s);
+        buf.load_frame(&data);
+        assert_eq!(
+            sw.from_port(s, PORT_A, &mut buf, NOW),
+            Action::Deliver(PORT_B)
+        );
+        assert_eq!(buf.data(), &data[..], "{name}: left as it was");
+        time_frame(&mut g, name, &mut sw, s, PORT_A, &data);
+    }
+
+    // 2. the client's next segment to the VIP: conntrack hit, DNAT to the backend
+    let to_vip = tcp(
+        A,
+        GW,
+        (CLIENT, CLIENT_PORT),
+        (VIP, 80),
+        Flags::Ack,
+        LB_PAYLOAD,
+    );
+    assert_eq!(to_vip.len(), data.len());
+    let mut sw = established(&st);
+    buf.load_frame(&to_vip);
+    assert_eq!(
+        sw.from_port(&st, PORT_A, &mut buf, NOW),
+        Action::Deliver(PORT_B)
+    );
+    let f = buf.data();
+    assert_eq!(&f[0..6], &B);
+    assert_eq!(ipv4_src_dst(f), (CLIENT, BACKEND));
+    assert!(checksums_ok(f), "vip_tracked: checksums");
+    time_frame(&mut g, "vip_tracked", &mut sw, &st, PORT_A, &to_vip);
+
+    // 3. the backend's reply: conntrack hit on the reply key, reverse NAT
+    let reply = tcp(
+        B,
+        A,
+        (BACKEND, 80),
+        (CLIENT, CLIENT_PORT),
+        Flags::Ack,
+        LB_PAYLOAD,
+    );
+    buf.load_frame(&reply);
+    assert_eq!(
+        sw.from_port(&st, PORT_B, &mut buf, NOW),
+        Action::Deliver(PORT_A)
+    );
+    let f = buf.data();
+    assert_eq!(&f[6..12], &GW);
+    assert_eq!(ipv4_src_dst(f), (VIP, CLIENT));
+    assert!(checksums_ok(f), "vip_reply: checksums");
+    time_frame(&mut g, "vip_reply", &mut sw, &st, PORT_B, &reply);
+    {
+        let ct = sw.conntrack();
+        let ct = ct.lock().expect("conntrack");
+        assert_eq!(ct.len(), 1, "still one connection");
+        assert_eq!(ct.iter().next().expect("entry").state, State::Established);
+    }
+
+    // 4. new connections: a SYN on a new tuple per iteration (scheduled round
+    // robin, so half go to the local backend and half are encapsulated to the
+    // remote one), in the agent's table size
+    let syn = tcp(A, GW, (CLIENT, 0), (VIP, 0), Flags::Syn, 0);
+    let key = |i: u64| {
+        let (sport, dport) = new_flow_ports(i);
+        Key {
+            zone: VNI,
+            proto: 6,
+            src: Ipv4Addr::from(CLIENT),
+            dst: Ipv4Addr::from(VIP),
+            sport,
+            dport,
+        }
+    };
+    let vtep = ip("192.0.2.2");
+    let new_flow = |sw: &mut Switch, buf: &mut PacketBuf, i: u64| {
+        buf.load_frame(&syn);
+        set_new_flow_ports(buf, i);
+        let a = sw.from_port(&st, PORT_A, black_box(buf), NOW);
+        black_box(a)
+    };
+
+    // 4a. with room: the table holds 131,072 to 196,608 of its 262,144
+    // connections (the oldest are retired between timed runs), so none is evicted
+    const LIVE: u64 = 131_072;
+    const CHUNK: u64 = 65_536;
+    let mut sw = Switch::new(4096);
+    sw.on_state(&st);
+    let ct = sw.conntrack();
+    let mut i = 0u64;
+    for _ in 0..LIVE {
+        let a = new_flow(&mut sw, &mut buf, i);
+        let want_local = i & 1 == 0;
+        assert!(
+            if want_local {
+                a == Action::Deliver(PORT_B)
+            } else {
+                matches!(a, Action::Encap { vtep: v, .. } if v == vtep)
+            },
+            "new flow {i}: unexpected action {a:?}"
+        );
+        i += 1;
+    }
+    g.bench_function("vip_new_flow", |b| {
+        b.iter_custom(|iters| {
+            let mut timed = Duration::ZERO;
+            let mut left = iters;
+            while left > 0 {
+                let n = left.min(CHUNK);
+                let t = Instant::now();
+                for _ in 0..n {
+                    new_flow(&mut sw, &mut buf, i);
+                    i += 1;
+                }
+                timed += t.elapsed();
+                left -= n;
+                // untimed: the oldest connections go, back to LIVE
+                let mut ct = ct.lock().expect("conntrack");
+                for j in i - LIVE - n..i - LIVE {
+                    let (id, _) = ct.lookup(&key(j)).expect("tracked");
+                    ct.retire(id);
+                }
+            }
+            timed
+        })
+    });
+    {
+        let ct = ct.lock().expect("conntrack");
+        assert_eq!(ct.evicted, 0, "vip_new_flow: nothing evicted");
+        assert_eq!(ct.len() as u64, LIVE, "vip_new_flow: every SYN a new entry");
+    }
+
+    // 4b. a full table: every new connection evicts one (a SYN flood)
+    let mut sw = Switch::new(4096);
+    sw.on_state(&st);
+    let ct = sw.conntrack();
+    let mut i = 0u64;
+    while i < CONNTRACK_MAX as u64 {
+        new_flow(&mut sw, &mut buf, i);
+        i += 1;
+    }
+    assert_eq!(ct.lock().expect("conntrack").evicted, 0);
+    g.bench_function("vip_new_flow_full_table", |b| {
+        b.iter(|| {
+            new_flow(&mut sw, &mut buf, i);
+            i += 1;
+        })
+    });
+    {
+        let ct = ct.lock().expect("conntrack");
+        assert_eq!(ct.len(), CONNTRACK_MAX);
+        assert_eq!(
+            ct.evicted,
+            i - CONNTRACK_MAX as u64,
+            "vip_new_flow_full_table: every SYN a new entry"
+        );
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))
         .sample_size(50);
-    targets = baseline, from_port, from_underlay, offload, wireguard, lb
+    targets = baseline, from_port, from_underlay, offload, wireguard, lb, lb_path
 }
 criterion_main!(benches);
