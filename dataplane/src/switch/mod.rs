@@ -273,21 +273,29 @@ impl Switch {
         service: Option<PublishedView>,
         now_ms: u64,
     ) -> Result<(Ipv4Addr, u16), DropReason> {
-        let conntrack = self.conntrack.clone();
+        // borrowed apart, so the table is locked without cloning its Arc per packet
+        let Self {
+            conntrack,
+            schedulers,
+            ..
+        } = self;
         let mut ct = conntrack
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((id, Dir::Orig)) = ct.lookup(&key) {
-            if ct.stalled(id, now_ms) {
+        let tracked = match ct.lookup(&key) {
+            Some((id, Dir::Orig)) if ct.stalled(id, now_ms) => {
                 ct.retire(id);
+                None
             }
-        }
-        let id = match ct.lookup(&key) {
-            Some((id, Dir::Orig)) => id,
-            _ => {
+            Some((id, Dir::Orig)) => Some(id),
+            _ => None,
+        };
+        let id = match tracked {
+            Some(id) => id,
+            None => {
                 let p = service.ok_or(DropReason::NotPublished)?;
                 let (i, b) = Self::pick_backend(
-                    &mut self.schedulers,
+                    schedulers,
                     &ct,
                     net,
                     p.fwmark,
@@ -346,16 +354,21 @@ impl Switch {
     /// A reply of a balanced connection, about to be delivered to its client:
     /// rewrites its source back to the VIP (and the gateway MAC the client sent to).
     fn unbalance(&mut self, net: &NetworkView, buf: &mut PacketBuf, now_ms: u64) {
-        if net.backend_ips.is_empty() {
+        // replies (and ICMP errors) come from a backend: look at the source
+        // address before parsing anything else, which most frames then skip
+        let f = buf.data();
+        let from_backend = f.len() >= ETH_HDR + 20
+            && f[12..14] == ETHERTYPE_IPV4
+            && net
+                .backend_ips
+                .contains(&Ipv4Addr::new(f[26], f[27], f[28], f[29]));
+        if !from_backend {
             return;
         }
         let Some((key, seg)) = five_tuple(buf.data(), net.vni) else {
             self.unbalance_icmp_error(net, buf);
             return;
         };
-        if !net.backend_ips.contains(&key.src) {
-            return;
-        }
         let orig = {
             let mut ct = self.lock_conntrack();
             let Some((id, Dir::Reply)) = ct.lookup(&key) else {
@@ -767,24 +780,8 @@ impl Switch {
             }
             let frame = buf.data();
             let dst: Mac = [frame[0], frame[1], frame[2], frame[3], frame[4], frame[5]];
-            return match net.macs.get(&dst) {
-                Some(Location::Local(p)) => {
-                    self.unbalance(net, buf, now_ms);
-                    Action::Deliver(*p)
-                }
-                Some(Location::Remote(v)) => {
-                    let flow_hash = flow_hash(buf.data());
-                    if !buf.write_vxlan_header(net.vni) {
-                        return self.drop(DropReason::TooBig);
-                    }
-                    Action::Encap {
-                        vtep: *v,
-                        flow_hash,
-                        secure: net.encrypted,
-                    }
-                }
-                None => self.drop(DropReason::NoBackend),
-            };
+            // a client's frame, just balanced: never a reply to rewrite back
+            return self.send_to_mac(net, dst, buf);
         }
         let vtep = match net.macs.get(&dst) {
             Some(Location::Local(p)) if *p == port => {
