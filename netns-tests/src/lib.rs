@@ -16,7 +16,7 @@ pub use kernel_vxlan::{kernel_vxlan_setup, KernelVxlanNode};
 pub use netns::{exec, exec_ok, in_netns};
 pub use topology::{vxmesh_bin, Node, Topology};
 pub use traffic::{
-    ping, send_raw_frames, tcp_echo_server, tcp_roundtrip, udp_echo_server, udp_roundtrip,
-    udp_send_raw, EchoServer,
+    answer_server, ping, send_raw_frames, tcp_echo_server, tcp_roundtrip, udp_echo_server,
+    udp_roundtrip, udp_send_raw, AnswerServer, EchoServer,
 };
 pub use wireguard_go::{wg_keypair, WgPeer, WgVxlanHost, WireguardGo};

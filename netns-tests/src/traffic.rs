@@ -333,3 +333,54 @@ fn send_frames_here(ifname: &str, frames: &[Vec<u8>]) -> Result<()> {
     }
     Ok(())
 }
+
+/// A TCP server in `ns` that writes `answer(client address)` on each
+/// connection (a task telling who it is, and whom it sees), then closes it, or
+/// with `hold` keeps it open until the client closes it. Dropping it stops it
+/// and closes the listener, so new connections are refused.
+pub struct AnswerServer {
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for AnswerServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+pub fn answer_server(
+    ns: &str,
+    addr: SocketAddr,
+    hold: bool,
+    answer: impl Fn(SocketAddr) -> String + Send + 'static,
+) -> Result<AnswerServer> {
+    let l = in_netns(ns, move || TcpListener::bind(addr))?
+        .with_context(|| format!("binding TCP {addr} in netns {ns}"))?;
+    l.set_nonblocking(true)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    thread::Builder::new()
+        .name(format!("answer-{addr}"))
+        .spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((mut c, peer)) => {
+                        let msg = answer(peer);
+                        if !hold {
+                            let _ = c.write_all(msg.as_bytes());
+                            continue;
+                        }
+                        let _ = thread::Builder::new().spawn(move || {
+                            let _ = c.set_nonblocking(false);
+                            let _ = c.write_all(msg.as_bytes());
+                            let _ = c.set_read_timeout(Some(Duration::from_secs(30)));
+                            let mut b = [0u8; 64];
+                            while matches!(c.read(&mut b), Ok(n) if n > 0) {}
+                        });
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        })?;
+    Ok(AnswerServer { stop })
+}

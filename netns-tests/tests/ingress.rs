@@ -8,42 +8,17 @@
 mod common;
 
 use common::*;
-use std::io::{ErrorKind, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::io::{ErrorKind, Read};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::Duration;
 use vxmesh_netns_tests::*;
 
-/// A TCP server in `ns` that answers each connection with its name and the
-/// address the connection came from, then closes it.
-struct WhoServer {
-    stop: Arc<AtomicBool>,
-}
-
-impl Drop for WhoServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-fn who_server(ns: &str, port: u16, name: &str) -> anyhow::Result<WhoServer> {
+/// A task that answers each connection with its name and the address the
+/// connection came from, then closes it.
+fn who_server(ns: &str, port: u16, name: &str) -> anyhow::Result<AnswerServer> {
     let addr = SocketAddr::new(IpAddr::from([0, 0, 0, 0]), port);
-    let l = in_netns(ns, move || TcpListener::bind(addr))??;
-    l.set_nonblocking(true)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let (flag, name) = (stop.clone(), name.to_string());
-    std::thread::spawn(move || {
-        while !flag.load(Ordering::Relaxed) {
-            match l.accept() {
-                Ok((mut c, peer)) => {
-                    let _ = c.write_all(format!("{name} {}", peer.ip()).as_bytes());
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(5)),
-            }
-        }
-    });
-    Ok(WhoServer { stop })
+    let name = name.to_string();
+    answer_server(ns, addr, false, move |peer| format!("{name} {}", peer.ip()))
 }
 
 /// What a connection from `ns` to `dst` hears: Ok(text), or the error kind.

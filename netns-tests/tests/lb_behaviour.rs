@@ -8,50 +8,18 @@ mod common;
 
 use common::*;
 use std::collections::BTreeSet;
-use std::io::{ErrorKind, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::io::{ErrorKind, Read};
+use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::os::fd::FromRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 use vxmesh_netns_tests::*;
 
-/// A TCP server that writes its name on each connection and keeps it open
-/// until the client closes it.
-struct HoldServer {
-    stop: Arc<AtomicBool>,
-}
-
-impl Drop for HoldServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-fn hold_server(ns: &str, port: u16, name: &str) -> anyhow::Result<HoldServer> {
+/// A task that writes its name on each connection and keeps it open until
+/// the client closes it.
+fn hold_server(ns: &str, port: u16, name: &str) -> anyhow::Result<AnswerServer> {
     let addr = SocketAddr::new(IpAddr::from([0, 0, 0, 0]), port);
-    let l = in_netns(ns, move || TcpListener::bind(addr))??;
-    l.set_nonblocking(true)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let (flag, name) = (stop.clone(), name.to_string());
-    std::thread::spawn(move || {
-        while !flag.load(Ordering::Relaxed) {
-            match l.accept() {
-                Ok((mut c, _)) => {
-                    let name = name.clone();
-                    std::thread::spawn(move || {
-                        let _ = c.set_nonblocking(false);
-                        let _ = c.write_all(name.as_bytes());
-                        let mut b = [0u8; 64];
-                        let _ = c.set_read_timeout(Some(Duration::from_secs(30)));
-                        while matches!(c.read(&mut b), Ok(n) if n > 0) {}
-                    });
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(5)),
-            }
-        }
-    });
-    Ok(HoldServer { stop })
+    let name = name.to_string();
+    answer_server(ns, addr, true, move |_| name.clone())
 }
 
 /// Connects from `ns` (from source port `sport`, if given) and reads the

@@ -7,40 +7,17 @@ mod common;
 
 use common::*;
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use vxmesh_netns_tests::*;
 
-/// A TCP server in `ns` that writes its name to each connection and closes it.
-struct NameServer {
-    stop: Arc<AtomicBool>,
-}
-
-impl Drop for NameServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-fn name_server(ns: &str, addr: SocketAddr, name: &str) -> anyhow::Result<NameServer> {
-    let l = in_netns(ns, move || TcpListener::bind(addr))??;
-    l.set_nonblocking(true)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let (flag, name) = (stop.clone(), name.to_string());
-    std::thread::spawn(move || {
-        while !flag.load(Ordering::Relaxed) {
-            match l.accept() {
-                Ok((mut c, _)) => {
-                    let _ = c.write_all(name.as_bytes());
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(5)),
-            }
-        }
-    });
-    Ok(NameServer { stop })
+/// A task that writes its name to each connection and closes it.
+fn name_server(ns: &str, addr: SocketAddr, name: &str) -> anyhow::Result<AnswerServer> {
+    let name = name.to_string();
+    answer_server(ns, addr, false, move |_| name.clone())
 }
 
 /// Connects to `vip:port` from `ns` and returns what the server says, and the

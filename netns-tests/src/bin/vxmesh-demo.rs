@@ -181,7 +181,7 @@ fn main() -> Result<()> {
             "web",
         ],
     )?;
-    who_server(&web, 80, "web task on node3")?;
+    let _web = who_server(&web, 80, "web task on node3")?;
     let client = t.add_outside_host("client")?;
     println!(
         "an outside client at {} (on the underlay, no agent) connects to every node:",
@@ -236,32 +236,20 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// A TCP server in `ns` that tells each client who it is.
-fn hello_server(ns: &str, addr: SocketAddr, name: &str) -> Result<()> {
-    let l = in_netns(ns, move || std::net::TcpListener::bind(addr))??;
+/// A task that tells each client who it is.
+fn hello_server(ns: &str, addr: SocketAddr, name: &str) -> Result<AnswerServer> {
     let name = name.to_string();
-    std::thread::spawn(move || {
-        for c in l.incoming().flatten() {
-            let mut c = c;
-            let _ = std::io::Write::write_all(&mut c, name.as_bytes());
-        }
-    });
-    Ok(())
+    answer_server(ns, addr, false, move |_| name.clone())
 }
 
-/// A TCP server (on every address of `ns`) that tells each client who it is and
-/// the address it sees the client at.
-fn who_server(ns: &str, port: u16, name: &str) -> Result<()> {
+/// A task (on every address of `ns`) that tells each client who it is and the
+/// address it sees the client at.
+fn who_server(ns: &str, port: u16, name: &str) -> Result<AnswerServer> {
     let addr = SocketAddr::from(([0, 0, 0, 0], port));
-    let l = in_netns(ns, move || std::net::TcpListener::bind(addr))??;
     let name = name.to_string();
-    std::thread::spawn(move || {
-        while let Ok((mut c, peer)) = l.accept() {
-            let msg = format!("answered by {name}, which sees the client as {}", peer.ip());
-            let _ = std::io::Write::write_all(&mut c, msg.as_bytes());
-        }
-    });
-    Ok(())
+    answer_server(ns, addr, false, move |peer| {
+        format!("answered by {name}, which sees the client as {}", peer.ip())
+    })
 }
 
 /// [`ask`], retried for a few seconds while a change reaches every agent.
