@@ -77,6 +77,9 @@ pub struct Switch {
     conntrack: Arc<Mutex<Conntrack>>,
     /// This worker's scheduler state per (VNI, fwmark), rebuilt on state changes.
     schedulers: FxHashMap<(u32, u32), Scheduler>,
+    /// Scratch for the backends' view a scheduler picks from (no allocation
+    /// per new connection).
+    view: Vec<scheduler::Backend>,
 }
 
 /// Rotates multi-address DNS answers (`tasks.NAME`): one counter for the whole
@@ -164,6 +167,7 @@ impl Switch {
             counters: Counters::default(),
             conntrack,
             schedulers: FxHashMap::default(),
+            view: Vec::new(),
         }
     }
 
@@ -228,6 +232,7 @@ impl Switch {
     #[allow(clippy::too_many_arguments)]
     fn pick_backend(
         schedulers: &mut FxHashMap<(u32, u32), Scheduler>,
+        view: &mut Vec<scheduler::Backend>,
         ct: &Conntrack,
         net: &NetworkView,
         mark: u32,
@@ -238,45 +243,48 @@ impl Switch {
     ) -> Result<(u32, BackendView), DropReason> {
         let svc = net.services.get(&mark).ok_or(DropReason::NoBackend)?;
         let lc = svc.scheduler == scheduler::Kind::Lc;
-        let view: Vec<scheduler::Backend> = svc
-            .backends
-            .iter()
-            .enumerate()
-            .map(|(i, b)| scheduler::Backend {
-                weight: b.weight,
-                // only lc looks at the load; counting walks the table
-                active: if lc { ct.counts(mark, i as u32).0 } else { 0 },
-                healthy: b.healthy
-                    && (b.local || !host_only)
-                    && !ct.passive.is_out((net.vni, mark, b.ip), now_ms),
-            })
-            .collect();
+        view.clear();
+        view.extend(
+            svc.backends
+                .iter()
+                .enumerate()
+                .map(|(i, b)| scheduler::Backend {
+                    weight: b.weight,
+                    // only lc looks at the load; counting walks the table
+                    active: if lc { ct.counts(mark, i as u32).0 } else { 0 },
+                    healthy: b.healthy
+                        && (b.local || !host_only)
+                        && !ct.passive.is_out((net.vni, mark, b.ip), now_ms),
+                }),
+        );
         let sched = schedulers
             .get_mut(&(net.vni, mark))
             .ok_or(DropReason::NoBackend)?;
         let i = sched
-            .pick(&view, flow, u64::from(u32::from(src)))
+            .pick(view, flow, u64::from(u32::from(src)))
             .ok_or(DropReason::NoBackend)?;
         let b = *svc.backends.get(i).ok_or(DropReason::NoBackend)?;
         Ok((i as u32, b))
     }
 
     /// The backend (address, port) of a client's packet: its connection's, or
-    /// for a new connection one picked from `service` (whose tasks listen on its
-    /// `target` port) and tracked from now on. A connection stuck on a backend
+    /// for a new connection (once `admit` lets it in) one picked from the
+    /// service `admit` names (whose tasks listen on its `target` port) and
+    /// tracked from now on, all under one lock. A connection stuck on a backend
     /// passive health took out is picked anew.
     fn track_orig(
         &mut self,
         net: &NetworkView,
         key: Key,
         seg: Seg,
-        service: Option<PublishedView>,
+        admit: impl FnOnce() -> Result<PublishedView, DropReason>,
         now_ms: u64,
     ) -> Result<(Ipv4Addr, u16), DropReason> {
         // borrowed apart, so the table is locked without cloning its Arc per packet
         let Self {
             conntrack,
             schedulers,
+            view,
             ..
         } = self;
         let mut ct = conntrack
@@ -293,9 +301,10 @@ impl Switch {
         let id = match tracked {
             Some(id) => id,
             None => {
-                let p = service.ok_or(DropReason::NotPublished)?;
+                let p = admit()?;
                 let (i, b) = Self::pick_backend(
                     schedulers,
+                    view,
                     &ct,
                     net,
                     p.fwmark,
@@ -339,7 +348,7 @@ impl Switch {
             target: key.dport,
             host_only: false,
         };
-        let (backend, _) = self.track_orig(net, key, seg, Some(service), now_ms)?;
+        let (backend, _) = self.track_orig(net, key, seg, || Ok(service), now_ms)?;
         let mac = *net
             .neighbors
             .get(&IpAddr::V4(backend))
@@ -460,28 +469,30 @@ impl Switch {
         if key.dst != ing.sandbox_ip {
             return self.drop(DropReason::NoRoute);
         }
-        let tracked = self.lock_conntrack().lookup(&key);
-        if !matches!(tracked, Some((_, Dir::Orig))) {
-            // `--ingress off` closes the routing mesh here; host-mode ports are
-            // this node's own and stay
-            match ing.published.get(&(key.proto, key.dport)) {
-                None => return self.reject(ing, buf, DropReason::NotPublished),
-                // refused as the closed port it is about to be once the
-                // kernel's table follows, not left to time out
-                Some(p) if !ing.enabled && !p.host_only => {
-                    return self.reject(ing, buf, DropReason::IngressOff)
-                }
-                Some(_) => {}
+        // only a new connection is admitted: published here, ingress on (host-mode
+        // ports are this node's own and stay), and this node's policy
+        let admit = || {
+            let p = *ing
+                .published
+                .get(&(key.proto, key.dport))
+                .ok_or(DropReason::NotPublished)?;
+            if !ing.enabled && !p.host_only {
+                return Err(DropReason::IngressOff);
             }
             match policy_verdict(&ing.policies, key.proto, key.dport, key.src) {
-                PolicyAction::Accept => {}
-                PolicyAction::Drop => return self.drop(DropReason::PolicyDrop),
-                PolicyAction::Reject => return self.reject(ing, buf, DropReason::PolicyReject),
+                PolicyAction::Accept => Ok(p),
+                PolicyAction::Drop => Err(DropReason::PolicyDrop),
+                PolicyAction::Reject => Err(DropReason::PolicyReject),
             }
-        }
-        let published = ing.published.get(&(key.proto, key.dport)).copied();
-        let (ip, port) = match self.track_orig(net, key, seg, published, now_ms) {
+        };
+        let (ip, port) = match self.track_orig(net, key, seg, admit, now_ms) {
             Ok(t) => t,
+            // a port just unpublished or a node just closed is refused as the
+            // closed port the kernel's table is about to make it, not left to
+            // time out
+            Err(
+                r @ (DropReason::NotPublished | DropReason::IngressOff | DropReason::PolicyReject),
+            ) => return self.reject(ing, buf, r),
             Err(r) => return self.drop(r),
         };
         let Some(mac) = net.neighbors.get(&IpAddr::V4(ip)).copied() else {
