@@ -92,10 +92,12 @@ impl PacketBuf {
     }
 
     /// The bytes currently held: a frame, or a datagram before decapsulation.
+    #[inline]
     pub fn data(&self) -> &[u8] {
         &self.buf[self.head..self.head + self.len]
     }
 
+    #[inline]
     pub fn data_mut(&mut self) -> &mut [u8] {
         &mut self.buf[self.head..self.head + self.len]
     }
@@ -106,6 +108,7 @@ impl PacketBuf {
         &mut self.buf[self.head..]
     }
 
+    #[inline]
     pub fn len(&self) -> usize {
         self.len
     }

@@ -5,12 +5,22 @@
 //! backend's reply after NAT). When the table is full, a new connection evicts
 //! the oldest entry among a sample, preferring ones not established, so a SYN
 //! flood displaces half-open entries before real connections.
+//!
+//! What every packet writes (last seen, next sequence numbers) lives beside the
+//! slab in [`touch`] slots, so that workers can serve established connections
+//! from their own [`cache`] without the table's lock.
+
+pub mod cache;
+pub mod touch;
 
 use rustc_hash::FxHashMap;
+use std::hash::{Hash, Hasher};
 use std::net::Ipv4Addr;
+use std::sync::Arc;
+use touch::Touch;
 
 /// A 5-tuple in a zone (the network's VNI; ingress has its own).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Key {
     pub zone: u32,
     pub proto: u8,
@@ -49,6 +59,21 @@ impl Key {
     }
 }
 
+/// Two words instead of a field at a time: the key is hashed for every packet
+/// of a tracked connection. (The zone is a 24-bit VNI, so the protocol fits above
+/// it; equal keys still hash equally, which is all `Eq` needs.)
+impl Hash for Key {
+    #[inline]
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        h.write_u64(u64::from(u32::from(self.src)) << 32 | u64::from(u32::from(self.dst)));
+        h.write_u64(
+            (u64::from(self.zone) ^ u64::from(self.proto) << 24) << 32
+                | u64::from(self.sport) << 16
+                | u64::from(self.dport),
+        );
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     SynSent,
@@ -78,10 +103,25 @@ pub fn timeout_ms(s: State, proto: u8) -> u64 {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dir {
-    Orig,
-    Reply,
+    Orig = 0,
+    Reply = 1,
 }
 
+/// A connection as the table keeps it (what packets write lives in its
+/// [`Touch`] slot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Conn {
+    orig: Key,
+    reply: Key,
+    service: u32,
+    backend: u32,
+    state: State,
+    fin_orig: bool,
+    fin_reply: bool,
+    via: Option<crate::Mac>,
+}
+
+/// A copy of one connection, as the table and its touch slot hold it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
     pub orig: Key,
@@ -91,8 +131,6 @@ pub struct Entry {
     pub backend: u32,
     pub state: State,
     pub last_ms: u64,
-    fin_orig: bool,
-    fin_reply: bool,
     /// TCP: the sequence number each side sends next (client, backend), so the
     /// agent can reset both ends with numbers they accept.
     pub next_seq: [u32; 2],
@@ -111,7 +149,8 @@ const EVICTION_SAMPLE: usize = 32;
 
 pub struct Conntrack {
     index: FxHashMap<Key, (u32, Dir)>,
-    slab: Vec<Option<Entry>>,
+    slab: Vec<Option<Conn>>,
+    touch: Arc<[Touch]>,
     free: Vec<u32>,
     max: usize,
     cursor: usize,
@@ -122,11 +161,13 @@ pub struct Conntrack {
 
 impl Conntrack {
     pub fn new(max: usize) -> Self {
+        let max = max.max(1);
         Self {
             index: FxHashMap::default(),
             slab: Vec::new(),
+            touch: touch::slots(max),
             free: Vec::new(),
-            max: max.max(1),
+            max,
             cursor: 0,
             evicted: 0,
             passive: Default::default(),
@@ -145,12 +186,48 @@ impl Conntrack {
         self.index.get(k).copied()
     }
 
-    pub fn get(&self, id: u32) -> Option<&Entry> {
-        self.slab.get(id as usize)?.as_ref()
+    /// The slots workers write without the lock (for their caches).
+    pub fn touches(&self) -> Arc<[Touch]> {
+        self.touch.clone()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Entry> {
-        self.slab.iter().flatten()
+    fn entry(&self, id: u32, c: &Conn) -> Entry {
+        let t = &self.touch[id as usize];
+        Entry {
+            orig: c.orig,
+            reply: c.reply,
+            service: c.service,
+            backend: c.backend,
+            state: c.state,
+            last_ms: t.last_ms(),
+            next_seq: [t.next_seq(0), t.next_seq(1)],
+            via: c.via,
+        }
+    }
+
+    pub fn get(&self, id: u32) -> Option<Entry> {
+        let c = self.slab.get(id as usize)?.as_ref()?;
+        Some(self.entry(id, c))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = Entry> + '_ {
+        self.slab
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| Some(self.entry(i as u32, c.as_ref()?)))
+    }
+
+    /// The generation under which a worker may cache connection `id` for its
+    /// packets in direction `dir`: when such packets (without SYN, FIN or RST)
+    /// cannot change its state. See [`cache`].
+    pub fn cacheable(&self, id: u32, dir: Dir) -> Option<u32> {
+        let c = self.slab.get(id as usize)?.as_ref()?;
+        let steady = match c.state {
+            State::Established | State::Replied => true,
+            State::Unreplied => dir == Dir::Orig,
+            _ => false,
+        };
+        steady.then(|| self.touch[id as usize].gen())
     }
 
     /// Records a new connection; evicts one first when the table is full.
@@ -180,16 +257,14 @@ impl Conntrack {
             6 => State::Established,
             _ => State::Unreplied,
         };
-        let e = Entry {
+        let e = Conn {
             orig,
             reply,
             service,
             backend,
             state,
-            last_ms: now_ms,
             fin_orig: false,
             fin_reply: false,
-            next_seq: [0; 2],
             via: None,
         };
         let id = match self.free.pop() {
@@ -202,6 +277,7 @@ impl Conntrack {
                 (self.slab.len() - 1) as u32
             }
         };
+        self.touch[id as usize].reset(now_ms);
         self.index.insert(orig, (id, Dir::Orig));
         self.index.insert(reply, (id, Dir::Reply));
         id
@@ -212,22 +288,41 @@ impl Conntrack {
         let Some(Some(e)) = self.slab.get_mut(id as usize) else {
             return;
         };
+        let t = &self.touch[id as usize];
+        let before = (e.state, e.fin_orig, e.fin_reply);
+        let last_ms = t.last_ms();
+        t.seen(now_ms);
+        Self::step(e, &mut self.passive, last_ms, dir, tcp_flags, now_ms);
+        if (e.state, e.fin_orig, e.fin_reply) != before {
+            t.bump();
+        }
+    }
+
+    /// Moves a connection's state on for one packet (`last_ms`: when the one
+    /// before it was seen).
+    fn step(
+        e: &mut Conn,
+        passive: &mut crate::lb::passive::PassiveHealth,
+        last_ms: u64,
+        dir: Dir,
+        tcp_flags: u8,
+        now_ms: u64,
+    ) {
         if e.orig.proto == 6 && e.service != 0 && e.state == State::SynSent {
             // how the backend answers a new connection says whether it is alive
             let backend = (e.orig.zone, e.service, e.reply.src);
             match dir {
-                Dir::Reply if tcp_flags & TCP_RST != 0 => self.passive.failed(backend, now_ms),
-                Dir::Reply if tcp_flags & TCP_SYN != 0 => self.passive.answered(backend),
+                Dir::Reply if tcp_flags & TCP_RST != 0 => passive.failed(backend, now_ms),
+                Dir::Reply if tcp_flags & TCP_SYN != 0 => passive.answered(backend),
                 Dir::Orig
                     if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
-                        && now_ms.saturating_sub(e.last_ms) >= crate::lb::passive::SYN_RETRY_MS =>
+                        && now_ms.saturating_sub(last_ms) >= crate::lb::passive::SYN_RETRY_MS =>
                 {
-                    self.passive.failed(backend, now_ms)
+                    passive.failed(backend, now_ms)
                 }
                 _ => {}
             }
         }
-        e.last_ms = now_ms;
         if e.orig.proto != 6 {
             if dir == Dir::Reply {
                 e.state = State::Replied;
@@ -272,8 +367,8 @@ impl Conntrack {
     /// Notes where a TCP side's next segment starts (its sequence number plus
     /// the length this segment used up).
     pub fn note_seq(&mut self, id: u32, dir: Dir, seq_end: u32) {
-        if let Some(Some(e)) = self.slab.get_mut(id as usize) {
-            e.next_seq[usize::from(dir == Dir::Reply)] = seq_end;
+        if let Some(t) = self.touch.get(id as usize) {
+            t.set_next_seq(dir as usize, seq_end);
         }
     }
 
@@ -288,12 +383,15 @@ impl Conntrack {
     /// Whether a connection still waiting for its backend's answer should be
     /// scheduled again, because passive health took that backend out.
     pub fn stalled(&self, id: u32, now_ms: u64) -> bool {
-        self.get(id).is_some_and(|e| {
-            e.state == State::SynSent
-                && self
-                    .passive
-                    .is_out((e.orig.zone, e.service, e.reply.src), now_ms)
-        })
+        self.slab
+            .get(id as usize)
+            .and_then(Option::as_ref)
+            .is_some_and(|e| {
+                e.state == State::SynSent
+                    && self
+                        .passive
+                        .is_out((e.orig.zone, e.service, e.reply.src), now_ms)
+            })
     }
 
     /// Removes one entry (a stalled connection about to be scheduled anew).
@@ -302,7 +400,9 @@ impl Conntrack {
     }
 
     fn remove(&mut self, id: u32) -> Option<Entry> {
-        let e = self.slab.get_mut(id as usize)?.take()?;
+        let c = self.slab.get_mut(id as usize)?.take()?;
+        let e = self.entry(id, &c);
+        self.touch[id as usize].bump();
         // a later connection may have taken a key over (same reply tuple through
         // another VIP): only this entry's own keys go
         for k in [e.orig, e.reply] {
@@ -325,7 +425,8 @@ impl Conntrack {
             if let Some(e) = &self.slab[i] {
                 seen += 1;
                 // (established?, last seen): smallest is the best victim
-                let rank = (e.state == State::Established, e.last_ms, i as u32);
+                let last_ms = self.touch[i].last_ms();
+                let rank = (e.state == State::Established, last_ms, i as u32);
                 if best.is_none_or(|b| rank < b) {
                     best = Some(rank);
                 }
@@ -353,8 +454,9 @@ impl Conntrack {
     pub fn expire(&mut self, now_ms: u64, mut on_reset: impl FnMut(&Entry)) -> usize {
         let mut n = 0;
         for id in 0..self.slab.len() as u32 {
+            let last_ms = self.touch[id as usize].last_ms();
             let expired = self.slab[id as usize].as_ref().is_some_and(|e| {
-                now_ms.saturating_sub(e.last_ms) > timeout_ms(e.state, e.orig.proto)
+                now_ms.saturating_sub(last_ms) > timeout_ms(e.state, e.orig.proto)
             });
             if expired {
                 if let Some(e) = self.remove(id) {
@@ -374,7 +476,10 @@ impl Conntrack {
             .slab
             .iter()
             .enumerate()
-            .filter_map(|(i, e)| e.as_ref().filter(|e| pick(e)).map(|_| i as u32))
+            .filter_map(|(i, c)| {
+                let e = self.entry(i as u32, c.as_ref()?);
+                pick(&e).then_some(i as u32)
+            })
             .collect();
         ids.into_iter().filter_map(|id| self.remove(id)).collect()
     }
@@ -411,7 +516,9 @@ impl Conntrack {
         let mut active = 0;
         let mut inactive = 0;
         for e in self
+            .slab
             .iter()
+            .flatten()
             .filter(|e| e.service == service && e.backend == backend)
         {
             if e.state == State::Established {

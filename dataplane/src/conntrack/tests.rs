@@ -188,3 +188,40 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn only_steady_connections_are_cacheable_and_any_change_moves_the_generation() {
+    let mut ct = Conntrack::new(16);
+    let k = key(1000);
+    let id = ct.insert(k, reply_of(&k), 1, 0, TCP_SYN, 0);
+    assert_eq!(ct.cacheable(id, Dir::Orig), None, "half-open");
+    ct.update(id, Dir::Reply, TCP_SYN | TCP_ACK, 1);
+    ct.update(id, Dir::Orig, TCP_ACK, 2);
+    let gen = ct.cacheable(id, Dir::Orig).expect("established");
+    assert_eq!(ct.cacheable(id, Dir::Reply), Some(gen));
+    // a packet that changes nothing keeps it
+    ct.update(id, Dir::Orig, TCP_ACK, 3);
+    assert_eq!(ct.cacheable(id, Dir::Orig), Some(gen));
+    // a FIN changes the state: the generation moves and FinWait is not cached
+    ct.update(id, Dir::Reply, TCP_FIN | TCP_ACK, 4);
+    assert_eq!(ct.cacheable(id, Dir::Orig), None);
+    assert_ne!(ct.touches()[id as usize].gen(), gen);
+    // UDP: the client's packets before an answer, both ways after
+    let u = Key {
+        proto: 17,
+        ..key(2000)
+    };
+    let uid = ct.insert(u, reply_of(&u), 1, 0, 0, 5);
+    assert!(ct.cacheable(uid, Dir::Orig).is_some());
+    assert_eq!(ct.cacheable(uid, Dir::Reply), None);
+    let before = ct.touches()[uid as usize].gen();
+    ct.update(uid, Dir::Reply, 0, 6);
+    assert_ne!(ct.cacheable(uid, Dir::Reply), None);
+    assert_ne!(ct.touches()[uid as usize].gen(), before);
+    // removal moves it too, and a reused slot does not come back to it
+    let gen = ct.touches()[uid as usize].gen();
+    ct.retire(uid);
+    let again = ct.insert(u, reply_of(&u), 1, 0, 0, 7);
+    assert_eq!(again, uid);
+    assert!(ct.touches()[uid as usize].gen() != gen);
+}

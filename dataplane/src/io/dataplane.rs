@@ -139,7 +139,7 @@ impl Dataplane {
     pub fn connections(&self) -> Vec<crate::conntrack::Entry> {
         self.conntrack
             .lock()
-            .map(|c| c.iter().copied().collect())
+            .map(|c| c.iter().collect())
             .unwrap_or_default()
     }
 

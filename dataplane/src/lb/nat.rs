@@ -13,29 +13,38 @@ pub enum Side {
     Dst,
 }
 
-/// RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m') over 16-bit words.
+/// The `~m + m'` part of RFC 1624 eqn. 3 (HC' = ~(~HC + ~m + m')) for 16-bit
+/// words `old` becoming `new`; the changes of several fields add up, so a
+/// checksum covering them all is updated once.
 #[inline]
-fn update(check: u16, old: &[u8], new: &[u8]) -> u16 {
-    let mut sum = u32::from(!check);
-    for (o, n) in old.chunks(2).zip(new.chunks(2)) {
+fn delta(old: &[u8], new: &[u8]) -> u32 {
+    let mut sum = 0;
+    for (o, n) in old.chunks_exact(2).zip(new.chunks_exact(2)) {
         sum += u32::from(!u16::from_be_bytes([o[0], o[1]]));
         sum += u32::from(u16::from_be_bytes([n[0], n[1]]));
     }
+    sum
+}
+
+/// Applies a [`delta`] to the checksum stored at `at`.
+#[inline]
+fn apply(f: &mut [u8], at: usize, delta: u32) {
+    let mut sum = u32::from(!u16::from_be_bytes([f[at], f[at + 1]])) + delta;
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
-    !(sum as u16)
+    f[at..at + 2].copy_from_slice(&(!(sum as u16)).to_be_bytes());
 }
 
 fn set_check(f: &mut [u8], at: usize, old: &[u8], new: &[u8]) {
-    let c = u16::from_be_bytes([f[at], f[at + 1]]);
-    f[at..at + 2].copy_from_slice(&update(c, old, new).to_be_bytes());
+    apply(f, at, delta(old, new));
 }
 
 /// Rewrites the IPv4 address and L4 port on `side` of the Ethernet/IPv4 frame,
 /// updating the IP header checksum and the TCP, UDP (unless zero) or nothing (ICMP
 /// carries no pseudo-header). Returns false, touching nothing, for a frame that is
 /// not IPv4 TCP/UDP/ICMP or is too short.
+#[inline]
 pub fn rewrite_v4(f: &mut [u8], side: Side, ip: Ipv4Addr, port: u16) -> bool {
     if f.len() < ETH + 20 || f[12..14] != [0x08, 0x00] {
         return false;
@@ -67,7 +76,8 @@ pub fn rewrite_v4(f: &mut [u8], side: Side, ip: Ipv4Addr, port: u16) -> bool {
     let old_ip: [u8; 4] = [f[a], f[a + 1], f[a + 2], f[a + 3]];
     let new_ip = ip.octets();
     f[a..a + 4].copy_from_slice(&new_ip);
-    set_check(f, ETH + 10, &old_ip, &new_ip);
+    let ip_delta = delta(&old_ip, &new_ip);
+    apply(f, ETH + 10, ip_delta);
     if let (Some(c), Some(p)) = (csum_at, port_at) {
         let old_port = [f[p], f[p + 1]];
         let new_port = port.to_be_bytes();
@@ -75,8 +85,7 @@ pub fn rewrite_v4(f: &mut [u8], side: Side, ip: Ipv4Addr, port: u16) -> bool {
         let udp_zero = proto == 17 && f[c] == 0 && f[c + 1] == 0;
         if !udp_zero {
             // the pseudo-header covers the address, the header the port
-            set_check(f, c, &old_ip, &new_ip);
-            set_check(f, c, &old_port, &new_port);
+            apply(f, c, ip_delta + delta(&old_port, &new_port));
             if proto == 17 && f[c] == 0 && f[c + 1] == 0 {
                 f[c..c + 2].copy_from_slice(&[0xff, 0xff]); // UDP: 0 means "none"
             }

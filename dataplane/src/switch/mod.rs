@@ -16,6 +16,7 @@ pub use state::{
 };
 
 use crate::buf::PacketBuf;
+use crate::conntrack::cache::{FlowCache, Hit};
 use crate::conntrack::{Conntrack, Dir, Key};
 use crate::counters::{Counters, DropReason};
 use crate::lb::nat::{self, Side};
@@ -80,6 +81,8 @@ pub struct Switch {
     /// Scratch for the backends' view a scheduler picks from (no allocation
     /// per new connection).
     view: Vec<scheduler::Backend>,
+    /// Established connections this worker translates without the lock.
+    flows: FlowCache,
 }
 
 /// Rotates multi-address DNS answers (`tasks.NAME`): one counter for the whole
@@ -94,7 +97,9 @@ struct Seg {
     seq_end: u32,
 }
 
-/// The 5-tuple of an IPv4 TCP/UDP frame, and its TCP details.
+/// The 5-tuple of an IPv4 TCP/UDP frame, and its TCP details. (Inlined: its
+/// result read back from the stack stalled the VIP path.)
+#[inline(always)]
 fn five_tuple(frame: &[u8], zone: u32) -> Option<(Key, Seg)> {
     let ip = frame.get(ETH_HDR..)?;
     if frame.get(12..14)? != ETHERTYPE_IPV4 || ip.len() < 20 {
@@ -162,7 +167,12 @@ impl Switch {
 
     /// A switch that tracks VIP connections in `conntrack`, shared with other workers.
     pub fn with_conntrack(max_learned: usize, conntrack: Arc<Mutex<Conntrack>>) -> Self {
+        let touches = conntrack
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .touches();
         Self {
+            flows: FlowCache::new(touches),
             learned: LearnedFdb::new(max_learned),
             counters: Counters::default(),
             conntrack,
@@ -267,11 +277,12 @@ impl Switch {
         Ok((i as u32, b))
     }
 
-    /// The backend (address, port) of a client's packet: its connection's, or
-    /// for a new connection (once `admit` lets it in) one picked from the
+    /// The backend (address, port, MAC) of a client's packet: its connection's,
+    /// or for a new connection (once `admit` lets it in) one picked from the
     /// service `admit` names (whose tasks listen on its `target` port) and
     /// tracked from now on, all under one lock. A connection stuck on a backend
-    /// passive health took out is picked anew.
+    /// passive health took out is picked anew. An established connection's
+    /// packets are served from this worker's cache, without the lock.
     fn track_orig(
         &mut self,
         net: &NetworkView,
@@ -279,7 +290,13 @@ impl Switch {
         seg: Seg,
         admit: impl FnOnce() -> Result<PublishedView, DropReason>,
         now_ms: u64,
-    ) -> Result<(Ipv4Addr, u16), DropReason> {
+    ) -> Result<Hit, DropReason> {
+        if let Some(h) = self
+            .flows
+            .hit(&key, Dir::Orig, seg.flags, seg.seq_end, now_ms)
+        {
+            return Ok(*h);
+        }
         // borrowed apart, so the table is locked without cloning its Arc per packet
         let Self {
             conntrack,
@@ -327,9 +344,26 @@ impl Switch {
         if key.proto == 6 {
             ct.note_seq(id, Dir::Orig, seg.seq_end);
         }
-        ct.get(id)
-            .map(|e| (e.reply.src, e.reply.sport))
-            .ok_or(DropReason::NoBackend)
+        let e = ct.get(id).ok_or(DropReason::NoBackend)?;
+        let gen = ct.cacheable(id, Dir::Orig);
+        drop(ct);
+        let mac = *net
+            .neighbors
+            .get(&IpAddr::V4(e.reply.src))
+            .ok_or(DropReason::NoBackend)?;
+        let hit = Hit {
+            id,
+            gen: gen.unwrap_or_default(),
+            dir: Dir::Orig,
+            ip: e.reply.src,
+            port: e.reply.sport,
+            mac,
+            at: net.macs.get(&mac).copied(),
+        };
+        if gen.is_some() {
+            self.flows.fill(key, hit);
+        }
+        Ok(hit)
     }
 
     /// DNATs a new or tracked connection to a VIP to its backend (the client's
@@ -340,7 +374,7 @@ impl Switch {
         buf: &mut PacketBuf,
         now_ms: u64,
         tuple: Option<(Key, Seg)>,
-    ) -> Result<(), DropReason> {
+    ) -> Result<Option<Location>, DropReason> {
         let (key, seg) = tuple.ok_or(DropReason::NoRoute)?;
         let mark = *net.vips.get(&key.dst).ok_or(DropReason::NoRoute)?;
         let service = PublishedView {
@@ -348,16 +382,12 @@ impl Switch {
             target: key.dport,
             host_only: false,
         };
-        let (backend, _) = self.track_orig(net, key, seg, || Ok(service), now_ms)?;
-        let mac = *net
-            .neighbors
-            .get(&IpAddr::V4(backend))
-            .ok_or(DropReason::NoBackend)?;
-        if !nat::rewrite_v4(buf.data_mut(), Side::Dst, backend, key.dport) {
+        let to = self.track_orig(net, key, seg, || Ok(service), now_ms)?;
+        if !nat::rewrite_v4(buf.data_mut(), Side::Dst, to.ip, key.dport) {
             return Err(DropReason::Malformed);
         }
-        buf.data_mut()[0..6].copy_from_slice(&mac);
-        Ok(())
+        buf.data_mut()[0..6].copy_from_slice(&to.mac);
+        Ok(to.at)
     }
 
     /// A reply of a balanced connection, about to be delivered to its client:
@@ -378,21 +408,41 @@ impl Switch {
             self.unbalance_icmp_error(net, buf);
             return;
         };
-        let orig = {
-            let mut ct = self.lock_conntrack();
-            let Some((id, Dir::Reply)) = ct.lookup(&key) else {
-                return;
-            };
-            ct.update(id, Dir::Reply, seg.flags, now_ms);
-            if key.proto == 6 {
-                ct.note_seq(id, Dir::Reply, seg.seq_end);
-            }
-            match ct.get(id) {
-                Some(e) => e.orig,
-                None => return,
+        let to = match self
+            .flows
+            .hit(&key, Dir::Reply, seg.flags, seg.seq_end, now_ms)
+        {
+            Some(h) => *h,
+            None => {
+                let mut ct = self.lock_conntrack();
+                let Some((id, Dir::Reply)) = ct.lookup(&key) else {
+                    return;
+                };
+                ct.update(id, Dir::Reply, seg.flags, now_ms);
+                if key.proto == 6 {
+                    ct.note_seq(id, Dir::Reply, seg.seq_end);
+                }
+                let Some(e) = ct.get(id) else {
+                    return;
+                };
+                let gen = ct.cacheable(id, Dir::Reply);
+                drop(ct);
+                let hit = Hit {
+                    id,
+                    gen: gen.unwrap_or_default(),
+                    dir: Dir::Reply,
+                    ip: e.orig.dst,
+                    port: e.orig.dport,
+                    mac: net.gateway_mac,
+                    at: None,
+                };
+                if gen.is_some() {
+                    self.flows.fill(key, hit);
+                }
+                hit
             }
         };
-        if nat::rewrite_v4(buf.data_mut(), Side::Src, orig.dst, orig.dport) {
+        if nat::rewrite_v4(buf.data_mut(), Side::Src, to.ip, to.port) {
             buf.data_mut()[6..12].copy_from_slice(&net.gateway_mac);
         }
     }
@@ -485,7 +535,9 @@ impl Switch {
                 PolicyAction::Reject => Err(DropReason::PolicyReject),
             }
         };
-        let (ip, port) = match self.track_orig(net, key, seg, admit, now_ms) {
+        let Hit {
+            ip, port, mac, at, ..
+        } = match self.track_orig(net, key, seg, admit, now_ms) {
             Ok(t) => t,
             // a port just unpublished or a node just closed is refused as the
             // closed port the kernel's table is about to make it, not left to
@@ -495,30 +547,37 @@ impl Switch {
             ) => return self.reject(ing, buf, r),
             Err(r) => return self.drop(r),
         };
-        let Some(mac) = net.neighbors.get(&IpAddr::V4(ip)).copied() else {
-            return self.drop(DropReason::NoBackend);
-        };
         if !nat::rewrite_v4(buf.data_mut(), Side::Dst, ip, port) {
             return self.drop(DropReason::Malformed);
         }
         let f = buf.data_mut();
         f[0..6].copy_from_slice(&mac);
         f[6..12].copy_from_slice(&ing.sandbox_mac);
-        self.send_to_mac(net, mac, buf)
+        self.send_to(net, at, buf)
     }
 
     /// Sends a frame already addressed to `mac` on `net`: to its local port, or
     /// over VXLAN to its node.
     fn send_to_mac<'s>(&mut self, net: &NetworkView, mac: Mac, buf: &mut PacketBuf) -> Action<'s> {
-        match net.macs.get(&mac) {
-            Some(Location::Local(p)) => Action::Deliver(*p),
+        self.send_to(net, net.macs.get(&mac).copied(), buf)
+    }
+
+    /// Sends a frame to where its destination MAC is (`None`: nowhere known).
+    fn send_to<'s>(
+        &mut self,
+        net: &NetworkView,
+        at: Option<Location>,
+        buf: &mut PacketBuf,
+    ) -> Action<'s> {
+        match at {
+            Some(Location::Local(p)) => Action::Deliver(p),
             Some(Location::Remote(v)) => {
                 let flow_hash = flow_hash(buf.data());
                 if !buf.write_vxlan_header(net.vni) {
                     return self.drop(DropReason::TooBig);
                 }
                 Action::Encap {
-                    vtep: *v,
+                    vtep: v,
                     flow_hash,
                     secure: net.encrypted,
                 }
@@ -786,13 +845,11 @@ impl Switch {
             }
             // to the gateway: a service VIP (balanced here, on the client's node)
             // or something to route, which nothing does yet
-            if let Err(r) = self.balance(net, buf, now_ms, tuple) {
-                return self.drop(r);
-            }
-            let frame = buf.data();
-            let dst: Mac = [frame[0], frame[1], frame[2], frame[3], frame[4], frame[5]];
             // a client's frame, just balanced: never a reply to rewrite back
-            return self.send_to_mac(net, dst, buf);
+            return match self.balance(net, buf, now_ms, tuple) {
+                Ok(at) => self.send_to(net, at, buf),
+                Err(r) => self.drop(r),
+            };
         }
         let vtep = match net.macs.get(&dst) {
             Some(Location::Local(p)) if *p == port => {
@@ -952,5 +1009,7 @@ fn answer_for(net: &NetworkView, asker: &PortView, ip: IpAddr) -> Option<Mac> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_flow_cache;
 #[cfg(test)]
 mod tests_ingress;

@@ -18,6 +18,7 @@ impl Switch {
     pub fn on_state(&mut self, st: &SwitchState) -> Vec<Entry> {
         self.prune_learned(st);
         self.schedulers.clear();
+        self.flows.clear();
         let mut serving: FxHashSet<(u32, u32, Ipv4Addr)> = FxHashSet::default();
         let mut known: FxHashSet<(u32, u32, Ipv4Addr)> = FxHashSet::default();
         for (vni, net) in &st.networks {

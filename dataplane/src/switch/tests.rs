@@ -3,13 +3,13 @@ use crate::wire::neighbor::tests::{arp_request, solicitation};
 use etherparse::PacketBuilder;
 use std::net::Ipv4Addr;
 
-const A: Mac = [2, 0, 0, 0, 0, 0xa];
-const B: Mac = [2, 0, 0, 0, 0, 0xb];
+pub(super) const A: Mac = [2, 0, 0, 0, 0, 0xa];
+pub(super) const B: Mac = [2, 0, 0, 0, 0, 0xb];
 const R: Mac = [2, 0, 0, 0, 0, 0xc];
-const GW: Mac = [2, 0x56, 0x58, 0, 0, 7];
+pub(super) const GW: Mac = [2, 0x56, 0x58, 0, 0, 7];
 const VNI: u32 = 7;
 
-fn ip(s: &str) -> IpAddr {
+pub(super) fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
@@ -66,7 +66,7 @@ fn udp(src: Mac, dst: Mac, sip: [u8; 4], dip: [u8; 4], len: usize) -> Vec<u8> {
     out
 }
 
-fn buf(frame: &[u8]) -> PacketBuf {
+pub(super) fn buf(frame: &[u8]) -> PacketBuf {
     let mut b = PacketBuf::new();
     b.load_frame(frame);
     b
@@ -470,7 +470,7 @@ fn tcp(
     out
 }
 
-fn with_vip() -> SwitchState {
+pub(super) fn with_vip() -> SwitchState {
     let mut st = state();
     let net = st.networks.get_mut(&VNI).unwrap();
     net.vips.insert(Ipv4Addr::new(10, 0, 0, 100), 0x100);

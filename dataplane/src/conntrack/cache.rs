@@ -1,0 +1,99 @@
+//! A worker's own copy of the connections it forwards, so that a packet of an
+//! established connection is translated without the shared table's lock (whose
+//! two atomic operations alone cost about as much as switching a frame).
+//!
+//! Only packets that cannot change their connection's state are served here:
+//! TCP segments without SYN, FIN or RST on an established connection, UDP and
+//! ICMP once answered (and a client's packets before). Anything else goes to the
+//! table, which moves the slot's generation on whenever the state changes or the
+//! entry goes, so a stale copy is noticed on its next use (and replaced when
+//! the table's answer is cached again). The worker empties the cache on every
+//! control-plane change it applies: until then (a poll round at most) a cached
+//! backend's MAC and location are the previous state's, as they would be for a
+//! packet already in flight.
+
+use super::touch::Touch;
+use super::{Dir, Key, TCP_FIN, TCP_RST, TCP_SYN};
+use crate::{Location, Mac};
+use rustc_hash::FxHashMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+/// Connections one worker keeps; past this the cache starts over (a flow not
+/// cached costs one trip to the table, then is cached again).
+pub const CAPACITY: usize = 16_384;
+
+/// What a cached packet is rewritten to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hit {
+    pub id: u32,
+    pub gen: u32,
+    pub dir: Dir,
+    /// The address and port the packet is translated to: the backend's for a
+    /// client's packet, the service's for a reply.
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    /// The backend's MAC, for a client's packet.
+    pub mac: Mac,
+    /// Where that MAC is, for a client's packet (`None`: nowhere known).
+    pub at: Option<Location>,
+}
+
+pub struct FlowCache {
+    map: FxHashMap<Key, Hit>,
+    touch: Arc<[Touch]>,
+}
+
+impl FlowCache {
+    pub fn new(touch: Arc<[Touch]>) -> Self {
+        Self {
+            map: FxHashMap::default(),
+            touch,
+        }
+    }
+
+    /// A packet of a connection cached in direction `dir`: noted (last seen,
+    /// next sequence number) and its translation returned. `None`: ask the table.
+    #[inline(always)]
+    pub fn hit(
+        &self,
+        key: &Key,
+        dir: Dir,
+        tcp_flags: u8,
+        seq_end: u32,
+        now_ms: u64,
+    ) -> Option<&Hit> {
+        if key.proto == 6 && tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
+            return None;
+        }
+        let h = self.map.get(key)?;
+        let t = self.touch.get(h.id as usize)?;
+        if h.dir != dir || t.gen() != h.gen {
+            return None;
+        }
+        t.seen(now_ms);
+        if key.proto == 6 {
+            t.set_next_seq(dir as usize, seq_end);
+        }
+        Some(h)
+    }
+
+    pub fn fill(&mut self, key: Key, hit: Hit) {
+        if self.map.len() >= CAPACITY {
+            self.map.clear();
+        }
+        self.map.insert(key, hit);
+    }
+
+    pub fn clear(&mut self) {
+        self.map.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
