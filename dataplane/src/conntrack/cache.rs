@@ -37,6 +37,9 @@ pub struct Hit {
     pub mac: Mac,
     /// Where that MAC is, for a client's packet (`None`: nowhere known).
     pub at: Option<Location>,
+    /// For a connection that came in through another node's ingress: that
+    /// node's sandbox MAC, where the replies go back to.
+    pub via: Option<Mac>,
 }
 
 pub struct FlowCache {

@@ -376,7 +376,11 @@ impl Conntrack {
     /// with sandbox MAC `via`.
     pub fn set_via(&mut self, id: u32, via: crate::Mac) {
         if let Some(Some(e)) = self.slab.get_mut(id as usize) {
-            e.via = Some(via);
+            if e.via != Some(via) {
+                e.via = Some(via);
+                // replies cached with the old way back must not use it
+                self.touch[id as usize].bump();
+            }
         }
     }
 

@@ -359,6 +359,7 @@ impl Switch {
             port: e.reply.sport,
             mac,
             at: net.macs.get(&mac).copied(),
+            via: None,
         };
         if gen.is_some() {
             self.flows.fill(key, hit);
@@ -408,43 +409,50 @@ impl Switch {
             self.unbalance_icmp_error(net, buf);
             return;
         };
-        let to = match self
-            .flows
-            .hit(&key, Dir::Reply, seg.flags, seg.seq_end, now_ms)
-        {
-            Some(h) => *h,
-            None => {
-                let mut ct = self.lock_conntrack();
-                let Some((id, Dir::Reply)) = ct.lookup(&key) else {
-                    return;
-                };
-                ct.update(id, Dir::Reply, seg.flags, now_ms);
-                if key.proto == 6 {
-                    ct.note_seq(id, Dir::Reply, seg.seq_end);
-                }
-                let Some(e) = ct.get(id) else {
-                    return;
-                };
-                let gen = ct.cacheable(id, Dir::Reply);
-                drop(ct);
-                let hit = Hit {
-                    id,
-                    gen: gen.unwrap_or_default(),
-                    dir: Dir::Reply,
-                    ip: e.orig.dst,
-                    port: e.orig.dport,
-                    mac: net.gateway_mac,
-                    at: None,
-                };
-                if gen.is_some() {
-                    self.flows.fill(key, hit);
-                }
-                hit
-            }
+        let Some(to) = self.track_reply(key, seg, now_ms) else {
+            return;
         };
         if nat::rewrite_v4(buf.data_mut(), Side::Src, to.ip, to.port) {
             buf.data_mut()[6..12].copy_from_slice(&net.gateway_mac);
         }
+    }
+
+    /// A backend's packet of a tracked connection: the address and port it
+    /// answers for (the VIP's, or the ingress sandbox's), and for a connection
+    /// that came in through another node's ingress, that node's sandbox MAC
+    /// (`via`). Served from this worker's cache once the connection is steady.
+    fn track_reply(&mut self, key: Key, seg: Seg, now_ms: u64) -> Option<Hit> {
+        if let Some(h) = self
+            .flows
+            .hit(&key, Dir::Reply, seg.flags, seg.seq_end, now_ms)
+        {
+            return Some(*h);
+        }
+        let mut ct = self.lock_conntrack();
+        let Some((id, Dir::Reply)) = ct.lookup(&key) else {
+            return None;
+        };
+        ct.update(id, Dir::Reply, seg.flags, now_ms);
+        if key.proto == 6 {
+            ct.note_seq(id, Dir::Reply, seg.seq_end);
+        }
+        let e = ct.get(id)?;
+        let gen = ct.cacheable(id, Dir::Reply);
+        drop(ct);
+        let hit = Hit {
+            id,
+            gen: gen.unwrap_or_default(),
+            dir: Dir::Reply,
+            ip: e.orig.dst,
+            port: e.orig.dport,
+            mac: [0; 6],
+            at: None,
+            via: e.via,
+        };
+        if gen.is_some() {
+            self.flows.fill(key, hit);
+        }
+        Some(hit)
     }
 
     /// An ICMP error a backend sent about a balanced connection (e.g. port
@@ -628,32 +636,16 @@ impl Switch {
         let Some((key, seg)) = five_tuple(buf.data(), net.vni) else {
             return self.drop(DropReason::NoRoute);
         };
-        let via = {
-            let mut ct = self.lock_conntrack();
-            match ct.lookup(&key) {
-                Some((id, Dir::Reply)) => {
-                    let via = ct.get(id).and_then(|e| e.via);
-                    if via.is_some() {
-                        ct.update(id, Dir::Reply, seg.flags, now_ms);
-                        if key.proto == 6 {
-                            ct.note_seq(id, Dir::Reply, seg.seq_end);
-                        }
-                    }
-                    Some(via)
-                }
-                _ => None,
-            }
-        };
-        let Some(via) = via else {
+        let Some(to) = self.track_reply(key, seg, now_ms) else {
             return self.drop(DropReason::NoRoute);
         };
-        match via {
+        match to.via {
             Some(mac) => {
                 buf.data_mut()[0..6].copy_from_slice(&mac);
                 self.send_to_mac(net, mac, buf)
             }
             // balanced here: the client came in through this node's own sandbox
-            None => self.sandbox_out(ing, buf, now_ms),
+            None => self.send_to_sandbox(ing, buf, &to),
         }
     }
 
@@ -669,22 +661,21 @@ impl Switch {
         let Some((key, seg)) = five_tuple(buf.data(), ing.vni) else {
             return self.drop(DropReason::NoRoute);
         };
-        let orig = {
-            let mut ct = self.lock_conntrack();
-            let Some((id, Dir::Reply)) = ct.lookup(&key) else {
-                drop(ct);
-                return self.drop(DropReason::NoRoute);
-            };
-            ct.update(id, Dir::Reply, seg.flags, now_ms);
-            if key.proto == 6 {
-                ct.note_seq(id, Dir::Reply, seg.seq_end);
-            }
-            ct.get(id).map(|e| e.orig)
-        };
-        let Some(orig) = orig else {
-            return self.drop(DropReason::NoRoute);
-        };
-        if !nat::rewrite_v4(buf.data_mut(), Side::Src, orig.dst, orig.dport) {
+        match self.track_reply(key, seg, now_ms) {
+            Some(to) => self.send_to_sandbox(ing, buf, &to),
+            None => self.drop(DropReason::NoRoute),
+        }
+    }
+
+    /// Writes a reply, translated back to the sandbox address and published
+    /// port, to the sandbox.
+    fn send_to_sandbox<'s>(
+        &mut self,
+        ing: &'s IngressView,
+        buf: &mut PacketBuf,
+        to: &Hit,
+    ) -> Action<'s> {
+        if !nat::rewrite_v4(buf.data_mut(), Side::Src, to.ip, to.port) {
             return self.drop(DropReason::Malformed);
         }
         let f = buf.data_mut();
@@ -705,6 +696,13 @@ impl Switch {
         let Some((key, seg)) = five_tuple(f, ing.vni) else {
             return;
         };
+        let cached = self
+            .flows
+            .hit(&key, Dir::Orig, seg.flags, seg.seq_end, now_ms);
+        // the client may come back through another node after a failover
+        if cached.is_some_and(|h| h.via == Some(smac)) {
+            return;
+        }
         let mut ct = self.lock_conntrack();
         // a bare SYN starts a new connection, even on a tuple seen before
         let fresh = key.proto == 6 && seg.flags & 0x12 == 0x02;
@@ -712,11 +710,24 @@ impl Switch {
             Some((id, Dir::Orig)) if !fresh => id,
             _ => ct.insert(key, key.reversed(), 0, 0, seg.flags, now_ms),
         };
-        // the client may come back through another node after a failover
         ct.set_via(id, smac);
         ct.update(id, Dir::Orig, seg.flags, now_ms);
         if key.proto == 6 {
             ct.note_seq(id, Dir::Orig, seg.seq_end);
+        }
+        if let Some(gen) = ct.cacheable(id, Dir::Orig) {
+            drop(ct);
+            let hit = Hit {
+                id,
+                gen,
+                dir: Dir::Orig,
+                ip: key.dst,
+                port: key.dport,
+                mac: [0; 6],
+                at: None,
+                via: Some(smac),
+            };
+            self.flows.fill(key, hit);
         }
     }
 

@@ -568,3 +568,69 @@ fn a_task_that_refuses_new_connections_is_taken_out_passively() {
     let a = sw.from_port(&st, SANDBOX_PORT, &mut buf(&syn), 15000);
     assert!(matches!(a, Action::Encap { .. }), "{a:?}");
 }
+
+#[test]
+fn after_a_failover_cached_replies_follow_the_client_to_its_new_ingress_node() {
+    const SBOX_C: Mac = [2, 0, 0, 0, 0xff, 4];
+    const NODE_C: &str = "192.0.2.3";
+    let mut st = node_a();
+    let net = st.networks.get_mut(&IVNI).unwrap();
+    net.members.push(ip(NODE_C));
+    net.macs.insert(SBOX_C, Location::Remote(ip(NODE_C)));
+    st.ingress.as_mut().unwrap().sandbox_macs.insert(SBOX_C);
+    let mut sw = Switch::new(16);
+    sw.on_state(&st);
+    let task = [10, 255, 0, 10];
+    let from_client = |sbox, seq, syn, payload: &[u8]| {
+        datagram(&seg(
+            (sbox, TASK_A),
+            (CLIENT, task),
+            (40000, 80),
+            seq,
+            syn,
+            payload,
+        ))
+    };
+    let reply = |seq, syn, payload: &[u8]| {
+        buf(&seg(
+            (TASK_A, IGW),
+            (task, CLIENT),
+            (80, 40000),
+            seq,
+            syn,
+            payload,
+        ))
+    };
+    // established through node B's ingress; the task's replies go back there,
+    // the later ones from the worker's cache
+    let mut d = from_client(SBOX_B, 100, true, b"");
+    sw.from_underlay(&st, ip(NODE_B), &mut d, 0, false);
+    let mut b = reply(900, true, b"x");
+    sw.from_port(&st, TASK_PORT, &mut b, 0);
+    let mut d = from_client(SBOX_B, 101, false, b"");
+    assert_eq!(
+        sw.from_underlay(&st, ip(NODE_B), &mut d, 0, false),
+        Action::Deliver(TASK_PORT)
+    );
+    for seq in [901, 906] {
+        let mut b = reply(seq, false, b"hello");
+        let a = sw.from_port(&st, TASK_PORT, &mut b, 1);
+        assert!(
+            matches!(a, Action::Encap { vtep, .. } if vtep == ip(NODE_B)),
+            "{a:?}"
+        );
+    }
+    // node B goes away; the client's next segment comes in through node C
+    let mut d = from_client(SBOX_C, 101, false, b"more");
+    assert_eq!(
+        sw.from_underlay(&st, ip(NODE_C), &mut d, 2, false),
+        Action::Deliver(TASK_PORT)
+    );
+    let mut b = reply(911, false, b"hello");
+    let a = sw.from_port(&st, TASK_PORT, &mut b, 3);
+    assert!(
+        matches!(a, Action::Encap { vtep, .. } if vtep == ip(NODE_C)),
+        "{a:?}"
+    );
+    assert_eq!(&b.data()[0..6], &SBOX_C);
+}
