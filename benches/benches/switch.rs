@@ -510,11 +510,6 @@ fn lb(c: &mut Criterion) {
         })
     });
     g.finish();
-    eprintln!(
-        "conntrack entry: {} B in the slab + 2 index slots of {} B",
-        std::mem::size_of::<Option<vxmesh_dataplane::conntrack::Entry>>(),
-        std::mem::size_of::<(Key, (u32, Dir))>()
-    );
 }
 
 /// The address, TCP port and fwmark of the VIP in [`with_vip`], its client (on
@@ -681,20 +676,19 @@ fn set_new_flow_ports(buf: &mut PacketBuf, i: u64) {
 /// Memory per conntrack entry: from the types, and measured (live heap bytes
 /// with `n` connections in a table of the agent's size, [`CONNTRACK_MAX`]).
 fn conntrack_memory() {
-    use vxmesh_dataplane::conntrack::{Conntrack, Dir, Entry, Key};
+    use vxmesh_dataplane::conntrack::{Conntrack, Key};
     use vxmesh_dataplane::io::dataplane::CONNTRACK_MAX;
-    let slab = std::mem::size_of::<Option<Entry>>();
-    let slot = std::mem::size_of::<(Key, (u32, Dir))>();
-    // hashbrown: one bucket of `slot` bytes and one control byte per index key
+    let (slab, touch, slot) = Conntrack::entry_bytes();
+    // hashbrown: one bucket of `slot` bytes and one control byte per index ref
     let index = 2 * (slot + 1);
     eprintln!(
-        "conntrack entry: slab slot (Option<Entry>) {slab} B + 2 index keys x ({slot} B \
-         (Key, (u32, Dir)) + 1 control byte) = {} B with no hash-table slack; \
+        "conntrack entry: slab slot {slab} B + touch slot {touch} B + 2 index refs x \
+         ({slot} B + 1 control byte) = {} B with no hash-table slack; \
          at hashbrown's 7/8 maximum load {:.0} B; just after the index doubles \
          (7/16 load) {:.0} B",
-        slab + index,
-        slab as f64 + index as f64 * 8.0 / 7.0,
-        slab as f64 + index as f64 * 16.0 / 7.0,
+        slab + touch + index,
+        (slab + touch) as f64 + index as f64 * 8.0 / 7.0,
+        (slab + touch) as f64 + index as f64 * 16.0 / 7.0,
     );
     for n in [1_000u32, 100_000, 150_000, CONNTRACK_MAX as u32] {
         LIVE_BYTES.store(0, Relaxed);

@@ -28,6 +28,17 @@ pub type Mac = [u8; 6];
 /// UDP port IANA assigned to VXLAN (RFC 7348).
 pub const VXLAN_PORT: u16 = 4789;
 
+/// The MAC at `at` in frame `f` (0: destination, 6: source), copied whole:
+/// built byte by byte, it is then read back as wider words from the stack,
+/// which stalls on store forwarding (measured on the switching path).
+/// `f` must hold `at + 6` bytes.
+#[inline(always)]
+pub fn mac_at(f: &[u8], at: usize) -> Mac {
+    let mut m = [0; 6];
+    m.copy_from_slice(&f[at..at + 6]);
+    m
+}
+
 /// Formats a MAC as `aa:bb:cc:dd:ee:ff`.
 pub fn mac_to_string(mac: &Mac) -> String {
     format!(

@@ -11,9 +11,12 @@
 //! from their own [`cache`] without the table's lock.
 
 pub mod cache;
+mod conn;
+mod index;
 pub mod touch;
 
-use rustc_hash::FxHashMap;
+use conn::Conn;
+use index::{Index, Ref};
 use std::hash::{Hash, Hasher};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -107,20 +110,6 @@ pub enum Dir {
     Reply = 1,
 }
 
-/// A connection as the table keeps it (what packets write lives in its
-/// [`Touch`] slot).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Conn {
-    orig: Key,
-    reply: Key,
-    service: u32,
-    backend: u32,
-    state: State,
-    fin_orig: bool,
-    fin_reply: bool,
-    via: Option<crate::Mac>,
-}
-
 /// A copy of one connection, as the table and its touch slot hold it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
@@ -148,7 +137,7 @@ const TCP_ACK: u8 = 0x10;
 const EVICTION_SAMPLE: usize = 32;
 
 pub struct Conntrack {
-    index: FxHashMap<Key, (u32, Dir)>,
+    index: Index,
     slab: Vec<Option<Conn>>,
     touch: Arc<[Touch]>,
     free: Vec<u32>,
@@ -159,11 +148,21 @@ pub struct Conntrack {
     pub passive: crate::lb::passive::PassiveHealth,
 }
 
+/// The key a ref of the index stands for.
+#[inline]
+fn key_of(slab: &[Option<Conn>], r: Ref) -> Option<Key> {
+    let c = slab.get(r.id() as usize)?.as_ref()?;
+    Some(match r.dir() {
+        Dir::Orig => c.orig(),
+        Dir::Reply => c.reply(),
+    })
+}
+
 impl Conntrack {
     pub fn new(max: usize) -> Self {
         let max = max.max(1);
         Self {
-            index: FxHashMap::default(),
+            index: Index::default(),
             slab: Vec::new(),
             touch: touch::slots(max),
             free: Vec::new(),
@@ -178,12 +177,26 @@ impl Conntrack {
         self.slab.len() - self.free.len()
     }
 
+    /// What one connection takes, by part, in bytes: its slab slot, its touch
+    /// slot (allocated for every possible entry up front), and each of its two
+    /// index refs (plus one control byte each, and the hash table's slack).
+    pub fn entry_bytes() -> (usize, usize, usize) {
+        (
+            std::mem::size_of::<Option<Conn>>(),
+            std::mem::size_of::<Touch>(),
+            std::mem::size_of::<Ref>(),
+        )
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     pub fn lookup(&self, k: &Key) -> Option<(u32, Dir)> {
-        self.index.get(k).copied()
+        let slab = &self.slab;
+        self.index
+            .find(k, |r| key_of(slab, r))
+            .map(|r| (r.id(), r.dir()))
     }
 
     /// The slots workers write without the lock (for their caches).
@@ -194,14 +207,14 @@ impl Conntrack {
     fn entry(&self, id: u32, c: &Conn) -> Entry {
         let t = &self.touch[id as usize];
         Entry {
-            orig: c.orig,
-            reply: c.reply,
+            orig: c.orig(),
+            reply: c.reply(),
             service: c.service,
             backend: c.backend,
             state: c.state,
             last_ms: t.last_ms(),
             next_seq: [t.next_seq(0), t.next_seq(1)],
-            via: c.via,
+            via: c.via(),
         }
     }
 
@@ -244,7 +257,7 @@ impl Conntrack {
         // before (a finished connection whose client reuses its port, now
         // through another node or VIP) is stale
         for k in [orig, reply] {
-            if let Some((id, _)) = self.index.get(&k).copied() {
+            if let Some((id, _)) = self.lookup(&k) {
                 self.remove(id);
             }
         }
@@ -257,16 +270,7 @@ impl Conntrack {
             6 => State::Established,
             _ => State::Unreplied,
         };
-        let e = Conn {
-            orig,
-            reply,
-            service,
-            backend,
-            state,
-            fin_orig: false,
-            fin_reply: false,
-            via: None,
-        };
+        let e = Conn::new(orig, reply, service, backend, state);
         let id = match self.free.pop() {
             Some(id) => {
                 self.slab[id as usize] = Some(e);
@@ -278,8 +282,11 @@ impl Conntrack {
             }
         };
         self.touch[id as usize].reset(now_ms);
-        self.index.insert(orig, (id, Dir::Orig));
-        self.index.insert(reply, (id, Dir::Reply));
+        let slab = &self.slab;
+        self.index
+            .insert(&orig, Ref::new(id, Dir::Orig), |r| key_of(slab, r));
+        self.index
+            .insert(&reply, Ref::new(id, Dir::Reply), |r| key_of(slab, r));
         id
     }
 
@@ -289,11 +296,11 @@ impl Conntrack {
             return;
         };
         let t = &self.touch[id as usize];
-        let before = (e.state, e.fin_orig, e.fin_reply);
+        let before = (e.state, e.fins());
         let last_ms = t.last_ms();
         t.seen(now_ms);
         Self::step(e, &mut self.passive, last_ms, dir, tcp_flags, now_ms);
-        if (e.state, e.fin_orig, e.fin_reply) != before {
+        if (e.state, e.fins()) != before {
             t.bump();
         }
     }
@@ -308,9 +315,9 @@ impl Conntrack {
         tcp_flags: u8,
         now_ms: u64,
     ) {
-        if e.orig.proto == 6 && e.service != 0 && e.state == State::SynSent {
+        if e.proto == 6 && e.service != 0 && e.state == State::SynSent {
             // how the backend answers a new connection says whether it is alive
-            let backend = (e.orig.zone, e.service, e.reply.src);
+            let backend = (e.zone(), e.service, e.backend_ip());
             match dir {
                 Dir::Reply if tcp_flags & TCP_RST != 0 => passive.failed(backend, now_ms),
                 Dir::Reply if tcp_flags & TCP_SYN != 0 => passive.answered(backend),
@@ -323,7 +330,7 @@ impl Conntrack {
                 _ => {}
             }
         }
-        if e.orig.proto != 6 {
+        if e.proto != 6 {
             if dir == Dir::Reply {
                 e.state = State::Replied;
             }
@@ -337,16 +344,14 @@ impl Conntrack {
         let fresh_syn = dir == Dir::Orig && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
         if fresh_syn && matches!(e.state, State::TimeWait | State::Close | State::FinWait) {
             e.state = State::SynSent;
-            e.fin_orig = false;
-            e.fin_reply = false;
+            e.set_fins(false, false);
             return;
         }
         if tcp_flags & TCP_FIN != 0 {
-            match dir {
-                Dir::Orig => e.fin_orig = true,
-                Dir::Reply => e.fin_reply = true,
-            }
-            e.state = if e.fin_orig && e.fin_reply {
+            let (o, r) = e.fins();
+            let (o, r) = (o || dir == Dir::Orig, r || dir == Dir::Reply);
+            e.set_fins(o, r);
+            e.state = if o && r {
                 State::TimeWait
             } else {
                 State::FinWait
@@ -376,8 +381,8 @@ impl Conntrack {
     /// with sandbox MAC `via`.
     pub fn set_via(&mut self, id: u32, via: crate::Mac) {
         if let Some(Some(e)) = self.slab.get_mut(id as usize) {
-            if e.via != Some(via) {
-                e.via = Some(via);
+            if e.via() != Some(via) {
+                e.set_via(via);
                 // replies cached with the old way back must not use it
                 self.touch[id as usize].bump();
             }
@@ -394,7 +399,7 @@ impl Conntrack {
                 e.state == State::SynSent
                     && self
                         .passive
-                        .is_out((e.orig.zone, e.service, e.reply.src), now_ms)
+                        .is_out((e.zone(), e.service, e.backend_ip()), now_ms)
             })
     }
 
@@ -404,16 +409,14 @@ impl Conntrack {
     }
 
     fn remove(&mut self, id: u32) -> Option<Entry> {
-        let c = self.slab.get_mut(id as usize)?.take()?;
-        let e = self.entry(id, &c);
-        self.touch[id as usize].bump();
+        let c = *self.slab.get(id as usize)?.as_ref()?;
         // a later connection may have taken a key over (same reply tuple through
-        // another VIP): only this entry's own keys go
-        for k in [e.orig, e.reply] {
-            if self.index.get(&k).map(|(i, _)| *i) == Some(id) {
-                self.index.remove(&k);
-            }
-        }
+        // another VIP): only this entry's own refs go
+        self.index.remove(&c.orig(), Ref::new(id, Dir::Orig));
+        self.index.remove(&c.reply(), Ref::new(id, Dir::Reply));
+        let e = self.entry(id, &c);
+        self.slab[id as usize] = None;
+        self.touch[id as usize].bump();
         self.free.push(id);
         Some(e)
     }
@@ -459,9 +462,9 @@ impl Conntrack {
         let mut n = 0;
         for id in 0..self.slab.len() as u32 {
             let last_ms = self.touch[id as usize].last_ms();
-            let expired = self.slab[id as usize].as_ref().is_some_and(|e| {
-                now_ms.saturating_sub(last_ms) > timeout_ms(e.state, e.orig.proto)
-            });
+            let expired = self.slab[id as usize]
+                .as_ref()
+                .is_some_and(|e| now_ms.saturating_sub(last_ms) > timeout_ms(e.state, e.proto));
             if expired {
                 if let Some(e) = self.remove(id) {
                     if e.orig.proto == 6 && e.state == State::Established {

@@ -196,7 +196,7 @@ impl Switch {
         }
         let f = buf.data();
         let payload_off = ETH_HDR + usize::from(f[ETH_HDR] & 0x0f) * 4 + 8;
-        let client: Mac = [f[6], f[7], f[8], f[9], f[10], f[11]];
+        let client: Mac = crate::mac_at(f, 6);
         let peer = udp_reply::UdpPeer {
             client_mac: client,
             client_ip: key.src,
@@ -369,6 +369,7 @@ impl Switch {
 
     /// DNATs a new or tracked connection to a VIP to its backend (the client's
     /// node balances; no SNAT).
+    #[inline(always)]
     fn balance(
         &mut self,
         net: &NetworkView,
@@ -421,6 +422,9 @@ impl Switch {
     /// answers for (the VIP's, or the ingress sandbox's), and for a connection
     /// that came in through another node's ingress, that node's sandbox MAC
     /// (`via`). Served from this worker's cache once the connection is steady.
+    /// (The cached path is inlined into each caller, so the key never goes
+    /// through memory; the table's path is not.)
+    #[inline(always)]
     fn track_reply(&mut self, key: Key, seg: Seg, now_ms: u64) -> Option<Hit> {
         if let Some(h) = self
             .flows
@@ -428,6 +432,11 @@ impl Switch {
         {
             return Some(*h);
         }
+        self.track_reply_in_table(key, seg, now_ms)
+    }
+
+    #[inline(never)]
+    fn track_reply_in_table(&mut self, key: Key, seg: Seg, now_ms: u64) -> Option<Hit> {
         let mut ct = self.lock_conntrack();
         let Some((id, Dir::Reply)) = ct.lookup(&key) else {
             return None;
@@ -689,7 +698,7 @@ impl Switch {
     /// go to the ingress gateway) are sent back there rather than anywhere else.
     fn note_ingress_return(&mut self, ing: &IngressView, buf: &PacketBuf, now_ms: u64) {
         let f = buf.data();
-        let smac: Mac = [f[6], f[7], f[8], f[9], f[10], f[11]];
+        let smac: Mac = crate::mac_at(f, 6);
         if smac == ing.sandbox_mac || !ing.sandbox_macs.contains(&smac) {
             return;
         }
@@ -839,7 +848,7 @@ impl Switch {
             return self.too_big(net, port, buf);
         }
         let frame = buf.data();
-        let dst: Mac = [frame[0], frame[1], frame[2], frame[3], frame[4], frame[5]];
+        let dst: Mac = crate::mac_at(frame, 0);
         if dst[0] & 1 == 1 {
             return self.flood(net, Some(port), buf);
         }
@@ -967,8 +976,8 @@ impl Switch {
         if frame.len() < ETH_HDR {
             return self.drop(DropReason::Malformed);
         }
-        let smac: Mac = [frame[6], frame[7], frame[8], frame[9], frame[10], frame[11]];
-        let dst: Mac = [frame[0], frame[1], frame[2], frame[3], frame[4], frame[5]];
+        let smac: Mac = crate::mac_at(frame, 6);
+        let dst: Mac = crate::mac_at(frame, 0);
         if smac[0] & 1 == 1 {
             return self.drop(DropReason::Malformed);
         }

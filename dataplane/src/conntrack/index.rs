@@ -1,0 +1,69 @@
+//! Finds a connection by either of its keys. Stores only the slot id and
+//! direction (4 bytes a key, plus hashbrown's control byte): the keys
+//! themselves are rebuilt from the slab when compared, instead of being kept
+//! a second time here (the index was larger than the entries it pointed at).
+
+use super::{Dir, Key};
+use hashbrown::HashTable;
+use std::hash::BuildHasher;
+
+/// A slot id and direction in one word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Ref(u32);
+
+impl Ref {
+    pub fn new(id: u32, dir: Dir) -> Self {
+        Ref(id << 1 | dir as u32)
+    }
+
+    pub fn id(self) -> u32 {
+        self.0 >> 1
+    }
+
+    pub fn dir(self) -> Dir {
+        if self.0 & 1 == 0 {
+            Dir::Orig
+        } else {
+            Dir::Reply
+        }
+    }
+}
+
+fn hash(k: &Key) -> u64 {
+    rustc_hash::FxBuildHasher.hash_one(k)
+}
+
+#[derive(Default)]
+pub(super) struct Index {
+    table: HashTable<Ref>,
+}
+
+impl Index {
+    /// The entry `k` leads to; `key_of` gives the key a stored ref stands for.
+    #[inline]
+    pub fn find(&self, k: &Key, key_of: impl Fn(Ref) -> Option<Key>) -> Option<Ref> {
+        self.table
+            .find(hash(k), |r| key_of(*r).as_ref() == Some(k))
+            .copied()
+    }
+
+    /// Adds `r` under `k` (not there yet).
+    pub fn insert(&mut self, k: &Key, r: Ref, key_of: impl Fn(Ref) -> Option<Key>) {
+        self.table
+            .insert_unique(hash(k), r, |r| key_of(*r).as_ref().map_or(0, hash));
+    }
+
+    /// Removes `r` from under `k`, if it is there (a later connection may
+    /// have taken `k` over).
+    pub fn remove(&mut self, k: &Key, r: Ref) {
+        if let Ok(e) = self.table.find_entry(hash(k), |x| *x == r) {
+            e.remove();
+        }
+    }
+
+    /// Refs stored (two a connection).
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+}
