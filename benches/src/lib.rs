@@ -1,1 +1,342 @@
-//! Benchmarks live in benches/.
+//! Benchmarks live in benches/. This library holds what the netns harnesses
+//! (`netns-throughput`, `netns-lb`) share: their command line, medians,
+//! background servers in namespaces, iperf3, and the SVG bar chart.
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use vxmesh_netns_tests::exec_timeout;
+
+/// `[--runs N] [--secs S] [--json FILE] [--svg FILE]`, common to the harnesses.
+#[derive(Debug, Clone)]
+pub struct BenchArgs {
+    pub runs: usize,
+    pub secs: u32,
+    pub json: Option<String>,
+    pub svg: Option<String>,
+}
+
+/// Parses the process's arguments; `--help` prints `usage` and exits.
+pub fn parse_args(usage: &str) -> Result<BenchArgs> {
+    parse_args_from(std::env::args().skip(1), usage)
+}
+
+/// [`parse_args`] over any list of arguments (the program name left out).
+pub fn parse_args_from(args: impl IntoIterator<Item = String>, usage: &str) -> Result<BenchArgs> {
+    let mut a = BenchArgs {
+        runs: 3,
+        secs: 5,
+        json: None,
+        svg: None,
+    };
+    let mut it = args.into_iter();
+    while let Some(k) = it.next() {
+        let mut v = || it.next().with_context(|| format!("{k} needs a value"));
+        match k.as_str() {
+            "--runs" => {
+                let s = v()?;
+                a.runs = s
+                    .parse()
+                    .with_context(|| format!("--runs {s}: not a number"))?;
+            }
+            "--secs" => {
+                let s = v()?;
+                a.secs = s
+                    .parse()
+                    .with_context(|| format!("--secs {s}: not a number"))?;
+            }
+            "--json" => a.json = Some(v()?),
+            "--svg" => a.svg = Some(v()?),
+            "-h" | "--help" => {
+                println!("{usage}");
+                std::process::exit(0);
+            }
+            _ => bail!("unknown argument {k} (try --help)"),
+        }
+    }
+    if a.runs == 0 || a.secs == 0 {
+        bail!("--runs and --secs must be at least 1");
+    }
+    Ok(a)
+}
+
+/// The median (the upper one of an even count); 0 for none.
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        0.0
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+/// A server running in a namespace (`ip netns exec NS ...`), stopped with
+/// SIGTERM (then SIGKILL after a grace period) and reaped when dropped.
+pub struct Bg {
+    child: Child,
+    what: String,
+}
+
+impl Bg {
+    /// Starts `args` in `ns`, its output thrown away, or appended to `log`.
+    pub fn spawn(ns: &str, args: &[&str], log: Option<&std::path::Path>) -> Result<Bg> {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns]).args(args);
+        cmd.stdin(Stdio::null());
+        match log {
+            Some(p) => {
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .with_context(|| format!("cannot open {}", p.display()))?;
+                cmd.stdout(f.try_clone()?).stderr(f);
+            }
+            None => {
+                cmd.stdout(Stdio::null()).stderr(Stdio::null());
+            }
+        }
+        let what = format!("{} in {ns}", args.join(" "));
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {what}"))?;
+        Ok(Bg { child, what })
+    }
+
+    /// Fails if the server has already exited (it could not bind, say).
+    pub fn check_running(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("{} exited ({status})", self.what);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: kill(2) on the pid of our own child, not yet reaped.
+            unsafe {
+                libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+            }
+            let end = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < end {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The iperf3 tests the harnesses run: `tcp1` (one TCP stream), `tcp4` (four),
+/// `udp1400` (1400-byte datagrams, unlimited rate; goodput = rate x (1 - loss)).
+/// Runs `iperf3 -c target` in `client` for `secs`; returns Gbit/s.
+pub fn iperf3_gbps(client: &str, target: &str, test: &str, secs: u32) -> Result<f64> {
+    let t = secs.to_string();
+    let mut a = vec!["iperf3", "-c", target, "-t", t.as_str(), "-J"];
+    match test {
+        "tcp1" => {}
+        "tcp4" => a.extend(["-P", "4"]),
+        "udp1400" => a.extend(["-u", "-b", "0", "-l", "1400"]),
+        _ => bail!("unknown iperf3 test {test}"),
+    }
+    let limit = Duration::from_secs(u64::from(secs) + 60);
+    let out = exec_timeout(client, &a, limit)?;
+    let v: Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "iperf3 output (apt-get install iperf3): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    if let Some(e) = v["error"].as_str() {
+        bail!("iperf3 {test} to {target}: {e}");
+    }
+    let bps = if test == "udp1400" {
+        let sum = &v["end"]["sum"];
+        sum["bits_per_second"].as_f64().unwrap_or(0.0)
+            * (1.0 - sum["lost_percent"].as_f64().unwrap_or(0.0) / 100.0)
+    } else {
+        v["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap_or(0.0)
+    };
+    Ok(bps / 1e9)
+}
+
+/// One series of bars: one value (and the text printed above its bar) per group.
+pub struct Series {
+    pub name: String,
+    pub values: Vec<f64>,
+    pub labels: Vec<String>,
+}
+
+/// A grouped bar chart: one group of bars per entry of `groups` (a `\n` in a
+/// group's name breaks it in two lines), one bar per series in each.
+pub struct BarChart {
+    pub title: String,
+    pub width: f64,
+    pub groups: Vec<String>,
+    pub series: Vec<Series>,
+    /// A line across the whole plot (value, label): the baseline of a ratio chart.
+    pub reference: Option<(f64, String)>,
+    /// Per group, a dashed line over its bars at the target value.
+    pub targets: Vec<Option<f64>>,
+}
+
+const COLORS: [&str; 4] = ["#2b6cb0", "#805ad5", "#718096", "#dd6b20"];
+
+impl BarChart {
+    pub fn svg(&self) -> String {
+        let max = self
+            .series
+            .iter()
+            .flat_map(|s| s.values.iter().copied())
+            .chain(self.reference.iter().map(|r| r.0))
+            .chain(self.targets.iter().flatten().copied())
+            .fold(1.0f64, f64::max);
+        let (w, h, left, top, bottom) = (self.width, 360.0, 50.0, 40.0, 70.0);
+        let plot_h = h - top - bottom;
+        let group_w = (w - left - 20.0) / self.groups.len().max(1) as f64;
+        let bar_w = group_w / (self.series.len() as f64 + 1.0);
+        let y_of = |val: f64| top + plot_h - plot_h * val / max;
+        let mut s = format!(
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
+<text x="{left}" y="20" font-size="14" font-weight="bold">{}</text>
+"#,
+            self.title
+        );
+        for i in 0..=4 {
+            let val = max * i as f64 / 4.0;
+            let y = top + plot_h - plot_h * i as f64 / 4.0;
+            s += &format!(
+                r##"<line x1="{left}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#e2e8f0"/><text x="{:.1}" y="{:.1}" text-anchor="end">{val:.1}</text>
+"##,
+                w - 20.0,
+                left - 6.0,
+                y + 4.0
+            );
+        }
+        for (g, name) in self.groups.iter().enumerate() {
+            let gx = left + group_w * g as f64;
+            for (i, ser) in self.series.iter().enumerate() {
+                let val = ser.values.get(g).copied().unwrap_or(0.0);
+                let label = ser.labels.get(g).map(String::as_str).unwrap_or("");
+                let bh = plot_h * val / max;
+                let x = gx + bar_w * (i as f64 + 0.5);
+                let y = top + plot_h - bh;
+                s += &format!(
+                    r#"<rect x="{x:.1}" y="{y:.1}" width="{:.1}" height="{bh:.1}" fill="{}"/><text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="10">{label}</text>
+"#,
+                    bar_w * 0.9,
+                    COLORS[i % COLORS.len()],
+                    x + bar_w * 0.45,
+                    y - 3.0
+                );
+            }
+            if let Some(Some(t)) = self.targets.get(g) {
+                let y = y_of(*t);
+                s += &format!(
+                    r##"<line x1="{:.1}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#c53030" stroke-width="2" stroke-dasharray="4 3"/>
+"##,
+                    gx + bar_w * 0.3,
+                    gx + group_w - bar_w * 0.3
+                );
+            }
+            let (cx, ty) = (gx + group_w / 2.0, top + plot_h + 18.0);
+            if name.contains('\n') {
+                s += &format!(r#"<text x="{cx:.1}" y="{ty:.1}" text-anchor="middle">"#);
+                for (k, line) in name.split('\n').enumerate() {
+                    let dy = if k == 0 { "0" } else { "1.2em" };
+                    s += &format!(r#"<tspan x="{cx:.1}" dy="{dy}">{line}</tspan>"#);
+                }
+                s += "</text>\n";
+            } else {
+                s += &format!(
+                    r#"<text x="{cx:.1}" y="{ty:.1}" text-anchor="middle">{name}</text>
+"#
+                );
+            }
+        }
+        if let Some((val, label)) = &self.reference {
+            let y = y_of(*val);
+            s += &format!(
+                r##"<line x1="{left}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#1a202c" stroke-width="1.5"/><text x="{:.1}" y="{:.1}" text-anchor="end" font-size="10">{label}</text>
+"##,
+                w - 20.0,
+                w - 20.0,
+                y - 4.0
+            );
+        }
+        let mut legend: Vec<(String, String)> = self
+            .series
+            .iter()
+            .enumerate()
+            .map(|(i, ser)| (COLORS[i % COLORS.len()].to_string(), ser.name.clone()))
+            .collect();
+        if self.targets.iter().any(Option::is_some) {
+            legend.push(("#c53030".into(), "target".into()));
+        }
+        for (i, (color, name)) in legend.iter().enumerate() {
+            let x = left + 180.0 * (i % 4) as f64;
+            let y = h - 22.0;
+            s += &format!(
+                r#"<rect x="{x:.1}" y="{:.1}" width="12" height="12" fill="{color}"/><text x="{:.1}" y="{y:.1}">{name}</text>
+"#,
+                y - 10.0,
+                x + 16.0,
+            );
+        }
+        s + "</svg>\n"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: &[&str]) -> Result<BenchArgs> {
+        parse_args_from(v.iter().map(|s| s.to_string()), "usage")
+    }
+
+    #[test]
+    fn arguments_parse_and_bad_ones_are_errors() {
+        let a = args(&["--runs", "5", "--secs", "2", "--json", "x.json"]).unwrap();
+        assert_eq!((a.runs, a.secs, a.json.as_deref()), (5, 2, Some("x.json")));
+        assert!(args(&["--runs"]).is_err());
+        assert!(args(&["--runs", "many"]).is_err());
+        assert!(args(&["--secs", "0"]).is_err());
+        assert!(args(&["--frobnicate"]).is_err());
+    }
+
+    #[test]
+    fn median_of_none_one_and_many() {
+        assert_eq!(median(&mut []), 0.0);
+        assert_eq!(median(&mut [3.0]), 3.0);
+        assert_eq!(median(&mut [5.0, 1.0, 3.0]), 3.0);
+    }
+
+    #[test]
+    fn chart_draws_every_bar_target_and_line() {
+        let c = BarChart {
+            title: "t".into(),
+            width: 600.0,
+            groups: vec!["a".into(), "b\nc".into()],
+            series: vec![Series {
+                name: "s".into(),
+                values: vec![0.5, 2.0],
+                labels: vec!["0.50x".into(), "2.00x".into()],
+            }],
+            reference: Some((1.0, "kernel".into())),
+            targets: vec![Some(0.7), None],
+        };
+        let svg = c.svg();
+        assert_eq!(svg.matches("<rect").count(), 1 + 2 + 1, "{svg}");
+        assert!(svg.contains("stroke-dasharray") && svg.contains("<tspan"));
+        assert!(svg.ends_with("</svg>\n"));
+    }
+}

@@ -96,7 +96,6 @@ pub(crate) fn bridge_to_container(
     mtu: u32,
 ) -> Result<()> {
     let ip = |args: &[&str]| command::tool_ok("ip", args);
-    let mtu = mtu.to_string();
     ip(&["-n", ns, "link", "add", "br0", "type", "bridge"])?;
     ip(&["-n", ns, "link", "set", "vx0", "master", "br0"])?;
     for peer in peers {
@@ -115,12 +114,31 @@ pub(crate) fn bridge_to_container(
             ],
         )?;
     }
+    for dev in ["vx0", "br0"] {
+        ip(&["-n", ns, "link", "set", dev, "up"])?;
+    }
+    attach_to_bridge(ns, "ck0", container_ns, container_cidr, mtu)
+}
+
+/// Wires one more container namespace to the bridge `br0` of node namespace
+/// `ns` (made by [`KernelVxlanNode::setup`]): a veth `host_ifname` on the
+/// bridge, `eth0` inside, addressed `container_cidr`. It goes with the
+/// namespaces when the `Topology` is dropped.
+pub fn attach_to_bridge(
+    ns: &str,
+    host_ifname: &str,
+    container_ns: &str,
+    container_cidr: &str,
+    mtu: u32,
+) -> Result<()> {
+    let ip = |args: &[&str]| command::tool_ok("ip", args);
+    let mtu = mtu.to_string();
     ip(&[
         "-n",
         ns,
         "link",
         "add",
-        "ck0",
+        host_ifname,
         "mtu",
         &mtu,
         "type",
@@ -133,7 +151,7 @@ pub(crate) fn bridge_to_container(
         "netns",
         container_ns,
     ])?;
-    ip(&["-n", ns, "link", "set", "ck0", "master", "br0"])?;
+    ip(&["-n", ns, "link", "set", host_ifname, "master", "br0"])?;
     ip(&[
         "-n",
         container_ns,
@@ -144,9 +162,7 @@ pub(crate) fn bridge_to_container(
         "eth0",
     ])?;
     for (n, dev) in [
-        (ns, "vx0"),
-        (ns, "ck0"),
-        (ns, "br0"),
+        (ns, host_ifname),
         (container_ns, "eth0"),
         (container_ns, "lo"),
     ] {

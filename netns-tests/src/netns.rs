@@ -2,12 +2,16 @@
 //! exec`) and for code in this process (a thread that `setns`es).
 
 use std::fs::File;
+use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Output};
 use std::sync::Mutex;
 use std::thread;
+use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use nix::sched::{setns, CloneFlags};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 
 use crate::command::{self, DEFAULT_TIMEOUT};
 
@@ -50,6 +54,50 @@ pub fn exec_ok(ns: &str, args: &[&str]) -> Result<String> {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", ns]).args(args);
     command::run_ok(&mut cmd, DEFAULT_TIMEOUT)
+}
+
+/// Like [`exec`], with a deadline of the caller's choosing (load generators
+/// that run longer than setup commands may).
+pub fn exec_timeout(ns: &str, args: &[&str], timeout: Duration) -> Result<Output> {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns]).args(args);
+    command::run(&mut cmd, timeout)
+}
+
+/// The processes (other than this one) whose network namespace is `ns`: what a
+/// server started there left behind (a daemon's workers, say).
+pub fn pids_in(ns: &str) -> Result<Vec<i32>> {
+    let path = format!("/run/netns/{ns}");
+    let want = std::fs::metadata(&path).with_context(|| format!("failed to stat {path}"))?;
+    let me = std::process::id() as i32;
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").context("failed to list /proc")? {
+        let Ok(entry) = entry else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // a process may exit while we look: skip what cannot be read
+        let Ok(m) = std::fs::metadata(entry.path().join("ns/net")) else {
+            continue;
+        };
+        if m.dev() == want.dev() && m.ino() == want.ino() && pid != me {
+            pids.push(pid);
+        }
+    }
+    Ok(pids)
+}
+
+/// SIGKILLs every process left in `ns` (see [`pids_in`]); returns how many.
+pub fn kill_all_in(ns: &str) -> Result<usize> {
+    let pids = pids_in(ns)?;
+    for &pid in &pids {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    Ok(pids.len())
 }
 
 /// Runs `f` with the network namespace of `ns`. A dedicated thread is used

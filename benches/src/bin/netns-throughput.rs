@@ -9,45 +9,15 @@
 //!
 //! Usage: netns-throughput [--runs N] [--secs S] [--json FILE] [--svg FILE]
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use vxmesh_benches::{iperf3_gbps, median, parse_args, BarChart, Bg, Series};
 use vxmesh_netns_tests::*;
 
-struct Args {
-    runs: usize,
-    secs: u32,
-    json: Option<String>,
-    svg: Option<String>,
-}
-
-fn args() -> Result<Args> {
-    let mut a = Args {
-        runs: 3,
-        secs: 5,
-        json: None,
-        svg: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(k) = it.next() {
-        let mut v = || it.next().with_context(|| format!("{k} needs a value"));
-        match k.as_str() {
-            "--runs" => a.runs = v()?.parse()?,
-            "--secs" => a.secs = v()?.parse()?,
-            "--json" => a.json = Some(v()?),
-            "--svg" => a.svg = Some(v()?),
-            "-h" | "--help" => {
-                println!("netns-throughput [--runs N] [--secs S] [--json FILE] [--svg FILE]");
-                std::process::exit(0);
-            }
-            _ => bail!("unknown argument {k} (try --help)"),
-        }
-    }
-    Ok(a)
-}
+const USAGE: &str = "netns-throughput [--runs N] [--secs S] [--json FILE] [--svg FILE]";
 
 /// One setup: a client and a server container joined by some overlay.
 struct Setup {
@@ -58,15 +28,6 @@ struct Setup {
     server_ip: String,
 }
 
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 const TESTS: [(&str, &str); 3] = [
     ("tcp1", "TCP, 1 stream"),
     ("tcp4", "TCP, 4 streams"),
@@ -74,42 +35,12 @@ const TESTS: [(&str, &str); 3] = [
 ];
 
 fn iperf(s: &Setup, test: &str, secs: u32) -> Result<f64> {
-    let t = secs.to_string();
-    let mut a = vec!["iperf3", "-c", s.server_ip.as_str(), "-t", t.as_str(), "-J"];
-    match test {
-        "tcp4" => a.extend(["-P", "4"]),
-        "udp1400" => a.extend(["-u", "-b", "0", "-l", "1400"]),
-        _ => {}
-    }
-    let out = exec(&s.client, &a)?;
-    let v: Value = serde_json::from_slice(&out.stdout)
-        .with_context(|| format!("iperf3 output: {}", String::from_utf8_lossy(&out.stderr)))?;
-    if let Some(e) = v["error"].as_str() {
-        bail!("iperf3 {test} over {}: {e}", s.label);
-    }
-    let bps = if test == "udp1400" {
-        let sum = &v["end"]["sum"];
-        sum["bits_per_second"].as_f64().unwrap_or(0.0)
-            * (1.0 - sum["lost_percent"].as_f64().unwrap_or(0.0) / 100.0)
-    } else {
-        v["end"]["sum_received"]["bits_per_second"]
-            .as_f64()
-            .unwrap_or(0.0)
-    };
-    Ok(bps / 1e9)
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() {
-        0.0
-    } else {
-        v[v.len() / 2]
-    }
+    iperf3_gbps(&s.client, &s.server_ip, test, secs)
+        .map_err(|e| e.context(format!("iperf3 {test} over {}", s.label)))
 }
 
 fn main() -> Result<()> {
-    let a = args()?;
+    let a = parse_args(USAGE)?;
     let mut t = Topology::new("bench")?;
     // (a) and (b): two vxmesh nodes
     let n1 = t.add_node("n1")?;
@@ -228,21 +159,11 @@ fn main() -> Result<()> {
         if !ping(&s.client, &s.server_ip, 3, None)? {
             bail!("{} does not carry traffic; not measuring it", s.label);
         }
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &s.server,
-                "iperf3",
-                "-s",
-                "-B",
-                &s.server_ip,
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("iperf3 (apt-get install iperf3)")?;
-        servers.push(KillOnDrop(child));
+        servers.push(Bg::spawn(
+            &s.server,
+            &["iperf3", "-s", "-B", &s.server_ip],
+            None,
+        )?);
     }
     std::thread::sleep(Duration::from_millis(500));
 
@@ -303,75 +224,35 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// A grouped bar chart: one group per test, one bar per setup, the kernel's VXLAN
-/// as the reference line of each group.
+/// A grouped bar chart: one group per test, one bar per setup, labelled with its
+/// ratio to the kernel's VXLAN.
 fn svg(v: &Value) -> String {
     let rows = v["results"].as_array().cloned().unwrap_or_default();
-    let colors = ["#2b6cb0", "#805ad5", "#718096", "#dd6b20"];
-    let max = rows
-        .iter()
-        .flat_map(|r| {
-            TESTS
-                .iter()
-                .map(move |(t, _)| r[*t]["gbps"].as_f64().unwrap_or(0.0))
-        })
-        .fold(1.0f64, f64::max);
-    let (w, h, left, top, bottom) = (760.0, 360.0, 50.0, 40.0, 70.0);
-    let plot_h = h - top - bottom;
-    let group_w = (w - left - 20.0) / TESTS.len() as f64;
-    let bar_w = group_w / (rows.len() as f64 + 1.0);
-    let mut s = format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
-<text x="{left}" y="20" font-size="14" font-weight="bold">Container-to-container throughput, Gbit/s (median of {} runs; ratio to kernel VXLAN)</text>
-"#,
-        v["runs"]
-    );
-    for i in 0..=4 {
-        let val = max * i as f64 / 4.0;
-        let y = top + plot_h - plot_h * i as f64 / 4.0;
-        s += &format!(
-            r##"<line x1="{left}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#e2e8f0"/><text x="{:.1}" y="{:.1}" text-anchor="end">{val:.1}</text>
-"##,
-            w - 20.0,
-            left - 6.0,
-            y + 4.0
-        );
+    BarChart {
+        title: format!(
+            "Container-to-container throughput, Gbit/s (median of {} runs; ratio to kernel VXLAN)",
+            v["runs"]
+        ),
+        width: 760.0,
+        groups: TESTS.iter().map(|(_, name)| name.to_string()).collect(),
+        series: rows
+            .iter()
+            .map(|r| Series {
+                name: r["setup"].as_str().unwrap_or("").to_string(),
+                values: TESTS
+                    .iter()
+                    .map(|(t, _)| r[*t]["gbps"].as_f64().unwrap_or(0.0))
+                    .collect(),
+                labels: TESTS
+                    .iter()
+                    .map(|(t, _)| {
+                        format!("{:.2}x", r[*t]["ratio_to_kernel"].as_f64().unwrap_or(0.0))
+                    })
+                    .collect(),
+            })
+            .collect(),
+        reference: None,
+        targets: Vec::new(),
     }
-    for (g, (test, name)) in TESTS.iter().enumerate() {
-        let gx = left + group_w * g as f64;
-        for (i, r) in rows.iter().enumerate() {
-            let val = r[*test]["gbps"].as_f64().unwrap_or(0.0);
-            let ratio = r[*test]["ratio_to_kernel"].as_f64().unwrap_or(0.0);
-            let bh = plot_h * val / max;
-            let x = gx + bar_w * (i as f64 + 0.5);
-            let y = top + plot_h - bh;
-            s += &format!(
-                r#"<rect x="{x:.1}" y="{y:.1}" width="{:.1}" height="{bh:.1}" fill="{}"/><text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="10">{ratio:.2}x</text>
-"#,
-                bar_w * 0.9,
-                colors[i % colors.len()],
-                x + bar_w * 0.45,
-                y - 3.0
-            );
-        }
-        s += &format!(
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{name}</text>
-"#,
-            gx + group_w / 2.0,
-            top + plot_h + 18.0
-        );
-    }
-    for (i, r) in rows.iter().enumerate() {
-        let x = left + 180.0 * (i % 4) as f64;
-        let y = h - 22.0;
-        s += &format!(
-            r#"<rect x="{x:.1}" y="{:.1}" width="12" height="12" fill="{}"/><text x="{:.1}" y="{y:.1}">{}</text>
-"#,
-            y - 10.0,
-            colors[i % colors.len()],
-            x + 16.0,
-            r["setup"].as_str().unwrap_or("")
-        );
-    }
-    s + "</svg>\n"
+    .svg()
 }
