@@ -596,7 +596,12 @@ const fn metric(
 }
 
 /// Every metric reported. Bulk through a VIP gets its target when measured:
-/// the plain overlay's ratio.
+/// the plain overlay's ratio, less [`BULK_NOISE`].
+/// How far below the plain overlay's ratio bulk through a VIP may land and
+/// still count as "the balancer costs nothing measurable": 5%, half the ~10%
+/// these runs swing by (two medians of the same path differ by that much).
+const BULK_NOISE: f64 = 0.95;
+
 #[rustfmt::skip]
 const METRICS: [Metric; 14] = [
     metric("vip_close_rps",        "VIP, new connections/s",                "/s",     Some(AtLeast(0.7))),
@@ -782,7 +787,7 @@ fn main() -> Result<()> {
         let (kv, vv) = (med("kernel", key), med("vxmesh", key));
         let r = ratio(vv, kv);
         let target = if key == "bulk_vip_gbps" {
-            Some(AtLeast(bulk_direct_ratio))
+            Some(AtLeast(bulk_direct_ratio * BULK_NOISE))
         } else {
             target
         };
