@@ -23,7 +23,10 @@ use std::sync::Arc;
 /// cached costs one trip to the table, then is cached again).
 pub const CAPACITY: usize = 16_384;
 
-/// What a cached packet is rewritten to.
+/// What a cached packet is rewritten to. The paths' keys do not meet: a
+/// client's packet is keyed by the address it sent to (a VIP, the sandbox, or
+/// on a task's node the task itself, for a connection from another node's
+/// ingress), a reply by the backend's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hit {
     pub id: u32,
@@ -82,7 +85,7 @@ impl FlowCache {
     }
 
     pub fn fill(&mut self, key: Key, hit: Hit) {
-        if self.map.len() >= CAPACITY {
+        if self.map.len() >= CAPACITY && !self.map.contains_key(&key) {
             self.map.clear();
         }
         self.map.insert(key, hit);
@@ -90,13 +93,5 @@ impl FlowCache {
 
     pub fn clear(&mut self) {
         self.map.clear();
-    }
-
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
     }
 }

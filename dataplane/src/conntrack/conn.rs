@@ -31,16 +31,9 @@ pub(super) struct Conn {
 }
 
 impl Conn {
-    /// `reply` must answer `orig` (checked in debug builds; every caller builds
-    /// it so).
+    /// Only `reply`'s source (the backend's end) is kept: the rest of it is
+    /// `orig` reversed ([`super::Conntrack::insert`] builds it so).
     pub fn new(orig: Key, reply: Key, service: u32, backend: u32, state: State) -> Self {
-        debug_assert!(
-            reply.zone == orig.zone
-                && reply.proto == orig.proto
-                && reply.dst == orig.src
-                && reply.dport == orig.sport,
-            "{reply:?} does not answer {orig:?}"
-        );
         Self {
             zone: orig.zone,
             client: orig.src,

@@ -47,14 +47,19 @@ impl Index {
             .copied()
     }
 
-    /// Adds `r` under `k` (not there yet).
+    /// Adds `r` under `k` (not there yet). Every stored ref must lead to a
+    /// live entry (the table removes refs before it empties a slot), so that
+    /// growing the table can rehash it.
     pub fn insert(&mut self, k: &Key, r: Ref, key_of: impl Fn(Ref) -> Option<Key>) {
-        self.table
-            .insert_unique(hash(k), r, |r| key_of(*r).as_ref().map_or(0, hash));
+        debug_assert!(self.find(k, &key_of).is_none(), "{k:?} indexed twice");
+        self.table.insert_unique(hash(k), r, |r| {
+            let k = key_of(*r);
+            debug_assert!(k.is_some(), "a ref to an empty slot");
+            k.as_ref().map_or(0, hash)
+        });
     }
 
-    /// Removes `r` from under `k`, if it is there (a later connection may
-    /// have taken `k` over).
+    /// Removes `r` from under `k`, if it is there.
     pub fn remove(&mut self, k: &Key, r: Ref) {
         if let Ok(e) = self.table.find_entry(hash(k), |x| *x == r) {
             e.remove();

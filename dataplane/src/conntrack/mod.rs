@@ -244,6 +244,9 @@ impl Conntrack {
     }
 
     /// Records a new connection; evicts one first when the table is full.
+    /// `reply` is what the backend sends back: only its source (the backend's
+    /// address and port) is taken, the rest answers `orig` by construction, so
+    /// the keys indexed are always the ones the entry rebuilds.
     pub fn insert(
         &mut self,
         orig: Key,
@@ -253,6 +256,11 @@ impl Conntrack {
         tcp_flags: u8,
         now_ms: u64,
     ) -> u32 {
+        let reply = Key {
+            src: reply.src,
+            sport: reply.sport,
+            ..orig.reversed()
+        };
         // a 4-tuple belongs to one live connection: whatever held either key
         // before (a finished connection whose client reuses its port, now
         // through another node or VIP) is stale
@@ -410,8 +418,6 @@ impl Conntrack {
 
     fn remove(&mut self, id: u32) -> Option<Entry> {
         let c = *self.slab.get(id as usize)?.as_ref()?;
-        // a later connection may have taken a key over (same reply tuple through
-        // another VIP): only this entry's own refs go
         self.index.remove(&c.orig(), Ref::new(id, Dir::Orig));
         self.index.remove(&c.reply(), Ref::new(id, Dir::Reply));
         let e = self.entry(id, &c);

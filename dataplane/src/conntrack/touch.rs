@@ -52,9 +52,14 @@ impl Touch {
         self.seq[side & 1].load(Ordering::Relaxed)
     }
 
+    /// Stored only when it moved, so the side that only acknowledges (one
+    /// direction of a bulk transfer) does not keep pulling the line to its core.
     #[inline]
     pub fn set_next_seq(&self, side: usize, seq: u32) {
-        self.seq[side & 1].store(seq, Ordering::Relaxed);
+        let s = &self.seq[side & 1];
+        if s.load(Ordering::Relaxed) != seq {
+            s.store(seq, Ordering::Relaxed);
+        }
     }
 
     /// Starts the slot over for a new connection (its generation moves on, so

@@ -239,3 +239,30 @@ fn a_state_change_seen_by_another_worker_sends_the_next_packet_to_the_table() {
         State::TimeWait
     );
 }
+
+#[test]
+fn a_state_change_empties_the_cache_even_for_connections_that_stay() {
+    const B2: Mac = [2, 0, 0, 0, 0, 0xd];
+    let st = with_vip();
+    let (ct, mut client, _server) = two_workers(&st);
+    let mut b = buf(&to_vip(101, ACK, 100));
+    assert_eq!(
+        client.from_port(&st, PortId(1), &mut b, 1),
+        Action::Deliver(PortId(2))
+    );
+    // the backend's address, still serving, now answers at another MAC behind
+    // another node
+    let mut moved = st.clone();
+    let net = moved.networks.values_mut().next().unwrap();
+    net.neighbors.insert(IpAddr::from(BACKEND), B2);
+    net.macs.insert(B2, Location::Remote(ip("192.0.2.2")));
+    assert!(client.on_state(&moved).is_empty(), "the connection stays");
+    assert_eq!(ct.lock().unwrap().len(), 1);
+    let mut b = buf(&to_vip(201, ACK, 100));
+    let a = client.from_port(&moved, PortId(1), &mut b, 2);
+    assert!(
+        matches!(a, Action::Encap { vtep, .. } if vtep == ip("192.0.2.2")),
+        "{a:?}"
+    );
+    assert_eq!(&b.data()[0..6], &B2);
+}
