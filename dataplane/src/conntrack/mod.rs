@@ -17,6 +17,7 @@ pub mod touch;
 
 use conn::Conn;
 use index::{Index, Ref};
+use rustc_hash::FxHashMap;
 use std::hash::{Hash, Hasher};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -140,6 +141,8 @@ pub struct Conntrack {
     index: Index,
     slab: Vec<Option<Conn>>,
     touch: Arc<[Touch]>,
+    /// Connections per (zone, service, backend): [active, inactive].
+    load: FxHashMap<(u32, u32, u32), [u32; 2]>,
     free: Vec<u32>,
     max: usize,
     cursor: usize,
@@ -165,6 +168,7 @@ impl Conntrack {
             index: Index::default(),
             slab: Vec::new(),
             touch: touch::slots(max),
+            load: FxHashMap::default(),
             free: Vec::new(),
             max,
             cursor: 0,
@@ -279,6 +283,7 @@ impl Conntrack {
             _ => State::Unreplied,
         };
         let e = Conn::new(orig, reply, service, backend, state);
+        tally(&mut self.load, &e, state == State::Established, 1);
         let id = match self.free.pop() {
             Some(id) => {
                 self.slab[id as usize] = Some(e);
@@ -310,6 +315,14 @@ impl Conntrack {
         Self::step(e, &mut self.passive, last_ms, dir, tcp_flags, now_ms);
         if (e.state, e.fins()) != before {
             t.bump();
+            let (was, is) = (
+                before.0 == State::Established,
+                e.state == State::Established,
+            );
+            if was != is {
+                tally(&mut self.load, e, was, -1);
+                tally(&mut self.load, e, is, 1);
+            }
         }
     }
 
@@ -421,6 +434,7 @@ impl Conntrack {
         self.index.remove(&c.orig(), Ref::new(id, Dir::Orig));
         self.index.remove(&c.reply(), Ref::new(id, Dir::Reply));
         let e = self.entry(id, &c);
+        tally(&mut self.load, &c, c.state == State::Established, -1);
         self.slab[id as usize] = None;
         self.touch[id as usize].bump();
         self.free.push(id);
@@ -523,24 +537,26 @@ impl Conntrack {
             .len()
     }
 
-    /// Active (established) and inactive connections of one backend, as
-    /// `ipvsadm -Ln` shows them.
-    pub fn counts(&self, service: u32, backend: u32) -> (u32, u32) {
-        let mut active = 0;
-        let mut inactive = 0;
-        for e in self
-            .slab
-            .iter()
-            .flatten()
-            .filter(|e| e.service == service && e.backend == backend)
-        {
-            if e.state == State::Established {
-                active += 1;
-            } else {
-                inactive += 1;
-            }
-        }
-        (active, inactive)
+    /// Active (established) and inactive connections of one backend of
+    /// service `service` in `zone`, as `ipvsadm -Ln` shows them: kept as the
+    /// table changes, since `lc` asks for every backend on every new connection.
+    pub fn counts(&self, zone: u32, service: u32, backend: u32) -> (u32, u32) {
+        self.load
+            .get(&(zone, service, backend))
+            .map_or((0, 0), |[a, i]| (*a, *i))
+    }
+}
+
+/// Moves connection `c`'s count (active if `established`) by `delta`; a
+/// backend with no connections left is forgotten, so the map stays as small as
+/// the set of busy backends.
+fn tally(load: &mut FxHashMap<(u32, u32, u32), [u32; 2]>, c: &Conn, established: bool, delta: i32) {
+    let key = (c.zone(), c.service, c.backend);
+    let n = load.entry(key).or_default();
+    let slot = &mut n[usize::from(!established)];
+    *slot = slot.saturating_add_signed(delta);
+    if *n == [0, 0] {
+        load.remove(&key);
     }
 }
 

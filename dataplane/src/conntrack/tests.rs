@@ -45,7 +45,7 @@ fn found_from_both_directions_and_follows_tcp() {
     assert_eq!(ct.get(id).unwrap().state, State::FinWait);
     ct.update(id, Dir::Reply, TCP_FIN | TCP_ACK, 4);
     assert_eq!(ct.get(id).unwrap().state, State::TimeWait);
-    assert_eq!(ct.counts(1, 0), (0, 1));
+    assert_eq!(ct.counts(7, 1, 0), (0, 1));
 }
 
 #[test]
@@ -185,6 +185,13 @@ proptest::proptest! {
                 proptest::prop_assert!(ct.lookup(&e.orig).is_some() && ct.lookup(&e.reply).is_some());
             }
             proptest::prop_assert_eq!(ct.index.len(), 2 * ct.len());
+            // the per-backend counts agree with a walk of the table
+            for b in 0..3 {
+                let walk = ct.iter().filter(|e| e.backend == b).fold((0, 0), |(a, i), e| {
+                    if e.state == State::Established { (a + 1, i) } else { (a, i + 1) }
+                });
+                proptest::prop_assert_eq!(ct.counts(7, 1, b), walk);
+            }
         }
     }
 }

@@ -261,7 +261,11 @@ impl Switch {
                 .map(|(i, b)| scheduler::Backend {
                     weight: b.weight,
                     // only lc looks at the load; counting walks the table
-                    active: if lc { ct.counts(mark, i as u32).0 } else { 0 },
+                    active: if lc {
+                        ct.counts(net.vni, mark, i as u32).0
+                    } else {
+                        0
+                    },
                     healthy: b.healthy
                         && (b.local || !host_only)
                         && !ct.passive.is_out((net.vni, mark, b.ip), now_ms),
