@@ -145,6 +145,8 @@ pub struct Counters {
     pub dns_answers: u64,
     /// TCP resets sent to the ends of tracked connections that went away.
     pub resets_sent: u64,
+    /// Copies of frames a trace could not take (its queue was full).
+    pub trace_lost: u64,
     /// WireGuard datagrams sent and received (data and handshakes).
     pub tunnel_tx: u64,
     pub tunnel_rx: u64,
@@ -172,6 +174,7 @@ impl Counters {
         self.learned += o.learned;
         self.dns_answers += o.dns_answers;
         self.resets_sent += o.resets_sent;
+        self.trace_lost += o.trace_lost;
         self.tunnel_tx += o.tunnel_tx;
         self.tunnel_rx += o.tunnel_rx;
         for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {

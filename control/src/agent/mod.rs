@@ -8,6 +8,7 @@ pub mod iproute;
 pub mod keys;
 pub mod metrics;
 pub mod switch_state;
+pub mod trace;
 
 use crate::state::{ipam, ops, ClusterState, Endpoint, EndpointSpec, Node, StateError};
 use crate::store::{self, Snapshot, Store, UpdateError};

@@ -37,6 +37,17 @@ impl Client {
         path: &str,
         body: Option<Value>,
     ) -> anyhow::Result<Value> {
+        let body = self.call_bytes(method, path, body).await?;
+        serde_json::from_slice(&body).context("the agent sent a response that is not JSON")
+    }
+
+    /// Like [`Self::call`], for a response that is not JSON (a pcap file).
+    pub async fn call_bytes(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Bytes> {
         let stream = tokio::net::UnixStream::connect(&self.socket).await.with_context(|| {
             format!(
                 "cannot reach the vxmesh agent at unix:{}: is `vxmesh agent` running? (point -H or VXMESH_HOST at its --api socket)",
@@ -65,6 +76,6 @@ impl Client {
                 .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
             return Err(anyhow!("{msg}"));
         }
-        serde_json::from_slice(&body).context("the agent sent a response that is not JSON")
+        Ok(body)
     }
 }

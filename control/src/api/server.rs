@@ -87,6 +87,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/policies/{id}", axum::routing::delete(remove_policy))
         .route("/v1/lb", get(lb_table))
         .route("/v1/conntrack", get(conntrack_table))
+        .route("/v1/trace", axum::routing::post(trace))
         .with_state(agent)
 }
 
@@ -303,6 +304,34 @@ async fn lb_table(State(a): Ag) -> Res {
 
 async fn conntrack_table(State(a): Ag) -> Res {
     Ok(Json(a.conntrack_table()))
+}
+
+#[derive(serde::Deserialize)]
+struct TraceRequest {
+    network: String,
+    #[serde(default)]
+    filter: String,
+    seconds: f64,
+    count: usize,
+}
+
+/// A pcap file of what the switch saw on a network (`vxmesh trace`).
+async fn trace(State(a): Ag, Json(r): Json<TraceRequest>) -> Result<Response, ApiError> {
+    let (file, n) = a.trace(&r.network, &r.filter, r.seconds, r.count).await?;
+    Ok((
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/vnd.tcpdump.pcap".to_string(),
+            ),
+            (
+                axum::http::HeaderName::from_static("x-vxmesh-frames"),
+                n.to_string(),
+            ),
+        ],
+        file,
+    )
+        .into_response())
 }
 
 async fn stats(State(a): Ag) -> Res {

@@ -61,6 +61,23 @@ enum Command {
     Conntrack(ListCmd),
     /// This agent's dataplane counters (frames, drops by reason)
     Stats,
+    /// Write the frames this node's switch sees on a network to a pcap file
+    Trace {
+        #[arg(long)]
+        network: String,
+        /// arp, icmp, icmp6, tcp, udp, "host IP" or "port N" (default: every frame)
+        #[arg(long, default_value = "")]
+        filter: String,
+        /// Seconds to trace for
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Stop after this many frames
+        #[arg(long, default_value_t = 10_000)]
+        count: usize,
+        /// The pcap file to write (tcpdump -r, Wireshark)
+        #[arg(short = 'w', long = "write")]
+        file: std::path::PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -441,6 +458,28 @@ async fn run_client(c: &Client, f: Format, cmd: Command) -> anyhow::Result<()> {
             }
         },
         Command::Stats => output::stats(f, &c.call(Method::GET, "/v1/stats", None).await?),
+        Command::Trace {
+            network,
+            filter,
+            duration,
+            count,
+            file,
+        } => {
+            let req = serde_json::json!({
+                "network": network, "filter": filter, "seconds": duration, "count": count,
+            });
+            let pcap = c.call_bytes(Method::POST, "/v1/trace", Some(req)).await?;
+            std::fs::write(&file, &pcap)
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", file.display()))?;
+            let mut frames = 0;
+            if let Ok(mut r) = pcap_file::pcap::PcapReader::new(&pcap[..]) {
+                while let Some(Ok(_)) = r.next_packet() {
+                    frames += 1;
+                }
+            }
+            eprintln!("{frames} frames written to {}", file.display());
+            Ok(())
+        }
         Command::Service(s) => match s {
             ServiceCmd::Create {
                 name,

@@ -130,6 +130,14 @@ impl Dataplane {
         self.workers[0].set_tunnels(cfg);
     }
 
+    /// Starts a trace on every worker (each gets its own end of the queue), or
+    /// stops it with `None`.
+    pub fn trace(&self, tap: Option<crate::switch::tap::Tap>) {
+        for w in &self.workers {
+            w.trace(tap.clone());
+        }
+    }
+
     /// Each worker's counters, in worker order.
     pub fn worker_counters(&self) -> Vec<Counters> {
         self.workers.iter().map(|w| w.counters()).collect()

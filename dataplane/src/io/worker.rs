@@ -53,6 +53,7 @@ enum Command {
     RemovePort(PortId),
     StateChanged,
     Tunnels(Box<TunnelConfig>),
+    Trace(Option<crate::switch::tap::Tap>),
     Stop,
 }
 
@@ -160,6 +161,11 @@ impl WorkerHandle {
     /// Replaces the tunnels' peers and keys (the keys stay inside the worker).
     pub fn set_tunnels(&self, cfg: TunnelConfig) {
         self.send(Command::Tunnels(Box::new(cfg)));
+    }
+
+    /// Starts (`Some`) or stops a trace on this worker.
+    pub fn trace(&self, tap: Option<crate::switch::tap::Tap>) {
+        self.send(Command::Trace(tap));
     }
 
     /// Tells the worker the shared state was replaced (it prunes what it learned).
@@ -473,6 +479,7 @@ impl Worker {
                     tunnels.configure(*cfg, &mut |d, to| send_wg(wg, c, d, to));
                     tracing::debug!(slots = tunnels.slots(), "tunnels configured");
                 }
+                Command::Trace(t) => self.switch.tap = t,
                 Command::Stop => return false,
             }
         }

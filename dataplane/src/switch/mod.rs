@@ -8,6 +8,7 @@
 mod fdb;
 mod reset;
 mod state;
+pub mod tap;
 
 pub use fdb::{LearnedFdb, AGEING_MS};
 pub use state::{
@@ -83,6 +84,8 @@ pub struct Switch {
     view: Vec<scheduler::Backend>,
     /// Established connections this worker translates without the lock.
     flows: FlowCache,
+    /// A running `vxmesh trace`, if any.
+    pub tap: Option<tap::Tap>,
 }
 
 /// Rotates multi-address DNS answers (`tasks.NAME`): one counter for the whole
@@ -173,6 +176,7 @@ impl Switch {
             .touches();
         Self {
             flows: FlowCache::new(touches),
+            tap: None,
             learned: LearnedFdb::new(max_learned),
             counters: Counters::default(),
             conntrack,
@@ -762,6 +766,16 @@ impl Switch {
         });
     }
 
+    /// Hands a copy of a frame on network `vni` to a running trace.
+    #[inline]
+    fn trace(&mut self, vni: u32, buf: &PacketBuf) {
+        if let Some(t) = &self.tap {
+            if !t.offer(vni, buf.data()) {
+                self.counters.trace_lost += 1;
+            }
+        }
+    }
+
     fn drop<'s>(&mut self, r: DropReason) -> Action<'s> {
         self.counters.drop(r);
         Action::Drop(r)
@@ -777,11 +791,13 @@ impl Switch {
     ) -> Action<'s> {
         self.counters.port_rx += 1;
         if let Some(ing) = st.ingress.as_ref().filter(|i| i.port == port) {
+            self.trace(ing.vni, buf);
             return self.sandbox_in(st, ing, buf, now_ms);
         }
         let Some(pv) = st.ports.get(&port) else {
             return self.drop(DropReason::UnknownPort);
         };
+        self.trace(pv.vni, buf);
         let Some(net) = st.networks.get(&pv.vni) else {
             return self.drop(DropReason::UnknownVni);
         };
@@ -976,6 +992,7 @@ impl Switch {
             return self.drop(DropReason::NotMember);
         }
         buf.pull_front(vxlan::VXLAN_HEADER_LEN);
+        self.trace(vni, buf);
         let frame = buf.data();
         if frame.len() < ETH_HDR {
             return self.drop(DropReason::Malformed);
