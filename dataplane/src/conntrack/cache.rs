@@ -45,6 +45,23 @@ pub struct Hit {
     pub via: Option<Mac>,
 }
 
+impl Hit {
+    /// Connection `id`'s packets in `dir` translated to (`ip`, `port`); the
+    /// path that needs them fills in the MAC, location or way back.
+    pub fn new(id: u32, dir: Dir, ip: Ipv4Addr, port: u16) -> Self {
+        Hit {
+            id,
+            gen: 0,
+            dir,
+            ip,
+            port,
+            mac: [0; 6],
+            at: None,
+            via: None,
+        }
+    }
+}
+
 pub struct FlowCache {
     map: FxHashMap<Key, Hit>,
     touch: Arc<[Touch]>,
@@ -84,7 +101,16 @@ impl FlowCache {
         Some(h)
     }
 
-    pub fn fill(&mut self, key: Key, hit: Hit) {
+    /// Keeps `hit` for `key` if the table gave the generation to keep it
+    /// under ([`super::Conntrack::cacheable`]), and returns it.
+    pub fn keep(&mut self, key: Key, gen: Option<u32>, hit: Hit) -> Hit {
+        if let Some(gen) = gen {
+            self.fill(key, Hit { gen, ..hit });
+        }
+        hit
+    }
+
+    fn fill(&mut self, key: Key, hit: Hit) {
         if self.map.len() >= CAPACITY && !self.map.contains_key(&key) {
             self.map.clear();
         }

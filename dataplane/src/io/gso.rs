@@ -89,6 +89,24 @@ pub fn enable_gro(s: &UdpSocket) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_gro_run_is_cut_into_its_datagrams() {
+        let meta = |len, size| RecvMeta {
+            len,
+            from: "127.0.0.1:1".parse().unwrap(),
+            size,
+        };
+        let cut = |m: RecvMeta| m.datagrams().collect::<Vec<_>>();
+        assert_eq!(
+            cut(meta(3200, 1000)),
+            vec![0..1000, 1000..2000, 2000..3000, 3000..3200]
+        );
+        assert_eq!(cut(meta(1000, 1000)), vec![0..1000]);
+        assert_eq!(cut(meta(0, 1000)), vec![]);
+        // a size of 0 (recv_many never reports one) still cannot loop forever
+        assert_eq!(cut(meta(3, 0)).len(), 3);
+    }
+
     use super::*;
     use std::time::Duration;
 
@@ -143,6 +161,17 @@ pub struct RecvMeta {
     pub from: SocketAddr,
     /// The datagram size of a GRO run (the whole message otherwise).
     pub size: usize,
+}
+
+impl RecvMeta {
+    /// The datagrams this message holds, as ranges of its buffer: a GRO run
+    /// cut at `size` (its last datagram may be shorter).
+    pub fn datagrams(&self) -> impl Iterator<Item = std::ops::Range<usize>> {
+        let (n, size) = (self.len, self.size.max(1));
+        (0..n)
+            .step_by(size)
+            .map(move |off| off..(off + size).min(n))
+    }
 }
 
 /// Most messages one [`recv_many`] call takes.

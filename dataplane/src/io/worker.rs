@@ -528,17 +528,12 @@ impl Worker {
             // one clock read per batch, not per datagram
             let now = self.now_ms();
             for m in 0..got {
-                let gso::RecvMeta {
-                    len: n,
-                    from: src,
-                    size,
-                } = self.rx_meta[m];
-                let mut off = 0;
-                while off < n {
-                    let end = (off + size).min(n);
-                    buf.load_datagram(&self.rx_bufs[m][off..end]);
-                    off = end;
-                    let a = self.switch.from_underlay(&st, src.ip(), buf, now, false);
+                let meta = self.rx_meta[m];
+                for d in meta.datagrams() {
+                    buf.load_datagram(&self.rx_bufs[m][d]);
+                    let a = self
+                        .switch
+                        .from_underlay(&st, meta.from.ip(), buf, now, false);
                     self.execute_received(a, buf);
                 }
             }
@@ -608,20 +603,12 @@ impl Worker {
             };
             let now = self.now_ms();
             for m in 0..got {
-                let gso::RecvMeta {
-                    len: n,
-                    from: src,
-                    size,
-                } = self.rx_meta[m];
-                let mut off = 0;
-                while off < n {
-                    let end = (off + size).min(n);
-                    let d = off..end;
-                    off = end;
+                let meta = self.rx_meta[m];
+                for d in meta.datagrams() {
                     self.switch.counters.tunnel_rx += 1;
                     let (wg, tunnels, c) = (&self.wg, &mut self.tunnels, &mut self.switch.counters);
                     let r = tunnels.receive(
-                        src,
+                        meta.from,
                         &self.rx_bufs[m][d],
                         buf.tunnel_slot(),
                         &mut |d, to| send_wg(wg, c, d, to),

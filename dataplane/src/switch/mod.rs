@@ -360,19 +360,11 @@ impl Switch {
             .get(&IpAddr::V4(e.reply.src))
             .ok_or(DropReason::NoBackend)?;
         let hit = Hit {
-            id,
-            gen: gen.unwrap_or_default(),
-            dir: Dir::Orig,
-            ip: e.reply.src,
-            port: e.reply.sport,
             mac,
             at: net.macs.get(&mac).copied(),
-            via: None,
+            ..Hit::new(id, Dir::Orig, e.reply.src, e.reply.sport)
         };
-        if gen.is_some() {
-            self.flows.fill(key, hit);
-        }
-        Ok(hit)
+        Ok(self.flows.keep(key, gen, hit))
     }
 
     /// DNATs a new or tracked connection to a VIP to its backend (the client's
@@ -457,19 +449,10 @@ impl Switch {
         let gen = ct.cacheable(id, Dir::Reply);
         drop(ct);
         let hit = Hit {
-            id,
-            gen: gen.unwrap_or_default(),
-            dir: Dir::Reply,
-            ip: e.orig.dst,
-            port: e.orig.dport,
-            mac: [0; 6],
-            at: None,
             via: e.via,
+            ..Hit::new(id, Dir::Reply, e.orig.dst, e.orig.dport)
         };
-        if gen.is_some() {
-            self.flows.fill(key, hit);
-        }
-        Some(hit)
+        Some(self.flows.keep(key, gen, hit))
     }
 
     /// An ICMP error a backend sent about a balanced connection (e.g. port
@@ -732,20 +715,13 @@ impl Switch {
         if key.proto == 6 {
             ct.note_seq(id, Dir::Orig, seg.seq_end);
         }
-        if let Some(gen) = ct.cacheable(id, Dir::Orig) {
-            drop(ct);
-            let hit = Hit {
-                id,
-                gen,
-                dir: Dir::Orig,
-                ip: key.dst,
-                port: key.dport,
-                mac: [0; 6],
-                at: None,
-                via: Some(smac),
-            };
-            self.flows.fill(key, hit);
-        }
+        let gen = ct.cacheable(id, Dir::Orig);
+        drop(ct);
+        let hit = Hit {
+            via: Some(smac),
+            ..Hit::new(id, Dir::Orig, key.dst, key.dport)
+        };
+        self.flows.keep(key, gen, hit);
     }
 
     /// The shared connection table (for `conntrack ls`, `lb ls` and expiry).

@@ -452,6 +452,38 @@ fn oversized_packets_get_icmp_from_the_gateway() {
     ));
 }
 
+pub(super) const SYN: u8 = 0x02;
+pub(super) const ACK: u8 = 0x10;
+pub(super) const FIN: u8 = 0x01;
+
+/// The switch tests' one TCP frame builder: `flags` of [`SYN`], [`FIN`],
+/// [`ACK`] (acknowledging 1), window 1000.
+pub(super) fn tcp_segment(
+    (src, dst): (Mac, Mac),
+    from: ([u8; 4], u16),
+    to: ([u8; 4], u16),
+    seq: u32,
+    flags: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut b = PacketBuilder::ethernet2(src, dst)
+        .ipv4(from.0, to.0, 64)
+        .tcp(from.1, to.1, seq, 1000);
+    if flags & SYN != 0 {
+        b = b.syn();
+    }
+    if flags & FIN != 0 {
+        b = b.fin();
+    }
+    if flags & ACK != 0 {
+        b = b.ack(1);
+    }
+    let mut out = Vec::new();
+    b.write(&mut out, payload).unwrap();
+    out
+}
+
+/// A bare SYN, or an ACK carrying one byte.
 fn tcp(
     src: Mac,
     dst: Mac,
@@ -461,13 +493,8 @@ fn tcp(
     dport: u16,
     syn: bool,
 ) -> Vec<u8> {
-    let mut out = Vec::new();
-    let b = PacketBuilder::ethernet2(src, dst)
-        .ipv4(sip, dip, 64)
-        .tcp(sport, dport, 1, 1000);
-    let b = if syn { b.syn() } else { b.ack(1) };
-    b.write(&mut out, b"x").unwrap();
-    out
+    let flags = if syn { SYN } else { ACK };
+    tcp_segment((src, dst), (sip, sport), (dip, dport), 1, flags, b"x")
 }
 
 pub(super) fn with_vip() -> SwitchState {

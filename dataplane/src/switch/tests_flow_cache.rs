@@ -2,19 +2,15 @@
 //! without the table's lock, what they leave to it, and what the table still
 //! learns from cached packets.
 
-use super::tests::{buf, ip, with_vip, A, B, GW};
+use super::tests::{buf, ip, tcp_segment, with_vip, A, ACK, B, FIN, GW, SYN};
 use super::*;
 use crate::conntrack::State;
-use etherparse::PacketBuilder;
 use std::sync::mpsc;
 use std::time::Duration;
 
 const CLIENT: [u8; 4] = [10, 0, 0, 10];
 const VIP: [u8; 4] = [10, 0, 0, 100];
 const BACKEND: [u8; 4] = [10, 0, 0, 11];
-const SYN: u8 = 0x02;
-const ACK: u8 = 0x10;
-const FIN: u8 = 0x01;
 
 /// A TCP segment with `len` bytes of payload.
 fn seg(
@@ -26,21 +22,7 @@ fn seg(
     flags: u8,
     len: usize,
 ) -> Vec<u8> {
-    let mut b = PacketBuilder::ethernet2(src, dst)
-        .ipv4(from.0, to.0, 64)
-        .tcp(from.1, to.1, seq, 1000);
-    if flags & SYN != 0 {
-        b = b.syn();
-    }
-    if flags & FIN != 0 {
-        b = b.fin();
-    }
-    if flags & ACK != 0 {
-        b = b.ack(1);
-    }
-    let mut out = Vec::new();
-    b.write(&mut out, &vec![0x5a; len]).unwrap();
-    out
+    tcp_segment((src, dst), from, to, seq, flags, &vec![0x5a; len])
 }
 
 fn to_vip(seq: u32, flags: u8, len: usize) -> Vec<u8> {

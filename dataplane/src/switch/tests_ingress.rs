@@ -1,6 +1,7 @@
 //! The routing mesh's ingress path through the core: sandbox in, task out, and
 //! the replies back through the node the client came in by.
 
+use super::tests::{tcp_segment, ACK, SYN};
 use super::*;
 use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
 use std::net::Ipv4Addr;
@@ -111,13 +112,8 @@ fn tcp(
     dport: u16,
     syn: bool,
 ) -> Vec<u8> {
-    let mut out = Vec::new();
-    let b = PacketBuilder::ethernet2(src, dst)
-        .ipv4(sip, dip, 64)
-        .tcp(sport, dport, 100, 1000);
-    let b = if syn { b.syn() } else { b.ack(1) };
-    b.write(&mut out, b"hello").unwrap();
-    out
+    let flags = if syn { SYN } else { ACK };
+    tcp_segment((src, dst), (sip, sport), (dip, dport), 100, flags, b"hello")
 }
 
 fn udp(src: Mac, dst: Mac, sip: [u8; 4], dip: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
@@ -421,23 +417,19 @@ fn policy_verdict_takes_the_longest_prefix() {
 /// A TCP segment: a bare SYN (`syn`), or an ACK carrying `payload`; with
 /// `syn` and a non-empty payload, a SYN-ACK.
 fn seg(
-    (src, dst): (Mac, Mac),
+    macs: (Mac, Mac),
     (sip, dip): ([u8; 4], [u8; 4]),
     (sport, dport): (u16, u16),
     seq: u32,
     syn: bool,
     payload: &[u8],
 ) -> Vec<u8> {
-    let mut out = Vec::new();
-    let b = PacketBuilder::ethernet2(src, dst)
-        .ipv4(sip, dip, 64)
-        .tcp(sport, dport, seq, 1000);
-    match (syn, payload.is_empty()) {
-        (true, true) => b.syn().write(&mut out, &[]).unwrap(),
-        (true, false) => b.syn().ack(1).write(&mut out, &[]).unwrap(),
-        (false, _) => b.ack(1).write(&mut out, payload).unwrap(),
-    }
-    out
+    let (flags, payload) = match (syn, payload.is_empty()) {
+        (true, true) => (SYN, payload),
+        (true, false) => (SYN | ACK, &[][..]),
+        (false, _) => (ACK, payload),
+    };
+    tcp_segment(macs, (sip, sport), (dip, dport), seq, flags, payload)
 }
 
 #[test]
