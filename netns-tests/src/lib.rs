@@ -14,7 +14,7 @@ mod wireguard_go;
 
 pub use kernel_vxlan::{attach_to_bridge, kernel_vxlan_setup, KernelVxlanNode};
 pub use netns::{exec, exec_ok, exec_timeout, in_netns, kill_all_in, pids_in};
-pub use topology::{vxmesh_bin, Node, Topology};
+pub use topology::{vxmesh_bin, Node, StoreKind, Topology};
 pub use traffic::{
     answer_server, ping, send_raw_frames, tcp_echo_server, tcp_roundtrip, udp_echo_server,
     udp_roundtrip, udp_send_raw, AnswerServer, EchoServer,

@@ -42,6 +42,26 @@ struct Agent {
     child: Child,
 }
 
+/// Which store a topology's agents share.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreKind {
+    /// One SQLite file in the test directory (the embedded default).
+    Sqlite,
+    /// A single-member etcd (Debian's `etcd-server`) on a host of its own on the
+    /// underlay, so a test can stop and restart it like a real outage.
+    Etcd,
+}
+
+/// The etcd a topology started: its host on the underlay and, while it runs,
+/// its process.
+struct Etcd {
+    host: Node,
+    child: Option<Child>,
+}
+
+const ETCD_PORT: u16 = 2379;
+const ETCD_READY_TIMEOUT: Duration = Duration::from_secs(20);
+
 pub struct Topology {
     prefix: String,
     dir: PathBuf,
@@ -54,10 +74,27 @@ pub struct Topology {
     /// Every node that ever ran an agent, so a panicking test dumps logs of
     /// agents that were already stopped too.
     logged_nodes: Vec<String>,
+    etcd: Option<Etcd>,
 }
 
 impl Topology {
     pub fn new(test_name: &str) -> Result<Topology> {
+        Self::with_store(test_name, StoreKind::Sqlite)
+    }
+
+    /// A topology whose agents share `store`; for etcd, the etcd host is made and
+    /// etcd started (and ready) before this returns.
+    pub fn with_store(test_name: &str, store: StoreKind) -> Result<Topology> {
+        let mut topo = Self::bare(test_name)?;
+        if store == StoreKind::Etcd {
+            let host = topo.attach_to_underlay("etcd")?;
+            topo.etcd = Some(Etcd { host, child: None });
+            topo.start_etcd()?;
+        }
+        Ok(topo)
+    }
+
+    fn bare(test_name: &str) -> Result<Topology> {
         let prefix = unique_prefix(test_name);
         let dir = PathBuf::from(format!("/tmp/vxmesh-test-{prefix}"));
         fs::create_dir_all(&dir).with_context(|| format!("failed to create {}", dir.display()))?;
@@ -70,6 +107,7 @@ impl Topology {
             next_host: 1,
             agents: BTreeMap::new(),
             logged_nodes: Vec::new(),
+            etcd: None,
         };
         let ul = topo.underlay_ns.clone();
         topo.create_ns(&ul)?;
@@ -77,6 +115,104 @@ impl Topology {
         ip(&["-n", &ul, "link", "add", "br0", "type", "bridge"])?;
         ip(&["-n", &ul, "link", "set", "br0", "up"])?;
         Ok(topo)
+    }
+
+    /// What the agents are given as `--store`.
+    pub fn store_url(&self) -> String {
+        match &self.etcd {
+            Some(e) => format!("etcd://{}:{ETCD_PORT}", e.host.addr),
+            None => format!("sqlite:{}", self.dir.join("store.db").display()),
+        }
+    }
+
+    pub fn store_kind(&self) -> StoreKind {
+        if self.etcd.is_some() {
+            StoreKind::Etcd
+        } else {
+            StoreKind::Sqlite
+        }
+    }
+
+    /// Starts (or restarts, on the same data) the topology's etcd and waits until
+    /// it answers its health endpoint.
+    pub fn start_etcd(&mut self) -> Result<()> {
+        let dir = self.dir.join("etcd");
+        let log_path = self.dir.join("etcd.log");
+        let etcd = self
+            .etcd
+            .as_mut()
+            .context("this topology has no etcd (use Topology::with_store)")?;
+        ensure!(etcd.child.is_none(), "etcd is already running");
+        let client = format!("http://{}:{ETCD_PORT}", etcd.host.addr);
+        // The peer port only ever talks to itself: keep it on the host's loopback.
+        let peer = "http://127.0.0.1:2380";
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("failed to open {}", log_path.display()))?;
+        let log_err = log.try_clone()?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &etcd.host.ns, "etcd"])
+            .args(["--name", "vxmesh-test", "--data-dir"])
+            .arg(&dir)
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", peer])
+            .args(["--initial-advertise-peer-urls", peer])
+            .args(["--initial-cluster", &format!("vxmesh-test={peer}")])
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err);
+        let desc = command::describe(&cmd);
+        let child = cmd.spawn().with_context(|| {
+            format!("failed to spawn `{desc}` (is Debian's etcd-server installed?)")
+        })?;
+        etcd.child = Some(child);
+        let addr = std::net::SocketAddr::new(etcd.host.addr.into(), ETCD_PORT);
+        let ns = etcd.host.ns.clone();
+        let deadline = Instant::now() + ETCD_READY_TIMEOUT;
+        loop {
+            let healthy = netns::in_netns(&ns, move || etcd_healthy(addr)).unwrap_or(false);
+            if healthy {
+                return Ok(());
+            }
+            if let Some(Some(status)) = self
+                .etcd
+                .as_mut()
+                .and_then(|e| e.child.as_mut())
+                .map(|c| c.try_wait().ok().flatten())
+            {
+                self.etcd.as_mut().map(|e| e.child.take());
+                let log = fs::read_to_string(&log_path).unwrap_or_default();
+                bail!(
+                    "etcd exited ({status}) before answering\ncommand: {desc}\n{}",
+                    tail(&log, START_FAILURE_LOG_LINES, "etcd.log")
+                );
+            }
+            if Instant::now() >= deadline {
+                let _ = self.stop_etcd();
+                let log = fs::read_to_string(&log_path).unwrap_or_default();
+                bail!(
+                    "etcd not healthy after {ETCD_READY_TIMEOUT:?}\ncommand: {desc}\n{}",
+                    tail(&log, START_FAILURE_LOG_LINES, "etcd.log")
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops the topology's etcd (SIGTERM, then SIGKILL); its data stays for
+    /// [`Topology::start_etcd`].
+    pub fn stop_etcd(&mut self) -> Result<()> {
+        let etcd = self
+            .etcd
+            .as_mut()
+            .context("this topology has no etcd (use Topology::with_store)")?;
+        match etcd.child.take() {
+            Some(mut c) => terminate(std::slice::from_mut(&mut c)),
+            None => Ok(()),
+        }
     }
 
     pub fn prefix(&self) -> &str {
@@ -143,7 +279,7 @@ impl Topology {
             .with_context(|| format!("failed to open {}", log_path.display()))?;
         let log_err = log.try_clone().context("failed to clone log file handle")?;
 
-        let store = format!("sqlite:{}", self.dir.join("store.db").display());
+        let store = self.store_url();
         let api = self.socket(node);
         let addr = node.addr.to_string();
         let data_dir = data_dir.display().to_string();
@@ -331,6 +467,11 @@ impl Drop for Topology {
         if let Err(e) = terminate(&mut children) {
             eprintln!("vxmesh-netns-tests: stopping agents: {e:#}");
         }
+        if self.etcd.is_some() {
+            if let Err(e) = self.stop_etcd() {
+                eprintln!("vxmesh-netns-tests: stopping etcd: {e:#}");
+            }
+        }
         for ns in self.namespaces.iter().rev() {
             if let Err(e) = netns::delete(ns) {
                 eprintln!("vxmesh-netns-tests: {e:#}");
@@ -432,6 +573,22 @@ fn unique_prefix(test_name: &str) -> String {
             return prefix;
         }
     }
+}
+
+/// etcd's `/health` says `"health":"true"` once it has a leader and serves.
+fn etcd_healthy(addr: std::net::SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut c) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
+        return false;
+    };
+    let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+    let req = format!("GET /health HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    if c.write_all(req.as_bytes()).is_err() {
+        return false;
+    }
+    let mut body = String::new();
+    let _ = c.read_to_string(&mut body);
+    body.contains("\"health\":\"true\"")
 }
 
 fn tail(text: &str, lines: usize, label: &str) -> String {

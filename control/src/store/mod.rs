@@ -1,12 +1,22 @@
 //! Where the desired state lives. One trait, so the rest of the control plane does
-//! not care whether it is SQLite (embedded; agents on one machine share a file) or,
-//! later, etcd. A store only has to load the state, apply a change atomically
-//! (all of it or none, serialised against every other writer, on any node), and
-//! say when the state changed.
+//! not care whether it is SQLite (embedded; agents on one machine share a file) or
+//! etcd (clusters that span machines). A store only has to load the state, apply a
+//! change atomically (all of it or none, serialised against every other writer, on
+//! any node), and say when the state changed.
+//!
+//! Both stores keep one object per (kind, name), as JSON, and a revision counter
+//! that moves by one on every commit that changed something; [`objects`] and
+//! [`changes`] are the one codec between [`ClusterState`] and those objects.
 
+pub mod etcd;
 pub mod sqlite;
+#[cfg(test)]
+mod tests;
 
 use crate::state::{ClusterState, StateError};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::collections::BTreeMap;
 use std::time::Duration;
 use thiserror::Error;
 
@@ -16,8 +26,10 @@ pub enum StoreError {
     Unreachable { store: String, reason: String },
     #[error("store {store} holds data this version cannot read: {reason}")]
     Corrupt { store: String, reason: String },
-    #[error("unsupported --store {0:?}: use sqlite:PATH (etcd:// comes with the cluster store)")]
+    #[error("unsupported --store {0:?}: use sqlite:PATH or etcd://HOST:PORT[,HOST:PORT]")]
     BadUrl(String),
+    #[error("store {store} refused the change: {reason}")]
+    Refused { store: String, reason: String },
 }
 
 #[derive(Debug, Error)]
@@ -79,6 +91,79 @@ pub fn transact<T>(
     })
 }
 
+/// One stored object's change, as a commit writes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Put {
+        kind: &'static str,
+        key: String,
+        json: String,
+    },
+    Delete {
+        kind: &'static str,
+        key: String,
+    },
+}
+
+/// What turns `old` into `new`, object by object (nothing for what did not change).
+pub fn changes(old: &ClusterState, new: &ClusterState) -> Result<Vec<Change>, String> {
+    let mut out = Vec::new();
+    diff_kind(&mut out, "network", &old.networks, &new.networks)?;
+    diff_kind(&mut out, "node", &old.nodes, &new.nodes)?;
+    diff_kind(&mut out, "endpoint", &old.endpoints, &new.endpoints)?;
+    diff_kind(&mut out, "service", &old.services, &new.services)?;
+    diff_kind(&mut out, "policy", &old.policies, &new.policies)?;
+    Ok(out)
+}
+
+fn diff_kind<T: Serialize + PartialEq>(
+    out: &mut Vec<Change>,
+    kind: &'static str,
+    old: &BTreeMap<String, T>,
+    new: &BTreeMap<String, T>,
+) -> Result<(), String> {
+    for (k, v) in new {
+        if old.get(k) != Some(v) {
+            let json = serde_json::to_string(v).map_err(|e| format!("{kind} {k}: {e}"))?;
+            out.push(Change::Put {
+                kind,
+                key: k.clone(),
+                json,
+            });
+        }
+    }
+    for k in old.keys().filter(|k| !new.contains_key(*k)) {
+        out.push(Change::Delete {
+            kind,
+            key: k.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// Puts one stored object into `st`. Kinds from a newer version are ignored (and
+/// kept in the store); an object that does not parse is an error naming it.
+pub fn objects(st: &mut ClusterState, kind: &str, key: String, value: &str) -> Result<(), String> {
+    fn put<T: DeserializeOwned>(
+        map: &mut BTreeMap<String, T>,
+        kind: &str,
+        key: String,
+        value: &str,
+    ) -> Result<(), String> {
+        let v = serde_json::from_str(value).map_err(|e| format!("{kind} {key}: {e}"))?;
+        map.insert(key, v);
+        Ok(())
+    }
+    match kind {
+        "network" => put(&mut st.networks, kind, key, value),
+        "node" => put(&mut st.nodes, kind, key, value),
+        "endpoint" => put(&mut st.endpoints, kind, key, value),
+        "service" => put(&mut st.services, kind, key, value),
+        "policy" => put(&mut st.policies, kind, key, value),
+        _ => Ok(()),
+    }
+}
+
 /// Opens the store an agent's `--store` names.
 pub fn open(url: &str) -> Result<Box<dyn Store>, StoreError> {
     if let Some(path) = url
@@ -91,6 +176,9 @@ pub fn open(url: &str) -> Result<Box<dyn Store>, StoreError> {
         return Ok(Box::new(sqlite::SqliteStore::open(std::path::Path::new(
             path,
         ))?));
+    }
+    if url.starts_with("etcd://") {
+        return Ok(Box::new(etcd::EtcdStore::open(url)?));
     }
     Err(StoreError::BadUrl(url.into()))
 }
