@@ -3,11 +3,12 @@
 # packages: iproute2 (ip, bridge), util-linux (nsenter), nftables (nft: the
 # ingress table), ethtool, ping, iperf3,
 # tcpdump, wireguard-go + wg (a stock WireGuard peer for the interop tests),
+# busybox-static (httpd and wget in the guides, which the docs test runs),
 # a C compiler for the bundled SQLite, etcd (the cluster store the tests run
 # against) and protoc with its well-known types (etcd-client builds its gRPC
 # code at build time). Idempotent; quiet when all is there.
 set -euo pipefail
-pkgs=(iproute2 util-linux nftables ethtool iputils-ping iperf3 tcpdump wireguard-go wireguard-tools gcc libc6-dev ca-certificates etcd-server protobuf-compiler libprotobuf-dev)
+pkgs=(iproute2 util-linux nftables ethtool iputils-ping iperf3 tcpdump wireguard-go wireguard-tools busybox-static gcc libc6-dev ca-certificates etcd-server protobuf-compiler libprotobuf-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
