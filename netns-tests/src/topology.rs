@@ -125,6 +125,11 @@ impl Topology {
         }
     }
 
+    /// The etcd host's underlay address (a test cuts a node off from it with a route).
+    pub fn etcd_addr(&self) -> Option<Ipv4Addr> {
+        self.etcd.as_ref().map(|e| e.host.addr)
+    }
+
     pub fn store_kind(&self) -> StoreKind {
         if self.etcd.is_some() {
             StoreKind::Etcd

@@ -59,7 +59,16 @@ fn settles(
 
 #[test]
 fn published_ports_answer_on_every_node_and_policies_apply_per_node() -> anyhow::Result<()> {
-    let mut t = Topology::new("ingress")?;
+    published_ports_answer_on_every_node_and_policies_apply_per_node_on(StoreKind::Sqlite)
+}
+
+#[test]
+fn published_ports_answer_on_every_node_and_policies_apply_per_node_etcd() -> anyhow::Result<()> {
+    published_ports_answer_on_every_node_and_policies_apply_per_node_on(StoreKind::Etcd)
+}
+
+fn published_ports_answer_on_every_node_and_policies_apply_per_node_on(store: StoreKind) -> anyhow::Result<()> {
+    let mut t = Topology::with_store("ingress", store)?;
     let nodes: Vec<Node> = ["n1", "n2", "n3"]
         .iter()
         .map(|n| t.add_node(n))

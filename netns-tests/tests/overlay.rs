@@ -11,7 +11,16 @@ use vxmesh_netns_tests::*;
 
 #[test]
 fn two_nodes_two_networks() -> anyhow::Result<()> {
-    let mut t = Topology::new("overlay")?;
+    two_nodes_two_networks_on(StoreKind::Sqlite)
+}
+
+#[test]
+fn two_nodes_two_networks_etcd() -> anyhow::Result<()> {
+    two_nodes_two_networks_on(StoreKind::Etcd)
+}
+
+fn two_nodes_two_networks_on(store: StoreKind) -> anyhow::Result<()> {
+    let mut t = Topology::with_store("overlay", store)?;
     let n1 = t.add_node("n1")?;
     let n2 = t.add_node("n2")?;
     t.start_agent(&n1, &[])?;
@@ -186,7 +195,16 @@ fn two_nodes_two_networks() -> anyhow::Result<()> {
 /// process that held it) and traffic resumes without any user action.
 #[test]
 fn restarted_agent_reattaches_its_endpoints() -> anyhow::Result<()> {
-    let mut t = Topology::new("restart")?;
+    restarted_agent_reattaches_its_endpoints_on(StoreKind::Sqlite)
+}
+
+#[test]
+fn restarted_agent_reattaches_its_endpoints_etcd() -> anyhow::Result<()> {
+    restarted_agent_reattaches_its_endpoints_on(StoreKind::Etcd)
+}
+
+fn restarted_agent_reattaches_its_endpoints_on(store: StoreKind) -> anyhow::Result<()> {
+    let mut t = Topology::with_store("restart", store)?;
     let n1 = t.add_node("n1")?;
     let n2 = t.add_node("n2")?;
     t.start_agent(&n1, &[])?;

@@ -35,7 +35,16 @@ fn ask(ns: &str, vip: SocketAddr) -> anyhow::Result<(String, SocketAddr)> {
 
 #[test]
 fn a_vip_balances_over_tasks_on_three_nodes() -> anyhow::Result<()> {
-    let mut t = Topology::new("svc")?;
+    a_vip_balances_over_tasks_on_three_nodes_on(StoreKind::Sqlite)
+}
+
+#[test]
+fn a_vip_balances_over_tasks_on_three_nodes_etcd() -> anyhow::Result<()> {
+    a_vip_balances_over_tasks_on_three_nodes_on(StoreKind::Etcd)
+}
+
+fn a_vip_balances_over_tasks_on_three_nodes_on(store: StoreKind) -> anyhow::Result<()> {
+    let mut t = Topology::with_store("svc", store)?;
     let nodes: Vec<Node> = ["n1", "n2", "n3"]
         .iter()
         .map(|n| t.add_node(n))
@@ -372,7 +381,16 @@ fn an_unhealthy_task_leaves_the_balancer_and_dns() -> anyhow::Result<()> {
 /// balancers within seconds, and gets them back when it returns.
 #[test]
 fn a_stopped_node_leaves_the_balancers_and_comes_back() -> anyhow::Result<()> {
-    let mut t = Topology::new("live")?;
+    a_stopped_node_leaves_the_balancers_and_comes_back_on(StoreKind::Sqlite)
+}
+
+#[test]
+fn a_stopped_node_leaves_the_balancers_and_comes_back_etcd() -> anyhow::Result<()> {
+    a_stopped_node_leaves_the_balancers_and_comes_back_on(StoreKind::Etcd)
+}
+
+fn a_stopped_node_leaves_the_balancers_and_comes_back_on(store: StoreKind) -> anyhow::Result<()> {
+    let mut t = Topology::with_store("live", store)?;
     let n1 = t.add_node("n1")?;
     let n2 = t.add_node("n2")?;
     t.start_agent(&n1, &[])?;

@@ -377,24 +377,30 @@ impl Agent {
         self.store.describe()
     }
 
-    /// Follows the store and applies every change, forever. While the store is
-    /// unreachable the worker keeps the last state it was given.
+    /// Follows the store and applies every change, forever. The state is read
+    /// again only when the store says it changed (a watch, for etcd) or after a
+    /// failed read; while the store is unreachable the worker keeps the last state
+    /// it was given, and the first read that succeeds applies what changed meanwhile.
     pub async fn follow(self: Arc<Self>) {
         let mut rev = u64::MAX;
+        let mut stale = true;
         loop {
-            let loaded = self.load().await;
-            self.store_ok
-                .store(loaded.is_ok(), std::sync::atomic::Ordering::Relaxed);
-            match loaded {
-                Ok(snap) => {
-                    let r = snap.revision;
-                    if r != rev {
-                        self.reconcile(snap).await;
-                        rev = r;
+            if stale {
+                let loaded = self.load().await;
+                self.store_ok
+                    .store(loaded.is_ok(), std::sync::atomic::Ordering::Relaxed);
+                match loaded {
+                    Ok(snap) => {
+                        stale = false;
+                        let r = snap.revision;
+                        if r != rev {
+                            self.reconcile(snap).await;
+                            rev = r;
+                        }
                     }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "store read failed; forwarding on the last state")
+                    Err(e) => {
+                        tracing::warn!(error = %e, "store read failed; forwarding on the last state")
+                    }
                 }
             }
             self.housekeeping().await;
@@ -403,8 +409,12 @@ impl Agent {
             let waited =
                 tokio::task::spawn_blocking(move || s.wait_change(since, Duration::from_secs(2)))
                     .await;
-            if !matches!(waited, Ok(Ok(_))) {
-                tokio::time::sleep(Duration::from_secs(1)).await;
+            match waited {
+                Ok(Ok(r)) => stale |= r != rev,
+                _ => {
+                    stale = true;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
             }
         }
     }
@@ -489,48 +499,82 @@ impl Agent {
 
     /// Heartbeats this node every second and watches the others': a node silent
     /// for 4 s is down, and its tasks leave this node's balancer and DNS until it
-    /// beats again.
+    /// beats again. While the store cannot be read the last view stands; once it
+    /// can again, every node gets 4 s from then to beat (their beats failed too)
+    /// before it counts as down.
     pub async fn liveness(self: Arc<Self>) {
         const EVERY: Duration = Duration::from_secs(1);
         const DOWN_AFTER_MS: u64 = 4_000;
+        let mut back_at_ms = 0u64;
+        let mut failing = false;
         loop {
             let (s, node) = (self.store.clone(), self.node.clone());
             let beats = tokio::task::spawn_blocking(move || {
-                s.heartbeat(&node)?;
-                s.heartbeats()
+                let beat = s.heartbeat(&node);
+                let beats = s.heartbeats()?;
+                beat.map(|()| beats)
             })
             .await;
-            if let Ok(Ok(beats)) = beats {
-                let now = crate::state::model::unix_now_ms();
-                let st = self.last_state();
-                let down: std::collections::BTreeSet<String> = st
-                    .nodes
-                    .values()
-                    .filter(|n| !n.external && n.name != self.node)
-                    .filter(|n| {
-                        beats
-                            .get(&n.name)
-                            .is_none_or(|t| now.saturating_sub(*t) > DOWN_AFTER_MS)
-                    })
-                    .map(|n| n.name.clone())
-                    .collect();
-                let changed = match self.down.lock() {
-                    Ok(mut d) if *d != down => {
-                        tracing::info!(down = ?down, "node liveness changed");
-                        *d = down;
-                        true
+            match beats {
+                Ok(Ok(beats)) => {
+                    let now = crate::state::model::unix_now_ms();
+                    if std::mem::take(&mut failing) {
+                        back_at_ms = now;
+                        tracing::info!("store reachable again: nodes get {DOWN_AFTER_MS} ms to heartbeat");
                     }
-                    _ => false,
-                };
-                if let Ok(mut b) = self.beats.lock() {
-                    *b = beats;
+                    self.judge_liveness(beats, now, back_at_ms, DOWN_AFTER_MS)
+                        .await;
                 }
-                if changed {
-                    let ports = self.ports.lock().await;
-                    self.publish(&st, &ports);
+                _ => {
+                    if !failing {
+                        tracing::warn!("heartbeat failed: keeping the last liveness view");
+                    }
+                    failing = true;
                 }
             }
             tokio::time::sleep(EVERY).await;
+        }
+    }
+
+    /// Applies one reading of the heartbeats: a node is down when its last beat
+    /// (or the store's return, if later) is older than `down_after_ms`.
+    async fn judge_liveness(
+        &self,
+        beats: std::collections::BTreeMap<String, u64>,
+        now: u64,
+        back_at_ms: u64,
+        down_after_ms: u64,
+    ) {
+        let st = self.last_state();
+        let down: std::collections::BTreeSet<String> = st
+            .nodes
+            .values()
+            .filter(|n| !n.external && n.name != self.node)
+            .filter(|n| {
+                let last = beats.get(&n.name).copied().unwrap_or(0).max(back_at_ms);
+                now.saturating_sub(last) > down_after_ms
+            })
+            .map(|n| n.name.clone())
+            .collect();
+        let changed = match self.down.lock() {
+            Ok(mut d) if *d != down => {
+                tracing::info!(down = ?down, "node liveness changed");
+                *d = down;
+                true
+            }
+            _ => false,
+        };
+        if let Ok(mut b) = self.beats.lock() {
+            // A record the store dropped (an etcd lease that ran out) keeps its
+            // last time here, for `node ls`.
+            for (n, at) in beats {
+                b.insert(n, at);
+            }
+            b.retain(|n, _| st.nodes.contains_key(n));
+        }
+        if changed {
+            let ports = self.ports.lock().await;
+            self.publish(&st, &ports);
         }
     }
 

@@ -349,6 +349,7 @@ async fn stats(State(a): Ag) -> Res {
         "tunnel_tx": c.tunnel_tx,
         "tunnel_rx": c.tunnel_rx,
         "store": a.store_name(),
+        "store_reachable": a.store_reachable(),
         "port_rx": c.port_rx,
         "port_tx": c.port_tx,
         "underlay_rx": c.underlay_rx,

@@ -304,6 +304,12 @@ pub fn stats(f: Format, v: &Value) -> anyhow::Result<()> {
         rows.extend(d.iter().map(|(k, n)| vec![format!("drop {k}"), s(n)]));
     }
     table(&["COUNTER", "VALUE"], rows);
+    let reach = if v["store_reachable"] == Value::Bool(true) {
+        "reachable"
+    } else {
+        "unreachable: forwarding on the last state"
+    };
+    println!("store {} {reach}", s(&v["store"]));
     Ok(())
 }
 

@@ -22,7 +22,7 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum StoreError {
-    #[error("store {store} is unreachable: {reason}")]
+    #[error("store {store} is unreachable: {reason} (check that it runs and this node reaches it, then retry)")]
     Unreachable { store: String, reason: String },
     #[error("store {store} holds data this version cannot read: {reason}")]
     Corrupt { store: String, reason: String },
