@@ -67,7 +67,9 @@ fn published_ports_answer_on_every_node_and_policies_apply_per_node_etcd() -> an
     published_ports_answer_on_every_node_and_policies_apply_per_node_on(StoreKind::Etcd)
 }
 
-fn published_ports_answer_on_every_node_and_policies_apply_per_node_on(store: StoreKind) -> anyhow::Result<()> {
+fn published_ports_answer_on_every_node_and_policies_apply_per_node_on(
+    store: StoreKind,
+) -> anyhow::Result<()> {
     let mut t = Topology::with_store("ingress", store)?;
     let nodes: Vec<Node> = ["n1", "n2", "n3"]
         .iter()

@@ -520,7 +520,9 @@ impl Agent {
                     let now = crate::state::model::unix_now_ms();
                     if std::mem::take(&mut failing) {
                         back_at_ms = now;
-                        tracing::info!("store reachable again: nodes get {DOWN_AFTER_MS} ms to heartbeat");
+                        tracing::info!(
+                            "store reachable again: nodes get {DOWN_AFTER_MS} ms to heartbeat"
+                        );
                     }
                     self.judge_liveness(beats, now, back_at_ms, DOWN_AFTER_MS)
                         .await;
