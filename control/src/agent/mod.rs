@@ -548,16 +548,7 @@ impl Agent {
         down_after_ms: u64,
     ) {
         let st = self.last_state();
-        let down: std::collections::BTreeSet<String> = st
-            .nodes
-            .values()
-            .filter(|n| !n.external && n.name != self.node)
-            .filter(|n| {
-                let last = beats.get(&n.name).copied().unwrap_or(0).max(back_at_ms);
-                now.saturating_sub(last) > down_after_ms
-            })
-            .map(|n| n.name.clone())
-            .collect();
+        let down = down_nodes(&st, &self.node, &beats, now, back_at_ms, down_after_ms);
         let changed = match self.down.lock() {
             Ok(mut d) if *d != down => {
                 tracing::info!(down = ?down, "node liveness changed");
@@ -936,4 +927,61 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_file(&cfg.api);
     Ok(())
+}
+
+/// The nodes (other than `me`, and but for external peers, which run no agent)
+/// whose last beat, or the store's return at `back_at_ms` if later, is more than
+/// `down_after_ms` before `now`.
+fn down_nodes(
+    st: &ClusterState,
+    me: &str,
+    beats: &std::collections::BTreeMap<String, u64>,
+    now: u64,
+    back_at_ms: u64,
+    down_after_ms: u64,
+) -> std::collections::BTreeSet<String> {
+    st.nodes
+        .values()
+        .filter(|n| !n.external && n.name != me)
+        .filter(|n| {
+            let last = beats.get(&n.name).copied().unwrap_or(0).max(back_at_ms);
+            now.saturating_sub(last) > down_after_ms
+        })
+        .map(|n| n.name.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod liveness_tests {
+    use super::down_nodes;
+    use crate::state::{ClusterState, Node};
+    use std::collections::BTreeMap;
+
+    fn state(names: &[&str]) -> ClusterState {
+        let mut st = ClusterState::default();
+        for (i, n) in names.iter().enumerate() {
+            let node = Node::new(n, format!("192.0.2.{}", i + 1).parse().unwrap());
+            st.nodes.insert(n.to_string(), node);
+        }
+        st
+    }
+
+    #[test]
+    fn silent_or_missing_nodes_are_down_but_not_right_after_the_store_returns() {
+        let st = state(&["me", "a", "b", "c"]);
+        let beats = BTreeMap::from([
+            ("me".to_string(), 1_000),
+            ("a".to_string(), 9_500),
+            ("b".to_string(), 2_000),
+        ]);
+        // a beat 500 ms ago; b 8 s ago; c never; me is never judged
+        let down = down_nodes(&st, "me", &beats, 10_000, 0, 4_000);
+        assert_eq!(down.into_iter().collect::<Vec<_>>(), ["b", "c"]);
+        // the store came back 1 s ago: the others' beats failed during the outage
+        // too, so nobody is down until they have had 4 s to beat again
+        assert!(down_nodes(&st, "me", &beats, 10_000, 9_000, 4_000).is_empty());
+        // once that window has passed, silence counts again
+        let down = down_nodes(&st, "me", &beats, 13_500, 9_000, 4_000);
+        assert_eq!(down.into_iter().collect::<Vec<_>>(), ["b", "c"]);
+    }
 }

@@ -88,7 +88,7 @@ struct AgentArgs {
     /// This node's underlay address; VXLAN goes to and from it
     #[arg(long)]
     advertise_addr: IpAddr,
-    /// sqlite:PATH (default: sqlite:DATA_DIR/store.db)
+    /// sqlite:PATH or etcd://HOST:PORT[,HOST:PORT] (default: sqlite:DATA_DIR/store.db)
     #[arg(long)]
     store: Option<String>,
     #[arg(long, default_value = "/var/lib/vxmesh")]
