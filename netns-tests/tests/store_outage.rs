@@ -72,8 +72,15 @@ fn forwarding_goes_on_while_etcd_is_away_and_agents_resync() -> anyhow::Result<(
     let e = cli_err(&t, &n2, &["network", "ls"])?;
     assert!(e.contains("is unreachable"), "{e}");
     while stopped.elapsed() < Duration::from_secs(7) {
-        assert!(ping(&c1, &et.ip, 1, None)?, "the overlay stopped with the store");
-        assert_eq!(ask(&c1, target)?, "from-task", "the VIP stopped with the store");
+        assert!(
+            ping(&c1, &et.ip, 1, None)?,
+            "the overlay stopped with the store"
+        );
+        assert_eq!(
+            ask(&c1, target)?,
+            "from-task",
+            "the VIP stopped with the store"
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
     assert!(
@@ -117,11 +124,17 @@ fn forwarding_goes_on_while_etcd_is_away_and_agents_resync() -> anyhow::Result<(
     let vip2: std::net::IpAddr = svc2["vips"]["o"].as_str().unwrap().parse()?;
     let task2 = t.add_container("task2")?;
     let et2 = endpoint(&t, &n2, "o", &task2, &["--service", "web"])?;
-    let _srv2 = answer_server(&task2, SocketAddr::new(et2.ip.parse()?, 8080), false, |_| {
-        "from-web".to_string()
-    })?;
+    let _srv2 = answer_server(
+        &task2,
+        SocketAddr::new(et2.ip.parse()?, 8080),
+        false,
+        |_| "from-web".to_string(),
+    )?;
     let target2 = SocketAddr::new(vip2, 8080);
-    assert!(ping(&c1, &et.ip, 2, None)?, "n1 stopped forwarding when cut off");
+    assert!(
+        ping(&c1, &et.ip, 2, None)?,
+        "n1 stopped forwarding when cut off"
+    );
     assert_eq!(ask(&c1, target)?, "from-task");
     assert!(
         ask(&c1, target2).is_err(),
@@ -131,7 +144,10 @@ fn forwarding_goes_on_while_etcd_is_away_and_agents_resync() -> anyhow::Result<(
     let resynced = eventually(Duration::from_secs(15), || {
         Ok(ask(&c1, target2).is_ok_and(|s| s == "from-web"))
     })?;
-    assert!(resynced, "n1 did not apply what changed while it was cut off");
+    assert!(
+        resynced,
+        "n1 did not apply what changed while it was cut off"
+    );
     assert!(ping(&c1, &e1.ip, 1, None)?);
     Ok(())
 }
