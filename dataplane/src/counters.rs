@@ -150,6 +150,9 @@ pub struct Counters {
     /// WireGuard datagrams sent and received (data and handshakes).
     pub tunnel_tx: u64,
     pub tunnel_rx: u64,
+    /// WireGuard handshakes completed, and those that replaced a session (rekeys).
+    pub tunnel_handshakes: u64,
+    pub tunnel_rekeys: u64,
     pub drops: [u64; DropReason::ALL.len()],
 }
 
@@ -177,6 +180,8 @@ impl Counters {
         self.trace_lost += o.trace_lost;
         self.tunnel_tx += o.tunnel_tx;
         self.tunnel_rx += o.tunnel_rx;
+        self.tunnel_handshakes += o.tunnel_handshakes;
+        self.tunnel_rekeys += o.tunnel_rekeys;
         for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
             *a += b;
         }

@@ -13,6 +13,7 @@ pub mod io;
 pub mod lb;
 pub mod offload;
 pub mod switch;
+pub mod traffic;
 pub mod tunnel;
 pub mod wire;
 
@@ -21,6 +22,7 @@ pub use counters::{Counters, DropReason};
 pub use switch::{
     Action, BackendView, Location, NetworkView, PortId, PortView, ServiceView, Switch, SwitchState,
 };
+pub use traffic::{Traffic, TrafficTotals};
 
 /// An Ethernet MAC address.
 pub type Mac = [u8; 6];

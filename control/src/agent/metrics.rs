@@ -7,6 +7,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use std::collections::HashMap;
+use vxmesh_dataplane::TrafficTotals;
 
 type Labels = Vec<(String, String)>;
 
@@ -20,6 +22,111 @@ fn gauge(reg: &mut Registry, name: &str, help: &str, v: i64) {
     let g = Gauge::<i64>::default();
     g.set(v);
     reg.register(name, help, g);
+}
+
+/// The label an endpoint port gets when it is the node's ingress sandbox.
+pub const SANDBOX_ENDPOINT: &str = "ingress-sandbox";
+
+/// Packets and bytes in and out of one family of series (networks or ports):
+/// four counters, `{prefix}_{rx,tx}_{packets,bytes}`.
+fn traffic(
+    reg: &mut Registry,
+    prefix: &str,
+    what: [&str; 2],
+    rows: impl IntoIterator<Item = (Labels, TrafficTotals)>,
+) {
+    let fams: [Family<Labels, Counter<u64>>; 4] = Default::default();
+    for (l, t) in rows {
+        fams[0].get_or_create(&l).inc_by(t.rx_packets);
+        fams[1].get_or_create(&l).inc_by(t.rx_bytes);
+        fams[2].get_or_create(&l).inc_by(t.tx_packets);
+        fams[3].get_or_create(&l).inc_by(t.tx_bytes);
+    }
+    let [rxp, rxb, txp, txb] = fams;
+    let [rx, tx] = what;
+    reg.register(format!("{prefix}_rx_packets"), format!("Frames {rx}"), rxp);
+    reg.register(
+        format!("{prefix}_rx_bytes"),
+        format!("Bytes (Ethernet frames) {rx}"),
+        rxb,
+    );
+    reg.register(format!("{prefix}_tx_packets"), format!("Frames {tx}"), txp);
+    reg.register(
+        format!("{prefix}_tx_bytes"),
+        format!("Bytes (Ethernet frames) {tx}"),
+        txb,
+    );
+}
+
+/// Per network (by name and VNI) and per endpoint port: their traffic, labelled
+/// from the state last applied.
+fn traffic_by_network_and_port(reg: &mut Registry, a: &Agent) {
+    let cluster = a.last_state();
+    let names: HashMap<u32, &str> = cluster
+        .networks
+        .values()
+        .map(|n| (n.vni, n.name.as_str()))
+        .collect();
+    let nets = a.worker.network_traffic().into_iter().map(|(vni, t)| {
+        let name = names.get(&vni).copied().unwrap_or_default();
+        (
+            vec![
+                ("network".into(), name.to_string()),
+                ("vni".into(), vni.to_string()),
+            ],
+            t,
+        )
+    });
+    traffic(
+        reg,
+        "network",
+        [
+            "of this network received from other nodes (VXLAN, decrypted for encrypted networks)",
+            "of this network sent to other nodes (one per node a replicated frame goes to)",
+        ],
+        nets,
+    );
+    // a port is known by its network and MAC in the switch, and so is its endpoint
+    let sw = a.worker.state();
+    let by_mac: HashMap<(&str, vxmesh_dataplane::Mac), &str> = cluster
+        .endpoints
+        .values()
+        .filter(|e| e.node == a.node)
+        .filter_map(|e| {
+            let mac = vxmesh_dataplane::parse_mac(&e.mac)?;
+            Some(((e.network.as_str(), mac), e.id.as_str()))
+        })
+        .collect();
+    let ports = a.worker.port_traffic().into_iter().filter_map(|(id, t)| {
+        let (network, endpoint) = match (sw.ports.get(&id), &sw.ingress) {
+            (Some(pv), _) => {
+                let net = names.get(&pv.vni).copied()?;
+                (net, *by_mac.get(&(net, pv.mac))?)
+            }
+            (None, Some(ing)) if ing.port == id => (
+                names.get(&ing.vni).copied().unwrap_or("ingress"),
+                SANDBOX_ENDPOINT,
+            ),
+            // being attached or removed: no labels to give it yet
+            _ => return None,
+        };
+        Some((
+            vec![
+                ("network".into(), network.to_string()),
+                ("endpoint".into(), endpoint.to_string()),
+            ],
+            t,
+        ))
+    });
+    traffic(
+        reg,
+        "endpoint",
+        [
+            "the agent read from the endpoint's interface (sent by the container; a TSO super-frame counts once)",
+            "the agent wrote to the endpoint's interface (received by the container)",
+        ],
+        ports,
+    );
 }
 
 /// The text exposition of everything the agent measures.
@@ -93,13 +200,38 @@ pub fn render(a: &Agent) -> String {
             .inc_by(n);
     }
     reg.register("drops", "Frames and datagrams dropped, by reason", drops);
-    let conns = a.connection_count();
+    let ct = a.worker.conntrack_stats();
     gauge(
         &mut reg,
         "conntrack_entries",
-        "Connections tracked through service VIPs",
-        conns as i64,
+        "Connections tracked through service VIPs and published ports",
+        ct.entries as i64,
     );
+    counter(
+        &mut reg,
+        "conntrack_setups",
+        "Connections set up (tracked from their first packet); rate() of it is setups per second",
+        ct.created,
+    );
+    counter(
+        &mut reg,
+        "conntrack_evicted",
+        "Connections dropped from a full table to make room for new ones",
+        ct.evicted,
+    );
+    counter(
+        &mut reg,
+        "tunnel_handshakes",
+        "WireGuard handshakes completed with peers (new session keys)",
+        c.tunnel_handshakes,
+    );
+    counter(
+        &mut reg,
+        "tunnel_rekeys",
+        "WireGuard handshakes that replaced a peer's existing session (periodic rekey or key rotation)",
+        c.tunnel_rekeys,
+    );
+    traffic_by_network_and_port(&mut reg, a);
     let backend_conns = Family::<Labels, Gauge<i64>>::default();
     let backend_healthy = Family::<Labels, Gauge<i64>>::default();
     for vs in a.lb_table() {

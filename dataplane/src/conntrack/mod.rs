@@ -147,6 +147,8 @@ pub struct Conntrack {
     max: usize,
     cursor: usize,
     pub evicted: u64,
+    /// Connections ever inserted (new connections set up, for a rate).
+    pub created: u64,
     /// How backends answer new connections (see [`crate::lb::passive`]).
     pub passive: crate::lb::passive::PassiveHealth,
 }
@@ -173,6 +175,7 @@ impl Conntrack {
             max,
             cursor: 0,
             evicted: 0,
+            created: 0,
             passive: Default::default(),
         }
     }
@@ -282,6 +285,7 @@ impl Conntrack {
             6 => State::Established,
             _ => State::Unreplied,
         };
+        self.created += 1;
         let e = Conn::new(orig, reply, service, backend, state);
         tally(&mut self.load, &e, state == State::Established, 1);
         let id = match self.free.pop() {

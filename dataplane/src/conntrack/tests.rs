@@ -232,3 +232,18 @@ fn only_steady_connections_are_cacheable_and_any_change_moves_the_generation() {
     assert_eq!(again, uid);
     assert!(ct.touches()[uid as usize].gen() != gen);
 }
+
+#[test]
+fn setups_count_every_connection_created_and_stay_when_entries_go() {
+    let mut ct = Conntrack::new(2);
+    for p in 1000..1005 {
+        open(&mut ct, p, 0);
+    }
+    // a new connection reusing a finished one's tuple is a setup too
+    open(&mut ct, 1004, 1);
+    assert_eq!(ct.created, 6);
+    assert_eq!(ct.len(), 2);
+    assert_eq!(ct.evicted, 3);
+    ct.expire(u64::MAX / 2, |_| {});
+    assert_eq!(ct.created, 6, "a counter, not a gauge");
+}

@@ -14,18 +14,35 @@ use crate::counters::Counters;
 use crate::io::underlay::Underlay;
 use crate::io::worker::WorkerHandle;
 use crate::switch::{PortId, SwitchState};
+use crate::traffic::{Traffic, TrafficTotals};
 use crate::tunnel::TunnelConfig;
 use arc_swap::ArcSwap;
+use rustc_hash::FxHashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
+use std::sync::Mutex;
 
 pub struct Dataplane {
     workers: Vec<WorkerHandle>,
     state: Arc<ArcSwap<SwitchState>>,
     source_ports: Vec<u16>,
     conntrack: Arc<std::sync::Mutex<crate::conntrack::Conntrack>>,
+    /// Each port's and each network's traffic counters, made when the port is
+    /// added or the network first published, kept until it goes.
+    port_traffic: Mutex<FxHashMap<PortId, Arc<Traffic>>>,
+    network_traffic: Mutex<FxHashMap<u32, Arc<Traffic>>>,
+}
+
+/// What the connection table holds and has done, for the metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConntrackStats {
+    pub entries: usize,
+    /// Connections ever set up.
+    pub created: u64,
+    /// Connections pushed out by new ones while the table was full.
+    pub evicted: u64,
 }
 
 /// Connections tracked through VIPs, at most (Linux's default `nf_conntrack_max` here).
@@ -74,6 +91,8 @@ impl Dataplane {
             workers: handles,
             state,
             source_ports: ports,
+            port_traffic: Mutex::default(),
+            network_traffic: Mutex::default(),
         })
     }
 
@@ -88,9 +107,13 @@ impl Dataplane {
     /// `fds`: one per worker (a multi-queue TAP), or a single one that worker 0
     /// reads and the others write through a duplicate.
     pub fn add_port(&self, id: PortId, fds: Vec<OwnedFd>, vnet: bool) -> io::Result<()> {
+        let traffic = Arc::new(Traffic::new(self.workers.len()));
+        if let Ok(mut t) = self.port_traffic.lock() {
+            t.insert(id, traffic.clone());
+        }
         if fds.len() == self.workers.len() {
             for (w, fd) in self.workers.iter().zip(fds) {
-                w.add_port(id, fd, vnet, true);
+                w.add_port(id, fd, vnet, true, traffic.clone());
             }
             return Ok(());
         }
@@ -101,20 +124,33 @@ impl Dataplane {
             ));
         };
         for w in &self.workers[1..] {
-            w.add_port(id, fd.try_clone()?, vnet, false);
+            w.add_port(id, fd.try_clone()?, vnet, false, traffic.clone());
         }
-        self.workers[0].add_port(id, fd, vnet, true);
+        self.workers[0].add_port(id, fd, vnet, true, traffic);
         Ok(())
     }
 
     pub fn remove_port(&self, id: PortId) {
+        if let Ok(mut t) = self.port_traffic.lock() {
+            t.remove(&id);
+        }
         for w in &self.workers {
             w.remove_port(id);
         }
     }
 
     /// Makes `st` the state every following frame is switched by, on every worker.
-    pub fn publish(&self, st: SwitchState) {
+    /// Each network keeps its traffic counters from one state to the next.
+    pub fn publish(&self, mut st: SwitchState) {
+        if let Ok(mut t) = self.network_traffic.lock() {
+            t.retain(|vni, _| st.networks.contains_key(vni));
+            for (vni, net) in st.networks.iter_mut() {
+                net.traffic = t
+                    .entry(*vni)
+                    .or_insert_with(|| Arc::new(Traffic::new(self.workers.len())))
+                    .clone();
+            }
+        }
         self.state.store(Arc::new(st));
         for w in &self.workers {
             w.state_changed();
@@ -148,6 +184,34 @@ impl Dataplane {
         self.conntrack
             .lock()
             .map(|c| c.iter().collect())
+            .unwrap_or_default()
+    }
+
+    /// Each port's frames in (read from it) and out (written to it), by port.
+    pub fn port_traffic(&self) -> Vec<(PortId, TrafficTotals)> {
+        self.port_traffic
+            .lock()
+            .map(|t| t.iter().map(|(p, c)| (*p, c.totals())).collect())
+            .unwrap_or_default()
+    }
+
+    /// Each network's frames from (in) and to (out) other nodes, by VNI.
+    pub fn network_traffic(&self) -> Vec<(u32, TrafficTotals)> {
+        self.network_traffic
+            .lock()
+            .map(|t| t.iter().map(|(v, c)| (*v, c.totals())).collect())
+            .unwrap_or_default()
+    }
+
+    /// Entries in the connection table, and connections set up and evicted so far.
+    pub fn conntrack_stats(&self) -> ConntrackStats {
+        self.conntrack
+            .lock()
+            .map(|c| ConntrackStats {
+                entries: c.len(),
+                created: c.created,
+                evicted: c.evicted,
+            })
             .unwrap_or_default()
     }
 

@@ -13,6 +13,7 @@ use crate::offload::coalesce::Coalescer;
 use crate::offload::segment;
 use crate::offload::vnet::{self, VnetHdr};
 use crate::switch::{Action, PortId, Switch, SwitchState};
+use crate::traffic::Traffic;
 use crate::tunnel::{Received, TunnelConfig, Tunnels};
 use arc_swap::ArcSwap;
 use mio::unix::SourceFd;
@@ -49,6 +50,7 @@ enum Command {
         fd: OwnedFd,
         vnet: bool,
         read: bool,
+        traffic: Arc<Traffic>,
     },
     RemovePort(PortId),
     StateChanged,
@@ -81,6 +83,8 @@ impl WorkerHandle {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (tx, rx) = mpsc::channel();
         let counters = Arc::new(Mutex::new(Counters::default()));
+        let mut switch = Switch::with_conntrack(max_learned, conntrack);
+        switch.set_lane(index);
         let mut w = Worker {
             poll,
             rx,
@@ -100,7 +104,7 @@ impl WorkerHandle {
                 size: 0,
             }; gso::BATCH],
             state: state.clone(),
-            switch: Switch::with_conntrack(max_learned, conntrack),
+            switch,
             index,
             published: counters.clone(),
             start,
@@ -150,8 +154,15 @@ impl WorkerHandle {
     }
 
     /// `vnet`: the fd is a TAP opened with `IFF_VNET_HDR` (see `tap::create_queues`).
-    pub fn add_port(&self, id: PortId, fd: OwnedFd, vnet: bool, read: bool) {
-        self.send(Command::AddPort { id, fd, vnet, read });
+    /// `traffic`: the port's counters, where this worker counts in its own lane.
+    pub fn add_port(&self, id: PortId, fd: OwnedFd, vnet: bool, read: bool, traffic: Arc<Traffic>) {
+        self.send(Command::AddPort {
+            id,
+            fd,
+            vnet,
+            read,
+            traffic,
+        });
     }
 
     pub fn remove_port(&self, id: PortId) {
@@ -243,6 +254,8 @@ struct Port {
     fd: OwnedFd,
     vnet: bool,
     read: bool,
+    /// Frames read from and written to the device.
+    traffic: Arc<Traffic>,
 }
 
 /// A run of datagrams for one `sendmsg` with `UDP_SEGMENT`: same destination,
@@ -316,10 +329,11 @@ const GSO_MAX_SEGMENTS: usize = 64;
 const GSO_MAX_BYTES: usize = 65_000;
 
 /// Writes one frame to a port: with a `virtio_net_hdr` in front (one `writev`)
-/// when the port is an offloading TAP.
+/// when the port is an offloading TAP. Counted in the port's traffic in `lane`.
 fn write_frame(
     ports: &FxHashMap<PortId, Port>,
     c: &mut Counters,
+    lane: usize,
     port: PortId,
     hdr: &VnetHdr,
     frame: &[u8],
@@ -351,6 +365,7 @@ fn write_frame(
         c.drop(DropReason::TxFailed);
     } else {
         c.port_tx += 1;
+        p.traffic.tx(lane, 1, frame.len() as u64);
     }
 }
 
@@ -436,6 +451,8 @@ impl Worker {
     fn publish_counters(&self) {
         if let Ok(mut c) = self.published.lock() {
             c.clone_from(&self.switch.counters);
+            c.tunnel_handshakes = self.tunnels.handshakes();
+            c.tunnel_rekeys = self.tunnels.rekeys();
         }
     }
 
@@ -443,7 +460,13 @@ impl Worker {
     fn commands(&mut self) -> bool {
         while let Ok(c) = self.rx.try_recv() {
             match c {
-                Command::AddPort { id, fd, vnet, read } => {
+                Command::AddPort {
+                    id,
+                    fd,
+                    vnet,
+                    read,
+                    traffic,
+                } => {
                     let r = if read {
                         self.poll.registry().register(
                             &mut SourceFd(&fd.as_raw_fd()),
@@ -455,7 +478,15 @@ impl Worker {
                     };
                     match r {
                         Ok(()) => {
-                            self.ports.insert(id, Port { fd, vnet, read });
+                            self.ports.insert(
+                                id,
+                                Port {
+                                    fd,
+                                    vnet,
+                                    read,
+                                    traffic,
+                                },
+                            );
                         }
                         Err(e) => tracing::error!(port = id.0, error = %e, "cannot poll port"),
                     }
@@ -570,6 +601,7 @@ impl Worker {
             write_frame(
                 &self.ports,
                 &mut self.switch.counters,
+                self.index,
                 port,
                 &VnetHdr::default(),
                 frame,
@@ -582,7 +614,14 @@ impl Worker {
             return;
         };
         if let Some((h, frame)) = self.coalescer.take() {
-            write_frame(&self.ports, &mut self.switch.counters, port, &h, frame);
+            write_frame(
+                &self.ports,
+                &mut self.switch.counters,
+                self.index,
+                port,
+                &h,
+                frame,
+            );
         }
     }
 
@@ -661,7 +700,11 @@ impl Worker {
     /// TCP super-frames, which are cut into segments here and switched one by one;
     /// their datagrams to one VTEP leave in one GSO send.
     fn drain_port(&mut self, port: PortId, buf: &mut PacketBuf, seg: &mut PacketBuf) -> bool {
-        let Some((fd, vnet)) = self.ports.get(&port).map(|p| (p.fd.as_raw_fd(), p.vnet)) else {
+        let Some((fd, vnet, traffic)) = self
+            .ports
+            .get(&port)
+            .map(|p| (p.fd.as_raw_fd(), p.vnet, p.traffic.clone()))
+        else {
             return false;
         };
         let st = self.state.load();
@@ -687,6 +730,11 @@ impl Worker {
                 break;
             }
             let n = n as usize;
+            // as the device hands it over: a TSO super-frame is one packet
+            traffic.rx(
+                self.index,
+                if vnet { n.saturating_sub(vnet::LEN) } else { n },
+            );
             let now = self.now_ms();
             if !vnet {
                 buf.set_frame_len(n);
@@ -753,6 +801,7 @@ impl Worker {
         write_frame(
             &self.ports,
             &mut self.switch.counters,
+            self.index,
             port,
             &VnetHdr::default(),
             frame,

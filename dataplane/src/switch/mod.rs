@@ -86,6 +86,8 @@ pub struct Switch {
     flows: FlowCache,
     /// A running `vxmesh trace`, if any.
     pub tap: Option<tap::Tap>,
+    /// This worker's lane in the networks' [`crate::traffic::Traffic`] counters.
+    lane: usize,
 }
 
 /// Rotates multi-address DNS answers (`tasks.NAME`): one counter for the whole
@@ -182,7 +184,14 @@ impl Switch {
             conntrack,
             schedulers: FxHashMap::default(),
             view: Vec::new(),
+            lane: 0,
         }
+    }
+
+    /// Which lane of the traffic counters this switch writes: its worker's
+    /// index (each lane has one writer).
+    pub fn set_lane(&mut self, lane: usize) {
+        self.lane = lane;
     }
 
     /// A DNS query to a gateway address: answered in place from the network's
@@ -579,18 +588,24 @@ impl Switch {
     ) -> Action<'s> {
         match at {
             Some(Location::Local(p)) => Action::Deliver(p),
-            Some(Location::Remote(v)) => {
-                let flow_hash = flow_hash(buf.data());
-                if !buf.write_vxlan_header(net.vni) {
-                    return self.drop(DropReason::TooBig);
-                }
-                Action::Encap {
-                    vtep: v,
-                    flow_hash,
-                    secure: net.encrypted,
-                }
-            }
+            Some(Location::Remote(v)) => self.encap(net, v, buf),
             None => self.drop(DropReason::NoBackend),
+        }
+    }
+
+    /// Puts the frame in a VXLAN header for `vtep`, counted as out on `net`.
+    #[inline(always)]
+    fn encap<'s>(&mut self, net: &NetworkView, vtep: IpAddr, buf: &mut PacketBuf) -> Action<'s> {
+        let flow_hash = flow_hash(buf.data());
+        let len = buf.len() as u64;
+        if !buf.write_vxlan_header(net.vni) {
+            return self.drop(DropReason::TooBig);
+        }
+        net.traffic.tx(self.lane, 1, len);
+        Action::Encap {
+            vtep,
+            flow_hash,
+            secure: net.encrypted,
         }
     }
 
@@ -880,17 +895,7 @@ impl Switch {
             None => self.learned.lookup(net.vni, &dst, now_ms),
         };
         match vtep {
-            Some(vtep) => {
-                let flow_hash = flow_hash(buf.data());
-                if !buf.write_vxlan_header(net.vni) {
-                    return self.drop(DropReason::TooBig);
-                }
-                Action::Encap {
-                    vtep,
-                    flow_hash,
-                    secure: net.encrypted,
-                }
-            }
+            Some(vtep) => self.encap(net, vtep, buf),
             None => self.flood(net, Some(port), buf),
         }
     }
@@ -929,8 +934,13 @@ impl Switch {
         let flow_hash = flow_hash(buf.data());
         // Frames from the underlay are never sent back to it (split horizon).
         let vteps: &[IpAddr] = if skip.is_some() { &net.members } else { &[] };
-        if !vteps.is_empty() && !buf.write_vxlan_header(net.vni) {
-            return self.drop(DropReason::TooBig);
+        if !vteps.is_empty() {
+            let len = buf.len() as u64;
+            if !buf.write_vxlan_header(net.vni) {
+                return self.drop(DropReason::TooBig);
+            }
+            let n = vteps.len() as u64;
+            net.traffic.tx(self.lane, n, n * len);
         }
         Action::Flood {
             ports: &net.local_ports,
@@ -968,6 +978,7 @@ impl Switch {
             return self.drop(DropReason::NotMember);
         }
         buf.pull_front(vxlan::VXLAN_HEADER_LEN);
+        net.traffic.rx(self.lane, buf.len());
         self.trace(vni, buf);
         let frame = buf.data();
         if frame.len() < ETH_HDR {

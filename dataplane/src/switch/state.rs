@@ -63,6 +63,9 @@ pub struct NetworkView {
     /// Every backend address of this network's services: only frames from these
     /// can be replies to rewrite back to a VIP, so only they pay a conntrack lookup.
     pub backend_ips: rustc_hash::FxHashSet<Ipv4Addr>,
+    /// Frames of this network to and from other nodes (the dataplane keeps one
+    /// per VNI across state swaps; see [`crate::traffic`]).
+    pub traffic: std::sync::Arc<crate::traffic::Traffic>,
 }
 
 /// A virtual service as one network sees it.

@@ -653,3 +653,41 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn network_traffic_counts_frames_to_and_from_other_nodes() {
+    let mut st = state();
+    let traffic = std::sync::Arc::new(crate::traffic::Traffic::new(2));
+    st.networks.get_mut(&VNI).unwrap().traffic = traffic.clone();
+    let mut sw = Switch::new(16);
+    sw.set_lane(1);
+    // between two local ports: not the network's traffic with other nodes
+    let f = udp(A, B, [10, 0, 0, 10], [10, 0, 0, 11], 100);
+    sw.from_port(&st, PortId(1), &mut buf(&f), 0);
+    assert_eq!(traffic.totals(), Default::default());
+    // one frame to a remote MAC, one broadcast replicated to both members
+    let f = udp(A, R, [10, 0, 0, 10], [10, 0, 0, 12], 100);
+    assert!(matches!(
+        sw.from_port(&st, PortId(1), &mut buf(&f), 0),
+        Action::Encap { .. }
+    ));
+    let arp = arp_request(A, [10, 0, 0, 10], [10, 0, 0, 99]);
+    assert!(matches!(
+        sw.from_port(&st, PortId(1), &mut buf(&arp), 0),
+        Action::Flood { .. }
+    ));
+    let t = traffic.totals();
+    assert_eq!((t.tx_packets, t.rx_packets), (3, 0));
+    assert_eq!(t.tx_bytes, (f.len() + 2 * arp.len()) as u64);
+    // from the underlay: counted once accepted from a member, never before
+    let back = udp(R, A, [10, 0, 0, 12], [10, 0, 0, 10], 200);
+    let a = sw.from_underlay(&st, ip("192.0.2.2"), &mut datagram(VNI, &back), 0, false);
+    assert_eq!(a, Action::Deliver(PortId(1)));
+    sw.from_underlay(&st, ip("192.0.2.77"), &mut datagram(VNI, &back), 0, false);
+    let t = traffic.totals();
+    assert_eq!((t.rx_packets, t.rx_bytes), (1, back.len() as u64));
+    // a switch counts in its own lane only: a lane the counters lack takes nothing
+    sw.set_lane(2);
+    sw.from_port(&st, PortId(1), &mut buf(&f), 0);
+    assert_eq!(traffic.totals(), t);
+}

@@ -34,6 +34,10 @@ const HANDSHAKE_RATE_LIMIT: u64 = 100;
 const RETIRE_AFTER: Duration = Duration::from_secs(10);
 /// The longest an old-key session outlives its peer's rotation.
 const SUPERSEDED_GRACE: Duration = Duration::from_secs(120);
+/// A handshake this soon after the last one with the same peer is the two ends'
+/// initiations crossing (WireGuard's normal race), not a rekey. (WireGuard itself
+/// retries a handshake after 5 s and rekeys after 120 s.)
+const CROSSING_WINDOW: Duration = Duration::from_secs(5);
 
 /// A peer as the control plane describes it.
 #[derive(Clone, PartialEq, Eq)]
@@ -64,6 +68,8 @@ struct Slot {
     tunn: Box<Tunn>,
     created: Instant,
     established: Option<Instant>,
+    /// When this slot last completed a handshake.
+    handshake_at: Option<Instant>,
     /// When the peer's key changed under this slot.
     superseded: Option<Instant>,
 }
@@ -97,7 +103,16 @@ pub struct Tunnels {
     next_index: u32,
     limiter: Arc<RateLimiter>,
     scratch: Vec<u8>,
+    handshakes: u64,
+    rekeys: u64,
+    /// [`CROSSING_WINDOW`]; tests shorten it.
+    crossing_window: Duration,
 }
+
+/// WireGuard message types (the first byte; the next three are zero).
+const MSG_INIT: u8 = 1;
+const MSG_RESPONSE: u8 = 2;
+const MSG_DATA: u8 = 4;
 
 fn classify(e: &WireGuardError) -> DropReason {
     use WireGuardError::*;
@@ -134,6 +149,9 @@ impl Tunnels {
             next_index: 1,
             limiter: Arc::new(RateLimiter::new(&p, HANDSHAKE_RATE_LIMIT)),
             scratch: vec![0u8; 65_536 + 256],
+            handshakes: 0,
+            rekeys: 0,
+            crossing_window: CROSSING_WINDOW,
         }
     }
 
@@ -143,6 +161,19 @@ impl Tunnels {
 
     pub fn is_enabled(&self) -> bool {
         !self.keys.is_empty()
+    }
+
+    /// Handshakes completed: this node answered a peer's initiation, or had its
+    /// own answered; either way both ends hold new session keys.
+    pub fn handshakes(&self) -> u64 {
+        self.handshakes
+    }
+
+    /// The handshakes of [`Tunnels::handshakes`] that replaced a session the peer
+    /// already had (WireGuard's periodic rekey, or a static key's rotation): the
+    /// last handshake with that peer was at least [`CROSSING_WINDOW`] earlier.
+    pub fn rekeys(&self) -> u64 {
+        self.rekeys
     }
 
     /// Number of live sessions slots (for counters and tests).
@@ -240,6 +271,7 @@ impl Tunnels {
                     tunn,
                     created: Instant::now(),
                     established: None,
+                    handshake_at: None,
                     superseded: None,
                 },
             );
@@ -351,6 +383,19 @@ impl Tunnels {
             Err(RouteErr::Drop(r)) => return Received::Drop(r),
         };
         let local_vtep = self.local_vtep;
+        // a handshake message (never data, so the scan stays off the data path):
+        // when the last handshake with that peer was, for counting rekeys
+        let kind = datagram.first().copied().unwrap_or(0);
+        let last_handshake = match (kind, self.slots.get(&idx)) {
+            (MSG_INIT | MSG_RESPONSE, Some(me)) => self
+                .slots
+                .values()
+                .filter(|s| s.vtep == me.vtep)
+                .filter_map(|s| s.handshake_at)
+                .max(),
+            _ => None,
+        };
+        let crossing_window = self.crossing_window;
         let Some(slot) = self.slots.get_mut(&idx) else {
             return Received::Drop(DropReason::TunnelNoPeer);
         };
@@ -359,6 +404,20 @@ impl Tunnels {
             TunnResult::Done => return Received::Control,
             TunnResult::Err(e) => return Received::Drop(classify(&e)),
             TunnResult::WriteToNetwork(d) => {
+                // an initiation answered with a response, or a response answered
+                // with the keepalive that confirms it (not a cookie reply)
+                let done = matches!(
+                    (kind, d.first().copied()),
+                    (MSG_INIT, Some(MSG_RESPONSE)) | (MSG_RESPONSE, Some(MSG_DATA))
+                );
+                if done {
+                    let now = Instant::now();
+                    self.handshakes += 1;
+                    self.rekeys += u64::from(
+                        last_handshake.is_some_and(|t| now.duration_since(t) >= crossing_window),
+                    );
+                    slot.handshake_at = Some(now);
+                }
                 send(d, slot.endpoint);
                 // Packets queued while the handshake ran go out now.
                 while let TunnResult::WriteToNetwork(d) =

@@ -327,3 +327,66 @@ fn a_flood_of_handshakes_gets_cookies_not_work() {
         "every refused handshake got a cookie reply"
     );
 }
+
+#[test]
+fn handshakes_and_rekeys_are_counted() {
+    let mut n = Net::new();
+    // here the rotation follows the first handshake at once; the window that
+    // tells crossing initiations from a rekey is seconds long
+    n.a.crossing_window = Duration::ZERO;
+    n.b.crossing_window = Duration::ZERO;
+    n.send_a(b"one");
+    n.pump();
+    n.send_b(b"two");
+    n.pump();
+    // A initiated and B answered: one handshake each, nothing replaced
+    assert_eq!((n.a.handshakes(), n.a.rekeys()), (1, 0));
+    assert_eq!((n.b.handshakes(), n.b.rekeys()), (1, 0));
+    for _ in 0..3 {
+        n.send_a(b"data");
+        n.send_b(b"data");
+        n.pump();
+    }
+    assert_eq!(
+        (n.a.handshakes(), n.b.handshakes()),
+        (1, 1),
+        "data is no handshake"
+    );
+    // A rotates its key and B learns it: B starts a handshake with the new key
+    // while both still hold the old session, so on both ends it is a rekey
+    n.a.configure(
+        cfg(VA, &[key(3), key(1)], VB, ep(2), key(2)),
+        &mut |_, _| {},
+    );
+    let mut q = vec![];
+    n.b.configure(cfg(VB, &[key(2)], VA, ep(1), key(3)), &mut |d, to| {
+        q.push((d.to_vec(), ep(2), to))
+    });
+    n.wire.extend(q);
+    n.pump();
+    assert_eq!((n.a.handshakes(), n.a.rekeys()), (2, 1));
+    assert_eq!((n.b.handshakes(), n.b.rekeys()), (2, 1));
+    assert!(n.drops.is_empty(), "{:?}", n.drops);
+}
+
+#[test]
+fn crossing_first_initiations_are_no_rekey() {
+    let mut n = Net::new();
+    // both ends start a handshake before either hears from the other
+    n.send_a(b"one");
+    n.send_b(b"two");
+    n.pump();
+    assert_eq!(n.got_b, vec![b"one".to_vec()]);
+    assert_eq!(n.got_a, vec![b"two".to_vec()]);
+    // each answered the other's initiation (here over and over: a queued packet
+    // with no session yet starts another), yet nothing replaced a settled session
+    assert!(n.a.handshakes() >= 2 && n.b.handshakes() >= 2);
+    assert_eq!((n.a.rekeys(), n.b.rekeys()), (0, 0));
+    // with no window, the same crossing would read as rekeys
+    let mut n = Net::new();
+    n.a.crossing_window = Duration::ZERO;
+    n.send_a(b"one");
+    n.send_b(b"two");
+    n.pump();
+    assert!(n.a.rekeys() > 0);
+}
