@@ -6,9 +6,16 @@
 # busybox-static (httpd and wget in the guides, which the docs test runs),
 # a C compiler for the bundled SQLite, etcd (the cluster store the tests run
 # against) and protoc with its well-known types (etcd-client builds its gRPC
-# code at build time). Idempotent; quiet when all is there.
+# code at build time), and a Docker engine (docker.io) for the Docker driver
+# tests, whose test image is imported from busybox-static. Idempotent; quiet
+# when all is there.
 set -euo pipefail
 pkgs=(iproute2 util-linux nftables ethtool iputils-ping iperf3 tcpdump wireguard-go wireguard-tools busybox-static gcc libc6-dev ca-certificates etcd-server protobuf-compiler libprotobuf-dev)
+# Only where no Docker is installed at all: docker.io conflicts with Docker's own
+# docker-ce packages, which apt would otherwise remove.
+if ! command -v docker >/dev/null && ! command -v dockerd >/dev/null; then
+  pkgs+=(docker.io)
+fi
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -6,12 +6,19 @@
 //! plus `ping` on the host.
 
 mod command;
+mod docker;
 mod kernel_vxlan;
 mod netns;
 mod topology;
 mod traffic;
 mod wireguard_go;
 
+pub use docker::{
+    container_health, container_ip, container_pid, docker, docker_available, docker_output,
+    docker_unavailable_reason, ensure_test_image, exec_in, exec_in_ok, inspect,
+    skip_without_docker, wait_healthy, DockerGuard, DockerLock, DOCKER_LOCK_PATH, TEST_IMAGE,
+    TEST_LABEL,
+};
 pub use kernel_vxlan::{attach_to_bridge, kernel_vxlan_setup, KernelVxlanNode};
 pub use netns::{exec, exec_ok, exec_timeout, in_netns, kill_all_in, pids_in};
 pub use topology::{vxmesh_bin, Node, StoreKind, Topology};

@@ -69,6 +69,13 @@ pub fn exec_timeout(ns: &str, args: &[&str], timeout: Duration) -> Result<Output
 pub fn pids_in(ns: &str) -> Result<Vec<i32>> {
     let path = format!("/run/netns/{ns}");
     let want = std::fs::metadata(&path).with_context(|| format!("failed to stat {path}"))?;
+    // A host node's name points at the machine's own namespace: "every process
+    // in it" is every process on the machine.
+    let own = std::fs::metadata("/proc/self/ns/net").context("failed to stat /proc/self/ns/net")?;
+    anyhow::ensure!(
+        (want.dev(), want.ino()) != (own.dev(), own.ino()),
+        "{ns} is this process's own network namespace (a host node): refusing to list its processes"
+    );
     let me = std::process::id() as i32;
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").context("failed to list /proc")? {

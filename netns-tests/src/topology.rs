@@ -14,6 +14,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context, Result};
+use nix::fcntl::Flock;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -59,6 +60,19 @@ struct Etcd {
     child: Option<Child>,
 }
 
+/// The topology's node in the machine's own (root) network namespace: the
+/// root end of its underlay veth, the netns name pointing at the root
+/// namespace, and the machine-wide lock that keeps a second topology from
+/// putting 192.168.77.0/24 on the root namespace at the same time.
+struct HostNode {
+    ns: String,
+    link: String,
+    _lock: Flock<fs::File>,
+}
+
+const HOST_NODE_LOCK_PATH: &str = "/run/lock/vxmesh-host-node.lock";
+const HOST_NODE_LOCK_WAIT: Duration = Duration::from_secs(20 * 60);
+
 const ETCD_PORT: u16 = 2379;
 const ETCD_READY_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -75,6 +89,7 @@ pub struct Topology {
     /// agents that were already stopped too.
     logged_nodes: Vec<String>,
     etcd: Option<Etcd>,
+    host: Option<HostNode>,
 }
 
 impl Topology {
@@ -108,6 +123,7 @@ impl Topology {
             agents: BTreeMap::new(),
             logged_nodes: Vec::new(),
             etcd: None,
+            host: None,
         };
         let ul = topo.underlay_ns.clone();
         topo.create_ns(&ul)?;
@@ -252,6 +268,70 @@ impl Topology {
         };
         fs::write(dir.join("resolv.conf"), body).context("cannot write the node's resolv.conf")?;
         Ok(())
+    }
+
+    /// A node in the machine's own (root) network namespace, e.g. the Docker
+    /// host's: a veth `PREFIXh` in the root namespace, its peer on the
+    /// underlay bridge, with the next underlay address (`192.168.77.N/24`) on
+    /// the root end. `Node.ns` names the root namespace (`ip netns attach
+    /// PREFIX-NAME <this pid>`), so [`Topology::start_agent`], [`crate::exec`]
+    /// and [`crate::in_netns`] work as for any node; the name is only a name:
+    /// dropping the topology deletes the veth and the name, never the root
+    /// namespace's other links or processes. Never call [`crate::kill_all_in`]
+    /// on it (it refuses). One per topology, and one topology at a time on the
+    /// machine (a file lock, held until drop, waits for another).
+    pub fn add_host_node(&mut self, name: &str) -> Result<Node> {
+        ensure!(
+            self.host.is_none(),
+            "this topology already has a host node (the root namespace has one underlay link)"
+        );
+        ensure!(self.next_host < 255, "underlay /24 exhausted");
+        let lock = crate::docker::file_lock(
+            HOST_NODE_LOCK_PATH,
+            "another topology's host node",
+            HOST_NODE_LOCK_WAIT,
+        )?;
+        let ns = self.claim_name(name)?;
+        ensure!(!netns::exists(&ns), "/run/netns/{ns} already exists");
+        let host = self.next_host;
+        self.next_host += 1;
+        let addr = Ipv4Addr::new(UNDERLAY_NET[0], UNDERLAY_NET[1], UNDERLAY_NET[2], host);
+        let link = format!("{}h", self.prefix);
+        // Recorded before anything is made, so Drop removes whatever was.
+        self.host = Some(HostNode {
+            ns: ns.clone(),
+            link: link.clone(),
+            _lock: lock,
+        });
+        let pid = std::process::id().to_string();
+        ip(&["netns", "attach", &ns, &pid])?;
+        let ul = self.underlay_ns.clone();
+        let port = format!("u{host}");
+        ip(&[
+            "link", "add", &link, "mtu", "1500", "type", "veth", "peer", "name", &port, "mtu",
+            "1500", "netns", &ul,
+        ])?;
+        ip(&["-n", &ul, "link", "set", &port, "master", "br0", "up"])?;
+        let cidr = format!("{addr}/24");
+        ip(&["addr", "add", &cidr, "dev", &link])?;
+        ip(&["link", "set", &link, "up"])?;
+        let node = Node {
+            name: name.to_string(),
+            ns,
+            addr,
+        };
+        self.set_node_resolver(&node, None)?;
+        Ok(node)
+    }
+
+    /// True for the node [`Topology::add_host_node`] made.
+    pub fn is_host_node(&self, node: &Node) -> bool {
+        self.host.as_ref().is_some_and(|h| h.ns == node.ns)
+    }
+
+    /// The root-namespace end of the host node's underlay veth.
+    pub fn host_link(&self) -> Option<&str> {
+        self.host.as_ref().map(|h| h.link.as_str())
     }
 
     /// Separate from `add_node` only so tests read clearly; an outside host is
@@ -477,6 +557,22 @@ impl Drop for Topology {
                 eprintln!("vxmesh-netns-tests: stopping etcd: {e:#}");
             }
         }
+        if let Some(h) = &self.host {
+            // The root end first (deleting the underlay namespace would take the
+            // pair with it, but say so if it cannot go), then the name, which
+            // only unmounts /run/netns/NAME: the root namespace lives on.
+            if let Err(e) = ip(&["link", "del", &h.link]) {
+                let e = format!("{e:#}");
+                if !e.contains("Cannot find device") {
+                    eprintln!("vxmesh-netns-tests: {e}");
+                }
+            }
+            if netns::exists(&h.ns) {
+                if let Err(e) = netns::delete(&h.ns) {
+                    eprintln!("vxmesh-netns-tests: {e:#}");
+                }
+            }
+        }
         for ns in self.namespaces.iter().rev() {
             if let Err(e) = netns::delete(ns) {
                 eprintln!("vxmesh-netns-tests: {e:#}");
@@ -557,7 +653,7 @@ pub fn vxmesh_bin() -> PathBuf {
     bin
 }
 
-fn unique_prefix(test_name: &str) -> String {
+pub(crate) fn unique_prefix(test_name: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     loop {
         let mut h = DefaultHasher::new();

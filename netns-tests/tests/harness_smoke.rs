@@ -151,3 +151,103 @@ fn rx_packets(ns: &str) -> u64 {
         .parse()
         .unwrap()
 }
+
+/// The links of this process's (the root) namespace, by name.
+fn root_links() -> Vec<String> {
+    let out = std::process::Command::new("ip")
+        .args(["-o", "link"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .collect()
+}
+
+fn netns_inode(path: &str) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).unwrap();
+    (m.dev(), m.ino())
+}
+
+#[test]
+fn host_node_in_root_namespace_and_cleanup() {
+    let before = root_links();
+    let mut topo = Topology::new("harness_host").unwrap();
+    let prefix = topo.prefix().to_string();
+    let host = topo.add_host_node("host").unwrap();
+    let n1 = topo.add_node("n1").unwrap();
+    assert_eq!(host.addr, Ipv4Addr::new(192, 168, 77, 1));
+    assert_eq!(n1.addr, Ipv4Addr::new(192, 168, 77, 2));
+    assert_eq!(host.ns, format!("{prefix}-host"));
+    assert!(topo.is_host_node(&host) && !topo.is_host_node(&n1));
+    let link = topo.host_link().unwrap().to_string();
+    assert_eq!(link, format!("{prefix}h"));
+    assert!(link.len() <= 15, "{link}");
+    assert!(topo.add_host_node("host2").is_err(), "one host node only");
+
+    // The name is the root namespace itself, not a new one.
+    assert_eq!(
+        netns_inode(&format!("/run/netns/{}", host.ns)),
+        netns_inode("/proc/self/ns/net")
+    );
+    assert!(root_links().contains(&link));
+    let seen = exec_ok(&host.ns, &["ip", "-o", "addr", "show", "dev", &link]).unwrap();
+    assert!(seen.contains("192.168.77.1/24"), "{seen}");
+
+    assert!(ping(&n1.ns, &host.addr.to_string(), 2, None).unwrap());
+    assert!(ping(&host.ns, &n1.addr.to_string(), 2, None).unwrap());
+    assert!(ping(&host.ns, &n1.addr.to_string(), 1, Some(1472)).unwrap());
+    // in_netns works there too (a socket on the root end's address).
+    let sock = in_netns(&host.ns, || std::net::UdpSocket::bind("192.168.77.1:0"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        sock.local_addr().unwrap().ip(),
+        std::net::IpAddr::from([192, 168, 77, 1])
+    );
+    drop(sock);
+
+    // "Every process in the namespace" would be every process on the machine.
+    assert!(vxmesh_netns_tests::pids_in(&host.ns).is_err());
+    assert!(vxmesh_netns_tests::kill_all_in(&host.ns).is_err());
+    assert!(!vxmesh_netns_tests::pids_in(&n1.ns).unwrap().contains(&1));
+
+    let namespaces = vec![format!("{prefix}-ul"), n1.ns.clone(), host.ns.clone()];
+    let dir = topo.dir().to_path_buf();
+    drop(topo);
+    assert_all_gone(&namespaces, &dir);
+    let after = root_links();
+    assert!(
+        !after.iter().any(|l| l.starts_with(&prefix)),
+        "a link of the topology survived: {after:?}"
+    );
+    // Only our own links went: the machine's (lo, its uplink, ...) are all there,
+    // and its namespace is the one it was.
+    for l in before.iter().filter(|l| !l.starts_with("veth")) {
+        assert!(after.contains(l), "root link {l} disappeared: {after:?}");
+    }
+    let addrs = std::process::Command::new("ip")
+        .args(["-o", "addr"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&addrs.stdout).contains("192.168.77.1/24"));
+    assert!(!Path::new("/etc/netns").join(&namespaces[2]).exists());
+}
+
+#[test]
+fn host_node_cleanup_runs_when_test_panics() {
+    let seen = std::sync::Mutex::new(None);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut topo = Topology::new("harness_host_panic").unwrap();
+        let host = topo.add_host_node("host").unwrap();
+        let link = topo.host_link().unwrap().to_string();
+        *seen.lock().unwrap() = Some((host.ns, link, topo.dir().to_path_buf()));
+        panic!("deliberate panic to exercise Topology::drop with a host node");
+    }));
+    assert!(result.is_err());
+    let (ns, link, dir) = seen.into_inner().unwrap().expect("topology was built");
+    assert_all_gone(&[ns], &dir);
+    assert!(!root_links().contains(&link), "{link} survived");
+}
