@@ -5,6 +5,7 @@ pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod cni;
+pub mod docker;
 pub mod logging;
 pub mod state;
 pub mod store;

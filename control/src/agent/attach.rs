@@ -135,6 +135,31 @@ pub async fn attach(
     }
 }
 
+/// A Docker endpoint's TAP, made at Join in the agent's namespace with the
+/// endpoint's MAC and MTU and left there: Docker moves it into the container,
+/// names it and gives it its address and default route (the remote driver
+/// protocol's Join hands over an interface; it does not take a namespace).
+/// Returns the TAP's name for Join's answer.
+pub async fn tap_for_docker(
+    ep: &Endpoint,
+    net: &Network,
+    mtu: u32,
+    queues: usize,
+) -> Result<(String, Attached), AttachError> {
+    let name = tap_name(ep);
+    let queues = if net.encrypted { 1 } else { queues };
+    let fds = tap::create_queues(&name, queues).map_err(|e| AttachError::Tap(name.clone(), e))?;
+    let m = mtu.to_string();
+    ip(&["link", "set", "dev", &name, "address", &ep.mac, "mtu", &m]).await?;
+    Ok((
+        name,
+        Attached {
+            fds,
+            offloaded: true,
+        },
+    ))
+}
+
 /// The name, inside `netns`, of the other end of veth `host`.
 async fn veth_peer(netns: &Path, host: &str) -> Result<Option<String>, AttachError> {
     let out = ip(&["-j", "link", "show", "dev", host])

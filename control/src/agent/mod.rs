@@ -53,6 +53,8 @@ pub struct AgentConfig {
     pub workers: Option<usize>,
     /// Where to serve Prometheus metrics (`GET /metrics`).
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Serve Docker's network and IPAM driver protocols on the plugin socket.
+    pub docker_plugin: bool,
 }
 
 #[derive(Debug, Error)]
@@ -675,6 +677,7 @@ impl Agent {
             .values()
             .filter(|e| {
                 e.node == self.node
+                    && !e.awaiting_sandbox()
                     && !ports.by_endpoint.contains_key(&e.id)
                     && !ports.failed.contains_key(&e.id)
             })
@@ -821,6 +824,78 @@ impl Agent {
         }
     }
 
+    /// Docker's Join: the endpoint Docker knows as `owner` gets `sandbox` as its
+    /// namespace (so a restarted agent makes its interface there again) and a TAP
+    /// here, which Docker then moves into the container. Returns the TAP's name
+    /// and the endpoint's network.
+    pub async fn join_sandbox(
+        &self,
+        owner: &str,
+        sandbox: &str,
+    ) -> Result<(String, Endpoint, crate::state::Network), AgentError> {
+        let mut ports = self.ports.lock().await;
+        let (who, sb) = (owner.to_string(), sandbox.to_string());
+        let ep = self
+            .transact(move |st| {
+                let ep = st
+                    .endpoints
+                    .values_mut()
+                    .find(|e| e.owner.as_deref() == Some(who.as_str()))
+                    .ok_or_else(|| StateError::NotFound(format!("no endpoint for {who}")))?;
+                ep.netns.clone_from(&sb);
+                Ok(ep.clone())
+            })
+            .await?;
+        let snap = self.load().await?;
+        let net = snap
+            .state
+            .networks
+            .get(&ep.network)
+            .cloned()
+            .ok_or_else(|| StateError::NotFound(format!("network {} is gone", ep.network)))?;
+        // A retried Join replaces what the first one made.
+        if let Some(p) = ports.by_endpoint.remove(&ep.id) {
+            self.worker.remove_port(p.port);
+        }
+        let (tap, a) =
+            attach::tap_for_docker(&ep, &net, self.mtus.of(&net), self.worker.workers()).await?;
+        self.add_port(&mut ports, &ep.id, a);
+        self.publish(&snap.state, &ports);
+        self.publish_tunnels(&snap.state);
+        Ok((tap, ep, net))
+    }
+
+    /// Docker's Leave: the endpoint's interface goes (its TAP with the port), and
+    /// it waits for another Join; a task stops being one until its container
+    /// starts again. Nothing to do for an endpoint already gone.
+    pub async fn leave_sandbox(&self, owner: &str) -> Result<(), AgentError> {
+        let mut ports = self.ports.lock().await;
+        let who = owner.to_string();
+        let ep = self
+            .transact(move |st| {
+                let Some(ep) = st
+                    .endpoints
+                    .values_mut()
+                    .find(|e| e.owner.as_deref() == Some(who.as_str()))
+                else {
+                    return Ok(None);
+                };
+                ep.netns = format!("{}{}", crate::state::model::DOCKER_PENDING, ep.id);
+                ep.service = None;
+                let ep = ep.clone();
+                crate::state::ingress::sync_tasks(st)?;
+                Ok(Some(ep))
+            })
+            .await?;
+        if let Some(p) = ep.and_then(|ep| ports.by_endpoint.remove(&ep.id)) {
+            self.worker.remove_port(p.port);
+        }
+        if let Ok(snap) = self.load().await {
+            self.publish(&snap.state, &ports);
+        }
+        Ok(())
+    }
+
     pub async fn remove_endpoint(&self, id: String) -> Result<Endpoint, AgentError> {
         let mut ports = self.ports.lock().await;
         let ep = self
@@ -914,6 +989,11 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     tokio::spawn(agent.clone().follow());
     tokio::spawn(agent.clone().probe_tasks());
     tokio::spawn(agent.clone().liveness());
+    let docker = if cfg.docker_plugin {
+        Some(crate::docker::start(agent.clone(), &cfg.data_dir).await?)
+    } else {
+        None
+    };
     let api = tokio::spawn(crate::api::server::serve(listener, agent.clone()));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -922,6 +1002,9 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         r = api => { r??; }
     }
     tracing::info!("stopping");
+    if let Some(d) = docker {
+        d.stop().await;
+    }
     if let Err(e) = ingress::remove_table().await {
         tracing::warn!(error = %e, "cannot remove the ingress table");
     }

@@ -171,10 +171,9 @@ pub fn build(
         }
         for ep in st.endpoints_on(&net.name) {
             let base = ep
-                .netns
-                .rsplit('/')
-                .next()
-                .unwrap_or(&ep.netns)
+                .name
+                .as_deref()
+                .unwrap_or_else(|| ep.netns.rsplit('/').next().unwrap_or(&ep.netns))
                 .to_lowercase();
             v.dns
                 .entry(base)

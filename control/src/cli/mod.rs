@@ -114,6 +114,9 @@ struct AgentArgs {
     /// Serve Prometheus metrics on IP:PORT (GET /metrics)
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Be Docker's network and IPAM driver `vxmesh` (/run/docker/plugins/vxmesh.sock)
+    #[arg(long)]
+    docker_plugin: bool,
 }
 
 /// `90s`, `30m`, `12h`, `1d`, or plain seconds.
@@ -324,6 +327,7 @@ pub fn main() -> anyhow::Result<()> {
                 key_rotation_interval: a.key_rotation_interval,
                 workers: a.workers.map(usize::from),
                 metrics_addr: a.metrics_addr,
+                docker_plugin: a.docker_plugin,
             };
             tokio::runtime::Runtime::new()?.block_on(agent::run(cfg))
         }

@@ -113,6 +113,22 @@ pub struct Endpoint {
     pub health: Option<String>,
     #[serde(default)]
     pub created: u64,
+    /// The name DNS answers for it when its namespace's name is not one (a Docker
+    /// container's name; its namespace is a path under /var/run/docker/netns).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// The namespace a Docker endpoint has between IPAM's RequestAddress (which
+/// reserves its address) and the driver's Join (which names its sandbox): an
+/// endpoint there has no interface to make.
+pub const DOCKER_PENDING: &str = "docker-pending:";
+
+impl Endpoint {
+    /// Whether the endpoint waits for Docker to join it to a sandbox.
+    pub fn awaiting_sandbox(&self) -> bool {
+        self.netns.starts_with(DOCKER_PENDING)
+    }
 }
 
 /// A port published by a service: `published` answers on every node (ingress) or

@@ -448,6 +448,7 @@ pub fn create_endpoint(
         owner: spec.owner.clone(),
         health: None,
         created: unix_now(),
+        name: None,
     };
     st.endpoints.insert(id, ep.clone());
     Ok(ep)
