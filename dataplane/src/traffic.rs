@@ -1,13 +1,15 @@
 //! Packets and bytes in and out, per network and per port, for the metrics.
 //!
 //! One [`Traffic`] per network or port, made when it is installed (never per
-//! packet) and shared by the workers: each worker counts in a lane of its own (a
-//! cache line of relaxed atomics that only it writes, so a count is a plain load
-//! and store, no locked instruction and no line bouncing between cores), and a
-//! scrape sums the lanes.
+//! packet) and shared by the workers (a handle: clones count into the same
+//! lanes): each worker counts in a lane of its own (a cache line of relaxed
+//! atomics that only it writes, so a count is a plain load and store, no locked
+//! instruction and no line bouncing between cores), and a scrape sums the lanes.
+//! The lanes sit right behind the handle's pointer: one load to reach them.
 
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 
 /// One worker's counts. Aligned to a cache line so workers never share one.
 #[derive(Default)]
@@ -36,8 +38,9 @@ pub struct TrafficTotals {
 
 /// The counts of one network or port. Lane `i` must only be written by worker
 /// `i` (counts from a lane that does not exist are not taken).
+#[derive(Clone)]
 pub struct Traffic {
-    lanes: Box<[Lane]>,
+    lanes: Arc<[Lane]>,
 }
 
 impl Traffic {

@@ -31,8 +31,8 @@ pub struct Dataplane {
     conntrack: Arc<std::sync::Mutex<crate::conntrack::Conntrack>>,
     /// Each port's and each network's traffic counters, made when the port is
     /// added or the network first published, kept until it goes.
-    port_traffic: Mutex<FxHashMap<PortId, Arc<Traffic>>>,
-    network_traffic: Mutex<FxHashMap<u32, Arc<Traffic>>>,
+    port_traffic: Mutex<FxHashMap<PortId, Traffic>>,
+    network_traffic: Mutex<FxHashMap<u32, Traffic>>,
 }
 
 /// What the connection table holds and has done, for the metrics.
@@ -107,7 +107,7 @@ impl Dataplane {
     /// `fds`: one per worker (a multi-queue TAP), or a single one that worker 0
     /// reads and the others write through a duplicate.
     pub fn add_port(&self, id: PortId, fds: Vec<OwnedFd>, vnet: bool) -> io::Result<()> {
-        let traffic = Arc::new(Traffic::new(self.workers.len()));
+        let traffic = Traffic::new(self.workers.len());
         if let Ok(mut t) = self.port_traffic.lock() {
             t.insert(id, traffic.clone());
         }
@@ -147,7 +147,7 @@ impl Dataplane {
             for (vni, net) in st.networks.iter_mut() {
                 net.traffic = t
                     .entry(*vni)
-                    .or_insert_with(|| Arc::new(Traffic::new(self.workers.len())))
+                    .or_insert_with(|| Traffic::new(self.workers.len()))
                     .clone();
             }
         }

@@ -50,7 +50,7 @@ enum Command {
         fd: OwnedFd,
         vnet: bool,
         read: bool,
-        traffic: Arc<Traffic>,
+        traffic: Traffic,
     },
     RemovePort(PortId),
     StateChanged,
@@ -155,7 +155,7 @@ impl WorkerHandle {
 
     /// `vnet`: the fd is a TAP opened with `IFF_VNET_HDR` (see `tap::create_queues`).
     /// `traffic`: the port's counters, where this worker counts in its own lane.
-    pub fn add_port(&self, id: PortId, fd: OwnedFd, vnet: bool, read: bool, traffic: Arc<Traffic>) {
+    pub fn add_port(&self, id: PortId, fd: OwnedFd, vnet: bool, read: bool, traffic: Traffic) {
         self.send(Command::AddPort {
             id,
             fd,
@@ -255,7 +255,7 @@ struct Port {
     vnet: bool,
     read: bool,
     /// Frames read from and written to the device.
-    traffic: Arc<Traffic>,
+    traffic: Traffic,
 }
 
 /// A run of datagrams for one `sendmsg` with `UDP_SEGMENT`: same destination,

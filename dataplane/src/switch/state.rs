@@ -65,7 +65,7 @@ pub struct NetworkView {
     pub backend_ips: rustc_hash::FxHashSet<Ipv4Addr>,
     /// Frames of this network to and from other nodes (the dataplane keeps one
     /// per VNI across state swaps; see [`crate::traffic`]).
-    pub traffic: std::sync::Arc<crate::traffic::Traffic>,
+    pub traffic: crate::traffic::Traffic,
 }
 
 /// A virtual service as one network sees it.

@@ -657,7 +657,7 @@ proptest::proptest! {
 #[test]
 fn network_traffic_counts_frames_to_and_from_other_nodes() {
     let mut st = state();
-    let traffic = std::sync::Arc::new(crate::traffic::Traffic::new(2));
+    let traffic = crate::traffic::Traffic::new(2);
     st.networks.get_mut(&VNI).unwrap().traffic = traffic.clone();
     let mut sw = Switch::new(16);
     sw.set_lane(1);
