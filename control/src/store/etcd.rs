@@ -141,19 +141,7 @@ impl EtcdStore {
         })
     }
 
-    fn unreachable(&self, e: impl std::fmt::Display) -> StoreError {
-        StoreError::Unreachable {
-            store: self.describe(),
-            reason: e.to_string(),
-        }
-    }
 
-    fn corrupt(&self, e: impl std::fmt::Display) -> StoreError {
-        StoreError::Corrupt {
-            store: self.describe(),
-            reason: e.to_string(),
-        }
-    }
 
     fn block_on<F: Future>(&self, f: F) -> F::Output {
         self.rt.block_on(f)

@@ -71,6 +71,28 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every node's last heartbeat, in Unix milliseconds.
     fn heartbeats(&self) -> Result<std::collections::BTreeMap<String, u64>, StoreError>;
+
+    /// The error for a store that could not be reached (or answer).
+    fn unreachable(&self, e: impl std::fmt::Display) -> StoreError
+    where
+        Self: Sized,
+    {
+        StoreError::Unreachable {
+            store: self.describe(),
+            reason: e.to_string(),
+        }
+    }
+
+    /// The error for stored data this version cannot read.
+    fn corrupt(&self, e: impl std::fmt::Display) -> StoreError
+    where
+        Self: Sized,
+    {
+        StoreError::Corrupt {
+            store: self.describe(),
+            reason: e.to_string(),
+        }
+    }
 }
 
 /// Runs an operation that returns a value inside [`Store::update`].

@@ -51,19 +51,7 @@ impl SqliteStore {
         })
     }
 
-    fn unreachable(&self, e: impl std::fmt::Display) -> StoreError {
-        StoreError::Unreachable {
-            store: self.describe(),
-            reason: e.to_string(),
-        }
-    }
 
-    fn corrupt(&self, e: impl std::fmt::Display) -> StoreError {
-        StoreError::Corrupt {
-            store: self.describe(),
-            reason: e.to_string(),
-        }
-    }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
         self.conn
