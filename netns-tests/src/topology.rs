@@ -368,10 +368,18 @@ impl Topology {
         let api = self.socket(node);
         let addr = node.addr.to_string();
         let data_dir = data_dir.display().to_string();
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &node.ns])
-            .arg(vxmesh_bin())
-            .args(["agent", "--node", &node.name, "--advertise-addr", &addr])
+        // A host node's agent runs as it would on a real Docker host: straight in
+        // the machine's namespaces. `ip netns exec` would give it a mount
+        // namespace of its own, where the netns files Docker mounts later under
+        // /var/run/docker/netns stay empty files.
+        let mut cmd = if self.is_host_node(node) {
+            Command::new(vxmesh_bin())
+        } else {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &node.ns]).arg(vxmesh_bin());
+            c
+        };
+        cmd.args(["agent", "--node", &node.name, "--advertise-addr", &addr])
             .args(["--store", &store, "--api", &api, "--data-dir", &data_dir])
             .args(extra_args)
             .stdin(Stdio::null())
