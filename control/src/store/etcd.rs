@@ -141,8 +141,6 @@ impl EtcdStore {
         })
     }
 
-
-
     fn block_on<F: Future>(&self, f: F) -> F::Output {
         self.rt.block_on(f)
     }

@@ -51,8 +51,6 @@ impl SqliteStore {
         })
     }
 
-
-
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
         self.conn
             .lock()
