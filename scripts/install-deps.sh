@@ -7,14 +7,19 @@
 # a C compiler for the bundled SQLite, etcd (the cluster store the tests run
 # against) and protoc with its well-known types (etcd-client builds its gRPC
 # code at build time), and a Docker engine (docker.io) for the Docker driver
-# tests, whose test image is imported from busybox-static. Idempotent; quiet
-# when all is there.
+# tests, whose test image is imported from busybox-static, with docker-compose
+# for the compose file in docs/docker.md. Idempotent; quiet when all is there.
 set -euo pipefail
 pkgs=(iproute2 util-linux nftables ethtool iputils-ping iperf3 tcpdump wireguard-go wireguard-tools busybox-static gcc libc6-dev ca-certificates etcd-server protobuf-compiler libprotobuf-dev)
 # Only where no Docker is installed at all: docker.io conflicts with Docker's own
 # docker-ce packages, which apt would otherwise remove.
 if ! command -v docker >/dev/null && ! command -v dockerd >/dev/null; then
   pkgs+=(docker.io)
+fi
+# Compose v1 (Debian's docker-compose) runs docs/docker-compose.yml in the tests;
+# only where no docker-compose is on PATH (Docker's own packages may bring one).
+if ! command -v docker-compose >/dev/null; then
+  pkgs+=(docker-compose)
 fi
 missing=()
 for p in "${pkgs[@]}"; do
