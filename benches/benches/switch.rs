@@ -977,6 +977,7 @@ fn with_ingress() -> SwitchState {
         enabled: true,
         published: Default::default(),
         policies: Vec::new(),
+        rate_limit: None,
     };
     ing.published.insert(
         (6, 8080),

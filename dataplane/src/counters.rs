@@ -61,10 +61,13 @@ pub enum DropReason {
     PolicyDrop,
     /// A new ingress connection a `reject` policy refused (answered with RST or ICMP).
     PolicyReject,
+    /// A new ingress connection over its source address's rate
+    /// (`--ingress-rate-limit`); dropped unanswered.
+    IngressRateLimited,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 26] = [
+    pub const ALL: [DropReason; 27] = [
         DropReason::Malformed,
         DropReason::BadVxlanHeader,
         DropReason::UnknownVni,
@@ -91,6 +94,7 @@ impl DropReason {
         DropReason::NotPublished,
         DropReason::PolicyDrop,
         DropReason::PolicyReject,
+        DropReason::IngressRateLimited,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -121,6 +125,7 @@ impl DropReason {
             DropReason::NotPublished => "not_published",
             DropReason::PolicyDrop => "policy_drop",
             DropReason::PolicyReject => "policy_reject",
+            DropReason::IngressRateLimited => "ingress_rate_limited",
         }
     }
 }

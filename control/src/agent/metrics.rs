@@ -207,6 +207,12 @@ pub fn render(a: &Agent) -> String {
         "Connections tracked through service VIPs and published ports",
         ct.entries as i64,
     );
+    gauge(
+        &mut reg,
+        "conntrack_max",
+        "Connections the table holds at most (--conntrack-max); new ones evict old ones past it",
+        ct.max as i64,
+    );
     counter(
         &mut reg,
         "conntrack_setups",

@@ -35,7 +35,8 @@ pub const WIREGUARD_OVERHEAD: u32 = 28 + 32 + 15;
 pub const WG_PORT: u16 = 51820;
 /// Send sockets, i.e. distinct outer source ports flows are spread over.
 const SOURCE_PORTS: usize = 8;
-const MAX_LEARNED_MACS: usize = 16_384;
+/// Health probes running at once, at most, by default (`--health-probes-max`).
+pub const HEALTH_PROBES_MAX: usize = 64;
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -55,6 +56,13 @@ pub struct AgentConfig {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Serve Docker's network and IPAM driver protocols on the plugin socket.
     pub docker_plugin: bool,
+    /// The dataplane's tables' maximums (`--conntrack-max`, `--fdb-learned-max`,
+    /// `--dns-forwards-max`).
+    pub limits: vxmesh_dataplane::io::dataplane::Limits,
+    /// Health probes running at once, at most (`--health-probes-max`).
+    pub health_probes_max: usize,
+    /// New ingress connections per client address (`--ingress-rate-limit`; `None`: off).
+    pub ingress_rate_limit: Option<vxmesh_dataplane::lb::limit::RateLimit>,
 }
 
 #[derive(Debug, Error)]
@@ -117,6 +125,10 @@ pub struct Agent {
     sandbox: Option<ingress::Sandbox>,
     /// The nftables table last applied (empty: none yet).
     nft_table: tokio::sync::Mutex<String>,
+    /// `--ingress-rate-limit`'s buckets, put in every state published.
+    ingress_limit: Option<Arc<vxmesh_dataplane::lb::limit::SourceLimiter>>,
+    /// `--health-probes-max`.
+    health_probes_max: usize,
 }
 
 impl Agent {
@@ -167,7 +179,7 @@ impl Agent {
                 .map(|n| n.get())
                 .unwrap_or(1)
         });
-        let worker = Dataplane::start(workers, cfg.advertise_addr, VXLAN_PORT, SOURCE_PORTS, Some(wg), MAX_LEARNED_MACS)
+        let worker = Dataplane::start(workers, cfg.advertise_addr, VXLAN_PORT, SOURCE_PORTS, Some(wg), cfg.limits)
             .with_context(|| {
                 format!("cannot bind the VXLAN underlay sockets (udp/{VXLAN_PORT}, {}): is another VXLAN endpoint using the port?", cfg.advertise_addr)
             })?;
@@ -212,6 +224,10 @@ impl Agent {
             attached: std::sync::atomic::AtomicUsize::new(0),
             sandbox,
             nft_table: tokio::sync::Mutex::new(String::new()),
+            ingress_limit: cfg
+                .ingress_rate_limit
+                .map(|l| Arc::new(vxmesh_dataplane::lb::limit::SourceLimiter::new(l))),
+            health_probes_max: cfg.health_probes_max.max(1),
         });
         let mut me = Node::new(&cfg.node, cfg.advertise_addr);
         me.last_seen = crate::state::model::unix_now();
@@ -373,6 +389,11 @@ impl Agent {
 
     pub fn counters(&self) -> Counters {
         self.worker.counters()
+    }
+
+    /// Connections tracked now, the table's maximum, and setups and evictions so far.
+    pub fn conntrack_stats(&self) -> vxmesh_dataplane::io::dataplane::ConntrackStats {
+        self.worker.conntrack_stats()
     }
 
     pub fn store_name(&self) -> String {
@@ -588,13 +609,24 @@ impl Agent {
 
     /// Probes this node's tasks whose service has `--health`, each every
     /// `--health-interval` (default 5 s), and writes verdicts to the store:
-    /// unhealthy after 2 failures in a row, healthy after 1 success.
+    /// unhealthy after 2 failures in a row, healthy after 1 success. Probes
+    /// run side by side, one at a time per task and at most
+    /// `--health-probes-max` at once (each holds a thread while it waits);
+    /// tasks due past that wait for a free slot.
     pub async fn probe_tasks(self: Arc<Self>) {
         let mut last: HashMap<String, std::time::Instant> = HashMap::new();
         let mut fails: HashMap<String, u32> = HashMap::new();
+        let mut running: std::collections::HashSet<String> = Default::default();
+        let slots = Arc::new(tokio::sync::Semaphore::new(self.health_probes_max));
+        // at most one result per running probe waits here
+        let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel::<(String, bool)>();
         loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
             let st = self.last_state();
+            while let Ok((id, ok)) = done.try_recv() {
+                running.remove(&id);
+                self.record_probe(&st, &id, ok, &mut fails).await;
+            }
             last.retain(|id, _| st.endpoints.contains_key(id));
             fails.retain(|id, _| st.endpoints.contains_key(id));
             // a task's ingress interface shares the task's verdict
@@ -610,46 +642,68 @@ impl Agent {
                     continue;
                 };
                 let every = Duration::from_millis(svc.health_interval_ms.unwrap_or(5000).max(100));
-                if last.get(&ep.id).is_some_and(|t| t.elapsed() < every) {
+                if running.contains(&ep.id) || last.get(&ep.id).is_some_and(|t| t.elapsed() < every)
+                {
                     continue;
                 }
-                last.insert(ep.id.clone(), std::time::Instant::now());
                 let Some(ip) = ep.ips.first().copied() else {
                     continue;
                 };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    break; // every slot busy: the rest on a later round
+                };
+                last.insert(ep.id.clone(), std::time::Instant::now());
+                running.insert(ep.id.clone());
                 let path = attach::netns_path(&ep.netns);
                 let timeout = every.min(Duration::from_secs(2));
-                let ok =
-                    tokio::task::spawn_blocking(move || health::probe(path, ip, probe, timeout))
-                        .await
-                        .unwrap_or(false);
-                let n = fails.entry(ep.id.clone()).or_default();
-                *n = if ok { 0 } else { *n + 1 };
-                let verdict = match (ok, *n) {
-                    (true, _) => "healthy",
-                    (false, n) if n >= 2 => "unhealthy",
-                    _ => continue,
-                };
-                if ep.health.as_deref() != Some(verdict) {
-                    let (id, v) = (ep.id.clone(), verdict.to_string());
-                    let r = self
-                        .transact(move |st| {
-                            if let Some(e) = st.endpoints.get_mut(&id) {
-                                e.health = Some(v.clone());
-                            }
-                            Ok(())
-                        })
-                        .await;
-                    match r {
-                        Ok(()) => {
-                            tracing::info!(endpoint = %ep.id, health = verdict, "task health changed")
-                        }
-                        Err(e) => {
-                            tracing::warn!(endpoint = %ep.id, error = %e, "cannot record task health")
-                        }
-                    }
-                }
+                let (id, tx) = (ep.id.clone(), done_tx.clone());
+                tokio::spawn(async move {
+                    let ok = tokio::task::spawn_blocking(move || {
+                        health::probe(path, ip, probe, timeout)
+                    })
+                    .await
+                    .unwrap_or(false);
+                    drop(slot);
+                    let _ = tx.send((id, ok));
+                });
             }
+        }
+    }
+
+    /// Counts one probe's outcome for task `id` and writes its verdict to the
+    /// store when it changes.
+    async fn record_probe(
+        &self,
+        st: &ClusterState,
+        id: &str,
+        ok: bool,
+        fails: &mut HashMap<String, u32>,
+    ) {
+        let Some(ep) = st.endpoints.get(id) else {
+            return;
+        };
+        let n = fails.entry(ep.id.clone()).or_default();
+        *n = if ok { 0 } else { *n + 1 };
+        let verdict = match (ok, *n) {
+            (true, _) => "healthy",
+            (false, n) if n >= 2 => "unhealthy",
+            _ => return,
+        };
+        if ep.health.as_deref() == Some(verdict) {
+            return;
+        }
+        let (id, v) = (ep.id.clone(), verdict.to_string());
+        let r = self
+            .transact(move |st| {
+                if let Some(e) = st.endpoints.get_mut(&id) {
+                    e.health = Some(v.clone());
+                }
+                Ok(())
+            })
+            .await;
+        match r {
+            Ok(()) => tracing::info!(endpoint = %ep.id, health = verdict, "task health changed"),
+            Err(e) => tracing::warn!(endpoint = %ep.id, error = %e, "cannot record task health"),
         }
     }
 
@@ -765,6 +819,9 @@ impl Agent {
             .sandbox
             .as_ref()
             .and_then(|sb| switch_state::ingress_view(st, &self.node, sb));
+        if let Some(ing) = sw.ingress.as_mut() {
+            ing.rate_limit.clone_from(&self.ingress_limit);
+        }
         self.worker.publish(sw);
     }
 

@@ -288,6 +288,8 @@ pub fn ingress_view(st: &ClusterState, node: &str, sandbox: &Sandbox) -> Option<
         enabled: me.ingress,
         published,
         policies,
+        // the agent puts its own in (one table for its life)
+        rate_limit: None,
     })
 }
 

@@ -336,6 +336,7 @@ async fn trace(State(a): Ag, Json(r): Json<TraceRequest>) -> Result<Response, Ap
 
 async fn stats(State(a): Ag) -> Res {
     let c = a.counters();
+    let ct = a.conntrack_stats();
     let drops: serde_json::Map<String, Value> = c
         .drops_by_reason()
         .into_iter()
@@ -359,6 +360,12 @@ async fn stats(State(a): Ag) -> Res {
         "learned": c.learned,
         "dns_answers": c.dns_answers,
         "drops": drops,
+        "conntrack": {
+            "entries": ct.entries,
+            "max": ct.max,
+            "setups": ct.created,
+            "evicted": ct.evicted,
+        },
         "workers": a
             .worker_counters()
             .iter()

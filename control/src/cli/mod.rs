@@ -117,6 +117,25 @@ struct AgentArgs {
     /// Be Docker's network and IPAM driver `vxmesh` (/run/docker/plugins/vxmesh.sock)
     #[arg(long)]
     docker_plugin: bool,
+    /// Connections tracked (VIPs and published ports), at most; when full a new one evicts an old one, half-open first
+    #[arg(long, value_name = "N", default_value_t = vxmesh_dataplane::io::dataplane::CONNTRACK_MAX as u32,
+          value_parser = clap::value_parser!(u32).range(64..=16_777_216))]
+    conntrack_max: u32,
+    /// MACs each worker learns from static peer VTEPs (--peer-vtep), at most; past it their frames are flooded
+    #[arg(long, value_name = "N", default_value_t = vxmesh_dataplane::io::dataplane::FDB_LEARNED_MAX as u32,
+          value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    fdb_learned_max: u32,
+    /// DNS queries each worker relays to the node's resolvers at once, at most; past it they are dropped (dns_busy)
+    #[arg(long, value_name = "N", default_value_t = vxmesh_dataplane::io::dataplane::DNS_FORWARDS_MAX as u32,
+          value_parser = clap::value_parser!(u32).range(1..=vxmesh_dataplane::io::dataplane::DNS_FORWARDS_LIMIT as i64))]
+    dns_forwards_max: u32,
+    /// Health probes running at once, at most (each holds a thread while it waits)
+    #[arg(long, value_name = "N", default_value_t = agent::HEALTH_PROBES_MAX as u32,
+          value_parser = clap::value_parser!(u32).range(1..=256))]
+    health_probes_max: u32,
+    /// New connections per second each client address may open to published ports, N/s[,burst=B] (burst: N); over it they are dropped (ingress_rate_limited). Default: no limit
+    #[arg(long, value_name = "N/s[,burst=B]")]
+    ingress_rate_limit: Option<vxmesh_dataplane::lb::limit::RateLimit>,
 }
 
 /// `90s`, `30m`, `12h`, `1d`, or plain seconds.
@@ -328,6 +347,13 @@ pub fn main() -> anyhow::Result<()> {
                 workers: a.workers.map(usize::from),
                 metrics_addr: a.metrics_addr,
                 docker_plugin: a.docker_plugin,
+                limits: vxmesh_dataplane::io::dataplane::Limits {
+                    conntrack: a.conntrack_max as usize,
+                    fdb_learned: a.fdb_learned_max as usize,
+                    dns_forwards: a.dns_forwards_max as usize,
+                },
+                health_probes_max: a.health_probes_max as usize,
+                ingress_rate_limit: a.ingress_rate_limit,
             };
             tokio::runtime::Runtime::new()?.block_on(agent::run(cfg))
         }

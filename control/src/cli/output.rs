@@ -300,6 +300,9 @@ pub fn stats(f: Format, v: &Value) -> anyhow::Result<()> {
     .iter()
     .map(|k| vec![k.to_string(), s(&v[*k])])
     .collect();
+    for k in ["entries", "max", "setups", "evicted"] {
+        rows.push(vec![format!("conntrack {k}"), s(&v["conntrack"][k])]);
+    }
     if let Some(d) = v["drops"].as_object() {
         rows.extend(d.iter().map(|(k, n)| vec![format!("drop {k}"), s(n)]));
     }

@@ -29,6 +29,7 @@ pub struct Dataplane {
     state: Arc<ArcSwap<SwitchState>>,
     source_ports: Vec<u16>,
     conntrack: Arc<std::sync::Mutex<crate::conntrack::Conntrack>>,
+    limits: Limits,
     /// Each port's and each network's traffic counters, made when the port is
     /// added or the network first published, kept until it goes.
     port_traffic: Mutex<FxHashMap<PortId, Traffic>>,
@@ -39,6 +40,8 @@ pub struct Dataplane {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ConntrackStats {
     pub entries: usize,
+    /// The most it may hold (`--conntrack-max`).
+    pub max: usize,
     /// Connections ever set up.
     pub created: u64,
     /// Connections pushed out by new ones while the table was full.
@@ -47,6 +50,37 @@ pub struct ConntrackStats {
 
 /// Connections tracked through VIPs, at most (Linux's default `nf_conntrack_max` here).
 pub const CONNTRACK_MAX: usize = 262_144;
+/// MACs one worker learns from static peer VTEPs, at most.
+pub const FDB_LEARNED_MAX: usize = 16_384;
+/// DNS queries one worker has waiting for the node's resolvers, at most.
+pub const DNS_FORWARDS_MAX: usize = 1_024;
+/// The largest `dns_forwards` allowed: forwarded queries take 16-bit ids, and
+/// a fresh random id must stay easy to find.
+pub const DNS_FORWARDS_LIMIT: usize = 16_384;
+
+/// The most each of the dataplane's tables holds (`vxmesh agent
+/// --conntrack-max`, `--fdb-learned-max`, `--dns-forwards-max`): whatever
+/// arrives, none grows past its maximum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections in the shared table (all workers); a new one evicts when full.
+    pub conntrack: usize,
+    /// MACs learned from static peers, per worker; past it frames still flood.
+    pub fdb_learned: usize,
+    /// DNS queries in flight to the node's resolvers, per worker (at most
+    /// [`DNS_FORWARDS_LIMIT`]); past it queries are dropped (`dns_busy`).
+    pub dns_forwards: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            conntrack: CONNTRACK_MAX,
+            fdb_learned: FDB_LEARNED_MAX,
+            dns_forwards: DNS_FORWARDS_MAX,
+        }
+    }
+}
 
 impl Dataplane {
     /// Starts `workers` workers on the underlay address `local`. Fails with
@@ -58,7 +92,7 @@ impl Dataplane {
         vxlan_port: u16,
         source_ports: usize,
         wireguard: Option<UdpSocket>,
-        max_learned: usize,
+        limits: Limits,
     ) -> io::Result<Self> {
         let any: IpAddr = match local {
             IpAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
@@ -67,7 +101,7 @@ impl Dataplane {
         drop(UdpSocket::bind(SocketAddr::new(any, vxlan_port))?);
         let state = Arc::new(ArcSwap::from_pointee(SwitchState::default()));
         let conntrack = Arc::new(std::sync::Mutex::new(crate::conntrack::Conntrack::new(
-            CONNTRACK_MAX,
+            limits.conntrack,
         )));
         let start = std::time::Instant::now();
         let mut wireguard = wireguard;
@@ -83,11 +117,12 @@ impl Dataplane {
                 start,
                 underlay,
                 wireguard.take(),
-                max_learned,
+                limits,
             )?);
         }
         Ok(Self {
             conntrack,
+            limits,
             workers: handles,
             state,
             source_ports: ports,
@@ -98,6 +133,11 @@ impl Dataplane {
 
     pub fn workers(&self) -> usize {
         self.workers.len()
+    }
+
+    /// The tables' maximums it was started with.
+    pub fn limits(&self) -> Limits {
+        self.limits
     }
 
     pub fn source_ports(&self) -> &[u16] {
@@ -209,6 +249,7 @@ impl Dataplane {
             .lock()
             .map(|c| ConntrackStats {
                 entries: c.len(),
+                max: self.limits.conntrack,
                 created: c.created,
                 evicted: c.evicted,
             })

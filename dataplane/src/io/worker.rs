@@ -31,8 +31,6 @@ const UNDERLAY: Token = Token(1);
 const WIREGUARD: Token = Token(2);
 const DNS_FORWARD: Token = Token(3);
 const FIRST_PORT_TOKEN: usize = 4;
-/// DNS queries waiting for the node's resolvers, at most, per worker.
-const DNS_INFLIGHT_MAX: usize = 1024;
 /// How long a forwarded query waits for its answer.
 const DNS_FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 /// WireGuard's timers want a tick about this often.
@@ -77,13 +75,13 @@ impl WorkerHandle {
         start: Instant,
         underlay: Underlay,
         wireguard: Option<std::net::UdpSocket>,
-        max_learned: usize,
+        limits: crate::io::dataplane::Limits,
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (tx, rx) = mpsc::channel();
         let counters = Arc::new(Mutex::new(Counters::default()));
-        let mut switch = Switch::with_conntrack(max_learned, conntrack);
+        let mut switch = Switch::with_conntrack(limits.fdb_learned, conntrack);
         switch.set_lane(index);
         let mut w = Worker {
             poll,
@@ -97,6 +95,9 @@ impl WorkerHandle {
             rx_bufs: vec![vec![0u8; 65_536 + 4096]; gso::BATCH],
             dns_sock: std::net::UdpSocket::bind("0.0.0.0:0")?,
             dns_pending: FxHashMap::default(),
+            dns_max: limits
+                .dns_forwards
+                .clamp(1, crate::io::dataplane::DNS_FORWARDS_LIMIT),
             dns_scratch: vec![0u8; 65_536],
             rx_meta: [gso::RecvMeta {
                 len: 0,
@@ -217,6 +218,8 @@ struct Worker {
     dns_sock: std::net::UdpSocket,
     /// Forwarded queries by the id we gave them: who asked, their id, when.
     dns_pending: FxHashMap<u16, (PortId, crate::wire::udp_reply::UdpPeer, u16, Instant)>,
+    /// Queries `dns_pending` may hold, at most (`--dns-forwards-max`).
+    dns_max: usize,
     dns_scratch: Vec<u8>,
     rx_meta: [gso::RecvMeta; gso::BATCH],
     state: Arc<ArcSwap<SwitchState>>,
@@ -897,7 +900,7 @@ impl Worker {
             self.switch.counters.drop(DropReason::Malformed);
             return;
         }
-        if self.dns_pending.len() >= DNS_INFLIGHT_MAX {
+        if self.dns_pending.len() >= self.dns_max {
             self.switch.counters.drop(DropReason::DnsBusy);
             return;
         }

@@ -2,6 +2,7 @@
 //! backend for a new flow. (Virtual services keyed by fwmark, conntrack and NAT
 //! build on them.)
 
+pub mod limit;
 pub mod maglev;
 pub mod nat;
 pub mod passive;

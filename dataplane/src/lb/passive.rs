@@ -20,8 +20,13 @@ struct Record {
     out_until_ms: u64,
 }
 
+/// Backends whose answers are remembered, at most. Only backends the state
+/// has get connections (and [`PassiveHealth::retain`] forgets the others on
+/// every change), so this is a backstop, far above any real cluster's count.
+pub const MAX_RECORDS: usize = 65_536;
+
 /// Per (zone, fwmark, backend address): bounded by the backends the state has,
-/// since only those get connections.
+/// since only those get connections, and by [`MAX_RECORDS`] whatever happens.
 #[derive(Debug, Default)]
 pub struct PassiveHealth {
     records: FxHashMap<(u32, u32, Ipv4Addr), Record>,
@@ -31,6 +36,14 @@ pub struct PassiveHealth {
 
 impl PassiveHealth {
     pub fn failed(&mut self, key: (u32, u32, Ipv4Addr), now_ms: u64) {
+        if self.records.len() >= MAX_RECORDS && !self.records.contains_key(&key) {
+            // full: forget the backends that are not out (a failure or two in
+            // a row is all they hold); if every one is out, this one waits
+            self.records.retain(|_, r| r.out_until_ms > now_ms);
+            if self.records.len() >= MAX_RECORDS {
+                return;
+            }
+        }
         let r = self.records.entry(key).or_default();
         r.fails = r.fails.saturating_add(1);
         if r.fails >= MAX_FAILS && r.out_until_ms <= now_ms {
@@ -79,5 +92,25 @@ mod tests {
         p.failed(k, 5 + OUT_MS);
         assert!(p.is_out(k, 6 + OUT_MS), "one more failure: out again");
         assert_eq!(p.ejections, 2);
+    }
+
+    #[test]
+    fn bounded_whatever_fails() {
+        let mut p = PassiveHealth::default();
+        for i in 0..(MAX_RECORDS as u32 + 1_000) {
+            p.failed((1, 0x100, Ipv4Addr::from(i)), 0);
+            assert!(p.records.len() <= MAX_RECORDS);
+        }
+        // a backend that is out stays out while the table is full of others
+        let k = (2, 0x100, Ipv4Addr::new(10, 0, 0, 9));
+        for t in 0..3 {
+            p.failed(k, t);
+        }
+        assert!(p.is_out(k, 10));
+        for i in 0..1_000u32 {
+            p.failed((3, 0x100, Ipv4Addr::from(i)), 20);
+        }
+        assert!(p.is_out(k, 30));
+        assert!(p.records.len() <= MAX_RECORDS);
     }
 }

@@ -15,9 +15,16 @@ struct Entry {
     seen_ms: u64,
 }
 
+/// A full table looks for aged entries to reclaim at most this often: a peer
+/// flooding new MACs into a full table of live ones costs a lookup a frame,
+/// not a walk of the whole table.
+const RECLAIM_EVERY_MS: u64 = 1_000;
+
 pub struct LearnedFdb {
     map: FxHashMap<(u32, Mac), Entry>,
     max: usize,
+    /// When a full table last looked for aged entries (`None`: never).
+    reclaimed_ms: Option<u64>,
 }
 
 pub enum Learn {
@@ -30,7 +37,11 @@ impl LearnedFdb {
     pub fn new(max: usize) -> Self {
         let mut map = FxHashMap::default();
         map.reserve(max.min(4096));
-        Self { map, max }
+        Self {
+            map,
+            max,
+            reclaimed_ms: None,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -55,9 +66,15 @@ impl LearnedFdb {
             return Learn::Known;
         }
         if self.map.len() >= self.max {
-            // Reclaim aged entries; done only when full, so its cost is paid rarely.
-            self.map
-                .retain(|_, e| now_ms.saturating_sub(e.seen_ms) < AGEING_MS);
+            // Reclaim aged entries: only when full, and at most once a second.
+            let due = self
+                .reclaimed_ms
+                .is_none_or(|t| now_ms.saturating_sub(t) >= RECLAIM_EVERY_MS);
+            if due {
+                self.reclaimed_ms = Some(now_ms);
+                self.map
+                    .retain(|_, e| now_ms.saturating_sub(e.seen_ms) < AGEING_MS);
+            }
             if self.map.len() >= self.max {
                 return Learn::Full;
             }
@@ -98,5 +115,49 @@ mod tests {
             Learn::New
         ));
         assert_eq!(f.lookup(1, &[2, 0, 0, 0, 0, 1], AGEING_MS + 1), None);
+    }
+
+    proptest::proptest! {
+        /// Whatever a peer sends (any MACs, VNIs, VTEPs, times), the table
+        /// never holds more than its maximum.
+        #[test]
+        fn never_past_its_maximum(
+            max in 1usize..64,
+            frames in proptest::collection::vec(
+                (0u32..4, proptest::array::uniform6(0u8..8), 0u8..4, 0u64..AGEING_MS),
+                1..400,
+            ),
+        ) {
+            let mut f = LearnedFdb::new(max);
+            let mut now = 0;
+            for (vni, mac, vtep, dt) in frames {
+                now += dt / 8;
+                f.learn(vni, mac, IpAddr::from([192, 0, 2, vtep]), now);
+                proptest::prop_assert!(f.len() <= max);
+            }
+        }
+    }
+
+    #[test]
+    fn a_full_table_of_live_entries_is_not_walked_for_every_new_mac() {
+        let v: IpAddr = "192.0.2.1".parse().unwrap();
+        let mut f = LearnedFdb::new(2);
+        f.learn(1, [2, 0, 0, 0, 0, 1], v, 0);
+        f.learn(1, [2, 0, 0, 0, 0, 2], v, AGEING_MS - 10);
+        assert!(matches!(
+            f.learn(1, [2, 0, 0, 0, 0, 3], v, AGEING_MS - 5),
+            Learn::Full
+        ));
+        // the first entry has aged now, but the last look was under a second ago
+        assert!(matches!(
+            f.learn(1, [2, 0, 0, 0, 0, 3], v, AGEING_MS + 1),
+            Learn::Full
+        ));
+        // a second on, the table looks again and finds room
+        assert!(matches!(
+            f.learn(1, [2, 0, 0, 0, 0, 3], v, AGEING_MS + 1_000),
+            Learn::New
+        ));
+        assert_eq!(f.len(), 2);
     }
 }

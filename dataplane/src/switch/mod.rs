@@ -547,9 +547,15 @@ impl Switch {
                 return Err(DropReason::IngressOff);
             }
             match policy_verdict(&ing.policies, key.proto, key.dport, key.src) {
-                PolicyAction::Accept => Ok(p),
-                PolicyAction::Drop => Err(DropReason::PolicyDrop),
-                PolicyAction::Reject => Err(DropReason::PolicyReject),
+                PolicyAction::Accept => {}
+                PolicyAction::Drop => return Err(DropReason::PolicyDrop),
+                PolicyAction::Reject => return Err(DropReason::PolicyReject),
+            }
+            // last, so only connections that would be served spend a token;
+            // over the limit is dropped unanswered (a RST would answer spoofers)
+            match &ing.rate_limit {
+                Some(l) if !l.admit(key.src, now_ms) => Err(DropReason::IngressRateLimited),
+                _ => Ok(p),
             }
         };
         let Hit {

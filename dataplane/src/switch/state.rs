@@ -177,4 +177,7 @@ pub struct IngressView {
     /// (IP protocol, published port) to its virtual service.
     pub published: FxHashMap<(u8, u16), PublishedView>,
     pub policies: Vec<PolicyRule>,
+    /// `--ingress-rate-limit`: new connections per client address (`None`: off).
+    /// One table for the agent's life, put in every state it builds.
+    pub rate_limit: Option<std::sync::Arc<crate::lb::limit::SourceLimiter>>,
 }

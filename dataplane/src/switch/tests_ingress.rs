@@ -99,6 +99,7 @@ fn node_a() -> SwitchState {
         enabled: true,
         published,
         policies: Vec::new(),
+        rate_limit: None,
     });
     st
 }
@@ -625,4 +626,104 @@ fn after_a_failover_cached_replies_follow_the_client_to_its_new_ingress_node() {
         "{a:?}"
     );
     assert_eq!(&b.data()[0..6], &SBOX_C);
+}
+
+#[test]
+fn a_source_over_its_rate_is_dropped_and_its_connections_go_on() {
+    use crate::lb::limit::{RateLimit, SourceLimiter};
+    let mut st = node_a();
+    let limit = RateLimit {
+        per_sec: 10,
+        burst: 3,
+    };
+    st.ingress.as_mut().unwrap().rate_limit = Some(Arc::new(SourceLimiter::new(limit)));
+    let mut sw = Switch::new(16);
+    sw.on_state(&st);
+    let syn = |src: [u8; 4], sport: u16| buf(&tcp(HOST, SBOX, src, SBOX_IP, sport, 8080, true));
+    let t0 = 10_000;
+    let mut served = 0;
+    for sport in 0..10 {
+        match sw.from_port(&st, SANDBOX_PORT, &mut syn(CLIENT, 30_000 + sport), t0) {
+            Action::Drop(DropReason::IngressRateLimited) => {}
+            _ => served += 1,
+        }
+    }
+    assert_eq!(served, 3, "the burst, then nothing");
+    assert_eq!(sw.counters.dropped(DropReason::IngressRateLimited), 7);
+    // a connection let in carries on: its packets never ask the limiter
+    let mut b = buf(&tcp(HOST, SBOX, CLIENT, SBOX_IP, 30_000, 8080, false));
+    assert_eq!(
+        sw.from_port(&st, SANDBOX_PORT, &mut b, t0 + 1),
+        Action::Deliver(TASK_PORT)
+    );
+    // another client is not held back by this one
+    let other = [198, 51, 100, 8];
+    let a = sw.from_port(&st, SANDBOX_PORT, &mut syn(other, 1), t0 + 1);
+    assert!(!matches!(a, Action::Drop(_)), "{a:?}");
+    // 100 ms later the first may open one more (10/s)
+    let a = sw.from_port(&st, SANDBOX_PORT, &mut syn(CLIENT, 31_000), t0 + 100);
+    assert!(!matches!(a, Action::Drop(_)), "{a:?}");
+    let a = sw.from_port(&st, SANDBOX_PORT, &mut syn(CLIENT, 31_001), t0 + 100);
+    assert_eq!(a, Action::Drop(DropReason::IngressRateLimited));
+    // refused by policy first: a dropped connection spends no token
+    st.ingress.as_mut().unwrap().policies.push(PolicyRule {
+        proto: 6,
+        port: 8080,
+        from: Ipv4Addr::from([198, 51, 100, 9]),
+        prefix: 32,
+        action: PolicyAction::Drop,
+    });
+    sw.on_state(&st);
+    for sport in 0..5 {
+        let a = sw.from_port(&st, SANDBOX_PORT, &mut syn([198, 51, 100, 9], sport), t0);
+        assert_eq!(a, Action::Drop(DropReason::PolicyDrop));
+    }
+    assert_eq!(sw.counters.dropped(DropReason::IngressRateLimited), 8);
+}
+
+#[test]
+fn a_syn_flood_from_random_sources_leaves_the_table_at_its_bound() {
+    let st = node_a();
+    let ct = Arc::new(Mutex::new(Conntrack::new(256)));
+    let mut sw = Switch::with_conntrack(16, ct.clone());
+    sw.on_state(&st);
+    // a real client's connection, established before the flood
+    let mut b = buf(&tcp(HOST, SBOX, CLIENT, SBOX_IP, 40_000, 8080, true));
+    assert_eq!(
+        sw.from_port(&st, SANDBOX_PORT, &mut b, 0),
+        Action::Deliver(TASK_PORT)
+    );
+    let mut b = buf(&tcp_segment(
+        (TASK_A, IGW),
+        ([10, 255, 0, 10], 80),
+        (CLIENT, 40_000),
+        100,
+        SYN | ACK,
+        b"",
+    ));
+    assert_eq!(
+        sw.from_port(&st, TASK_PORT, &mut b, 1),
+        Action::Deliver(SANDBOX_PORT)
+    );
+    let mut b = buf(&tcp(HOST, SBOX, CLIENT, SBOX_IP, 40_000, 8080, false));
+    sw.from_port(&st, SANDBOX_PORT, &mut b, 2);
+    let mut x: u32 = 7;
+    for i in 0..20_000u64 {
+        x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        let src = (0xC612_0000 | (x >> 15)).to_be_bytes(); // 198.18.0.0/15
+        let mut b = buf(&tcp(HOST, SBOX, src, SBOX_IP, x as u16, 8080, true));
+        sw.from_port(&st, SANDBOX_PORT, &mut b, 3 + i / 20);
+        assert!(ct.lock().unwrap().len() <= 256);
+    }
+    let c = ct.lock().unwrap();
+    assert_eq!(c.len(), 256, "full, never past it");
+    assert!(c.evicted >= 19_000, "{}", c.evicted);
+    drop(c);
+    // the established connection survived: half-open ones went first
+    let mut b = buf(&tcp(HOST, SBOX, CLIENT, SBOX_IP, 40_000, 8080, false));
+    assert_eq!(
+        sw.from_port(&st, SANDBOX_PORT, &mut b, 2_000),
+        Action::Deliver(TASK_PORT)
+    );
+    assert_eq!(endpoints(b.data()), (CLIENT, 40_000, [10, 255, 0, 10], 80));
 }
