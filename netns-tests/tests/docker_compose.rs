@@ -223,7 +223,8 @@ fn compose_file_from_the_guide() {
     let n3 = t.add_node("n3").unwrap();
     let client = t.add_outside_host("client").unwrap();
     let other = t.add_container("c2").unwrap();
-    t.start_agent(&host, &["--docker-plugin"]).unwrap();
+    t.start_agent(&host, &["--docker-plugin", "--cleanup-on-exit"])
+        .unwrap();
     t.start_agent(&n2, &[]).unwrap();
     t.start_agent(&n3, &[]).unwrap();
     let mut compose = Compose {
