@@ -444,6 +444,17 @@ impl Topology {
         terminate(std::slice::from_mut(&mut agent.child))
     }
 
+    /// Kills a node's agent with SIGKILL: no shutdown work of any kind.
+    pub fn kill_agent(&mut self, node: &Node) -> Result<()> {
+        let mut agent = self
+            .agents
+            .remove(&node.name)
+            .with_context(|| format!("no running agent for node {}", node.name))?;
+        let _ = kill(Pid::from_raw(agent.child.id() as i32), Signal::SIGKILL);
+        agent.child.wait().context("reaping a killed agent")?;
+        Ok(())
+    }
+
     pub fn socket(&self, node: &Node) -> String {
         format!(
             "unix:{}",

@@ -82,7 +82,7 @@ fn docker_containers_join_vxmesh_networks_services_and_the_routing_mesh() -> Res
     let host = t.add_host_node("dock")?;
     let n2 = t.add_node("n2")?;
     let client = t.add_outside_host("client")?;
-    t.start_agent(&host, &["--docker-plugin"])?;
+    t.start_agent(&host, &["--docker-plugin", "--cleanup-on-exit"])?;
     t.start_agent(&n2, &[])?;
     let d = DockerGuard::new(t.prefix());
 
@@ -263,7 +263,7 @@ fn docker_containers_join_vxmesh_networks_services_and_the_routing_mesh() -> Res
 
     // the agent restarts with containers running: they stay connected
     t.stop_agent(&host)?;
-    t.start_agent(&host, &["--docker-plugin"])?;
+    t.start_agent(&host, &["--docker-plugin", "--cleanup-on-exit"])?;
     let back = eventually(Duration::from_secs(15), || {
         ping(&c2, &d1_ip.to_string(), 1, None)
     })?;

@@ -251,9 +251,15 @@ fn published_ports_answer_on_every_node_and_policies_apply_per_node_on(
         "n2 has no api task"
     );
 
-    // the agent owns its nftables table: gone when it stops
+    // the agent owns its nftables table: it stays across a stop (so a restart
+    // resets no connection through a published port) and goes with
+    // --cleanup-on-exit (a node leaving for good)
     let listed = exec(&n1.ns, &["nft", "list", "table", "ip", "vxmesh"])?;
     assert!(listed.status.success());
+    t.stop_agent(n1)?;
+    let listed = exec(&n1.ns, &["nft", "list", "table", "ip", "vxmesh"])?;
+    assert!(listed.status.success(), "the table went with a plain stop");
+    t.start_agent(n1, &["--cleanup-on-exit"])?;
     t.stop_agent(n1)?;
     let listed = exec(&n1.ns, &["nft", "list", "table", "ip", "vxmesh"])?;
     assert!(!listed.status.success(), "table left behind");

@@ -96,8 +96,15 @@ pub async fn attach(
         None => {
             let name = tap_name(ep);
             let queues = if net.encrypted { 1 } else { queues };
-            let fds =
-                tap::create_queues(&name, queues).map_err(|e| AttachError::Tap(name.clone(), e))?;
+            if let Some(fds) = reopen(&path, ep, queues).await {
+                configure(&path, ep, net, mtu).await?;
+                return Ok(Attached {
+                    fds,
+                    offloaded: true,
+                });
+            }
+            let fds = tap::create_persistent(&name, queues)
+                .map_err(|e| AttachError::Tap(name.clone(), e))?;
             let ns = path.display().to_string();
             ip(&["link", "set", "dev", &name, "netns", &ns]).await?;
             ip_in(&path, &["link", "set", "dev", &name, "name", &ep.ifname]).await?;
@@ -148,7 +155,8 @@ pub async fn tap_for_docker(
 ) -> Result<(String, Attached), AttachError> {
     let name = tap_name(ep);
     let queues = if net.encrypted { 1 } else { queues };
-    let fds = tap::create_queues(&name, queues).map_err(|e| AttachError::Tap(name.clone(), e))?;
+    let fds =
+        tap::create_persistent(&name, queues).map_err(|e| AttachError::Tap(name.clone(), e))?;
     let m = mtu.to_string();
     ip(&["link", "set", "dev", &name, "address", &ep.mac, "mtu", &m]).await?;
     Ok((
@@ -158,6 +166,52 @@ pub async fn tap_for_docker(
             offloaded: true,
         },
     ))
+}
+
+/// The endpoint's TAP as an earlier run of the agent left it in the container
+/// (TAPs are persistent), opened again: only a TAP under the endpoint's name
+/// with the endpoint's MAC is taken. One that cannot be opened with this run's
+/// number of queues (another `--workers`) is deleted, to be made anew.
+async fn reopen(netns: &Path, ep: &Endpoint, queues: usize) -> Option<Vec<OwnedFd>> {
+    let out = ip_in(netns, &["-d", "-j", "link", "show", "dev", &ep.ifname])
+        .await
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+    let ours = v[0]["address"].as_str() == Some(ep.mac.as_str())
+        && v[0]["linkinfo"]["info_kind"].as_str() == Some("tun");
+    if !ours {
+        return None;
+    }
+    match tap::reopen_in(netns, &ep.ifname, queues) {
+        Ok(fds) => {
+            tracing::info!(endpoint = %ep.id, ifname = %ep.ifname, "reopened the endpoint's TAP");
+            Some(fds)
+        }
+        Err(e) => {
+            tracing::info!(endpoint = %ep.id, error = %e, "cannot reopen the endpoint's TAP: making it anew");
+            let _ = ip_in(netns, &["link", "del", "dev", &ep.ifname]).await;
+            None
+        }
+    }
+}
+
+/// Deletes an endpoint's interface (TAPs are persistent, so closing their fds
+/// does not): inside its namespace, and in the agent's, where Docker leaves a
+/// TAP it took back from a container. A user's veth is left alone.
+pub async fn detach(ep: &Endpoint) {
+    if ep.veth.is_some() {
+        return;
+    }
+    let path = netns_path(&ep.netns);
+    if path.exists() {
+        if let Ok(out) = ip_in(&path, &["-j", "link", "show", "dev", &ep.ifname]).await {
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+            if v[0]["address"].as_str() == Some(ep.mac.as_str()) {
+                let _ = ip_in(&path, &["link", "del", "dev", &ep.ifname]).await;
+            }
+        }
+    }
+    let _ = ip(&["link", "del", "dev", &tap_name(ep)]).await;
 }
 
 /// The name, inside `netns`, of the other end of veth `host`.

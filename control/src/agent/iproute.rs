@@ -17,7 +17,10 @@ pub enum PlumbError {
 impl PlumbError {
     /// Whether the tool said the object already exists (an idempotent add).
     pub fn exists(&self) -> bool {
-        matches!(self, PlumbError::Failed { stderr, .. } if stderr.contains("File exists"))
+        // iproute2 says "Address already assigned" for an IPv4 address an
+        // interface already has (a reopened, persistent TAP keeps its own).
+        matches!(self, PlumbError::Failed { stderr, .. }
+            if stderr.contains("File exists") || stderr.contains("already assigned"))
     }
 }
 

@@ -7,6 +7,7 @@ pub mod ingress;
 pub mod iproute;
 pub mod keys;
 pub mod metrics;
+pub mod snapshot;
 pub mod switch_state;
 pub mod trace;
 
@@ -56,6 +57,10 @@ pub struct AgentConfig {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Serve Docker's network and IPAM driver protocols on the plugin socket.
     pub docker_plugin: bool,
+    /// Remove the ingress nftables table on exit. By default it stays: with it
+    /// gone the kernel would stop translating established published-port
+    /// connections (no NAT hook left) and answer them with resets.
+    pub cleanup_on_exit: bool,
     /// The dataplane's tables' maximums (`--conntrack-max`, `--fdb-learned-max`,
     /// `--dns-forwards-max`).
     pub limits: vxmesh_dataplane::io::dataplane::Limits,
@@ -85,6 +90,8 @@ impl From<StateError> for AgentError {
 
 struct LocalPort {
     port: PortId,
+    /// The endpoint as attached, to delete its (persistent) interface when it goes.
+    ep: Endpoint,
 }
 
 #[derive(Default)]
@@ -129,6 +136,8 @@ pub struct Agent {
     ingress_limit: Option<Arc<vxmesh_dataplane::lb::limit::SourceLimiter>>,
     /// `--health-probes-max`.
     health_probes_max: usize,
+    /// Where the agent keeps what it needs across restarts (see [`snapshot`]).
+    data_dir: std::path::PathBuf,
 }
 
 impl Agent {
@@ -228,6 +237,7 @@ impl Agent {
                 .ingress_rate_limit
                 .map(|l| Arc::new(vxmesh_dataplane::lb::limit::SourceLimiter::new(l))),
             health_probes_max: cfg.health_probes_max.max(1),
+            data_dir: cfg.data_dir.clone(),
         });
         let mut me = Node::new(&cfg.node, cfg.advertise_addr);
         me.last_seen = crate::state::model::unix_now();
@@ -718,8 +728,8 @@ impl Agent {
             .cloned()
             .collect();
         for id in gone {
-            if let Some(p) = ports.by_endpoint.remove(&id) {
-                self.worker.remove_port(p.port);
+            if let Some(ep) = self.close_port(&mut ports, &id) {
+                attach::detach(&ep).await;
                 tracing::info!(endpoint = %id, "endpoint removed; port closed");
             }
         }
@@ -745,7 +755,7 @@ impl Agent {
             };
             match attach::attach(&ep, net, self.mtus.of(net), self.worker.workers()).await {
                 Ok(fd) => {
-                    let port = self.add_port(&mut ports, &ep.id, fd);
+                    let port = self.add_port(&mut ports, &ep, fd);
                     tracing::info!(endpoint = %ep.id, port = port.0, "endpoint attached");
                 }
                 Err(e) => {
@@ -792,14 +802,77 @@ impl Agent {
         }
     }
 
-    fn add_port(&self, ports: &mut LocalPorts, id: &str, a: attach::Attached) -> PortId {
+    fn add_port(&self, ports: &mut LocalPorts, ep: &Endpoint, a: attach::Attached) -> PortId {
         let port = PortId(ports.next);
         ports.next += 1;
         if let Err(e) = self.worker.add_port(port, a.fds, a.offloaded) {
-            tracing::error!(endpoint = %id, error = %e, "cannot hand the port to the workers");
+            tracing::error!(endpoint = %ep.id, error = %e, "cannot hand the port to the workers");
         }
-        ports.by_endpoint.insert(id.to_string(), LocalPort { port });
+        ports.by_endpoint.insert(
+            ep.id.clone(),
+            LocalPort {
+                port,
+                ep: ep.clone(),
+            },
+        );
+        self.record_ports(ports);
         port
+    }
+
+    /// Takes endpoint `id`'s port from the workers; its interface stays until
+    /// [`attach::detach`].
+    fn close_port(&self, ports: &mut LocalPorts, id: &str) -> Option<Endpoint> {
+        let p = ports.by_endpoint.remove(id)?;
+        self.worker.remove_port(p.port);
+        self.record_ports(ports);
+        Some(p.ep)
+    }
+
+    fn record_ports(&self, ports: &LocalPorts) {
+        let eps: Vec<&Endpoint> = ports.by_endpoint.values().map(|p| &p.ep).collect();
+        snapshot::save_ports(&self.data_dir, &eps);
+    }
+
+    /// Deletes the interfaces an earlier run left for endpoints the store no
+    /// longer gives this node (removed while the agent was down or killed).
+    pub async fn remove_stale_interfaces(&self) {
+        let recorded = snapshot::recorded_ports(&self.data_dir);
+        if recorded.is_empty() {
+            return;
+        }
+        let Ok(snap) = self.load().await else {
+            tracing::warn!("store unreachable: stale interfaces are left for now");
+            return;
+        };
+        for ep in recorded {
+            let still = snap
+                .state
+                .endpoints
+                .get(&ep.id)
+                .is_some_and(|e| e.node == self.node && e.netns == ep.netns);
+            if !still {
+                tracing::info!(endpoint = %ep.id, netns = %ep.netns, "deleting the interface of an endpoint removed while the agent was away");
+                attach::detach(&ep).await;
+            }
+        }
+    }
+
+    /// Saves the balancer's connections for the next run (on a clean stop).
+    pub fn save_connections(&self) {
+        let entries = self.worker.connections();
+        match snapshot::save_connections(&self.data_dir, &entries) {
+            Ok(n) => tracing::info!(connections = n, "connections saved for the next run"),
+            Err(e) => tracing::warn!(error = %e, "cannot save the connections"),
+        }
+    }
+
+    /// Puts back the connections the last run saved.
+    pub fn restore_connections(&self) {
+        let saved = snapshot::take_connections(&self.data_dir);
+        if !saved.is_empty() {
+            let n = self.worker.restore_connections(&saved);
+            tracing::info!(connections = n, "connections restored from the last run");
+        }
     }
 
     fn publish(&self, st: &ClusterState, ports: &LocalPorts) {
@@ -866,7 +939,7 @@ impl Agent {
         };
         match attached {
             Ok(fd) => {
-                self.add_port(&mut ports, &ep.id, fd);
+                self.add_port(&mut ports, &ep, fd);
                 self.publish(&snap.state, &ports);
                 self.publish_tunnels(&snap.state);
                 Ok(ep)
@@ -911,12 +984,12 @@ impl Agent {
             .cloned()
             .ok_or_else(|| StateError::NotFound(format!("network {} is gone", ep.network)))?;
         // A retried Join replaces what the first one made.
-        if let Some(p) = ports.by_endpoint.remove(&ep.id) {
-            self.worker.remove_port(p.port);
+        if let Some(old) = self.close_port(&mut ports, &ep.id) {
+            attach::detach(&old).await;
         }
         let (tap, a) =
             attach::tap_for_docker(&ep, &net, self.mtus.of(&net), self.worker.workers()).await?;
-        self.add_port(&mut ports, &ep.id, a);
+        self.add_port(&mut ports, &ep, a);
         self.publish(&snap.state, &ports);
         self.publish_tunnels(&snap.state);
         Ok((tap, ep, net))
@@ -944,8 +1017,8 @@ impl Agent {
                 Ok(Some(ep))
             })
             .await?;
-        if let Some(p) = ep.and_then(|ep| ports.by_endpoint.remove(&ep.id)) {
-            self.worker.remove_port(p.port);
+        if let Some(old) = ep.and_then(|ep| self.close_port(&mut ports, &ep.id)) {
+            attach::detach(&old).await;
         }
         if let Ok(snap) = self.load().await {
             self.publish(&snap.state, &ports);
@@ -958,8 +1031,10 @@ impl Agent {
         let ep = self
             .transact(move |st| ops::remove_endpoint(st, &id))
             .await?;
-        if let Some(p) = ports.by_endpoint.remove(&ep.id) {
-            self.worker.remove_port(p.port);
+        let attached = self.close_port(&mut ports, &ep.id);
+        // An endpoint with no port now may still have a (persistent) interface.
+        attach::detach(attached.as_ref().unwrap_or(&ep)).await;
+        if attached.is_some() {
             attach::forget_resolv_conf(&ep);
         }
         if let Ok(snap) = self.load().await {
@@ -1043,6 +1118,8 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         });
         tracing::info!(%addr, "metrics on /metrics");
     }
+    agent.restore_connections();
+    agent.remove_stale_interfaces().await;
     tokio::spawn(agent.clone().follow());
     tokio::spawn(agent.clone().probe_tasks());
     tokio::spawn(agent.clone().liveness());
@@ -1059,11 +1136,14 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         r = api => { r??; }
     }
     tracing::info!("stopping");
+    agent.save_connections();
     if let Some(d) = docker {
         d.stop().await;
     }
-    if let Err(e) = ingress::remove_table().await {
-        tracing::warn!(error = %e, "cannot remove the ingress table");
+    if cfg.cleanup_on_exit {
+        if let Err(e) = ingress::remove_table().await {
+            tracing::warn!(error = %e, "cannot remove the ingress table");
+        }
     }
     let _ = std::fs::remove_file(&cfg.api);
     Ok(())

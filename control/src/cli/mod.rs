@@ -117,6 +117,11 @@ struct AgentArgs {
     /// Be Docker's network and IPAM driver `vxmesh` (/run/docker/plugins/vxmesh.sock)
     #[arg(long)]
     docker_plugin: bool,
+    /// Remove the routing mesh's nftables table when stopping (a node leaving for
+    /// good); by default it stays, so a restart resets no connection through a
+    /// published port
+    #[arg(long)]
+    cleanup_on_exit: bool,
     /// Connections tracked (VIPs and published ports), at most; when full a new one evicts an old one, half-open first
     #[arg(long, value_name = "N", default_value_t = vxmesh_dataplane::io::dataplane::CONNTRACK_MAX as u32,
           value_parser = clap::value_parser!(u32).range(64..=16_777_216))]
@@ -347,6 +352,7 @@ pub fn main() -> anyhow::Result<()> {
                 workers: a.workers.map(usize::from),
                 metrics_addr: a.metrics_addr,
                 docker_plugin: a.docker_plugin,
+                cleanup_on_exit: a.cleanup_on_exit,
                 limits: vxmesh_dataplane::io::dataplane::Limits {
                     conntrack: a.conntrack_max as usize,
                     fdb_learned: a.fdb_learned_max as usize,

@@ -414,6 +414,33 @@ impl Conntrack {
         }
     }
 
+    /// Puts back a connection an earlier run of the agent saved when it stopped
+    /// (so a restart loses no connection): its state, its way back and each
+    /// side's next sequence number, last seen `now_ms` (the saved times were on
+    /// the earlier run's clock).
+    pub fn restore(&mut self, e: &Entry, now_ms: u64) -> u32 {
+        let id = self.insert(e.orig, e.reply, e.service, e.backend, 0, now_ms);
+        self.created = self.created.saturating_sub(1);
+        if let Some(Some(c)) = self.slab.get_mut(id as usize) {
+            let was = c.state == State::Established;
+            c.state = e.state;
+            if let Some(v) = e.via {
+                c.set_via(v);
+            }
+            let is = c.state == State::Established;
+            if was != is {
+                tally(&mut self.load, c, was, -1);
+                tally(&mut self.load, c, is, 1);
+            }
+        }
+        if let Some(t) = self.touch.get(id as usize) {
+            for (side, seq) in e.next_seq.iter().enumerate() {
+                t.set_next_seq(side, *seq);
+            }
+        }
+        id
+    }
+
     /// Whether a connection still waiting for its backend's answer should be
     /// scheduled again, because passive health took that backend out.
     pub fn stalled(&self, id: u32, now_ms: u64) -> bool {

@@ -247,3 +247,32 @@ fn setups_count_every_connection_created_and_stay_when_entries_go() {
     ct.expire(u64::MAX / 2, |_| {});
     assert_eq!(ct.created, 6, "a counter, not a gauge");
 }
+
+#[test]
+fn a_restored_table_holds_what_the_saved_one_did() {
+    let mut ct = Conntrack::new(64);
+    let a = open(&mut ct, 1000, 10);
+    ct.note_seq(a, Dir::Orig, 111);
+    ct.note_seq(a, Dir::Reply, 222);
+    ct.set_via(a, [2, 0, 0, 0, 0, 9]);
+    let k = key(2000);
+    ct.insert(k, reply_of(&k), 1, 0, TCP_SYN, 10); // half-open
+    let saved: Vec<Entry> = ct.iter().collect();
+    // a new run: another clock, an empty table
+    let mut back = Conntrack::new(64);
+    for e in &saved {
+        back.restore(e, 5);
+    }
+    assert_eq!(back.len(), 2);
+    for e in &saved {
+        let (id, dir) = back.lookup(&e.orig).expect("original direction found");
+        assert_eq!(dir, Dir::Orig);
+        assert_eq!(back.lookup(&e.reply), Some((id, Dir::Reply)));
+        let r = back.get(id).unwrap();
+        assert_eq!((r.state, r.via, r.next_seq), (e.state, e.via, e.next_seq));
+        assert_eq!((r.service, r.backend, r.last_ms), (e.service, e.backend, 5));
+    }
+    // the load the lc scheduler reads is the same
+    assert_eq!(back.counts(7, 1, 0), ct.counts(7, 1, 0));
+    assert_eq!(back.counts(7, 1, 0), (1, 1));
+}

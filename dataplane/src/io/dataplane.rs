@@ -34,6 +34,8 @@ pub struct Dataplane {
     /// added or the network first published, kept until it goes.
     port_traffic: Mutex<FxHashMap<PortId, Traffic>>,
     network_traffic: Mutex<FxHashMap<u32, Traffic>>,
+    /// The workers' clock's zero (connection times are milliseconds since).
+    start: std::time::Instant,
 }
 
 /// What the connection table holds and has done, for the metrics.
@@ -128,6 +130,7 @@ impl Dataplane {
             source_ports: ports,
             port_traffic: Mutex::default(),
             network_traffic: Mutex::default(),
+            start,
         })
     }
 
@@ -225,6 +228,19 @@ impl Dataplane {
             .lock()
             .map(|c| c.iter().collect())
             .unwrap_or_default()
+    }
+
+    /// Puts back connections an earlier run saved (see
+    /// [`crate::conntrack::Conntrack::restore`]); returns how many.
+    pub fn restore_connections(&self, saved: &[crate::conntrack::Entry]) -> usize {
+        let now = self.start.elapsed().as_millis() as u64;
+        let Ok(mut c) = self.conntrack.lock() else {
+            return 0;
+        };
+        for e in saved {
+            c.restore(e, now);
+        }
+        saved.len()
     }
 
     /// Each port's frames in (read from it) and out (written to it), by port.
