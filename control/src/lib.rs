@@ -6,6 +6,8 @@ pub mod api;
 pub mod cli;
 pub mod cni;
 pub mod docker;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod logging;
 pub mod state;
 pub mod store;

@@ -9,6 +9,8 @@
 pub mod buf;
 pub mod conntrack;
 pub mod counters;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod io;
 pub mod lb;
 pub mod offload;

@@ -200,12 +200,19 @@ struct ExternalNode {
     wg_port: Option<u16>,
 }
 
+impl ExternalNode {
+    fn node(self) -> crate::state::Node {
+        let mut node = crate::state::Node::new(&self.name, self.advertise_addr);
+        node.public_key = Some(self.public_key);
+        node.tunnel_addr = Some(self.tunnel_addr);
+        node.wg_port = self.wg_port;
+        node.ingress = false;
+        node
+    }
+}
+
 async fn add_node(State(a): Ag, Json(n): Json<ExternalNode>) -> Res {
-    let mut node = crate::state::Node::new(&n.name, n.advertise_addr);
-    node.public_key = Some(n.public_key);
-    node.tunnel_addr = Some(n.tunnel_addr);
-    node.wg_port = n.wg_port;
-    node.ingress = false;
+    let node = n.node();
     let n = a
         .transact(move |st| ops::add_external_node(st, node.clone()))
         .await?;
@@ -416,4 +423,84 @@ async fn remove_policy(State(a): Ag, Path(id): Path<String>) -> Res {
         .transact(move |st| crate::state::ingress::remove_policy(st, &id))
         .await?;
     to_json(p)
+}
+
+/// A route's JSON request body applied to `st` as the route applies it inside
+/// its store transaction (the handlers' closures above), for the fuzz targets
+/// and their corpus replay, which run no agent. `path` is the route's path
+/// after `/v1/`, a segment each, `{name}`s filled in (decoded, as axum's `Path`
+/// hands them over); `node` is the agent's own node (endpoints are created
+/// there). The body is decoded as axum's `Json` decodes it.
+#[doc(hidden)]
+pub fn apply(
+    st: &mut crate::state::ClusterState,
+    node: &str,
+    method: &str,
+    path: &[&str],
+    body: &[u8],
+) -> Result<Value, String> {
+    fn body_of<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, String> {
+        serde_json::from_slice(b).map_err(|e| format!("422: {e}"))
+    }
+    fn out<T: serde::Serialize>(r: Result<T, StateError>) -> Result<Value, String> {
+        let v = r.map_err(|e| e.to_string())?;
+        serde_json::to_value(v).map_err(|e| format!("500: {e}"))
+    }
+    match (method, path) {
+        ("POST", ["networks"]) => out(ops::create_network(st, &body_of(body)?)),
+        ("DELETE", ["networks", name]) => out(ops::remove_network(st, name)),
+        ("POST", ["endpoints"]) => {
+            let spec: EndpointSpec = body_of(body)?;
+            let mut id = format!("ep{}", st.endpoints.len());
+            while st.endpoints.contains_key(&id) {
+                id.push('x');
+            }
+            let mut n = 0u16;
+            let mac = || {
+                n = n.wrapping_add(1);
+                let [hi, lo] = n.to_be_bytes();
+                [2, 0x42, 0, 0, hi, lo]
+            };
+            out(ops::create_endpoint(st, &spec, node, id, mac)
+                .and_then(|ep| crate::state::ingress::sync_tasks(st).map(|()| ep)))
+        }
+        ("DELETE", ["endpoints", id]) => out(ops::remove_endpoint(st, id)),
+        ("POST", ["nodes"]) => out(ops::add_external_node(
+            st,
+            body_of::<ExternalNode>(body)?.node(),
+        )),
+        ("DELETE", ["nodes", name]) => out(ops::remove_node(st, name)),
+        ("POST", ["nodes", name, "rotate-key"]) => out(ops::request_rotation(st, name)),
+        ("POST", ["nodes", name, "update"]) => {
+            let u: NodeUpdate = body_of(body)?;
+            out(match u.ingress {
+                Some(on) => crate::state::ingress::set_node_ingress(st, name, on),
+                None => st
+                    .nodes
+                    .get(*name)
+                    .cloned()
+                    .ok_or_else(|| StateError::NotFound(format!("no node named {name}"))),
+            })
+        }
+        ("POST", ["services"]) => out(services::create_service(st, &body_of(body)?)),
+        ("POST", ["services", name, "update"]) => {
+            let u: ServiceUpdate = body_of(body)?;
+            out(services::update_ports(
+                st,
+                name,
+                &u.publish_add,
+                &u.publish_rm,
+            ))
+        }
+        ("DELETE", ["services", name]) => out(services::remove_service(st, name)),
+        ("POST", ["policies"]) => out(crate::state::ingress::add_policy(st, &body_of(body)?)),
+        ("DELETE", ["policies", id]) => out(crate::state::ingress::remove_policy(st, id)),
+        ("POST", ["trace"]) => {
+            let r: TraceRequest = body_of(body)?;
+            r.filter
+                .parse::<vxmesh_dataplane::switch::tap::TapFilter>()
+                .map(|_| Value::Null)
+        }
+        _ => Err(format!("404: {method} {path:?}")),
+    }
 }

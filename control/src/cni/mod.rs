@@ -280,6 +280,24 @@ pub async fn run(inv: &Invocation) -> Result<Option<Value>, CniError> {
     }
 }
 
+/// Decodes the network configuration a runtime passed on stdin for `command`
+/// (VERSION may get none).
+pub fn decode_config(command: &str, input: &str) -> Result<Value, CniError> {
+    if input.trim().is_empty() && command == "VERSION" {
+        return Ok(json!({ "cniVersion": "1.0.0" }));
+    }
+    let decode = |details: String| {
+        CniError::new(E_DECODE, "cannot decode the network configuration", details)
+    };
+    let v: Value = serde_json::from_str(input).map_err(|e| decode(e.to_string()))?;
+    if !v.is_object() {
+        return Err(decode(
+            "the network configuration is not a JSON object".into(),
+        ));
+    }
+    Ok(v)
+}
+
 /// Reads the environment and stdin, runs, prints, and returns the exit code.
 pub fn main() -> i32 {
     let var = |k: &str| std::env::var(k).ok();
@@ -290,20 +308,11 @@ pub fn main() -> i32 {
         use std::io::Read;
         let _ = std::io::stdin().read_to_string(&mut input);
     }
-    let config: Value = if input.trim().is_empty() && command == "VERSION" {
-        json!({ "cniVersion": "1.0.0" })
-    } else {
-        match serde_json::from_str(&input) {
-            Ok(v) => v,
-            Err(e) => {
-                let err = CniError::new(
-                    E_DECODE,
-                    "cannot decode the network configuration",
-                    e.to_string(),
-                );
-                println!("{}", err.to_json("1.0.0"));
-                return 1;
-            }
+    let config = match decode_config(&command, &input) {
+        Ok(v) => v,
+        Err(err) => {
+            println!("{}", err.to_json("1.0.0"));
+            return 1;
         }
     };
     let inv = Invocation {
@@ -337,5 +346,35 @@ pub fn main() -> i32 {
             println!("{}", e.to_json(&version));
             1
         }
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any stdin decodes to an object or to a decode error (never a
+        /// configuration that is not an object, whose fields would all read
+        /// as missing and send DEL or STATUS to the default socket).
+        #[test]
+        fn any_input_decodes_to_an_object_or_an_error(
+            input in "\\PC{0,40}|\\[.*\\]|[0-9]+|\"[a-z]*\"|null",
+            cmd in proptest::sample::select(vec!["ADD", "DEL", "VERSION", "GC"]),
+        ) {
+            match decode_config(cmd, &input) {
+                Ok(v) => prop_assert!(v.is_object()),
+                Err(e) => prop_assert_eq!(e.code, E_DECODE),
+            }
+        }
+    }
+
+    #[test]
+    fn a_configuration_that_is_not_an_object_is_refused() {
+        for input in ["[]", "5", "\"red\"", "null", "[{\"network\":\"red\"}]"] {
+            assert_eq!(decode_config("DEL", input).unwrap_err().code, E_DECODE);
+        }
+        assert!(decode_config("VERSION", " ").unwrap().is_object());
     }
 }

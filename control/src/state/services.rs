@@ -302,19 +302,13 @@ pub fn remove_service(st: &mut ClusterState, name: &str) -> Result<Service, Stat
 pub fn parse_health(s: &str) -> Result<(String, u16, String), StateError> {
     let bad = || StateError::Invalid(format!("--health {s:?}: use tcp:PORT or http:PORT/PATH"));
     let (kind, rest) = s.split_once(':').ok_or_else(bad)?;
+    // port 0 is no port: its check could never pass
+    let port = |p: &str| p.parse().ok().filter(|p: &u16| *p > 0).ok_or_else(bad);
     match kind {
-        "tcp" => Ok((
-            "tcp".into(),
-            rest.parse().map_err(|_| bad())?,
-            String::new(),
-        )),
+        "tcp" => Ok(("tcp".into(), port(rest)?, String::new())),
         "http" => {
-            let (port, path) = rest.split_once('/').unwrap_or((rest, ""));
-            Ok((
-                "http".into(),
-                port.parse().map_err(|_| bad())?,
-                format!("/{path}"),
-            ))
+            let (p, path) = rest.split_once('/').unwrap_or((rest, ""));
+            Ok(("http".into(), port(p)?, format!("/{path}")))
         }
         _ => Err(bad()),
     }
@@ -445,5 +439,46 @@ mod tests {
             parse_health("http:8080/healthz").unwrap(),
             ("http".into(), 8080, "/healthz".into())
         );
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// `--publish` and `--health` values: any text parses or is refused
+        /// with a message; what is written in the documented form reads back.
+        #[test]
+        fn publish_and_health_specs_parse_back(
+            junk in "\\PC{0,24}",
+            published in proptest::option::of(1u16..),
+            target in 1u16..,
+            udp in any::<bool>(),
+            host in any::<bool>(),
+            path in "[a-z/]{0,10}",
+        ) {
+            let _ = parse_publish(&junk);
+            if let Ok((_, port, _)) = parse_health(&junk) {
+                prop_assert!(port > 0, "{junk:?} checks port 0");
+            }
+            let proto = if udp { "udp" } else { "tcp" };
+            let mode = if host { "host" } else { "ingress" };
+            let p = published.map(|p| p.to_string()).unwrap_or_default();
+            let s = format!("{p}:{target}/{proto},mode={mode}");
+            prop_assert_eq!(
+                parse_publish(&s).unwrap(),
+                PublishSpec { proto: proto.into(), published, target, mode: mode.into() }
+            );
+            let h = parse_health(&format!("http:{target}/{path}")).unwrap();
+            prop_assert_eq!(h, ("http".to_string(), target, format!("/{path}")));
+        }
+    }
+
+    #[test]
+    fn health_on_port_zero_is_refused() {
+        assert!(parse_health("tcp:0").is_err());
+        assert!(parse_health("http:0/healthz").is_err());
     }
 }

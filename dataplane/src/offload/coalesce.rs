@@ -268,3 +268,32 @@ mod tests {
         assert!(!h.is_gso());
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any frames from the underlay, pushed as the worker pushes them: never a
+        /// panic, and a super-frame taken is never bigger than an IP packet.
+        #[test]
+        fn any_frames_coalesce_into_bounded_super_frames(
+            frames in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..200), 0..8),
+        ) {
+            let mut c = Coalescer::new();
+            for f in &frames {
+                if !c.push(f) {
+                    if let Some((_, s)) = c.take() {
+                        prop_assert!(s.len() <= ETH + MAX_IP);
+                    }
+                    let _ = c.push(f);
+                }
+            }
+            if let Some((_, s)) = c.take() {
+                prop_assert!(s.len() <= ETH + MAX_IP);
+            }
+            prop_assert!(c.is_empty());
+        }
+    }
+}

@@ -62,3 +62,28 @@ pub fn finish_checksum(frame: &mut [u8], h: &VnetHdr) -> bool {
     frame[field..field + 2].copy_from_slice(&c.to_be_bytes());
     true
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The header reads back what was written, and completing a checksum at
+        /// any offsets of any frame stays inside it.
+        #[test]
+        fn header_round_trips_and_checksum_stays_in_frame(
+            b in proptest::array::uniform10(any::<u8>()),
+            mut frame in proptest::collection::vec(any::<u8>(), 0..300),
+        ) {
+            let h = VnetHdr::parse(&b).unwrap();
+            let mut out = [0u8; LEN];
+            h.emit(&mut out);
+            prop_assert_eq!(out, b);
+            prop_assert!(VnetHdr::parse(&b[..9]).is_none());
+            let len = frame.len();
+            let _ = finish_checksum(&mut frame, &h);
+            prop_assert_eq!(frame.len(), len);
+        }
+    }
+}

@@ -714,7 +714,9 @@ impl Switch {
         if smac == ing.sandbox_mac || !ing.sandbox_macs.contains(&smac) {
             return;
         }
-        let Some((key, seg)) = five_tuple(f, ing.vni) else {
+        // a packet to its own address and port (a LAND attack) has one key for
+        // both directions: no connection (found by fuzzing)
+        let Some((key, seg)) = five_tuple(f, ing.vni).filter(|(k, _)| *k != k.reversed()) else {
             return;
         };
         let cached = self

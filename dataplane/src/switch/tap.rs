@@ -162,3 +162,23 @@ mod tests {
         assert_eq!(rx.try_recv().unwrap(), b"one");
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any filter text parses or is refused, and a filter matches any frame
+        /// without panicking.
+        #[test]
+        fn any_filter_any_frame(
+            text in "(arp|icmp6?|tcp|udp|host|port| |[0-9a-f.:]){0,12}",
+            frame in proptest::collection::vec(any::<u8>(), 0..80),
+        ) {
+            if let Ok(f) = text.parse::<TapFilter>() {
+                let _ = f.matches(&frame);
+            }
+        }
+    }
+}

@@ -83,3 +83,28 @@ mod tests {
         assert_eq!(strip(&p, b, a), None);
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// What the tunnel decrypts is checked without panicking, and what
+        /// `write` frames is found again by `strip`.
+        #[test]
+        fn strip_any_packet_and_round_trip(
+            packet in proptest::collection::vec(any::<u8>(), 0..80),
+            hash in any::<u32>(),
+            payload in 0usize..2000,
+        ) {
+            let (a, b) = (Ipv4Addr::new(100, 64, 0, 1), Ipv4Addr::new(100, 64, 0, 2));
+            if let Some(off) = strip(&packet, a, b) {
+                prop_assert!(off <= packet.len());
+            }
+            let mut p = vec![0u8; INNER_HEADER_LEN + payload];
+            prop_assert!(write(&mut p, b, a, hash, payload));
+            prop_assert_eq!(strip(&p, a, b), Some(INNER_HEADER_LEN));
+        }
+    }
+}

@@ -137,6 +137,26 @@ mod tests {
         #[test]
         fn never_panics(data in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
             let _ = answer(&data, 3, table);
+            let _ = is_unknown(&data, |n| table(n).is_some());
+        }
+
+        /// Any query for any name and type is answered with a response to it
+        /// (same id, the question echoed) whose records are all of that type.
+        #[test]
+        fn answers_echo_the_query(
+            id in proptest::num::u16::ANY,
+            name in "(tasks\\.)?(api|web|[a-z0-9][a-z0-9-]{0,9})(\\.[a-z]{1,5})?\\.",
+            t in proptest::sample::select(vec![RecordType::A, RecordType::AAAA, RecordType::MX, RecordType::ANY]),
+            rotate in 0usize..10,
+        ) {
+            let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+            m.add_query(Query::query(Name::from_str(&name).unwrap(), t));
+            let (resp, n) = answer(&m.to_vec().unwrap(), rotate, table).unwrap();
+            let r = Message::from_vec(&resp).unwrap();
+            proptest::prop_assert_eq!(r.metadata.id, id);
+            proptest::prop_assert_eq!(r.metadata.message_type, MessageType::Response);
+            proptest::prop_assert_eq!(r.answers.len(), n);
+            proptest::prop_assert!(r.answers.iter().all(|a| a.record_type() == t));
         }
     }
 }

@@ -208,3 +208,35 @@ mod tests {
         assert!(icmp.is_checksum_valid(gw.octets(), src.octets()));
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever frame an endpoint sends, an ICMP error about it is either
+        /// not due or fits the room and parses, quoting from the frame.
+        #[test]
+        fn errors_about_any_frame_parse(
+            frame in proptest::collection::vec(any::<u8>(), 0..200),
+            v4 in any::<bool>(),
+            extra in 0usize..100,
+        ) {
+            let mut room = frame.clone();
+            room.resize(frame.len() + extra, 0);
+            let len = frame.len();
+            let gw = [2, 0, 0, 0, 0, 1];
+            let n = if v4 {
+                write_v4(&mut room, len, gw, Ipv4Addr::new(10, 0, 0, 1), 1400)
+                    .or_else(|| write_v4_port_unreachable(&mut room, len, gw, Ipv4Addr::new(10, 0, 0, 1)))
+            } else {
+                write_v6(&mut room, len, gw, "fd00::1".parse().unwrap(), 1400)
+            };
+            if let Some(n) = n {
+                prop_assert!(n <= room.len());
+                prop_assert!(etherparse::SlicedPacket::from_ethernet(&room[..n]).is_ok());
+            }
+        }
+    }
+}

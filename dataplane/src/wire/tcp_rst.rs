@@ -170,3 +170,29 @@ mod tests {
         assert_eq!(t.sequence_number(), 777);
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// A refusal of any frame is either not due or a RST that parses.
+        #[test]
+        fn refusal_of_any_frame_is_a_rst(
+            frame in proptest::collection::vec(any::<u8>(), 0..120),
+            extra in 0usize..80,
+        ) {
+            let mut room = frame.clone();
+            room.resize(frame.len() + extra, 0);
+            if let Some(n) = write_refusal(&mut room, frame.len(), [2, 0, 0, 0, 0, 1]) {
+                prop_assert!(n <= room.len());
+                let s = etherparse::SlicedPacket::from_ethernet(&room[..n]).unwrap();
+                match s.transport {
+                    Some(etherparse::TransportSlice::Tcp(t)) => prop_assert!(t.rst()),
+                    _ => prop_assert!(false, "not TCP"),
+                }
+            }
+        }
+    }
+}

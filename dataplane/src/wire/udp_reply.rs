@@ -56,3 +56,38 @@ pub fn write(room: &mut [u8], p: &UdpPeer, payload: &[u8]) -> Option<usize> {
     room[u + 6..u + 8].copy_from_slice(&c.to_be_bytes());
     Some(total)
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any payload (a resolver's answer is relayed as it came) is written
+        /// as a UDP frame that parses, with the payload whole, or refused.
+        #[test]
+        fn any_payload_makes_a_frame_that_parses(
+            payload in proptest::collection::vec(any::<u8>(), 0..1600),
+            room in 0usize..1700,
+        ) {
+            let p = UdpPeer {
+                client_mac: [2, 0, 0, 0, 0, 1],
+                client_ip: Ipv4Addr::new(10, 0, 0, 2),
+                client_port: 40000,
+                gateway_mac: [2, 0, 0, 0, 0, 2],
+                gateway_ip: Ipv4Addr::new(10, 0, 0, 1),
+                gateway_port: 53,
+            };
+            let mut out = vec![0u8; room];
+            if let Some(n) = write(&mut out, &p, &payload) {
+                let s = etherparse::SlicedPacket::from_ethernet(&out[..n]).unwrap();
+                match s.transport {
+                    Some(etherparse::TransportSlice::Udp(u)) => prop_assert_eq!(u.payload(), &payload[..]),
+                    _ => prop_assert!(false, "not UDP"),
+                }
+            } else {
+                prop_assert!(room < 14 + 20 + 8 + payload.len());
+            }
+        }
+    }
+}
