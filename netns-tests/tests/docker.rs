@@ -9,6 +9,7 @@ use anyhow::{ensure, Context, Result};
 use common::*;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 use vxmesh_netns_tests::*;
 
@@ -244,16 +245,22 @@ fn docker_containers_join_vxmesh_networks_services_and_the_routing_mesh() -> Res
     for dst in [&web_ip, &vip] {
         let out = exec_in(
             &stranger,
+            // busybox's `wget -T` segfaults (Debian's 1.35): bound it with timeout
             &[
+                "busybox",
+                "timeout",
+                "3",
                 "wget",
                 "-q",
-                "-T",
-                "2",
                 "-O",
                 "-",
                 &format!("http://{dst}/"),
             ],
         )?;
+        ensure!(
+            out.status.code() != Some(139) && out.status.signal().is_none(),
+            "wget crashed instead of trying {dst}: {out:?}"
+        );
         ensure!(
             !out.status.success(),
             "a container on another network reached {dst}: {}",
