@@ -418,7 +418,17 @@ impl Conntrack {
     /// (so a restart loses no connection): its state, its way back and each
     /// side's next sequence number, last seen `now_ms` (the saved times were on
     /// the earlier run's clock).
-    pub fn restore(&mut self, e: &Entry, now_ms: u64) -> u32 {
+    /// A saved entry whose two directions are one key (which no live connection
+    /// has: the index would hold the key twice) is refused.
+    pub fn restore(&mut self, e: &Entry, now_ms: u64) -> Option<u32> {
+        let reply = Key {
+            src: e.reply.src,
+            sport: e.reply.sport,
+            ..e.orig.reversed()
+        };
+        if reply == e.orig {
+            return None;
+        }
         let id = self.insert(e.orig, e.reply, e.service, e.backend, 0, now_ms);
         self.created = self.created.saturating_sub(1);
         if let Some(Some(c)) = self.slab.get_mut(id as usize) {
@@ -438,7 +448,7 @@ impl Conntrack {
                 t.set_next_seq(side, *seq);
             }
         }
-        id
+        Some(id)
     }
 
     /// Whether a connection still waiting for its backend's answer should be

@@ -275,4 +275,19 @@ fn a_restored_table_holds_what_the_saved_one_did() {
     // the load the lc scheduler reads is the same
     assert_eq!(back.counts(7, 1, 0), ct.counts(7, 1, 0));
     assert_eq!(back.counts(7, 1, 0), (1, 1));
+    // a (hand-edited) entry whose directions are one key is refused
+    let land = Key {
+        src: Ipv4Addr::new(10, 0, 0, 2),
+        dst: Ipv4Addr::new(10, 0, 0, 2),
+        sport: 80,
+        dport: 80,
+        ..key(0)
+    };
+    let bad = Entry {
+        orig: land,
+        reply: land,
+        ..saved[0]
+    };
+    assert_eq!(back.restore(&bad, 5), None);
+    assert_eq!(back.len(), 2);
 }

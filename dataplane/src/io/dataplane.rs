@@ -237,10 +237,7 @@ impl Dataplane {
         let Ok(mut c) = self.conntrack.lock() else {
             return 0;
         };
-        for e in saved {
-            c.restore(e, now);
-        }
-        saved.len()
+        saved.iter().filter(|e| c.restore(e, now).is_some()).count()
     }
 
     /// Each port's frames in (read from it) and out (written to it), by port.
