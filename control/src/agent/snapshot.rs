@@ -17,8 +17,11 @@ use vxmesh_dataplane::conntrack::{Entry, Key, State};
 pub const CONNTRACK_FILE: &str = "conntrack.json";
 pub const PORTS_FILE: &str = "ports.json";
 
+/// A connection key as the snapshot writes it (serde's remote derive: the
+/// dataplane crate has no serde).
 #[derive(Serialize, Deserialize)]
-struct SavedKey {
+#[serde(remote = "Key")]
+struct KeyDef {
     zone: u32,
     proto: u8,
     src: Ipv4Addr,
@@ -29,35 +32,15 @@ struct SavedKey {
 
 #[derive(Serialize, Deserialize)]
 struct SavedConn {
-    orig: SavedKey,
-    reply: SavedKey,
+    #[serde(with = "KeyDef")]
+    orig: Key,
+    #[serde(with = "KeyDef")]
+    reply: Key,
     service: u32,
     backend: u32,
     state: String,
     next_seq: [u32; 2],
     via: Option<[u8; 6]>,
-}
-
-fn save_key(k: &Key) -> SavedKey {
-    SavedKey {
-        zone: k.zone,
-        proto: k.proto,
-        src: k.src,
-        dst: k.dst,
-        sport: k.sport,
-        dport: k.dport,
-    }
-}
-
-fn load_key(k: &SavedKey) -> Key {
-    Key {
-        zone: k.zone,
-        proto: k.proto,
-        src: k.src,
-        dst: k.dst,
-        sport: k.sport,
-        dport: k.dport,
-    }
 }
 
 const STATES: [(State, &str); 8] = [
@@ -76,8 +59,8 @@ pub fn save_connections(dir: &Path, entries: &[Entry]) -> std::io::Result<usize>
     let saved: Vec<SavedConn> = entries
         .iter()
         .map(|e| SavedConn {
-            orig: save_key(&e.orig),
-            reply: save_key(&e.reply),
+            orig: e.orig,
+            reply: e.reply,
             service: e.service,
             backend: e.backend,
             state: STATES
@@ -114,8 +97,8 @@ pub fn take_connections(dir: &Path) -> Vec<Entry> {
         .filter_map(|c| {
             let state = STATES.iter().find(|(_, n)| *n == c.state)?.0;
             Some(Entry {
-                orig: load_key(&c.orig),
-                reply: load_key(&c.reply),
+                orig: c.orig,
+                reply: c.reply,
                 service: c.service,
                 backend: c.backend,
                 state,
