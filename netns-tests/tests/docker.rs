@@ -80,6 +80,23 @@ fn docker_containers_join_vxmesh_networks_services_and_the_routing_mesh() -> Res
     let _lock = DockerLock::acquire()?;
     let image = ensure_test_image()?;
     let mut t = Topology::new("docker")?;
+    let r = scenario(&mut t, &image);
+    if r.is_err() {
+        // the topology prints its agents' logs only when a test panics
+        for log in ["dock.log", "n2.log"] {
+            let text = std::fs::read_to_string(t.dir().join(log)).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(60).collect();
+            eprintln!("----- {log} (last lines) -----");
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+    r
+}
+
+fn scenario(t: &mut Topology, image: &str) -> Result<()> {
+    let image = image.to_string();
     let host = t.add_host_node("dock")?;
     let n2 = t.add_node("n2")?;
     let client = t.add_outside_host("client")?;
@@ -100,7 +117,7 @@ fn docker_containers_join_vxmesh_networks_services_and_the_routing_mesh() -> Res
         ],
     )?;
     let seen = eventually(Duration::from_secs(10), || {
-        Ok(vxmesh_network(&t, &n2, &net)?.is_some())
+        Ok(vxmesh_network(t, &n2, &net)?.is_some())
     })?;
     ensure!(seen, "n2 never saw Docker's network {net}");
     let other = d.create_network(
@@ -117,7 +134,7 @@ fn docker_containers_join_vxmesh_networks_services_and_the_routing_mesh() -> Res
 
     // a Docker container and a namespace container on n2 talk both ways
     let c2 = t.add_container("c2")?;
-    let e2 = endpoint(&t, &n2, &net, &c2, &[])?;
+    let e2 = endpoint(t, &n2, &net, &c2, &[])?;
     let gw = "10.78.0.1";
     let d1 = d.run(
         "d1",
@@ -181,12 +198,12 @@ fn docker_containers_join_vxmesh_networks_services_and_the_routing_mesh() -> Res
         .context("service web has no VIP")?
         .to_string();
     let served = eventually(Duration::from_secs(10), || {
-        Ok(backends(&t, &n2, &vip)? == vec![(web_ip.clone(), true)])
+        Ok(backends(t, &n2, &vip)? == vec![(web_ip.clone(), true)])
     })?;
     ensure!(
         served,
         "web is not n2's healthy backend: {:?}",
-        backends(&t, &n2, &vip)?
+        backends(t, &n2, &vip)?
     );
     for node in [&host, &n2] {
         let addr = SocketAddr::new(node.addr.into(), 8080);
@@ -232,12 +249,12 @@ fn docker_containers_join_vxmesh_networks_services_and_the_routing_mesh() -> Res
     )?;
     let sick_ip = container_ip(&sick, &net)?.to_string();
     let out = eventually(Duration::from_secs(15), || {
-        Ok(backends(&t, &n2, &vip)?.contains(&(sick_ip.clone(), false)))
+        Ok(backends(t, &n2, &vip)?.contains(&(sick_ip.clone(), false)))
     })?;
     ensure!(
         out,
         "an unhealthy container is served: {:?}",
-        backends(&t, &n2, &vip)?
+        backends(t, &n2, &vip)?
     );
 
     // a container on an unrelated vxmesh network cannot reach the task
@@ -282,12 +299,12 @@ fn docker_containers_join_vxmesh_networks_services_and_the_routing_mesh() -> Res
     // killing the task takes it out of every node's balancer
     docker(&["kill", &web])?;
     let gone = eventually(Duration::from_secs(10), || {
-        Ok(!backends(&t, &n2, &vip)?.iter().any(|(a, _)| a == &web_ip))
+        Ok(!backends(t, &n2, &vip)?.iter().any(|(a, _)| a == &web_ip))
     })?;
     ensure!(
         gone,
         "a killed container is still a backend: {:?}",
-        backends(&t, &n2, &vip)?
+        backends(t, &n2, &vip)?
     );
     ensure!(
         fetch(&client.ns, SocketAddr::new(n2.addr.into(), 8080)).is_err(),
@@ -310,7 +327,7 @@ fn docker_containers_join_vxmesh_networks_services_and_the_routing_mesh() -> Res
     t.cli_ok(&n2, &["service", "rm", "web"])?;
     docker(&["network", "rm", &net])?;
     let removed = eventually(Duration::from_secs(10), || {
-        Ok(vxmesh_network(&t, &n2, &net)?.is_none())
+        Ok(vxmesh_network(t, &n2, &net)?.is_none())
     })?;
     ensure!(removed, "docker network rm left vxmesh network {net}");
     let left = t.cli_json(&host, &["endpoint", "ls"])?;

@@ -127,14 +127,22 @@ impl Engine {
             }))
             .await?;
         let mut live = BTreeSet::new();
+        let mut complete = true;
         for c in list {
             let Some(id) = c.id else { continue };
-            if let Some(c) = self.container(&id).await {
-                live.extend(c.endpoint_ids.iter().cloned());
-                driver.apply_container(c).await;
+            match self.container(&id).await {
+                Some(c) => {
+                    live.extend(c.endpoint_ids.iter().cloned());
+                    driver.apply_container(c).await;
+                }
+                // gone meanwhile, or the engine did not answer: without its
+                // endpoints in `live` the sweep could remove a running one
+                None => complete = false,
             }
         }
-        driver.sweep(&live).await;
+        if complete {
+            driver.sweep(&live).await;
+        }
         Ok(())
     }
 
@@ -195,7 +203,11 @@ pub async fn learn_ifname(agent: Arc<Agent>, ep: Endpoint) {
                 .then(|| l["ifname"].as_str().map(String::from))
                 .flatten()
         });
-        let Some(name) = name else { continue };
+        // Docker moves the TAP in under the agent's name for it, then renames
+        // it: only the name it ends with counts.
+        let Some(name) = name.filter(|n| *n != crate::agent::attach::tap_name(&ep)) else {
+            continue;
+        };
         if name != ep.ifname {
             let (id, n) = (ep.id.clone(), name.clone());
             let r = agent
