@@ -96,8 +96,12 @@ pub async fn attach(
         None => {
             let name = tap_name(ep);
             let queues = if net.encrypted { 1 } else { queues };
-            if let Some(fds) = reopen(&path, ep, queues).await {
-                configure(&path, ep, net, mtu).await?;
+            if let Some((ifname, fds)) = reopen(&path, ep, queues).await {
+                let found = Endpoint {
+                    ifname,
+                    ..ep.clone()
+                };
+                configure(&path, &found, net, mtu).await?;
                 return Ok(Attached {
                     fds,
                     offloaded: true,
@@ -172,24 +176,25 @@ pub async fn tap_for_docker(
 /// (TAPs are persistent), opened again: only a TAP under the endpoint's name
 /// with the endpoint's MAC is taken. One that cannot be opened with this run's
 /// number of queues (another `--workers`) is deleted, to be made anew.
-async fn reopen(netns: &Path, ep: &Endpoint, queues: usize) -> Option<Vec<OwnedFd>> {
-    let out = ip_in(netns, &["-d", "-j", "link", "show", "dev", &ep.ifname])
-        .await
-        .ok()?;
+async fn reopen(netns: &Path, ep: &Endpoint, queues: usize) -> Option<(String, Vec<OwnedFd>)> {
+    // Found by MAC: the name may not be the one recorded (Docker names its
+    // interfaces itself).
+    let out = ip_in(netns, &["-d", "-j", "link", "show"]).await.ok()?;
     let v: serde_json::Value = serde_json::from_str(&out).ok()?;
-    let ours = v[0]["address"].as_str() == Some(ep.mac.as_str())
-        && v[0]["linkinfo"]["info_kind"].as_str() == Some("tun");
-    if !ours {
-        return None;
-    }
-    match tap::reopen_in(netns, &ep.ifname, queues) {
+    let name = v.as_array()?.iter().find_map(|l| {
+        (l["address"].as_str() == Some(ep.mac.as_str())
+            && l["linkinfo"]["info_kind"].as_str() == Some("tun"))
+        .then(|| l["ifname"].as_str().map(String::from))
+        .flatten()
+    })?;
+    match tap::reopen_in(netns, &name, queues) {
         Ok(fds) => {
-            tracing::info!(endpoint = %ep.id, ifname = %ep.ifname, "reopened the endpoint's TAP");
-            Some(fds)
+            tracing::info!(endpoint = %ep.id, ifname = %name, "reopened the endpoint's TAP");
+            Some((name, fds))
         }
         Err(e) => {
             tracing::info!(endpoint = %ep.id, error = %e, "cannot reopen the endpoint's TAP: making it anew");
-            let _ = ip_in(netns, &["link", "del", "dev", &ep.ifname]).await;
+            let _ = ip_in(netns, &["link", "del", "dev", &name]).await;
             None
         }
     }
@@ -204,10 +209,14 @@ pub async fn detach(ep: &Endpoint) {
     }
     let path = netns_path(&ep.netns);
     if path.exists() {
-        if let Ok(out) = ip_in(&path, &["-j", "link", "show", "dev", &ep.ifname]).await {
+        if let Ok(out) = ip_in(&path, &["-d", "-j", "link", "show"]).await {
             let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-            if v[0]["address"].as_str() == Some(ep.mac.as_str()) {
-                let _ = ip_in(&path, &["link", "del", "dev", &ep.ifname]).await;
+            let ours = v.as_array().into_iter().flatten().filter(|l| {
+                l["address"].as_str() == Some(ep.mac.as_str())
+                    && l["linkinfo"]["info_kind"].as_str() == Some("tun")
+            });
+            for name in ours.filter_map(|l| l["ifname"].as_str()) {
+                let _ = ip_in(&path, &["link", "del", "dev", name]).await;
             }
         }
     }
