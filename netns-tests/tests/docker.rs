@@ -95,8 +95,24 @@ fn docker_containers_join_vxmesh_networks_services_and_the_routing_mesh() -> Res
     r
 }
 
+/// The agent's TAP names (vx + 12 hex digits) in the root namespace.
+fn root_vx_taps() -> Result<std::collections::BTreeSet<String>> {
+    let out = std::process::Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .filter(|n| {
+            n.len() == 14 && n.starts_with("vx") && n[2..].chars().all(|c| c.is_ascii_hexdigit())
+        })
+        .collect())
+}
+
 fn scenario(t: &mut Topology, image: &str) -> Result<()> {
     let image = image.to_string();
+    let taps_before = root_vx_taps()?;
     let host = t.add_host_node("dock")?;
     let n2 = t.add_node("n2")?;
     let client = t.add_outside_host("client")?;
@@ -320,9 +336,10 @@ fn scenario(t: &mut Topology, image: &str) -> Result<()> {
         .filter(|e| e["network"] == net.as_str())
         .filter_map(|e| e["id"].as_str().map(String::from))
         .collect();
-    for c in [&d1, &web, &sick] {
+    for c in [&d1, &web, &sick, &stranger] {
         docker(&["rm", "-f", c])?;
     }
+    docker(&["network", "rm", &other])?;
     t.cli_ok(&n2, &["endpoint", "rm", &e2.id])?;
     t.cli_ok(&n2, &["service", "rm", "web"])?;
     docker(&["network", "rm", &net])?;
@@ -359,5 +376,8 @@ fn scenario(t: &mut Topology, image: &str) -> Result<()> {
         !table.status.success(),
         "the ingress table outlived the agent"
     );
+    // TAPs are persistent: none of this run's may be left in the host's namespace
+    let left: Vec<String> = root_vx_taps()?.difference(&taps_before).cloned().collect();
+    ensure!(left.is_empty(), "TAPs left in the root namespace: {left:?}");
     Ok(())
 }

@@ -109,10 +109,18 @@ pub async fn attach(
             }
             let fds = tap::create_persistent(&name, queues)
                 .map_err(|e| AttachError::Tap(name.clone(), e))?;
-            let ns = path.display().to_string();
-            ip(&["link", "set", "dev", &name, "netns", &ns]).await?;
-            ip_in(&path, &["link", "set", "dev", &name, "name", &ep.ifname]).await?;
-            configure(&path, ep, net, mtu).await?;
+            let placed = async {
+                let ns = path.display().to_string();
+                ip(&["link", "set", "dev", &name, "netns", &ns]).await?;
+                ip_in(&path, &["link", "set", "dev", &name, "name", &ep.ifname]).await?;
+                configure(&path, ep, net, mtu).await
+            }
+            .await;
+            if let Err(e) = placed {
+                // a persistent TAP outlives its fds: nothing may stay behind
+                detach(ep).await;
+                return Err(e);
+            }
             Ok(Attached {
                 fds,
                 offloaded: true,
@@ -162,7 +170,10 @@ pub async fn tap_for_docker(
     let fds =
         tap::create_persistent(&name, queues).map_err(|e| AttachError::Tap(name.clone(), e))?;
     let m = mtu.to_string();
-    ip(&["link", "set", "dev", &name, "address", &ep.mac, "mtu", &m]).await?;
+    if let Err(e) = ip(&["link", "set", "dev", &name, "address", &ep.mac, "mtu", &m]).await {
+        let _ = ip(&["link", "del", "dev", &name]).await;
+        return Err(e.into());
+    }
     Ok((
         name,
         Attached {
