@@ -407,8 +407,18 @@ impl Store for EtcdStore {
     }
 
     fn heartbeat(&self, node: &str) -> Result<(), StoreError> {
-        self.block_on(self.beat(node))
-            .map_err(|e| self.unreachable(e))
+        // The keep-alive is a stream, which the request timeout does not cover:
+        // bound the whole beat, and start the lease afresh after one that hung.
+        let r = self.block_on(async {
+            match tokio::time::timeout(REQUEST_TIMEOUT, self.beat(node)).await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(_) => {
+                    *self.lease.lock().await = None;
+                    Err("the lease keep-alive did not answer".to_string())
+                }
+            }
+        });
+        r.map_err(|e| self.unreachable(e))
     }
 
     fn heartbeats(&self) -> Result<BTreeMap<String, u64>, StoreError> {
