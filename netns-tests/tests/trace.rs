@@ -23,8 +23,11 @@ fn a_trace_writes_what_the_switch_sees_to_a_pcap_file() -> anyhow::Result<()> {
     let c2 = t.add_container("c2")?;
     let e1 = endpoint(&t, &n1, "red", &c1, &[])?;
     let e2 = endpoint(&t, &n2, "red", &c2, &[])?;
-    // neighbours resolved before the trace, so it holds only what the filter keeps
-    assert!(ping(&c1, &e2.ip, 1, None)?);
+    // neighbours resolved before the trace, so it holds only what the filter
+    // keeps; n1 may take a moment to hear of e2, made through n2
+    assert!(eventually(Duration::from_secs(5), || ping(
+        &c1, &e2.ip, 1, None
+    ))?);
 
     let file = t.dir().join("red.pcap");
     let trace = Command::new(vxmesh_bin())
