@@ -1214,3 +1214,41 @@ pub const TARGETS: [(&str, Target); 4] = [
     ("wireguard", wireguard),
     ("dns", dns),
 ];
+
+/// A target's seeds, by name (each crate's `seeds`).
+pub type Seeds = fn(&str) -> Vec<(&'static str, Vec<u8>)>;
+
+/// Runs every target's seeds and every file of its committed corpus
+/// (`corpus/TARGET/*`) through it: what the fuzzers kept stays checked on
+/// stable, in `cargo test`, for both crates' targets.
+pub fn replay_corpus(corpus: &std::path::Path, targets: &[(&str, Target)], seeds: Seeds) {
+    for (name, run) in targets {
+        let seeds = seeds(name);
+        assert!(!seeds.is_empty(), "{name} has no seeds");
+        for (_, s) in &seeds {
+            run(s);
+        }
+        let dir = corpus.join(name);
+        let mut files = 0;
+        for e in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = e.expect("entry").path();
+            let data = std::fs::read(&path).expect("corpus file");
+            // a panic names the file, to reproduce with `cargo fuzz run NAME FILE`
+            eprintln!("{}", path.display());
+            run(&data);
+            files += 1;
+        }
+        assert!(files >= seeds.len(), "{}: corpus missing", dir.display());
+    }
+}
+
+/// Writes every target's seeds into `corpus/TARGET/seed-NAME`.
+pub fn write_seeds(corpus: &std::path::Path, targets: &[(&str, Target)], seeds: Seeds) {
+    for (name, _) in targets {
+        let dir = corpus.join(name);
+        std::fs::create_dir_all(&dir).expect("corpus dir");
+        for (seed, data) in seeds(name) {
+            std::fs::write(dir.join(format!("seed-{seed}")), data).expect("seed");
+        }
+    }
+}

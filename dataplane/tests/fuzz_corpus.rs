@@ -6,32 +6,13 @@
 use std::path::PathBuf;
 use vxmesh_dataplane::fuzzing::*;
 
-fn corpus_dir(target: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../fuzz/corpus")
-        .join(target)
+fn corpus() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus")
 }
 
 #[test]
 fn corpus_and_seeds_replay_without_panic() {
-    for (name, run) in TARGETS {
-        let seeds = seeds(name);
-        assert!(!seeds.is_empty(), "{name} has no seeds");
-        for (_, s) in &seeds {
-            run(s);
-        }
-        let dir = corpus_dir(name);
-        let mut files = 0;
-        for e in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-            let path = e.expect("entry").path();
-            let data = std::fs::read(&path).expect("corpus file");
-            // a panic names the file, to reproduce with `cargo fuzz run NAME FILE`
-            eprintln!("{}", path.display());
-            run(&data);
-            files += 1;
-        }
-        assert!(files >= seeds.len(), "{}: corpus missing", dir.display());
-    }
+    vxmesh_dataplane::fuzzing::replay_corpus(&corpus(), &TARGETS, seeds);
 }
 
 /// Writes the seeds into the corpus: `cargo test -p vxmesh-dataplane --test
@@ -39,13 +20,7 @@ fn corpus_and_seeds_replay_without_panic() {
 #[test]
 #[ignore]
 fn write_seeds() {
-    for (name, _) in TARGETS {
-        let dir = corpus_dir(name);
-        std::fs::create_dir_all(&dir).expect("corpus dir");
-        for (seed, data) in seeds(name) {
-            std::fs::write(dir.join(format!("seed-{seed}")), data).expect("seed");
-        }
-    }
+    vxmesh_dataplane::fuzzing::write_seeds(&corpus(), &TARGETS, seeds);
 }
 
 /// Found by `switch_underlay`: a SYN from another node's ingress sandbox to a
