@@ -51,12 +51,12 @@ impl Traffic {
         }
     }
 
-    /// One packet of `bytes` in.
+    /// `packets` packets of `bytes` bytes in all, in.
     #[inline(always)]
-    pub fn rx(&self, lane: usize, bytes: usize) {
+    pub fn rx(&self, lane: usize, packets: u64, bytes: u64) {
         if let Some(l) = self.lanes.get(lane) {
-            bump(&l.rx_packets, 1);
-            bump(&l.rx_bytes, bytes as u64);
+            bump(&l.rx_packets, packets);
+            bump(&l.rx_bytes, bytes);
         }
     }
 
@@ -67,10 +67,6 @@ impl Traffic {
             bump(&l.tx_packets, packets);
             bump(&l.tx_bytes, bytes);
         }
-    }
-
-    pub fn lanes(&self) -> usize {
-        self.lanes.len()
     }
 
     pub fn totals(&self) -> TrafficTotals {
@@ -115,10 +111,10 @@ mod tests {
     #[test]
     fn lanes_sum_and_a_missing_lane_counts_nothing() {
         let t = Traffic::new(2);
-        t.rx(0, 100);
-        t.rx(1, 50);
+        t.rx(0, 1, 100);
+        t.rx(1, 1, 50);
         t.tx(1, 3, 300);
-        t.rx(2, 1000);
+        t.rx(2, 1, 1000);
         assert_eq!(
             t.totals(),
             TrafficTotals {

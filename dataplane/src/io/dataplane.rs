@@ -138,11 +138,6 @@ impl Dataplane {
         self.workers.len()
     }
 
-    /// The tables' maximums it was started with.
-    pub fn limits(&self) -> Limits {
-        self.limits
-    }
-
     pub fn source_ports(&self) -> &[u16] {
         &self.source_ports
     }

@@ -103,10 +103,6 @@ impl SourceLimiter {
         }
     }
 
-    pub fn limit(&self) -> RateLimit {
-        self.limit
-    }
-
     #[inline]
     fn bucket(&self, src: Ipv4Addr) -> &AtomicU64 {
         let h = (u64::from(u32::from(src)) ^ self.key.rotate_left(32)).wrapping_mul(self.key);

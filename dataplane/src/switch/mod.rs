@@ -986,7 +986,7 @@ impl Switch {
             return self.drop(DropReason::NotMember);
         }
         buf.pull_front(vxlan::VXLAN_HEADER_LEN);
-        net.traffic.rx(self.lane, buf.len());
+        net.traffic.rx(self.lane, 1, buf.len() as u64);
         self.trace(vni, buf);
         let frame = buf.data();
         if frame.len() < ETH_HDR {
