@@ -359,10 +359,6 @@ impl Agent {
         out
     }
 
-    pub fn connection_count(&self) -> usize {
-        self.worker.connections().len()
-    }
-
     pub fn store_reachable(&self) -> bool {
         self.store_ok.load(std::sync::atomic::Ordering::Relaxed)
     }

@@ -130,7 +130,7 @@ pub fn recorded_ports(dir: &Path) -> Vec<Endpoint> {
 }
 
 /// Writes a file so a crash leaves either the old or the new one.
-fn write_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)

@@ -169,7 +169,8 @@ pub fn build(
             };
             v.dns.insert(format!("tasks.{name}"), tasks);
         }
-        for ep in st.endpoints_on(&net.name) {
+        // an address Docker reserved but has not joined yet names nothing
+        for ep in st.endpoints_on(&net.name).filter(|e| !e.awaiting_sandbox()) {
             let base = ep
                 .name
                 .as_deref()

@@ -117,7 +117,7 @@ impl Engine {
     }
 
     /// Applies every running container, and removes endpoints whose container is
-    /// gone; returns the running containers' endpoint IDs.
+    /// gone (unless a container could not be read).
     async fn sync_all(&self, driver: &Driver) -> Result<(), bollard::errors::Error> {
         let list = self
             .docker

@@ -19,7 +19,9 @@
 //!   of NAME (created on its network if missing, publishing `vxmesh.publish`), its
 //!   HEALTHCHECK state is the task's health, and its name is answered by DNS.
 //!
-//! Every call is idempotent: Docker retries calls after an agent restart.
+//! Every call but RequestAddress is idempotent (Docker retries calls after an
+//! agent restart); a retried RequestAddress reserves another address, which
+//! Docker gives back with ReleaseAddress.
 
 mod engine;
 pub mod protocol;
@@ -144,7 +146,7 @@ fn network_by_subnet(st: &ClusterState, pool: &IpNet) -> Option<String> {
 impl Driver {
     async fn save(&self, local: &Local) {
         let body = serde_json::to_vec_pretty(local).unwrap_or_default();
-        if let Err(e) = std::fs::write(&self.path, body) {
+        if let Err(e) = crate::agent::snapshot::write_whole(&self.path, &body) {
             tracing::error!(file = %self.path.display(), error = %e, "cannot save docker.json");
         }
     }
@@ -184,14 +186,18 @@ impl Driver {
                 pool.trunc()
             )));
         }
-        if let Some(n) = st.networks.values().find(|n| {
-            !n.subnets.contains(&pool) && n.subnets.iter().any(|s| ipam::overlaps(s, &pool))
-        }) {
-            return Err(refused(format!(
-                "--subnet {pool} overlaps vxmesh network {}: choose a subnet that does not",
-                n.name
-            )));
+        if network_by_subnet(&st, &pool).is_some() {
+            return Ok(pool); // joins the vxmesh network that has it
         }
+        // everything vxmesh checks of a new subnet (overlap, size), by the one
+        // function that makes networks, on a copy: Docker learns of a refusal now,
+        // not after it has made its network
+        let probe = NetworkSpec {
+            name: "docker-pool-check".into(),
+            subnets: vec![pool],
+            ..Default::default()
+        };
+        ops::create_network(&mut st.clone(), &probe).map_err(refused)?;
         Ok(pool)
     }
 
@@ -615,10 +621,7 @@ impl Driver {
                                 name: svc.clone(),
                                 networks: vec![network.clone()],
                                 publish: c.publish.clone(),
-                                endpoint_mode: None,
-                                scheduler: None,
-                                health: None,
-                                health_interval_ms: None,
+                                ..Default::default()
                             };
                             crate::state::services::create_service(st, &spec)?;
                             made = Some(svc.clone());
