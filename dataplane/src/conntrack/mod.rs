@@ -153,6 +153,17 @@ pub struct Conntrack {
     pub passive: crate::lb::passive::PassiveHealth,
 }
 
+/// The reply direction's key as the table keeps it: the backend's end (`reply`'s
+/// source) answering `orig`.
+#[inline]
+fn reply_key(orig: &Key, reply: &Key) -> Key {
+    Key {
+        src: reply.src,
+        sport: reply.sport,
+        ..orig.reversed()
+    }
+}
+
 /// The key a ref of the index stands for.
 #[inline]
 fn key_of(slab: &[Option<Conn>], r: Ref) -> Option<Key> {
@@ -263,11 +274,11 @@ impl Conntrack {
         tcp_flags: u8,
         now_ms: u64,
     ) -> u32 {
-        let reply = Key {
-            src: reply.src,
-            sport: reply.sport,
-            ..orig.reversed()
-        };
+        let reply = reply_key(&orig, &reply);
+        debug_assert!(
+            reply != orig,
+            "a connection whose two directions are one key (see Conntrack::trackable)"
+        );
         // a 4-tuple belongs to one live connection: whatever held either key
         // before (a finished connection whose client reuses its port, now
         // through another node or VIP) is stale
@@ -414,6 +425,14 @@ impl Conntrack {
         }
     }
 
+    /// Whether a connection from `orig` answered from `reply`'s source can be
+    /// tracked: not when its two directions are one key (a packet from an
+    /// address and port to themselves, a LAND packet), which the index would
+    /// hold twice. Callers check it before [`Conntrack::insert`].
+    pub fn trackable(orig: &Key, reply: &Key) -> bool {
+        reply_key(orig, reply) != *orig
+    }
+
     /// Puts back a connection an earlier run of the agent saved when it stopped
     /// (so a restart loses no connection): its state, its way back and each
     /// side's next sequence number, last seen `now_ms` (the saved times were on
@@ -421,12 +440,7 @@ impl Conntrack {
     /// A saved entry whose two directions are one key (which no live connection
     /// has: the index would hold the key twice) is refused.
     pub fn restore(&mut self, e: &Entry, now_ms: u64) -> Option<u32> {
-        let reply = Key {
-            src: e.reply.src,
-            sport: e.reply.sport,
-            ..e.orig.reversed()
-        };
-        if reply == e.orig {
+        if !Self::trackable(&e.orig, &e.reply) {
             return None;
         }
         let id = self.insert(e.orig, e.reply, e.service, e.backend, 0, now_ms);

@@ -714,9 +714,7 @@ impl Switch {
         if smac == ing.sandbox_mac || !ing.sandbox_macs.contains(&smac) {
             return;
         }
-        // a packet to its own address and port (a LAND attack) has one key for
-        // both directions: no connection (found by fuzzing)
-        let Some((key, seg)) = five_tuple(f, ing.vni).filter(|(k, _)| *k != k.reversed()) else {
+        let Some((key, seg)) = five_tuple(f, ing.vni) else {
             return;
         };
         let cached = self
@@ -731,6 +729,10 @@ impl Switch {
         let fresh = key.proto == 6 && seg.flags & 0x12 == 0x02;
         let id = match ct.lookup(&key) {
             Some((id, Dir::Orig)) if !fresh => id,
+            // a packet to its own address and port (a LAND attack) has one key
+            // for both directions: no connection (found by fuzzing); checked
+            // only for a new one
+            _ if !Conntrack::trackable(&key, &key.reversed()) => return,
             _ => ct.insert(key, key.reversed(), 0, 0, seg.flags, now_ms),
         };
         ct.set_via(id, smac);
