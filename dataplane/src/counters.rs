@@ -64,10 +64,13 @@ pub enum DropReason {
     /// A new ingress connection over its source address's rate
     /// (`--ingress-rate-limit`); dropped unanswered.
     IngressRateLimited,
+    /// An IPv6 packet to a VIP or a published port with extension headers
+    /// before its TCP/UDP/ICMPv6 header: not translated.
+    Ipv6ExtensionHeader,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 27] = [
+    pub const ALL: [DropReason; 28] = [
         DropReason::Malformed,
         DropReason::BadVxlanHeader,
         DropReason::UnknownVni,
@@ -95,6 +98,7 @@ impl DropReason {
         DropReason::PolicyDrop,
         DropReason::PolicyReject,
         DropReason::IngressRateLimited,
+        DropReason::Ipv6ExtensionHeader,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -126,6 +130,7 @@ impl DropReason {
             DropReason::PolicyDrop => "policy_drop",
             DropReason::PolicyReject => "policy_reject",
             DropReason::IngressRateLimited => "ingress_rate_limited",
+            DropReason::Ipv6ExtensionHeader => "ipv6_extension_header",
         }
     }
 }

@@ -57,6 +57,9 @@ pub const STATIC_PEER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 9);
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
 pub const VIP_LC: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 101);
 pub const SANDBOX_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 250, 2);
+pub const SANDBOX_IP6: &str = "fdff:ffff:ffff:fa::2";
+/// The app network's IPv6 VIP (the same service as [`VIP`]).
+pub const VIP6: &str = "fd00::100";
 /// Tunnel addresses: this node, and the one WireGuard peer.
 pub const TUN_LOCAL: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
 pub const TUN_PEER: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
@@ -66,8 +69,15 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn backend(ip: [u8; 4], healthy: bool, local: bool) -> BackendView {
+    // the remote tasks are dual-stack (fd00::12, fd00:ff::20)
+    let v6 = match ip {
+        [10, 0, 0, 12] => Some("fd00::12".parse().expect("address")),
+        [10, 255, 0, 20] => Some("fd00:ff::20".parse().expect("address")),
+        _ => None,
+    };
     BackendView {
-        ip: Ipv4Addr::from(ip),
+        v4: Some(Ipv4Addr::from(ip)),
+        v6,
         weight: 1,
         healthy,
         local,
@@ -111,11 +121,13 @@ pub fn state(degraded: bool) -> SwitchState {
         ("fd00::1", GW),
         ("10.0.0.100", GW),
         ("10.0.0.101", GW),
+        ("fd00::100", GW),
     ] {
         net.neighbors.insert(ip(i), m);
     }
-    net.vips.insert(VIP, 0x100);
-    net.vips.insert(VIP_LC, 0x101);
+    net.vips.insert(IpAddr::V4(VIP), 0x100);
+    net.vips.insert(IpAddr::V4(VIP_LC), 0x101);
+    net.vips.insert(ip(VIP6), 0x100);
     let mut rr = vec![backend([10, 0, 0, 11], true, true)];
     if !degraded {
         rr.push(backend([10, 0, 0, 12], true, false));
@@ -138,7 +150,7 @@ pub fn state(degraded: bool) -> SwitchState {
         },
     );
     net.backend_ips
-        .extend([Ipv4Addr::new(10, 0, 0, 11), Ipv4Addr::new(10, 0, 0, 12)]);
+        .extend([ip("10.0.0.11"), ip("10.0.0.12"), ip("fd00::12")]);
     net.dns.insert("api".into(), vec![IpAddr::V4(VIP)]);
     net.dns.insert(
         "tasks.api".into(),
@@ -203,6 +215,7 @@ pub fn state(degraded: bool) -> SwitchState {
     for (i, m) in [
         ("10.255.0.10", TASK),
         ("10.255.0.20", TASK_B),
+        ("fd00:ff::20", TASK_B),
         ("10.255.0.1", IGW),
     ] {
         ing.neighbors.insert(ip(i), m);
@@ -218,7 +231,7 @@ pub fn state(degraded: bool) -> SwitchState {
         },
     );
     ing.backend_ips
-        .extend([Ipv4Addr::new(10, 255, 0, 10), Ipv4Addr::new(10, 255, 0, 20)]);
+        .extend([ip("10.255.0.10"), ip("10.255.0.20"), ip("fd00:ff::20")]);
     st.networks.insert(INGRESS_VNI, ing);
     st.ports.insert(
         P_TASK,
@@ -246,8 +259,7 @@ pub fn state(degraded: bool) -> SwitchState {
     let rule = |proto, port, from: [u8; 4], prefix, action| PolicyRule {
         proto,
         port,
-        from: Ipv4Addr::from(from),
-        prefix,
+        from: Some((IpAddr::V4(Ipv4Addr::from(from)), prefix)),
         action,
     };
     st.ingress = Some(IngressView {
@@ -255,6 +267,7 @@ pub fn state(degraded: bool) -> SwitchState {
         vni: INGRESS_VNI,
         host_mac: HOST,
         sandbox_ip: SANDBOX_IP,
+        sandbox_ip6: Some(SANDBOX_IP6.parse().expect("address")),
         sandbox_mac: SBOX,
         sandbox_macs: [SBOX, SBOX_B].into_iter().collect(),
         enabled: true,
@@ -263,6 +276,12 @@ pub fn state(degraded: bool) -> SwitchState {
             rule(6, 8080, [203, 0, 113, 0], 24, PolicyAction::Drop),
             rule(6, 8080, [203, 0, 113, 7], 32, PolicyAction::Accept),
             rule(17, 5353, [198, 51, 100, 0], 24, PolicyAction::Reject),
+            PolicyRule {
+                proto: 6,
+                port: 8080,
+                from: Some((ip("2001:db8:bad::"), 48)),
+                action: PolicyAction::Reject,
+            },
         ],
         rate_limit: None,
     });
@@ -713,10 +732,10 @@ pub fn dns(data: &[u8]) {
     let _ = dns::is_unknown(data, |n| dns_table(n).is_some());
     let peer = udp_reply::UdpPeer {
         client_mac: A,
-        client_ip: Ipv4Addr::new(10, 0, 0, 10),
+        client_ip: ip("10.0.0.10"),
         client_port: 40000,
         gateway_mac: GW,
-        gateway_ip: Ipv4Addr::new(10, 0, 0, 1),
+        gateway_ip: ip("10.0.0.1"),
         gateway_port: 53,
     };
     let mut room = vec![0u8; MAX_FRAME];

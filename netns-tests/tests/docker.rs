@@ -369,13 +369,15 @@ fn scenario(t: &mut Topology, image: &str) -> Result<()> {
         !String::from_utf8_lossy(&rules.stdout).contains("vxm-ingress"),
         "the DOCKER-USER accept outlived the agent"
     );
-    let table = std::process::Command::new("nft")
-        .args(["list", "table", "ip", "vxmesh"])
-        .output()?;
-    ensure!(
-        !table.status.success(),
-        "the ingress table outlived the agent"
-    );
+    for family in ["ip", "ip6"] {
+        let table = std::process::Command::new("nft")
+            .args(["list", "table", family, "vxmesh"])
+            .output()?;
+        ensure!(
+            !table.status.success(),
+            "the ingress table ({family}) outlived the agent"
+        );
+    }
     // TAPs are persistent: none of this run's may be left in the host's namespace
     let left: Vec<String> = root_vx_taps()?.difference(&taps_before).cloned().collect();
     ensure!(left.is_empty(), "TAPs left in the root namespace: {left:?}");

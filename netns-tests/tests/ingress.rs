@@ -261,7 +261,9 @@ fn published_ports_answer_on_every_node_and_policies_apply_per_node_on(
     assert!(listed.status.success(), "the table went with a plain stop");
     t.start_agent(n1, &["--cleanup-on-exit"])?;
     t.stop_agent(n1)?;
-    let listed = exec(&n1.ns, &["nft", "list", "table", "ip", "vxmesh"])?;
-    assert!(!listed.status.success(), "table left behind");
+    for family in ["ip", "ip6"] {
+        let listed = exec(&n1.ns, &["nft", "list", "table", family, "vxmesh"])?;
+        assert!(!listed.status.success(), "{family} table left behind");
+    }
     Ok(())
 }

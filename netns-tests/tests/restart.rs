@@ -225,7 +225,8 @@ fn connections_survive_agent_restarts_on_every_node_of_their_path() -> Result<()
     ensure!(gone, "the removed endpoint's TAP outlived the killed agent");
     let tables = exec_ok(&n1.ns, &["nft", "list", "tables"])?;
     ensure!(
-        tables.matches("table ip vxmesh").count() == 1,
+        tables.matches("table ip vxmesh").count() == 1
+            && tables.matches("table ip6 vxmesh").count() == 1,
         "n1's nftables tables after the restart: {tables}"
     );
     let links = exec_ok(&n1.ns, &["ip", "-o", "link", "show"])?;

@@ -333,16 +333,18 @@ async fn configure(ns: &Path, ep: &Endpoint, net: &Network, mtu: u32) -> Result<
     }
     ip_in(ns, &["link", "set", "dev", dev, "up"]).await?;
     if ingress {
-        for (addr, gw) in ep
-            .ips
-            .iter()
-            .filter(|a| a.is_ipv4())
-            .zip(net.gateways.iter().filter(|g| g.is_ipv4()))
-        {
+        for v6 in [false, true] {
+            let family = if v6 { "-6" } else { "-4" };
+            let addr = ep.ips.iter().find(|a| a.is_ipv6() == v6);
+            let gw = net.gateways.iter().find(|g| g.is_ipv6() == v6);
+            let (Some(addr), Some(gw)) = (addr, gw) else {
+                continue;
+            };
             let (a, g) = (addr.to_string(), gw.to_string());
             ip_in(
                 ns,
                 &[
+                    family,
                     "route",
                     "replace",
                     "default",
@@ -356,6 +358,7 @@ async fn configure(ns: &Path, ep: &Endpoint, net: &Network, mtu: u32) -> Result<
             )
             .await?;
             let rule = [
+                family,
                 "rule",
                 "add",
                 "from",

@@ -10,7 +10,7 @@
 use super::iproute::{ip, PlumbError};
 use crate::state::ClusterState;
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::OwnedFd;
 use tokio::io::AsyncWriteExt;
 use vxmesh_dataplane::io::tap;
@@ -22,7 +22,11 @@ pub const DEVICE: &str = "vxm-ingress";
 /// link-local /30 no overlay or underlay uses.
 pub const HOST_CIDR: &str = "169.254.250.1/30";
 pub const SANDBOX_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 250, 2);
-/// The nftables table (family ip) the agent owns.
+/// The same for IPv6: a /126 of a ULA /64 no overlay takes (the ingress
+/// network's own is the /64 above it).
+pub const HOST_CIDR6: &str = "fdff:ffff:ffff:fffe::1/126";
+pub const SANDBOX_IP6: Ipv6Addr = Ipv6Addr::new(0xfdff, 0xffff, 0xffff, 0xfffe, 0, 0, 0, 2);
+/// The nftables tables (families ip and ip6) the agent owns.
 pub const TABLE: &str = "vxmesh";
 /// The port id the workers know the sandbox by (endpoint ports start at 1).
 pub const PORT: PortId = PortId(0);
@@ -33,6 +37,7 @@ pub struct Sandbox {
     pub port: PortId,
     pub host_mac: Mac,
     pub sandbox_ip: Ipv4Addr,
+    pub sandbox_ip6: Ipv6Addr,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,18 +69,27 @@ pub async fn create_sandbox(queues: usize) -> Result<(Sandbox, Vec<OwnedFd>), In
     let host_mac = crate::state::ipam::random_mac();
     let mac = vxmesh_dataplane::mac_to_string(&host_mac);
     ip(&["link", "set", "dev", DEVICE, "address", &mac]).await?;
-    sysctl(
-        &format!("/proc/sys/net/ipv6/conf/{DEVICE}/disable_ipv6"),
-        "1",
-    )?;
+    // IPv6 on, for published ports over the node's IPv6 addresses, but no
+    // router solicitations or autoconfiguration on a link that has no router
+    for (key, value) in [("accept_ra", "0"), ("autoconf", "0"), ("disable_ipv6", "0")] {
+        sysctl(&format!("/proc/sys/net/ipv6/conf/{DEVICE}/{key}"), value)?;
+    }
     sysctl(
         &format!("/proc/sys/net/ipv4/conf/{DEVICE}/route_localnet"),
         "1",
     )?;
     sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
-    if let Err(e) = ip(&["addr", "add", HOST_CIDR, "dev", DEVICE]).await {
-        if !e.exists() {
-            return Err(e.into());
+    sysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1")?;
+    for cidr in [HOST_CIDR, HOST_CIDR6] {
+        let mut args = vec!["addr", "add", cidr, "dev", DEVICE];
+        if cidr == HOST_CIDR6 {
+            // the agent is the only other host on the link
+            args.push("nodad");
+        }
+        if let Err(e) = ip(&args).await {
+            if !e.exists() {
+                return Err(e.into());
+            }
         }
     }
     ip(&["link", "set", "dev", DEVICE, "up"]).await?;
@@ -84,40 +98,60 @@ pub async fn create_sandbox(queues: usize) -> Result<(Sandbox, Vec<OwnedFd>), In
             port: PORT,
             host_mac,
             sandbox_ip: SANDBOX_IP,
+            sandbox_ip6: SANDBOX_IP6,
         },
         fds,
     ))
 }
 
-/// The table for this node's published ports. `advertise`: the node's address,
-/// which connections from the node itself to 127.0.0.1 take as their source
-/// (so a task sees which node the client was, and replies route back).
+/// The tables for this node's published ports: IPv4, and IPv6 when the
+/// ingress network has an IPv6 subnet (its tasks then have IPv6 addresses).
+/// `advertise`: the node's address, which connections from the node itself to
+/// 127.0.0.1 take as their source (so a task sees which node the client was,
+/// and replies route back).
 pub fn render_table(st: &ClusterState, node: &str, advertise: IpAddr) -> String {
     let mut ports: [Vec<u16>; 2] = [Vec::new(), Vec::new()];
     for (_, p) in super::switch_state::published_here(st, node) {
         ports[usize::from(p.proto == "udp")].push(p.published);
     }
-    let mut rules = String::new();
-    for (proto, list) in ["tcp", "udp"].iter().zip(ports.iter_mut()) {
-        list.sort_unstable();
-        list.dedup();
-        if list.is_empty() {
-            continue;
+    let rules = |to: &str, skip: &str| {
+        let mut rules = String::new();
+        for (proto, list) in ["tcp", "udp"].iter().zip(ports.iter()) {
+            let mut list = list.clone();
+            list.sort_unstable();
+            list.dedup();
+            if list.is_empty() {
+                continue;
+            }
+            let set: Vec<String> = list.iter().map(u16::to_string).collect();
+            let _ = writeln!(
+                rules,
+                "    {skip}fib daddr type local {proto} dport {{ {} }} dnat to {to}",
+                set.join(", ")
+            );
         }
-        let set: Vec<String> = list.iter().map(u16::to_string).collect();
-        let _ = writeln!(
-            rules,
-            "    fib daddr type local {proto} dport {{ {} }} dnat to {SANDBOX_IP}",
-            set.join(", ")
-        );
-    }
+        rules
+    };
     let snat = match advertise {
         IpAddr::V4(a) => format!("snat to {a}"),
         IpAddr::V6(_) => "masquerade".into(),
     };
-    format!(
-        "table ip {TABLE} {{\n  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n{rules}  }}\n  chain output {{\n    type nat hook output priority -100; policy accept;\n{rules}  }}\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    oifname \"{DEVICE}\" ip saddr 127.0.0.0/8 {snat}\n  }}\n}}\n"
-    )
+    let v4 = rules(&SANDBOX_IP.to_string(), "");
+    let mut out = format!(
+        "table ip {TABLE} {{\n  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n{v4}  }}\n  chain output {{\n    type nat hook output priority -100; policy accept;\n{v4}  }}\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    oifname \"{DEVICE}\" ip saddr 127.0.0.0/8 {snat}\n  }}\n}}\n"
+    );
+    let v6 = crate::state::ingress::network(st)
+        .is_some_and(|n| n.subnets.iter().any(|s| s.addr().is_ipv6()));
+    if v6 {
+        // ::1 cannot be DNATed off the host (IPv6 has no route_localnet)
+        let v6 = rules(&format!("[{SANDBOX_IP6}]"), "");
+        let out6 = rules(&format!("[{SANDBOX_IP6}]"), "ip6 daddr != ::1 ");
+        let _ = write!(
+            out,
+            "table ip6 {TABLE} {{\n  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n{v6}  }}\n  chain output {{\n    type nat hook output priority -100; policy accept;\n{out6}  }}\n}}\n"
+        );
+    }
+    out
 }
 
 async fn nft(script: &str) -> Result<(), IngressError> {
@@ -149,14 +183,17 @@ async fn nft(script: &str) -> Result<(), IngressError> {
 /// Replaces the table with `table` in one transaction.
 pub async fn apply_table(table: &str) -> Result<(), IngressError> {
     nft(&format!(
-        "table ip {TABLE}\ndelete table ip {TABLE}\n{table}"
+        "table ip {TABLE}\ndelete table ip {TABLE}\ntable ip6 {TABLE}\ndelete table ip6 {TABLE}\n{table}"
     ))
     .await
 }
 
 /// Removes the table (when the agent stops).
 pub async fn remove_table() -> Result<(), IngressError> {
-    nft(&format!("table ip {TABLE}\ndelete table ip {TABLE}\n")).await
+    nft(&format!(
+        "table ip {TABLE}\ndelete table ip {TABLE}\ntable ip6 {TABLE}\ndelete table ip6 {TABLE}\n"
+    ))
+    .await
 }
 
 #[cfg(test)]

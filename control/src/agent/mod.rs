@@ -292,14 +292,19 @@ impl Agent {
     pub fn lb_table(&self) -> Vec<VirtualService> {
         let st = self.worker.state();
         let conns = self.worker.connections();
-        let row = |net: &vxmesh_dataplane::NetworkView, mark: u32, vip, published: Vec<String>| {
+        let row = |net: &vxmesh_dataplane::NetworkView,
+                   mark: u32,
+                   vip: IpAddr,
+                   published: Vec<String>| {
             let svc = net.services.get(&mark)?;
+            // a VIP's real servers are its tasks' addresses of its family
             let backends = svc
                 .backends
                 .iter()
-                .map(|b| {
+                .filter_map(|b| Some((b, b.addr_for(&vip)?)))
+                .map(|(b, address)| {
                     let mine = conns.iter().filter(|e| {
-                        e.orig.zone == net.vni && e.service == mark && e.reply.src == b.ip
+                        e.orig.zone == net.vni && e.service == mark && e.reply.src == address
                     });
                     let (mut active, mut inactive) = (0, 0);
                     for e in mine {
@@ -310,7 +315,7 @@ impl Agent {
                         }
                     }
                     RealServer {
-                        address: b.ip,
+                        address,
                         forward: "Masq",
                         weight: b.weight,
                         healthy: b.healthy,
@@ -352,7 +357,10 @@ impl Agent {
                         })
                         .collect();
                     published.sort();
-                    out.extend(row(net, mark, ing.sandbox_ip, published));
+                    out.extend(row(net, mark, ing.sandbox_ip.into(), published.clone()));
+                    if let Some(ip6) = ing.sandbox_ip6 {
+                        out.extend(row(net, mark, ip6.into(), published));
+                    }
                 }
             }
         }
@@ -1056,7 +1064,7 @@ fn upstream_resolvers() -> Vec<std::net::SocketAddr> {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct VirtualService {
     pub fwmark: u32,
-    pub vip: std::net::Ipv4Addr,
+    pub vip: IpAddr,
     pub vni: u32,
     pub scheduler: &'static str,
     /// For the routing mesh's virtual services: the published ports that feed
@@ -1068,7 +1076,7 @@ pub struct VirtualService {
 /// A backend of a virtual service, with its connection counts (IPVS's words).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RealServer {
-    pub address: std::net::Ipv4Addr,
+    pub address: IpAddr,
     pub forward: &'static str,
     pub weight: u32,
     pub healthy: bool,

@@ -10,7 +10,7 @@
 
 use crate::state::Endpoint;
 use serde::{Deserialize, Serialize};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::Path;
 use vxmesh_dataplane::conntrack::{Entry, Key, State};
 
@@ -24,8 +24,8 @@ pub const PORTS_FILE: &str = "ports.json";
 struct KeyDef {
     zone: u32,
     proto: u8,
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
+    src: IpAddr,
+    dst: IpAddr,
     sport: u16,
     dport: u16,
 }
@@ -146,8 +146,8 @@ mod tests {
         let k = |sport| Key {
             zone: 9,
             proto: 6,
-            src: Ipv4Addr::new(10, 0, 0, 2),
-            dst: Ipv4Addr::new(10, 0, 0, 100),
+            src: std::net::Ipv4Addr::new(10, 0, 0, 2).into(),
+            dst: std::net::Ipv4Addr::new(10, 0, 0, 100).into(),
             sport,
             dport: 80,
         };
@@ -157,7 +157,7 @@ mod tests {
             .map(|(i, (state, _))| Entry {
                 orig: k(1000 + i as u16),
                 reply: Key {
-                    src: Ipv4Addr::new(10, 0, 0, 5),
+                    src: std::net::Ipv4Addr::new(10, 0, 0, 5).into(),
                     ..k(1000 + i as u16).reversed()
                 },
                 service: 3,

@@ -117,29 +117,28 @@ pub fn build(
         // services with a VIP here: the VIP answers ARP with the gateway MAC, and
         // its virtual service balances over the tasks on this network
         for svc in st.services.values().filter(|s| s.endpoint_mode == "vip") {
-            let Some(IpAddr::V4(vip)) = svc.vips.get(&net.name).copied() else {
+            let vips: Vec<IpAddr> = svc.vips_on(&net.name).collect();
+            if vips.is_empty() {
                 continue;
-            };
-            v.vips.insert(vip, svc.fwmark);
-            v.neighbors.insert(IpAddr::V4(vip), gw_mac);
+            }
+            for vip in &vips {
+                v.vips.insert(*vip, svc.fwmark);
+                v.neighbors.insert(*vip, gw_mac);
+            }
             let mut backends: Vec<BackendView> = st
                 .endpoints_on(&net.name)
                 .filter(|e| e.service.as_deref() == Some(svc.name.as_str()))
                 .filter_map(|e| {
-                    e.ips.iter().find_map(|ip| match ip {
-                        IpAddr::V4(a) => Some(BackendView {
-                            ip: *a,
-                            weight: 1,
-                            healthy: e.health.as_deref() != Some("unhealthy")
-                                && !down.contains(&e.node),
-                            local: e.node == node,
-                        }),
-                        IpAddr::V6(_) => None,
-                    })
+                    backend_of(
+                        &e.ips,
+                        e.health.as_deref() != Some("unhealthy") && !down.contains(&e.node),
+                        e.node == node,
+                    )
                 })
                 .collect();
-            backends.sort_by_key(|b| b.ip);
-            v.backend_ips.extend(backends.iter().map(|b| b.ip));
+            backends.sort_by_key(|b| (b.v4, b.v6));
+            v.backend_ips
+                .extend(backends.iter().flat_map(BackendView::addrs));
             let scheduler = Kind::parse(&svc.scheduler).unwrap_or(Kind::Rr);
             v.services.insert(
                 svc.fwmark,
@@ -163,9 +162,10 @@ pub fn build(
                 .flat_map(|e| e.ips.iter().copied())
                 .collect();
             let name = svc.name.to_lowercase();
-            match svc.vips.get(&net.name) {
-                Some(vip) => v.dns.insert(name.clone(), vec![*vip]),
-                None => v.dns.insert(name.clone(), tasks.clone()),
+            let vips: Vec<IpAddr> = svc.vips_on(&net.name).collect();
+            match vips.is_empty() {
+                false => v.dns.insert(name.clone(), vips),
+                true => v.dns.insert(name.clone(), tasks.clone()),
             };
             v.dns.insert(format!("tasks.{name}"), tasks);
         }
@@ -212,19 +212,14 @@ fn ingress_network(
             .filter(|e| e.service.as_deref() == Some(svc.name.as_str()))
             .filter_map(|e| {
                 let task = ingress::task_of(e).and_then(|t| st.endpoints.get(t))?;
-                let ip = e.ips.iter().find_map(|ip| match ip {
-                    IpAddr::V4(a) => Some(*a),
-                    IpAddr::V6(_) => None,
-                })?;
-                Some(BackendView {
-                    ip,
-                    weight: 1,
-                    healthy: task.health.as_deref() != Some("unhealthy") && !down.contains(&e.node),
-                    local: e.node == node,
-                })
+                backend_of(
+                    &e.ips,
+                    task.health.as_deref() != Some("unhealthy") && !down.contains(&e.node),
+                    e.node == node,
+                )
             })
             .collect();
-        backends.sort_by_key(|b| b.ip);
+        backends.sort_by_key(|b| (b.v4, b.v6));
         v.services.insert(
             svc.fwmark,
             ServiceView {
@@ -233,6 +228,25 @@ fn ingress_network(
             },
         );
     }
+}
+
+/// A task as a backend: its address of each family.
+fn backend_of(ips: &[IpAddr], healthy: bool, local: bool) -> Option<BackendView> {
+    let v4 = ips.iter().find_map(|ip| match ip {
+        IpAddr::V4(a) => Some(*a),
+        IpAddr::V6(_) => None,
+    });
+    let v6 = ips.iter().find_map(|ip| match ip {
+        IpAddr::V6(a) => Some(*a),
+        IpAddr::V4(_) => None,
+    });
+    (v4.is_some() || v6.is_some()).then_some(BackendView {
+        v4,
+        v6,
+        weight: 1,
+        healthy,
+        local,
+    })
 }
 
 /// This node's side of the routing mesh: its sandbox (made by the agent), the
@@ -256,23 +270,15 @@ pub fn ingress_view(st: &ClusterState, node: &str, sandbox: &Sandbox) -> Option<
         .policies
         .values()
         .filter(|p| p.node == node)
-        .filter_map(|p| {
-            let (from, prefix) = match p.from {
-                Some(ipnet::IpNet::V4(n)) => (n.network(), n.prefix_len()),
-                Some(ipnet::IpNet::V6(_)) => return None,
-                None => (std::net::Ipv4Addr::UNSPECIFIED, 0),
-            };
-            Some(PolicyRule {
-                proto: proto_number(&p.proto),
-                port: p.port,
-                from,
-                prefix,
-                action: match p.action.as_str() {
-                    "drop" => PolicyAction::Drop,
-                    "reject" => PolicyAction::Reject,
-                    _ => PolicyAction::Accept,
-                },
-            })
+        .map(|p| PolicyRule {
+            proto: proto_number(&p.proto),
+            port: p.port,
+            from: p.from.map(|n| (n.network(), n.prefix_len())),
+            action: match p.action.as_str() {
+                "drop" => PolicyAction::Drop,
+                "reject" => PolicyAction::Reject,
+                _ => PolicyAction::Accept,
+            },
         })
         .collect();
     Some(IngressView {
@@ -280,6 +286,12 @@ pub fn ingress_view(st: &ClusterState, node: &str, sandbox: &Sandbox) -> Option<
         vni: net.vni,
         host_mac: sandbox.host_mac,
         sandbox_ip: sandbox.sandbox_ip,
+        // IPv6 published ports need tasks with IPv6 ingress addresses
+        sandbox_ip6: net
+            .subnets
+            .iter()
+            .any(|s| s.addr().is_ipv6())
+            .then_some(sandbox.sandbox_ip6),
         sandbox_mac,
         sandbox_macs: st
             .nodes

@@ -533,10 +533,11 @@ async fn run_client(c: &Client, f: Format, cmd: Command) -> anyhow::Result<()> {
                 });
                 let v = c.call(Method::POST, "/v1/services", Some(body)).await?;
                 let vips = output::join(&Value::Array(
-                    v["vips"]
-                        .as_object()
-                        .map(|o| o.values().cloned().collect())
-                        .unwrap_or_default(),
+                    ["vips", "vips6"]
+                        .iter()
+                        .filter_map(|k| v[*k].as_object())
+                        .flat_map(|o| o.values().cloned())
+                        .collect(),
                 ));
                 output::created(f, &v, &[&v["name"], &Value::String(vips)])
             }

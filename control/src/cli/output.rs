@@ -188,10 +188,11 @@ pub fn services(f: Format, v: &Value) -> anyhow::Result<()> {
         ],
         rows(v, |sv| {
             let vips = Value::Array(
-                sv["vips"]
-                    .as_object()
-                    .map(|o| o.values().cloned().collect())
-                    .unwrap_or_default(),
+                ["vips", "vips6"]
+                    .iter()
+                    .filter_map(|k| sv[*k].as_object())
+                    .flat_map(|o| o.values().cloned())
+                    .collect(),
             );
             vec![
                 s(&sv["name"]),

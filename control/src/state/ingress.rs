@@ -13,6 +13,8 @@ use std::net::IpAddr;
 pub const NETWORK: &str = "ingress";
 /// Its subnet when nothing else took it (Docker's default too).
 pub const DEFAULT_SUBNET: &str = "10.255.0.0/16";
+/// Its IPv6 subnet (a ULA /64), so published ports answer over IPv6 too.
+pub const DEFAULT_SUBNET6: &str = "fdff:ffff:ffff:ffff::/64";
 /// The name of a task's interface on the ingress network.
 pub const TASK_IFNAME: &str = "ingress0";
 /// `owner` of a task's ingress endpoint: this prefix and the task's id.
@@ -24,14 +26,28 @@ pub fn ensure_network(st: &mut ClusterState) -> Result<(), StateError> {
     if st.networks.contains_key(NETWORK) {
         return Ok(());
     }
-    let preferred: IpNet = DEFAULT_SUBNET.parse().expect("constant subnet");
-    let taken = st
+    let free = |subnet: &str| {
+        let preferred: IpNet = subnet.parse().expect("constant subnet");
+        let taken = st
+            .networks
+            .values()
+            .any(|n| n.subnets.iter().any(|s| ipam::overlaps(s, &preferred)));
+        (!taken).then_some(preferred)
+    };
+    // IPv4 from the default pool when its subnet is taken; IPv6 only when free
+    let used: Vec<IpNet> = st
         .networks
         .values()
-        .any(|n| n.subnets.iter().any(|s| ipam::overlaps(s, &preferred)));
+        .flat_map(|n| n.subnets.iter().copied())
+        .collect();
+    let mut subnets: Vec<IpNet> = free(DEFAULT_SUBNET)
+        .or_else(|| ipam::allocate_subnet(&used))
+        .into_iter()
+        .collect();
+    subnets.extend(free(DEFAULT_SUBNET6));
     let spec = ops::NetworkSpec {
         name: NETWORK.into(),
-        subnets: if taken { vec![] } else { vec![preferred] },
+        subnets,
         ..Default::default()
     };
     let mut net = ops::create_network(st, &spec)?;

@@ -151,9 +151,13 @@ fn ingress_mode() -> String {
 pub struct Service {
     pub name: String,
     pub networks: Vec<String>,
-    /// The virtual IP on each network (none in dnsrr mode).
+    /// The virtual IP on each network (none in dnsrr mode): its IPv4 one on a
+    /// network with an IPv4 subnet, else its IPv6 one.
     #[serde(default)]
     pub vips: BTreeMap<String, IpAddr>,
+    /// On dual-stack networks, the IPv6 VIP beside the IPv4 one in `vips`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vips6: BTreeMap<String, IpAddr>,
     #[serde(default)]
     pub ports: Vec<PublishedPort>,
     /// `vip` or `dnsrr`.
@@ -169,6 +173,22 @@ pub struct Service {
     pub fwmark: u32,
     #[serde(default)]
     pub created: u64,
+}
+
+impl Service {
+    /// Its VIPs on `network`, IPv4 first.
+    pub fn vips_on<'a>(&'a self, network: &str) -> impl Iterator<Item = IpAddr> + 'a {
+        self.vips
+            .get(network)
+            .into_iter()
+            .chain(self.vips6.get(network))
+            .copied()
+    }
+
+    /// Every VIP on every network.
+    pub fn all_vips(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.vips.values().chain(self.vips6.values()).copied()
+    }
 }
 
 /// Everything the store holds. Small (hundreds to thousands of objects), so agents

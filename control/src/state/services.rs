@@ -142,7 +142,7 @@ pub fn used_addresses(st: &ClusterState, network: &str) -> BTreeSet<IpAddr> {
         .chain(
             st.services
                 .values()
-                .filter_map(|s| s.vips.get(network).copied()),
+                .flat_map(|s| s.vips_on(network).collect::<Vec<_>>()),
         )
         .chain(sandboxes)
         .collect()
@@ -175,6 +175,7 @@ pub fn create_service(st: &mut ClusterState, spec: &ServiceSpec) -> Result<Servi
         parse_health(h)?;
     }
     let mut vips = std::collections::BTreeMap::new();
+    let mut vips6 = std::collections::BTreeMap::new();
     for n in &spec.networks {
         if n == super::ingress::NETWORK {
             return Err(StateError::Invalid(format!(
@@ -187,18 +188,22 @@ pub fn create_service(st: &mut ClusterState, spec: &ServiceSpec) -> Result<Servi
             ))
         })?;
         if mode == "vip" {
+            // one VIP of each family the network has, IPv4 first
             let used = used_addresses(st, n);
-            let subnet = net
-                .subnets
-                .iter()
-                .find(|s| s.addr().is_ipv4())
-                .or(net.subnets.first());
-            let vip = subnet
-                .and_then(|s| ipam::allocate_ip(s, &used))
-                .ok_or_else(|| {
-                    StateError::Conflict(format!("network {n} has no address left for a VIP"))
+            let mut subnets: Vec<&ipnet::IpNet> = net.subnets.iter().collect();
+            subnets.sort_by_key(|s| s.addr().is_ipv6());
+            for (i, subnet) in subnets.into_iter().enumerate() {
+                let vip = ipam::allocate_ip(subnet, &used).ok_or_else(|| {
+                    StateError::Conflict(format!(
+                        "network {n} has no address left in {subnet} for a VIP"
+                    ))
                 })?;
-            vips.insert(n.clone(), vip);
+                if i == 0 {
+                    vips.insert(n.clone(), vip);
+                } else {
+                    vips6.insert(n.clone(), vip);
+                }
+            }
         }
     }
     let specs: Vec<PublishSpec> = spec
@@ -215,6 +220,7 @@ pub fn create_service(st: &mut ClusterState, spec: &ServiceSpec) -> Result<Servi
         name: spec.name.clone(),
         networks: spec.networks.clone(),
         vips,
+        vips6,
         ports,
         endpoint_mode: mode,
         scheduler,

@@ -16,7 +16,7 @@ use super::touch::Touch;
 use super::{Dir, Key, TCP_FIN, TCP_RST, TCP_SYN};
 use crate::{Location, Mac};
 use rustc_hash::FxHashMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 /// Connections one worker keeps; past this the cache starts over (a flow not
@@ -34,7 +34,7 @@ pub struct Hit {
     pub dir: Dir,
     /// The address and port the packet is translated to: the backend's for a
     /// client's packet, the service's for a reply.
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub port: u16,
     /// The backend's MAC, for a client's packet.
     pub mac: Mac,
@@ -48,7 +48,7 @@ pub struct Hit {
 impl Hit {
     /// Connection `id`'s packets in `dir` translated to (`ip`, `port`); the
     /// path that needs them fills in the MAC, location or way back.
-    pub fn new(id: u32, dir: Dir, ip: Ipv4Addr, port: u16) -> Self {
+    pub fn new(id: u32, dir: Dir, ip: IpAddr, port: u16) -> Self {
         Hit {
             id,
             gen: 0,

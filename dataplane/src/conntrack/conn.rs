@@ -1,11 +1,11 @@
 //! A connection as the table stores it: both keys folded into one record,
 //! because a reply always answers the client (its destination is the client's
-//! address and port), so only the backend's end is new. 40 bytes instead of
-//! two 20-byte keys plus the rest.
+//! address and port), so only the backend's end is new. (40 bytes for IPv4 when
+//! addresses were 4 bytes; addresses are now either family.)
 
 use super::{Key, State};
 use crate::Mac;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 const FIN_ORIG: u8 = 1;
 const FIN_REPLY: u8 = 2;
@@ -14,11 +14,11 @@ const VIA: u8 = 4;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Conn {
     zone: u32,
-    client: Ipv4Addr,
+    client: IpAddr,
     /// What the client addressed: a VIP, the ingress sandbox, or (on a task's
     /// node, for a connection from another node's ingress) the task itself.
-    addressed: Ipv4Addr,
-    backend_ip: Ipv4Addr,
+    addressed: IpAddr,
+    backend_ip: IpAddr,
     pub service: u32,
     pub backend: u32,
     client_port: u16,
@@ -77,7 +77,7 @@ impl Conn {
         self.zone
     }
 
-    pub fn backend_ip(&self) -> Ipv4Addr {
+    pub fn backend_ip(&self) -> IpAddr {
         self.backend_ip
     }
 

@@ -19,7 +19,7 @@ use conn::Conn;
 use index::{Index, Ref};
 use rustc_hash::FxHashMap;
 use std::hash::{Hash, Hasher};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::Arc;
 use touch::Touch;
 
@@ -28,8 +28,8 @@ use touch::Touch;
 pub struct Key {
     pub zone: u32,
     pub proto: u8,
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+    pub src: IpAddr,
+    pub dst: IpAddr,
     pub sport: u16,
     pub dport: u16,
 }
@@ -41,10 +41,10 @@ impl Key {
     pub fn flow_hash(&self) -> u64 {
         const K: u64 = 0x9E37_79B9_7F4A_7C15;
         let mix = |h: u64, v: u64| (h ^ v).wrapping_mul(K).rotate_left(29);
-        let mut h = mix(
-            0,
-            u64::from(u32::from(self.src)) << 32 | u64::from(u32::from(self.dst)),
-        );
+        let mut h = mix(0, addr_pair(&self.src, &self.dst));
+        if let (IpAddr::V6(s), IpAddr::V6(d)) = (self.src, self.dst) {
+            h = mix(h, high_words(s, d));
+        }
         h = mix(
             h,
             u64::from(self.sport) << 24 | u64::from(self.dport) << 8 | u64::from(self.proto),
@@ -63,13 +63,35 @@ impl Key {
     }
 }
 
+/// Both addresses in one word: an IPv4 pair whole, an IPv6 pair by the low 32
+/// bits of each (the interface identifiers, where flows differ most; the rest is
+/// [`high_words`]). A mixed pair never forms a key (both ends are one family).
+#[inline(always)]
+fn addr_pair(src: &IpAddr, dst: &IpAddr) -> u64 {
+    let low = |a: &IpAddr| match a {
+        IpAddr::V4(a) => u32::from(*a),
+        IpAddr::V6(a) => u128::from(*a) as u32,
+    };
+    u64::from(low(src)) << 32 | u64::from(low(dst))
+}
+
+/// The upper 96 bits of an IPv6 pair, folded into one word.
+#[inline(always)]
+fn high_words(src: std::net::Ipv6Addr, dst: std::net::Ipv6Addr) -> u64 {
+    let (s, d) = (u128::from(src) >> 32, u128::from(dst) >> 32);
+    (s as u64) ^ ((s >> 64) as u64).rotate_left(17) ^ (d as u64).rotate_left(31) ^ ((d >> 64) as u64).rotate_left(47)
+}
+
 /// Two words instead of a field at a time: the key is hashed for every packet
 /// of a tracked connection. (The zone is a 24-bit VNI, so the protocol fits above
 /// it; equal keys still hash equally, which is all `Eq` needs.)
 impl Hash for Key {
     #[inline]
     fn hash<H: Hasher>(&self, h: &mut H) {
-        h.write_u64(u64::from(u32::from(self.src)) << 32 | u64::from(u32::from(self.dst)));
+        h.write_u64(addr_pair(&self.src, &self.dst));
+        if let (IpAddr::V6(s), IpAddr::V6(d)) = (self.src, self.dst) {
+            h.write_u64(high_words(s, d));
+        }
         h.write_u64(
             (u64::from(self.zone) ^ u64::from(self.proto) << 24) << 32
                 | u64::from(self.sport) << 16
@@ -587,7 +609,7 @@ impl Conntrack {
     /// Forgets every connection of service `service` in `zone` to backend `ip`
     /// (it went unhealthy or away). Its clients' next packets are scheduled anew,
     /// and for TCP the new backend answers the stray segment with a RST.
-    pub fn forget_backend(&mut self, zone: u32, service: u32, ip: Ipv4Addr) -> usize {
+    pub fn forget_backend(&mut self, zone: u32, service: u32, ip: IpAddr) -> usize {
         self.remove_where(|e| e.orig.zone == zone && e.service == service && e.reply.src == ip)
             .len()
     }

@@ -1,11 +1,12 @@
 use super::*;
+use std::net::Ipv4Addr;
 
 fn key(sport: u16) -> Key {
     Key {
         zone: 7,
         proto: 6,
-        src: Ipv4Addr::new(10, 0, 0, 2),
-        dst: Ipv4Addr::new(10, 0, 0, 100),
+        src: Ipv4Addr::new(10, 0, 0, 2).into(),
+        dst: Ipv4Addr::new(10, 0, 0, 100).into(),
         sport,
         dport: 80,
     }
@@ -13,7 +14,7 @@ fn key(sport: u16) -> Key {
 
 fn reply_of(k: &Key) -> Key {
     Key {
-        src: Ipv4Addr::new(10, 0, 0, 5),
+        src: Ipv4Addr::new(10, 0, 0, 5).into(),
         sport: 8080,
         dst: k.src,
         dport: k.sport,
@@ -133,7 +134,7 @@ fn a_later_connection_on_the_same_tuple_replaces_the_earlier() {
     let r = reply_of(&k1);
     ct.insert(k1, r, 1, 0, TCP_SYN, 0);
     let k2 = Key {
-        dst: Ipv4Addr::new(10, 0, 0, 101),
+        dst: Ipv4Addr::new(10, 0, 0, 101).into(),
         ..k1
     }; // same client port, another VIP, same backend: one 4-tuple at the backend
     let b = ct.insert(k2, r, 2, 0, TCP_SYN, 0);
@@ -277,8 +278,8 @@ fn a_restored_table_holds_what_the_saved_one_did() {
     assert_eq!(back.counts(7, 1, 0), (1, 1));
     // a (hand-edited) entry whose directions are one key is refused
     let land = Key {
-        src: Ipv4Addr::new(10, 0, 0, 2),
-        dst: Ipv4Addr::new(10, 0, 0, 2),
+        src: Ipv4Addr::new(10, 0, 0, 2).into(),
+        dst: Ipv4Addr::new(10, 0, 0, 2).into(),
         sport: 80,
         dport: 80,
         ..key(0)

@@ -18,6 +18,8 @@
 //! ingress flow, after the node's policies): established connections never
 //! reach it.
 
+use std::net::IpAddr;
+#[cfg(test)]
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -104,8 +106,14 @@ impl SourceLimiter {
     }
 
     #[inline]
-    fn bucket(&self, src: Ipv4Addr) -> &AtomicU64 {
-        let h = (u64::from(u32::from(src)) ^ self.key.rotate_left(32)).wrapping_mul(self.key);
+    fn bucket(&self, src: IpAddr) -> &AtomicU64 {
+        // an IPv6 client is limited by its /64: one host holds a whole one, and
+        // would otherwise get a bucket per address it cares to use
+        let bits = match src {
+            IpAddr::V4(a) => u64::from(u32::from(a)),
+            IpAddr::V6(a) => (u128::from(a) >> 64) as u64 ^ (1 << 63),
+        };
+        let h = (bits ^ self.key.rotate_left(32)).wrapping_mul(self.key);
         // the top bits of a multiplicative hash are the well-mixed ones
         &self.tat[(h >> (64 - BUCKETS.trailing_zeros())) as usize]
     }
@@ -113,7 +121,7 @@ impl SourceLimiter {
     /// Whether `src` may open one more connection at `now_ms` (and if so, it
     /// is counted against its bucket).
     #[inline]
-    pub fn admit(&self, src: Ipv4Addr, now_ms: u64) -> bool {
+    pub fn admit(&self, src: IpAddr, now_ms: u64) -> bool {
         let now = now_ms.saturating_mul(1_000_000);
         let b = self.bucket(src);
         let mut tat = b.load(Ordering::Relaxed);
@@ -212,7 +220,7 @@ mod tests {
     #[test]
     fn a_burst_then_the_rate() {
         let l = lim(10, 5);
-        let a = Ipv4Addr::new(192, 0, 2, 1);
+        let a = Ipv4Addr::new(192, 0, 2, 1).into();
         let t0 = 1_000;
         assert_eq!((0..20).filter(|_| l.admit(a, t0)).count(), 5, "the burst");
         assert!(!l.admit(a, t0 + 50), "a tenth of a second not yet gone");
@@ -223,16 +231,26 @@ mod tests {
         // another source is not limited by this one
         assert_eq!(
             (0..5)
-                .filter(|_| l.admit(Ipv4Addr::new(192, 0, 2, 2), t0))
+                .filter(|_| l.admit(Ipv4Addr::new(192, 0, 2, 2).into(), t0))
                 .count(),
             5
         );
     }
 
     #[test]
+    fn an_ipv6_client_is_limited_by_its_64() {
+        let l = lim(1, 2);
+        let a = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(l.admit(a("2001:db8:1:2::1"), 0));
+        assert!(l.admit(a("2001:db8:1:2::ffff"), 0));
+        assert!(!l.admit(a("2001:db8:1:2:aaaa::3"), 0), "same /64, burst spent");
+        assert!(l.admit(a("2001:db8:1:3::1"), 0), "another /64 has its own");
+    }
+
+    #[test]
     fn at_the_start_of_the_clock_a_full_burst() {
         let l = lim(1, 3);
-        let a = Ipv4Addr::new(198, 51, 100, 7);
+        let a = Ipv4Addr::new(198, 51, 100, 7).into();
         assert_eq!((0..10).filter(|_| l.admit(a, 0)).count(), 3);
     }
 
@@ -243,7 +261,7 @@ mod tests {
         let mut x: u32 = 1;
         for i in 0..300_000u64 {
             x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            l.admit(Ipv4Addr::from(x), i / 100);
+            l.admit(Ipv4Addr::from(x).into(), i / 100);
         }
         assert_eq!(l.bytes(), before);
         assert_eq!(before, BUCKETS * 8);
@@ -259,7 +277,7 @@ mod tests {
             steps in proptest::collection::vec((0u64..50, 1usize..40), 1..100),
         ) {
             let l = lim(per_sec, burst);
-            let a = Ipv4Addr::new(203, 0, 113, 9);
+            let a = Ipv4Addr::new(203, 0, 113, 9).into();
             let (mut now, mut admitted) = (5_000u64, 0u64);
             let start = now;
             for (dt, tries) in steps {

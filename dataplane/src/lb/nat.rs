@@ -2,7 +2,7 @@
 //! rewriting one address of a 1400-byte packet touches a few words, not the
 //! whole payload.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 const ETH: usize = 14;
 
@@ -90,6 +90,66 @@ pub fn rewrite_v4(f: &mut [u8], side: Side, ip: Ipv4Addr, port: u16) -> bool {
                 f[c..c + 2].copy_from_slice(&[0xff, 0xff]); // UDP: 0 means "none"
             }
         }
+    }
+    true
+}
+
+/// Rewrites the address and port on `side` of an IPv4 or IPv6 frame (the
+/// address's family must be the frame's): [`rewrite_v4`] or [`rewrite_v6`].
+#[inline]
+pub fn rewrite(f: &mut [u8], side: Side, ip: IpAddr, port: u16) -> bool {
+    match ip {
+        IpAddr::V4(a) => rewrite_v4(f, side, a, port),
+        IpAddr::V6(a) => rewrite_v6(f, side, a, port),
+    }
+}
+
+/// The IPv6 next headers the balancer translates: TCP, UDP and ICMPv6 right
+/// after the fixed header. A packet with extension headers first is not
+/// translated (the switch drops it with its own counted reason).
+pub fn v6_transport(f: &[u8]) -> Option<u8> {
+    if f.len() < ETH + 40 || f[12..14] != [0x86, 0xdd] {
+        return None;
+    }
+    let next = f[ETH + 6];
+    matches!(next, 6 | 17 | 58).then_some(next)
+}
+
+/// Rewrites the IPv6 address and L4 port on `side` of the Ethernet/IPv6 frame.
+/// IPv6 has no header checksum; TCP, UDP and ICMPv6 all cover the addresses
+/// through their pseudo-header, so each is updated (once, for address and port
+/// together). ICMPv6 echo keeps its identifier, as ICMPv4 does. Returns false,
+/// touching nothing, for a frame that is not IPv6 TCP/UDP/ICMPv6 without
+/// extension headers, or is too short.
+#[inline]
+pub fn rewrite_v6(f: &mut [u8], side: Side, ip: Ipv6Addr, port: u16) -> bool {
+    let Some(proto) = v6_transport(f) else {
+        return false;
+    };
+    let l4 = ETH + 40;
+    let (csum_at, port_at, need) = match proto {
+        6 => (l4 + 16, Some(l4 + if side == Side::Src { 0 } else { 2 }), l4 + 20),
+        17 => (l4 + 6, Some(l4 + if side == Side::Src { 0 } else { 2 }), l4 + 8),
+        _ => (l4 + 2, None, l4 + 4),
+    };
+    if f.len() < need {
+        return false;
+    }
+    let a = ETH + if side == Side::Src { 8 } else { 24 };
+    let mut old_ip = [0u8; 16];
+    old_ip.copy_from_slice(&f[a..a + 16]);
+    let new_ip = ip.octets();
+    f[a..a + 16].copy_from_slice(&new_ip);
+    let mut d = delta(&old_ip, &new_ip);
+    if let Some(p) = port_at {
+        let old_port = [f[p], f[p + 1]];
+        let new_port = port.to_be_bytes();
+        f[p..p + 2].copy_from_slice(&new_port);
+        d += delta(&old_port, &new_port);
+    }
+    apply(f, csum_at, d);
+    if proto == 17 && f[csum_at] == 0 && f[csum_at + 1] == 0 {
+        f[csum_at..csum_at + 2].copy_from_slice(&[0xff, 0xff]); // UDP: 0 means "none"
     }
     true
 }
@@ -290,6 +350,96 @@ mod tests {
         // not an error: untouched
         let mut g = frame(false, b"x");
         assert!(!rewrite_icmp_error(&mut g, vip, vip, 1));
+    }
+
+
+    fn frame6(proto: u8, payload: &[u8]) -> Vec<u8> {
+        let b = PacketBuilder::ethernet2([2; 6], [4; 6]).ipv6(
+            "fd00::2".parse::<Ipv6Addr>().unwrap().octets(),
+            "fd00::99".parse::<Ipv6Addr>().unwrap().octets(),
+            64,
+        );
+        let mut out = Vec::new();
+        match proto {
+            6 => b.tcp(40000, 80, 7, 100).write(&mut out, payload).unwrap(),
+            17 => b.udp(40000, 53).write(&mut out, payload).unwrap(),
+            _ => b
+                .icmpv6_echo_request(7, 1)
+                .write(&mut out, payload)
+                .unwrap(),
+        }
+        out
+    }
+
+    fn valid6(f: &[u8]) -> bool {
+        let p = SlicedPacket::from_ethernet(f).unwrap();
+        let Some(etherparse::NetSlice::Ipv6(ip)) = &p.net else {
+            return false;
+        };
+        let (s, d) = (ip.header().source(), ip.header().destination());
+        match p.transport {
+            Some(TransportSlice::Tcp(t)) => t.calc_checksum_ipv6(s, d).unwrap() == t.checksum(),
+            Some(TransportSlice::Udp(u)) => {
+                u.to_header()
+                    .calc_checksum_ipv6_raw(s, d, u.payload())
+                    .unwrap()
+                    == u.checksum()
+            }
+            Some(TransportSlice::Icmpv6(i)) => {
+                i.icmp_type().calc_checksum(s, d, i.payload()).unwrap() == i.checksum()
+            }
+            _ => false,
+        }
+    }
+
+    #[test]
+    fn ipv6_dnat_and_back_keep_checksums_valid() {
+        let task: Ipv6Addr = "fd00:0:0:1::5".parse().unwrap();
+        for proto in [6, 17, 58] {
+            let orig = frame6(proto, b"hello backend");
+            assert!(valid6(&orig));
+            let mut f = orig.clone();
+            assert!(rewrite(&mut f, Side::Dst, task.into(), 8080));
+            assert!(valid6(&f), "proto {proto}");
+            assert_eq!(&f[38..54], &task.octets());
+            if proto != 58 {
+                assert_eq!(&f[56..58], &8080u16.to_be_bytes());
+            }
+            let back = if proto == 17 { 53 } else { 80 };
+            assert!(rewrite(&mut f, Side::Dst, "fd00::99".parse::<IpAddr>().unwrap(), back));
+            assert_eq!(f, orig, "rewriting back restores the packet exactly");
+        }
+    }
+
+    #[test]
+    fn ipv6_with_an_extension_header_is_not_rewritten() {
+        let mut f = frame6(6, b"x");
+        f[14 + 6] = 0; // hop-by-hop options first
+        let before = f.clone();
+        assert!(!rewrite_v6(&mut f, Side::Dst, Ipv6Addr::LOCALHOST, 1));
+        assert_eq!(f, before);
+        assert_eq!(v6_transport(&f), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn ipv6_checksums_stay_valid(
+            payload in proptest::collection::vec(proptest::num::u8::ANY, 0..200),
+            ip in proptest::num::u128::ANY, port in proptest::num::u16::ANY,
+            proto in proptest::sample::select(vec![6u8, 17, 58]), src in proptest::bool::ANY,
+        ) {
+            let mut f = frame6(proto, &payload);
+            let side = if src { Side::Src } else { Side::Dst };
+            proptest::prop_assert!(rewrite_v6(&mut f, side, Ipv6Addr::from(ip), port));
+            proptest::prop_assert!(valid6(&f));
+        }
+
+        #[test]
+        fn ipv6_never_panics(data in proptest::collection::vec(proptest::num::u8::ANY, 0..90)) {
+            let mut d = data.clone();
+            if d.len() > 21 { d[12] = 0x86; d[13] = 0xdd; d[20] = 6; }
+            let _ = rewrite_v6(&mut d, Side::Src, Ipv6Addr::LOCALHOST, 1);
+        }
     }
 
     proptest::proptest! {

@@ -5,6 +5,8 @@
 //! chance (nginx's `max_fails`/`fail_timeout`, Envoy's outlier detection).
 
 use rustc_hash::FxHashMap;
+use std::net::IpAddr;
+#[cfg(test)]
 use std::net::Ipv4Addr;
 
 /// Failures in a row that take a backend out.
@@ -29,13 +31,13 @@ pub const MAX_RECORDS: usize = 65_536;
 /// since only those get connections, and by [`MAX_RECORDS`] whatever happens.
 #[derive(Debug, Default)]
 pub struct PassiveHealth {
-    records: FxHashMap<(u32, u32, Ipv4Addr), Record>,
+    records: FxHashMap<(u32, u32, IpAddr), Record>,
     /// Times a backend was taken out.
     pub ejections: u64,
 }
 
 impl PassiveHealth {
-    pub fn failed(&mut self, key: (u32, u32, Ipv4Addr), now_ms: u64) {
+    pub fn failed(&mut self, key: (u32, u32, IpAddr), now_ms: u64) {
         if self.records.len() >= MAX_RECORDS && !self.records.contains_key(&key) {
             // full: forget the backends that are not out (a failure or two in
             // a row is all they hold); if every one is out, this one waits
@@ -54,20 +56,20 @@ impl PassiveHealth {
         }
     }
 
-    pub fn answered(&mut self, key: (u32, u32, Ipv4Addr)) {
+    pub fn answered(&mut self, key: (u32, u32, IpAddr)) {
         if let Some(r) = self.records.get_mut(&key) {
             r.fails = 0;
         }
     }
 
-    pub fn is_out(&self, key: (u32, u32, Ipv4Addr), now_ms: u64) -> bool {
+    pub fn is_out(&self, key: (u32, u32, IpAddr), now_ms: u64) -> bool {
         self.records
             .get(&key)
             .is_some_and(|r| r.out_until_ms > now_ms)
     }
 
     /// Forgets backends the state no longer has.
-    pub fn retain(&mut self, keep: impl Fn(&(u32, u32, Ipv4Addr)) -> bool) {
+    pub fn retain(&mut self, keep: impl Fn(&(u32, u32, IpAddr)) -> bool) {
         self.records.retain(|k, _| keep(k));
     }
 }
@@ -79,7 +81,7 @@ mod tests {
     #[test]
     fn a_few_failures_in_a_row_take_a_backend_out_for_a_while() {
         let mut p = PassiveHealth::default();
-        let k = (1, 0x100, Ipv4Addr::new(10, 0, 0, 2));
+        let k = (1, 0x100, Ipv4Addr::new(10, 0, 0, 2).into());
         p.failed(k, 0);
         p.failed(k, 1);
         p.answered(k);
@@ -98,17 +100,17 @@ mod tests {
     fn bounded_whatever_fails() {
         let mut p = PassiveHealth::default();
         for i in 0..(MAX_RECORDS as u32 + 1_000) {
-            p.failed((1, 0x100, Ipv4Addr::from(i)), 0);
+            p.failed((1, 0x100, Ipv4Addr::from(i).into()), 0);
             assert!(p.records.len() <= MAX_RECORDS);
         }
         // a backend that is out stays out while the table is full of others
-        let k = (2, 0x100, Ipv4Addr::new(10, 0, 0, 9));
+        let k = (2, 0x100, Ipv4Addr::new(10, 0, 0, 9).into());
         for t in 0..3 {
             p.failed(k, t);
         }
         assert!(p.is_out(k, 10));
         for i in 0..1_000u32 {
-            p.failed((3, 0x100, Ipv4Addr::from(i)), 20);
+            p.failed((3, 0x100, Ipv4Addr::from(i).into()), 20);
         }
         assert!(p.is_out(k, 30));
         assert!(p.records.len() <= MAX_RECORDS);

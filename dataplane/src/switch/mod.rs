@@ -102,10 +102,14 @@ struct Seg {
     seq_end: u32,
 }
 
-/// The 5-tuple of an IPv4 TCP/UDP frame, and its TCP details. (Inlined: its
-/// result read back from the stack stalled the VIP path.)
+/// The 5-tuple of an IPv4 or IPv6 TCP/UDP/ICMP-echo frame, and its TCP details.
+/// (Inlined: its result read back from the stack stalled the VIP path.) An IPv6
+/// packet with extension headers has none (see [`untracked_reason`]).
 #[inline(always)]
 fn five_tuple(frame: &[u8], zone: u32) -> Option<(Key, Seg)> {
+    if frame.get(12..14)? == ETHERTYPE_IPV6 {
+        return five_tuple_v6(frame, zone);
+    }
     let ip = frame.get(ETH_HDR..)?;
     if frame.get(12..14)? != ETHERTYPE_IPV4 || ip.len() < 20 {
         return None;
@@ -119,14 +123,51 @@ fn five_tuple(frame: &[u8], zone: u32) -> Option<(Key, Seg)> {
     if l4.len() < 4 {
         return None;
     }
-    let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
-    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
-    if proto == 1 {
+    let src = IpAddr::V4(Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]));
+    let dst = IpAddr::V4(Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]));
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    l4_tuple(zone, proto, src, dst, l4, total.saturating_sub(ihl))
+}
+
+/// [`five_tuple`] of an IPv6 frame: TCP, UDP or ICMPv6 echo right after the
+/// fixed header.
+#[inline(always)]
+fn five_tuple_v6(frame: &[u8], zone: u32) -> Option<(Key, Seg)> {
+    let ip = frame.get(ETH_HDR..ETH_HDR + 40)?;
+    let proto = ip[6];
+    if !matches!(proto, 6 | 17 | 58) {
+        return None;
+    }
+    let l4 = frame.get(ETH_HDR + 40..(ETH_HDR + 54).min(frame.len()))?;
+    if l4.len() < 4 {
+        return None;
+    }
+    let addr = |o: usize| {
+        let mut b = [0u8; 16];
+        b.copy_from_slice(&ip[o..o + 16]);
+        IpAddr::V6(b.into())
+    };
+    let payload = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+    l4_tuple(zone, proto, addr(8), addr(24), l4, payload)
+}
+
+/// The ports (or echo identifier) and TCP details of the L4 header `l4` (its
+/// first 14 bytes at most) of a packet whose L4 part is `l4_len` bytes long.
+#[inline(always)]
+fn l4_tuple(
+    zone: u32,
+    proto: u8,
+    src: IpAddr,
+    dst: IpAddr,
+    l4: &[u8],
+    l4_len: usize,
+) -> Option<(Key, Seg)> {
+    if proto == 1 || proto == 58 {
         // echo: the identifier stands in for the client's port, as conntrack does
         let id = u16::from_be_bytes([*l4.get(4)?, *l4.get(5)?]);
-        let (sport, dport) = match l4[0] {
-            8 => (id, 0),
-            0 => (0, id),
+        let (sport, dport) = match (proto, l4[0]) {
+            (1, 8) | (58, 128) => (id, 0),
+            (1, 0) | (58, 129) => (0, id),
             _ => return None,
         };
         let key = Key {
@@ -142,8 +183,7 @@ fn five_tuple(frame: &[u8], zone: u32) -> Option<(Key, Seg)> {
     let seg = match (proto, l4.get(4..14)) {
         (6, Some(t)) => {
             let flags = t[9];
-            let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-            let payload = total.saturating_sub(ihl + usize::from(t[8] >> 4) * 4) as u32;
+            let payload = l4_len.saturating_sub(usize::from(t[8] >> 4) * 4) as u32;
             let used = payload + u32::from(flags & 0x02 != 0) + u32::from(flags & 0x01 != 0);
             Seg {
                 flags,
@@ -156,13 +196,37 @@ fn five_tuple(frame: &[u8], zone: u32) -> Option<(Key, Seg)> {
         Key {
             zone,
             proto,
-            src: Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
-            dst: Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
+            src,
+            dst,
             sport: u16::from_be_bytes([l4[0], l4[1]]),
             dport: u16::from_be_bytes([l4[2], l4[3]]),
         },
         seg,
     ))
+}
+
+/// Why a frame to a VIP or a published port has no 5-tuple: an IPv6 packet
+/// with extension headers before its transport header (not translated, and
+/// counted as such), or simply nothing the balancer serves.
+fn untracked_reason(frame: &[u8]) -> DropReason {
+    match frame.get(12..14) {
+        Some(t) if t == ETHERTYPE_IPV6 && nat::v6_transport(frame).is_none() => {
+            DropReason::Ipv6ExtensionHeader
+        }
+        _ => DropReason::NoRoute,
+    }
+}
+
+/// An address as a number, for schedulers that hash the client (`sh`).
+#[inline]
+fn addr_bits(a: IpAddr) -> u64 {
+    match a {
+        IpAddr::V4(a) => u64::from(u32::from(a)),
+        IpAddr::V6(a) => {
+            let v = u128::from(a);
+            (v as u64) ^ ((v >> 64) as u64)
+        }
+    }
 }
 
 impl Switch {
@@ -204,11 +268,14 @@ impl Switch {
         forward: bool,
         key: Key,
     ) -> Option<Action<'s>> {
-        if key.proto != 17 || key.dport != 53 || !net.gateways.contains(&IpAddr::V4(key.dst)) {
+        if key.proto != 17 || key.dport != 53 || !net.gateways.contains(&key.dst) {
             return None;
         }
         let f = buf.data();
-        let payload_off = ETH_HDR + usize::from(f[ETH_HDR] & 0x0f) * 4 + 8;
+        let payload_off = match key.dst {
+            IpAddr::V4(_) => ETH_HDR + usize::from(f[ETH_HDR] & 0x0f) * 4 + 8,
+            IpAddr::V6(_) => ETH_HDR + 40 + 8,
+        };
         let client: Mac = crate::mac_at(f, 6);
         let peer = udp_reply::UdpPeer {
             client_mac: client,
@@ -260,38 +327,38 @@ impl Switch {
         net: &NetworkView,
         mark: u32,
         host_only: bool,
-        src: Ipv4Addr,
+        src: IpAddr,
         flow: u64,
         now_ms: u64,
-    ) -> Result<(u32, BackendView), DropReason> {
+    ) -> Result<(u32, IpAddr), DropReason> {
         let svc = net.services.get(&mark).ok_or(DropReason::NoBackend)?;
         let lc = svc.scheduler == scheduler::Kind::Lc;
         view.clear();
-        view.extend(
-            svc.backends
-                .iter()
-                .enumerate()
-                .map(|(i, b)| scheduler::Backend {
-                    weight: b.weight,
-                    // only lc looks at the load; counting walks the table
-                    active: if lc {
-                        ct.counts(net.vni, mark, i as u32).0
-                    } else {
-                        0
-                    },
-                    healthy: b.healthy
-                        && (b.local || !host_only)
-                        && !ct.passive.is_out((net.vni, mark, b.ip), now_ms),
-                }),
-        );
+        view.extend(svc.backends.iter().enumerate().map(|(i, b)| {
+            // a task without an address of the client's family cannot serve it
+            let addr = b.addr_for(&src);
+            scheduler::Backend {
+                weight: b.weight,
+                // only lc looks at the load; counting walks the table
+                active: if lc {
+                    ct.counts(net.vni, mark, i as u32).0
+                } else {
+                    0
+                },
+                healthy: b.healthy
+                    && (b.local || !host_only)
+                    && addr.is_some_and(|a| !ct.passive.is_out((net.vni, mark, a), now_ms)),
+            }
+        }));
         let sched = schedulers
             .get_mut(&(net.vni, mark))
             .ok_or(DropReason::NoBackend)?;
         let i = sched
-            .pick(view, flow, u64::from(u32::from(src)))
+            .pick(view, flow, addr_bits(src))
             .ok_or(DropReason::NoBackend)?;
-        let b = *svc.backends.get(i).ok_or(DropReason::NoBackend)?;
-        Ok((i as u32, b))
+        let b = svc.backends.get(i).ok_or(DropReason::NoBackend)?;
+        let ip = b.addr_for(&src).ok_or(DropReason::NoBackend)?;
+        Ok((i as u32, ip))
     }
 
     /// The backend (address, port, MAC) of a client's packet: its connection's,
@@ -336,7 +403,7 @@ impl Switch {
             Some(id) => id,
             None => {
                 let p = admit()?;
-                let (i, b) = Self::pick_backend(
+                let (i, ip) = Self::pick_backend(
                     schedulers,
                     view,
                     &ct,
@@ -348,7 +415,7 @@ impl Switch {
                     now_ms,
                 )?;
                 let reply = Key {
-                    src: b.ip,
+                    src: ip,
                     dst: key.src,
                     sport: p.target,
                     dport: key.sport,
@@ -366,7 +433,7 @@ impl Switch {
         drop(ct);
         let mac = *net
             .neighbors
-            .get(&IpAddr::V4(e.reply.src))
+            .get(&e.reply.src)
             .ok_or(DropReason::NoBackend)?;
         let hit = Hit {
             mac,
@@ -386,7 +453,7 @@ impl Switch {
         now_ms: u64,
         tuple: Option<(Key, Seg)>,
     ) -> Result<Option<Location>, DropReason> {
-        let (key, seg) = tuple.ok_or(DropReason::NoRoute)?;
+        let (key, seg) = tuple.ok_or_else(|| untracked_reason(buf.data()))?;
         let mark = *net.vips.get(&key.dst).ok_or(DropReason::NoRoute)?;
         let service = PublishedView {
             fwmark: mark,
@@ -394,7 +461,7 @@ impl Switch {
             host_only: false,
         };
         let to = self.track_orig(net, key, seg, || Ok(service), now_ms)?;
-        if !nat::rewrite_v4(buf.data_mut(), Side::Dst, to.ip, key.dport) {
+        if !nat::rewrite(buf.data_mut(), Side::Dst, to.ip, key.dport) {
             return Err(DropReason::Malformed);
         }
         buf.data_mut()[0..6].copy_from_slice(&to.mac);
@@ -406,13 +473,20 @@ impl Switch {
     fn unbalance(&mut self, net: &NetworkView, buf: &mut PacketBuf, now_ms: u64) {
         // replies (and ICMP errors) come from a backend: look at the source
         // address before parsing anything else, which most frames then skip
+        if net.backend_ips.is_empty() {
+            return;
+        }
         let f = buf.data();
-        let from_backend = f.len() >= ETH_HDR + 20
-            && f[12..14] == ETHERTYPE_IPV4
-            && net
-                .backend_ips
-                .contains(&Ipv4Addr::new(f[26], f[27], f[28], f[29]));
-        if !from_backend {
+        let src = if f.len() >= ETH_HDR + 20 && f[12..14] == ETHERTYPE_IPV4 {
+            IpAddr::V4(Ipv4Addr::new(f[26], f[27], f[28], f[29]))
+        } else if f.len() >= ETH_HDR + 40 && f[12..14] == ETHERTYPE_IPV6 {
+            let mut b = [0u8; 16];
+            b.copy_from_slice(&f[22..38]);
+            IpAddr::V6(b.into())
+        } else {
+            return;
+        };
+        if !net.backend_ips.contains(&src) {
             return;
         }
         let Some((key, seg)) = five_tuple(buf.data(), net.vni) else {
@@ -422,7 +496,7 @@ impl Switch {
         let Some(to) = self.track_reply(key, seg, now_ms) else {
             return;
         };
-        if nat::rewrite_v4(buf.data_mut(), Side::Src, to.ip, to.port) {
+        if nat::rewrite(buf.data_mut(), Side::Src, to.ip, to.port) {
             buf.data_mut()[6..12].copy_from_slice(&net.gateway_mac);
         }
     }
@@ -471,14 +545,14 @@ impl Switch {
         let Some((proto, src, dst, sport, dport)) = nat::icmp_error_quote(buf.data()) else {
             return;
         };
-        if !net.backend_ips.contains(&dst) {
+        if !net.backend_ips.contains(&IpAddr::V4(dst)) {
             return;
         }
         let reply = Key {
             zone: net.vni,
             proto,
-            src: dst,
-            dst: src,
+            src: dst.into(),
+            dst: src.into(),
             sport: dport,
             dport: sport,
         };
@@ -489,8 +563,13 @@ impl Switch {
                 _ => None,
             }
         };
-        if let Some(o) = orig {
-            if nat::rewrite_icmp_error(buf.data_mut(), o.dst, o.dst, o.dport) {
+        if let Some(Key {
+            dst: IpAddr::V4(vip),
+            dport,
+            ..
+        }) = orig
+        {
+            if nat::rewrite_icmp_error(buf.data_mut(), vip, vip, dport) {
                 buf.data_mut()[6..12].copy_from_slice(&net.gateway_mac);
             }
         }
@@ -525,15 +604,39 @@ impl Switch {
                 }
             }
             ETHERTYPE_IPV4 => {}
+            ETHERTYPE_IPV6 => {
+                // the kernel resolving the IPv6 sandbox address
+                if let Some(ns) = neighbor::parse_solicitation(frame) {
+                    if Some(ns.target) != ing.sandbox_ip6 {
+                        return self.drop(DropReason::NoRoute);
+                    }
+                    return match neighbor::write_advertisement(
+                        buf.frame_room(),
+                        &ns,
+                        ing.sandbox_mac,
+                    ) {
+                        Some(n) if buf.set_len(n) => {
+                            self.counters.neighbor_replies += 1;
+                            Action::Reply(ing.port)
+                        }
+                        _ => self.drop(DropReason::Malformed),
+                    };
+                }
+            }
             _ => return self.drop(DropReason::UnsupportedEtherType),
         }
         let Some(net) = st.networks.get(&ing.vni) else {
             return self.drop(DropReason::UnknownVni);
         };
         let Some((key, seg)) = five_tuple(frame, ing.vni) else {
-            return self.drop(DropReason::NoRoute);
+            let why = untracked_reason(frame);
+            return self.drop(why);
         };
-        if key.dst != ing.sandbox_ip {
+        let to_sandbox = match key.dst {
+            IpAddr::V4(a) => a == ing.sandbox_ip,
+            IpAddr::V6(a) => Some(a) == ing.sandbox_ip6,
+        };
+        if !to_sandbox {
             return self.drop(DropReason::NoRoute);
         }
         // only a new connection is admitted: published here, ingress on (host-mode
@@ -570,7 +673,7 @@ impl Switch {
             ) => return self.reject(ing, buf, r),
             Err(r) => return self.drop(r),
         };
-        if !nat::rewrite_v4(buf.data_mut(), Side::Dst, ip, port) {
+        if !nat::rewrite(buf.data_mut(), Side::Dst, ip, port) {
             return self.drop(DropReason::Malformed);
         }
         let f = buf.data_mut();
@@ -624,16 +727,25 @@ impl Switch {
         why: DropReason,
     ) -> Action<'s> {
         let len = buf.len();
-        let tcp = buf.data().get(ETH_HDR + 9) == Some(&6);
-        let n = if tcp {
-            tcp_rst::write_refusal(buf.frame_room(), len, ing.sandbox_mac)
+        let f = buf.data();
+        let v6 = f.get(12..14) == Some(&ETHERTYPE_IPV6[..]);
+        let tcp = if v6 {
+            f.get(ETH_HDR + 6) == Some(&6)
         } else {
-            icmp_error::write_v4_port_unreachable(
+            f.get(ETH_HDR + 9) == Some(&6)
+        };
+        let n = match (tcp, v6.then_some(ing.sandbox_ip6).flatten()) {
+            (true, _) => tcp_rst::write_refusal(buf.frame_room(), len, ing.sandbox_mac),
+            (false, Some(ip6)) => {
+                icmp_error::write_v6_port_unreachable(buf.frame_room(), len, ing.sandbox_mac, ip6)
+            }
+            (false, None) if !v6 => icmp_error::write_v4_port_unreachable(
                 buf.frame_room(),
                 len,
                 ing.sandbox_mac,
                 ing.sandbox_ip,
-            )
+            ),
+            (false, None) => None,
         };
         match n {
             Some(n) if buf.set_len(n) => {
@@ -696,7 +808,7 @@ impl Switch {
         buf: &mut PacketBuf,
         to: &Hit,
     ) -> Action<'s> {
-        if !nat::rewrite_v4(buf.data_mut(), Side::Src, to.ip, to.port) {
+        if !nat::rewrite(buf.data_mut(), Side::Src, to.ip, to.port) {
             return self.drop(DropReason::Malformed);
         }
         let f = buf.data_mut();

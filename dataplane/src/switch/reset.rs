@@ -19,21 +19,35 @@ impl Switch {
         self.prune_learned(st);
         self.schedulers.clear();
         self.flows.clear();
-        let mut serving: FxHashSet<(u32, u32, Ipv4Addr)> = FxHashSet::default();
-        let mut known: FxHashSet<(u32, u32, Ipv4Addr)> = FxHashSet::default();
+        let mut serving: FxHashSet<(u32, u32, IpAddr)> = FxHashSet::default();
+        let mut known: FxHashSet<(u32, u32, IpAddr)> = FxHashSet::default();
         for (vni, net) in &st.networks {
             for (mark, svc) in &net.services {
-                let names: Vec<[u8; 4]> = svc.backends.iter().map(|b| b.ip.octets()).collect();
+                // named by their first address, so maglev's table is the
+                // same on every node
+                let names: Vec<Vec<u8>> = svc
+                    .backends
+                    .iter()
+                    .map(|b| match b.addrs().next() {
+                        Some(IpAddr::V4(a)) => a.octets().to_vec(),
+                        Some(IpAddr::V6(a)) => a.octets().to_vec(),
+                        None => Vec::new(),
+                    })
+                    .collect();
                 let refs: Vec<&[u8]> = names.iter().map(|n| n.as_slice()).collect();
                 let table = crate::lb::maglev::DEFAULT_SIZE;
                 self.schedulers
                     .insert((*vni, *mark), Scheduler::new(svc.scheduler, &refs, table));
-                known.extend(svc.backends.iter().map(|b| (*vni, *mark, b.ip)));
+                known.extend(
+                    svc.backends
+                        .iter()
+                        .flat_map(|b| b.addrs().map(|a| (*vni, *mark, a))),
+                );
                 serving.extend(
                     svc.backends
                         .iter()
                         .filter(|b| b.healthy)
-                        .map(|b| (*vni, *mark, b.ip)),
+                        .flat_map(|b| b.addrs().map(|a| (*vni, *mark, a))),
                 );
             }
         }
@@ -64,7 +78,13 @@ impl Switch {
         let ingress = st
             .ingress
             .as_ref()
-            .filter(|i| i.vni == e.orig.zone && e.orig.dst == i.sandbox_ip);
+            .filter(|i| {
+                i.vni == e.orig.zone
+                    && match e.orig.dst {
+                        IpAddr::V4(a) => a == i.sandbox_ip,
+                        IpAddr::V6(a) => Some(a) == i.sandbox_ip6,
+                    }
+            });
         let our_mac = ingress.map_or(net.gateway_mac, |i| i.sandbox_mac);
         let client = End {
             mac: [0; 6],
@@ -74,7 +94,7 @@ impl Switch {
         let (src, dst, seq) = if to_client {
             let dst_mac = match ingress {
                 Some(i) => i.host_mac,
-                None => match net.neighbors.get(&IpAddr::V4(e.orig.src)) {
+                None => match net.neighbors.get(&e.orig.src) {
                     Some(m) => *m,
                     None => return Action::Drop(DropReason::NoRoute),
                 },
@@ -93,7 +113,7 @@ impl Switch {
                 e.next_seq[1],
             )
         } else {
-            let Some(mac) = net.neighbors.get(&IpAddr::V4(e.reply.src)).copied() else {
+            let Some(mac) = net.neighbors.get(&e.reply.src).copied() else {
                 return Action::Drop(DropReason::NoBackend);
             };
             let backend = End {

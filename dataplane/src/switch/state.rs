@@ -5,7 +5,7 @@
 use crate::lb::scheduler::Kind;
 use crate::Mac;
 use rustc_hash::FxHashMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// A local port (TAP or veth) as the worker knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -55,14 +55,14 @@ pub struct NetworkView {
     /// Endpoint and gateway addresses, for ARP and neighbour-solicitation answers.
     pub neighbors: FxHashMap<IpAddr, Mac>,
     /// Service VIPs on this network and the fwmark of their virtual service.
-    pub vips: FxHashMap<Ipv4Addr, u32>,
+    pub vips: FxHashMap<IpAddr, u32>,
     /// Virtual services by fwmark: scheduler and backends (the tasks on this network).
     pub services: FxHashMap<u32, ServiceView>,
     /// Names the embedded DNS answers on this network (lowercase, no trailing dot).
     pub dns: FxHashMap<String, Vec<IpAddr>>,
     /// Every backend address of this network's services: only frames from these
     /// can be replies to rewrite back to a VIP, so only they pay a conntrack lookup.
-    pub backend_ips: rustc_hash::FxHashSet<Ipv4Addr>,
+    pub backend_ips: rustc_hash::FxHashSet<IpAddr>,
     /// Frames of this network to and from other nodes (the dataplane keeps one
     /// per VNI across state swaps; see [`crate::traffic`]).
     pub traffic: crate::traffic::Traffic,
@@ -78,7 +78,10 @@ pub struct ServiceView {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BackendView {
-    pub ip: Ipv4Addr,
+    /// The task's address of each family on this network: a client is sent
+    /// to the one of its own family (a task without it is not picked).
+    pub v4: Option<Ipv4Addr>,
+    pub v6: Option<Ipv6Addr>,
     pub weight: u32,
     pub healthy: bool,
     /// The task runs on this node (`mode=host` ports balance over these only).
@@ -105,6 +108,25 @@ impl NetworkView {
     }
 }
 
+impl BackendView {
+    /// The task's address of the family of `client`.
+    #[inline]
+    pub fn addr_for(&self, client: &IpAddr) -> Option<IpAddr> {
+        match client {
+            IpAddr::V4(_) => self.v4.map(IpAddr::V4),
+            IpAddr::V6(_) => self.v6.map(IpAddr::V6),
+        }
+    }
+
+    /// Its addresses, IPv4 first.
+    pub fn addrs(&self) -> impl Iterator<Item = IpAddr> {
+        self.v4
+            .map(IpAddr::V4)
+            .into_iter()
+            .chain(self.v6.map(IpAddr::V6))
+    }
+}
+
 /// What a policy does with a new ingress connection it matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PolicyAction {
@@ -120,30 +142,44 @@ pub enum PolicyAction {
 pub struct PolicyRule {
     pub proto: u8,
     pub port: u16,
-    /// Source network and prefix length (0.0.0.0/0 when the rule has no `--from`).
-    pub from: Ipv4Addr,
-    pub prefix: u8,
+    /// Source network and prefix length (`None` when the rule has no `--from`:
+    /// every source of either family).
+    pub from: Option<(IpAddr, u8)>,
     pub action: PolicyAction,
 }
 
 impl PolicyRule {
-    fn covers(&self, proto: u8, port: u16, src: Ipv4Addr) -> bool {
-        let mask = u32::MAX
-            .checked_shl(32 - u32::from(self.prefix))
-            .unwrap_or(0);
+    /// The `--from` prefix length, for "longest wins" (-1: no `--from`).
+    fn prefix(&self) -> i16 {
+        self.from.map_or(-1, |(_, p)| i16::from(p))
+    }
+
+    fn covers(&self, proto: u8, port: u16, src: IpAddr) -> bool {
         self.proto == proto
             && self.port == port
-            && u32::from(src) & mask == u32::from(self.from) & mask
+            && match (self.from, src) {
+                (None, _) => true,
+                (Some((IpAddr::V4(net), len)), IpAddr::V4(a)) => {
+                    let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+                    u32::from(a) & mask == u32::from(net) & mask
+                }
+                (Some((IpAddr::V6(net), len)), IpAddr::V6(a)) => {
+                    let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+                    u128::from(a) & mask == u128::from(net) & mask
+                }
+                // a rule for one family says nothing of the other
+                _ => false,
+            }
     }
 }
 
 /// The longest `--from` prefix that covers the connection decides, so "drop all,
 /// accept 10.0.0.0/8" reads as an allow-list; no rule at all accepts.
-pub fn policy_verdict(rules: &[PolicyRule], proto: u8, port: u16, src: Ipv4Addr) -> PolicyAction {
+pub fn policy_verdict(rules: &[PolicyRule], proto: u8, port: u16, src: IpAddr) -> PolicyAction {
     rules
         .iter()
         .filter(|r| r.covers(proto, port, src))
-        .max_by_key(|r| r.prefix)
+        .max_by_key(|r| r.prefix())
         .map_or(PolicyAction::Accept, |r| r.action)
 }
 
@@ -167,6 +203,9 @@ pub struct IngressView {
     pub host_mac: Mac,
     /// The address the kernel DNATs published ports to; the agent answers it.
     pub sandbox_ip: Ipv4Addr,
+    /// The same for IPv6 (published ports reached over the node's IPv6
+    /// addresses), when the ingress network has an IPv6 subnet.
+    pub sandbox_ip6: Option<Ipv6Addr>,
     /// This node's MAC on the sandbox TAP and on the ingress network.
     pub sandbox_mac: Mac,
     /// Every node's sandbox MAC on the ingress network: frames from these carry

@@ -500,9 +500,8 @@ fn tcp(
 pub(super) fn with_vip() -> SwitchState {
     let mut st = state();
     let net = st.networks.get_mut(&VNI).unwrap();
-    net.vips.insert(Ipv4Addr::new(10, 0, 0, 100), 0x100);
-    net.backend_ips
-        .extend([Ipv4Addr::new(10, 0, 0, 11), Ipv4Addr::new(10, 0, 0, 12)]);
+    net.vips.insert(ip("10.0.0.100"), 0x100);
+    net.backend_ips.extend([ip("10.0.0.11"), ip("10.0.0.12")]);
     net.neighbors.insert(ip("10.0.0.100"), GW);
     net.services.insert(
         0x100,
@@ -510,13 +509,15 @@ pub(super) fn with_vip() -> SwitchState {
             scheduler: crate::lb::scheduler::Kind::Rr,
             backends: vec![
                 BackendView {
-                    ip: Ipv4Addr::new(10, 0, 0, 11),
+                    v4: Some(Ipv4Addr::new(10, 0, 0, 11)),
+                    v6: None,
                     weight: 1,
                     healthy: true,
                     local: false,
                 },
                 BackendView {
-                    ip: Ipv4Addr::new(10, 0, 0, 12),
+                    v4: Some(Ipv4Addr::new(10, 0, 0, 12)),
+                    v6: None,
                     weight: 1,
                     healthy: true,
                     local: false,

@@ -50,13 +50,15 @@ fn node_a() -> SwitchState {
             scheduler: crate::lb::scheduler::Kind::Rr,
             backends: vec![
                 BackendView {
-                    ip: Ipv4Addr::new(10, 255, 0, 10),
+                    v4: Some(Ipv4Addr::new(10, 255, 0, 10)),
+                    v6: None,
                     weight: 1,
                     healthy: true,
                     local: true,
                 },
                 BackendView {
-                    ip: Ipv4Addr::new(10, 255, 0, 20),
+                    v4: Some(Ipv4Addr::new(10, 255, 0, 20)),
+                    v6: None,
                     weight: 1,
                     healthy: true,
                     local: false,
@@ -94,6 +96,7 @@ fn node_a() -> SwitchState {
         vni: IVNI,
         host_mac: HOST,
         sandbox_ip: Ipv4Addr::from(SBOX_IP),
+        sandbox_ip6: None,
         sandbox_mac: SBOX,
         sandbox_macs: [SBOX, SBOX_B].into_iter().collect(),
         enabled: true,
@@ -273,22 +276,19 @@ fn policies_ingress_off_and_unpublished_ports_refuse_with_a_reason() {
         PolicyRule {
             proto: 6,
             port: 8080,
-            from: Ipv4Addr::UNSPECIFIED,
-            prefix: 0,
+            from: None,
             action: PolicyAction::Reject,
         },
         PolicyRule {
             proto: 6,
             port: 8080,
-            from: Ipv4Addr::new(198, 51, 100, 0),
-            prefix: 24,
+            from: Some((Ipv4Addr::new(198, 51, 100, 0).into(), 24)),
             action: PolicyAction::Accept,
         },
         PolicyRule {
             proto: 17,
             port: 5353,
-            from: Ipv4Addr::UNSPECIFIED,
-            prefix: 0,
+            from: None,
             action: PolicyAction::Drop,
         },
     ];
@@ -394,8 +394,7 @@ fn policy_verdict_takes_the_longest_prefix() {
     let r = |from: [u8; 4], prefix, action| PolicyRule {
         proto: 6,
         port: 80,
-        from: Ipv4Addr::from(from),
-        prefix,
+        from: (prefix > 0).then(|| (Ipv4Addr::from(from).into(), prefix)),
         action,
     };
     let rules = [
@@ -403,13 +402,13 @@ fn policy_verdict_takes_the_longest_prefix() {
         r([10, 0, 0, 0], 8, PolicyAction::Accept),
         r([10, 1, 0, 0], 16, PolicyAction::Reject),
     ];
-    let v = |a: [u8; 4], port| policy_verdict(&rules, 6, port, Ipv4Addr::from(a));
+    let v = |a: [u8; 4], port| policy_verdict(&rules, 6, port, Ipv4Addr::from(a).into());
     assert_eq!(v([192, 0, 2, 1], 80), PolicyAction::Drop);
     assert_eq!(v([10, 2, 0, 1], 80), PolicyAction::Accept);
     assert_eq!(v([10, 1, 0, 1], 80), PolicyAction::Reject);
     assert_eq!(v([192, 0, 2, 1], 81), PolicyAction::Accept, "other ports");
     assert_eq!(
-        policy_verdict(&rules, 17, 80, Ipv4Addr::new(192, 0, 2, 1)),
+        policy_verdict(&rules, 17, 80, Ipv4Addr::new(192, 0, 2, 1).into()),
         PolicyAction::Accept,
         "other protocols"
     );
@@ -669,8 +668,7 @@ fn a_source_over_its_rate_is_dropped_and_its_connections_go_on() {
     st.ingress.as_mut().unwrap().policies.push(PolicyRule {
         proto: 6,
         port: 8080,
-        from: Ipv4Addr::from([198, 51, 100, 9]),
-        prefix: 32,
+        from: Some((Ipv4Addr::from([198, 51, 100, 9]).into(), 32)),
         action: PolicyAction::Drop,
     });
     sw.on_state(&st);

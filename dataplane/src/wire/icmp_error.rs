@@ -1,7 +1,7 @@
 //! ICMP errors the agent answers with, written over the offending frame:
 //! "fragmentation needed" (ICMPv4 3/4) and "packet too big" (ICMPv6 2) for frames
 //! larger than the network's MTU, so senders lower their path MTU instead of
-//! losing packets silently; "port unreachable" (3/3) for a rejected UDP flow.
+//! losing packets silently; "port unreachable" (ICMPv4 3/3, ICMPv6 1/4) for a rejected UDP flow.
 
 use crate::Mac;
 use etherparse::checksum::Sum16BitWords;
@@ -94,6 +94,30 @@ pub fn write_v6(
     gw_ip: Ipv6Addr,
     mtu: u16,
 ) -> Option<usize> {
+    error_v6(room, len, gw_mac, gw_ip, (2, 0), u32::from(mtu).to_be_bytes())
+}
+
+/// Writes an ICMPv6 port-unreachable reply (1/4) to the IPv6 frame in
+/// `room[..len]`, from `src_ip`: how a `reject` policy refuses UDP over IPv6.
+pub fn write_v6_port_unreachable(
+    room: &mut [u8],
+    len: usize,
+    src_mac: Mac,
+    src_ip: Ipv6Addr,
+) -> Option<usize> {
+    error_v6(room, len, src_mac, src_ip, (1, 4), [0; 4])
+}
+
+/// An ICMPv6 error of `(type, code)` quoting as much of the offending packet as
+/// fits the minimum MTU, sent back to its source from `from_mac`/`from_ip`.
+fn error_v6(
+    room: &mut [u8],
+    len: usize,
+    from_mac: Mac,
+    from_ip: Ipv6Addr,
+    (kind, code): (u8, u8),
+    rest: [u8; 4],
+) -> Option<usize> {
     let frame = room.get(..len)?;
     let ip = etherparse::Ipv6HeaderSlice::from_slice(frame.get(ETH..)?).ok()?;
     let dst = ip.source_addr();
@@ -105,20 +129,20 @@ pub fn write_v6(
     }
     room.copy_within(ETH..ETH + quote, ETH + 48);
     room[0..6].copy_from_slice(&src_mac);
-    room[6..12].copy_from_slice(&gw_mac);
+    room[6..12].copy_from_slice(&from_mac);
     room[12..14].copy_from_slice(&[0x86, 0xdd]);
     let h = &mut room[ETH..ETH + 40];
     h[0..4].copy_from_slice(&[0x60, 0, 0, 0]);
     h[4..6].copy_from_slice(&(plen as u16).to_be_bytes());
     h[6] = 58;
     h[7] = 64;
-    h[8..24].copy_from_slice(&gw_ip.octets());
+    h[8..24].copy_from_slice(&from_ip.octets());
     h[24..40].copy_from_slice(&dst.octets());
     let icmp = &mut room[ETH + 40..ETH + 40 + plen];
-    icmp[0..8].copy_from_slice(&[2, 0, 0, 0, 0, 0, 0, 0]);
-    icmp[4..8].copy_from_slice(&u32::from(mtu).to_be_bytes());
+    icmp[0..4].copy_from_slice(&[kind, code, 0, 0]);
+    icmp[4..8].copy_from_slice(&rest);
     let sum = Sum16BitWords::new()
-        .add_16bytes(gw_ip.octets())
+        .add_16bytes(from_ip.octets())
         .add_16bytes(dst.octets())
         .add_4bytes((plen as u32).to_be_bytes())
         .add_4bytes([0, 0, 0, 58])
