@@ -265,9 +265,13 @@ fn marker(ep: &Endpoint) -> String {
 /// Points a named namespace's resolver at the network's gateway, where the
 /// embedded DNS answers, unless it has one already (a first network wins).
 fn write_resolv_conf(ep: &Endpoint, net: &Network) {
+    // the IPv4 gateway where there is one; an IPv6-only network's is asked over IPv6
     let (Some(path), Some(gw)) = (
         resolv_conf(&ep.netns),
-        net.gateways.iter().find(|g| g.is_ipv4()),
+        net.gateways
+            .iter()
+            .find(|g| g.is_ipv4())
+            .or(net.gateways.first()),
     ) else {
         return;
     };

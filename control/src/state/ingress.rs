@@ -220,14 +220,9 @@ pub fn add_policy(st: &mut ClusterState, spec: &PolicySpec) -> Result<Policy, St
                 .or_else(|_| f.parse::<IpAddr>().map(IpNet::from))
                 .map_err(|_| {
                     StateError::Invalid(format!(
-                        "--from {f:?} is not a CIDR, e.g. 10.0.0.0/8 or 192.0.2.7"
+                        "--from {f:?} is not a CIDR, e.g. 10.0.0.0/8, 192.0.2.7 or 2001:db8::/48"
                     ))
                 })?;
-            if net.addr().is_ipv6() {
-                return Err(StateError::Invalid(format!(
-                    "--from {f}: ingress is IPv4 in this version; give an IPv4 CIDR"
-                )));
-            }
             Some(net.trunc())
         }
     };
