@@ -428,8 +428,8 @@ fn lb(c: &mut Criterion) {
     let key = |i: u32| Key {
         zone: 7,
         proto: 6,
-        src: Ipv4Addr::from(0x0a00_0000 + (i >> 16)),
-        dst: Ipv4Addr::new(10, 0, 0, 100),
+        src: IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + (i >> 16))),
+        dst: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 100)),
         sport: (i & 0xffff) as u16,
         dport: 80,
     };
@@ -439,7 +439,7 @@ fn lb(c: &mut Criterion) {
         for i in 0..flows {
             let k = key(i);
             let r = Key {
-                src: Ipv4Addr::new(10, 0, 1, 5),
+                src: IpAddr::V4(Ipv4Addr::new(10, 0, 1, 5)),
                 sport: 80,
                 dst: k.src,
                 dport: k.sport,
@@ -500,7 +500,7 @@ fn lb(c: &mut Criterion) {
             let k = key(n);
             let be = sched.pick(&backends, u64::from(n), 0).expect("a backend");
             let r = Key {
-                src: Ipv4Addr::new(10, 0, 1, be as u8),
+                src: IpAddr::V4(Ipv4Addr::new(10, 0, 1, be as u8)),
                 sport: 80,
                 dst: k.src,
                 dport: k.sport,
@@ -530,9 +530,11 @@ const NOW: u64 = 1;
 fn with_vip() -> SwitchState {
     let (mut st, _) = state(0);
     let net = st.networks.get_mut(&VNI).expect("network");
-    net.vips.insert(Ipv4Addr::from(VIP), FWMARK);
-    net.backend_ips
-        .extend([Ipv4Addr::from(BACKEND), Ipv4Addr::new(10, 0, 0, 12)]);
+    net.vips.insert(IpAddr::V4(Ipv4Addr::from(VIP)), FWMARK);
+    net.backend_ips.extend([
+        IpAddr::V4(Ipv4Addr::from(BACKEND)),
+        IpAddr::V4(Ipv4Addr::new(10, 0, 0, 12)),
+    ]);
     net.neighbors.insert(IpAddr::from(VIP), GW);
     net.services.insert(
         FWMARK,
@@ -540,13 +542,15 @@ fn with_vip() -> SwitchState {
             scheduler: vxmesh_dataplane::lb::scheduler::Kind::Rr,
             backends: vec![
                 BackendView {
-                    ip: Ipv4Addr::from(BACKEND),
+                    v4: Some(Ipv4Addr::from(BACKEND)),
+                    v6: None,
                     weight: 1,
                     healthy: true,
                     local: true,
                 },
                 BackendView {
-                    ip: Ipv4Addr::new(10, 0, 0, 12),
+                    v4: Some(Ipv4Addr::new(10, 0, 0, 12)),
+                    v6: None,
                     weight: 1,
                     healthy: true,
                     local: false,
@@ -698,13 +702,13 @@ fn conntrack_memory() {
             let orig = Key {
                 zone: VNI,
                 proto: 6,
-                src: Ipv4Addr::from(0x0a00_0000 + (i >> 16)),
-                dst: Ipv4Addr::from(VIP),
+                src: IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + (i >> 16))),
+                dst: IpAddr::V4(Ipv4Addr::from(VIP)),
                 sport: (i & 0xffff) as u16,
                 dport: 80,
             };
             let reply = Key {
-                src: Ipv4Addr::from(BACKEND),
+                src: IpAddr::V4(Ipv4Addr::from(BACKEND)),
                 dst: orig.src,
                 sport: 80,
                 dport: orig.sport,
@@ -827,8 +831,8 @@ fn lb_path(c: &mut Criterion) {
         Key {
             zone: VNI,
             proto: 6,
-            src: Ipv4Addr::from(CLIENT),
-            dst: Ipv4Addr::from(VIP),
+            src: IpAddr::V4(Ipv4Addr::from(CLIENT)),
+            dst: IpAddr::V4(Ipv4Addr::from(VIP)),
             sport,
             dport,
         }
@@ -950,7 +954,8 @@ fn with_ingress() -> SwitchState {
         ServiceView {
             scheduler: vxmesh_dataplane::lb::scheduler::Kind::Rr,
             backends: vec![BackendView {
-                ip: Ipv4Addr::from(TASK_IP),
+                v4: Some(Ipv4Addr::from(TASK_IP)),
+                v6: None,
                 weight: 1,
                 healthy: true,
                 local: true,
@@ -972,6 +977,7 @@ fn with_ingress() -> SwitchState {
         vni: IVNI,
         host_mac: HOST,
         sandbox_ip: Ipv4Addr::from(SBOX_IP),
+        sandbox_ip6: None,
         sandbox_mac: SBOX,
         sandbox_macs: [SBOX].into_iter().collect(),
         enabled: true,

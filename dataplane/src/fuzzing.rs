@@ -819,6 +819,39 @@ pub fn tcp_frame(
     out
 }
 
+/// [`tcp_frame`] over IPv6.
+#[allow(clippy::too_many_arguments)]
+pub fn tcp6_frame(
+    src: Mac,
+    dst: Mac,
+    sip: &str,
+    dip: &str,
+    sport: u16,
+    dport: u16,
+    flags: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let v6 = |s: &str| s.parse::<std::net::Ipv6Addr>().expect("v6").octets();
+    let mut b = PacketBuilder::ethernet2(src, dst)
+        .ipv6(v6(sip), v6(dip), 64)
+        .tcp(sport, dport, 1000, 65535);
+    if flags & 0x02 != 0 {
+        b = b.syn();
+    }
+    if flags & 0x10 != 0 {
+        b = b.ack(1);
+    }
+    if flags & 0x01 != 0 {
+        b = b.fin();
+    }
+    if flags & 0x04 != 0 {
+        b = b.rst();
+    }
+    let mut out = Vec::new();
+    b.write(&mut out, payload).expect("frame");
+    out
+}
+
 fn arp_request(src: Mac, sip: [u8; 4], tip: [u8; 4]) -> Vec<u8> {
     let mut f = vec![0xff; 6];
     f.extend_from_slice(&src);
@@ -830,7 +863,7 @@ fn arp_request(src: Mac, sip: [u8; 4], tip: [u8; 4]) -> Vec<u8> {
     f
 }
 
-fn dns_query(id: u16, name: &str, aaaa: bool) -> Vec<u8> {
+pub(crate) fn dns_query(id: u16, name: &str, aaaa: bool) -> Vec<u8> {
     use hickory_proto::op::{Message, MessageType, OpCode, Query};
     use hickory_proto::rr::{Name, RecordType};
     use std::str::FromStr;
@@ -844,7 +877,7 @@ fn dns_query(id: u16, name: &str, aaaa: bool) -> Vec<u8> {
     m.to_vec().expect("query")
 }
 
-fn icmpv6_solicitation(src: Mac, sip: &str, target: &str) -> Vec<u8> {
+pub(crate) fn icmpv6_solicitation(src: Mac, sip: &str, target: &str) -> Vec<u8> {
     let sip: std::net::Ipv6Addr = sip.parse().expect("v6");
     let target: std::net::Ipv6Addr = target.parse().expect("v6");
     let t = target.octets();
@@ -1021,6 +1054,35 @@ pub fn seeds(target: &str) -> Vec<(&'static str, Vec<u8>)> {
                         (0x80 | 0x10, &datagram(VNI, &syn_ack)),
                         (1, &ack),
                         (0x11, &fin),
+                    ]),
+                ),
+                (
+                    "vip6_syn",
+                    encode(&[(
+                        1,
+                        &tcp6_frame(A, GW, "fd00::10", VIP6, 40010, 80, 0x02, b""),
+                    )]),
+                ),
+                (
+                    "sandbox6",
+                    encode(&[
+                        (
+                            0,
+                            &icmpv6_solicitation(HOST, "fdff:ffff:ffff:fa::1", SANDBOX_IP6),
+                        ),
+                        (
+                            0,
+                            &tcp6_frame(
+                                HOST,
+                                SBOX,
+                                "2001:db8::7",
+                                SANDBOX_IP6,
+                                50010,
+                                8080,
+                                0x02,
+                                b"",
+                            ),
+                        ),
                     ]),
                 ),
                 (

@@ -79,7 +79,10 @@ fn addr_pair(src: &IpAddr, dst: &IpAddr) -> u64 {
 #[inline(always)]
 fn high_words(src: std::net::Ipv6Addr, dst: std::net::Ipv6Addr) -> u64 {
     let (s, d) = (u128::from(src) >> 32, u128::from(dst) >> 32);
-    (s as u64) ^ ((s >> 64) as u64).rotate_left(17) ^ (d as u64).rotate_left(31) ^ ((d >> 64) as u64).rotate_left(47)
+    (s as u64)
+        ^ ((s >> 64) as u64).rotate_left(17)
+        ^ (d as u64).rotate_left(31)
+        ^ ((d >> 64) as u64).rotate_left(47)
 }
 
 /// Two words instead of a field at a time: the key is hashed for every packet

@@ -292,3 +292,92 @@ fn a_restored_table_holds_what_the_saved_one_did() {
     assert_eq!(back.restore(&bad, 5), None);
     assert_eq!(back.len(), 2);
 }
+
+/// An IPv6 connection from `client` (an index into a few /64s and hosts) to
+/// `addressed`, answered by `backend`.
+fn v6_key(client: u16, sport: u16, addressed: u8) -> Key {
+    let c = std::net::Ipv6Addr::new(0x2001, 0xdb8, client >> 8, 0, 0, 0, 0, client & 0xff);
+    let a = std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x100 + u16::from(addressed));
+    Key {
+        zone: 7,
+        proto: 6,
+        src: c.into(),
+        dst: a.into(),
+        sport,
+        dport: 80,
+    }
+}
+
+proptest::proptest! {
+    /// IPv6 connections are found from both directions whatever the mix, keys
+    /// that differ only in their upper 96 bits (the /64 or the prefix) are
+    /// different connections, and the index holds two refs per entry.
+    #[test]
+    fn ipv6_connections_are_found_both_ways(
+        ops in proptest::collection::vec((0u16..0x300, 0u16..8, 0u8..3, 0u8..4), 1..200)
+    ) {
+        let mut ct = Conntrack::new(64);
+        for (i, (client, sport, addressed, backend)) in ops.iter().enumerate() {
+            let k = v6_key(*client, *sport, *addressed);
+            let b = std::net::Ipv6Addr::new(0xfd00, 0, 0, 1, 0, 0, 0, u16::from(*backend));
+            let r = Key { src: b.into(), sport: 8080, dst: k.src, dport: k.sport, ..k };
+            let id = ct.insert(k, r, 1, u32::from(*backend), TCP_SYN, i as u64);
+            proptest::prop_assert_eq!(ct.lookup(&k), Some((id, Dir::Orig)));
+            proptest::prop_assert_eq!(ct.lookup(&r), Some((id, Dir::Reply)));
+            proptest::prop_assert!(ct.len() <= 64);
+            for e in ct.iter() {
+                proptest::prop_assert!(ct.lookup(&e.orig).is_some() && ct.lookup(&e.reply).is_some());
+                proptest::prop_assert!(e.orig.src.is_ipv6() && e.reply.src.is_ipv6());
+            }
+            proptest::prop_assert_eq!(ct.index.len(), 2 * ct.len());
+        }
+    }
+}
+
+#[test]
+fn ipv6_keys_differing_only_in_their_prefix_or_family_are_distinct() {
+    let mut ct = Conntrack::new(8);
+    let a = v6_key(0x0101, 1, 0);
+    // the same low 32 bits (what the first hash word takes) in another /48
+    let b = Key {
+        src: "2001:db9:1::1".parse().unwrap(),
+        ..a
+    };
+    assert_eq!(
+        match (a.src, b.src) {
+            (IpAddr::V6(x), IpAddr::V6(y)) => (u128::from(x) as u32, u128::from(y) as u32),
+            _ => unreachable!(),
+        },
+        (0x1, 0x1)
+    );
+    // an IPv4 client whose address is the IPv6 one's low bits
+    let c = Key {
+        src: Ipv4Addr::new(0, 0, 0, 1).into(),
+        dst: Ipv4Addr::new(0, 0, 1, 0).into(),
+        ..a
+    };
+    let reply = |k: &Key| Key {
+        src: if k.src.is_ipv6() {
+            "fd00::1:0:0:0:5".parse().unwrap()
+        } else {
+            Ipv4Addr::new(10, 0, 0, 5).into()
+        },
+        sport: 8080,
+        dst: k.src,
+        dport: k.sport,
+        ..*k
+    };
+    let ids: Vec<u32> = [a, b, c]
+        .iter()
+        .map(|k| ct.insert(*k, reply(k), 1, 0, TCP_SYN, 0))
+        .collect();
+    assert_eq!(ct.len(), 3, "three connections");
+    for (k, id) in [a, b, c].iter().zip(&ids) {
+        assert_eq!(ct.lookup(k), Some((*id, Dir::Orig)));
+    }
+    assert_ne!(
+        a.flow_hash(),
+        b.flow_hash(),
+        "the prefix reaches the flow hash"
+    );
+}

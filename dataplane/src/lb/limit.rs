@@ -243,7 +243,10 @@ mod tests {
         let a = |s: &str| s.parse::<IpAddr>().unwrap();
         assert!(l.admit(a("2001:db8:1:2::1"), 0));
         assert!(l.admit(a("2001:db8:1:2::ffff"), 0));
-        assert!(!l.admit(a("2001:db8:1:2:aaaa::3"), 0), "same /64, burst spent");
+        assert!(
+            !l.admit(a("2001:db8:1:2:aaaa::3"), 0),
+            "same /64, burst spent"
+        );
         assert!(l.admit(a("2001:db8:1:3::1"), 0), "another /64 has its own");
     }
 

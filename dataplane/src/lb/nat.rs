@@ -128,8 +128,16 @@ pub fn rewrite_v6(f: &mut [u8], side: Side, ip: Ipv6Addr, port: u16) -> bool {
     };
     let l4 = ETH + 40;
     let (csum_at, port_at, need) = match proto {
-        6 => (l4 + 16, Some(l4 + if side == Side::Src { 0 } else { 2 }), l4 + 20),
-        17 => (l4 + 6, Some(l4 + if side == Side::Src { 0 } else { 2 }), l4 + 8),
+        6 => (
+            l4 + 16,
+            Some(l4 + if side == Side::Src { 0 } else { 2 }),
+            l4 + 20,
+        ),
+        17 => (
+            l4 + 6,
+            Some(l4 + if side == Side::Src { 0 } else { 2 }),
+            l4 + 8,
+        ),
         _ => (l4 + 2, None, l4 + 4),
     };
     if f.len() < need {
@@ -352,7 +360,6 @@ mod tests {
         assert!(!rewrite_icmp_error(&mut g, vip, vip, 1));
     }
 
-
     fn frame6(proto: u8, payload: &[u8]) -> Vec<u8> {
         let b = PacketBuilder::ethernet2([2; 6], [4; 6]).ipv6(
             "fd00::2".parse::<Ipv6Addr>().unwrap().octets(),
@@ -406,7 +413,12 @@ mod tests {
                 assert_eq!(&f[56..58], &8080u16.to_be_bytes());
             }
             let back = if proto == 17 { 53 } else { 80 };
-            assert!(rewrite(&mut f, Side::Dst, "fd00::99".parse::<IpAddr>().unwrap(), back));
+            assert!(rewrite(
+                &mut f,
+                Side::Dst,
+                "fd00::99".parse::<IpAddr>().unwrap(),
+                back
+            ));
             assert_eq!(f, orig, "rewriting back restores the packet exactly");
         }
     }

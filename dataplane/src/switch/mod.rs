@@ -1163,3 +1163,5 @@ mod tests;
 mod tests_flow_cache;
 #[cfg(test)]
 mod tests_ingress;
+#[cfg(test)]
+mod tests_v6;

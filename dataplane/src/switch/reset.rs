@@ -75,16 +75,13 @@ impl Switch {
         let Some(net) = st.networks.get(&e.orig.zone) else {
             return Action::Drop(DropReason::UnknownVni);
         };
-        let ingress = st
-            .ingress
-            .as_ref()
-            .filter(|i| {
-                i.vni == e.orig.zone
-                    && match e.orig.dst {
-                        IpAddr::V4(a) => a == i.sandbox_ip,
-                        IpAddr::V6(a) => Some(a) == i.sandbox_ip6,
-                    }
-            });
+        let ingress = st.ingress.as_ref().filter(|i| {
+            i.vni == e.orig.zone
+                && match e.orig.dst {
+                    IpAddr::V4(a) => a == i.sandbox_ip,
+                    IpAddr::V6(a) => Some(a) == i.sandbox_ip6,
+                }
+        });
         let our_mac = ingress.map_or(net.gateway_mac, |i| i.sandbox_mac);
         let client = End {
             mac: [0; 6],

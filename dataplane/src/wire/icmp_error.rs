@@ -94,7 +94,14 @@ pub fn write_v6(
     gw_ip: Ipv6Addr,
     mtu: u16,
 ) -> Option<usize> {
-    error_v6(room, len, gw_mac, gw_ip, (2, 0), u32::from(mtu).to_be_bytes())
+    error_v6(
+        room,
+        len,
+        gw_mac,
+        gw_ip,
+        (2, 0),
+        u32::from(mtu).to_be_bytes(),
+    )
 }
 
 /// Writes an ICMPv6 port-unreachable reply (1/4) to the IPv6 frame in

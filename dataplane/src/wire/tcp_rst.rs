@@ -103,8 +103,18 @@ pub fn write_refusal(room: &mut [u8], len: usize, from_mac: Mac) -> Option<usize
             (
                 ihl,
                 total.saturating_sub(ihl),
-                IpAddr::V4(Ipv4Addr::new(f[ETH + 12], f[ETH + 13], f[ETH + 14], f[ETH + 15])),
-                IpAddr::V4(Ipv4Addr::new(f[ETH + 16], f[ETH + 17], f[ETH + 18], f[ETH + 19])),
+                IpAddr::V4(Ipv4Addr::new(
+                    f[ETH + 12],
+                    f[ETH + 13],
+                    f[ETH + 14],
+                    f[ETH + 15],
+                )),
+                IpAddr::V4(Ipv4Addr::new(
+                    f[ETH + 16],
+                    f[ETH + 17],
+                    f[ETH + 18],
+                    f[ETH + 19],
+                )),
             )
         }
         [0x86, 0xdd] if f.len() >= ETH + 40 && f[ETH + 6] == 6 => {
