@@ -322,3 +322,34 @@ fn dns_over_ipv6_is_answered_from_the_ipv6_gateway() {
     assert_eq!(got, vec!["fd00::12".to_string()]);
     assert_eq!(sw.counters.dns_answers, 1);
 }
+
+#[test]
+fn an_oversized_ipv6_packet_gets_packet_too_big_from_the_ipv6_gateway() {
+    let mut st = state(false);
+    st.networks.get_mut(&VNI).unwrap().mtu = 1000;
+    let mut sw = Switch::new(16);
+    let mut f = Vec::new();
+    PacketBuilder::ethernet2(A, R)
+        .ipv6(v6("fd00::10").octets(), v6("fd00::12").octets(), 64)
+        .udp(5000, 6000)
+        .write(&mut f, &[0x5a; 1200])
+        .unwrap();
+    let mut b = buf(&f);
+    assert_eq!(sw.from_port(&st, P_A, &mut b, 0), Action::Reply(P_A));
+    let p = SlicedPacket::from_ethernet(b.data()).unwrap();
+    let Some(etherparse::NetSlice::Ipv6(ip)) = &p.net else {
+        panic!("not ipv6")
+    };
+    assert_eq!(ip.header().source_addr(), v6("fd00::1"), "from the gateway");
+    assert_eq!(ip.header().destination_addr(), v6("fd00::10"));
+    assert!(b.len() <= 14 + 1280, "within the minimum MTU");
+    let Some(TransportSlice::Icmpv6(i)) = &p.transport else {
+        panic!("not icmpv6")
+    };
+    assert_eq!(
+        i.icmp_type(),
+        etherparse::Icmpv6Type::PacketTooBig { mtu: 1000 }
+    );
+    ends(b.data());
+    assert_eq!(sw.counters.dropped(DropReason::TooBig), 1);
+}
