@@ -1,24 +1,31 @@
 //! A connection as the table stores it: both keys folded into one record,
 //! because a reply always answers the client (its destination is the client's
-//! address and port), so only the backend's end is new. (40 bytes for IPv4 when
-//! addresses were 4 bytes; addresses are now either family.)
+//! address and port), so only the backend's end is new. 40 bytes instead of
+//! two 20-byte keys plus the rest. An IPv6 connection keeps its three
+//! addresses in a side array of the table's, by slot ([`Six`]), so IPv4
+//! records stay this small and a table that never sees IPv6 pays nothing.
 
 use super::{Key, State};
 use crate::Mac;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 const FIN_ORIG: u8 = 1;
 const FIN_REPLY: u8 = 2;
 const VIA: u8 = 4;
+/// The addresses are in the side array.
+const V6: u8 = 8;
+
+/// An IPv6 connection's client, addressed and backend addresses.
+pub(super) type Six = [Ipv6Addr; 3];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Conn {
     zone: u32,
-    client: IpAddr,
+    client: Ipv4Addr,
     /// What the client addressed: a VIP, the ingress sandbox, or (on a task's
     /// node, for a connection from another node's ingress) the task itself.
-    addressed: IpAddr,
-    backend_ip: IpAddr,
+    addressed: Ipv4Addr,
+    backend_ip: Ipv4Addr,
     pub service: u32,
     pub backend: u32,
     client_port: u16,
@@ -32,13 +39,21 @@ pub(super) struct Conn {
 
 impl Conn {
     /// Only `reply`'s source (the backend's end) is kept: the rest of it is
-    /// `orig` reversed ([`super::Conntrack::insert`] builds it so).
-    pub fn new(orig: Key, reply: Key, service: u32, backend: u32, state: State) -> Self {
-        Self {
+    /// `orig` reversed ([`super::Conntrack::insert`] builds it so). The three
+    /// addresses are one family ([`super::Conntrack::trackable`]); an IPv6
+    /// connection's come back to be stored in the side array.
+    pub fn new(
+        orig: Key,
+        reply: Key,
+        service: u32,
+        backend: u32,
+        state: State,
+    ) -> (Self, Option<Six>) {
+        let mut c = Self {
             zone: orig.zone,
-            client: orig.src,
-            addressed: orig.dst,
-            backend_ip: reply.src,
+            client: Ipv4Addr::UNSPECIFIED,
+            addressed: Ipv4Addr::UNSPECIFIED,
+            backend_ip: Ipv4Addr::UNSPECIFIED,
             service,
             backend,
             client_port: orig.sport,
@@ -48,37 +63,71 @@ impl Conn {
             state,
             flags: 0,
             via: [0; 6],
+        };
+        match (orig.src, orig.dst, reply.src) {
+            (IpAddr::V4(a), IpAddr::V4(b), IpAddr::V4(r)) => {
+                (c.client, c.addressed, c.backend_ip) = (a, b, r);
+                (c, None)
+            }
+            (a, b, r) => {
+                c.flags |= V6;
+                let six = |a: IpAddr| match a {
+                    IpAddr::V6(a) => a,
+                    IpAddr::V4(a) => a.to_ipv6_mapped(),
+                };
+                (c, Some([six(a), six(b), six(r)]))
+            }
         }
     }
 
-    pub fn orig(&self) -> Key {
+    /// The client's, addressed and backend addresses (`six`: the slot's
+    /// entry of the side array, read only for an IPv6 connection).
+    #[inline]
+    fn addrs(&self, six: Option<&Six>) -> [IpAddr; 3] {
+        match six {
+            Some(s) if self.flags & V6 != 0 => s.map(IpAddr::V6),
+            _ => [
+                IpAddr::V4(self.client),
+                IpAddr::V4(self.addressed),
+                IpAddr::V4(self.backend_ip),
+            ],
+        }
+    }
+
+    pub fn is_v6(&self) -> bool {
+        self.flags & V6 != 0
+    }
+
+    pub fn orig(&self, six: Option<&Six>) -> Key {
+        let [client, addressed, _] = self.addrs(six);
         Key {
             zone: self.zone,
             proto: self.proto,
-            src: self.client,
-            dst: self.addressed,
+            src: client,
+            dst: addressed,
             sport: self.client_port,
             dport: self.addressed_port,
         }
     }
 
-    pub fn reply(&self) -> Key {
+    pub fn reply(&self, six: Option<&Six>) -> Key {
+        let [client, _, backend] = self.addrs(six);
         Key {
             zone: self.zone,
             proto: self.proto,
-            src: self.backend_ip,
-            dst: self.client,
+            src: backend,
+            dst: client,
             sport: self.backend_port,
             dport: self.client_port,
         }
     }
 
-    pub fn zone(&self) -> u32 {
-        self.zone
+    pub fn backend_ip(&self, six: Option<&Six>) -> IpAddr {
+        self.addrs(six)[2]
     }
 
-    pub fn backend_ip(&self) -> IpAddr {
-        self.backend_ip
+    pub fn zone(&self) -> u32 {
+        self.zone
     }
 
     pub fn fins(&self) -> (bool, bool) {

@@ -15,7 +15,7 @@ mod conn;
 mod index;
 pub mod touch;
 
-use conn::Conn;
+use conn::{Conn, Six};
 use index::{Index, Ref};
 use rustc_hash::FxHashMap;
 use std::hash::{Hash, Hasher};
@@ -165,6 +165,9 @@ const EVICTION_SAMPLE: usize = 32;
 pub struct Conntrack {
     index: Index,
     slab: Vec<Option<Conn>>,
+    /// IPv6 connections' addresses, by slot (grown to the highest slot an IPv6
+    /// connection took; a slot's entry is read only while its record says IPv6).
+    six: Vec<Six>,
     touch: Arc<[Touch]>,
     /// Connections per (zone, service, backend): [active, inactive].
     load: FxHashMap<(u32, u32, u32), [u32; 2]>,
@@ -191,12 +194,23 @@ fn reply_key(orig: &Key, reply: &Key) -> Key {
 
 /// The key a ref of the index stands for.
 #[inline]
-fn key_of(slab: &[Option<Conn>], r: Ref) -> Option<Key> {
+fn key_of(slab: &[Option<Conn>], six: &[Six], r: Ref) -> Option<Key> {
     let c = slab.get(r.id() as usize)?.as_ref()?;
+    let s = six_of(six, c, r.id());
     Some(match r.dir() {
-        Dir::Orig => c.orig(),
-        Dir::Reply => c.reply(),
+        Dir::Orig => c.orig(s),
+        Dir::Reply => c.reply(s),
     })
+}
+
+/// Slot `id`'s IPv6 addresses, when its connection is an IPv6 one.
+#[inline]
+fn six_of<'a>(six: &'a [Six], c: &Conn, id: u32) -> Option<&'a Six> {
+    if c.is_v6() {
+        six.get(id as usize)
+    } else {
+        None
+    }
 }
 
 impl Conntrack {
@@ -205,6 +219,7 @@ impl Conntrack {
         Self {
             index: Index::default(),
             slab: Vec::new(),
+            six: Vec::new(),
             touch: touch::slots(max),
             load: FxHashMap::default(),
             free: Vec::new(),
@@ -236,9 +251,9 @@ impl Conntrack {
     }
 
     pub fn lookup(&self, k: &Key) -> Option<(u32, Dir)> {
-        let slab = &self.slab;
+        let (slab, six) = (&self.slab, &self.six);
         self.index
-            .find(k, |r| key_of(slab, r))
+            .find(k, |r| key_of(slab, six, r))
             .map(|r| (r.id(), r.dir()))
     }
 
@@ -249,9 +264,10 @@ impl Conntrack {
 
     fn entry(&self, id: u32, c: &Conn) -> Entry {
         let t = &self.touch[id as usize];
+        let s = six_of(&self.six, c, id);
         Entry {
-            orig: c.orig(),
-            reply: c.reply(),
+            orig: c.orig(s),
+            reply: c.reply(s),
             service: c.service,
             backend: c.backend,
             state: c.state,
@@ -301,8 +317,8 @@ impl Conntrack {
     ) -> u32 {
         let reply = reply_key(&orig, &reply);
         debug_assert!(
-            reply != orig,
-            "a connection whose two directions are one key (see Conntrack::trackable)"
+            Self::trackable(&orig, &reply),
+            "one key both ways, or mixed families (see Conntrack::trackable)"
         );
         // a 4-tuple belongs to one live connection: whatever held either key
         // before (a finished connection whose client reuses its port, now
@@ -322,7 +338,7 @@ impl Conntrack {
             _ => State::Unreplied,
         };
         self.created += 1;
-        let e = Conn::new(orig, reply, service, backend, state);
+        let (e, addrs6) = Conn::new(orig, reply, service, backend, state);
         tally(&mut self.load, &e, state == State::Established, 1);
         let id = match self.free.pop() {
             Some(id) => {
@@ -334,12 +350,19 @@ impl Conntrack {
                 (self.slab.len() - 1) as u32
             }
         };
+        if let Some(a) = addrs6 {
+            if self.six.len() <= id as usize {
+                self.six
+                    .resize(id as usize + 1, [std::net::Ipv6Addr::UNSPECIFIED; 3]);
+            }
+            self.six[id as usize] = a;
+        }
         self.touch[id as usize].reset(now_ms);
-        let slab = &self.slab;
+        let (slab, six) = (&self.slab, &self.six);
         self.index
-            .insert(&orig, Ref::new(id, Dir::Orig), |r| key_of(slab, r));
+            .insert(&orig, Ref::new(id, Dir::Orig), |r| key_of(slab, six, r));
         self.index
-            .insert(&reply, Ref::new(id, Dir::Reply), |r| key_of(slab, r));
+            .insert(&reply, Ref::new(id, Dir::Reply), |r| key_of(slab, six, r));
         id
     }
 
@@ -352,7 +375,16 @@ impl Conntrack {
         let before = (e.state, e.fins());
         let last_ms = t.last_ms();
         t.seen(now_ms);
-        Self::step(e, &mut self.passive, last_ms, dir, tcp_flags, now_ms);
+        let backend_ip = e.backend_ip(six_of(&self.six, e, id));
+        Self::step(
+            e,
+            backend_ip,
+            &mut self.passive,
+            last_ms,
+            dir,
+            tcp_flags,
+            now_ms,
+        );
         if (e.state, e.fins()) != before {
             t.bump();
             let (was, is) = (
@@ -370,6 +402,7 @@ impl Conntrack {
     /// before it was seen).
     fn step(
         e: &mut Conn,
+        backend_ip: IpAddr,
         passive: &mut crate::lb::passive::PassiveHealth,
         last_ms: u64,
         dir: Dir,
@@ -378,7 +411,7 @@ impl Conntrack {
     ) {
         if e.proto == 6 && e.service != 0 && e.state == State::SynSent {
             // how the backend answers a new connection says whether it is alive
-            let backend = (e.zone(), e.service, e.backend_ip());
+            let backend = (e.zone(), e.service, backend_ip);
             match dir {
                 Dir::Reply if tcp_flags & TCP_RST != 0 => passive.failed(backend, now_ms),
                 Dir::Reply if tcp_flags & TCP_SYN != 0 => passive.answered(backend),
@@ -453,9 +486,15 @@ impl Conntrack {
     /// Whether a connection from `orig` answered from `reply`'s source can be
     /// tracked: not when its two directions are one key (a packet from an
     /// address and port to themselves, a LAND packet), which the index would
-    /// hold twice. Callers check it before [`Conntrack::insert`].
+    /// hold twice, nor when its addresses mix families (which no packet has,
+    /// but a hand-edited snapshot could). Callers check it before
+    /// [`Conntrack::insert`].
     pub fn trackable(orig: &Key, reply: &Key) -> bool {
-        reply_key(orig, reply) != *orig
+        // one family throughout, or the record could not give the keys back
+        let family = orig.src.is_ipv6();
+        orig.dst.is_ipv6() == family
+            && reply.src.is_ipv6() == family
+            && reply_key(orig, reply) != *orig
     }
 
     /// Puts back a connection an earlier run of the agent saved when it stopped
@@ -497,10 +536,8 @@ impl Conntrack {
             .get(id as usize)
             .and_then(Option::as_ref)
             .is_some_and(|e| {
-                e.state == State::SynSent
-                    && self
-                        .passive
-                        .is_out((e.zone(), e.service, e.backend_ip()), now_ms)
+                let ip = e.backend_ip(six_of(&self.six, e, id));
+                e.state == State::SynSent && self.passive.is_out((e.zone(), e.service, ip), now_ms)
             })
     }
 
@@ -511,8 +548,9 @@ impl Conntrack {
 
     fn remove(&mut self, id: u32) -> Option<Entry> {
         let c = *self.slab.get(id as usize)?.as_ref()?;
-        self.index.remove(&c.orig(), Ref::new(id, Dir::Orig));
-        self.index.remove(&c.reply(), Ref::new(id, Dir::Reply));
+        let s = six_of(&self.six, &c, id);
+        self.index.remove(&c.orig(s), Ref::new(id, Dir::Orig));
+        self.index.remove(&c.reply(s), Ref::new(id, Dir::Reply));
         let e = self.entry(id, &c);
         tally(&mut self.load, &c, c.state == State::Established, -1);
         self.slab[id as usize] = None;

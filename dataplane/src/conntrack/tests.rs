@@ -381,3 +381,34 @@ fn ipv6_keys_differing_only_in_their_prefix_or_family_are_distinct() {
         "the prefix reaches the flow hash"
     );
 }
+
+#[test]
+fn ipv4_records_stay_40_bytes_and_mixed_families_are_refused() {
+    // IPv6 addresses live beside the slab, so IPv4 connections cost what they did
+    assert_eq!(Conntrack::entry_bytes().0, 40);
+    let k = v6_key(1, 1, 0);
+    let r4 = Key {
+        src: Ipv4Addr::new(10, 0, 0, 5).into(),
+        sport: 8080,
+        dst: k.src,
+        dport: k.sport,
+        ..k
+    };
+    assert!(
+        !Conntrack::trackable(&k, &r4),
+        "an IPv4 backend for an IPv6 client"
+    );
+    let mut ct = Conntrack::new(4);
+    let saved = Entry {
+        orig: k,
+        reply: r4,
+        service: 1,
+        backend: 0,
+        state: State::Established,
+        last_ms: 0,
+        next_seq: [0, 0],
+        via: None,
+    };
+    assert_eq!(ct.restore(&saved, 0), None, "a hand-edited snapshot");
+    assert!(ct.is_empty());
+}
