@@ -329,10 +329,20 @@ async fn configure(ns: &Path, ep: &Endpoint, net: &Network, mtu: u32) -> Result<
         if addr.is_ipv6() {
             args.push("nodad");
         }
-        if let Err(e) = ip_in(ns, &args).await {
-            if !e.exists() {
-                return Err(e.into());
+        match ip_in(ns, &args).await {
+            Ok(_) => {}
+            Err(e) if e.exists() => {}
+            // the network has an IPv6 subnet, so the interface needs IPv6 even
+            // where the namespace's default turned it off (Docker's containers)
+            Err(e) if e.ipv6_disabled() => {
+                super::iproute::enable_ipv6_in(ns, dev).await?;
+                if let Err(e) = ip_in(ns, &args).await {
+                    if !e.exists() {
+                        return Err(e.into());
+                    }
+                }
             }
+            Err(e) => return Err(e.into()),
         }
     }
     ip_in(ns, &["link", "set", "dev", dev, "up"]).await?;

@@ -16,6 +16,12 @@ pub enum PlumbError {
 
 impl PlumbError {
     /// Whether the tool said the object already exists (an idempotent add).
+    /// Whether the kernel refused an IPv6 address because IPv6 is off on the
+    /// device (Docker turns it off in containers of IPv4-only networks).
+    pub fn ipv6_disabled(&self) -> bool {
+        matches!(self, PlumbError::Failed { stderr, .. } if stderr.contains("IPv6 is disabled"))
+    }
+
     pub fn exists(&self) -> bool {
         // iproute2 says "Address already assigned" for an IPv4 address an
         // interface already has (a reopened, persistent TAP keeps its own).
@@ -62,6 +68,26 @@ pub async fn ethtool_in(netns: &Path, args: &[&str]) -> Result<String, PlumbErro
     let mut a = vec![net.as_str(), "ethtool"];
     a.extend_from_slice(args);
     run("nsenter", &a).await
+}
+
+/// Turns IPv6 on for interface `dev` inside the namespace at `netns` (its
+/// `disable_ipv6` sysctl, which is per namespace: written from a shell that
+/// nsenter put in it).
+pub async fn enable_ipv6_in(netns: &Path, dev: &str) -> Result<(), PlumbError> {
+    if !dev
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(PlumbError::Failed {
+            cmd: format!("enable IPv6 on {dev:?}"),
+            stderr: "not an interface name".into(),
+        });
+    }
+    let net = format!("--net={}", netns.display());
+    let script = format!("echo 0 > /proc/sys/net/ipv6/conf/{dev}/disable_ipv6");
+    run("nsenter", &[net.as_str(), "sh", "-c", &script])
+        .await
+        .map(|_| ())
 }
 
 /// The MTU of the interface that holds `addr` in the agent's namespace.
