@@ -23,6 +23,7 @@ use std::time::Duration;
 pub use switch_state::Mtus;
 use thiserror::Error;
 use vxmesh_dataplane::io::dataplane::Dataplane;
+use vxmesh_dataplane::io::underlay;
 use vxmesh_dataplane::{Counters, PortId, VXLAN_PORT};
 
 /// Bytes VXLAN adds over IPv4: outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14.
@@ -128,6 +129,9 @@ pub struct Agent {
     attached: std::sync::atomic::AtomicUsize,
     /// The tunnel peers last handed to the worker, to log changes only.
     tunnel_peers: std::sync::Mutex<Vec<String>>,
+    /// VTEPs of plain networks in the other address family than this node's
+    /// underlay, last warned about (to log changes only).
+    foreign_vteps: std::sync::Mutex<Vec<IpAddr>>,
     /// The routing mesh's sandbox TAP, when it could be made.
     sandbox: Option<ingress::Sandbox>,
     /// The nftables table last applied (empty: none yet).
@@ -146,6 +150,8 @@ impl Agent {
             let url = cfg.store.clone();
             Arc::from(tokio::task::spawn_blocking(move || store::open(&url)).await??)
         };
+        check_advertise_addr(cfg.advertise_addr)?;
+        wait_address_usable(cfg.advertise_addr).await?;
         let underlay_mtu = iproute::mtu_of_address(cfg.advertise_addr)
             .await?
             .with_context(|| {
@@ -169,20 +175,16 @@ impl Agent {
             ),
             None => None,
         };
-        let wg = std::net::UdpSocket::bind(std::net::SocketAddr::new(
-            if cfg.advertise_addr.is_ipv4() {
-                IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
-            } else {
-                IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
-            },
-            cfg.wg_port,
-        ))
-        .with_context(|| {
-            format!(
-                "cannot bind the WireGuard socket (udp/{}): pass another --wg-port",
-                cfg.wg_port
-            )
-        })?;
+        // WireGuard crosses the underlay in its family too (IPv6-only socket
+        // over IPv6, like the VXLAN ones); what it carries stays IPv4 between
+        // tunnel addresses either way
+        let wg = underlay::bind_udp(underlay::any_of(cfg.advertise_addr, cfg.wg_port), false)
+            .with_context(|| {
+                format!(
+                    "cannot bind the WireGuard socket (udp/{}): pass another --wg-port",
+                    cfg.wg_port
+                )
+            })?;
         let workers = cfg.workers.unwrap_or_else(|| {
             std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -226,6 +228,7 @@ impl Agent {
             last_rotation: std::sync::Mutex::new(std::time::Instant::now()),
             last_state: std::sync::Mutex::new(ClusterState::default()),
             tunnel_peers: std::sync::Mutex::new(Vec::new()),
+            foreign_vteps: std::sync::Mutex::new(Vec::new()),
             store_ok: std::sync::atomic::AtomicBool::new(true),
             down: std::sync::Mutex::new(Default::default()),
             dns_upstream: upstream_resolvers(),
@@ -891,7 +894,38 @@ impl Agent {
         if let Some(ing) = sw.ingress.as_mut() {
             ing.rate_limit.clone_from(&self.ingress_limit);
         }
+        self.warn_foreign_vteps(&sw);
         self.worker.publish(sw);
+    }
+
+    /// Says (once per change) which VTEPs this node cannot reach because they
+    /// are in the other address family: the underlay sockets are of the
+    /// advertised address's family, so an IPv6 node sends no VXLAN to an IPv4
+    /// node or `--peer-vtep` (and the reverse); each datagram to one counts as
+    /// `tx_failed`. A cluster's nodes share one underlay family.
+    fn warn_foreign_vteps(&self, sw: &vxmesh_dataplane::SwitchState) {
+        let mine = self.advertise_addr.is_ipv6();
+        let mut foreign: Vec<IpAddr> = sw
+            .networks
+            .values()
+            .filter(|n| !n.encrypted)
+            .flat_map(|n| n.members.iter().chain(&n.static_peers))
+            .filter(|a| a.is_ipv6() != mine)
+            .copied()
+            .collect();
+        foreign.sort();
+        foreign.dedup();
+        let Ok(mut last) = self.foreign_vteps.lock() else {
+            return;
+        };
+        if *last != foreign && !foreign.is_empty() {
+            tracing::warn!(
+                vteps = ?foreign,
+                underlay = %self.advertise_addr,
+                "VTEPs in the other address family than this node's underlay are unreachable from here: give every node (and --peer-vtep) addresses of one family"
+            );
+        }
+        *last = foreign;
     }
 
     /// Creates an endpoint on this node: checks, stores, attaches; on any failure
@@ -1077,6 +1111,56 @@ pub struct RealServer {
 }
 
 /// A 16-hex-digit endpoint id (the TAP name takes the first 12).
+/// Refuses advertise addresses no peer could send VXLAN to: unspecified,
+/// multicast, loopback, IPv4-mapped IPv6 (say the IPv4 address itself), and
+/// IPv6 link-local ones (meaningless without an interface, which the store
+/// does not record).
+fn check_advertise_addr(addr: IpAddr) -> anyhow::Result<()> {
+    let why = match addr {
+        a if a.is_unspecified() => Some("the unspecified address"),
+        a if a.is_multicast() => Some("a multicast address"),
+        a if a.is_loopback() => Some("a loopback address (other nodes cannot reach it)"),
+        IpAddr::V6(a) if a.to_ipv4_mapped().is_some() => {
+            Some("an IPv4-mapped IPv6 address (advertise the IPv4 address itself)")
+        }
+        IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80 => Some(
+            "an IPv6 link-local address (peers would need to know its interface): advertise a global or unique-local (fd00::/8) one",
+        ),
+        _ => None,
+    };
+    match why {
+        Some(why) => anyhow::bail!("--advertise-addr {addr} is {why}"),
+        None => Ok(()),
+    }
+}
+
+/// How long start-up waits for a tentative IPv6 `--advertise-addr` to pass
+/// duplicate address detection (the kernel's default takes about a second).
+const DAD_WAIT: Duration = Duration::from_secs(5);
+
+/// Waits while the advertised address is still tentative (an IPv6 address just
+/// added, or whose link just came up, cannot be bound yet: binding the send
+/// sockets would fail with a puzzling "cannot assign requested address");
+/// refuses one that failed duplicate address detection.
+async fn wait_address_usable(addr: IpAddr) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + DAD_WAIT;
+    loop {
+        match iproute::address_state(addr).await? {
+            Some(iproute::AddressState::DadFailed) => anyhow::bail!(
+                "--advertise-addr {addr} failed duplicate address detection (another host on the link has it): give this node another address"
+            ),
+            Some(iproute::AddressState::Tentative) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Some(iproute::AddressState::Tentative) => anyhow::bail!(
+                "--advertise-addr {addr} is still tentative (IPv6 duplicate address detection) after {DAD_WAIT:?}: is its link up?"
+            ),
+            // Ready, or absent (the MTU look-up that follows says so)
+            _ => return Ok(()),
+        }
+    }
+}
+
 fn new_id() -> String {
     format!("{:016x}", rand::random::<u64>())
 }

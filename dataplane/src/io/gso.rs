@@ -69,6 +69,57 @@ pub fn send(s: &UdpSocket, to: SocketAddr, buf: &[u8], seg: u16) -> io::Result<(
     Ok(())
 }
 
+/// Sends a run of `seg`-byte datagrams (the last may be shorter) to `to`: in
+/// one GSO `sendmsg` while `*gso` holds, else one `send_to` each.
+///
+/// UDP GSO needs the outgoing device to finish each segment's UDP checksum
+/// (IPv4 and IPv6 alike); where it cannot (a NIC, or a veth, with `tx off`) the
+/// kernel refuses the whole run with `EIO` rather than send it without
+/// checksums. Then `*gso` turns false for good (as quinn-udp does) and the
+/// datagrams go singly, each with a checksum the kernel computes in software.
+/// Any other GSO refusal (`EINVAL`: a segment larger than the path MTU allows,
+/// `EMSGSIZE`) sends this run singly too, where the kernel may fragment it, and
+/// tries GSO again next time. Returns how many datagrams left; an error only
+/// when none did.
+pub fn send_run(
+    s: &UdpSocket,
+    to: SocketAddr,
+    buf: &[u8],
+    seg: u16,
+    gso: &mut bool,
+) -> io::Result<usize> {
+    let count = buf.len().div_ceil(usize::from(seg).max(1));
+    if *gso && count > 1 {
+        match send(s, to, buf, seg) {
+            Ok(()) => return Ok(count),
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => {
+                *gso = false;
+                tracing::warn!(
+                    error = %e,
+                    %to,
+                    "UDP GSO refused (the device cannot finish UDP checksums?): sending datagrams one by one from now on"
+                );
+            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::EMSGSIZE)) => {
+                tracing::debug!(error = %e, %to, seg, "GSO send refused; this run goes singly");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let mut sent = 0;
+    let mut last = None;
+    for d in buf.chunks(usize::from(seg).max(1)) {
+        match s.send_to(d, to) {
+            Ok(_) => sent += 1,
+            Err(e) => last = Some(e),
+        }
+    }
+    match last {
+        Some(e) if sent == 0 => Err(e),
+        _ => Ok(sent),
+    }
+}
+
 pub fn enable_gro(s: &UdpSocket) -> io::Result<()> {
     let one: libc::c_int = 1;
     // SAFETY: an int option of the size passed.
