@@ -312,6 +312,61 @@ pub fn recv_many(s: &UdpSocket, bufs: &mut [Vec<u8>], meta: &mut [RecvMeta]) -> 
 }
 
 #[cfg(test)]
+mod send_run_tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn pair(lo: &str) -> (UdpSocket, UdpSocket) {
+        let rx = UdpSocket::bind((lo, 0)).unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        (rx, UdpSocket::bind((lo, 0)).unwrap())
+    }
+
+    fn sizes(rx: &UdpSocket, n: usize) -> Vec<usize> {
+        let mut buf = [0u8; 2048];
+        (0..n).map(|_| rx.recv_from(&mut buf).unwrap().0).collect()
+    }
+
+    /// Over IPv6 too, a run leaves in one GSO send as separate datagrams.
+    #[test]
+    fn a_run_over_ipv6_is_one_gso_send() {
+        let (rx, tx) = pair("::1");
+        let mut gso = true;
+        let buf = vec![9u8; 1000 * 3 + 200];
+        let n = send_run(&tx, rx.local_addr().unwrap(), &buf, 1000, &mut gso).unwrap();
+        assert_eq!((n, gso), (4, true));
+        assert_eq!(sizes(&rx, 4), vec![1000, 1000, 1000, 200]);
+    }
+
+    /// A run the kernel refuses (here: more segments than UDP_MAX_SEGMENTS,
+    /// EINVAL) goes out singly instead of being lost, and GSO stays on for the
+    /// next run (only EIO, a device that cannot checksum, turns it off).
+    #[test]
+    fn a_refused_run_goes_singly() {
+        let (rx, tx) = pair("::1");
+        let mut gso = true;
+        let buf = vec![1u8; 10 * 200];
+        let to = rx.local_addr().unwrap();
+        let e = send(&tx, to, &buf, 10).expect_err("more than UDP_MAX_SEGMENTS");
+        assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+        let n = send_run(&tx, rx.local_addr().unwrap(), &buf, 10, &mut gso).unwrap();
+        assert_eq!((n, gso), (200, true));
+        assert_eq!(sizes(&rx, 200), vec![10; 200]);
+    }
+
+    /// With GSO off, one send per datagram.
+    #[test]
+    fn without_gso_one_send_each() {
+        let (rx, tx) = pair("127.0.0.1");
+        let mut gso = false;
+        let buf = vec![1u8; 250];
+        let n = send_run(&tx, rx.local_addr().unwrap(), &buf, 100, &mut gso).unwrap();
+        assert_eq!((n, gso), (3, false));
+        assert_eq!(sizes(&rx, 3), vec![100, 100, 50]);
+    }
+}
+
+#[cfg(test)]
 mod batch_tests {
     use super::*;
     use std::time::Duration;

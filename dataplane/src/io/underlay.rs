@@ -162,7 +162,67 @@ impl Underlay {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsRawFd;
     use std::time::Duration;
+
+    fn udp_opt(s: &UdpSocket, opt: libc::c_int) -> libc::c_int {
+        let mut v: libc::c_int = -1;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: an int option into a live int of the size passed.
+        let rc = unsafe {
+            libc::getsockopt(
+                s.as_raw_fd(),
+                libc::IPPROTO_UDP,
+                opt,
+                &mut v as *mut libc::c_int as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+        v
+    }
+
+    /// Over IPv6 the receive socket is IPv6-only (IPv4 on the same port stays
+    /// free) and takes zero-checksum datagrams; the send sockets keep their
+    /// checksums; datagrams leave from the bound IPv6 address.
+    #[test]
+    fn an_ipv6_underlay_binds_ipv6_only_and_keeps_checksums() {
+        let lo: IpAddr = "::1".parse().unwrap();
+        let sink = UdpSocket::bind((lo, 0)).unwrap();
+        sink.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let u = Underlay {
+            port: sink.local_addr().unwrap().port(),
+            ..Underlay::bind(lo, 0, 4).unwrap()
+        };
+        let rx = u.rx.local_addr().unwrap();
+        assert_eq!(rx.ip(), IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
+        UdpSocket::bind(("0.0.0.0", rx.port())).expect("IPv4 on the port is left free");
+        assert_eq!(udp_opt(&u.rx, UDP_NO_CHECK6_RX), 1);
+        for s in &u.tx {
+            assert_eq!(udp_opt(s, UDP_NO_CHECK6_TX), 0);
+        }
+        u.send(7, lo, b"vxlan").unwrap();
+        let mut buf = [0u8; 16];
+        let (n, from) = sink.recv_from(&mut buf).unwrap();
+        assert_eq!((&buf[..n], from.ip()), (&b"vxlan"[..], lo));
+        // a run of three leaves in one GSO send and arrives as three datagrams
+        let run = [[1u8; 100], [2; 100], [3; 100]].concat();
+        assert_eq!(u.send_gso(7, lo, &run, 100).unwrap(), 3);
+        let mut big = [0u8; 256];
+        for i in 1..=3u8 {
+            let (n, _) = sink.recv_from(&mut big).unwrap();
+            assert_eq!((n, big[0]), (100, i));
+        }
+        assert!(u.gso_enabled());
+    }
+
+    /// An IPv4 underlay's sockets are as before: the family of the address.
+    #[test]
+    fn an_ipv4_underlay_binds_ipv4() {
+        let u = Underlay::bind("127.0.0.1".parse().unwrap(), 0, 1).unwrap();
+        assert!(u.rx.local_addr().unwrap().is_ipv4());
+        assert!(u.tx[0].local_addr().unwrap().is_ipv4());
+    }
 
     /// Flows go out from different source ports, each flow always from the same one,
     /// and from the bound address (loopback here, so the test needs no namespace).
