@@ -79,6 +79,17 @@ fn read_capture(path: &Path) -> Result<Capture> {
 /// datagrams left the underlay bridge through a port that finished their
 /// checksums (see the test), so the bytes are what a wire would carry.
 fn capture_in(t: &Topology, ns: &str, file: &str) -> Result<(Bg, std::path::PathBuf)> {
+    capture(t, ns, "in", file)
+}
+
+/// `direction`: tcpdump's `-Q` (`in`, `out`). What a node sends is seen as it
+/// left the socket: a GSO run is one frame, before the device cuts it.
+fn capture(
+    t: &Topology,
+    ns: &str,
+    direction: &str,
+    file: &str,
+) -> Result<(Bg, std::path::PathBuf)> {
     let path = t.dir().join(file);
     let bg = Bg::spawn(
         ns,
@@ -87,7 +98,7 @@ fn capture_in(t: &Topology, ns: &str, file: &str) -> Result<(Bg, std::path::Path
             "-i",
             "ul0",
             "-Q",
-            "in",
+            direction,
             "-U",
             "-s",
             "0",
@@ -245,6 +256,7 @@ fn plain_and_encrypted_networks_over_an_ipv6_only_underlay() -> Result<()> {
 
     let (mut cap1, pcap1) = capture_in(&t, &n1.ns, "n1-in.pcap")?;
     let (mut cap2, pcap2) = capture_in(&t, &n2.ns, "n2-in.pcap")?;
+    let (mut out1, pcap_out1) = capture(&t, &n1.ns, "out", "n1-out.pcap")?;
 
     // plain: ping both ways, then packets of exactly the MTU (DF set), which
     // must cross whole: 1430 + 14 + 8 + 8 + 40 = 1500
@@ -303,6 +315,7 @@ fn plain_and_encrypted_networks_over_an_ipv6_only_underlay() -> Result<()> {
     std::thread::sleep(Duration::from_millis(300));
     cap1.stop();
     cap2.stop();
+    out1.stop();
 
     // what n2 received from n1, and n1 from n2
     let at2 = read_capture(&pcap2)?;
@@ -326,6 +339,15 @@ fn plain_and_encrypted_networks_over_an_ipv6_only_underlay() -> Result<()> {
         "full-size frames cross whole"
     );
     assert!(wg12 > 100 && wg21 > 100, "WireGuard {wg12} / {wg21}");
+    // n1 sent GSO runs: frames larger than the link's MTU as they left the
+    // socket, each cut into datagrams whose checksums n2's capture checked
+    let runs = read_capture(&pcap_out1)?
+        .udp6
+        .iter()
+        .filter(|d| d.dport == 4789 && d.payload.len() > PLAIN_MTU as usize + 22)
+        .count();
+    eprintln!("n1 sent {runs} VXLAN GSO runs");
+    assert!(runs > 10, "n1 sent {runs} GSO runs");
     // the encrypted network's VXLAN never shows on the underlay
     assert!(!at2
         .udp6

@@ -1285,3 +1285,29 @@ mod liveness_tests {
         assert_eq!(down.into_iter().collect::<Vec<_>>(), ["b", "c"]);
     }
 }
+
+#[cfg(test)]
+mod startup_tests {
+    use super::check_advertise_addr;
+
+    /// Global and unique-local addresses of either family are fine; nothing a
+    /// peer could not send to is.
+    #[test]
+    fn advertise_addresses_peers_cannot_reach_are_refused() {
+        for ok in ["192.0.2.1", "2001:db8::1", "fd00:77::5"] {
+            assert!(check_advertise_addr(ok.parse().unwrap()).is_ok(), "{ok}");
+        }
+        for (bad, why) in [
+            ("0.0.0.0", "unspecified"),
+            ("::", "unspecified"),
+            ("ff02::1", "multicast"),
+            ("127.0.0.1", "loopback"),
+            ("::1", "loopback"),
+            ("::ffff:192.0.2.1", "IPv4-mapped"),
+            ("fe80::1", "link-local"),
+        ] {
+            let e = check_advertise_addr(bad.parse().unwrap()).unwrap_err();
+            assert!(e.to_string().contains(why), "{bad}: {e}");
+        }
+    }
+}
