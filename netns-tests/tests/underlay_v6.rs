@@ -464,3 +464,55 @@ fn kernel_vxlan_over_ipv6_is_a_peer() -> Result<()> {
     assert!(stats["learned"].as_u64().unwrap_or(0) >= 2, "{stats}");
     Ok(())
 }
+
+/// The routing mesh's ingress network crosses an IPv6 underlay too: a port
+/// published on n1, asked on n1 itself (there is no IPv4 on the underlay for
+/// an outside client to come by), reaches the task on n2 and answers.
+#[test]
+fn a_published_port_reaches_a_task_across_an_ipv6_underlay() -> Result<()> {
+    let mut t = Topology::with_underlay_v6("ingv6")?;
+    let n1 = t.add_node("n1")?;
+    let n2 = t.add_node("n2")?;
+    t.start_agent(&n1, &[])?;
+    t.start_agent(&n2, &[])?;
+    t.cli_ok(
+        &n1,
+        &["network", "create", "app", "--subnet", "10.64.0.0/24"],
+    )?;
+    t.cli_ok(
+        &n1,
+        &[
+            "service",
+            "create",
+            "web",
+            "--network",
+            "app",
+            "--publish",
+            "8080:80",
+        ],
+    )?;
+    let web = t.add_container("web1")?;
+    endpoint(&t, &n2, "app", &web, &["--service", "web"])?;
+    let _srv = answer_server(&web, "0.0.0.0:80".parse()?, false, |_| "web".into())?;
+    let dst: SocketAddr = "127.0.0.1:8080".parse()?;
+    let ask = || -> Result<bool> {
+        let got = in_netns(&n1.ns, move || {
+            use std::io::Read;
+            let mut c = std::net::TcpStream::connect_timeout(&dst, Duration::from_secs(2)).ok()?;
+            c.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+            let mut s = String::new();
+            c.read_to_string(&mut s).ok()?;
+            Some(s)
+        })?;
+        Ok(got.as_deref() == Some("web"))
+    };
+    assert!(
+        eventually(Duration::from_secs(10), ask)?,
+        "n1:8080 did not reach the task on n2"
+    );
+    for _ in 0..5 {
+        assert!(ask()?, "n1:8080 stopped answering");
+    }
+    assert!(stat(&t, &n1, "underlay_tx")? > 0 && stat(&t, &n2, "underlay_rx")? > 0);
+    Ok(())
+}
