@@ -146,11 +146,11 @@ pub struct Agent {
 
 impl Agent {
     pub async fn start(cfg: &AgentConfig) -> anyhow::Result<Arc<Agent>> {
+        check_advertise_addr(cfg.advertise_addr)?;
         let store: Arc<dyn Store> = {
             let url = cfg.store.clone();
             Arc::from(tokio::task::spawn_blocking(move || store::open(&url)).await??)
         };
-        check_advertise_addr(cfg.advertise_addr)?;
         wait_address_usable(cfg.advertise_addr).await?;
         let underlay_mtu = iproute::mtu_of_address(cfg.advertise_addr)
             .await?
@@ -1112,14 +1112,13 @@ pub struct RealServer {
 
 /// A 16-hex-digit endpoint id (the TAP name takes the first 12).
 /// Refuses advertise addresses no peer could send VXLAN to: unspecified,
-/// multicast, loopback, IPv4-mapped IPv6 (say the IPv4 address itself), and
-/// IPv6 link-local ones (meaningless without an interface, which the store
-/// does not record).
+/// multicast, IPv4-mapped IPv6 (say the IPv4 address itself), and IPv6
+/// link-local ones (meaningless without an interface, which the store does
+/// not record). Loopback stays allowed: a one-node trial needs no peer.
 fn check_advertise_addr(addr: IpAddr) -> anyhow::Result<()> {
     let why = match addr {
         a if a.is_unspecified() => Some("the unspecified address"),
         a if a.is_multicast() => Some("a multicast address"),
-        a if a.is_loopback() => Some("a loopback address (other nodes cannot reach it)"),
         IpAddr::V6(a) if a.to_ipv4_mapped().is_some() => {
             Some("an IPv4-mapped IPv6 address (advertise the IPv4 address itself)")
         }
@@ -1294,15 +1293,13 @@ mod startup_tests {
     /// peer could not send to is.
     #[test]
     fn advertise_addresses_peers_cannot_reach_are_refused() {
-        for ok in ["192.0.2.1", "2001:db8::1", "fd00:77::5"] {
+        for ok in ["192.0.2.1", "2001:db8::1", "fd00:77::5", "127.0.0.1", "::1"] {
             assert!(check_advertise_addr(ok.parse().unwrap()).is_ok(), "{ok}");
         }
         for (bad, why) in [
             ("0.0.0.0", "unspecified"),
             ("::", "unspecified"),
             ("ff02::1", "multicast"),
-            ("127.0.0.1", "loopback"),
-            ("::1", "loopback"),
             ("::ffff:192.0.2.1", "IPv4-mapped"),
             ("fe80::1", "link-local"),
         ] {
