@@ -3,7 +3,8 @@
 //! ones as WireGuard over IPv6 UDP, every datagram with a correct, nonzero UDP
 //! checksum (mandatory over IPv6), GSO runs included and also where the
 //! sending device cannot finish checksums; the Linux kernel's own VXLAN over
-//! IPv6 is a peer, with and without UDP checksums.
+//! IPv6 is a peer, with and without UDP checksums, and so is wireguard-go; the
+//! routing mesh's ingress network crosses it too.
 
 mod common;
 
@@ -533,5 +534,89 @@ fn a_published_port_reaches_a_task_across_an_ipv6_underlay() -> Result<()> {
         assert!(ask()?, "n1:8080 stopped answering");
     }
     assert!(stat(&t, &n1, "underlay_tx")? > 0 && stat(&t, &n2, "underlay_rx")? > 0);
+    Ok(())
+}
+
+/// A stock WireGuard peer (wireguard-go, the kernel's VXLAN over its wg0)
+/// reached over the IPv6 underlay: declared with `node add --advertise-addr`
+/// an IPv6 address, its WireGuard endpoint is that address.
+#[test]
+fn a_wireguard_go_peer_over_ipv6() -> Result<()> {
+    let mut t = Topology::with_underlay_v6("wgo6")?;
+    let n1 = t.add_node("n1")?;
+    let k = t.add_outside_host("k")?;
+    t.start_agent(&n1, &[])?;
+    let c1 = t.add_container("c1")?;
+    let ck = t.add_container("ck")?;
+    let nodes = t.cli_json(&n1, &["node", "ls"])?;
+    let n1j = nodes
+        .as_array()
+        .and_then(|a| a.iter().find(|n| n["name"] == "n1"))
+        .context("n1 in node ls")?;
+    let (n1_pub, n1_tun) = (
+        n1j["public_key"].as_str().context("key")?.to_string(),
+        n1j["tunnel_addr"].as_str().context("tunnel")?.to_string(),
+    );
+    let (k_priv, k_pub) = wg_keypair(&k.ns)?;
+    let n1_peer = WgPeer {
+        public_key: n1_pub,
+        endpoint: SocketAddr::new(n1.underlay_addr(), 51820),
+        tunnel_addr: n1_tun.parse()?,
+    };
+    let _wg = WgVxlanHost {
+        node: &k,
+        private_key: &k_priv,
+        tunnel_addr: "100.64.255.1".parse()?,
+        peers: std::slice::from_ref(&n1_peer),
+        vni: 6006,
+        container_ns: &ck,
+        container_cidr: "10.65.0.200/24",
+        // wg0's 1420 (1500 - IPv6 40 - UDP 8 - WireGuard 32) - VXLAN over IPv4 50
+        mtu: 1370,
+    }
+    .start(t.dir())?;
+    let k_addr = k.underlay_addr().to_string();
+    t.cli_ok(
+        &n1,
+        &[
+            "node",
+            "add",
+            "k",
+            "--advertise-addr",
+            &k_addr,
+            "--public-key",
+            &k_pub,
+            "--tunnel-addr",
+            "100.64.255.1",
+        ],
+    )?;
+    t.cli_ok(
+        &n1,
+        &[
+            "network",
+            "create",
+            "wgn",
+            "--encrypted",
+            "--subnet",
+            "10.65.0.0/24",
+            "--vni",
+            "6006",
+            "--peer-vtep",
+            "100.64.255.1",
+        ],
+    )?;
+    let e1 = endpoint(&t, &n1, "wgn", &c1, &[])?;
+    assert!(ping(&c1, "10.65.0.200", 5, None)?, "vxmesh -> wireguard-go");
+    assert!(ping(&ck, &e1.ip, 3, None)?, "wireguard-go -> vxmesh");
+    let srv = tcp_echo_server(&ck, "10.65.0.200:6100".parse()?)?;
+    tcp_echo(&c1, srv.local_addr(), 1 << 20)?;
+    let srv = tcp_echo_server(&c1, SocketAddr::new(e1.ip.parse()?, 6101))?;
+    tcp_echo(&ck, srv.local_addr(), 1 << 20)?;
+    // wireguard-go saw n1 at its IPv6 address
+    let eps = exec_ok(&k.ns, &["wg", "show", "wg-k", "endpoints"])?;
+    assert!(
+        eps.contains(&format!("[{}]:51820", n1.underlay_addr())),
+        "{eps}"
+    );
     Ok(())
 }
