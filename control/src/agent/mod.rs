@@ -904,17 +904,7 @@ impl Agent {
     /// node or `--peer-vtep` (and the reverse); each datagram to one counts as
     /// `tx_failed`. A cluster's nodes share one underlay family.
     fn warn_foreign_vteps(&self, sw: &vxmesh_dataplane::SwitchState) {
-        let mine = self.advertise_addr.is_ipv6();
-        let mut foreign: Vec<IpAddr> = sw
-            .networks
-            .values()
-            .filter(|n| !n.encrypted)
-            .flat_map(|n| n.members.iter().chain(&n.static_peers))
-            .filter(|a| a.is_ipv6() != mine)
-            .copied()
-            .collect();
-        foreign.sort();
-        foreign.dedup();
+        let foreign = foreign_vteps(sw, self.advertise_addr);
         let Ok(mut last) = self.foreign_vteps.lock() else {
             return;
         };
@@ -1111,6 +1101,23 @@ pub struct RealServer {
 }
 
 /// A 16-hex-digit endpoint id (the TAP name takes the first 12).
+/// The VTEPs of plain networks in `sw` of the other address family than
+/// `local`, sorted (encrypted networks' VTEPs are tunnel addresses, inside
+/// WireGuard, whatever the underlay).
+fn foreign_vteps(sw: &vxmesh_dataplane::SwitchState, local: IpAddr) -> Vec<IpAddr> {
+    let mut foreign: Vec<IpAddr> = sw
+        .networks
+        .values()
+        .filter(|n| !n.encrypted)
+        .flat_map(|n| n.members.iter().chain(&n.static_peers))
+        .filter(|a| a.is_ipv6() != local.is_ipv6())
+        .copied()
+        .collect();
+    foreign.sort();
+    foreign.dedup();
+    foreign
+}
+
 /// Refuses advertise addresses no peer could send VXLAN to: unspecified,
 /// multicast, IPv4-mapped IPv6 (say the IPv4 address itself), and IPv6
 /// link-local ones (meaningless without an interface, which the store does
@@ -1287,7 +1294,44 @@ mod liveness_tests {
 
 #[cfg(test)]
 mod startup_tests {
-    use super::check_advertise_addr;
+    use super::{check_advertise_addr, foreign_vteps};
+    use std::net::IpAddr;
+    use vxmesh_dataplane::{NetworkView, SwitchState};
+
+    /// An IPv6 node names the IPv4 VTEPs it cannot reach (members and static
+    /// peers of plain networks), not its own family's, nor encrypted networks'
+    /// tunnel addresses.
+    #[test]
+    fn vteps_of_the_other_family_are_found() {
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let mut sw = SwitchState::default();
+        sw.networks.insert(
+            1,
+            NetworkView {
+                vni: 1,
+                members: vec![ip("2001:db8::2"), ip("192.0.2.7")],
+                static_peers: vec![ip("192.0.2.9"), ip("2001:db8::9")],
+                ..Default::default()
+            },
+        );
+        sw.networks.insert(
+            2,
+            NetworkView {
+                vni: 2,
+                encrypted: true,
+                members: vec![ip("100.64.0.3")],
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            foreign_vteps(&sw, ip("2001:db8::1")),
+            vec![ip("192.0.2.7"), ip("192.0.2.9")]
+        );
+        assert_eq!(
+            foreign_vteps(&sw, ip("192.0.2.1")),
+            vec![ip("2001:db8::2"), ip("2001:db8::9")]
+        );
+    }
 
     /// Global and unique-local addresses of either family are fine; nothing a
     /// peer could not send to is.
