@@ -2,7 +2,7 @@
 //! bridge drivers. Interop tests put one next to vxmesh agents to prove the
 //! agents speak standard VXLAN, not just to each other.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{Context, Result};
 
@@ -33,18 +33,30 @@ impl KernelVxlanNode {
     /// container). Nothing needs tearing down explicitly: the links vanish
     /// with the namespaces when the `Topology` is dropped.
     pub fn setup(&self) -> Result<()> {
+        let peers: Vec<IpAddr> = self.peers.iter().map(|p| IpAddr::V4(*p)).collect();
+        self.setup_with_peers(&peers, &[])
+    }
+
+    /// [`KernelVxlanNode::setup`] with peers of either family: the device's
+    /// `local` is the node's underlay address ([`Node::underlay_addr`]), so on
+    /// an IPv6 underlay the kernel carries VXLAN over IPv6 (with UDP checksums,
+    /// its default: `udp6zerocsumtx` off). `vxlan_opts` go on the end of `ip link
+    /// add vx0 ... type vxlan` (e.g. `udp6zerocsumtx`). `self.peers` is not used.
+    pub fn setup_with_peers(&self, peers: &[IpAddr], vxlan_opts: &[&str]) -> Result<()> {
         let ns = self.node.ns.as_str();
         let cns = self.container_ns.as_str();
         let vni = self.vni.to_string();
-        let local = self.node.addr.to_string();
+        let local = self.node.underlay_addr().to_string();
         let mtu = self.mtu.to_string();
         let ip = |args: &[&str]| command::tool_ok("ip", args);
 
-        ip(&[
+        let mut add = vec![
             "-n", ns, "link", "add", "vx0", "mtu", &mtu, "type", "vxlan", "id", &vni, "local",
             &local, "dstport", VXLAN_PORT, "dev", "ul0",
-        ])?;
-        let peers: Vec<String> = self.peers.iter().map(|p| p.to_string()).collect();
+        ];
+        add.extend_from_slice(vxlan_opts);
+        ip(&add)?;
+        let peers: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
         bridge_to_container(ns, &peers, cns, &self.container_cidr, self.mtu)?;
         // Over a veth underlay the kernel leaves the inner TCP/UDP checksum
         // unfinished (CHECKSUM_PARTIAL) inside the VXLAN datagram, trusting the

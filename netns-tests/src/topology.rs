@@ -6,7 +6,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::hash::{Hash, Hasher};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +24,9 @@ use crate::netns;
 /// First three octets of every underlay address; the subnet only exists
 /// inside each topology's private underlay, so parallel topologies reuse it.
 const UNDERLAY_NET: [u8; 3] = [192, 168, 77];
+/// The /64 of an IPv6 underlay ([`Topology::with_underlay_v6`]): node `N` is
+/// `2001:db8:77::N` (documentation space, private to each topology as above).
+const UNDERLAY_NET6: [u16; 3] = [0x2001, 0xdb8, 0x77];
 const AGENT_READY_TIMEOUT: Duration = Duration::from_secs(15);
 const AGENT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -36,7 +39,22 @@ const START_FAILURE_LOG_LINES: usize = 40;
 pub struct Node {
     pub name: String,
     pub ns: String,
+    /// The node's IPv4 underlay address; `0.0.0.0` on an IPv6-only underlay
+    /// ([`Topology::with_underlay_v6`]), where no link has an IPv4 address.
     pub addr: Ipv4Addr,
+    /// The node's IPv6 underlay address, on an IPv6-only underlay only.
+    pub addr6: Option<Ipv6Addr>,
+}
+
+impl Node {
+    /// The address the node's agent advertises and its VXLAN leaves from:
+    /// IPv6 on an IPv6 underlay, else IPv4.
+    pub fn underlay_addr(&self) -> IpAddr {
+        match self.addr6 {
+            Some(a) => IpAddr::V6(a),
+            None => IpAddr::V4(self.addr),
+        }
+    }
 }
 
 struct Agent {
@@ -90,6 +108,10 @@ pub struct Topology {
     logged_nodes: Vec<String>,
     etcd: Option<Etcd>,
     host: Option<HostNode>,
+    /// The underlay links carry IPv6 only ([`Topology::with_underlay_v6`]).
+    underlay_v6: bool,
+    /// Each node's port on the underlay bridge (in the underlay namespace), by name.
+    underlay_ports: BTreeMap<String, String>,
 }
 
 impl Topology {
@@ -109,6 +131,46 @@ impl Topology {
         Ok(topo)
     }
 
+    /// A topology whose underlay is IPv6 only: each node's `ul0` gets
+    /// `2001:db8:77::N/64` and no IPv4 address (the links keep only their IPv6
+    /// link-local ones besides), and agents advertise that address, so VXLAN
+    /// (and WireGuard) cross the underlay over IPv6. SQLite store only.
+    pub fn with_underlay_v6(test_name: &str) -> Result<Topology> {
+        let mut topo = Self::bare(test_name)?;
+        topo.underlay_v6 = true;
+        // No MLD querier on the test bridge: without snooping, neighbour
+        // solicitations (multicast) reach every port whatever MLD state it saw.
+        let ul = topo.underlay_ns.clone();
+        ip(&[
+            "-n",
+            &ul,
+            "link",
+            "set",
+            "br0",
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ])?;
+        Ok(topo)
+    }
+
+    /// True when the underlay carries IPv6 only ([`Topology::with_underlay_v6`]).
+    pub fn underlay_is_v6(&self) -> bool {
+        self.underlay_v6
+    }
+
+    /// The namespace that holds the underlay bridge `br0` and the nodes' ports on it.
+    pub fn underlay_ns(&self) -> &str {
+        &self.underlay_ns
+    }
+
+    /// `node`'s port on the underlay bridge (a veth in [`Topology::underlay_ns`]):
+    /// what a test changes to act on everything that reaches the node.
+    pub fn underlay_port(&self, node: &Node) -> Option<&str> {
+        self.underlay_ports.get(&node.name).map(String::as_str)
+    }
+
     fn bare(test_name: &str) -> Result<Topology> {
         let prefix = unique_prefix(test_name);
         let dir = PathBuf::from(format!("/tmp/vxmesh-test-{prefix}"));
@@ -124,6 +186,8 @@ impl Topology {
             logged_nodes: Vec::new(),
             etcd: None,
             host: None,
+            underlay_v6: false,
+            underlay_ports: BTreeMap::new(),
         };
         let ul = topo.underlay_ns.clone();
         topo.create_ns(&ul)?;
@@ -285,6 +349,10 @@ impl Topology {
             self.host.is_none(),
             "this topology already has a host node (the root namespace has one underlay link)"
         );
+        ensure!(
+            !self.underlay_v6,
+            "a host node needs an IPv4 underlay (Topology::new or with_store)"
+        );
         ensure!(self.next_host < 255, "underlay /24 exhausted");
         let lock = crate::docker::file_lock(
             HOST_NODE_LOCK_PATH,
@@ -315,10 +383,12 @@ impl Topology {
         let cidr = format!("{addr}/24");
         ip(&["addr", "add", &cidr, "dev", &link])?;
         ip(&["link", "set", &link, "up"])?;
+        self.underlay_ports.insert(name.to_string(), port.clone());
         let node = Node {
             name: name.to_string(),
             ns,
             addr,
+            addr6: None,
         };
         self.set_node_resolver(&node, None)?;
         Ok(node)
@@ -366,7 +436,7 @@ impl Topology {
 
         let store = self.store_url();
         let api = self.socket(node);
-        let addr = node.addr.to_string();
+        let addr = node.underlay_addr().to_string();
         let data_dir = data_dir.display().to_string();
         // A host node's agent runs as it would on a real Docker host: straight in
         // the machine's namespaces. `ip netns exec` would give it a mount
@@ -513,13 +583,30 @@ impl Topology {
             "mtu", "1500", "netns", &ns,
         ])?;
         ip(&["-n", &ul, "link", "set", &port, "master", "br0", "up"])?;
-        let cidr = format!("{addr}/24");
-        ip(&["-n", &ns, "addr", "add", &cidr, "dev", "ul0"])?;
+        self.underlay_ports.insert(name.to_string(), port);
+        let addr6 = if self.underlay_v6 {
+            let [a, b, c] = UNDERLAY_NET6;
+            let a6 = Ipv6Addr::new(a, b, c, 0, 0, 0, 0, u16::from(host));
+            // nodad: usable at once (a tentative address cannot be bound), and
+            // every address in the topology is unique by construction
+            let cidr = format!("{a6}/64");
+            ip(&["-n", &ns, "addr", "add", &cidr, "dev", "ul0", "nodad"])?;
+            Some(a6)
+        } else {
+            let cidr = format!("{addr}/24");
+            ip(&["-n", &ns, "addr", "add", &cidr, "dev", "ul0"])?;
+            None
+        };
         ip(&["-n", &ns, "link", "set", "ul0", "up"])?;
         Ok(Node {
             name: name.to_string(),
             ns,
-            addr,
+            addr: if addr6.is_some() {
+                Ipv4Addr::UNSPECIFIED
+            } else {
+                addr
+            },
+            addr6,
         })
     }
 

@@ -90,6 +90,41 @@ pub async fn enable_ipv6_in(netns: &Path, dev: &str) -> Result<(), PlumbError> {
         .map(|_| ())
 }
 
+/// What the kernel says of one of this namespace's addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressState {
+    /// Usable: sockets can bind it and send from it.
+    Ready,
+    /// IPv6 duplicate address detection still runs (about a second after the
+    /// address is added or its link comes up); it cannot be bound yet.
+    Tentative,
+    /// Duplicate address detection found another host with it.
+    DadFailed,
+}
+
+/// The state of `addr` among the agent's namespace's addresses (`None`: not one).
+pub async fn address_state(addr: std::net::IpAddr) -> Result<Option<AddressState>, PlumbError> {
+    let out = ip(&["-j", "addr", "show"]).await?;
+    let links: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    let want = addr.to_string();
+    Ok(links
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l["addr_info"].as_array())
+        .flatten()
+        .find(|a| a["local"].as_str() == Some(want.as_str()))
+        .map(|a| {
+            if a["dadfailed"].as_bool() == Some(true) {
+                AddressState::DadFailed
+            } else if a["tentative"].as_bool() == Some(true) {
+                AddressState::Tentative
+            } else {
+                AddressState::Ready
+            }
+        }))
+}
+
 /// The MTU of the interface that holds `addr` in the agent's namespace.
 pub async fn mtu_of_address(addr: std::net::IpAddr) -> Result<Option<u32>, PlumbError> {
     let out = ip(&["-j", "addr", "show"]).await?;

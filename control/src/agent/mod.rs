@@ -23,6 +23,7 @@ use std::time::Duration;
 pub use switch_state::Mtus;
 use thiserror::Error;
 use vxmesh_dataplane::io::dataplane::Dataplane;
+use vxmesh_dataplane::io::underlay;
 use vxmesh_dataplane::{Counters, PortId, VXLAN_PORT};
 
 /// Bytes VXLAN adds over IPv4: outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14.
@@ -128,6 +129,9 @@ pub struct Agent {
     attached: std::sync::atomic::AtomicUsize,
     /// The tunnel peers last handed to the worker, to log changes only.
     tunnel_peers: std::sync::Mutex<Vec<String>>,
+    /// VTEPs of plain networks in the other address family than this node's
+    /// underlay, last warned about (to log changes only).
+    foreign_vteps: std::sync::Mutex<Vec<IpAddr>>,
     /// The routing mesh's sandbox TAP, when it could be made.
     sandbox: Option<ingress::Sandbox>,
     /// The nftables table last applied (empty: none yet).
@@ -142,10 +146,12 @@ pub struct Agent {
 
 impl Agent {
     pub async fn start(cfg: &AgentConfig) -> anyhow::Result<Arc<Agent>> {
+        check_advertise_addr(cfg.advertise_addr)?;
         let store: Arc<dyn Store> = {
             let url = cfg.store.clone();
             Arc::from(tokio::task::spawn_blocking(move || store::open(&url)).await??)
         };
+        wait_address_usable(cfg.advertise_addr).await?;
         let underlay_mtu = iproute::mtu_of_address(cfg.advertise_addr)
             .await?
             .with_context(|| {
@@ -169,20 +175,16 @@ impl Agent {
             ),
             None => None,
         };
-        let wg = std::net::UdpSocket::bind(std::net::SocketAddr::new(
-            if cfg.advertise_addr.is_ipv4() {
-                IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
-            } else {
-                IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
-            },
-            cfg.wg_port,
-        ))
-        .with_context(|| {
-            format!(
-                "cannot bind the WireGuard socket (udp/{}): pass another --wg-port",
-                cfg.wg_port
-            )
-        })?;
+        // WireGuard crosses the underlay in its family too (IPv6-only socket
+        // over IPv6, like the VXLAN ones); what it carries stays IPv4 between
+        // tunnel addresses either way
+        let wg = underlay::bind_udp(underlay::any_of(cfg.advertise_addr, cfg.wg_port), false)
+            .with_context(|| {
+                format!(
+                    "cannot bind the WireGuard socket (udp/{}): pass another --wg-port",
+                    cfg.wg_port
+                )
+            })?;
         let workers = cfg.workers.unwrap_or_else(|| {
             std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -226,6 +228,7 @@ impl Agent {
             last_rotation: std::sync::Mutex::new(std::time::Instant::now()),
             last_state: std::sync::Mutex::new(ClusterState::default()),
             tunnel_peers: std::sync::Mutex::new(Vec::new()),
+            foreign_vteps: std::sync::Mutex::new(Vec::new()),
             store_ok: std::sync::atomic::AtomicBool::new(true),
             down: std::sync::Mutex::new(Default::default()),
             dns_upstream: upstream_resolvers(),
@@ -899,7 +902,28 @@ impl Agent {
         if let Some(ing) = sw.ingress.as_mut() {
             ing.rate_limit.clone_from(&self.ingress_limit);
         }
+        self.warn_foreign_vteps(&sw);
         self.worker.publish(sw);
+    }
+
+    /// Says (once per change) which VTEPs this node cannot reach because they
+    /// are in the other address family: the underlay sockets are of the
+    /// advertised address's family, so an IPv6 node sends no VXLAN to an IPv4
+    /// node or `--peer-vtep` (and the reverse); each datagram to one counts as
+    /// `tx_failed`. A cluster's nodes share one underlay family.
+    fn warn_foreign_vteps(&self, sw: &vxmesh_dataplane::SwitchState) {
+        let foreign = foreign_vteps(sw, self.advertise_addr);
+        let Ok(mut last) = self.foreign_vteps.lock() else {
+            return;
+        };
+        if *last != foreign && !foreign.is_empty() {
+            tracing::warn!(
+                vteps = ?foreign,
+                underlay = %self.advertise_addr,
+                "VTEPs in the other address family than this node's underlay are unreachable from here: give every node (and --peer-vtep) addresses of one family"
+            );
+        }
+        *last = foreign;
     }
 
     /// Creates an endpoint on this node: checks, stores, attaches; on any failure
@@ -1085,6 +1109,72 @@ pub struct RealServer {
 }
 
 /// A 16-hex-digit endpoint id (the TAP name takes the first 12).
+/// The VTEPs of plain networks in `sw` of the other address family than
+/// `local`, sorted (encrypted networks' VTEPs are tunnel addresses, inside
+/// WireGuard, whatever the underlay).
+fn foreign_vteps(sw: &vxmesh_dataplane::SwitchState, local: IpAddr) -> Vec<IpAddr> {
+    let mut foreign: Vec<IpAddr> = sw
+        .networks
+        .values()
+        .filter(|n| !n.encrypted)
+        .flat_map(|n| n.members.iter().chain(&n.static_peers))
+        .filter(|a| a.is_ipv6() != local.is_ipv6())
+        .copied()
+        .collect();
+    foreign.sort();
+    foreign.dedup();
+    foreign
+}
+
+/// Refuses advertise addresses no peer could send VXLAN to: unspecified,
+/// multicast, IPv4-mapped IPv6 (say the IPv4 address itself), and IPv6
+/// link-local ones (meaningless without an interface, which the store does
+/// not record). Loopback stays allowed: a one-node trial needs no peer.
+fn check_advertise_addr(addr: IpAddr) -> anyhow::Result<()> {
+    let why = match addr {
+        a if a.is_unspecified() => Some("the unspecified address"),
+        a if a.is_multicast() => Some("a multicast address"),
+        IpAddr::V6(a) if a.to_ipv4_mapped().is_some() => {
+            Some("an IPv4-mapped IPv6 address (advertise the IPv4 address itself)")
+        }
+        IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80 => Some(
+            "an IPv6 link-local address (peers would need to know its interface): advertise a global or unique-local (fd00::/8) one",
+        ),
+        _ => None,
+    };
+    match why {
+        Some(why) => anyhow::bail!("--advertise-addr {addr} is {why}"),
+        None => Ok(()),
+    }
+}
+
+/// How long start-up waits for a tentative IPv6 `--advertise-addr` to pass
+/// duplicate address detection (the kernel's default takes about a second).
+const DAD_WAIT: Duration = Duration::from_secs(5);
+
+/// Waits while the advertised address is still tentative (an IPv6 address just
+/// added, or whose link just came up, cannot be bound yet: binding the send
+/// sockets would fail with a puzzling "cannot assign requested address");
+/// refuses one that failed duplicate address detection.
+async fn wait_address_usable(addr: IpAddr) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + DAD_WAIT;
+    loop {
+        match iproute::address_state(addr).await? {
+            Some(iproute::AddressState::DadFailed) => anyhow::bail!(
+                "--advertise-addr {addr} failed duplicate address detection (another host on the link has it): give this node another address"
+            ),
+            Some(iproute::AddressState::Tentative) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Some(iproute::AddressState::Tentative) => anyhow::bail!(
+                "--advertise-addr {addr} is still tentative (IPv6 duplicate address detection) after {DAD_WAIT:?}: is its link up?"
+            ),
+            // Ready, or absent (the MTU look-up that follows says so)
+            _ => return Ok(()),
+        }
+    }
+}
+
 fn new_id() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
@@ -1207,5 +1297,66 @@ mod liveness_tests {
         // once that window has passed, silence counts again
         let down = down_nodes(&st, "me", &beats, 13_500, 9_000, 4_000);
         assert_eq!(down.into_iter().collect::<Vec<_>>(), ["b", "c"]);
+    }
+}
+
+#[cfg(test)]
+mod startup_tests {
+    use super::{check_advertise_addr, foreign_vteps};
+    use std::net::IpAddr;
+    use vxmesh_dataplane::{NetworkView, SwitchState};
+
+    /// An IPv6 node names the IPv4 VTEPs it cannot reach (members and static
+    /// peers of plain networks), not its own family's, nor encrypted networks'
+    /// tunnel addresses.
+    #[test]
+    fn vteps_of_the_other_family_are_found() {
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let mut sw = SwitchState::default();
+        sw.networks.insert(
+            1,
+            NetworkView {
+                vni: 1,
+                members: vec![ip("2001:db8::2"), ip("192.0.2.7")],
+                static_peers: vec![ip("192.0.2.9"), ip("2001:db8::9")],
+                ..Default::default()
+            },
+        );
+        sw.networks.insert(
+            2,
+            NetworkView {
+                vni: 2,
+                encrypted: true,
+                members: vec![ip("100.64.0.3")],
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            foreign_vteps(&sw, ip("2001:db8::1")),
+            vec![ip("192.0.2.7"), ip("192.0.2.9")]
+        );
+        assert_eq!(
+            foreign_vteps(&sw, ip("192.0.2.1")),
+            vec![ip("2001:db8::2"), ip("2001:db8::9")]
+        );
+    }
+
+    /// Global and unique-local addresses of either family are fine; nothing a
+    /// peer could not send to is.
+    #[test]
+    fn advertise_addresses_peers_cannot_reach_are_refused() {
+        for ok in ["192.0.2.1", "2001:db8::1", "fd00:77::5", "127.0.0.1", "::1"] {
+            assert!(check_advertise_addr(ok.parse().unwrap()).is_ok(), "{ok}");
+        }
+        for (bad, why) in [
+            ("0.0.0.0", "unspecified"),
+            ("::", "unspecified"),
+            ("ff02::1", "multicast"),
+            ("::ffff:192.0.2.1", "IPv4-mapped"),
+            ("fe80::1", "link-local"),
+        ] {
+            let e = check_advertise_addr(bad.parse().unwrap()).unwrap_err();
+            assert!(e.to_string().contains(why), "{bad}: {e}");
+        }
     }
 }

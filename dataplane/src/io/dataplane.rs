@@ -19,7 +19,7 @@ use crate::tunnel::TunnelConfig;
 use arc_swap::ArcSwap;
 use rustc_hash::FxHashMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, UdpSocket};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -96,11 +96,12 @@ impl Dataplane {
         wireguard: Option<UdpSocket>,
         limits: Limits,
     ) -> io::Result<Self> {
-        let any: IpAddr = match local {
-            IpAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
-            IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
-        };
-        drop(UdpSocket::bind(SocketAddr::new(any, vxlan_port))?);
+        // the same kind of socket the workers bind (IPv6-only over IPv6), so
+        // the probe fails exactly when theirs would share the port
+        drop(crate::io::underlay::bind_udp(
+            crate::io::underlay::any_of(local, vxlan_port),
+            false,
+        )?);
         let state = Arc::new(ArcSwap::from_pointee(SwitchState::default()));
         let conntrack = Arc::new(std::sync::Mutex::new(crate::conntrack::Conntrack::new(
             limits.conntrack,

@@ -69,6 +69,57 @@ pub fn send(s: &UdpSocket, to: SocketAddr, buf: &[u8], seg: u16) -> io::Result<(
     Ok(())
 }
 
+/// Sends a run of `seg`-byte datagrams (the last may be shorter) to `to`: in
+/// one GSO `sendmsg` while `*gso` holds, else one `send_to` each.
+///
+/// UDP GSO needs the outgoing device to finish each segment's UDP checksum
+/// (IPv4 and IPv6 alike); where it cannot (a NIC, or a veth, with `tx off`) the
+/// kernel refuses the whole run with `EIO` rather than send it without
+/// checksums. Then `*gso` turns false for good (as quinn-udp does) and the
+/// datagrams go singly, each with a checksum the kernel computes in software.
+/// Any other GSO refusal (`EINVAL`: a segment larger than the path MTU allows,
+/// `EMSGSIZE`) sends this run singly too, where the kernel may fragment it, and
+/// tries GSO again next time. Returns how many datagrams left; an error only
+/// when none did.
+pub fn send_run(
+    s: &UdpSocket,
+    to: SocketAddr,
+    buf: &[u8],
+    seg: u16,
+    gso: &mut bool,
+) -> io::Result<usize> {
+    let count = buf.len().div_ceil(usize::from(seg).max(1));
+    if *gso && count > 1 {
+        match send(s, to, buf, seg) {
+            Ok(()) => return Ok(count),
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => {
+                *gso = false;
+                tracing::warn!(
+                    error = %e,
+                    %to,
+                    "UDP GSO refused (the device cannot finish UDP checksums?): sending datagrams one by one from now on"
+                );
+            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::EMSGSIZE)) => {
+                tracing::debug!(error = %e, %to, seg, "GSO send refused; this run goes singly");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let mut sent = 0;
+    let mut last = None;
+    for d in buf.chunks(usize::from(seg).max(1)) {
+        match s.send_to(d, to) {
+            Ok(_) => sent += 1,
+            Err(e) => last = Some(e),
+        }
+    }
+    match last {
+        Some(e) if sent == 0 => Err(e),
+        _ => Ok(sent),
+    }
+}
+
 pub fn enable_gro(s: &UdpSocket) -> io::Result<()> {
     let one: libc::c_int = 1;
     // SAFETY: an int option of the size passed.
@@ -258,6 +309,61 @@ pub fn recv_many(s: &UdpSocket, bufs: &mut [Vec<u8>], meta: &mut [RecvMeta]) -> 
         };
     }
     Ok(got as usize)
+}
+
+#[cfg(test)]
+mod send_run_tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn pair(lo: &str) -> (UdpSocket, UdpSocket) {
+        let rx = UdpSocket::bind((lo, 0)).unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        (rx, UdpSocket::bind((lo, 0)).unwrap())
+    }
+
+    fn sizes(rx: &UdpSocket, n: usize) -> Vec<usize> {
+        let mut buf = [0u8; 2048];
+        (0..n).map(|_| rx.recv_from(&mut buf).unwrap().0).collect()
+    }
+
+    /// Over IPv6 too, a run leaves in one GSO send as separate datagrams.
+    #[test]
+    fn a_run_over_ipv6_is_one_gso_send() {
+        let (rx, tx) = pair("::1");
+        let mut gso = true;
+        let buf = vec![9u8; 1000 * 3 + 200];
+        let n = send_run(&tx, rx.local_addr().unwrap(), &buf, 1000, &mut gso).unwrap();
+        assert_eq!((n, gso), (4, true));
+        assert_eq!(sizes(&rx, 4), vec![1000, 1000, 1000, 200]);
+    }
+
+    /// A run the kernel refuses (here: more segments than UDP_MAX_SEGMENTS,
+    /// EINVAL) goes out singly instead of being lost, and GSO stays on for the
+    /// next run (only EIO, a device that cannot checksum, turns it off).
+    #[test]
+    fn a_refused_run_goes_singly() {
+        let (rx, tx) = pair("::1");
+        let mut gso = true;
+        let buf = vec![1u8; 10 * 200];
+        let to = rx.local_addr().unwrap();
+        let e = send(&tx, to, &buf, 10).expect_err("more than UDP_MAX_SEGMENTS");
+        assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+        let n = send_run(&tx, rx.local_addr().unwrap(), &buf, 10, &mut gso).unwrap();
+        assert_eq!((n, gso), (200, true));
+        assert_eq!(sizes(&rx, 200), vec![10; 200]);
+    }
+
+    /// With GSO off, one send per datagram.
+    #[test]
+    fn without_gso_one_send_each() {
+        let (rx, tx) = pair("127.0.0.1");
+        let mut gso = false;
+        let buf = vec![1u8; 250];
+        let n = send_run(&tx, rx.local_addr().unwrap(), &buf, 100, &mut gso).unwrap();
+        assert_eq!((n, gso), (3, false));
+        assert_eq!(sizes(&rx, 3), vec![100, 100, 50]);
+    }
 }
 
 #[cfg(test)]

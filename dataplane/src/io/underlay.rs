@@ -5,8 +5,20 @@
 //! receiver's RSS). A kernel UDP socket has one source port, so the worker picks a
 //! socket of the pool by the inner flow's hash. Kernel UDP sockets also fill in a
 //! real outer checksum, which the receiver's UDP GRO needs.
+//!
+//! The underlay is IPv4 or IPv6, the family of the advertised address. Over IPv6
+//! the outer UDP checksum is mandatory (RFC 8200; RFC 6935 relaxes it for tunnels
+//! only by configuration): our send sockets never turn it off
+//! (`UDP_NO_CHECK6_TX` stays 0, and the kernel refuses UDP GSO without a
+//! checksum anyway), while the receive sockets accept a zero checksum
+//! (`UDP_NO_CHECK6_RX`, what the kernel's `udp6zerocsumrx` does), since RFC 7348
+//! says a VTEP must accept a datagram whose UDP checksum is zero and a kernel
+//! VXLAN peer made with `udp6zerocsumtx` sends exactly that. IPv6 sockets are
+//! IPv6-only (`IPV6_V6ONLY`): a node's underlay has one family, and IPv4 on the
+//! same port (a kernel VXLAN device, another agent) is left alone.
 
 use super::gso;
+use std::cell::Cell;
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 
@@ -14,40 +26,92 @@ pub struct Underlay {
     pub rx: UdpSocket,
     tx: Vec<UdpSocket>,
     port: u16,
+    /// False once a GSO send failed with `EIO`: the route's device cannot
+    /// finish UDP checksums (e.g. `ethtool -K DEV tx off`), which UDP GSO
+    /// needs; runs are then sent one datagram per call. Per worker, never
+    /// shared: a `Cell`.
+    gso: Cell<bool>,
 }
 
-/// A UDP socket with `SO_REUSEPORT`, so each worker has its own on 4789 and the
-/// kernel spreads flows over them by their 4-tuple (one flow, one worker).
-fn bind_reuseport(addr: SocketAddr) -> io::Result<UdpSocket> {
+/// `IPPROTO_UDPV6` options (linux/udp.h): skip the UDP checksum on send, accept
+/// a zero one on receive.
+const UDP_NO_CHECK6_TX: libc::c_int = 101;
+const UDP_NO_CHECK6_RX: libc::c_int = 102;
+
+fn set_udp_opt(s: &UdpSocket, opt: libc::c_int, v: bool) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let v = libc::c_int::from(v);
+    // SAFETY: an int option of the size passed, on a live socket.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_UDP,
+            opt,
+            &v as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as u32,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A UDP socket bound to `addr`; IPv6 ones IPv6-only. `reuse_port`: with
+/// `SO_REUSEPORT`, so each worker has its own on 4789 and the kernel spreads
+/// flows over them by their 4-tuple (one flow, one worker).
+pub fn bind_udp(addr: SocketAddr, reuse_port: bool) -> io::Result<UdpSocket> {
     let domain = if addr.is_ipv4() {
         socket2::Domain::IPV4
     } else {
         socket2::Domain::IPV6
     };
     let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
-    s.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    if reuse_port {
+        s.set_reuse_port(true)?;
+    }
     s.bind(&addr.into())?;
     Ok(s.into())
+}
+
+/// The unspecified address of `local`'s family, port `port`: where the agent's
+/// receiving sockets listen.
+pub fn any_of(local: IpAddr, port: u16) -> SocketAddr {
+    match local {
+        IpAddr::V4(_) => SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), port),
+        IpAddr::V6(_) => SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), port),
+    }
 }
 
 impl Underlay {
     /// Binds `[::]`/`0.0.0.0`:`port` for receiving and `pool` send sockets on
     /// `local` (so datagrams leave from the advertised address that peers check).
     pub fn bind(local: IpAddr, port: u16, pool: usize) -> io::Result<Self> {
-        let any: IpAddr = match local {
-            IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-            IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
-        };
-        let rx = bind_reuseport(SocketAddr::new(any, port))?;
+        let rx = bind_udp(any_of(local, port), true)?;
         rx.set_nonblocking(true)?;
+        if local.is_ipv6() {
+            set_udp_opt(&rx, UDP_NO_CHECK6_RX, true)?;
+        }
         let tx = (0..pool.max(1))
             .map(|_| {
-                let s = UdpSocket::bind(SocketAddr::new(local, 0))?;
+                let s = bind_udp(SocketAddr::new(local, 0), false)?;
                 s.set_nonblocking(true)?;
+                if local.is_ipv6() {
+                    // the default; said, so no inherited setting can zero our checksums
+                    set_udp_opt(&s, UDP_NO_CHECK6_TX, false)?;
+                }
                 Ok(s)
             })
             .collect::<io::Result<Vec<_>>>()?;
-        Ok(Self { rx, tx, port })
+        Ok(Self {
+            rx,
+            tx,
+            port,
+            gso: Cell::new(true),
+        })
     }
 
     /// Sends one VXLAN datagram to `vtep` from the socket that `flow_hash` selects.
@@ -59,10 +123,26 @@ impl Underlay {
 
     /// Sends `buf`, a run of equal-sized VXLAN datagrams (`seg` bytes each, the last
     /// may be shorter), to `vtep` in one `sendmsg` with `UDP_SEGMENT`: the kernel
-    /// (or the NIC) cuts them apart, one syscall for up to 64 datagrams.
-    pub fn send_gso(&self, flow_hash: u32, vtep: IpAddr, buf: &[u8], seg: u16) -> io::Result<()> {
+    /// (or the NIC) cuts them apart, one syscall for up to 64 datagrams. Where
+    /// the kernel will not (see [`gso::send_run`]) they go one by one. Returns
+    /// how many datagrams were sent.
+    pub fn send_gso(
+        &self,
+        flow_hash: u32,
+        vtep: IpAddr,
+        buf: &[u8],
+        seg: u16,
+    ) -> io::Result<usize> {
         let s = &self.tx[flow_hash as usize % self.tx.len()];
-        gso::send(s, SocketAddr::new(vtep, self.port), buf, seg)
+        let mut gso = self.gso.get();
+        let r = gso::send_run(s, SocketAddr::new(vtep, self.port), buf, seg, &mut gso);
+        self.gso.set(gso);
+        r
+    }
+
+    /// Whether runs still leave as one GSO send (false after the kernel said `EIO`).
+    pub fn gso_enabled(&self) -> bool {
+        self.gso.get()
     }
 
     /// Turns on UDP GRO on the receive socket: the kernel hands over runs of
@@ -82,7 +162,67 @@ impl Underlay {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsRawFd;
     use std::time::Duration;
+
+    fn udp_opt(s: &UdpSocket, opt: libc::c_int) -> libc::c_int {
+        let mut v: libc::c_int = -1;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: an int option into a live int of the size passed.
+        let rc = unsafe {
+            libc::getsockopt(
+                s.as_raw_fd(),
+                libc::IPPROTO_UDP,
+                opt,
+                &mut v as *mut libc::c_int as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+        v
+    }
+
+    /// Over IPv6 the receive socket is IPv6-only (IPv4 on the same port stays
+    /// free) and takes zero-checksum datagrams; the send sockets keep their
+    /// checksums; datagrams leave from the bound IPv6 address.
+    #[test]
+    fn an_ipv6_underlay_binds_ipv6_only_and_keeps_checksums() {
+        let lo: IpAddr = "::1".parse().unwrap();
+        let sink = UdpSocket::bind((lo, 0)).unwrap();
+        sink.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let u = Underlay {
+            port: sink.local_addr().unwrap().port(),
+            ..Underlay::bind(lo, 0, 4).unwrap()
+        };
+        let rx = u.rx.local_addr().unwrap();
+        assert_eq!(rx.ip(), IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
+        UdpSocket::bind(("0.0.0.0", rx.port())).expect("IPv4 on the port is left free");
+        assert_eq!(udp_opt(&u.rx, UDP_NO_CHECK6_RX), 1);
+        for s in &u.tx {
+            assert_eq!(udp_opt(s, UDP_NO_CHECK6_TX), 0);
+        }
+        u.send(7, lo, b"vxlan").unwrap();
+        let mut buf = [0u8; 16];
+        let (n, from) = sink.recv_from(&mut buf).unwrap();
+        assert_eq!((&buf[..n], from.ip()), (&b"vxlan"[..], lo));
+        // a run of three leaves in one GSO send and arrives as three datagrams
+        let run = [[1u8; 100], [2; 100], [3; 100]].concat();
+        assert_eq!(u.send_gso(7, lo, &run, 100).unwrap(), 3);
+        let mut big = [0u8; 256];
+        for i in 1..=3u8 {
+            let (n, _) = sink.recv_from(&mut big).unwrap();
+            assert_eq!((n, big[0]), (100, i));
+        }
+        assert!(u.gso_enabled());
+    }
+
+    /// An IPv4 underlay's sockets are as before: the family of the address.
+    #[test]
+    fn an_ipv4_underlay_binds_ipv4() {
+        let u = Underlay::bind("127.0.0.1".parse().unwrap(), 0, 1).unwrap();
+        assert!(u.rx.local_addr().unwrap().is_ipv4());
+        assert!(u.tx[0].local_addr().unwrap().is_ipv4());
+    }
 
     /// Flows go out from different source ports, each flow always from the same one,
     /// and from the bound address (loopback here, so the test needs no namespace).

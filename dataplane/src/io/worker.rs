@@ -110,6 +110,7 @@ impl WorkerHandle {
             published: counters.clone(),
             start,
             wg: wireguard,
+            wg_gso: true,
             tunnels: Tunnels::new(),
         };
         if let Some(wg) = &w.wg {
@@ -229,6 +230,8 @@ struct Worker {
     start: Instant,
     index: usize,
     wg: Option<std::net::UdpSocket>,
+    /// Whether WireGuard runs still leave as one GSO send (see [`gso::send_run`]).
+    wg_gso: bool,
     tunnels: Tunnels,
 }
 
@@ -304,24 +307,22 @@ impl GsoBatch {
     }
 }
 
-/// Sends what a WireGuard batch holds on the WireGuard socket.
-fn flush_wg(b: &mut GsoBatch, wg: &Option<std::net::UdpSocket>, c: &mut Counters) {
+/// Sends what a WireGuard batch holds on the WireGuard socket (one GSO send
+/// while `gso` holds; see [`gso::send_run`]).
+fn flush_wg(b: &mut GsoBatch, wg: &Option<std::net::UdpSocket>, gso: &mut bool, c: &mut Counters) {
     let (Some(to), Some(sock)) = (b.to, wg.as_ref()) else {
         b.clear();
         return;
     };
     let r = if b.count == 1 {
-        sock.send_to(&b.buf, to).map(|_| ())
+        sock.send_to(&b.buf, to).map(|_| 1)
     } else {
-        gso::send(sock, to, &b.buf, b.seg as u16)
+        gso::send_run(sock, to, &b.buf, b.seg as u16, gso)
     };
-    match r {
-        Ok(()) => c.tunnel_tx += b.count as u64,
-        Err(_) => {
-            for _ in 0..b.count {
-                c.drop(DropReason::TxFailed);
-            }
-        }
+    let sent = r.unwrap_or(0).min(b.count);
+    c.tunnel_tx += sent as u64;
+    for _ in sent..b.count {
+        c.drop(DropReason::TxFailed);
     }
     b.clear();
 }
@@ -668,7 +669,12 @@ impl Worker {
             }
         }
         self.flush_coalescer();
-        flush_wg(&mut self.wg_batch, &self.wg, &mut self.switch.counters);
+        flush_wg(
+            &mut self.wg_batch,
+            &self.wg,
+            &mut self.wg_gso,
+            &mut self.switch.counters,
+        );
         more
     }
 
@@ -682,15 +688,16 @@ impl Worker {
             self.switch.counters.drop(DropReason::TooBig);
             return;
         };
-        let (wg, tunnels, c, b) = (
+        let (wg, tunnels, c, b, g) = (
             &self.wg,
             &mut self.tunnels,
             &mut self.switch.counters,
             &mut self.wg_batch,
+            &mut self.wg_gso,
         );
         let r = tunnels.send_to(dst, packet, &mut |d, to| {
             if !b.joins(to, 0, d.len()) {
-                flush_wg(b, wg, c);
+                flush_wg(b, wg, g, c);
             }
             b.add(to, 0, d);
         });
@@ -795,7 +802,12 @@ impl Worker {
             p.traffic.rx(self.index, pkts, bytes);
         }
         self.flush_batch();
-        flush_wg(&mut self.wg_batch, &self.wg, &mut self.switch.counters);
+        flush_wg(
+            &mut self.wg_batch,
+            &self.wg,
+            &mut self.wg_gso,
+            &mut self.switch.counters,
+        );
         more
     }
 
@@ -831,18 +843,15 @@ impl Worker {
         let b = &mut self.batch;
         let Some(to) = b.to else { return };
         let r = if b.count == 1 {
-            self.underlay.send(b.hash, to.ip(), &b.buf)
+            self.underlay.send(b.hash, to.ip(), &b.buf).map(|()| 1)
         } else {
             self.underlay
                 .send_gso(b.hash, to.ip(), &b.buf, b.seg as u16)
         };
-        match r {
-            Ok(()) => self.switch.counters.underlay_tx += b.count as u64,
-            Err(_) => {
-                for _ in 0..b.count {
-                    self.switch.counters.drop(DropReason::TxFailed);
-                }
-            }
+        let sent = r.unwrap_or(0).min(b.count);
+        self.switch.counters.underlay_tx += sent as u64;
+        for _ in sent..b.count {
+            self.switch.counters.drop(DropReason::TxFailed);
         }
         b.clear();
     }
