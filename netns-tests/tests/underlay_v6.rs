@@ -486,8 +486,8 @@ fn kernel_vxlan_over_ipv6_is_a_peer() -> Result<()> {
 }
 
 /// The routing mesh's ingress network crosses an IPv6 underlay too: a port
-/// published on n1, asked on n1 itself (there is no IPv4 on the underlay for
-/// an outside client to come by), reaches the task on n2 and answers.
+/// published on n1, asked on n1 itself and by an outside client at either
+/// node's IPv6 address, reaches the task on n2 and answers.
 #[test]
 fn a_published_port_reaches_a_task_across_an_ipv6_underlay() -> Result<()> {
     let mut t = Topology::with_underlay_v6("ingv6")?;
@@ -511,9 +511,11 @@ fn a_published_port_reaches_a_task_across_an_ipv6_underlay() -> Result<()> {
             "8080:80",
         ],
     )?;
+    let client = t.add_outside_host("client")?;
     let web = t.add_container("web1")?;
     endpoint(&t, &n2, "app", &web, &["--service", "web"])?;
-    let _srv = answer_server(&web, "0.0.0.0:80".parse()?, false, |_| "web".into())?;
+    // IPv6 clients arrive on the task's IPv6 ingress address
+    let _srv = answer_server(&web, "[::]:80".parse()?, false, |_| "web".into())?;
     let dst: SocketAddr = "127.0.0.1:8080".parse()?;
     let ask = || -> Result<bool> {
         let got = in_netns(&n1.ns, move || {
@@ -534,6 +536,26 @@ fn a_published_port_reaches_a_task_across_an_ipv6_underlay() -> Result<()> {
         assert!(ask()?, "n1:8080 stopped answering");
     }
     assert!(stat(&t, &n1, "underlay_tx")? > 0 && stat(&t, &n2, "underlay_rx")? > 0);
+    // from outside, over the nodes' IPv6 addresses
+    for n in [&n1, &n2] {
+        let dst = SocketAddr::new(n.underlay_addr(), 8080);
+        let ask = || -> Result<bool> {
+            let got = in_netns(&client.ns, move || {
+                use std::io::Read;
+                let mut c =
+                    std::net::TcpStream::connect_timeout(&dst, Duration::from_secs(2)).ok()?;
+                c.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+                let mut s = String::new();
+                c.read_to_string(&mut s).ok()?;
+                Some(s)
+            })?;
+            Ok(got.as_deref() == Some("web"))
+        };
+        assert!(
+            eventually(Duration::from_secs(10), ask)?,
+            "{dst} did not answer the outside client"
+        );
+    }
     Ok(())
 }
 
