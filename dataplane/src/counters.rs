@@ -24,7 +24,8 @@ pub enum DropReason {
     UnknownPort,
     /// A unicast frame from the underlay for a MAC that is not on this node.
     NoLocalDestination,
-    /// Addressed to the network's gateway; nothing routes yet on this network.
+    /// Addressed to the network's gateway for nothing it answers or routes: not
+    /// a VIP, not outside every overlay (another network's subnet, say).
     NoRoute,
     /// The learned-FDB table is full; the frame still went out (flooded).
     LearnedFdbFull,
@@ -64,10 +65,16 @@ pub enum DropReason {
     /// A new ingress connection over its source address's rate
     /// (`--ingress-rate-limit`); dropped unanswered.
     IngressRateLimited,
+    /// A packet for outside every overlay from an endpoint of an `--internal`
+    /// network, which has no egress.
+    Internal,
+    /// A packet the kernel routed into the egress TAP for an address that is no
+    /// attached endpoint (on this node) of a network with egress.
+    EgressNoEndpoint,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 27] = [
+    pub const ALL: [DropReason; 29] = [
         DropReason::Malformed,
         DropReason::BadVxlanHeader,
         DropReason::UnknownVni,
@@ -95,6 +102,8 @@ impl DropReason {
         DropReason::PolicyDrop,
         DropReason::PolicyReject,
         DropReason::IngressRateLimited,
+        DropReason::Internal,
+        DropReason::EgressNoEndpoint,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -126,6 +135,8 @@ impl DropReason {
             DropReason::PolicyDrop => "policy_drop",
             DropReason::PolicyReject => "policy_reject",
             DropReason::IngressRateLimited => "ingress_rate_limited",
+            DropReason::Internal => "internal",
+            DropReason::EgressNoEndpoint => "egress_no_endpoint",
         }
     }
 }

@@ -5,11 +5,13 @@
 //! learned FDB), then deliver locally, encapsulate to a VTEP or replicate. Later
 //! stages (conntrack/NAT, encryption) slot in between lookup and output.
 
+mod egress;
 mod fdb;
 mod reset;
 mod state;
 pub mod tap;
 
+pub use egress::{EgressLocal, EgressView, Prefix};
 pub use fdb::{LearnedFdb, AGEING_MS};
 pub use state::{
     policy_verdict, BackendView, IngressView, Location, NetworkView, PolicyAction, PolicyRule,
@@ -795,6 +797,9 @@ impl Switch {
             self.trace(ing.vni, buf);
             return self.sandbox_in(st, ing, buf, now_ms);
         }
+        if let Some(eg) = st.egress.as_ref().filter(|e| e.port == port) {
+            return self.egress_in(eg, buf);
+        }
         let Some(pv) = st.ports.get(&port) else {
             return self.drop(DropReason::UnknownPort);
         };
@@ -884,8 +889,11 @@ impl Switch {
             if let Some(ing) = st.ingress.as_ref().filter(|i| i.vni == net.vni) {
                 return self.ingress_reply(ing, net, buf, now_ms);
             }
-            // to the gateway: a service VIP (balanced here, on the client's node)
-            // or something to route, which nothing does yet
+            // to the gateway: outside every overlay (egress, through this node)
+            if let Some(a) = self.egress_out(st, net, buf) {
+                return a;
+            }
+            // or a service VIP (balanced here, on the client's node)
             // a client's frame, just balanced: never a reply to rewrite back
             return match self.balance(net, buf, now_ms, tuple) {
                 Ok(at) => self.send_to(net, at, buf),
@@ -1047,6 +1055,8 @@ fn answer_for(net: &NetworkView, asker: &PortView, ip: IpAddr) -> Option<Mac> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_egress;
 #[cfg(test)]
 mod tests_flow_cache;
 #[cfg(test)]
