@@ -8,7 +8,7 @@
 mod common;
 
 use common::*;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -209,6 +209,16 @@ fn containers_reach_an_outside_host_through_their_own_node_but_not_from_internal
     assert!(!ping(&x.ns, &c1_ip.to_string(), 2, None)?, "x pinged c1");
     drop(srv);
 
+    // a connection open across the restart below
+    let mut held = in_netns(&c1, move || {
+        TcpStream::connect_timeout(&echo, Duration::from_secs(3))
+    })??;
+    held.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut line = [0u8; 6];
+    held.write_all(b"before")?;
+    held.read_exact(&mut line)?;
+    assert_eq!(&line, b"before");
+
     // a plain stop keeps the table (established connections keep their NAT)
     // but no route: they went with the TAP
     t.stop_agent(&n1)?;
@@ -234,6 +244,11 @@ fn containers_reach_an_outside_host_through_their_own_node_but_not_from_internal
         !routes.contains("10.82."),
         "a route for the internal network: {routes}"
     );
+    // the kernel kept the connection's NAT: it goes on where it was
+    held.write_all(b"after!")?;
+    held.read_exact(&mut line)?;
+    assert_eq!(&line, b"after!", "the held connection after the restart");
+    drop(held);
     // --cleanup-on-exit: nothing left
     t.stop_agent(&n1)?;
     let left = leftovers(&n1.ns, &["10.81.", "10.82."])?;
