@@ -129,29 +129,31 @@ fn addresses(f: &[u8]) -> Option<(IpAddr, IpAddr)> {
 }
 
 impl Switch {
-    /// A container's frame to its gateway (already checked: its own source, not
-    /// too big, not DNS): when it is for an address outside every overlay, it
-    /// leaves through the egress TAP, or is dropped on an `--internal` network.
-    /// `None`: not for outside (a VIP, another network, nothing at all), for
-    /// the caller to go on with.
-    pub(super) fn egress_out<'s>(
+    /// A container's frame to its gateway that is neither DNS nor for a VIP
+    /// (already checked: its own source, not too big): when it is for an
+    /// address outside every overlay, it leaves through the egress TAP, or is
+    /// dropped on an `--internal` network; anything else (another network, an
+    /// address a router does not forward, no egress TAP) has no route.
+    pub(super) fn egress_or_no_route<'s>(
         &mut self,
         st: &'s SwitchState,
         net: &NetworkView,
         buf: &mut PacketBuf,
-    ) -> Option<Action<'s>> {
-        let eg = st.egress.as_ref()?;
-        let (_, dst) = addresses(buf.data())?;
-        if !forwardable(&dst) || eg.inside(&dst) {
-            return None;
+    ) -> Action<'s> {
+        let Some(eg) = st.egress.as_ref() else {
+            return self.drop(DropReason::NoRoute);
+        };
+        match addresses(buf.data()) {
+            Some((_, dst)) if forwardable(&dst) && !eg.inside(&dst) => {}
+            _ => return self.drop(DropReason::NoRoute),
         }
         if !eg.vnis.contains(&net.vni) {
-            return Some(self.drop(DropReason::Internal));
+            return self.drop(DropReason::Internal);
         }
         let f = buf.data_mut();
         f[0..6].copy_from_slice(&eg.host_mac);
         f[6..12].copy_from_slice(&eg.mac);
-        Some(Action::Deliver(eg.port))
+        Action::Deliver(eg.port)
     }
 
     /// A frame the kernel wrote to the egress TAP: ARP or a neighbour

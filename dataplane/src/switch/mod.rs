@@ -889,14 +889,13 @@ impl Switch {
             if let Some(ing) = st.ingress.as_ref().filter(|i| i.vni == net.vni) {
                 return self.ingress_reply(ing, net, buf, now_ms);
             }
-            // to the gateway: outside every overlay (egress, through this node)
-            if let Some(a) = self.egress_out(st, net, buf) {
-                return a;
-            }
-            // or a service VIP (balanced here, on the client's node)
+            // to the gateway: a service VIP (balanced here, on the client's node)
+            // or, outside every overlay, something to route (egress, through
+            // this node; asked only once it is no VIP, so VIPs pay nothing for it)
             // a client's frame, just balanced: never a reply to rewrite back
             return match self.balance(net, buf, now_ms, tuple) {
                 Ok(at) => self.send_to(net, at, buf),
+                Err(DropReason::NoRoute) => self.egress_or_no_route(st, net, buf),
                 Err(r) => self.drop(r),
             };
         }
