@@ -365,17 +365,21 @@ fn scenario(t: &mut Topology, image: &str) -> Result<()> {
     let rules = std::process::Command::new("iptables")
         .args(["-S", "DOCKER-USER"])
         .output()?;
-    ensure!(
-        !String::from_utf8_lossy(&rules.stdout).contains("vxm-ingress"),
-        "the DOCKER-USER accept outlived the agent"
-    );
-    let table = std::process::Command::new("nft")
-        .args(["list", "table", "ip", "vxmesh"])
-        .output()?;
-    ensure!(
-        !table.status.success(),
-        "the ingress table outlived the agent"
-    );
+    for dev in ["vxm-ingress", "vxm-egress"] {
+        ensure!(
+            !String::from_utf8_lossy(&rules.stdout).contains(dev),
+            "the DOCKER-USER accept for {dev} outlived the agent"
+        );
+    }
+    for (family, name) in [("ip", "vxmesh"), ("inet", "vxmesh-egress")] {
+        let table = std::process::Command::new("nft")
+            .args(["list", "table", family, name])
+            .output()?;
+        ensure!(
+            !table.status.success(),
+            "the table {family} {name} outlived the agent"
+        );
+    }
     // TAPs are persistent: none of this run's may be left in the host's namespace
     let left: Vec<String> = root_vx_taps()?.difference(&taps_before).cloned().collect();
     ensure!(left.is_empty(), "TAPs left in the root namespace: {left:?}");
