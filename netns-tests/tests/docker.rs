@@ -183,6 +183,28 @@ fn scenario(t: &mut Topology, image: &str) -> Result<()> {
         ],
     )?;
     assert_eq!(said.trim(), "over-tcp", "TCP from the Docker container");
+    // egress: out through its own node (the Docker host), masqueraded to its
+    // address, past Docker's FORWARD policy (DROP) by the agent's DOCKER-USER
+    // accepts
+    let _who = answer_server(
+        &client.ns,
+        SocketAddr::new(client.addr.into(), 7100),
+        false,
+        |peer| peer.ip().to_string(),
+    )?;
+    let seen = exec_in_ok(
+        &d1,
+        &[
+            "sh",
+            "-c",
+            &format!("echo hi | nc -w 3 {} 7100", client.addr),
+        ],
+    )?;
+    assert_eq!(
+        seen.trim(),
+        host.addr.to_string(),
+        "the outside host sees d1 as its node"
+    );
     assert_eq!(fetch(&c2, SocketAddr::new(d1_ip.into(), 80))?, "from-d1");
 
     // a labelled, health-checked container is a task: served through its
