@@ -24,7 +24,8 @@ pub enum DropReason {
     UnknownPort,
     /// A unicast frame from the underlay for a MAC that is not on this node.
     NoLocalDestination,
-    /// Addressed to the network's gateway; nothing routes yet on this network.
+    /// Addressed to the network's gateway for nothing it answers or routes: not
+    /// a VIP, not outside every overlay (another network's subnet, say).
     NoRoute,
     /// The learned-FDB table is full; the frame still went out (flooded).
     LearnedFdbFull,
@@ -67,10 +68,16 @@ pub enum DropReason {
     /// An IPv6 packet to a VIP or a published port with extension headers
     /// before its TCP/UDP/ICMPv6 header: not translated.
     Ipv6ExtensionHeader,
+    /// A packet for outside every overlay from an endpoint of an `--internal`
+    /// network, which has no egress.
+    Internal,
+    /// A packet the kernel routed into the egress TAP for an address that is no
+    /// attached endpoint (on this node) of a network with egress.
+    EgressNoEndpoint,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 28] = [
+    pub const ALL: [DropReason; 30] = [
         DropReason::Malformed,
         DropReason::BadVxlanHeader,
         DropReason::UnknownVni,
@@ -99,6 +106,8 @@ impl DropReason {
         DropReason::PolicyReject,
         DropReason::IngressRateLimited,
         DropReason::Ipv6ExtensionHeader,
+        DropReason::Internal,
+        DropReason::EgressNoEndpoint,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -131,6 +140,8 @@ impl DropReason {
             DropReason::PolicyReject => "policy_reject",
             DropReason::IngressRateLimited => "ingress_rate_limited",
             DropReason::Ipv6ExtensionHeader => "ipv6_extension_header",
+            DropReason::Internal => "internal",
+            DropReason::EgressNoEndpoint => "egress_no_endpoint",
         }
     }
 }

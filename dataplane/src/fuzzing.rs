@@ -16,8 +16,8 @@ use crate::conntrack::Conntrack;
 use crate::lb::scheduler::Kind;
 use crate::offload::{coalesce::Coalescer, segment, vnet};
 use crate::switch::{
-    Action, BackendView, IngressView, Location, NetworkView, PolicyAction, PolicyRule, PortId,
-    PortView, PublishedView, ServiceView, Switch, SwitchState,
+    Action, BackendView, EgressLocal, EgressView, IngressView, Location, NetworkView, PolicyAction,
+    PolicyRule, PortId, PortView, Prefix, PublishedView, ServiceView, Switch, SwitchState,
 };
 use crate::tunnel::{x25519, Received, TunnelConfig, TunnelPeer, Tunnels};
 use crate::wire::{dns, udp_reply, vxlan};
@@ -52,6 +52,10 @@ pub const P_A: PortId = PortId(1);
 pub const P_B: PortId = PortId(2);
 pub const P_C: PortId = PortId(3);
 pub const P_TASK: PortId = PortId(5);
+/// The egress TAP, and the kernel's and the agent's MACs on it.
+pub const P_EGRESS: PortId = PortId(u32::MAX - 1);
+pub const EGRESS_HOST: Mac = [2, 0, 0, 0, 0xee, 1];
+pub const EGRESS_AGENT: Mac = [2, 0, 0, 0, 0xee, 2];
 pub const NODE_B: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 pub const STATIC_PEER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 9);
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
@@ -286,7 +290,37 @@ pub fn state(degraded: bool) -> SwitchState {
         rate_limit: None,
     });
     st.dns_upstream = vec!["192.0.2.53:53".parse().expect("resolver")];
+    st.egress = Some(egress_view());
     st
+}
+
+/// Egress: the app network leaves through the node (A's addresses come back),
+/// the encrypted one is `--internal`.
+fn egress_view() -> EgressView {
+    let prefix = |a: &str, len| Prefix { addr: ip(a), len };
+    let a = EgressLocal {
+        port: P_A,
+        vni: VNI,
+        mac: A,
+        gateway_mac: GW,
+    };
+    EgressView {
+        port: P_EGRESS,
+        host_mac: EGRESS_HOST,
+        mac: EGRESS_AGENT,
+        next_hop: Ipv4Addr::new(169, 254, 251, 2),
+        next_hop6: "fe80::2".parse().expect("v6"),
+        vnis: vec![VNI],
+        overlays: vec![
+            prefix("10.0.0.0", 24),
+            prefix("fd00::", 64),
+            prefix("10.1.0.0", 24),
+            prefix("10.255.0.0", 16),
+        ],
+        local: [(ip("10.0.0.10"), a), (ip("fd00::10"), a)]
+            .into_iter()
+            .collect(),
+    }
 }
 
 fn states() -> &'static (SwitchState, SwitchState) {
@@ -306,8 +340,11 @@ fn switch(st: &SwitchState) -> Switch {
 /// What a driver would do with `a`, checked against the state: every port,
 /// VTEP and datagram it names must be real.
 fn check_action(st: &SwitchState, a: &Action<'_>, buf: &mut PacketBuf) {
-    let is_port =
-        |p: &PortId| st.ports.contains_key(p) || st.ingress.as_ref().is_some_and(|i| i.port == *p);
+    let is_port = |p: &PortId| {
+        st.ports.contains_key(p)
+            || st.ingress.as_ref().is_some_and(|i| i.port == *p)
+            || st.egress.as_ref().is_some_and(|e| e.port == *p)
+    };
     let vxlan_ok = |buf: &PacketBuf| {
         let vni = vxlan::parse(buf.datagram()).expect("a datagram without its VXLAN header");
         assert!(st.networks.contains_key(&vni), "VXLAN to unknown VNI {vni}");
@@ -416,7 +453,7 @@ pub const CTL_VNET: u8 = 0x08;
 /// record in the underlay target and the other way round).
 pub const CTL_OTHER_SIDE: u8 = 0x80;
 
-const PORTS: [PortId; 8] = [SANDBOX, P_A, P_B, P_C, P_TASK, PortId(77), P_A, P_A];
+const PORTS: [PortId; 8] = [SANDBOX, P_A, P_B, P_C, P_TASK, PortId(77), P_A, P_EGRESS];
 
 fn vteps() -> [IpAddr; 8] {
     [
@@ -1123,6 +1160,39 @@ pub fn seeds(target: &str) -> Vec<(&'static str, Vec<u8>)> {
                 (
                     "secure_broadcast",
                     encode(&[(3, &arp_request(C, [10, 1, 0, 10], [10, 1, 0, 99]))]),
+                ),
+                (
+                    // out through the egress TAP, the kernel's neighbour
+                    // questions and the reply back; the internal network's try
+                    "egress",
+                    encode(&[
+                        (
+                            1,
+                            &tcp_frame(A, GW, sip, [192, 0, 2, 80], 40000, 80, 0x02, b""),
+                        ),
+                        (
+                            7,
+                            &arp_request(EGRESS_HOST, [169, 254, 251, 1], [169, 254, 251, 2]),
+                        ),
+                        (7, &icmpv6_solicitation(EGRESS_HOST, "fe80::1", "fe80::2")),
+                        (
+                            7,
+                            &tcp_frame(
+                                EGRESS_HOST,
+                                EGRESS_AGENT,
+                                [192, 0, 2, 80],
+                                sip,
+                                80,
+                                40000,
+                                0x12,
+                                b"",
+                            ),
+                        ),
+                        (
+                            3,
+                            &udp_frame(C, SGW, [10, 1, 0, 10], [192, 0, 2, 80], 1, 2, b"i"),
+                        ),
+                    ]),
                 ),
             ]
         }

@@ -183,6 +183,28 @@ fn scenario(t: &mut Topology, image: &str) -> Result<()> {
         ],
     )?;
     assert_eq!(said.trim(), "over-tcp", "TCP from the Docker container");
+    // egress: out through its own node (the Docker host), masqueraded to its
+    // address, past Docker's FORWARD policy (DROP) by the agent's DOCKER-USER
+    // accepts
+    let _who = answer_server(
+        &client.ns,
+        SocketAddr::new(client.addr.into(), 7100),
+        false,
+        |peer| peer.ip().to_string(),
+    )?;
+    let seen = exec_in_ok(
+        &d1,
+        &[
+            "sh",
+            "-c",
+            &format!("echo hi | nc -w 3 {} 7100", client.addr),
+        ],
+    )?;
+    assert_eq!(
+        seen.trim(),
+        host.addr.to_string(),
+        "the outside host sees d1 as its node"
+    );
     assert_eq!(fetch(&c2, SocketAddr::new(d1_ip.into(), 80))?, "from-d1");
 
     // a labelled, health-checked container is a task: served through its
@@ -365,17 +387,23 @@ fn scenario(t: &mut Topology, image: &str) -> Result<()> {
     let rules = std::process::Command::new("iptables")
         .args(["-S", "DOCKER-USER"])
         .output()?;
-    ensure!(
-        !String::from_utf8_lossy(&rules.stdout).contains("vxm-ingress"),
-        "the DOCKER-USER accept outlived the agent"
-    );
-    for family in ["ip", "ip6"] {
+    for dev in ["vxm-ingress", "vxm-egress"] {
+        ensure!(
+            !String::from_utf8_lossy(&rules.stdout).contains(dev),
+            "the DOCKER-USER accept for {dev} outlived the agent"
+        );
+    }
+    for (family, name) in [
+        ("ip", "vxmesh"),
+        ("ip6", "vxmesh"),
+        ("inet", "vxmesh-egress"),
+    ] {
         let table = std::process::Command::new("nft")
-            .args(["list", "table", family, "vxmesh"])
+            .args(["list", "table", family, name])
             .output()?;
         ensure!(
             !table.status.success(),
-            "the ingress table ({family}) outlived the agent"
+            "the table {family} {name} outlived the agent"
         );
     }
     // TAPs are persistent: none of this run's may be left in the host's namespace

@@ -3,11 +3,11 @@
 //! counted) and encrypted.rs (plain VXLAN for an encrypted VNI is counted) do not:
 //!
 //! - a container reaches neither another network's VIP (nothing reaches its
-//!   task) nor the underlay: the other nodes, an outside host, its own node's
-//!   underlay address, sandbox and published ports; a task reaches none of its
-//!   node's addresses through its `ingress0` either. Egress (DESIGN.md packet
-//!   path 5, issue 10) is not built, so today nothing beyond the overlay answers
-//!   a container at all;
+//!   task) nor, on `--internal` networks, the underlay: the other nodes, an
+//!   outside host, its own node's underlay address, sandbox and published
+//!   ports; a task reaches none of its node's addresses through its `ingress0`
+//!   either. (Open networks reach the underlay through their node: egress,
+//!   DESIGN.md packet path 5, tested in egress.rs);
 //! - frames with a forged source MAC or IP (IPv4 and IPv6, unicast, broadcast,
 //!   ARP, neighbour advertisements) are dropped, counted by reason, never show up
 //!   on the wire of any other container, local or remote, and poison no
@@ -213,8 +213,13 @@ fn a_container_reaches_no_other_network_vip_nor_the_underlay_nor_its_node() -> a
     let x = t.add_outside_host("x")?;
     t.start_agent(&n1, &[])?;
     t.start_agent(&n2, &[])?;
-    t.cli_ok(&n1, &["network", "create", "a", "--subnet", "10.61.0.0/24"])?;
-    t.cli_ok(&n1, &["network", "create", "b", "--subnet", "10.62.0.0/24"])?;
+    // internal: no egress, so nothing beyond the overlays may answer
+    for (name, subnet) in [("a", "10.61.0.0/24"), ("b", "10.62.0.0/24")] {
+        t.cli_ok(
+            &n1,
+            &["network", "create", name, "--subnet", subnet, "--internal"],
+        )?;
+    }
     let sa = t.cli_json(&n1, &["service", "create", "sa", "--network", "a"])?;
     let sb = t.cli_json(
         &n1,
@@ -307,9 +312,9 @@ fn a_container_reaches_no_other_network_vip_nor_the_underlay_nor_its_node() -> a
         .collect();
     tcp_targets.push(SocketAddr::new(vip_b, 80));
     tcp_targets.push(SocketAddr::new(etb.ip.parse()?, 80));
-    // published ports answer at the nodes' addresses (the routing mesh), which a
-    // container has no way to until egress (issue 10) routes it out through its
-    // node: then these connections should answer as they do from outside
+    // published ports answer at the nodes' addresses (the routing mesh), which
+    // a container of an internal network has no way to reach (an open network's
+    // would, through its node, as from outside)
     for n in [&n1, &n2] {
         tcp_targets.push(SocketAddr::new(n.addr.into(), 8080));
     }
@@ -371,20 +376,19 @@ fn a_container_reaches_no_other_network_vip_nor_the_underlay_nor_its_node() -> a
         sb_seen,
         "b's task got a connection from a's container"
     );
-    // every probe was stopped at the container's node, for want of a route
+    // every probe was stopped at the container's node: for want of a route
+    // (inside the overlays) or of egress (internal networks)
     let (after1, after2) = (drops(&t, &n1)?, drops(&t, &n2)?);
-    let (r1, r2) = (
-        grew(&before1, &after1, "no_route"),
-        grew(&before2, &after2, "no_route"),
-    );
-    eprintln!("no_route drops: n1 +{r1} (a's container), n2 +{r2} (b's task); targets {targets:?}");
+    let stopped = |b, a| grew(b, a, "no_route") + grew(b, a, "internal");
+    let (r1, r2) = (stopped(&before1, &after1), stopped(&before2, &after2));
+    eprintln!("no_route + internal drops: n1 +{r1} (a's container), n2 +{r2} (b's task); targets {targets:?}");
     assert!(
         r1 >= targets.len() as u64 * 2,
-        "n1 counted {r1} no_route drops for a's container: {after1}"
+        "n1 counted {r1} no_route/internal drops for a's container: {after1}"
     );
     assert!(
         r2 >= node_targets.len() as u64 * 2,
-        "n2 counted {r2} no_route drops for b's task: {after2}"
+        "n2 counted {r2} no_route/internal drops for b's task: {after2}"
     );
     // and the probes still work afterwards
     assert_eq!(

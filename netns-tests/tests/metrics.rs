@@ -119,13 +119,13 @@ fn metrics_are_served_and_move_with_traffic() -> anyhow::Result<()> {
     };
     let t0 = traffic(&before)?;
     // only this node's own ports have series (its endpoint, and the ingress
-    // sandbox when it has one); the other node's endpoint has none
+    // sandbox and egress TAP when it has them); the other node's endpoint has none
     let sets = label_sets(&before, "vxmesh_endpoint_rx_packets_total");
     assert!(
         sets.contains(&format!("network=\"m\",endpoint=\"{}\"", e1.id))
-            && sets
-                .iter()
-                .all(|l| l.contains(&e1.id) || l.contains("endpoint=\"ingress-sandbox\"")),
+            && sets.iter().all(|l| l.contains(&e1.id)
+                || l.contains("endpoint=\"ingress-sandbox\"")
+                || l.contains("endpoint=\"egress\"")),
         "{sets:?}"
     );
     assert!(!before.contains(&e2.id), "n2's endpoint on n1:\n{before}");

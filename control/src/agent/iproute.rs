@@ -138,3 +138,32 @@ pub async fn mtu_of_address(addr: std::net::IpAddr) -> Result<Option<u32>, Plumb
         has.then(|| l["mtu"].as_u64().map(|m| m as u32)).flatten()
     }))
 }
+
+/// `nft -f -` with `script` on its stdin: one transaction, applied whole or
+/// not at all.
+pub async fn nft(script: &str) -> Result<(), PlumbError> {
+    use tokio::io::AsyncWriteExt;
+    let cmd = "nft -f -".to_string();
+    let spawn = |source| PlumbError::Spawn {
+        cmd: cmd.clone(),
+        source,
+    };
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(spawn)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(script.as_bytes()).await.map_err(spawn)?;
+    }
+    let out = child.wait_with_output().await.map_err(spawn)?;
+    if !out.status.success() {
+        return Err(PlumbError::Failed {
+            cmd,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}

@@ -26,6 +26,10 @@ fn gauge(reg: &mut Registry, name: &str, help: &str, v: i64) {
 
 /// The label an endpoint port gets when it is the node's ingress sandbox.
 pub const SANDBOX_ENDPOINT: &str = "ingress-sandbox";
+/// The label the node's egress TAP gets (with an empty `network`: it carries
+/// every network's egress): rx is what the kernel sent back to containers, tx
+/// what containers sent out.
+pub const EGRESS_ENDPOINT: &str = "egress";
 
 /// Packets and bytes in and out of one family of series (networks or ports):
 /// four counters, `{prefix}_{rx,tx}_{packets,bytes}`.
@@ -107,6 +111,7 @@ fn traffic_by_network_and_port(reg: &mut Registry, a: &Agent) {
                 names.get(&ing.vni).copied().unwrap_or("ingress"),
                 SANDBOX_ENDPOINT,
             ),
+            (None, _) if sw.egress.as_ref().is_some_and(|e| e.port == id) => ("", EGRESS_ENDPOINT),
             // being attached or removed: no labels to give it yet
             _ => return None,
         };

@@ -2,6 +2,7 @@
 //! and serves the API the CLI talks to.
 
 pub mod attach;
+pub mod egress;
 pub mod health;
 pub mod ingress;
 pub mod iproute;
@@ -58,9 +59,10 @@ pub struct AgentConfig {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Serve Docker's network and IPAM driver protocols on the plugin socket.
     pub docker_plugin: bool,
-    /// Remove the ingress nftables table on exit. By default it stays: with it
-    /// gone the kernel would stop translating established published-port
-    /// connections (no NAT hook left) and answer them with resets.
+    /// Remove the ingress and egress nftables tables on exit. By default they
+    /// stay: with no NAT chain left the kernel would stop translating
+    /// established connections (published ports, egress) and answer them with
+    /// resets.
     pub cleanup_on_exit: bool,
     /// The dataplane's tables' maximums (`--conntrack-max`, `--fdb-learned-max`,
     /// `--dns-forwards-max`).
@@ -136,6 +138,10 @@ pub struct Agent {
     sandbox: Option<ingress::Sandbox>,
     /// The nftables table last applied (empty: none yet).
     nft_table: tokio::sync::Mutex<String>,
+    /// The egress TAP, when it could be made.
+    egress: Option<egress::EgressTap>,
+    /// The egress table and routes last applied.
+    egress_applied: tokio::sync::Mutex<(String, std::collections::BTreeSet<egress::Route>)>,
     /// `--ingress-rate-limit`'s buckets, put in every state published.
     ingress_limit: Option<Arc<vxmesh_dataplane::lb::limit::SourceLimiter>>,
     /// `--health-probes-max`.
@@ -209,13 +215,27 @@ impl Agent {
                 None
             }
         };
+        let mtus = switch_state::Mtus {
+            plain: underlay_mtu.saturating_sub(overhead),
+            encrypted: underlay_mtu.saturating_sub(overhead + WIREGUARD_OVERHEAD),
+        };
+        let egress = match egress::create_tap(workers, mtus.plain).await {
+            Ok((t, fds)) => match worker.add_port(t.port, fds, true) {
+                Ok(()) => Some(t),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot hand the egress TAP to the workers; containers will not reach beyond the overlays");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "no egress TAP; containers will not reach beyond the overlays");
+                None
+            }
+        };
         let agent = Arc::new(Agent {
             node: cfg.node.clone(),
             advertise_addr: cfg.advertise_addr,
-            mtus: switch_state::Mtus {
-                plain: underlay_mtu.saturating_sub(overhead),
-                encrypted: underlay_mtu.saturating_sub(overhead + WIREGUARD_OVERHEAD),
-            },
+            mtus,
             store,
             worker,
             ports: tokio::sync::Mutex::new(LocalPorts {
@@ -236,6 +256,8 @@ impl Agent {
             attached: std::sync::atomic::AtomicUsize::new(0),
             sandbox,
             nft_table: tokio::sync::Mutex::new(String::new()),
+            egress,
+            egress_applied: tokio::sync::Mutex::default(),
             ingress_limit: cfg
                 .ingress_rate_limit
                 .map(|l| Arc::new(vxmesh_dataplane::lb::limit::SourceLimiter::new(l))),
@@ -774,6 +796,7 @@ impl Agent {
         self.publish(st, &ports);
         drop(ports);
         self.sync_ingress_table(st).await;
+        self.sync_egress(st).await;
         if let Ok(mut s) = self.last_state.lock() {
             s.clone_from(st);
         }
@@ -807,6 +830,26 @@ impl Agent {
             }
             Err(e) => tracing::error!(error = %e, "cannot apply the ingress table"),
         }
+    }
+
+    /// Brings the egress table and routes in line with the networks.
+    async fn sync_egress(&self, st: &ClusterState) {
+        if self.egress.is_none() {
+            return;
+        }
+        let table = egress::render_table(st);
+        let routes = egress::routes(st, self.mtus);
+        let mut have = self.egress_applied.lock().await;
+        if have.0 != table {
+            match egress::apply_table(&table).await {
+                Ok(()) => {
+                    tracing::info!(table = egress::TABLE, "egress table applied");
+                    have.0 = table;
+                }
+                Err(e) => tracing::error!(error = %e, "cannot apply the egress table"),
+            }
+        }
+        egress::sync_routes(&mut have.1, &routes).await;
     }
 
     fn add_port(&self, ports: &mut LocalPorts, ep: &Endpoint, a: attach::Attached) -> PortId {
@@ -903,6 +946,10 @@ impl Agent {
             ing.rate_limit.clone_from(&self.ingress_limit);
         }
         self.warn_foreign_vteps(&sw);
+        sw.egress = self
+            .egress
+            .as_ref()
+            .map(|t| egress::view(st, &self.node, t, &local));
         self.worker.publish(sw);
     }
 
@@ -1237,6 +1284,9 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     if cfg.cleanup_on_exit {
         if let Err(e) = ingress::remove_table().await {
             tracing::warn!(error = %e, "cannot remove the ingress table");
+        }
+        if let Err(e) = egress::remove().await {
+            tracing::warn!(error = %e, "cannot remove the egress table");
         }
     }
     let _ = std::fs::remove_file(&cfg.api);

@@ -117,9 +117,9 @@ struct AgentArgs {
     /// Be Docker's network and IPAM driver `vxmesh` (/run/docker/plugins/vxmesh.sock)
     #[arg(long)]
     docker_plugin: bool,
-    /// Remove the routing mesh's nftables table when stopping (a node leaving for
-    /// good); by default it stays, so a restart resets no connection through a
-    /// published port
+    /// Remove the routing mesh's and egress's nftables tables when stopping (a
+    /// node leaving for good); by default they stay, so a restart resets no
+    /// connection through a published port
     #[arg(long)]
     cleanup_on_exit: bool,
     /// Connections tracked (VIPs and published ports), at most; when full a new one evicts an old one, half-open first

@@ -229,11 +229,13 @@ pub async fn learn_ifname(agent: Arc<Agent>, ep: Endpoint) {
 }
 
 /// Docker drops forwarded traffic by default (`FORWARD` policy `DROP`), which
-/// would drop the routing mesh's traffic to and from the ingress sandbox; Docker's
-/// `DOCKER-USER` chain is where an accept for it belongs. Removed on stop.
+/// would drop the routing mesh's traffic to and from the ingress sandbox, and
+/// containers' egress through the egress TAP; Docker's `DOCKER-USER` chain is
+/// where an accept for them belongs (what may enter the egress TAP is narrowed
+/// in the agent's own egress table: replies only). Removed on stop.
 pub async fn forwarding(on: bool) {
-    let dev = crate::agent::ingress::DEVICE;
-    for dir in ["-i", "-o"] {
+    let devs = [crate::agent::ingress::DEVICE, crate::agent::egress::DEVICE];
+    for (dev, dir) in devs.iter().flat_map(|d| [(*d, "-i"), (*d, "-o")]) {
         let rule = ["DOCKER-USER", dir, dev, "-j", "ACCEPT"];
         let has = iptables(&[&["-C"][..], &rule[..]].concat()).await;
         let r = match (on, has) {

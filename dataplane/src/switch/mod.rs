@@ -5,11 +5,13 @@
 //! learned FDB), then deliver locally, encapsulate to a VTEP or replicate. Later
 //! stages (conntrack/NAT, encryption) slot in between lookup and output.
 
+mod egress;
 mod fdb;
 mod reset;
 mod state;
 pub mod tap;
 
+pub use egress::{EgressLocal, EgressView, Prefix};
 pub use fdb::{LearnedFdb, AGEING_MS};
 pub use state::{
     policy_verdict, BackendView, IngressView, Location, NetworkView, PolicyAction, PolicyRule,
@@ -453,7 +455,16 @@ impl Switch {
         now_ms: u64,
         tuple: Option<(Key, Seg)>,
     ) -> Result<Option<Location>, DropReason> {
-        let (key, seg) = tuple.ok_or_else(|| untracked_reason(buf.data()))?;
+        let Some((key, seg)) = tuple else {
+            // no 5-tuple: to a VIP, say why; elsewhere it may be egress's
+            let to_vip =
+                egress::addresses(buf.data()).is_some_and(|(_, d)| net.vips.contains_key(&d));
+            return Err(if to_vip {
+                untracked_reason(buf.data())
+            } else {
+                DropReason::NoRoute
+            });
+        };
         let mark = *net.vips.get(&key.dst).ok_or(DropReason::NoRoute)?;
         let service = PublishedView {
             fwmark: mark,
@@ -907,6 +918,9 @@ impl Switch {
             self.trace(ing.vni, buf);
             return self.sandbox_in(st, ing, buf, now_ms);
         }
+        if let Some(eg) = st.egress.as_ref().filter(|e| e.port == port) {
+            return self.egress_in(eg, buf);
+        }
         let Some(pv) = st.ports.get(&port) else {
             return self.drop(DropReason::UnknownPort);
         };
@@ -997,10 +1011,12 @@ impl Switch {
                 return self.ingress_reply(ing, net, buf, now_ms);
             }
             // to the gateway: a service VIP (balanced here, on the client's node)
-            // or something to route, which nothing does yet
+            // or, outside every overlay, something to route (egress, through
+            // this node; asked only once it is no VIP, so VIPs pay nothing for it)
             // a client's frame, just balanced: never a reply to rewrite back
             return match self.balance(net, buf, now_ms, tuple) {
                 Ok(at) => self.send_to(net, at, buf),
+                Err(DropReason::NoRoute) => self.egress_or_no_route(st, net, buf),
                 Err(r) => self.drop(r),
             };
         }
@@ -1159,6 +1175,8 @@ fn answer_for(net: &NetworkView, asker: &PortView, ip: IpAddr) -> Option<Mac> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_egress;
 #[cfg(test)]
 mod tests_flow_cache;
 #[cfg(test)]

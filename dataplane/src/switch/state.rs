@@ -96,6 +96,8 @@ pub struct SwitchState {
     pub dns_upstream: Vec<std::net::SocketAddr>,
     /// The routing mesh's ingress on this node, once the agent has its sandbox.
     pub ingress: Option<IngressView>,
+    /// The way out of the overlays through this node, once the agent has its TAP.
+    pub egress: Option<super::EgressView>,
 }
 
 impl NetworkView {

@@ -1,0 +1,229 @@
+//! Egress (DESIGN.md packet path 5, Docker's `docker_gwbridge` role): a
+//! container reaches addresses outside every overlay through its own node.
+//!
+//! The agent owns one more TAP in the node's namespace (`vxm-egress`). A frame a
+//! container sends to its gateway for an address outside every overlay subnet
+//! is written to that TAP, addressed to the kernel's side of it; the kernel
+//! routes it on and masquerades it to the node's address (an nftables table the
+//! agent owns), and routes the replies (its conntrack un-NATs them) back into
+//! the TAP by the overlay subnets' routes. What the kernel writes there is
+//! delivered here to the local endpoint it is for, as if from the gateway.
+//!
+//! The switch does only the L2 part: choosing which frames may leave and
+//! which may come back. Both directions are refused for `--internal` networks.
+
+use super::{Action, PortId, Switch, SwitchState, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6};
+use crate::buf::PacketBuf;
+use crate::counters::DropReason;
+use crate::switch::NetworkView;
+use crate::wire::neighbor;
+use crate::Mac;
+use rustc_hash::FxHashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+const ETH_HDR: usize = 14;
+
+/// An address prefix (an overlay subnet), matched without allocating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prefix {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl Prefix {
+    pub fn contains(&self, ip: &IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.len.min(32)))
+                    .unwrap_or(0);
+                u32::from(*a) & mask == u32::from(n) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.len.min(128)))
+                    .unwrap_or(0);
+                u128::from(*a) & mask == u128::from(n) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A local endpoint that may be reached back through the egress TAP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EgressLocal {
+    pub port: PortId,
+    pub vni: u32,
+    /// The endpoint's own MAC: replies are addressed to it.
+    pub mac: Mac,
+    /// Its network's gateway MAC: replies come from the gateway, as the
+    /// container's default route expects.
+    pub gateway_mac: Mac,
+}
+
+/// This node's way out of the overlays, once the agent has its TAP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgressView {
+    pub port: PortId,
+    /// The kernel's side of the TAP: frames leaving are addressed to it.
+    pub host_mac: Mac,
+    /// The agent's MAC on the TAP: what it answers ARP and neighbour
+    /// solicitations with, and the source of what it writes there.
+    pub mac: Mac,
+    /// The next hops the kernel routes the overlay subnets through (an IPv4
+    /// address of the TAP's link net, an IPv6 link-local one): answered by the
+    /// agent, so the kernel resolves one neighbour, not one per container.
+    pub next_hop: Ipv4Addr,
+    pub next_hop6: Ipv6Addr,
+    /// Networks whose endpoints may leave: every network but `--internal` ones
+    /// (and the routing mesh's `ingress`).
+    pub vnis: Vec<u32>,
+    /// Every overlay network's subnets, `--internal` ones too: what is inside
+    /// them never leaves through the node (another network is not reachable
+    /// through the kernel either: networks stay isolated), and nothing from
+    /// inside them may come back in through the TAP.
+    pub overlays: Vec<Prefix>,
+    /// This node's attached endpoints on networks with egress, by address.
+    pub local: FxHashMap<IpAddr, EgressLocal>,
+}
+
+impl EgressView {
+    fn inside(&self, ip: &IpAddr) -> bool {
+        self.overlays.iter().any(|p| p.contains(ip))
+    }
+}
+
+/// Whether `ip` is a unicast address a router would forward (not multicast,
+/// broadcast, loopback, unspecified or IPv6 link-local).
+fn forwardable(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => {
+            !(a.is_multicast() || a.is_broadcast() || a.is_loopback() || a.is_unspecified())
+        }
+        IpAddr::V6(a) => {
+            !(a.is_multicast()
+                || a.is_loopback()
+                || a.is_unspecified()
+                || a.segments()[0] & 0xffc0 == 0xfe80)
+        }
+    }
+}
+
+/// The (source, destination) addresses of an IPv4 or IPv6 frame whose header
+/// the caller has checked is there.
+pub(super) fn addresses(f: &[u8]) -> Option<(IpAddr, IpAddr)> {
+    match [*f.get(12)?, *f.get(13)?] {
+        ETHERTYPE_IPV4 => {
+            let s: [u8; 4] = f.get(26..30)?.try_into().ok()?;
+            let d: [u8; 4] = f.get(30..34)?.try_into().ok()?;
+            Some((IpAddr::from(s), IpAddr::from(d)))
+        }
+        ETHERTYPE_IPV6 => {
+            let s: [u8; 16] = f.get(22..38)?.try_into().ok()?;
+            let d: [u8; 16] = f.get(38..54)?.try_into().ok()?;
+            Some((IpAddr::from(s), IpAddr::from(d)))
+        }
+        _ => None,
+    }
+}
+
+impl Switch {
+    /// A container's frame to its gateway that is neither DNS nor for a VIP
+    /// (already checked: its own source, not too big): when it is for an
+    /// address outside every overlay, it leaves through the egress TAP, or is
+    /// dropped on an `--internal` network; anything else (another network, an
+    /// address a router does not forward, no egress TAP) has no route.
+    pub(super) fn egress_or_no_route<'s>(
+        &mut self,
+        st: &'s SwitchState,
+        net: &NetworkView,
+        buf: &mut PacketBuf,
+    ) -> Action<'s> {
+        let Some(eg) = st.egress.as_ref() else {
+            return self.drop(DropReason::NoRoute);
+        };
+        match addresses(buf.data()) {
+            Some((_, dst)) if forwardable(&dst) && !eg.inside(&dst) => {}
+            _ => return self.drop(DropReason::NoRoute),
+        }
+        if !eg.vnis.contains(&net.vni) {
+            return self.drop(DropReason::Internal);
+        }
+        let f = buf.data_mut();
+        f[0..6].copy_from_slice(&eg.host_mac);
+        f[6..12].copy_from_slice(&eg.mac);
+        Action::Deliver(eg.port)
+    }
+
+    /// A frame the kernel wrote to the egress TAP: ARP or a neighbour
+    /// solicitation for the next hop (or a local endpoint), answered; a packet
+    /// for a local endpoint of a network with egress (a reply the kernel
+    /// un-NATed), delivered from its gateway. Everything else is dropped.
+    pub(super) fn egress_in<'s>(&mut self, eg: &'s EgressView, buf: &mut PacketBuf) -> Action<'s> {
+        let frame = buf.data();
+        if frame.len() < ETH_HDR {
+            return self.drop(DropReason::Malformed);
+        }
+        match [frame[12], frame[13]] {
+            ETHERTYPE_ARP => {
+                return match neighbor::parse_arp(frame) {
+                    Some(arp)
+                        if arp.is_request
+                            && (arp.target_ip == eg.next_hop
+                                || eg.local.contains_key(&IpAddr::V4(arp.target_ip))) =>
+                    {
+                        neighbor::write_arp_reply(buf.data_mut(), &arp, eg.mac);
+                        self.counters.neighbor_replies += 1;
+                        Action::Reply(eg.port)
+                    }
+                    Some(_) => self.drop(DropReason::NoRoute),
+                    None => self.drop(DropReason::Malformed),
+                };
+            }
+            ETHERTYPE_IPV4 => {
+                if etherparse::Ipv4HeaderSlice::from_slice(&frame[ETH_HDR..]).is_err() {
+                    return self.drop(DropReason::Malformed);
+                }
+            }
+            ETHERTYPE_IPV6 => {
+                if etherparse::Ipv6HeaderSlice::from_slice(&frame[ETH_HDR..]).is_err() {
+                    return self.drop(DropReason::Malformed);
+                }
+                if let Some(ns) = neighbor::parse_solicitation(frame) {
+                    if ns.target != eg.next_hop6 && !eg.local.contains_key(&IpAddr::V6(ns.target)) {
+                        return self.drop(DropReason::NoRoute);
+                    }
+                    return match neighbor::write_advertisement(buf.frame_room(), &ns, eg.mac) {
+                        Some(n) if buf.set_len(n) => {
+                            self.counters.neighbor_replies += 1;
+                            Action::Reply(eg.port)
+                        }
+                        _ => self.drop(DropReason::TooBig),
+                    };
+                }
+            }
+            _ => return self.drop(DropReason::UnsupportedEtherType),
+        }
+        let Some((src, dst)) = addresses(buf.data()) else {
+            return self.drop(DropReason::Malformed);
+        };
+        // the kernel's own chatter on the link (router solicitations, MLD)
+        if !forwardable(&dst) {
+            return self.drop(DropReason::NoRoute);
+        }
+        // nothing of an overlay comes back through the kernel: a network's
+        // packets reach another only through the switch, which keeps them apart
+        if eg.inside(&src) {
+            return self.drop(DropReason::SpoofedSourceIp);
+        }
+        let Some(to) = eg.local.get(&dst) else {
+            return self.drop(DropReason::EgressNoEndpoint);
+        };
+        self.trace(to.vni, buf);
+        let f = buf.data_mut();
+        f[0..6].copy_from_slice(&to.mac);
+        f[6..12].copy_from_slice(&to.gateway_mac);
+        Action::Deliver(to.port)
+    }
+}
