@@ -360,8 +360,8 @@ impl Agent {
         };
         let mut out = Vec::new();
         for net in st.networks.values() {
-            for (vip, mark) in &net.vips {
-                out.extend(row(net, *mark, *vip, Vec::new()));
+            for (vip, mark) in net.vips.iter() {
+                out.extend(row(net, *mark, vip, Vec::new()));
             }
         }
         // the routing mesh: one virtual service per publishing service, fed by

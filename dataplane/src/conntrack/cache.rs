@@ -63,14 +63,35 @@ impl Hit {
 }
 
 pub struct FlowCache {
-    map: FxHashMap<Key, Hit>,
+    /// IPv4 flows by their key packed in 128 bits ([`packed_v4`]): hashed as
+    /// two words and compared as one integer, which the whole `Key` (its
+    /// addresses of either family) is not.
+    v4: FxHashMap<u128, Hit>,
+    v6: FxHashMap<Key, Hit>,
     touch: Arc<[Touch]>,
+}
+
+/// An IPv4 key as one integer (the zone is a 24-bit VNI); `None` for IPv6.
+#[inline(always)]
+fn packed_v4(k: &Key) -> Option<u128> {
+    match (k.src, k.dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => Some(
+            u128::from(u32::from(s)) << 96
+                | u128::from(u32::from(d)) << 64
+                | u128::from(k.sport) << 48
+                | u128::from(k.dport) << 32
+                | u128::from(k.proto) << 24
+                | u128::from(k.zone & 0x00ff_ffff),
+        ),
+        _ => None,
+    }
 }
 
 impl FlowCache {
     pub fn new(touch: Arc<[Touch]>) -> Self {
         Self {
-            map: FxHashMap::default(),
+            v4: FxHashMap::default(),
+            v6: FxHashMap::default(),
             touch,
         }
     }
@@ -89,7 +110,10 @@ impl FlowCache {
         if key.proto == 6 && tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
             return None;
         }
-        let h = self.map.get(key)?;
+        let h = match packed_v4(key) {
+            Some(p) => self.v4.get(&p)?,
+            None => self.v6.get(key)?,
+        };
         let t = self.touch.get(h.id as usize)?;
         if h.dir != dir || t.gen() != h.gen {
             return None;
@@ -111,13 +135,24 @@ impl FlowCache {
     }
 
     fn fill(&mut self, key: Key, hit: Hit) {
-        if self.map.len() >= CAPACITY && !self.map.contains_key(&key) {
-            self.map.clear();
+        match packed_v4(&key) {
+            Some(p) => {
+                if self.v4.len() >= CAPACITY && !self.v4.contains_key(&p) {
+                    self.v4.clear();
+                }
+                self.v4.insert(p, hit);
+            }
+            None => {
+                if self.v6.len() >= CAPACITY && !self.v6.contains_key(&key) {
+                    self.v6.clear();
+                }
+                self.v6.insert(key, hit);
+            }
         }
-        self.map.insert(key, hit);
     }
 
     pub fn clear(&mut self) {
-        self.map.clear();
+        self.v4.clear();
+        self.v6.clear();
     }
 }

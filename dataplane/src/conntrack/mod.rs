@@ -89,11 +89,18 @@ fn high_words(src: std::net::Ipv6Addr, dst: std::net::Ipv6Addr) -> u64 {
 /// of a tracked connection. (The zone is a 24-bit VNI, so the protocol fits above
 /// it; equal keys still hash equally, which is all `Eq` needs.)
 impl Hash for Key {
-    #[inline]
+    #[inline(always)]
     fn hash<H: Hasher>(&self, h: &mut H) {
-        h.write_u64(addr_pair(&self.src, &self.dst));
-        if let (IpAddr::V6(s), IpAddr::V6(d)) = (self.src, self.dst) {
-            h.write_u64(high_words(s, d));
+        match (&self.src, &self.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                h.write_u64(u64::from(u32::from(*s)) << 32 | u64::from(u32::from(*d)))
+            }
+            (s, d) => {
+                h.write_u64(addr_pair(s, d));
+                if let (IpAddr::V6(s), IpAddr::V6(d)) = (s, d) {
+                    h.write_u64(high_words(*s, *d));
+                }
+            }
         }
         h.write_u64(
             (u64::from(self.zone) ^ u64::from(self.proto) << 24) << 32
@@ -277,6 +284,28 @@ impl Conntrack {
         }
     }
 
+    /// What a packet of connection `id` in direction `dir` is translated to:
+    /// the backend's address and port for the client's packets, the address
+    /// and port the client addressed for the backend's; and the way back
+    /// through another node's ingress. What the switch needs of [`Self::get`]
+    /// for every new or uncached packet, without copying both keys.
+    #[inline]
+    pub fn translation(&self, id: u32, dir: Dir) -> Option<(IpAddr, u16, Option<crate::Mac>)> {
+        let c = self.slab.get(id as usize)?.as_ref()?;
+        let s = six_of(&self.six, c, id);
+        let (ip, port) = match dir {
+            Dir::Orig => {
+                let r = c.reply(s);
+                (r.src, r.sport)
+            }
+            Dir::Reply => {
+                let o = c.orig(s);
+                (o.dst, o.dport)
+            }
+        };
+        Some((ip, port, c.via()))
+    }
+
     pub fn get(&self, id: u32) -> Option<Entry> {
         let c = self.slab.get(id as usize)?.as_ref()?;
         Some(self.entry(id, c))
@@ -325,7 +354,7 @@ impl Conntrack {
         // through another node or VIP) is stale
         for k in [orig, reply] {
             if let Some((id, _)) = self.lookup(&k) {
-                self.remove(id);
+                self.discard(id);
             }
         }
         if self.len() >= self.max {
@@ -548,15 +577,28 @@ impl Conntrack {
 
     fn remove(&mut self, id: u32) -> Option<Entry> {
         let c = *self.slab.get(id as usize)?.as_ref()?;
-        let s = six_of(&self.six, &c, id);
+        let e = self.entry(id, &c);
+        self.unlink(id, &c);
+        Some(e)
+    }
+
+    /// Removes slot `id`'s connection `c` without making a copy of it (an
+    /// eviction, a stale holder of a key: nobody looks at what went).
+    fn unlink(&mut self, id: u32, c: &Conn) {
+        let s = six_of(&self.six, c, id);
         self.index.remove(&c.orig(s), Ref::new(id, Dir::Orig));
         self.index.remove(&c.reply(s), Ref::new(id, Dir::Reply));
-        let e = self.entry(id, &c);
-        tally(&mut self.load, &c, c.state == State::Established, -1);
+        tally(&mut self.load, c, c.state == State::Established, -1);
         self.slab[id as usize] = None;
         self.touch[id as usize].bump();
         self.free.push(id);
-        Some(e)
+    }
+
+    /// [`Self::unlink`] by slot.
+    fn discard(&mut self, id: u32) {
+        if let Some(Some(c)) = self.slab.get(id as usize).copied() {
+            self.unlink(id, &c);
+        }
     }
 
     fn evict_one(&mut self) {
@@ -579,7 +621,7 @@ impl Conntrack {
         }
         self.cursor = (self.cursor + k) % n.max(1);
         if let Some((_, _, id)) = best {
-            self.remove(id);
+            self.discard(id);
             self.evicted += 1;
         }
     }

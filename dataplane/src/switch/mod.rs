@@ -430,17 +430,14 @@ impl Switch {
         if key.proto == 6 {
             ct.note_seq(id, Dir::Orig, seg.seq_end);
         }
-        let e = ct.get(id).ok_or(DropReason::NoBackend)?;
+        let (ip, port, _) = ct.translation(id, Dir::Orig).ok_or(DropReason::NoBackend)?;
         let gen = ct.cacheable(id, Dir::Orig);
         drop(ct);
-        let mac = *net
-            .neighbors
-            .get(&e.reply.src)
-            .ok_or(DropReason::NoBackend)?;
+        let mac = *net.neighbors.get(&ip).ok_or(DropReason::NoBackend)?;
         let hit = Hit {
             mac,
             at: net.macs.get(&mac).copied(),
-            ..Hit::new(id, Dir::Orig, e.reply.src, e.reply.sport)
+            ..Hit::new(id, Dir::Orig, ip, port)
         };
         Ok(self.flows.keep(key, gen, hit))
     }
@@ -539,12 +536,12 @@ impl Switch {
         if key.proto == 6 {
             ct.note_seq(id, Dir::Reply, seg.seq_end);
         }
-        let e = ct.get(id)?;
+        let (ip, port, via) = ct.translation(id, Dir::Reply)?;
         let gen = ct.cacheable(id, Dir::Reply);
         drop(ct);
         let hit = Hit {
-            via: e.via,
-            ..Hit::new(id, Dir::Reply, e.orig.dst, e.orig.dport)
+            via,
+            ..Hit::new(id, Dir::Reply, ip, port)
         };
         Some(self.flows.keep(key, gen, hit))
     }

@@ -55,17 +55,85 @@ pub struct NetworkView {
     /// Endpoint and gateway addresses, for ARP and neighbour-solicitation answers.
     pub neighbors: FxHashMap<IpAddr, Mac>,
     /// Service VIPs on this network and the fwmark of their virtual service.
-    pub vips: FxHashMap<IpAddr, u32>,
+    pub vips: ByFamily<u32>,
     /// Virtual services by fwmark: scheduler and backends (the tasks on this network).
     pub services: FxHashMap<u32, ServiceView>,
     /// Names the embedded DNS answers on this network (lowercase, no trailing dot).
     pub dns: FxHashMap<String, Vec<IpAddr>>,
     /// Every backend address of this network's services: only frames from these
     /// can be replies to rewrite back to a VIP, so only they pay a conntrack lookup.
-    pub backend_ips: rustc_hash::FxHashSet<IpAddr>,
+    pub backend_ips: ByFamily<()>,
     /// Frames of this network to and from other nodes (the dataplane keeps one
     /// per VNI across state swaps; see [`crate::traffic`]).
     pub traffic: crate::traffic::Traffic,
+}
+
+/// A map keyed by address, one table per family: an IPv4 lookup hashes a
+/// 4-byte key as it did before IPv6 came (an `IpAddr` key costs its
+/// discriminant too, measured on the VIP path).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ByFamily<V> {
+    v4: FxHashMap<Ipv4Addr, V>,
+    v6: FxHashMap<Ipv6Addr, V>,
+}
+
+impl<V> Default for ByFamily<V> {
+    fn default() -> Self {
+        Self {
+            v4: FxHashMap::default(),
+            v6: FxHashMap::default(),
+        }
+    }
+}
+
+impl<V> ByFamily<V> {
+    #[inline]
+    pub fn get(&self, a: &IpAddr) -> Option<&V> {
+        match a {
+            IpAddr::V4(a) => self.v4.get(a),
+            IpAddr::V6(a) => self.v6.get(a),
+        }
+    }
+
+    #[inline]
+    pub fn contains_key(&self, a: &IpAddr) -> bool {
+        self.get(a).is_some()
+    }
+
+    pub fn insert(&mut self, a: IpAddr, v: V) -> Option<V> {
+        match a {
+            IpAddr::V4(a) => self.v4.insert(a, v),
+            IpAddr::V6(a) => self.v6.insert(a, v),
+        }
+    }
+
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.v4.is_empty() && self.v6.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (IpAddr, &V)> {
+        self.v4
+            .iter()
+            .map(|(a, v)| (IpAddr::V4(*a), v))
+            .chain(self.v6.iter().map(|(a, v)| (IpAddr::V6(*a), v)))
+    }
+}
+
+impl ByFamily<()> {
+    /// As a set of addresses.
+    #[inline]
+    pub fn contains(&self, a: &IpAddr) -> bool {
+        self.contains_key(a)
+    }
+}
+
+impl Extend<IpAddr> for ByFamily<()> {
+    fn extend<T: IntoIterator<Item = IpAddr>>(&mut self, iter: T) {
+        for a in iter {
+            self.insert(a, ());
+        }
+    }
 }
 
 /// A virtual service as one network sees it.
