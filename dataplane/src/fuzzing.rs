@@ -836,9 +836,22 @@ pub fn tcp_frame(
     flags: u8,
     payload: &[u8],
 ) -> Vec<u8> {
-    let mut b = PacketBuilder::ethernet2(src, dst)
+    let b = PacketBuilder::ethernet2(src, dst)
         .ipv4(sip, dip, 64)
         .tcp(sport, dport, 1000, 65535);
+    let mut out = Vec::new();
+    with_flags(b, flags)
+        .write(&mut out, payload)
+        .expect("frame");
+    out
+}
+
+/// Sets SYN (0x02), ACK (0x10, acknowledging 1), FIN (0x01) and RST (0x04)
+/// from `flags`.
+fn with_flags(
+    mut b: etherparse::PacketBuilderStep<etherparse::TcpHeader>,
+    flags: u8,
+) -> etherparse::PacketBuilderStep<etherparse::TcpHeader> {
     if flags & 0x02 != 0 {
         b = b.syn();
     }
@@ -851,9 +864,7 @@ pub fn tcp_frame(
     if flags & 0x04 != 0 {
         b = b.rst();
     }
-    let mut out = Vec::new();
-    b.write(&mut out, payload).expect("frame");
-    out
+    b
 }
 
 /// [`tcp_frame`] over IPv6.
@@ -869,23 +880,13 @@ pub fn tcp6_frame(
     payload: &[u8],
 ) -> Vec<u8> {
     let v6 = |s: &str| s.parse::<std::net::Ipv6Addr>().expect("v6").octets();
-    let mut b = PacketBuilder::ethernet2(src, dst)
+    let b = PacketBuilder::ethernet2(src, dst)
         .ipv6(v6(sip), v6(dip), 64)
         .tcp(sport, dport, 1000, 65535);
-    if flags & 0x02 != 0 {
-        b = b.syn();
-    }
-    if flags & 0x10 != 0 {
-        b = b.ack(1);
-    }
-    if flags & 0x01 != 0 {
-        b = b.fin();
-    }
-    if flags & 0x04 != 0 {
-        b = b.rst();
-    }
     let mut out = Vec::new();
-    b.write(&mut out, payload).expect("frame");
+    with_flags(b, flags)
+        .write(&mut out, payload)
+        .expect("frame");
     out
 }
 

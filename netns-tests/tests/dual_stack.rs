@@ -29,38 +29,6 @@ fn add_underlay_v6(n: &Node) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What a connection from `ns` to `dst` hears: Ok(text), or the error kind.
-fn ask(ns: &str, dst: SocketAddr) -> anyhow::Result<Result<String, ErrorKind>> {
-    in_netns(ns, move || {
-        let mut c = match TcpStream::connect_timeout(&dst, Duration::from_secs(2)) {
-            Ok(c) => c,
-            Err(e) => return Err(e.kind()),
-        };
-        c.set_read_timeout(Some(Duration::from_secs(3)))
-            .map_err(|e| e.kind())?;
-        let mut s = String::new();
-        c.read_to_string(&mut s).map_err(|e| e.kind())?;
-        Ok(s)
-    })
-}
-
-/// Asks until the answer is as expected (changes propagate through the store).
-fn settles(
-    ns: &str,
-    dst: SocketAddr,
-    ok: impl Fn(&Result<String, ErrorKind>) -> bool,
-) -> anyhow::Result<Result<String, ErrorKind>> {
-    let mut last = ask(ns, dst)?;
-    for _ in 0..24 {
-        if ok(&last) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-        last = ask(ns, dst)?;
-    }
-    Ok(last)
-}
-
 /// The addresses `getent` finds for `name` in `ns` (`ahostsv4` / `ahostsv6`).
 fn lookup(ns: &str, db: &str, name: &str) -> anyhow::Result<Vec<String>> {
     let out = exec(ns, &["getent", db, name])?;

@@ -8,9 +8,8 @@
 mod common;
 
 use common::*;
-use std::io::{ErrorKind, Read};
-use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::time::Duration;
+use std::io::ErrorKind;
+use std::net::{IpAddr, SocketAddr};
 use vxmesh_netns_tests::*;
 
 /// A task that answers each connection with its name and the address the
@@ -21,40 +20,8 @@ fn who_server(ns: &str, port: u16, name: &str) -> anyhow::Result<AnswerServer> {
     answer_server(ns, addr, false, move |peer| format!("{name} {}", peer.ip()))
 }
 
-/// What a connection from `ns` to `dst` hears: Ok(text), or the error kind.
-fn ask(ns: &str, dst: SocketAddr) -> anyhow::Result<Result<String, ErrorKind>> {
-    in_netns(ns, move || {
-        let mut c = match TcpStream::connect_timeout(&dst, Duration::from_secs(2)) {
-            Ok(c) => c,
-            Err(e) => return Err(e.kind()),
-        };
-        c.set_read_timeout(Some(Duration::from_secs(3)))
-            .map_err(|e| e.kind())?;
-        let mut s = String::new();
-        c.read_to_string(&mut s).map_err(|e| e.kind())?;
-        Ok(s)
-    })
-}
-
 fn at(n: &Node, port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(n.addr), port)
-}
-
-/// Asks until the answer is as expected (changes propagate through the store).
-fn settles(
-    ns: &str,
-    dst: SocketAddr,
-    ok: impl Fn(&Result<String, ErrorKind>) -> bool,
-) -> anyhow::Result<Result<String, ErrorKind>> {
-    let mut last = ask(ns, dst)?;
-    for _ in 0..20 {
-        if ok(&last) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-        last = ask(ns, dst)?;
-    }
-    Ok(last)
 }
 
 #[test]

@@ -12,7 +12,6 @@ use crate::state::ClusterState;
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::OwnedFd;
-use tokio::io::AsyncWriteExt;
 use vxmesh_dataplane::io::tap;
 use vxmesh_dataplane::{Mac, PortId};
 
@@ -70,17 +69,28 @@ pub async fn create_sandbox(queues: usize) -> Result<(Sandbox, Vec<OwnedFd>), In
     let mac = vxmesh_dataplane::mac_to_string(&host_mac);
     ip(&["link", "set", "dev", DEVICE, "address", &mac]).await?;
     // IPv6 on, for published ports over the node's IPv6 addresses, but no
-    // router solicitations or autoconfiguration on a link that has no router
-    for (key, value) in [("accept_ra", "0"), ("autoconf", "0"), ("disable_ipv6", "0")] {
-        sysctl(&format!("/proc/sys/net/ipv6/conf/{DEVICE}/{key}"), value)?;
+    // router solicitations or autoconfiguration on a link that has no router;
+    // a node with IPv6 off (no such files) keeps IPv4 ingress
+    let v6 = std::path::Path::new("/proc/sys/net/ipv6/conf")
+        .join(DEVICE)
+        .exists();
+    if v6 {
+        for (key, value) in [("accept_ra", "0"), ("autoconf", "0"), ("disable_ipv6", "0")] {
+            sysctl(&format!("/proc/sys/net/ipv6/conf/{DEVICE}/{key}"), value)?;
+        }
     }
     sysctl(
         &format!("/proc/sys/net/ipv4/conf/{DEVICE}/route_localnet"),
         "1",
     )?;
     sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
-    sysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1")?;
+    if v6 {
+        sysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1")?;
+    }
     for cidr in [HOST_CIDR, HOST_CIDR6] {
+        if cidr == HOST_CIDR6 && !v6 {
+            continue;
+        }
         let mut args = vec!["addr", "add", cidr, "dev", DEVICE];
         if cidr == HOST_CIDR6 {
             // the agent is the only other host on the link
@@ -154,30 +164,13 @@ pub fn render_table(st: &ClusterState, node: &str, advertise: IpAddr) -> String 
     out
 }
 
+/// `nft -f -` (the agent's one way of driving nftables), its refusal said as
+/// the ingress table's.
 async fn nft(script: &str) -> Result<(), IngressError> {
-    let mut child = tokio::process::Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(IngressError::NftSpawn)?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(script.as_bytes())
-            .await
-            .map_err(IngressError::NftSpawn)?;
-    }
-    let out = child
-        .wait_with_output()
-        .await
-        .map_err(IngressError::NftSpawn)?;
-    if !out.status.success() {
-        return Err(IngressError::Nft(
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ));
-    }
-    Ok(())
+    super::iproute::nft(script).await.map_err(|e| match e {
+        PlumbError::Failed { stderr, .. } => IngressError::Nft(stderr),
+        PlumbError::Spawn { source, .. } => IngressError::NftSpawn(source),
+    })
 }
 
 /// Replaces the table with `table` in one transaction.

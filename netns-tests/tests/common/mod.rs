@@ -4,8 +4,10 @@
 #![allow(dead_code)]
 
 use anyhow::{Context, Result};
+use std::io::{ErrorKind, Read};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
-use vxmesh_netns_tests::{Node, Topology};
+use vxmesh_netns_tests::{in_netns, Node, Topology};
 
 pub struct Ep {
     pub id: String,
@@ -200,4 +202,36 @@ impl Drop for Bg {
             self.stop();
         }
     }
+}
+
+/// What a connection from `ns` to `dst` hears: Ok(text), or the error kind.
+pub fn ask(ns: &str, dst: SocketAddr) -> Result<Result<String, ErrorKind>> {
+    in_netns(ns, move || {
+        let mut c = match TcpStream::connect_timeout(&dst, Duration::from_secs(2)) {
+            Ok(c) => c,
+            Err(e) => return Err(e.kind()),
+        };
+        c.set_read_timeout(Some(Duration::from_secs(3)))
+            .map_err(|e| e.kind())?;
+        let mut s = String::new();
+        c.read_to_string(&mut s).map_err(|e| e.kind())?;
+        Ok(s)
+    })
+}
+
+/// Asks until the answer is as expected (changes propagate through the store).
+pub fn settles(
+    ns: &str,
+    dst: SocketAddr,
+    ok: impl Fn(&Result<String, ErrorKind>) -> bool,
+) -> Result<Result<String, ErrorKind>> {
+    let mut last = ask(ns, dst)?;
+    for _ in 0..20 {
+        if ok(&last) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+        last = ask(ns, dst)?;
+    }
+    Ok(last)
 }
