@@ -320,7 +320,12 @@ async fn configure(ns: &Path, ep: &Endpoint, net: &Network, mtu: u32) -> Result<
         &["link", "set", "dev", dev, "address", &ep.mac, "mtu", &m],
     )
     .await?;
-    for addr in &ep.ips {
+    // a kernel without IPv6 (ipv6.disable=1) keeps IPv4 going alone
+    let v6_ok = super::iproute::host_has_ipv6();
+    if !v6_ok && ep.ips.iter().any(|a| a.is_ipv6()) {
+        tracing::warn!(endpoint = %ep.id, "this kernel has no IPv6: the endpoint's IPv6 address is not configured");
+    }
+    for addr in ep.ips.iter().filter(|a| v6_ok || a.is_ipv4()) {
         let Some(subnet) = net.subnets.iter().find(|s| s.contains(addr)) else {
             continue;
         };
@@ -347,7 +352,7 @@ async fn configure(ns: &Path, ep: &Endpoint, net: &Network, mtu: u32) -> Result<
     }
     ip_in(ns, &["link", "set", "dev", dev, "up"]).await?;
     if ingress {
-        for v6 in [false, true] {
+        for v6 in [false, true].into_iter().filter(|v6| v6_ok || !v6) {
             let family = if v6 { "-6" } else { "-4" };
             let addr = ep.ips.iter().find(|a| a.is_ipv6() == v6);
             let gw = net.gateways.iter().find(|g| g.is_ipv6() == v6);
@@ -390,7 +395,7 @@ async fn configure(ns: &Path, ep: &Endpoint, net: &Network, mtu: u32) -> Result<
         }
         return Ok(());
     }
-    for gw in &net.gateways {
+    for gw in net.gateways.iter().filter(|g| v6_ok || g.is_ipv4()) {
         let g = gw.to_string();
         let family = if gw.is_ipv6() { "-6" } else { "-4" };
         // A namespace already routed elsewhere (another network) keeps its default.

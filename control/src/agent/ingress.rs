@@ -71,9 +71,7 @@ pub async fn create_sandbox(queues: usize) -> Result<(Sandbox, Vec<OwnedFd>), In
     // IPv6 on, for published ports over the node's IPv6 addresses, but no
     // router solicitations or autoconfiguration on a link that has no router;
     // a node with IPv6 off (no such files) keeps IPv4 ingress
-    let v6 = std::path::Path::new("/proc/sys/net/ipv6/conf")
-        .join(DEVICE)
-        .exists();
+    let v6 = super::iproute::host_has_ipv6();
     if v6 {
         for (key, value) in [("accept_ra", "0"), ("autoconf", "0"), ("disable_ipv6", "0")] {
             sysctl(&format!("/proc/sys/net/ipv6/conf/{DEVICE}/{key}"), value)?;
@@ -84,9 +82,6 @@ pub async fn create_sandbox(queues: usize) -> Result<(Sandbox, Vec<OwnedFd>), In
         "1",
     )?;
     sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
-    if v6 {
-        sysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1")?;
-    }
     for cidr in [HOST_CIDR, HOST_CIDR6] {
         if cidr == HOST_CIDR6 && !v6 {
             continue;
@@ -150,8 +145,9 @@ pub fn render_table(st: &ClusterState, node: &str, advertise: IpAddr) -> String 
     let mut out = format!(
         "table ip {TABLE} {{\n  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n{v4}  }}\n  chain output {{\n    type nat hook output priority -100; policy accept;\n{v4}  }}\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    oifname \"{DEVICE}\" ip saddr 127.0.0.0/8 {snat}\n  }}\n}}\n"
     );
-    let v6 = crate::state::ingress::network(st)
-        .is_some_and(|n| n.subnets.iter().any(|s| s.addr().is_ipv6()));
+    let v6 = super::iproute::host_has_ipv6()
+        && crate::state::ingress::network(st)
+            .is_some_and(|n| n.subnets.iter().any(|s| s.addr().is_ipv6()));
     if v6 {
         // ::1 cannot be DNATed off the host (IPv6 has no route_localnet)
         let v6 = rules(&format!("[{SANDBOX_IP6}]"), "");
@@ -173,20 +169,32 @@ async fn nft(script: &str) -> Result<(), IngressError> {
     })
 }
 
-/// Replaces the table with `table` in one transaction.
-pub async fn apply_table(table: &str) -> Result<(), IngressError> {
-    nft(&format!(
-        "table ip {TABLE}\ndelete table ip {TABLE}\ntable ip6 {TABLE}\ndelete table ip6 {TABLE}\n{table}"
-    ))
-    .await
+/// The tables' names, for one transaction that empties them: `table X` first
+/// (creating one that is missing), so deleting never fails. The IPv6 one only
+/// where the kernel has IPv6.
+fn flush_script() -> String {
+    let mut s = format!("table ip {TABLE}\ndelete table ip {TABLE}\n");
+    if super::iproute::host_has_ipv6() {
+        let _ = write!(s, "table ip6 {TABLE}\ndelete table ip6 {TABLE}\n");
+    }
+    s
 }
 
-/// Removes the table (when the agent stops).
+/// Replaces the tables with `table` in one transaction. Published ports over
+/// IPv6 are forwarded into the sandbox, so IPv6 forwarding goes on once the
+/// IPv6 table is there (not before: a host taking its default route from
+/// router advertisements loses it with forwarding on, unless `accept_ra=2`).
+pub async fn apply_table(table: &str) -> Result<(), IngressError> {
+    nft(&format!("{}{table}", flush_script())).await?;
+    if table.contains("table ip6 ") {
+        sysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1")?;
+    }
+    Ok(())
+}
+
+/// Removes the tables (`--cleanup-on-exit`).
 pub async fn remove_table() -> Result<(), IngressError> {
-    nft(&format!(
-        "table ip {TABLE}\ndelete table ip {TABLE}\ntable ip6 {TABLE}\ndelete table ip6 {TABLE}\n"
-    ))
-    .await
+    nft(&flush_script()).await
 }
 
 #[cfg(test)]

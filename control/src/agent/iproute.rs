@@ -70,6 +70,13 @@ pub async fn ethtool_in(netns: &Path, args: &[&str]) -> Result<String, PlumbErro
     run("nsenter", &a).await
 }
 
+/// Whether this kernel has IPv6 at all (not booted with `ipv6.disable=1`):
+/// without it, IPv6 addresses, routes and nftables hooks are skipped, and
+/// IPv4 goes on alone.
+pub fn host_has_ipv6() -> bool {
+    Path::new("/proc/sys/net/ipv6").exists()
+}
+
 /// Turns IPv6 on for interface `dev` inside the namespace at `netns` (its
 /// `disable_ipv6` sysctl, which is per namespace: written from a shell that
 /// nsenter put in it).

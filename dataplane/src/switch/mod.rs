@@ -636,17 +636,20 @@ impl Switch {
         let Some(net) = st.networks.get(&ing.vni) else {
             return self.drop(DropReason::UnknownVni);
         };
+        // the sandbox's address first: the kernel's own IPv6 multicast (MLD
+        // behind a hop-by-hop header) is no published port's business
+        let to_sandbox = |d: &IpAddr| match d {
+            IpAddr::V4(a) => *a == ing.sandbox_ip,
+            IpAddr::V6(a) => Some(*a) == ing.sandbox_ip6,
+        };
+        if !egress::addresses(frame).is_some_and(|(_, d)| to_sandbox(&d)) {
+            return self.drop(DropReason::NoRoute);
+        }
         let Some((key, seg)) = five_tuple(frame, ing.vni) else {
             let why = untracked_reason(frame);
             return self.drop(why);
         };
-        let to_sandbox = match key.dst {
-            IpAddr::V4(a) => a == ing.sandbox_ip,
-            IpAddr::V6(a) => Some(a) == ing.sandbox_ip6,
-        };
-        if !to_sandbox {
-            return self.drop(DropReason::NoRoute);
-        }
+
         // only a new connection is admitted: published here, ingress on (host-mode
         // ports are this node's own and stay), and this node's policy
         let admit = || {

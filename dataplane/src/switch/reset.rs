@@ -128,10 +128,10 @@ impl Switch {
             )
         };
         let mut frame = [0u8; tcp_rst::RST_LEN];
-        if tcp_rst::write(&mut frame, src, dst, seq, None).is_none() {
+        let Some(n) = tcp_rst::write(&mut frame, src, dst, seq, None) else {
             return Action::Drop(DropReason::Malformed);
-        }
-        buf.load_frame(&frame);
+        };
+        buf.load_frame(&frame[..n]);
         self.counters.resets_sent += 1;
         match (ingress, to_client) {
             (Some(i), true) => Action::Deliver(i.port),

@@ -125,34 +125,66 @@ fn a_vip_whose_tasks_lack_the_clients_family_has_no_backend() {
     );
 }
 
+/// `f` (an Ethernet/IPv6 frame) with an empty hop-by-hop options header put
+/// before its transport header.
+fn with_hop_by_hop(mut f: Vec<u8>) -> Vec<u8> {
+    let l4 = f.split_off(14 + 40);
+    let next = f[14 + 6];
+    f[14 + 6] = 0;
+    let plen = u16::from_be_bytes([f[18], f[19]]) + 8;
+    f[18..20].copy_from_slice(&plen.to_be_bytes());
+    f.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]);
+    f.extend_from_slice(&l4);
+    f
+}
+
 #[test]
 fn ipv6_extension_headers_before_transport_are_dropped_with_their_reason() {
     let st = state(false);
     let mut sw = Switch::new(16);
     sw.on_state(&st);
-    // a hop-by-hop options header (8 bytes, nothing in it) before TCP
-    let mut f = tcp6_frame(A, GW, "fd00::10", VIP6, 40000, 80, 0x02, b"");
-    let tcp = f.split_off(14 + 40);
-    f[14 + 6] = 0;
-    let plen = u16::from_be_bytes([f[18], f[19]]) + 8;
-    f[18..20].copy_from_slice(&plen.to_be_bytes());
-    f.extend_from_slice(&[6, 0, 1, 4, 0, 0, 0, 0]);
-    f.extend_from_slice(&tcp);
+    let f = with_hop_by_hop(tcp6_frame(A, GW, "fd00::10", VIP6, 40000, 80, 0x02, b""));
     let mut b = buf(&f);
     assert_eq!(
         sw.from_port(&st, P_A, &mut b, 0),
         Action::Drop(DropReason::Ipv6ExtensionHeader)
     );
     assert_eq!(sw.counters.dropped(DropReason::Ipv6ExtensionHeader), 1);
-    // the same to the sandbox
-    let mut s = f.clone();
-    s[0..6].copy_from_slice(&SBOX);
-    s[6..12].copy_from_slice(&HOST);
+    // the same to the sandbox's address
+    let s = with_hop_by_hop(tcp6_frame(
+        HOST,
+        SBOX,
+        "2001:db8::7",
+        SANDBOX_IP6,
+        50000,
+        8080,
+        0x02,
+        b"",
+    ));
     let mut b = buf(&s);
     assert_eq!(
         sw.from_port(&st, SANDBOX, &mut b, 0),
         Action::Drop(DropReason::Ipv6ExtensionHeader)
     );
+    // the kernel's own multicast on the sandbox (MLD is sent behind a
+    // hop-by-hop header) is no published port's: not counted as one
+    let mut mld = with_hop_by_hop(tcp6_frame(
+        HOST,
+        [0x33, 0x33, 0, 0, 0, 0x16],
+        "fdff:ffff:ffff:fa::1",
+        "ff02::16",
+        0,
+        0,
+        0,
+        b"",
+    ));
+    mld[14 + 40] = 58;
+    let mut b = buf(&mld);
+    assert_eq!(
+        sw.from_port(&st, SANDBOX, &mut b, 0),
+        Action::Drop(DropReason::NoRoute)
+    );
+    assert_eq!(sw.counters.dropped(DropReason::Ipv6ExtensionHeader), 2);
 }
 
 #[test]

@@ -97,8 +97,11 @@ pub fn write(out: &mut [u8], src: End, dst: End, seq: u32, ack: Option<u32>) -> 
 pub fn write_refusal(room: &mut [u8], len: usize, from_mac: Mac) -> Option<usize> {
     let f = room.get(..len)?;
     let (ip_len, payload_len, src, dst) = match f.get(12..14)? {
-        [0x08, 0x00] if *f.get(ETH + 9)? == 6 => {
+        [0x08, 0x00] if f.len() >= ETH + 20 && f[ETH + 9] == 6 => {
             let ihl = usize::from(f[ETH] & 0x0f) * 4;
+            if ihl < 20 {
+                return None;
+            }
             let total = usize::from(u16::from_be_bytes([f[ETH + 2], f[ETH + 3]]));
             (
                 ihl,
@@ -243,6 +246,22 @@ mod tests {
         };
         let mut g = [0u8; RST_LEN];
         assert_eq!(write(&mut g, mixed, v6, 0, None), None, "families differ");
+    }
+
+    #[test]
+    fn a_short_frame_is_no_segment_to_refuse() {
+        // found in review: 24 bytes, IPv4, protocol TCP, nothing else
+        let mut f = vec![0u8; 24];
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        f[14] = 0x45;
+        f[23] = 6;
+        f.resize(128, 0);
+        assert_eq!(write_refusal(&mut f, 24, [2; 6]), None);
+        let mut g = vec![0u8; 128];
+        g[12..14].copy_from_slice(&[0x08, 0x00]);
+        g[14] = 0x41; // an IHL under 20 bytes
+        g[23] = 6;
+        assert_eq!(write_refusal(&mut g, 60, [2; 6]), None);
     }
 
     #[test]
