@@ -228,6 +228,80 @@ pub fn rewrite_icmp_error(f: &mut [u8], from: Ipv4Addr, ip: Ipv4Addr, port: u16)
     true
 }
 
+/// The connection an ICMPv6 error (destination unreachable, packet too big,
+/// time exceeded, parameter problem) at `f` is about: (proto, src, dst, sport,
+/// dport) of the IPv6 TCP/UDP packet it quotes, as that packet was sent.
+/// `None` for other frames (and for quoted packets with extension headers).
+pub fn icmp6_error_quote(f: &[u8]) -> Option<(u8, Ipv6Addr, Ipv6Addr, u16, u16)> {
+    if v6_transport(f)? != 58 || !matches!(*f.get(ETH + 40)?, 1..=4) {
+        return None;
+    }
+    let q = f.get(ETH + 48..ETH + 48 + 44)?;
+    if q[0] >> 4 != 6 || !matches!(q[6], 6 | 17) {
+        return None;
+    }
+    let ip = |o: usize| {
+        let mut b = [0u8; 16];
+        b.copy_from_slice(&q[o..o + 16]);
+        Ipv6Addr::from(b)
+    };
+    let port = |o: usize| u16::from_be_bytes([q[40 + o], q[40 + o + 1]]);
+    Some((q[6], ip(8), ip(24), port(0), port(2)))
+}
+
+/// [`rewrite_icmp_error`] for ICMPv6: the outer source becomes `from` (the
+/// VIP), the quoted destination `(ip, port)`; the quoted UDP checksum (when
+/// quoted) is updated, and the ICMPv6 checksum, which covers the outer
+/// addresses through the pseudo-header, is computed anew over the message.
+pub fn rewrite_icmp6_error(f: &mut [u8], from: Ipv6Addr, ip: Ipv6Addr, port: u16) -> bool {
+    if icmp6_error_quote(f).is_none() {
+        return false;
+    }
+    let plen = usize::from(u16::from_be_bytes([f[ETH + 4], f[ETH + 5]]));
+    let end = ETH + 40 + plen;
+    if end > f.len() || plen < 8 + 44 {
+        return false;
+    }
+    f[ETH + 8..ETH + 24].copy_from_slice(&from.octets());
+    let q = ETH + 48;
+    let mut old_ip = [0u8; 16];
+    old_ip.copy_from_slice(&f[q + 24..q + 40]);
+    f[q + 24..q + 40].copy_from_slice(&ip.octets());
+    let p = q + 40 + 2;
+    let old_port = [f[p], f[p + 1]];
+    f[p..p + 2].copy_from_slice(&port.to_be_bytes());
+    if f[q + 6] == 17 && end >= q + 48 {
+        let c = q + 40 + 6;
+        if f[c] != 0 || f[c + 1] != 0 {
+            set_check(f, c, &old_ip, &ip.octets());
+            set_check(f, c, &old_port, &port.to_be_bytes());
+        }
+    }
+    let icmp = ETH + 40;
+    f[icmp + 2..icmp + 4].fill(0);
+    let mut pseudo = [0u8; 40];
+    pseudo[..32].copy_from_slice(&f[ETH + 8..ETH + 40]);
+    pseudo[32..36].copy_from_slice(&(plen as u32).to_be_bytes());
+    pseudo[39] = 58;
+    let c = checksum_parts(&pseudo, &f[icmp..end]);
+    f[icmp + 2..icmp + 4].copy_from_slice(&c);
+    true
+}
+
+/// The Internet checksum of `a` followed by `b` (`a` of even length).
+fn checksum_parts(a: &[u8], b: &[u8]) -> [u8; 2] {
+    let mut sum: u32 = 0;
+    for part in [a, b] {
+        for c in part.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+        }
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+    }
+    (!(sum as u16)).to_be_bytes()
+}
+
 /// The Internet checksum of `data`, ready to store.
 fn checksum(data: &[u8]) -> [u8; 2] {
     let mut sum: u32 = 0;
@@ -424,6 +498,62 @@ mod tests {
     }
 
     #[test]
+    fn an_icmpv6_error_about_a_balanced_flow_reads_as_from_the_vip() {
+        let client: Ipv6Addr = "fd00::2".parse().unwrap();
+        let task: Ipv6Addr = "fd00:1::5".parse().unwrap();
+        let vip: Ipv6Addr = "fd00::99".parse().unwrap();
+        // the task refuses UDP client:40000 -> task:53
+        let mut quoted = Vec::new();
+        PacketBuilder::ipv6(client.octets(), task.octets(), 64)
+            .udp(40000, 53)
+            .write(&mut quoted, b"query")
+            .unwrap();
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2([4; 6], [2; 6])
+            .ipv6(task.octets(), client.octets(), 64)
+            .icmpv6(etherparse::Icmpv6Type::DestinationUnreachable(
+                etherparse::icmpv6::DestUnreachableCode::Port,
+            ))
+            .write(&mut f, &quoted)
+            .unwrap();
+        assert_eq!(icmp6_error_quote(&f), Some((17, client, task, 40000, 53)));
+        assert!(rewrite_icmp6_error(&mut f, vip, vip, 5353));
+        let p = SlicedPacket::from_ethernet(&f).unwrap();
+        let Some(etherparse::NetSlice::Ipv6(ip)) = &p.net else {
+            panic!("not ipv6")
+        };
+        assert_eq!(ip.header().source_addr(), vip);
+        let Some(TransportSlice::Icmpv6(icmp)) = &p.transport else {
+            panic!("not icmpv6")
+        };
+        let (s, d) = (ip.header().source(), ip.header().destination());
+        assert_eq!(
+            icmp.icmp_type()
+                .calc_checksum(s, d, icmp.payload())
+                .unwrap(),
+            icmp.checksum(),
+            "ICMPv6 checksum over the new pseudo-header"
+        );
+        let q = etherparse::Ipv6HeaderSlice::from_slice(icmp.payload()).unwrap();
+        assert_eq!(q.destination_addr(), vip);
+        let u = &icmp.payload()[40..];
+        assert_eq!(u16::from_be_bytes([u[2], u[3]]), 5353);
+        let uh = etherparse::UdpHeaderSlice::from_slice(u)
+            .unwrap()
+            .to_header();
+        assert_eq!(
+            uh.calc_checksum_ipv6_raw(client.octets(), vip.octets(), &u[8..])
+                .unwrap(),
+            uh.checksum,
+            "quoted UDP checksum still matches"
+        );
+        // an echo reply is no error
+        let mut g = frame6(58, b"x");
+        assert_eq!(icmp6_error_quote(&g), None);
+        assert!(!rewrite_icmp6_error(&mut g, vip, vip, 1));
+    }
+
+    #[test]
     fn ipv6_with_an_extension_header_is_not_rewritten() {
         let mut f = frame6(6, b"x");
         f[14 + 6] = 0; // hop-by-hop options first
@@ -451,6 +581,15 @@ mod tests {
             let mut d = data.clone();
             if d.len() > 21 { d[12] = 0x86; d[13] = 0xdd; d[20] = 6; }
             let _ = rewrite_v6(&mut d, Side::Src, Ipv6Addr::LOCALHOST, 1);
+        }
+
+        #[test]
+        fn icmp6_error_rewrite_never_panics(data in proptest::collection::vec(proptest::num::u8::ANY, 0..160)) {
+            let mut d = data.clone();
+            if d.len() > 62 { d[12] = 0x86; d[13] = 0xdd; d[20] = 58; d[54] = 1; d[62] = 0x60; }
+            if d.len() > 68 { d[68] = 17; }
+            let _ = icmp6_error_quote(&d);
+            let _ = rewrite_icmp6_error(&mut d, Ipv6Addr::LOCALHOST, Ipv6Addr::LOCALHOST, 1);
         }
     }
 

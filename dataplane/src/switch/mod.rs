@@ -550,36 +550,45 @@ impl Switch {
     /// unreachable for UDP): made to read as coming from the VIP about the
     /// packet the client sent, so the client's socket sees it.
     fn unbalance_icmp_error(&mut self, net: &NetworkView, buf: &mut PacketBuf) {
-        let Some((proto, src, dst, sport, dport)) = nat::icmp_error_quote(buf.data()) else {
-            return;
+        let quoted = match nat::icmp_error_quote(buf.data()) {
+            Some((proto, src, dst, sport, dport)) => (proto, src.into(), dst.into(), sport, dport),
+            None => match nat::icmp6_error_quote(buf.data()) {
+                Some((proto, src, dst, sport, dport)) => {
+                    (proto, src.into(), dst.into(), sport, dport)
+                }
+                None => return,
+            },
         };
-        if !net.backend_ips.contains(&IpAddr::V4(dst)) {
+        let (proto, src, dst, sport, dport): (u8, IpAddr, IpAddr, u16, u16) = quoted;
+        if !net.backend_ips.contains(&dst) {
             return;
         }
         let reply = Key {
             zone: net.vni,
             proto,
-            src: dst.into(),
-            dst: src.into(),
+            src: dst,
+            dst: src,
             sport: dport,
             dport: sport,
         };
         let orig = {
             let ct = self.lock_conntrack();
             match ct.lookup(&reply) {
-                Some((id, Dir::Reply)) => ct.get(id).map(|e| e.orig),
+                Some((id, Dir::Reply)) => ct.translation(id, Dir::Reply),
                 _ => None,
             }
         };
-        if let Some(Key {
-            dst: IpAddr::V4(vip),
-            dport,
-            ..
-        }) = orig
-        {
-            if nat::rewrite_icmp_error(buf.data_mut(), vip, vip, dport) {
-                buf.data_mut()[6..12].copy_from_slice(&net.gateway_mac);
+        let rewritten = match orig {
+            Some((IpAddr::V4(vip), port, _)) => {
+                nat::rewrite_icmp_error(buf.data_mut(), vip, vip, port)
             }
+            Some((IpAddr::V6(vip), port, _)) => {
+                nat::rewrite_icmp6_error(buf.data_mut(), vip, vip, port)
+            }
+            None => false,
+        };
+        if rewritten {
+            buf.data_mut()[6..12].copy_from_slice(&net.gateway_mac);
         }
     }
 

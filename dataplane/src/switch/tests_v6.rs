@@ -385,3 +385,53 @@ fn an_oversized_ipv6_packet_gets_packet_too_big_from_the_ipv6_gateway() {
     ends(b.data());
     assert_eq!(sw.counters.dropped(DropReason::TooBig), 1);
 }
+
+#[test]
+fn an_icmpv6_error_from_a_task_reaches_the_client_from_the_ipv6_vip() {
+    let st = state(false);
+    let mut sw = Switch::new(16);
+    sw.on_state(&st);
+    // UDP from A to the IPv6 VIP, port 53: balanced to R (fd00::12)
+    let mut q = Vec::new();
+    PacketBuilder::ethernet2(A, GW)
+        .ipv6(v6("fd00::10").octets(), v6(VIP6).octets(), 64)
+        .udp(40000, 53)
+        .write(&mut q, b"query")
+        .unwrap();
+    let mut b = buf(&q);
+    assert!(matches!(
+        sw.from_port(&st, P_A, &mut b, 0),
+        Action::Encap { .. }
+    ));
+    // R answers with port unreachable, quoting what it got (to itself)
+    let quoted = b.data()[14..].to_vec();
+    let mut e = Vec::new();
+    PacketBuilder::ethernet2(R, A)
+        .ipv6(v6("fd00::12").octets(), v6("fd00::10").octets(), 64)
+        .icmpv6(etherparse::Icmpv6Type::DestinationUnreachable(
+            etherparse::icmpv6::DestUnreachableCode::Port,
+        ))
+        .write(&mut e, &quoted)
+        .unwrap();
+    let mut b = datagram(VNI, &e);
+    assert_eq!(
+        sw.from_underlay(&st, IpAddr::V4(NODE_B), &mut b, 0, false),
+        Action::Deliver(P_A)
+    );
+    let p = SlicedPacket::from_ethernet(b.data()).unwrap();
+    let Some(etherparse::NetSlice::Ipv6(ip)) = &p.net else {
+        panic!("not ipv6")
+    };
+    assert_eq!(ip.header().source_addr(), v6(VIP6), "from the VIP");
+    assert_eq!(&b.data()[6..12], &GW);
+    ends(b.data());
+    let Some(TransportSlice::Icmpv6(i)) = &p.transport else {
+        panic!("not icmpv6")
+    };
+    let inner = etherparse::Ipv6HeaderSlice::from_slice(i.payload()).unwrap();
+    assert_eq!(
+        inner.destination_addr(),
+        v6(VIP6),
+        "about the packet A sent"
+    );
+}
