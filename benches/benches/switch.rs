@@ -921,7 +921,103 @@ fn lb_path(c: &mut Criterion) {
         );
     }
     ingress_path(&mut g);
+    ipv6_vip_path(&mut g);
     g.finish();
+}
+
+/// The IPv6 VIP fd00::100 of the same service: 10.0.0.11 (port B) is
+/// dual-stack as fd00::11, so IPv6 clients all go to it.
+fn with_vip6() -> SwitchState {
+    let mut st = with_vip();
+    let net = st.networks.get_mut(&VNI).expect("network");
+    let vip6: IpAddr = "fd00::100".parse().expect("v6");
+    let b6: std::net::Ipv6Addr = "fd00::11".parse().expect("v6");
+    net.vips.insert(vip6, FWMARK);
+    net.neighbors.insert(vip6, GW);
+    net.neighbors.insert(IpAddr::V6(b6), B);
+    net.backend_ips.extend([IpAddr::V6(b6)]);
+    if let Some(svc) = net.services.get_mut(&FWMARK) {
+        svc.backends[0].v6 = Some(b6);
+    }
+    if let Some(p) = st.ports.get_mut(&PORT_B) {
+        p.ips.push(IpAddr::V6(b6));
+    }
+    st
+}
+
+/// An IPv6/TCP frame `from` (address, port) `to` (address, port).
+fn tcp6(
+    src: Mac,
+    dst: Mac,
+    from: (&str, u16),
+    to: (&str, u16),
+    flags: Flags,
+    payload: usize,
+) -> Vec<u8> {
+    let a = |s: &str| s.parse::<std::net::Ipv6Addr>().expect("v6").octets();
+    let mut out = Vec::new();
+    let b = PacketBuilder::ethernet2(src, dst)
+        .ipv6(a(from.0), a(to.0), 64)
+        .tcp(from.1, to.1, 1000, 64_000);
+    let b = match flags {
+        Flags::Syn => b.syn(),
+        Flags::SynAck => b.syn().ack(1),
+        Flags::Ack => b.ack(1),
+    };
+    b.write(&mut out, &vec![0x5a; payload]).expect("frame");
+    out
+}
+
+/// `vip6_tracked` and `vip6_reply`: `vip_tracked` and `vip_reply` through the
+/// IPv6 VIP (138-byte frames: the same payload behind a 40-byte header).
+fn ipv6_vip_path(g: &mut BenchmarkGroup<'_, WallTime>) {
+    let st = with_vip6();
+    let mut sw = Switch::new(4096);
+    sw.on_state(&st);
+    let mut buf = PacketBuf::new();
+    let (client, vip, task) = (
+        ("fd00::10", CLIENT_PORT),
+        ("fd00::100", 80),
+        ("fd00::11", 80),
+    );
+    for (from, f) in [
+        (PORT_A, tcp6(A, GW, client, vip, Flags::Syn, 0)),
+        (PORT_B, tcp6(B, A, task, client, Flags::SynAck, 0)),
+        (PORT_A, tcp6(A, GW, client, vip, Flags::Ack, 0)),
+    ] {
+        buf.load_frame(&f);
+        let to = if from == PORT_A { PORT_B } else { PORT_A };
+        assert_eq!(sw.from_port(&st, from, &mut buf, NOW), Action::Deliver(to));
+    }
+    let to_vip = tcp6(A, GW, client, vip, Flags::Ack, LB_PAYLOAD);
+    assert_eq!(to_vip.len(), 138);
+    buf.load_frame(&to_vip);
+    assert_eq!(
+        sw.from_port(&st, PORT_A, &mut buf, NOW),
+        Action::Deliver(PORT_B)
+    );
+    assert_eq!(
+        &buf.data()[38..54],
+        &"fd00::11"
+            .parse::<std::net::Ipv6Addr>()
+            .expect("v6")
+            .octets()
+    );
+    time_frame(g, "vip6_tracked", &mut sw, &st, PORT_A, &to_vip);
+    let reply = tcp6(B, A, task, client, Flags::Ack, LB_PAYLOAD);
+    buf.load_frame(&reply);
+    assert_eq!(
+        sw.from_port(&st, PORT_B, &mut buf, NOW),
+        Action::Deliver(PORT_A)
+    );
+    assert_eq!(
+        &buf.data()[22..38],
+        &"fd00::100"
+            .parse::<std::net::Ipv6Addr>()
+            .expect("v6")
+            .octets()
+    );
+    time_frame(g, "vip6_reply", &mut sw, &st, PORT_B, &reply);
 }
 
 const IVNI: u32 = 4095;

@@ -414,6 +414,12 @@ fn capture(t: &Topology, ns: &str, file: &str) -> anyhow::Result<(Bg, std::path:
             path.to_str().unwrap(),
         ],
     )?;
+    // tcpdump writes the file's header once it captures: wait for that rather
+    // than guess (a busy machine took over a second once)
+    let ready = eventually(Duration::from_secs(10), || {
+        Ok(std::fs::metadata(&path).is_ok_and(|m| m.len() >= 24))
+    })?;
+    anyhow::ensure!(ready, "tcpdump in {ns} did not start capturing");
     Ok((bg, path))
 }
 
