@@ -319,11 +319,7 @@ impl Topology {
 
     /// Points a node's own resolv.conf at `resolver` (or at nothing). Takes effect
     /// for agents started afterwards.
-    pub fn set_node_resolver(
-        &self,
-        node: &Node,
-        resolver: Option<std::net::Ipv4Addr>,
-    ) -> Result<()> {
+    pub fn set_node_resolver(&self, node: &Node, resolver: Option<std::net::IpAddr>) -> Result<()> {
         let dir = Path::new("/etc/netns").join(&node.ns);
         fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let body = match resolver {

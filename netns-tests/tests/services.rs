@@ -443,11 +443,33 @@ fn a_stopped_node_leaves_the_balancers_and_comes_back_on(store: StoreKind) -> an
 /// answer comes back to the container from its gateway.
 #[test]
 fn unknown_names_are_forwarded_to_the_nodes_resolver() -> anyhow::Result<()> {
-    let mut t = Topology::new("fwd")?;
+    forwarded_to_a_resolver_at(false)
+}
+
+/// The same with the node's only resolver at an IPv6 address.
+#[test]
+fn unknown_names_are_forwarded_to_an_ipv6_resolver() -> anyhow::Result<()> {
+    forwarded_to_a_resolver_at(true)
+}
+
+fn forwarded_to_a_resolver_at(v6: bool) -> anyhow::Result<()> {
+    let mut t = Topology::new(if v6 { "fwd6" } else { "fwd" })?;
     let n1 = t.add_node("n1")?;
     let up = t.add_outside_host("up")?;
+    let up_ip: std::net::IpAddr = if v6 {
+        // IPv6 beside the harness's IPv4 on the underlay, for these two only
+        for (n, a) in [(&n1, "fd99::1/64"), (&up, "fd99::53/64")] {
+            exec_ok(
+                &n.ns,
+                &["ip", "-6", "addr", "add", a, "dev", "ul0", "nodad"],
+            )?;
+        }
+        "fd99::53".parse()?
+    } else {
+        up.addr.into()
+    };
     // a resolver on the underlay that answers every A query with 192.0.2.123
-    let upstream = SocketAddr::new(up.addr.into(), 53);
+    let upstream = SocketAddr::new(up_ip, 53);
     let sock = in_netns(&up.ns, move || std::net::UdpSocket::bind(upstream))??;
     sock.set_read_timeout(Some(Duration::from_millis(200)))?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -467,13 +489,16 @@ fn unknown_names_are_forwarded_to_the_nodes_resolver() -> anyhow::Result<()> {
             let _ = sock.send_to(&r, from);
         }
     });
-    t.set_node_resolver(&n1, Some(up.addr))?;
+    t.set_node_resolver(&n1, Some(up_ip))?;
     t.start_agent(&n1, &[])?;
     t.cli_ok(&n1, &["network", "create", "f", "--subnet", "10.50.0.0/24"])?;
     let c = t.add_container("c")?;
     endpoint(&t, &n1, "f", &c, &[])?;
     let out = exec_ok(&c, &["getent", "ahostsv4", "www.example.test"])?;
-    assert!(out.contains("192.0.2.123"), "not forwarded: {out}");
+    assert!(
+        out.contains("192.0.2.123"),
+        "not forwarded to {up_ip}: {out}"
+    );
     // names it knows it still answers itself
     assert!(exec_ok(&c, &["getent", "ahostsv4", &c])?.contains("10.50.0."));
     stop.store(true, Ordering::Relaxed);

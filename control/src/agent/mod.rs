@@ -1119,15 +1119,18 @@ impl Agent {
     }
 }
 
-/// The IPv4 nameservers of the agent's namespace (`ip netns exec` shows a node
+/// The nameservers of the agent's namespace, of either family (`ip netns exec` shows a node
 /// namespace its own `/etc/netns/NAME/resolv.conf` here).
 fn upstream_resolvers() -> Vec<std::net::SocketAddr> {
     std::fs::read_to_string("/etc/resolv.conf")
         .unwrap_or_default()
         .lines()
         .filter_map(|l| l.trim().strip_prefix("nameserver"))
-        .filter_map(|a| a.trim().parse::<std::net::Ipv4Addr>().ok())
-        .map(|ip| std::net::SocketAddr::new(ip.into(), 53))
+        // a scoped link-local address (fe80::1%eth0) names an interface the
+        // workers' socket is not on: left out
+        .filter_map(|a| a.trim().parse::<IpAddr>().ok())
+        .filter(|ip| ip.is_ipv4() || iproute::host_has_ipv6())
+        .map(|ip| std::net::SocketAddr::new(ip, 53))
         .collect()
 }
 

@@ -20,6 +20,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use rustc_hash::FxHashMap;
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -93,7 +94,7 @@ impl WorkerHandle {
             coalescer: Coalescer::new(),
             co_port: None,
             rx_bufs: vec![vec![0u8; 65_536 + 4096]; gso::BATCH],
-            dns_sock: std::net::UdpSocket::bind("0.0.0.0:0")?,
+            dns_sock: dns_socket()?,
             dns_pending: FxHashMap::default(),
             dns_max: limits
                 .dns_forwards
@@ -370,6 +371,30 @@ fn write_frame(
     } else {
         c.port_tx += 1;
         p.traffic.tx(lane, 1, frame.len() as u64);
+    }
+}
+
+/// The socket queries go to the node's resolvers from: one of both families
+/// (IPv6, not IPv6-only) so resolvers of either are asked, or IPv4 alone on a
+/// kernel without IPv6.
+fn dns_socket() -> io::Result<std::net::UdpSocket> {
+    let dual = || -> io::Result<std::net::UdpSocket> {
+        let s = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::DGRAM, None)?;
+        s.set_only_v6(false)?;
+        s.bind(&SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), 0).into())?;
+        Ok(s.into())
+    };
+    dual().or_else(|_| std::net::UdpSocket::bind("0.0.0.0:0"))
+}
+
+/// `to` as `sock` can send to it: an IPv4 resolver as an IPv4-mapped address
+/// from the dual-stack socket.
+fn for_socket(sock: &std::net::UdpSocket, to: SocketAddr) -> SocketAddr {
+    match (sock.local_addr(), to.ip()) {
+        (Ok(SocketAddr::V6(_)), IpAddr::V4(a)) => {
+            SocketAddr::new(IpAddr::V6(a.to_ipv6_mapped()), to.port())
+        }
+        _ => to,
     }
 }
 
@@ -921,7 +946,7 @@ impl Worker {
         let q = &mut self.dns_scratch[..query.len()];
         q.copy_from_slice(query);
         q[0..2].copy_from_slice(&id.to_be_bytes());
-        match self.dns_sock.send_to(q, up) {
+        match self.dns_sock.send_to(q, for_socket(&self.dns_sock, up)) {
             Ok(_) => {
                 self.dns_pending
                     .insert(id, (port, peer, orig, Instant::now()));
@@ -936,7 +961,7 @@ impl Worker {
         let st = self.state.load();
         for _ in 0..BUDGET {
             let (n, src) = match self.dns_sock.recv_from(&mut self.dns_scratch) {
-                Ok(r) => r,
+                Ok((n, src)) => (n, SocketAddr::new(src.ip().to_canonical(), src.port())),
                 Err(_) => return false,
             };
             if n < 12 || !st.dns_upstream.contains(&src) {
