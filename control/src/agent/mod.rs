@@ -95,6 +95,10 @@ struct LocalPort {
     port: PortId,
     /// The endpoint as attached, to delete its (persistent) interface when it goes.
     ep: Endpoint,
+    /// The store revision it was attached at: a reconcile working from an older
+    /// snapshot (taken before the API committed the endpoint, then waiting for
+    /// the ports' lock) must not take it for one that is gone.
+    since: u64,
 }
 
 #[derive(Default)]
@@ -752,9 +756,12 @@ impl Agent {
         let mut ports = self.ports.lock().await;
         let gone: Vec<String> = ports
             .by_endpoint
-            .keys()
-            .filter(|id| st.endpoints.get(*id).is_none_or(|e| e.node != self.node))
-            .cloned()
+            .iter()
+            .filter(|(id, p)| {
+                p.since <= snap.revision
+                    && st.endpoints.get(*id).is_none_or(|e| e.node != self.node)
+            })
+            .map(|(id, _)| id.clone())
             .collect();
         for id in gone {
             if let Some(ep) = self.close_port(&mut ports, &id) {
@@ -784,7 +791,7 @@ impl Agent {
             };
             match attach::attach(&ep, net, self.mtus.of(net), self.worker.workers()).await {
                 Ok(fd) => {
-                    let port = self.add_port(&mut ports, &ep, fd);
+                    let port = self.add_port(&mut ports, &ep, fd, snap.revision);
                     tracing::info!(endpoint = %ep.id, port = port.0, "endpoint attached");
                 }
                 Err(e) => {
@@ -852,7 +859,13 @@ impl Agent {
         egress::sync_routes(&mut have.1, &routes).await;
     }
 
-    fn add_port(&self, ports: &mut LocalPorts, ep: &Endpoint, a: attach::Attached) -> PortId {
+    fn add_port(
+        &self,
+        ports: &mut LocalPorts,
+        ep: &Endpoint,
+        a: attach::Attached,
+        since: u64,
+    ) -> PortId {
         let port = PortId(ports.next);
         ports.next += 1;
         if let Err(e) = self.worker.add_port(port, a.fds, a.offloaded) {
@@ -863,6 +876,7 @@ impl Agent {
             LocalPort {
                 port,
                 ep: ep.clone(),
+                since,
             },
         );
         self.record_ports(ports);
@@ -1014,7 +1028,7 @@ impl Agent {
         };
         match attached {
             Ok(fd) => {
-                self.add_port(&mut ports, &ep, fd);
+                self.add_port(&mut ports, &ep, fd, snap.revision);
                 self.publish(&snap.state, &ports);
                 self.publish_tunnels(&snap.state);
                 Ok(ep)
@@ -1064,7 +1078,7 @@ impl Agent {
         }
         let (tap, a) =
             attach::tap_for_docker(&ep, &net, self.mtus.of(&net), self.worker.workers()).await?;
-        self.add_port(&mut ports, &ep, a);
+        self.add_port(&mut ports, &ep, a, snap.revision);
         self.publish(&snap.state, &ports);
         self.publish_tunnels(&snap.state);
         Ok((tap, ep, net))
