@@ -581,13 +581,24 @@ fn tcp(
     let b = PacketBuilder::ethernet2(src, dst)
         .ipv4(from.0, to.0, 64)
         .tcp(from.1, to.1, 1000, 64_000);
-    let b = match flags {
-        Flags::Syn => b.syn(),
-        Flags::SynAck => b.syn().ack(1),
-        Flags::Ack => b.ack(1),
-    };
-    b.write(&mut out, &vec![0x5a; payload]).expect("frame");
+    flags
+        .set(b)
+        .write(&mut out, &vec![0x5a; payload])
+        .expect("frame");
     out
+}
+
+impl Flags {
+    fn set(
+        self,
+        b: etherparse::PacketBuilderStep<etherparse::TcpHeader>,
+    ) -> etherparse::PacketBuilderStep<etherparse::TcpHeader> {
+        match self {
+            Flags::Syn => b.syn(),
+            Flags::SynAck => b.syn().ack(1),
+            Flags::Ack => b.ack(1),
+        }
+    }
 }
 
 /// Whether an IPv4/TCP frame's IP header and TCP checksums are both right.
@@ -959,12 +970,10 @@ fn tcp6(
     let b = PacketBuilder::ethernet2(src, dst)
         .ipv6(a(from.0), a(to.0), 64)
         .tcp(from.1, to.1, 1000, 64_000);
-    let b = match flags {
-        Flags::Syn => b.syn(),
-        Flags::SynAck => b.syn().ack(1),
-        Flags::Ack => b.ack(1),
-    };
-    b.write(&mut out, &vec![0x5a; payload]).expect("frame");
+    flags
+        .set(b)
+        .write(&mut out, &vec![0x5a; payload])
+        .expect("frame");
     out
 }
 
@@ -996,13 +1005,8 @@ fn ipv6_vip_path(g: &mut BenchmarkGroup<'_, WallTime>) {
         sw.from_port(&st, PORT_A, &mut buf, NOW),
         Action::Deliver(PORT_B)
     );
-    assert_eq!(
-        &buf.data()[38..54],
-        &"fd00::11"
-            .parse::<std::net::Ipv6Addr>()
-            .expect("v6")
-            .octets()
-    );
+    let octets = |s: &str| s.parse::<std::net::Ipv6Addr>().expect("v6").octets();
+    assert_eq!(&buf.data()[38..54], &octets("fd00::11"));
     time_frame(g, "vip6_tracked", &mut sw, &st, PORT_A, &to_vip);
     let reply = tcp6(B, A, task, client, Flags::Ack, LB_PAYLOAD);
     buf.load_frame(&reply);
@@ -1010,13 +1014,7 @@ fn ipv6_vip_path(g: &mut BenchmarkGroup<'_, WallTime>) {
         sw.from_port(&st, PORT_B, &mut buf, NOW),
         Action::Deliver(PORT_A)
     );
-    assert_eq!(
-        &buf.data()[22..38],
-        &"fd00::100"
-            .parse::<std::net::Ipv6Addr>()
-            .expect("v6")
-            .octets()
-    );
+    assert_eq!(&buf.data()[22..38], &octets("fd00::100"));
     time_frame(g, "vip6_reply", &mut sw, &st, PORT_B, &reply);
 }
 

@@ -3,7 +3,8 @@
 //! address and port), so only the backend's end is new. 40 bytes instead of
 //! two 20-byte keys plus the rest. An IPv6 connection keeps its three
 //! addresses in a side array of the table's, by slot ([`Six`]), so IPv4
-//! records stay this small and a table that never sees IPv6 pays nothing.
+//! records stay this small and a table that never sees IPv6 spends no memory
+//! on it.
 
 use super::{Key, State};
 use crate::Mac;

@@ -94,7 +94,7 @@ impl WorkerHandle {
             coalescer: Coalescer::new(),
             co_port: None,
             rx_bufs: vec![vec![0u8; 65_536 + 4096]; gso::BATCH],
-            dns_sock: dns_socket()?,
+            dns_sock: DnsSocket::bind()?,
             dns_pending: FxHashMap::default(),
             dns_max: limits
                 .dns_forwards
@@ -125,9 +125,9 @@ impl WorkerHandle {
                 Interest::READABLE,
             )?;
         }
-        w.dns_sock.set_nonblocking(true)?;
+        w.dns_sock.sock.set_nonblocking(true)?;
         w.poll.registry().register(
-            &mut SourceFd(&w.dns_sock.as_raw_fd()),
+            &mut SourceFd(&w.dns_sock.sock.as_raw_fd()),
             DNS_FORWARD,
             Interest::READABLE,
         )?;
@@ -217,7 +217,7 @@ struct Worker {
     /// One `recvmmsg`: up to `gso::BATCH` messages, each a GRO run of up to 64 KiB.
     rx_bufs: Vec<Vec<u8>>,
     /// Relays DNS queries for unknown names to the node's resolvers.
-    dns_sock: std::net::UdpSocket,
+    dns_sock: DnsSocket,
     /// Forwarded queries by the id we gave them: who asked, their id, when.
     dns_pending: FxHashMap<u16, (PortId, crate::wire::udp_reply::UdpPeer, u16, Instant)>,
     /// Queries `dns_pending` may hold, at most (`--dns-forwards-max`).
@@ -376,25 +376,47 @@ fn write_frame(
 
 /// The socket queries go to the node's resolvers from: one of both families
 /// (IPv6, not IPv6-only) so resolvers of either are asked, or IPv4 alone on a
-/// kernel without IPv6.
-fn dns_socket() -> io::Result<std::net::UdpSocket> {
-    let dual = || -> io::Result<std::net::UdpSocket> {
-        let s = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::DGRAM, None)?;
-        s.set_only_v6(false)?;
-        s.bind(&SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), 0).into())?;
-        Ok(s.into())
-    };
-    dual().or_else(|_| std::net::UdpSocket::bind("0.0.0.0:0"))
+/// kernel without IPv6. Which one it is is known at bind, so sending asks no
+/// syscall of it.
+struct DnsSocket {
+    sock: std::net::UdpSocket,
+    dual: bool,
 }
 
-/// `to` as `sock` can send to it: an IPv4 resolver as an IPv4-mapped address
-/// from the dual-stack socket.
-fn for_socket(sock: &std::net::UdpSocket, to: SocketAddr) -> SocketAddr {
-    match (sock.local_addr(), to.ip()) {
-        (Ok(SocketAddr::V6(_)), IpAddr::V4(a)) => {
-            SocketAddr::new(IpAddr::V6(a.to_ipv6_mapped()), to.port())
+impl DnsSocket {
+    fn bind() -> io::Result<Self> {
+        let dual = || -> io::Result<std::net::UdpSocket> {
+            let s = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::DGRAM, None)?;
+            s.set_only_v6(false)?;
+            s.bind(&SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), 0).into())?;
+            Ok(s.into())
+        };
+        match dual() {
+            Ok(sock) => Ok(Self { sock, dual: true }),
+            Err(_) => Ok(Self {
+                sock: std::net::UdpSocket::bind("0.0.0.0:0")?,
+                dual: false,
+            }),
         }
-        _ => to,
+    }
+
+    /// Sends to `to`, an IPv4 resolver as an IPv4-mapped address from the
+    /// dual-stack socket.
+    fn send_to(&self, q: &[u8], to: SocketAddr) -> io::Result<usize> {
+        let to = match to.ip() {
+            IpAddr::V4(a) if self.dual => {
+                SocketAddr::new(IpAddr::V6(a.to_ipv6_mapped()), to.port())
+            }
+            _ => to,
+        };
+        self.sock.send_to(q, to)
+    }
+
+    /// Receives an answer, its source as the resolver was configured (an
+    /// IPv4-mapped source back to IPv4).
+    fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        let (n, src) = self.sock.recv_from(buf)?;
+        Ok((n, SocketAddr::new(src.ip().to_canonical(), src.port())))
     }
 }
 
@@ -946,7 +968,7 @@ impl Worker {
         let q = &mut self.dns_scratch[..query.len()];
         q.copy_from_slice(query);
         q[0..2].copy_from_slice(&id.to_be_bytes());
-        match self.dns_sock.send_to(q, for_socket(&self.dns_sock, up)) {
+        match self.dns_sock.send_to(q, up) {
             Ok(_) => {
                 self.dns_pending
                     .insert(id, (port, peer, orig, Instant::now()));
@@ -961,7 +983,7 @@ impl Worker {
         let st = self.state.load();
         for _ in 0..BUDGET {
             let (n, src) = match self.dns_sock.recv_from(&mut self.dns_scratch) {
-                Ok((n, src)) => (n, SocketAddr::new(src.ip().to_canonical(), src.port())),
+                Ok(r) => r,
                 Err(_) => return false,
             };
             if n < 12 || !st.dns_upstream.contains(&src) {

@@ -173,9 +173,7 @@ impl Switch {
                             && (arp.target_ip == eg.next_hop
                                 || eg.local.contains_key(&IpAddr::V4(arp.target_ip))) =>
                     {
-                        neighbor::write_arp_reply(buf.data_mut(), &arp, eg.mac);
-                        self.counters.neighbor_replies += 1;
-                        Action::Reply(eg.port)
+                        self.answer_arp(buf, &arp, eg.mac, eg.port)
                     }
                     Some(_) => self.drop(DropReason::NoRoute),
                     None => self.drop(DropReason::Malformed),
@@ -194,13 +192,9 @@ impl Switch {
                     if ns.target != eg.next_hop6 && !eg.local.contains_key(&IpAddr::V6(ns.target)) {
                         return self.drop(DropReason::NoRoute);
                     }
-                    return match neighbor::write_advertisement(buf.frame_room(), &ns, eg.mac) {
-                        Some(n) if buf.set_len(n) => {
-                            self.counters.neighbor_replies += 1;
-                            Action::Reply(eg.port)
-                        }
-                        _ => self.drop(DropReason::TooBig),
-                    };
+                    return self
+                        .answer_solicitation(buf, &ns, eg.mac, eg.port)
+                        .unwrap_or_else(|| self.drop(DropReason::TooBig));
                 }
             }
             _ => return self.drop(DropReason::UnsupportedEtherType),

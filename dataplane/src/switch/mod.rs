@@ -207,12 +207,15 @@ fn l4_tuple(
     ))
 }
 
-/// Why a frame to a VIP or a published port has no 5-tuple: an IPv6 packet
-/// with extension headers before its transport header (not translated, and
-/// counted as such), or simply nothing the balancer serves.
-fn untracked_reason(frame: &[u8]) -> DropReason {
+/// Why a frame the balancer would serve (one whose destination `ours`
+/// accepts: a VIP, the ingress sandbox) has no 5-tuple: an IPv6 packet with
+/// extension headers before its transport header (not translated, and counted
+/// as such); anything else, and any frame not addressed to us (the kernel's
+/// own multicast, a packet for egress), has no route here.
+fn untracked_reason(frame: &[u8], ours: impl Fn(&IpAddr) -> bool) -> DropReason {
+    let to_us = egress::addresses(frame).is_some_and(|(_, d)| ours(&d));
     match frame.get(12..14) {
-        Some(t) if t == ETHERTYPE_IPV6 && nat::v6_transport(frame).is_none() => {
+        Some(t) if to_us && t == ETHERTYPE_IPV6 && nat::v6_transport(frame).is_none() => {
             DropReason::Ipv6ExtensionHeader
         }
         _ => DropReason::NoRoute,
@@ -452,15 +455,9 @@ impl Switch {
         now_ms: u64,
         tuple: Option<(Key, Seg)>,
     ) -> Result<Option<Location>, DropReason> {
+        // no 5-tuple: to a VIP, say why; elsewhere (no_route) it may be egress's
         let Some((key, seg)) = tuple else {
-            // no 5-tuple: to a VIP, say why; elsewhere it may be egress's
-            let to_vip =
-                egress::addresses(buf.data()).is_some_and(|(_, d)| net.vips.contains_key(&d));
-            return Err(if to_vip {
-                untracked_reason(buf.data())
-            } else {
-                DropReason::NoRoute
-            });
+            return Err(untracked_reason(buf.data(), |d| net.vips.contains_key(d)));
         };
         let mark = *net.vips.get(&key.dst).ok_or(DropReason::NoRoute)?;
         let service = PublishedView {
@@ -612,9 +609,7 @@ impl Switch {
             ETHERTYPE_ARP => {
                 return match neighbor::parse_arp(frame) {
                     Some(arp) if arp.is_request && arp.target_ip == ing.sandbox_ip => {
-                        neighbor::write_arp_reply(buf.data_mut(), &arp, ing.sandbox_mac);
-                        self.counters.neighbor_replies += 1;
-                        Action::Reply(ing.port)
+                        self.answer_arp(buf, &arp, ing.sandbox_mac, ing.port)
                     }
                     Some(_) => self.drop(DropReason::NoRoute),
                     None => self.drop(DropReason::Malformed),
@@ -627,17 +622,9 @@ impl Switch {
                     if Some(ns.target) != ing.sandbox_ip6 {
                         return self.drop(DropReason::NoRoute);
                     }
-                    return match neighbor::write_advertisement(
-                        buf.frame_room(),
-                        &ns,
-                        ing.sandbox_mac,
-                    ) {
-                        Some(n) if buf.set_len(n) => {
-                            self.counters.neighbor_replies += 1;
-                            Action::Reply(ing.port)
-                        }
-                        _ => self.drop(DropReason::Malformed),
-                    };
+                    return self
+                        .answer_solicitation(buf, &ns, ing.sandbox_mac, ing.port)
+                        .unwrap_or_else(|| self.drop(DropReason::Malformed));
                 }
             }
             _ => return self.drop(DropReason::UnsupportedEtherType),
@@ -645,20 +632,19 @@ impl Switch {
         let Some(net) = st.networks.get(&ing.vni) else {
             return self.drop(DropReason::UnknownVni);
         };
-        // the sandbox's address first: the kernel's own IPv6 multicast (MLD
-        // behind a hop-by-hop header) is no published port's business
         let to_sandbox = |d: &IpAddr| match d {
             IpAddr::V4(a) => *a == ing.sandbox_ip,
             IpAddr::V6(a) => Some(*a) == ing.sandbox_ip6,
         };
-        if !egress::addresses(frame).is_some_and(|(_, d)| to_sandbox(&d)) {
-            return self.drop(DropReason::NoRoute);
-        }
+        // the kernel's own IPv6 multicast (MLD behind a hop-by-hop header) is
+        // no published port's business: no_route, not an extension header
         let Some((key, seg)) = five_tuple(frame, ing.vni) else {
-            let why = untracked_reason(frame);
+            let why = untracked_reason(frame, to_sandbox);
             return self.drop(why);
         };
-
+        if !to_sandbox(&key.dst) {
+            return self.drop(DropReason::NoRoute);
+        }
         // only a new connection is admitted: published here, ingress on (host-mode
         // ports are this node's own and stay), and this node's policy
         let admit = || {
@@ -909,6 +895,36 @@ impl Switch {
         }
     }
 
+    /// Answers ARP request `arp` in place with `mac`, back out of `port`.
+    fn answer_arp<'s>(
+        &mut self,
+        buf: &mut PacketBuf,
+        arp: &neighbor::Arp,
+        mac: Mac,
+        port: PortId,
+    ) -> Action<'s> {
+        neighbor::write_arp_reply(buf.data_mut(), arp, mac);
+        self.counters.neighbor_replies += 1;
+        Action::Reply(port)
+    }
+
+    /// Answers neighbour solicitation `ns` in place with `mac`, back out of
+    /// `port`; `None` when the advertisement does not fit the buffer.
+    fn answer_solicitation<'s>(
+        &mut self,
+        buf: &mut PacketBuf,
+        ns: &neighbor::Solicitation,
+        mac: Mac,
+        port: PortId,
+    ) -> Option<Action<'s>> {
+        let n = neighbor::write_advertisement(buf.frame_room(), ns, mac)?;
+        if !buf.set_len(n) {
+            return None;
+        }
+        self.counters.neighbor_replies += 1;
+        Some(Action::Reply(port))
+    }
+
     fn drop<'s>(&mut self, r: DropReason) -> Action<'s> {
         self.counters.drop(r);
         Action::Drop(r)
@@ -958,9 +974,7 @@ impl Switch {
                 }
                 if arp.is_request {
                     if let Some(mac) = answer_for(net, pv, IpAddr::V4(arp.target_ip)) {
-                        neighbor::write_arp_reply(buf.data_mut(), &arp, mac);
-                        self.counters.neighbor_replies += 1;
-                        return Action::Reply(port);
+                        return self.answer_arp(buf, &arp, mac, port);
                     }
                 }
             }
@@ -988,10 +1002,8 @@ impl Switch {
                 }
                 if let Some(ns) = neighbor::parse_solicitation(frame) {
                     if let Some(mac) = answer_for(net, pv, IpAddr::V6(ns.target)) {
-                        if let Some(n) = neighbor::write_advertisement(buf.frame_room(), &ns, mac) {
-                            buf.set_len(n);
-                            self.counters.neighbor_replies += 1;
-                            return Action::Reply(port);
+                        if let Some(a) = self.answer_solicitation(buf, &ns, mac, port) {
+                            return a;
                         }
                     }
                 }
