@@ -535,7 +535,13 @@ fn a_published_port_reaches_a_task_across_an_ipv6_underlay() -> Result<()> {
     for _ in 0..5 {
         assert!(ask()?, "n1:8080 stopped answering");
     }
-    assert!(stat(&t, &n1, "underlay_tx")? > 0 && stat(&t, &n2, "underlay_rx")? > 0);
+    // workers publish their counters every 100 ms: the asks above can all
+    // finish inside one period
+    assert!(
+        eventually(Duration::from_secs(2), || Ok(stat(&t, &n1, "underlay_tx")? > 0
+            && stat(&t, &n2, "underlay_rx")? > 0))?,
+        "the published port's traffic did not cross the underlay"
+    );
     // from outside, over the nodes' IPv6 addresses
     for n in [&n1, &n2] {
         let dst = SocketAddr::new(n.underlay_addr(), 8080);
