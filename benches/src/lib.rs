@@ -8,11 +8,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use vxmesh_netns_tests::exec_timeout;
 
-/// `[--runs N] [--secs S] [--json FILE] [--svg FILE]`, common to the harnesses.
+/// `[--runs N] [--secs S] [--workers N] [--json FILE] [--svg FILE]`, common to
+/// the harnesses.
 #[derive(Debug, Clone)]
 pub struct BenchArgs {
     pub runs: usize,
     pub secs: u32,
+    /// Each agent's `--workers`; `None`: the harness's default.
+    pub workers: Option<u16>,
     pub json: Option<String>,
     pub svg: Option<String>,
 }
@@ -27,6 +30,7 @@ pub fn parse_args_from(args: impl IntoIterator<Item = String>, usage: &str) -> R
     let mut a = BenchArgs {
         runs: 3,
         secs: 5,
+        workers: None,
         json: None,
         svg: None,
     };
@@ -46,6 +50,15 @@ pub fn parse_args_from(args: impl IntoIterator<Item = String>, usage: &str) -> R
                     .parse()
                     .with_context(|| format!("--secs {s}: not a number"))?;
             }
+            "--workers" => {
+                let s = v()?;
+                a.workers = Some(
+                    s.parse()
+                        .ok()
+                        .filter(|n| *n >= 1)
+                        .with_context(|| format!("--workers {s}: not a number from 1"))?,
+                );
+            }
             "--json" => a.json = Some(v()?),
             "--svg" => a.svg = Some(v()?),
             "-h" | "--help" => {
@@ -59,6 +72,15 @@ pub fn parse_args_from(args: impl IntoIterator<Item = String>, usage: &str) -> R
         bail!("--runs and --secs must be at least 1");
     }
     Ok(a)
+}
+
+/// Worker threads per agent when `nodes` agents share this machine: its cores
+/// divided among them (at least one). An agent's own default is one per core,
+/// right for a node that has the machine to itself; two agents on two cores
+/// would each start two, four forwarders on two cores beside the workload.
+pub fn workers_per_node(nodes: usize) -> u16 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    u16::try_from((cores / nodes.max(1)).max(1)).unwrap_or(u16::MAX)
 }
 
 /// The median (the upper one of an even count); 0 for none.
@@ -311,6 +333,8 @@ mod tests {
         assert!(args(&["--runs", "many"]).is_err());
         assert!(args(&["--secs", "0"]).is_err());
         assert!(args(&["--frobnicate"]).is_err());
+        assert_eq!(args(&["--workers", "2"]).unwrap().workers, Some(2));
+        assert!(args(&["--workers", "0"]).is_err());
     }
 
     #[test]

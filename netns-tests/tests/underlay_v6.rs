@@ -538,7 +538,8 @@ fn a_published_port_reaches_a_task_across_an_ipv6_underlay() -> Result<()> {
     // workers publish their counters every 100 ms: the asks above can all
     // finish inside one period
     assert!(
-        eventually(Duration::from_secs(2), || Ok(stat(&t, &n1, "underlay_tx")? > 0
+        eventually(Duration::from_secs(2), || Ok(stat(&t, &n1, "underlay_tx")?
+            > 0
             && stat(&t, &n2, "underlay_rx")? > 0))?,
         "the published port's traffic did not cross the underlay"
     );

@@ -18,7 +18,11 @@
 //! and over the plain overlay to the same task. Prints medians and vxmesh/kernel
 //! ratios; the machine is noisy, so only ratios from one run mean anything.
 //!
-//! Usage: netns-lb [--runs N] [--secs S] [--json FILE] [--svg FILE]
+//! Each agent runs with `--workers` the machine's cores divided by the two
+//! nodes (one on this machine): one forwarding thread per core, as on real
+//! nodes that each have their own; `--workers N` overrides it.
+//!
+//! Usage: netns-lb [--runs N] [--secs S] [--workers N] [--json FILE] [--svg FILE]
 
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Value};
@@ -28,10 +32,10 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use vxmesh_benches::{iperf3_gbps, median, parse_args, BarChart, Bg, Series};
+use vxmesh_benches::{iperf3_gbps, median, parse_args, workers_per_node, BarChart, Bg, Series};
 use vxmesh_netns_tests::*;
 
-const USAGE: &str = "netns-lb [--runs N] [--secs S] [--json FILE] [--svg FILE]\n\
+const USAGE: &str = "netns-lb [--runs N] [--secs S] [--workers N] [--json FILE] [--svg FILE]\n\
     vxmesh's service VIP and published port against the kernel's nft DNAT + VXLAN (run as root;\n\
     needs wrk, nginx, iperf3, nft: scripts/bench-lb.sh installs them)";
 
@@ -341,11 +345,12 @@ fn service_vip(v: &Value, network: &str) -> Result<Ipv4Addr> {
 
 /// vxmesh: agents on n1 and n2, a service published on 8080 with three tasks on
 /// n2, a second service with the bulk task.
-fn vxmesh_side(t: &mut Topology, procs: &mut Procs, outside: &Node) -> Result<Side> {
+fn vxmesh_side(t: &mut Topology, procs: &mut Procs, outside: &Node, workers: u16) -> Result<Side> {
     let n1 = t.add_node("n1")?;
     let n2 = t.add_node("n2")?;
-    t.start_agent(&n1, &[])?;
-    t.start_agent(&n2, &[])?;
+    let workers = workers.to_string();
+    t.start_agent(&n1, &["--workers", &workers])?;
+    t.start_agent(&n2, &["--workers", &workers])?;
     let net = "lb";
     t.cli_ok(&n1, &["network", "create", net, "--subnet", "10.71.0.0/24"])?;
     let publish = format!("{PUBLISHED}:80");
@@ -696,7 +701,10 @@ fn main() -> Result<()> {
     );
     let outside = t.add_outside_host("out")?;
     procs.sweep.push(outside.ns.clone());
-    let vx = vxmesh_side(&mut t, &mut procs, &outside)?;
+    // the two nodes share this machine's cores, as two real nodes would not
+    let workers = a.workers.unwrap_or_else(|| workers_per_node(2));
+    eprintln!("netns-lb: {workers} worker thread(s) per agent");
+    let vx = vxmesh_side(&mut t, &mut procs, &outside, workers)?;
     check_stop()?;
     let k = kernel_side(&mut t, &mut procs, &outside)?;
     let sides = [k, vx];
@@ -769,7 +777,8 @@ fn main() -> Result<()> {
         med("kernel", "bulk_direct_gbps"),
     );
     println!(
-        "\nmedians of {} runs of {} s (wrk {WRK_THREADS} {WRK_CONNS}; iperf3 1 TCP stream)",
+        "\nmedians of {} runs of {} s (wrk {WRK_THREADS} {WRK_CONNS}; iperf3 1 TCP stream; \
+         {workers} worker(s) per agent)",
         a.runs, a.secs
     );
     println!(
@@ -843,6 +852,7 @@ fn main() -> Result<()> {
     let out = json!({
         "runs": a.runs,
         "secs": a.secs,
+        "workers_per_agent": workers,
         "machine": { "kernel": kernel_release, "cpus": cpus },
         "wrk": format!("wrk {WRK_THREADS} {WRK_CONNS} --latency"),
         "setups": { "kernel": sides[0].label, "vxmesh": sides[1].label },

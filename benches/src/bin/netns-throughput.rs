@@ -17,7 +17,8 @@ use std::time::Duration;
 use vxmesh_benches::{iperf3_gbps, median, parse_args, BarChart, Bg, Series};
 use vxmesh_netns_tests::*;
 
-const USAGE: &str = "netns-throughput [--runs N] [--secs S] [--json FILE] [--svg FILE]";
+const USAGE: &str =
+    "netns-throughput [--runs N] [--secs S] [--workers N] [--json FILE] [--svg FILE]";
 
 /// One setup: a client and a server container joined by some overlay.
 struct Setup {
@@ -45,8 +46,14 @@ fn main() -> Result<()> {
     // (a) and (b): two vxmesh nodes
     let n1 = t.add_node("n1")?;
     let n2 = t.add_node("n2")?;
-    t.start_agent(&n1, &[])?;
-    t.start_agent(&n2, &[])?;
+    // the agents' own default (one worker per core each) unless told
+    let workers = a.workers.map(|w| w.to_string());
+    let args: Vec<&str> = match &workers {
+        Some(w) => vec!["--workers", w],
+        None => vec![],
+    };
+    t.start_agent(&n1, &args)?;
+    t.start_agent(&n2, &args)?;
     t.cli_ok(
         &n1,
         &["network", "create", "plain", "--subnet", "10.61.0.0/24"],

@@ -49,6 +49,43 @@ fn found_from_both_directions_and_follows_tcp() {
     assert_eq!(ct.counts(7, 1, 0), (0, 1));
 }
 
+/// A sweep in slices (the lock given up between them) expires what one whole
+/// sweep would, whatever is inserted between slices.
+#[test]
+fn a_sweep_in_slices_expires_what_a_whole_one_does() {
+    let fill = |ct: &mut Conntrack| {
+        for p in 1..=100u16 {
+            // odd ports established at 0 (idle past 900 s), even ones busy
+            let id = open(ct, p, 0);
+            if p % 2 == 0 {
+                ct.update(id, Dir::Orig, TCP_ACK, 900_000);
+            }
+        }
+    };
+    let mut whole = Conntrack::new(256);
+    fill(&mut whole);
+    let mut all = vec![];
+    assert_eq!(whole.expire(901_000, |e| all.push(e.orig.sport)), 50);
+
+    let mut sliced = Conntrack::new(256);
+    fill(&mut sliced);
+    let (mut from, mut got, mut n, mut slices) = (Some(0), vec![], 0, 0);
+    while let Some(first) = from {
+        let (k, next) = sliced.expire_slots(901_000, first, 7, |e| got.push(e.orig.sport));
+        n += k;
+        from = next;
+        slices += 1;
+        if slices == 3 {
+            open(&mut sliced, 500, 900_000); // a new connection mid-sweep stays
+        }
+    }
+    assert_eq!(slices, 15, "100 slots in slices of 7");
+    assert_eq!((n, got), (50, all), "the same connections, reset alike");
+    assert_eq!(sliced.len(), 51);
+    assert!(sliced.lookup(&key(500)).is_some());
+    assert_eq!(sliced.expire_slots(901_000, 1_000, 7, |_| ()), (0, None));
+}
+
 #[test]
 fn timeouts_follow_state_and_established_ones_get_reset() {
     let mut ct = Conntrack::new(16);

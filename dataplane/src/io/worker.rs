@@ -6,6 +6,7 @@
 //! publishes state by swapping an `Arc` (arc-swap).
 
 use crate::buf::PacketBuf;
+use crate::conntrack::{Conntrack, Entry};
 use crate::counters::{Counters, DropReason};
 use crate::io::gso;
 use crate::io::underlay::Underlay;
@@ -420,6 +421,22 @@ impl DnsSocket {
     }
 }
 
+/// Slots of the connection table swept per hold of its lock.
+const EXPIRE_SLICE: usize = 8192;
+
+/// Expires the connection table's due entries a slice at a time, the lock
+/// given up between slices so that other workers' new connections wait for a
+/// slice (some microseconds), not for the whole table.
+fn expire_in_slices(ct: &Mutex<Conntrack>, now_ms: u64, gone: &mut Vec<Entry>) {
+    let mut from = Some(0);
+    while let Some(first) = from {
+        let Ok(mut t) = ct.lock() else { return };
+        from = t
+            .expire_slots(now_ms, first, EXPIRE_SLICE, |e| gone.push(*e))
+            .1;
+    }
+}
+
 fn token_of(p: PortId) -> Token {
     Token(p.0 as usize + FIRST_PORT_TOKEN)
 }
@@ -486,9 +503,7 @@ impl Worker {
                 if self.index == 0 {
                     let now = self.now_ms();
                     let mut gone = Vec::new();
-                    if let Ok(mut ct) = self.switch.conntrack().lock() {
-                        ct.expire(now, |e| gone.push(*e));
-                    }
+                    expire_in_slices(&self.switch.conntrack(), now, &mut gone);
                     self.send_resets(&gone, &mut buf);
                 }
             }
@@ -618,6 +633,13 @@ impl Worker {
                         .from_underlay(&st, meta.from.ip(), buf, now, false);
                     self.execute_received(a, buf);
                 }
+            }
+            if got < self.rx_bufs.len().min(gso::BATCH) {
+                // recvmmsg stopped short: the queue was empty. A datagram that
+                // lands after it raises a new edge, so no call to see EAGAIN
+                // (one syscall per wake-up saved when a wake-up brings one or two)
+                more = false;
+                break;
             }
         }
         self.flush_coalescer();
