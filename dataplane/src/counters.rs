@@ -74,10 +74,14 @@ pub enum DropReason {
     /// A packet the kernel routed into the egress TAP for an address that is no
     /// attached endpoint (on this node) of a network with egress.
     EgressNoEndpoint,
+    /// Datagrams the kernel dropped because an underlay or WireGuard socket's
+    /// receive queue was full (the worker fell behind); counted from the
+    /// socket's own tally (`SO_RXQ_OVFL`) as later datagrams are read.
+    SocketOverflow,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 30] = [
+    pub const ALL: [DropReason; 31] = [
         DropReason::Malformed,
         DropReason::BadVxlanHeader,
         DropReason::UnknownVni,
@@ -108,6 +112,7 @@ impl DropReason {
         DropReason::Ipv6ExtensionHeader,
         DropReason::Internal,
         DropReason::EgressNoEndpoint,
+        DropReason::SocketOverflow,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -142,6 +147,7 @@ impl DropReason {
             DropReason::Ipv6ExtensionHeader => "ipv6_extension_header",
             DropReason::Internal => "internal",
             DropReason::EgressNoEndpoint => "egress_no_endpoint",
+            DropReason::SocketOverflow => "socket_overflow",
         }
     }
 }

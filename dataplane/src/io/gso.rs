@@ -146,6 +146,7 @@ mod tests {
             len,
             from: "127.0.0.1:1".parse().unwrap(),
             size,
+            dropped: 0,
         };
         let cut = |m: RecvMeta| m.datagrams().collect::<Vec<_>>();
         assert_eq!(
@@ -178,6 +179,7 @@ mod tests {
             len: 0,
             from: rx.local_addr().unwrap(),
             size: 0,
+            dropped: 0,
         }; 1];
         let mut sizes = vec![];
         while sizes.len() < 4 {
@@ -194,7 +196,9 @@ mod tests {
         send(&tx, rx.local_addr().unwrap(), &data, 1000).unwrap();
         std::thread::sleep(Duration::from_millis(50));
         recv_many(&rx, &mut bufs, &mut meta).unwrap();
-        let RecvMeta { len: n, from, size } = meta[0];
+        let RecvMeta {
+            len: n, from, size, ..
+        } = meta[0];
         assert_eq!(from, tx.local_addr().unwrap());
         assert_eq!(
             (n, size),
@@ -212,6 +216,9 @@ pub struct RecvMeta {
     pub from: SocketAddr,
     /// The datagram size of a GRO run (the whole message otherwise).
     pub size: usize,
+    /// How many datagrams the socket had dropped (its receive queue full) when
+    /// this one was queued: `SO_RXQ_OVFL`, a running count; 0 until the first.
+    pub dropped: u32,
 }
 
 impl RecvMeta {
@@ -288,6 +295,7 @@ pub fn recv_many(s: &UdpSocket, bufs: &mut [Vec<u8>], meta: &mut [RecvMeta]) -> 
     for i in 0..got as usize {
         let len = msgs[i].msg_len as usize;
         let mut size = len;
+        let mut dropped = 0;
         // SAFETY: walking the control messages the kernel wrote for message i.
         unsafe {
             let h = &msgs[i].msg_hdr;
@@ -298,6 +306,9 @@ pub fn recv_many(s: &UdpSocket, bufs: &mut [Vec<u8>], meta: &mut [RecvMeta]) -> 
                     if v > 0 {
                         size = v as usize;
                     }
+                } else if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SO_RXQ_OVFL
+                {
+                    dropped = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const u32);
                 }
                 c = libc::CMSG_NXTHDR(h, c);
             }
@@ -306,6 +317,7 @@ pub fn recv_many(s: &UdpSocket, bufs: &mut [Vec<u8>], meta: &mut [RecvMeta]) -> 
             len,
             from: from_storage(&addrs[i]),
             size: size.max(1),
+            dropped,
         };
     }
     Ok(got as usize)
@@ -388,6 +400,7 @@ mod batch_tests {
             len: 0,
             from: rx.local_addr().unwrap(),
             size: 0,
+            dropped: 0,
         }; BATCH];
         let n = recv_many(&rx, &mut bufs, &mut meta).unwrap();
         assert_eq!(n, 5, "all five in one recvmmsg");

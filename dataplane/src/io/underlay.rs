@@ -39,13 +39,21 @@ const UDP_NO_CHECK6_TX: libc::c_int = 101;
 const UDP_NO_CHECK6_RX: libc::c_int = 102;
 
 fn set_udp_opt(s: &UdpSocket, opt: libc::c_int, v: bool) -> io::Result<()> {
+    set_int_opt(s, libc::IPPROTO_UDP, opt, libc::c_int::from(v))
+}
+
+fn set_int_opt(
+    s: &UdpSocket,
+    level: libc::c_int,
+    opt: libc::c_int,
+    v: libc::c_int,
+) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    let v = libc::c_int::from(v);
     // SAFETY: an int option of the size passed, on a live socket.
     let rc = unsafe {
         libc::setsockopt(
             s.as_raw_fd(),
-            libc::IPPROTO_UDP,
+            level,
             opt,
             &v as *const libc::c_int as *const libc::c_void,
             std::mem::size_of::<libc::c_int>() as u32,
@@ -76,6 +84,8 @@ pub fn bind_udp(addr: SocketAddr, reuse_port: bool) -> io::Result<UdpSocket> {
     let s: UdpSocket = s.into();
     set_buffer(&s, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, SOCKET_BUFFER);
     set_buffer(&s, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, SOCKET_BUFFER);
+    // each datagram read tells how many the full queue dropped: a counted drop
+    set_int_opt(&s, libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 1)?;
     socket2::SockRef::from(&s).bind(&addr.into())?;
     Ok(s)
 }
@@ -92,22 +102,10 @@ pub const SOCKET_BUFFER: usize = 8 << 20;
 /// (root, or `CAP_NET_ADMIN`), past `net.core.rmem_max`/`wmem_max`; otherwise
 /// as large as those let the plain option go (the kernel caps it silently).
 fn set_buffer(s: &UdpSocket, force: libc::c_int, plain: libc::c_int, bytes: usize) {
-    use std::os::fd::AsRawFd;
     let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    let set = |opt| {
-        // SAFETY: an int option of the size passed, on a live socket.
-        unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                &v as *const libc::c_int as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as u32,
-            )
-        }
-    };
-    if set(force) < 0 && set(plain) < 0 {
-        tracing::debug!(error = %io::Error::last_os_error(), "socket buffer left at the default");
+    let set = |opt| set_int_opt(s, libc::SOL_SOCKET, opt, v);
+    if let Err(e) = set(force).or_else(|_| set(plain)) {
+        tracing::debug!(error = %e, "socket buffer left at the default");
     }
 }
 
@@ -256,6 +254,40 @@ mod tests {
         let u = Underlay::bind("127.0.0.1".parse().unwrap(), 0, 1).unwrap();
         assert!(u.rx.local_addr().unwrap().is_ipv4());
         assert!(u.tx[0].local_addr().unwrap().is_ipv4());
+    }
+
+    /// What a full receive queue drops is told with the next datagram read
+    /// (`SO_RXQ_OVFL`), so the worker can count it.
+    #[test]
+    fn a_full_receive_queue_tells_how_many_it_dropped() {
+        let rx = bind_udp("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        // the smallest queue the kernel allows: a few datagrams
+        set_int_opt(&rx, libc::SOL_SOCKET, libc::SO_RCVBUF, 1).unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for _ in 0..200 {
+            tx.send_to(&[7u8; 1000], rx.local_addr().unwrap()).unwrap();
+        }
+        rx.set_nonblocking(true).unwrap();
+        let mut bufs = vec![vec![0u8; 2048]; gso::BATCH];
+        let from = rx.local_addr().unwrap();
+        let mut meta = [gso::RecvMeta {
+            len: 0,
+            from,
+            size: 0,
+            dropped: 0,
+        }; gso::BATCH];
+        let mut read = 0;
+        while let Ok(n) = gso::recv_many(&rx, &mut bufs, &mut meta) {
+            read += n;
+        }
+        assert!(read > 0 && read < 200, "{read} read");
+        // a datagram carries the count as it stood when it was queued: the
+        // next one tells of every drop before it
+        tx.send_to(&[8u8; 10], rx.local_addr().unwrap()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(gso::recv_many(&rx, &mut bufs, &mut meta).unwrap(), 1);
+        let dropped = meta[0].dropped as usize;
+        assert_eq!(read + dropped, 200, "{read} read, {dropped} dropped");
     }
 
     /// Every underlay socket asks for [`SOCKET_BUFFER`] each way: as root it

@@ -95,6 +95,8 @@ impl WorkerHandle {
             coalescer: Coalescer::new(),
             co_port: None,
             rx_bufs: vec![vec![0u8; 65_536 + 4096]; gso::BATCH],
+            underlay_dropped: 0,
+            wg_dropped: 0,
             dns_sock: DnsSocket::bind()?,
             dns_pending: FxHashMap::default(),
             dns_max: limits
@@ -105,6 +107,7 @@ impl WorkerHandle {
                 len: 0,
                 from: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
                 size: 0,
+                dropped: 0,
             }; gso::BATCH],
             state: state.clone(),
             switch,
@@ -217,6 +220,9 @@ struct Worker {
     co_port: Option<PortId>,
     /// One `recvmmsg`: up to `gso::BATCH` messages, each a GRO run of up to 64 KiB.
     rx_bufs: Vec<Vec<u8>>,
+    /// The underlay and WireGuard sockets' overflow counts when last read.
+    underlay_dropped: u32,
+    wg_dropped: u32,
     /// Relays DNS queries for unknown names to the node's resolvers.
     dns_sock: DnsSocket,
     /// Forwarded queries by the id we gave them: who asked, their id, when.
@@ -418,6 +424,19 @@ impl DnsSocket {
     fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
         let (n, src) = self.sock.recv_from(buf)?;
         Ok((n, SocketAddr::new(src.ip().to_canonical(), src.port())))
+    }
+}
+
+/// Adds to the `socket_overflow` drops what a socket dropped since `seen`, its
+/// running count when last read (the newest datagram carries the highest).
+fn count_overflow(meta: &[gso::RecvMeta], seen: &mut u32, c: &mut Counters) {
+    if let Some(now) = meta.iter().map(|m| m.dropped).max() {
+        let new = now.wrapping_sub(*seen);
+        // a count that went down is an older datagram's (or a wrap long ago)
+        if new > 0 && new < u32::MAX / 2 {
+            c.drops[DropReason::SocketOverflow as usize] += u64::from(new);
+            *seen = now;
+        }
     }
 }
 
@@ -624,6 +643,11 @@ impl Worker {
             };
             // one clock read per batch, not per datagram
             let now = self.now_ms();
+            count_overflow(
+                &self.rx_meta[..got],
+                &mut self.underlay_dropped,
+                &mut self.switch.counters,
+            );
             for m in 0..got {
                 let meta = self.rx_meta[m];
                 for d in meta.datagrams() {
@@ -714,6 +738,11 @@ impl Worker {
                 }
             };
             let now = self.now_ms();
+            count_overflow(
+                &self.rx_meta[..got],
+                &mut self.wg_dropped,
+                &mut self.switch.counters,
+            );
             for m in 0..got {
                 let meta = self.rx_meta[m];
                 for d in meta.datagrams() {
@@ -1027,5 +1056,32 @@ impl Worker {
             }
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_overflow_counts_what_was_dropped_since_the_last_read() {
+        let m = |dropped| gso::RecvMeta {
+            len: 1,
+            from: SocketAddr::from(([127, 0, 0, 1], 1)),
+            size: 1,
+            dropped,
+        };
+        let (mut seen, mut c) = (0, Counters::default());
+        let count = |seen: &mut u32, c: &mut Counters, ms: &[gso::RecvMeta]| {
+            count_overflow(ms, seen, c);
+            c.dropped(DropReason::SocketOverflow)
+        };
+        assert_eq!(count(&mut seen, &mut c, &[m(0), m(0)]), 0);
+        assert_eq!(count(&mut seen, &mut c, &[m(3), m(5)]), 5);
+        assert_eq!(count(&mut seen, &mut c, &[m(5)]), 5, "no new drop");
+        assert_eq!(count(&mut seen, &mut c, &[m(4), m(9)]), 9);
+        assert_eq!(count(&mut seen, &mut c, &[]), 9);
+        seen = u32::MAX - 1;
+        assert_eq!(count(&mut seen, &mut c, &[m(2)]), 13, "across the wrap");
     }
 }
