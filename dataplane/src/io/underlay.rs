@@ -198,13 +198,17 @@ mod tests {
     use std::time::Duration;
 
     fn udp_opt(s: &UdpSocket, opt: libc::c_int) -> libc::c_int {
+        int_opt(s, libc::IPPROTO_UDP, opt)
+    }
+
+    fn int_opt(s: &UdpSocket, level: libc::c_int, opt: libc::c_int) -> libc::c_int {
         let mut v: libc::c_int = -1;
         let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
         // SAFETY: an int option into a live int of the size passed.
         let rc = unsafe {
             libc::getsockopt(
                 s.as_raw_fd(),
-                libc::IPPROTO_UDP,
+                level,
                 opt,
                 &mut v as *mut libc::c_int as *mut libc::c_void,
                 &mut len,
@@ -296,23 +300,7 @@ mod tests {
     #[test]
     fn underlay_sockets_get_large_buffers() {
         let u = Underlay::bind("127.0.0.1".parse().unwrap(), 0, 2).unwrap();
-        let get = |s: &UdpSocket, opt| {
-            use std::os::fd::AsRawFd;
-            let mut v: libc::c_int = 0;
-            let mut len = std::mem::size_of::<libc::c_int>() as u32;
-            // SAFETY: reading an int option into a live int of the size passed.
-            let rc = unsafe {
-                libc::getsockopt(
-                    s.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    opt,
-                    &mut v as *mut libc::c_int as *mut libc::c_void,
-                    &mut len,
-                )
-            };
-            assert_eq!(rc, 0, "{}", io::Error::last_os_error());
-            v as usize
-        };
+        let get = |s: &UdpSocket, opt| int_opt(s, libc::SOL_SOCKET, opt) as usize;
         // SAFETY: geteuid has no preconditions.
         let root = unsafe { libc::geteuid() } == 0;
         for s in std::iter::once(&u.rx).chain(&u.tx) {
