@@ -427,6 +427,13 @@ impl DnsSocket {
     }
 }
 
+/// A worker's receiving sockets.
+#[derive(Clone, Copy)]
+enum Rx {
+    Underlay,
+    WireGuard,
+}
+
 /// Adds to the `socket_overflow` drops what a socket dropped since `seen`, its
 /// running count when last read (the newest datagram carries the highest).
 fn count_overflow(meta: &[gso::RecvMeta], seen: &mut u32, c: &mut Counters) {
@@ -630,24 +637,12 @@ impl Worker {
         let st = self.state.load();
         let mut more = true;
         for _ in 0..BUDGET / gso::BATCH {
-            let got = match gso::recv_many(&self.underlay.rx, &mut self.rx_bufs, &mut self.rx_meta)
-            {
-                Ok(n) => n,
-                Err(e) => {
-                    if e.kind() != io::ErrorKind::WouldBlock {
-                        tracing::debug!(error = %e, "underlay receive failed");
-                    }
-                    more = false;
-                    break;
-                }
+            let Some(got) = self.read_batch(Rx::Underlay) else {
+                more = false;
+                break;
             };
             // one clock read per batch, not per datagram
             let now = self.now_ms();
-            count_overflow(
-                &self.rx_meta[..got],
-                &mut self.underlay_dropped,
-                &mut self.switch.counters,
-            );
             for m in 0..got {
                 let meta = self.rx_meta[m];
                 for d in meta.datagrams() {
@@ -658,16 +653,40 @@ impl Worker {
                     self.execute_received(a, buf);
                 }
             }
-            if got < self.rx_bufs.len().min(gso::BATCH) {
-                // recvmmsg stopped short: the queue was empty. A datagram that
-                // lands after it raises a new edge, so no call to see EAGAIN
-                // (one syscall per wake-up saved when a wake-up brings one or two)
+            if self.emptied(got) {
                 more = false;
                 break;
             }
         }
         self.flush_coalescer();
         more
+    }
+
+    /// Reads one batch of `sock` into `rx_bufs`/`rx_meta`, counting what the
+    /// socket dropped since the last read; `None` when it is empty (or failed).
+    fn read_batch(&mut self, sock: Rx) -> Option<usize> {
+        let (s, seen) = match sock {
+            Rx::Underlay => (&self.underlay.rx, &mut self.underlay_dropped),
+            Rx::WireGuard => (self.wg.as_ref()?, &mut self.wg_dropped),
+        };
+        let got = match gso::recv_many(s, &mut self.rx_bufs, &mut self.rx_meta) {
+            Ok(n) => n,
+            Err(e) => {
+                if e.kind() != io::ErrorKind::WouldBlock {
+                    tracing::debug!(error = %e, "receive failed");
+                }
+                return None;
+            }
+        };
+        count_overflow(&self.rx_meta[..got], seen, &mut self.switch.counters);
+        Some(got)
+    }
+
+    /// Whether a batch of `got` emptied its socket: `recvmmsg` stopped short.
+    /// A datagram that lands later raises a new edge, so there is no call to
+    /// see EAGAIN (one syscall per wake-up saved when a wake-up brings one or two).
+    fn emptied(&self, got: usize) -> bool {
+        got < self.rx_bufs.len().min(gso::BATCH)
     }
 
     /// Executes the action for a frame from the underlay or a tunnel: deliveries to
@@ -729,20 +748,11 @@ impl Worker {
         let st = self.state.load();
         let mut more = true;
         for _ in 0..BUDGET / gso::BATCH {
-            let Some(wg) = &self.wg else { return false };
-            let got = match gso::recv_many(wg, &mut self.rx_bufs, &mut self.rx_meta) {
-                Ok(n) => n,
-                Err(_) => {
-                    more = false;
-                    break;
-                }
+            let Some(got) = self.read_batch(Rx::WireGuard) else {
+                more = false;
+                break;
             };
             let now = self.now_ms();
-            count_overflow(
-                &self.rx_meta[..got],
-                &mut self.wg_dropped,
-                &mut self.switch.counters,
-            );
             for m in 0..got {
                 let meta = self.rx_meta[m];
                 for d in meta.datagrams() {
@@ -764,6 +774,10 @@ impl Worker {
                         Received::Drop(r) => self.switch.counters.drop(r),
                     }
                 }
+            }
+            if self.emptied(got) {
+                more = false;
+                break;
             }
         }
         self.flush_coalescer();
