@@ -88,6 +88,8 @@ fn metrics_are_served_and_move_with_traffic() -> anyhow::Result<()> {
         "vxmesh_store_reachable 1",
         "vxmesh_endpoints_attached 1",
         "# HELP vxmesh_conntrack_setups Connections set up",
+        "vxmesh_conntrack_lock_waits_total ",
+        "vxmesh_drops_total{reason=\"socket_overflow\"} ",
     ] {
         assert!(before.contains(m), "{m} missing:\n{before}");
     }

@@ -232,6 +232,12 @@ pub fn render(a: &Agent) -> String {
     );
     counter(
         &mut reg,
+        "conntrack_lock_waits",
+        "Times a worker waited for the connection table's lock, held by another worker",
+        ct.lock_waits,
+    );
+    counter(
+        &mut reg,
         "tunnel_handshakes",
         "WireGuard handshakes completed with peers (new session keys)",
         c.tunnel_handshakes,

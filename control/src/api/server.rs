@@ -372,6 +372,7 @@ async fn stats(State(a): Ag) -> Res {
             "max": ct.max,
             "setups": ct.created,
             "evicted": ct.evicted,
+            "lock_waits": ct.lock_waits,
         },
         "workers": a
             .worker_counters()

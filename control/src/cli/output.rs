@@ -301,7 +301,7 @@ pub fn stats(f: Format, v: &Value) -> anyhow::Result<()> {
     .iter()
     .map(|k| vec![k.to_string(), s(&v[*k])])
     .collect();
-    for k in ["entries", "max", "setups", "evicted"] {
+    for k in ["entries", "max", "setups", "evicted", "lock_waits"] {
         rows.push(vec![format!("conntrack {k}"), s(&v["conntrack"][k])]);
     }
     if let Some(d) = v["drops"].as_object() {

@@ -184,8 +184,27 @@ pub struct Conntrack {
     pub evicted: u64,
     /// Connections ever inserted (new connections set up, for a rate).
     pub created: u64,
+    /// Times a worker found the table locked by another and waited
+    /// ([`lock_counted`]): how contended the one lock of new connections is.
+    pub lock_waits: u64,
     /// How backends answer new connections (see [`crate::lb::passive`]).
     pub passive: crate::lb::passive::PassiveHealth,
+}
+
+/// Locks the table, counting in it a lock that had to be waited for (another
+/// worker held it). A worker that panicked mid-update leaves a table that is
+/// still consistent entry by entry: keep balancing rather than stop everywhere.
+pub fn lock_counted(t: &std::sync::Mutex<Conntrack>) -> std::sync::MutexGuard<'_, Conntrack> {
+    use std::sync::{PoisonError, TryLockError};
+    match t.try_lock() {
+        Ok(g) => g,
+        Err(TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(TryLockError::WouldBlock) => {
+            let mut g = t.lock().unwrap_or_else(PoisonError::into_inner);
+            g.lock_waits += 1;
+            g
+        }
+    }
 }
 
 /// The reply direction's key as the table keeps it: the backend's end (`reply`'s
@@ -234,6 +253,7 @@ impl Conntrack {
             cursor: 0,
             evicted: 0,
             created: 0,
+            lock_waits: 0,
             passive: Default::default(),
         }
     }

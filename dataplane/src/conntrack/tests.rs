@@ -449,3 +449,27 @@ fn ipv4_records_stay_40_bytes_and_mixed_families_are_refused() {
     assert_eq!(ct.restore(&saved, 0), None, "a hand-edited snapshot");
     assert!(ct.is_empty());
 }
+
+/// A lock taken while another thread holds it is counted in the table; one
+/// taken freely is not.
+#[test]
+fn waiting_for_the_lock_is_counted() {
+    use std::sync::{mpsc, Arc, Mutex};
+    let t = Arc::new(Mutex::new(Conntrack::new(16)));
+    drop(super::lock_counted(&t));
+    assert_eq!(t.lock().unwrap().lock_waits, 0, "a free lock");
+    let held = t.lock().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let other = {
+        let t = t.clone();
+        std::thread::spawn(move || {
+            tx.send(()).unwrap();
+            super::lock_counted(&t).lock_waits
+        })
+    };
+    rx.recv().unwrap();
+    // the other thread is at the lock, or about to be: let it find it held
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    drop(held);
+    assert_eq!(other.join().unwrap(), 1);
+}

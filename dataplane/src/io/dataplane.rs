@@ -48,6 +48,8 @@ pub struct ConntrackStats {
     pub created: u64,
     /// Connections pushed out by new ones while the table was full.
     pub evicted: u64,
+    /// Times a worker waited for the table's lock.
+    pub lock_waits: u64,
 }
 
 /// Connections tracked through VIPs, at most (Linux's default `nf_conntrack_max` here).
@@ -261,6 +263,7 @@ impl Dataplane {
                 max: self.limits.conntrack,
                 created: c.created,
                 evicted: c.evicted,
+                lock_waits: c.lock_waits,
             })
             .unwrap_or_default()
     }

@@ -456,7 +456,7 @@ const EXPIRE_SLICE: usize = 8192;
 fn expire_in_slices(ct: &Mutex<Conntrack>, now_ms: u64, gone: &mut Vec<Entry>) {
     let mut from = Some(0);
     while let Some(first) = from {
-        let Ok(mut t) = ct.lock() else { return };
+        let mut t = crate::conntrack::lock_counted(ct);
         from = t
             .expire_slots(now_ms, first, EXPIRE_SLICE, |e| gone.push(*e))
             .1;

@@ -315,11 +315,7 @@ impl Switch {
     }
 
     fn lock_conntrack(&self) -> std::sync::MutexGuard<'_, Conntrack> {
-        // a worker that panicked mid-update leaves a table that is still
-        // consistent entry by entry: keep balancing rather than stop everywhere
-        self.conntrack
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::conntrack::lock_counted(&self.conntrack)
     }
 
     /// Picks a backend of virtual service `mark` on `net` for a new connection.
@@ -393,9 +389,7 @@ impl Switch {
             view,
             ..
         } = self;
-        let mut ct = conntrack
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut ct = crate::conntrack::lock_counted(conntrack);
         let tracked = match ct.lookup(&key) {
             Some((id, Dir::Orig)) if ct.stalled(id, now_ms) => {
                 ct.retire(id);

@@ -95,6 +95,8 @@ fn through_while_locked(
 fn established_packets_pass_while_another_worker_holds_the_table() {
     let st = with_vip();
     let (ct, client, server) = two_workers(&st);
+    let waits = || ct.lock().unwrap().lock_waits;
+    let waits0 = waits();
     // the client's data, served from its worker's cache
     let (through, _client) = through_while_locked(
         &ct,
@@ -106,6 +108,7 @@ fn established_packets_pass_while_another_worker_holds_the_table() {
         Duration::from_secs(10),
     );
     assert!(through, "a cached client packet needed the table's lock");
+    assert_eq!(waits(), waits0);
     // the first reply after the handshake is not cached yet: it needs the table
     let (through, server) = through_while_locked(
         &ct,
@@ -117,6 +120,8 @@ fn established_packets_pass_while_another_worker_holds_the_table() {
         Duration::from_millis(300),
     );
     assert!(!through, "an uncached reply went through without the table");
+    // (it waited, and counted it; conntrack's tests check that count)
+    let waits1 = waits();
     // after it, the replies are cached too
     let (through, _) = through_while_locked(
         &ct,
@@ -128,6 +133,7 @@ fn established_packets_pass_while_another_worker_holds_the_table() {
         Duration::from_secs(10),
     );
     assert!(through, "a cached reply needed the table's lock");
+    assert_eq!(waits(), waits1, "cached packets never wait");
 }
 
 #[test]
