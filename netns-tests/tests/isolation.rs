@@ -195,6 +195,9 @@ fn ipv4_of(ns: &str, dev: &str) -> anyhow::Result<Ipv4Addr> {
 
 /// Every drop counter of `node`'s agent.
 fn drops(t: &Topology, node: &Node) -> anyhow::Result<serde_json::Value> {
+    // workers publish their counters every 100 ms: wait out one period so
+    // the last frames sent are in
+    std::thread::sleep(Duration::from_millis(250));
     Ok(t.cli_json(node, &["stats"])?["drops"].clone())
 }
 
