@@ -939,6 +939,14 @@ fn lb_path(c: &mut Criterion) {
             assert_eq!(ct.expire(NOW, |_| ()), 0);
         })
     });
+    // ... and one slice of it, what the worker's sweep holds the lock for now
+    g.bench_function("expire_slice", |b| {
+        use vxmesh_dataplane::conntrack::EXPIRE_SLICE;
+        b.iter(|| {
+            let mut ct = ct.lock().expect("conntrack");
+            assert_eq!(ct.expire_slots(NOW, 0, EXPIRE_SLICE, |_| ()).0, 0);
+        })
+    });
     ingress_path(&mut g);
     ipv6_vip_path(&mut g);
     g.finish();

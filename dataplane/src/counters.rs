@@ -186,7 +186,13 @@ pub struct Counters {
 impl Counters {
     #[inline]
     pub fn drop(&mut self, r: DropReason) {
-        self.drops[r as usize] += 1;
+        self.drop_n(r, 1);
+    }
+
+    /// `n` drops of one reason at once (what a socket reports it dropped).
+    #[inline]
+    pub fn drop_n(&mut self, r: DropReason, n: u64) {
+        self.drops[r as usize] += n;
     }
 
     pub fn dropped(&self, r: DropReason) -> u64 {

@@ -144,9 +144,8 @@ mod tests {
     fn a_gro_run_is_cut_into_its_datagrams() {
         let meta = |len, size| RecvMeta {
             len,
-            from: "127.0.0.1:1".parse().unwrap(),
             size,
-            dropped: 0,
+            ..RecvMeta::default()
         };
         let cut = |m: RecvMeta| m.datagrams().collect::<Vec<_>>();
         assert_eq!(
@@ -175,12 +174,7 @@ mod tests {
         send(&tx, rx.local_addr().unwrap(), &data, 1000).unwrap();
         rx.set_nonblocking(true).unwrap();
         let mut bufs = vec![vec![0u8; 65536]; 1];
-        let mut meta = [RecvMeta {
-            len: 0,
-            from: rx.local_addr().unwrap(),
-            size: 0,
-            dropped: 0,
-        }; 1];
+        let mut meta = [RecvMeta::default(); 1];
         let mut sizes = vec![];
         while sizes.len() < 4 {
             match recv_many(&rx, &mut bufs, &mut meta) {
@@ -219,6 +213,18 @@ pub struct RecvMeta {
     /// How many datagrams the socket had dropped (its receive queue full) when
     /// this one was queued: `SO_RXQ_OVFL`, a running count; 0 until the first.
     pub dropped: u32,
+}
+
+/// An empty slot for `recv_many` to fill.
+impl Default for RecvMeta {
+    fn default() -> Self {
+        Self {
+            len: 0,
+            from: SocketAddr::from(([0, 0, 0, 0], 0)),
+            size: 0,
+            dropped: 0,
+        }
+    }
 }
 
 impl RecvMeta {
@@ -396,12 +402,7 @@ mod batch_tests {
         std::thread::sleep(Duration::from_millis(50));
         rx.set_nonblocking(true).unwrap();
         let mut bufs = vec![vec![0u8; 2048]; BATCH];
-        let mut meta = [RecvMeta {
-            len: 0,
-            from: rx.local_addr().unwrap(),
-            size: 0,
-            dropped: 0,
-        }; BATCH];
+        let mut meta = [RecvMeta::default(); BATCH];
         let n = recv_many(&rx, &mut bufs, &mut meta).unwrap();
         assert_eq!(n, 5, "all five in one recvmmsg");
         for (i, m) in meta[..n].iter().enumerate() {

@@ -6,7 +6,6 @@
 //! publishes state by swapping an `Arc` (arc-swap).
 
 use crate::buf::PacketBuf;
-use crate::conntrack::{Conntrack, Entry};
 use crate::counters::{Counters, DropReason};
 use crate::io::gso;
 use crate::io::underlay::Underlay;
@@ -103,12 +102,7 @@ impl WorkerHandle {
                 .dns_forwards
                 .clamp(1, crate::io::dataplane::DNS_FORWARDS_LIMIT),
             dns_scratch: vec![0u8; 65_536],
-            rx_meta: [gso::RecvMeta {
-                len: 0,
-                from: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
-                size: 0,
-                dropped: 0,
-            }; gso::BATCH],
+            rx_meta: [gso::RecvMeta::default(); gso::BATCH],
             state: state.clone(),
             switch,
             index,
@@ -441,25 +435,9 @@ fn count_overflow(meta: &[gso::RecvMeta], seen: &mut u32, c: &mut Counters) {
         let new = now.wrapping_sub(*seen);
         // a count that went down is an older datagram's (or a wrap long ago)
         if new > 0 && new < u32::MAX / 2 {
-            c.drops[DropReason::SocketOverflow as usize] += u64::from(new);
+            c.drop_n(DropReason::SocketOverflow, u64::from(new));
             *seen = now;
         }
-    }
-}
-
-/// Slots of the connection table swept per hold of its lock.
-const EXPIRE_SLICE: usize = 8192;
-
-/// Expires the connection table's due entries a slice at a time, the lock
-/// given up between slices so that other workers' new connections wait for a
-/// slice (some microseconds), not for the whole table.
-fn expire_in_slices(ct: &Mutex<Conntrack>, now_ms: u64, gone: &mut Vec<Entry>) {
-    let mut from = Some(0);
-    while let Some(first) = from {
-        let mut t = crate::conntrack::lock_counted(ct);
-        from = t
-            .expire_slots(now_ms, first, EXPIRE_SLICE, |e| gone.push(*e))
-            .1;
     }
 }
 
@@ -529,7 +507,9 @@ impl Worker {
                 if self.index == 0 {
                     let now = self.now_ms();
                     let mut gone = Vec::new();
-                    expire_in_slices(&self.switch.conntrack(), now, &mut gone);
+                    crate::conntrack::expire_in_slices(&self.switch.conntrack(), now, |e| {
+                        gone.push(*e)
+                    });
                     self.send_resets(&gone, &mut buf);
                 }
             }
@@ -1080,10 +1060,8 @@ mod tests {
     #[test]
     fn socket_overflow_counts_what_was_dropped_since_the_last_read() {
         let m = |dropped| gso::RecvMeta {
-            len: 1,
-            from: SocketAddr::from(([127, 0, 0, 1], 1)),
-            size: 1,
             dropped,
+            ..Default::default()
         };
         let (mut seen, mut c) = (0, Counters::default());
         let count = |seen: &mut u32, c: &mut Counters, ms: &[gso::RecvMeta]| {
