@@ -78,10 +78,16 @@ pub enum DropReason {
     /// receive queue was full (the worker fell behind); counted from the
     /// socket's own tally (`SO_RXQ_OVFL`) as later datagrams are read.
     SocketOverflow,
+    /// A container's packet for a node's own service through egress: the
+    /// tunnel ports (VXLAN, WireGuard) anywhere, or the store's and the
+    /// metrics' ports at a node's address. A container is a tenant, not a node:
+    /// masqueraded to its node's address, a forged VXLAN datagram would be
+    /// taken by every peer for its node's own.
+    NodeService,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 31] = [
+    pub const ALL: [DropReason; 32] = [
         DropReason::Malformed,
         DropReason::BadVxlanHeader,
         DropReason::UnknownVni,
@@ -113,6 +119,7 @@ impl DropReason {
         DropReason::Internal,
         DropReason::EgressNoEndpoint,
         DropReason::SocketOverflow,
+        DropReason::NodeService,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -148,6 +155,7 @@ impl DropReason {
             DropReason::Internal => "internal",
             DropReason::EgressNoEndpoint => "egress_no_endpoint",
             DropReason::SocketOverflow => "socket_overflow",
+            DropReason::NodeService => "node_service",
         }
     }
 }

@@ -320,6 +320,11 @@ fn egress_view() -> EgressView {
         local: [(ip("10.0.0.10"), a), (ip("fd00::10"), a)]
             .into_iter()
             .collect(),
+        guard: crate::switch::NodeGuard {
+            tunnel_ports: vec![crate::VXLAN_PORT, 51820],
+            node_addrs: vec![ip("192.0.2.2"), ip("2001:db8::2")],
+            service_ports: vec![2379, 9100],
+        },
     }
 }
 

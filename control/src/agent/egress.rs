@@ -28,7 +28,7 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::OwnedFd;
 use vxmesh_dataplane::io::tap;
-use vxmesh_dataplane::switch::{EgressLocal, EgressView, Prefix};
+use vxmesh_dataplane::switch::{EgressLocal, EgressView, NodeGuard, Prefix};
 use vxmesh_dataplane::{parse_mac, Mac, PortId};
 
 /// The egress TAP in the agent's namespace.
@@ -120,6 +120,7 @@ pub fn view(
     node: &str,
     t: &EgressTap,
     local: &FxHashMap<String, PortId>,
+    guard: NodeGuard,
 ) -> EgressView {
     let mut vnis = Vec::new();
     let mut overlays = Vec::new();
@@ -161,6 +162,7 @@ pub fn view(
         vnis,
         overlays,
         local: reachable,
+        guard,
     }
 }
 
@@ -191,8 +193,10 @@ pub fn routes(st: &ClusterState, mtus: Mtus) -> BTreeSet<Route> {
 /// (by any interface but the TAP), and in the forward hook, let into the TAP
 /// only the replies of connections made from inside (the routes would
 /// otherwise let any host that routes an overlay subnet to this node reach
-/// its containers) and out of it only packets from those subnets.
-pub fn render_table(st: &ClusterState) -> String {
+/// its containers) and out of it only packets from those subnets, none for a
+/// node's own services; in the input hook, nothing from the TAP reaches the
+/// node itself ([`super::node_guard`]).
+pub fn render_table(st: &ClusterState, guard: &NodeGuard) -> String {
     let mut v4 = Vec::new();
     let mut v6 = Vec::new();
     for s in st
@@ -224,8 +228,9 @@ pub fn render_table(st: &ClusterState) -> String {
             "    iifname \"{DEVICE}\" {family} saddr {{ {set} }} accept"
         );
     }
+    let (input, guarded) = super::node_guard::nft_rules(guard, DEVICE);
     format!(
-        "table inet {TABLE} {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n{nat}  }}\n  chain forward {{\n    type filter hook forward priority filter; policy accept;\n    oifname \"{DEVICE}\" ct state established,related accept\n    oifname \"{DEVICE}\" drop\n{from}    iifname \"{DEVICE}\" drop\n  }}\n}}\n"
+        "table inet {TABLE} {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n{nat}  }}\n  chain input {{\n    type filter hook input priority filter; policy accept;\n{input}  }}\n  chain forward {{\n    type filter hook forward priority filter; policy accept;\n    oifname \"{DEVICE}\" ct state established,related accept\n    oifname \"{DEVICE}\" drop\n{guarded}{from}    iifname \"{DEVICE}\" drop\n  }}\n}}\n"
     )
 }
 
@@ -331,7 +336,7 @@ mod tests {
     #[test]
     fn only_networks_with_egress_are_masqueraded_and_routed() {
         let st = cluster();
-        let t = render_table(&st);
+        let t = render_table(&st, &NodeGuard::default());
         assert!(
             t.contains("oifname != \"vxm-egress\" ip saddr { 10.70.0.0/24 } masquerade"),
             "{t}"
@@ -364,7 +369,7 @@ mod tests {
             host_mac: [2, 0, 0, 0, 0, 1],
             mac: [2, 0, 0, 0, 0, 2],
         };
-        let v = view(&st, "n1", &t, &local);
+        let v = view(&st, "n1", &t, &local, NodeGuard::default());
         let open = &st.networks["open"];
         assert_eq!(v.vnis, vec![open.vni]);
         let e1 = &st.endpoints["e1"];

@@ -8,6 +8,7 @@ pub mod ingress;
 pub mod iproute;
 pub mod keys;
 pub mod metrics;
+pub mod node_guard;
 pub mod snapshot;
 pub mod switch_state;
 pub mod trace;
@@ -144,6 +145,8 @@ pub struct Agent {
     nft_table: tokio::sync::Mutex<String>,
     /// The egress TAP, when it could be made.
     egress: Option<egress::EgressTap>,
+    /// This agent's own services, which containers may not reach.
+    services: node_guard::NodeServices,
     /// The egress table and routes last applied.
     egress_applied: tokio::sync::Mutex<(String, std::collections::BTreeSet<egress::Route>)>,
     /// `--ingress-rate-limit`'s buckets, put in every state published.
@@ -261,6 +264,7 @@ impl Agent {
             sandbox,
             nft_table: tokio::sync::Mutex::new(String::new()),
             egress,
+            services: node_guard::NodeServices::new(cfg.wg_port, &cfg.store, cfg.metrics_addr),
             egress_applied: tokio::sync::Mutex::default(),
             ingress_limit: cfg
                 .ingress_rate_limit
@@ -844,7 +848,8 @@ impl Agent {
         if self.egress.is_none() {
             return;
         }
-        let table = egress::render_table(st);
+        let guard = node_guard::guard(st, &self.services, &node_guard::own_addresses());
+        let table = egress::render_table(st, &guard);
         let routes = egress::routes(st, self.mtus);
         let mut have = self.egress_applied.lock().await;
         if have.0 != table {
@@ -960,10 +965,10 @@ impl Agent {
             ing.rate_limit.clone_from(&self.ingress_limit);
         }
         self.warn_foreign_vteps(&sw);
-        sw.egress = self
-            .egress
-            .as_ref()
-            .map(|t| egress::view(st, &self.node, t, &local));
+        sw.egress = self.egress.as_ref().map(|t| {
+            let guard = node_guard::guard(st, &self.services, &node_guard::own_addresses());
+            egress::view(st, &self.node, t, &local, guard)
+        });
         self.worker.publish(sw);
     }
 

@@ -56,6 +56,7 @@ pub fn build(
         let mut v = NetworkView {
             vni: net.vni,
             encrypted: net.encrypted,
+            internal: net.internal,
             mtu: mtus.of(net).min(u32::from(u16::MAX)) as u16,
             gateway_mac: gw_mac,
             gateways: net.gateways.clone(),

@@ -86,6 +86,70 @@ pub struct EgressView {
     pub overlays: Vec<Prefix>,
     /// This node's attached endpoints on networks with egress, by address.
     pub local: FxHashMap<IpAddr, EgressLocal>,
+    /// The nodes' own services, which no container reaches through egress.
+    pub guard: NodeGuard,
+}
+
+/// The nodes' own services, as the egress path refuses them (DESIGN.md: a
+/// container is a tenant, not a node). Egress masquerades a container to its
+/// node's address, and a node takes VXLAN (and WireGuard handshakes) from a
+/// member's address as that member's own: one datagram through egress would
+/// put a forged frame into any network of the cluster. So the tunnel ports are
+/// refused to every destination, as Calico refuses VXLAN from its workloads
+/// (a node cannot know every address its peers answer on); the TCP services
+/// (the store, metrics) at the addresses known to be nodes'. The kernel's
+/// table refuses the same again, after its defragmentation, and everything
+/// for the node's own addresses (DESIGN.md's API, whatever else it serves).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeGuard {
+    /// UDP ports: VXLAN's and every node's WireGuard port.
+    pub tunnel_ports: Vec<u16>,
+    /// Addresses of the nodes and of the store.
+    pub node_addrs: Vec<IpAddr>,
+    /// TCP ports served at those addresses: the store's, the metrics'.
+    pub service_ports: Vec<u16>,
+}
+
+impl NodeGuard {
+    /// Whether the IP packet `ip` (the frame past its Ethernet header) is for a
+    /// node's service. Walks IPv6 extension headers, so none hides the port;
+    /// a fragment other than the first carries no port and is left to the
+    /// kernel, which reassembles before its own rule.
+    pub fn refuses(&self, ip: &[u8]) -> bool {
+        use etherparse::{Ipv6ExtensionSlice, LaxIpSlice};
+        let Ok((pkt, ext_err)) = LaxIpSlice::from_slice(ip) else {
+            return false;
+        };
+        // a chain it cannot walk could hide the port: refused
+        if ext_err.is_some() {
+            return true;
+        }
+        let later_fragment = match &pkt {
+            LaxIpSlice::Ipv4(p) => p.header().fragments_offset().value() != 0,
+            LaxIpSlice::Ipv6(p) => p.extensions().clone().into_iter().any(
+                |e| matches!(e, Ipv6ExtensionSlice::Fragment(f) if f.fragment_offset().value() != 0),
+            ),
+        };
+        if later_fragment {
+            return false;
+        }
+        let dst = pkt.destination_addr();
+        let payload = pkt.payload();
+        let Some(port) = payload
+            .payload
+            .get(2..4)
+            .map(|d| u16::from_be_bytes([d[0], d[1]]))
+        else {
+            return false;
+        };
+        match payload.ip_number {
+            etherparse::IpNumber::UDP => self.tunnel_ports.contains(&port),
+            etherparse::IpNumber::TCP => {
+                self.service_ports.contains(&port) && self.node_addrs.contains(&dst)
+            }
+            _ => false,
+        }
+    }
 }
 
 impl EgressView {
@@ -149,6 +213,9 @@ impl Switch {
         }
         if !eg.vnis.contains(&net.vni) {
             return self.drop(DropReason::Internal);
+        }
+        if eg.guard.refuses(&buf.data()[ETH_HDR..]) {
+            return self.drop(DropReason::NodeService);
         }
         let f = buf.data_mut();
         f[0..6].copy_from_slice(&eg.host_mac);

@@ -11,7 +11,7 @@ mod reset;
 mod state;
 pub mod tap;
 
-pub use egress::{EgressLocal, EgressView, Prefix};
+pub use egress::{EgressLocal, EgressView, NodeGuard, Prefix};
 pub use fdb::{LearnedFdb, AGEING_MS};
 pub use state::{
     policy_verdict, BackendView, IngressView, Location, NetworkView, PolicyAction, PolicyRule,
@@ -1018,7 +1018,8 @@ impl Switch {
             // parsed once for both: a DNS query to the gateway, or a VIP
             let tuple = five_tuple(buf.data(), net.vni);
             if let Some((key, _)) = tuple {
-                if let Some(a) = self.dns(net, port, buf, !st.dns_upstream.is_empty(), key) {
+                let forward = !net.internal && !st.dns_upstream.is_empty();
+                if let Some(a) = self.dns(net, port, buf, forward, key) {
                     return a;
                 }
             }

@@ -38,6 +38,10 @@ pub struct NetworkView {
     pub vni: u32,
     /// Frames cross the underlay only inside WireGuard; plain VXLAN for it is refused.
     pub encrypted: bool,
+    /// An `--internal` network: nothing of it leaves the overlay, DNS queries
+    /// included (names the embedded DNS does not know are not forwarded to the
+    /// node's resolvers, which would carry data out: CVE-2024-29018 in Docker).
+    pub internal: bool,
     /// Largest IP packet an endpoint may send (0: no limit); larger ones are
     /// answered with ICMP "too big" from the gateway.
     pub mtu: u16,

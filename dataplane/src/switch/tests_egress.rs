@@ -75,6 +75,7 @@ fn state() -> SwitchState {
     open.macs.insert(R, Location::Remote(ip("192.0.2.2")));
     open.neighbors.insert(ip("10.10.0.20"), R);
     let closed = st.networks.get_mut(&CLOSED).unwrap();
+    closed.internal = true;
     closed
         .vips
         .insert(Ipv4Addr::new(10, 20, 0, 100).into(), 0x100);
@@ -102,6 +103,11 @@ fn state() -> SwitchState {
             .map(|p| prefix(p))
             .collect(),
         local,
+        guard: NodeGuard {
+            tunnel_ports: vec![crate::VXLAN_PORT, 51820],
+            node_addrs: vec![ip("192.0.2.2"), ip("2001:db8::2")],
+            service_ports: vec![2379, 9100],
+        },
     });
     st
 }
@@ -343,4 +349,182 @@ fn an_ipv6_packet_with_extension_headers_still_leaves_by_egress() {
         Action::Deliver(EGRESS)
     );
     assert_eq!(sw.counters.dropped(DropReason::Ipv6ExtensionHeader), 0);
+}
+
+/// A UDP datagram from A (IPv4 or IPv6, by `dip`) to `dip`:`dport`, carrying a
+/// VXLAN header and an inner frame as a forger would write them.
+fn udp_to(dip: &str, dport: u16) -> Vec<u8> {
+    let mut out = Vec::new();
+    let payload = [
+        0x08, 0, 0, 0, 0, 0, 0x2a, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    ];
+    let b = PacketBuilder::ethernet2(A, GW_OPEN);
+    match ip(dip) {
+        IpAddr::V4(d) => b
+            .ipv4([10, 10, 0, 10], d.octets(), 64)
+            .udp(40000, dport)
+            .write(&mut out, &payload),
+        IpAddr::V6(d) => b
+            .ipv6(ip6("fd10::10"), d.octets(), 64)
+            .udp(40000, dport)
+            .write(&mut out, &payload),
+    }
+    .unwrap();
+    out
+}
+
+fn ip6(s: &str) -> [u8; 16] {
+    s.parse::<Ipv6Addr>().unwrap().octets()
+}
+
+fn tcp_to(dip: &str, dport: u16) -> Vec<u8> {
+    let mut f = tcp4(A, GW_OPEN, [10, 10, 0, 10], ip4(dip));
+    // the builder's port is 80; the checksum does not matter to the switch
+    f[14 + 20 + 2..14 + 20 + 4].copy_from_slice(&dport.to_be_bytes());
+    f
+}
+
+fn ip4(s: &str) -> [u8; 4] {
+    s.parse::<Ipv4Addr>().unwrap().octets()
+}
+
+#[test]
+fn a_container_sends_no_tunnel_datagram_and_reaches_no_node_service_through_egress() {
+    let st = state();
+    let mut sw = Switch::new(16);
+    // VXLAN and WireGuard, to a node or anywhere else, either family
+    for (dst, port) in [
+        ("192.0.2.2", crate::VXLAN_PORT),
+        ("192.0.2.80", crate::VXLAN_PORT),
+        ("192.0.2.2", 51820),
+        ("2001:db8::2", crate::VXLAN_PORT),
+        ("2001:db8::77", 51820),
+    ] {
+        let mut b = buf(&udp_to(dst, port));
+        assert_eq!(
+            sw.from_port(&st, A_PORT, &mut b, 0),
+            Action::Drop(DropReason::NodeService),
+            "{dst}:{port}"
+        );
+    }
+    // the store and metrics at a node's address
+    for port in [2379, 9100] {
+        let mut b = buf(&tcp_to("192.0.2.2", port));
+        assert_eq!(
+            sw.from_port(&st, A_PORT, &mut b, 0),
+            Action::Drop(DropReason::NodeService),
+            "{port}"
+        );
+    }
+    assert_eq!(sw.counters.dropped(DropReason::NodeService), 7);
+    // ordinary egress goes on: other ports at a node, those ports elsewhere
+    for f in [
+        udp_to("192.0.2.2", 53),
+        udp_to("2001:db8::2", 4790),
+        tcp_to("192.0.2.2", 80),
+        tcp_to("192.0.2.80", 2379),
+    ] {
+        let mut b = buf(&f);
+        assert_eq!(
+            sw.from_port(&st, A_PORT, &mut b, 0),
+            Action::Deliver(EGRESS)
+        );
+    }
+}
+
+#[test]
+fn an_extension_header_does_not_hide_a_tunnel_port_and_a_later_fragment_is_the_kernels() {
+    let st = state();
+    let mut sw = Switch::new(16);
+    // UDP to 4789 behind a Destination Options header (next header 60, 8 bytes)
+    let plain = udp_to("2001:db8::2", crate::VXLAN_PORT);
+    let mut f = plain[..14 + 40].to_vec();
+    f[14 + 6] = 60;
+    let plen = u16::from_be_bytes([f[14 + 4], f[14 + 5]]) + 8;
+    f[14 + 4..14 + 6].copy_from_slice(&plen.to_be_bytes());
+    f.extend_from_slice(&[17, 0, 1, 4, 0, 0, 0, 0]);
+    f.extend_from_slice(&plain[14 + 40..]);
+    let mut b = buf(&f);
+    assert_eq!(
+        sw.from_port(&st, A_PORT, &mut b, 0),
+        Action::Drop(DropReason::NodeService)
+    );
+    // the first fragment of an IPv4 datagram to 4789 carries its port: refused
+    let mut f = udp_to("192.0.2.2", crate::VXLAN_PORT);
+    f[14 + 6] = 0x20; // more fragments, offset 0
+    let mut b = buf(&f);
+    assert_eq!(
+        sw.from_port(&st, A_PORT, &mut b, 0),
+        Action::Drop(DropReason::NodeService)
+    );
+    // a later fragment has no port: the kernel reassembles and refuses it
+    f[14 + 6] = 0x00;
+    f[14 + 7] = 0x10;
+    let mut b = buf(&f);
+    assert_eq!(
+        sw.from_port(&st, A_PORT, &mut b, 0),
+        Action::Deliver(EGRESS)
+    );
+}
+
+/// A DNS query from `from` (MAC, address) to its gateway `gw`.
+fn dns_query(from: Mac, gw_mac: Mac, src: [u8; 4], gw: [u8; 4], name: &str) -> Vec<u8> {
+    let q = crate::wire::dns::tests::query(name, hickory_proto::rr::RecordType::A);
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(from, gw_mac)
+        .ipv4(src, gw, 64)
+        .udp(40000, 53)
+        .write(&mut out, &q)
+        .unwrap();
+    out
+}
+
+#[test]
+fn an_internal_network_forwards_no_dns_but_answers_its_own_names() {
+    let mut st = state();
+    st.dns_upstream = vec!["192.0.2.53:53".parse().unwrap()];
+    st.networks
+        .get_mut(&CLOSED)
+        .unwrap()
+        .dns
+        .insert("db".to_string(), vec![ip("10.20.0.10")]);
+    let mut sw = Switch::new(16);
+    // an open network's unknown name goes to the node's resolvers
+    let mut b = buf(&dns_query(
+        A,
+        GW_OPEN,
+        [10, 10, 0, 10],
+        [10, 10, 0, 1],
+        "example.org",
+    ));
+    assert!(matches!(
+        sw.from_port(&st, A_PORT, &mut b, 0),
+        Action::ForwardDns { .. }
+    ));
+    // an internal network's is answered here (refused, as a name it does not
+    // serve), never forwarded
+    let mut b = buf(&dns_query(
+        C,
+        GW_CLOSED,
+        [10, 20, 0, 10],
+        [10, 20, 0, 1],
+        "example.org",
+    ));
+    assert_eq!(sw.from_port(&st, C_PORT, &mut b, 0), Action::Reply(C_PORT));
+    let m = hickory_proto::op::Message::from_vec(&b.data()[14 + 20 + 8..]).unwrap();
+    assert_eq!(
+        m.metadata.response_code,
+        hickory_proto::op::ResponseCode::Refused
+    );
+    // its own names still resolve
+    let mut b = buf(&dns_query(
+        C,
+        GW_CLOSED,
+        [10, 20, 0, 10],
+        [10, 20, 0, 1],
+        "db",
+    ));
+    assert_eq!(sw.from_port(&st, C_PORT, &mut b, 0), Action::Reply(C_PORT));
+    let m = hickory_proto::op::Message::from_vec(&b.data()[14 + 20 + 8..]).unwrap();
+    assert_eq!(m.answers.len(), 1);
 }

@@ -70,13 +70,13 @@ pub fn is_unknown(query: &[u8], known: impl Fn(&str) -> bool) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use hickory_proto::op::Query;
     use hickory_proto::rr::Name;
     use std::str::FromStr;
 
-    fn query(name: &str, t: RecordType) -> Vec<u8> {
+    pub(crate) fn query(name: &str, t: RecordType) -> Vec<u8> {
         let mut m = Message::new(7, MessageType::Query, OpCode::Query);
         m.add_query(Query::query(Name::from_str(name).unwrap(), t));
         m.to_vec().unwrap()

@@ -1,0 +1,199 @@
+//! The nodes' own services, kept from containers (issue 18; DESIGN.md: a
+//! container is a tenant, not a node). Egress masquerades a container to its
+//! node's address, and every node takes VXLAN from a member's address as that
+//! member's own, so without this one datagram from a container would put a
+//! forged frame into any network its node is a member of.
+//!
+//! Two layers, each enough alone for what it covers:
+//! - the switch ([`NodeGuard`]) refuses, before the egress TAP, the tunnel
+//!   ports (VXLAN, every node's WireGuard port) to any destination and the
+//!   store's and metrics' TCP ports at the nodes' and the store's addresses,
+//!   counted as `node_service`;
+//! - the egress table ([`nft_rules`]) refuses the same in the kernel's forward
+//!   hook (after its defragmentation, so no fragment hides a port), and in its
+//!   input hook everything from the TAP to the node itself, whatever address
+//!   it has (published ports are DNATed before, so they are forwarded, not
+//!   input); only the neighbour discovery the agent answers on the TAP gets in.
+
+use crate::state::ClusterState;
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use vxmesh_dataplane::switch::NodeGuard;
+
+/// What this agent serves, from its flags.
+#[derive(Debug, Clone, Default)]
+pub struct NodeServices {
+    /// This node's WireGuard port (others' come from the store).
+    pub wg_port: u16,
+    /// The store's endpoints: an address when given as one (a host name is
+    /// not resolved here; its port is still refused at the nodes' addresses).
+    pub store: Vec<(Option<IpAddr>, u16)>,
+    pub metrics: Option<SocketAddr>,
+}
+
+impl NodeServices {
+    pub fn new(wg_port: u16, store: &str, metrics: Option<SocketAddr>) -> Self {
+        NodeServices {
+            wg_port,
+            store: store_endpoints(store),
+            metrics,
+        }
+    }
+}
+
+/// `etcd://H:P[,H:P]` (or `etcds://`) as (address, port) pairs; nothing for
+/// SQLite, which is a file.
+fn store_endpoints(url: &str) -> Vec<(Option<IpAddr>, u16)> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Vec::new();
+    };
+    if !scheme.starts_with("etcd") && !scheme.starts_with("http") {
+        return Vec::new();
+    }
+    rest.split(',')
+        .filter_map(|hp| {
+            let hp = hp.trim().trim_end_matches('/');
+            if let Ok(sa) = hp.parse::<SocketAddr>() {
+                return Some((Some(sa.ip()), sa.port()));
+            }
+            let (h, p) = hp.rsplit_once(':')?;
+            Some((h.trim_matches(['[', ']']).parse().ok(), p.parse().ok()?))
+        })
+        .collect()
+}
+
+/// This node's own addresses, every interface's (the input hook covers them
+/// whatever they are; the switch counts what it sees for them).
+pub fn own_addresses() -> Vec<IpAddr> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    let mut out: Vec<IpAddr> = addrs
+        .filter_map(|a| {
+            let sa = a.address?;
+            if let Some(v4) = sa.as_sockaddr_in() {
+                return Some(IpAddr::V4(v4.ip()));
+            }
+            sa.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
+        })
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// The guard the switch applies, from the cluster's nodes and this agent's
+/// services.
+pub fn guard(st: &ClusterState, me: &NodeServices, own: &[IpAddr]) -> NodeGuard {
+    let mut tunnel = BTreeSet::from([vxmesh_dataplane::VXLAN_PORT, me.wg_port]);
+    let mut addrs: BTreeSet<IpAddr> = own.iter().copied().collect();
+    for n in st.nodes.values() {
+        tunnel.insert(n.wg_port.unwrap_or(super::WG_PORT));
+        addrs.insert(n.advertise_addr);
+    }
+    for net in st.networks.values() {
+        addrs.extend(net.peer_vteps.iter().copied());
+    }
+    let mut services = BTreeSet::new();
+    for (a, p) in &me.store {
+        addrs.extend(*a);
+        services.insert(*p);
+    }
+    if let Some(m) = me.metrics {
+        services.insert(m.port());
+        if !m.ip().is_unspecified() {
+            addrs.insert(m.ip());
+        }
+    }
+    NodeGuard {
+        tunnel_ports: tunnel.into_iter().collect(),
+        node_addrs: addrs.into_iter().collect(),
+        service_ports: services.into_iter().collect(),
+    }
+}
+
+/// The egress table's rules for `g` (see the module's doc): `input` is the
+/// body of an input chain, `forward` lines for the forward chain, before what
+/// it accepts.
+pub fn nft_rules(g: &NodeGuard, device: &str) -> (String, String) {
+    let input = format!(
+        "    iifname \"{device}\" icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert }} accept\n    iifname \"{device}\" counter drop\n"
+    );
+    let mut forward = String::new();
+    let join = |v: &mut dyn Iterator<Item = String>| v.collect::<Vec<_>>().join(", ");
+    if !g.tunnel_ports.is_empty() {
+        let ports = join(&mut g.tunnel_ports.iter().map(u16::to_string));
+        let _ = writeln!(
+            forward,
+            "    iifname \"{device}\" udp dport {{ {ports} }} counter drop"
+        );
+    }
+    if !g.service_ports.is_empty() {
+        let ports = join(&mut g.service_ports.iter().map(u16::to_string));
+        for (family, v6) in [("ip", false), ("ip6", true)] {
+            let set = join(
+                &mut g
+                    .node_addrs
+                    .iter()
+                    .filter(|a| a.is_ipv6() == v6 && !a.is_loopback())
+                    .map(IpAddr::to_string),
+            );
+            if set.is_empty() {
+                continue;
+            }
+            let _ = writeln!(
+                forward,
+                "    iifname \"{device}\" {family} daddr {{ {set} }} tcp dport {{ {ports} }} counter drop"
+            );
+        }
+    }
+    (input, forward)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_urls_give_their_endpoints() {
+        assert!(store_endpoints("sqlite:/var/lib/vxmesh/store.db").is_empty());
+        assert_eq!(
+            store_endpoints("etcd://10.0.0.5:2379,[fd00::5]:2380"),
+            vec![
+                (Some("10.0.0.5".parse().unwrap()), 2379),
+                (Some("fd00::5".parse().unwrap()), 2380)
+            ]
+        );
+        assert_eq!(
+            store_endpoints("etcds://etcd.example:2379"),
+            vec![(None, 2379)]
+        );
+    }
+
+    #[test]
+    fn the_rules_refuse_tunnel_ports_anywhere_and_services_at_nodes() {
+        let g = NodeGuard {
+            tunnel_ports: vec![4789, 51820],
+            node_addrs: vec!["192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap()],
+            service_ports: vec![2379],
+        };
+        let (input, fwd) = nft_rules(&g, "vxm-egress");
+        assert!(
+            input.contains("iifname \"vxm-egress\" counter drop"),
+            "{input}"
+        );
+        assert!(
+            fwd.contains("udp dport { 4789, 51820 } counter drop"),
+            "{fwd}"
+        );
+        assert!(
+            fwd.contains("ip daddr { 192.0.2.1 } tcp dport { 2379 }"),
+            "{fwd}"
+        );
+        assert!(
+            fwd.contains("ip6 daddr { 2001:db8::1 } tcp dport { 2379 }"),
+            "{fwd}"
+        );
+    }
+}
