@@ -23,8 +23,8 @@ mod common;
 use common::*;
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use vxmesh_netns_tests::*;
 
@@ -41,44 +41,6 @@ fn counting_server(
         name.clone()
     })?;
     Ok((srv, n))
-}
-
-/// Datagrams received: (from, payload).
-type Datagrams = Vec<(SocketAddr, Vec<u8>)>;
-
-/// A UDP socket in a namespace that keeps every datagram it receives.
-struct UdpSink {
-    got: Arc<Mutex<Datagrams>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl UdpSink {
-    fn start(ns: &str, addr: SocketAddr) -> anyhow::Result<UdpSink> {
-        let sock = in_netns(ns, move || UdpSocket::bind(addr))??;
-        sock.set_read_timeout(Some(Duration::from_millis(50)))?;
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (g, s) = (got.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 2048];
-            while !s.load(Ordering::Relaxed) {
-                if let Ok((n, from)) = sock.recv_from(&mut buf) {
-                    g.lock().unwrap().push((from, buf[..n].to_vec()));
-                }
-            }
-        });
-        Ok(UdpSink { got, stop })
-    }
-
-    fn received(&self) -> Datagrams {
-        self.got.lock().unwrap().clone()
-    }
-}
-
-impl Drop for UdpSink {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
 }
 
 /// What a TCP connection from `ns` to `dst` hears, or why it failed.
@@ -176,21 +138,6 @@ fn connecting(ns: &str, targets: &[SocketAddr]) -> anyhow::Result<Vec<(SocketAdd
         }
         Ok(out)
     })
-}
-
-/// The first IPv4 address on `dev` in `ns`, waiting for the agent to put it there.
-fn ipv4_of(ns: &str, dev: &str) -> anyhow::Result<Ipv4Addr> {
-    let mut addr = None;
-    eventually(Duration::from_secs(10), || {
-        let out = exec(ns, &["ip", "-j", "-4", "addr", "show", "dev", dev])?;
-        let v: serde_json::Value =
-            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
-        addr = v[0]["addr_info"][0]["local"]
-            .as_str()
-            .and_then(|a| a.parse().ok());
-        Ok(addr.is_some())
-    })?;
-    addr.ok_or_else(|| anyhow::anyhow!("no IPv4 address on {dev} in {ns} after 10 s"))
 }
 
 /// Every drop counter of `node`'s agent.

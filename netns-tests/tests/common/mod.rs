@@ -5,9 +5,11 @@
 
 use anyhow::{Context, Result};
 use std::io::{ErrorKind, Read};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use vxmesh_netns_tests::{in_netns, Node, Topology};
+use vxmesh_netns_tests::{exec, in_netns, Node, Topology};
 
 pub struct Ep {
     pub id: String,
@@ -234,4 +236,57 @@ pub fn settles(
         last = ask(ns, dst)?;
     }
     Ok(last)
+}
+
+/// Datagrams received: (from, payload).
+pub type Datagrams = Vec<(SocketAddr, Vec<u8>)>;
+
+/// A UDP socket in a namespace that keeps every datagram it receives.
+pub struct UdpSink {
+    got: Arc<Mutex<Datagrams>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl UdpSink {
+    pub fn start(ns: &str, addr: SocketAddr) -> anyhow::Result<UdpSink> {
+        let sock = in_netns(ns, move || UdpSocket::bind(addr))??;
+        sock.set_read_timeout(Some(Duration::from_millis(50)))?;
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (g, s) = (got.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !s.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    g.lock().unwrap().push((from, buf[..n].to_vec()));
+                }
+            }
+        });
+        Ok(UdpSink { got, stop })
+    }
+
+    pub fn received(&self) -> Datagrams {
+        self.got.lock().unwrap().clone()
+    }
+}
+
+impl Drop for UdpSink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The first IPv4 address on `dev` in `ns`, waiting for the agent to put it there.
+pub fn ipv4_of(ns: &str, dev: &str) -> anyhow::Result<Ipv4Addr> {
+    let mut addr = None;
+    eventually(Duration::from_secs(10), || {
+        let out = exec(ns, &["ip", "-j", "-4", "addr", "show", "dev", dev])?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        addr = v[0]["addr_info"][0]["local"]
+            .as_str()
+            .and_then(|a| a.parse().ok());
+        Ok(addr.is_some())
+    })?;
+    addr.ok_or_else(|| anyhow::anyhow!("no IPv4 address on {dev} in {ns} after 10 s"))
 }
