@@ -474,12 +474,15 @@ fn forwarded_to_a_resolver_at(v6: bool) -> anyhow::Result<()> {
     sock.set_read_timeout(Some(Duration::from_millis(200)))?;
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
+    let queries = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let asked = queries.clone();
     let resolver = std::thread::spawn(move || {
         let mut buf = [0u8; 512];
         while !flag.load(Ordering::Relaxed) {
             let Ok((n, from)) = sock.recv_from(&mut buf) else {
                 continue;
             };
+            asked.fetch_add(1, Ordering::SeqCst);
             let mut r = buf[..n].to_vec();
             r[2] |= 0x80; // a response
             r[3] |= 0x80; // recursion available
@@ -501,6 +504,34 @@ fn forwarded_to_a_resolver_at(v6: bool) -> anyhow::Result<()> {
     );
     // names it knows it still answers itself
     assert!(exec_ok(&c, &["getent", "ahostsv4", &c])?.contains("10.50.0."));
+    // an --internal network forwards nothing: a name is data carried out
+    // (Docker's CVE-2024-29018); its own names still resolve
+    t.cli_ok(
+        &n1,
+        &[
+            "network",
+            "create",
+            "i",
+            "--subnet",
+            "10.51.0.0/24",
+            "--internal",
+        ],
+    )?;
+    let ci = t.add_container("ci")?;
+    endpoint(&t, &n1, "i", &ci, &[])?;
+    let before = queries.load(Ordering::SeqCst);
+    let out = exec(&ci, &["getent", "ahostsv4", "leak.example.test"])?;
+    assert!(
+        !out.status.success(),
+        "an internal network's container resolved an outside name: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        queries.load(Ordering::SeqCst),
+        before,
+        "the node's resolver was asked for an internal network's name"
+    );
+    assert!(exec_ok(&ci, &["getent", "ahostsv4", &ci])?.contains("10.51.0."));
     stop.store(true, Ordering::Relaxed);
     resolver
         .join()

@@ -13,7 +13,9 @@
 //!   hook (after its defragmentation, so no fragment hides a port), and in its
 //!   input hook everything from the TAP to the node itself, whatever address
 //!   it has (published ports are DNATed before, so they are forwarded, not
-//!   input); only the neighbour discovery the agent answers on the TAP gets in.
+//!   input); only the neighbour discovery the agent answers on the TAP, and
+//!   pings (a container may see that its node is there, as egress.rs tests),
+//!   get in.
 
 use crate::state::ClusterState;
 use std::collections::BTreeSet;
@@ -118,7 +120,7 @@ pub fn guard(st: &ClusterState, me: &NodeServices, own: &[IpAddr]) -> NodeGuard 
 /// it accepts.
 pub fn nft_rules(g: &NodeGuard, device: &str) -> (String, String) {
     let input = format!(
-        "    iifname \"{device}\" icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert }} accept\n    iifname \"{device}\" counter drop\n"
+        "    iifname \"{device}\" icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert, echo-request }} accept\n    iifname \"{device}\" icmp type echo-request accept\n    iifname \"{device}\" counter drop\n"
     );
     let mut forward = String::new();
     let join = |v: &mut dyn Iterator<Item = String>| v.collect::<Vec<_>>().join(", ");
