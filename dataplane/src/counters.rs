@@ -78,10 +78,15 @@ pub enum DropReason {
     /// receive queue was full (the worker fell behind); counted from the
     /// socket's own tally (`SO_RXQ_OVFL`) as later datagrams are read.
     SocketOverflow,
+    /// An IPv6 frame from an endpoint whose extension headers would hide
+    /// neighbour discovery from the guard that checks it: neighbour discovery
+    /// in a fragment (RFC 6980), a first fragment without its upper-layer
+    /// header (RFC 7112), a chain longer than the guard walks, or cut short.
+    Ipv6HeaderChain,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 31] = [
+    pub const ALL: [DropReason; 32] = [
         DropReason::Malformed,
         DropReason::BadVxlanHeader,
         DropReason::UnknownVni,
@@ -113,6 +118,7 @@ impl DropReason {
         DropReason::Internal,
         DropReason::EgressNoEndpoint,
         DropReason::SocketOverflow,
+        DropReason::Ipv6HeaderChain,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -148,6 +154,7 @@ impl DropReason {
             DropReason::Internal => "internal",
             DropReason::EgressNoEndpoint => "egress_no_endpoint",
             DropReason::SocketOverflow => "socket_overflow",
+            DropReason::Ipv6HeaderChain => "ipv6_header_chain",
         }
     }
 }
