@@ -4,7 +4,7 @@
 //! An unkeyed hash (FxHash, which these tables used) lets anyone who knows the
 //! code compute, offline, keys that all land in one bucket of the table; a
 //! few thousand such connections turn every lookup into a walk past all of
-//! them (hash flooding). Here the hash is foldhash keyed with 256 bits drawn
+//! them (hash flooding). Here the hash is foldhash keyed with 128 bits drawn
 //! once per process from the OS's random source (through std's `RandomState`,
 //! whose keys come from `getrandom`): the same keys spread differently on every
 //! agent and after every restart, so no set of keys can be computed to collide.
