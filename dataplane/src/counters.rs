@@ -84,10 +84,15 @@ pub enum DropReason {
     /// masqueraded to its node's address, a forged VXLAN datagram would be
     /// taken by every peer for its node's own.
     NodeService,
+    /// An IPv6 frame from an endpoint whose extension headers would hide
+    /// neighbour discovery from the guard that checks it: neighbour discovery
+    /// in a fragment (RFC 6980), a first fragment without its upper-layer
+    /// header (RFC 7112), a chain longer than the guard walks, or cut short.
+    Ipv6HeaderChain,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 32] = [
+    pub const ALL: [DropReason; 33] = [
         DropReason::Malformed,
         DropReason::BadVxlanHeader,
         DropReason::UnknownVni,
@@ -120,6 +125,7 @@ impl DropReason {
         DropReason::EgressNoEndpoint,
         DropReason::SocketOverflow,
         DropReason::NodeService,
+        DropReason::Ipv6HeaderChain,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -156,6 +162,7 @@ impl DropReason {
             DropReason::EgressNoEndpoint => "egress_no_endpoint",
             DropReason::SocketOverflow => "socket_overflow",
             DropReason::NodeService => "node_service",
+            DropReason::Ipv6HeaderChain => "ipv6_header_chain",
         }
     }
 }
@@ -188,7 +195,37 @@ pub struct Counters {
     /// WireGuard handshakes completed, and those that replaced a session (rekeys).
     pub tunnel_handshakes: u64,
     pub tunnel_rekeys: u64,
-    pub drops: [u64; DropReason::ALL.len()],
+    pub drops: Drops,
+}
+
+/// Drops by reason, indexed by [`DropReason`] (an array over 32 long has no
+/// `Default` or `Serialize` of its own).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drops(pub [u64; DropReason::ALL.len()]);
+
+impl Default for Drops {
+    fn default() -> Self {
+        Drops([0; DropReason::ALL.len()])
+    }
+}
+
+impl std::ops::Deref for Drops {
+    type Target = [u64; DropReason::ALL.len()];
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Drops {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Serialize for Drops {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter())
+    }
 }
 
 impl Counters {

@@ -955,6 +955,88 @@ pub(crate) fn icmpv6_solicitation(src: Mac, sip: &str, target: &str) -> Vec<u8> 
     out
 }
 
+/// An extension header of 8 bytes holding one PadN option: a hop-by-hop or
+/// destination options header (its Next Header is filled in by [`icmpv6_frame`]).
+pub fn ext_options() -> Vec<u8> {
+    vec![0, 0, 1, 4, 0, 0, 0, 0]
+}
+
+/// A Fragment header at `offset` (in 8-byte units); offset 0 without `more`
+/// is an atomic fragment.
+pub fn ext_fragment(offset: u16, more: bool) -> Vec<u8> {
+    let o = offset << 3 | u16::from(more);
+    let mut f = vec![0, 0];
+    f.extend_from_slice(&o.to_be_bytes());
+    f.extend_from_slice(&[0, 0, 0x5e, 0xed]);
+    f
+}
+
+/// An ICMPv6 message of type `kind` (`body`: what follows its 4-byte header)
+/// from `src` at fe80::a to all-nodes, hop limit 255 as neighbour discovery
+/// has it, behind the extension headers `exts` (protocol number and bytes;
+/// each Next Header is filled in here), with a valid checksum: what a container
+/// would send to hide a router advertisement from the guard.
+pub fn icmpv6_frame(src: Mac, kind: u8, body: &[u8], exts: &[(u8, Vec<u8>)]) -> Vec<u8> {
+    let sip: [u8; 16] = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xa];
+    let dip: [u8; 16] = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let mut f = vec![0x33, 0x33, 0, 0, 0, 1];
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0, 0, 0, 0, 255]);
+    f.extend_from_slice(&sip);
+    f.extend_from_slice(&dip);
+    f[20] = exts.first().map_or(58, |e| e.0);
+    for (i, (_, h)) in exts.iter().enumerate() {
+        let at = f.len();
+        f.extend_from_slice(h);
+        f[at] = exts.get(i + 1).map_or(58, |e| e.0);
+    }
+    let icmp_at = f.len();
+    f.extend_from_slice(&[kind, 0, 0, 0]);
+    f.extend_from_slice(body);
+    let plen = (f.len() - 54) as u16;
+    f[18..20].copy_from_slice(&plen.to_be_bytes());
+    // the pseudo-header (RFC 8200 8.1), then the message
+    let icmp_len = (f.len() - icmp_at) as u32;
+    let mut sum: u32 = 58 + (icmp_len >> 16) + (icmp_len & 0xffff);
+    let mut words = |b: &[u8]| {
+        for c in b.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+        }
+    };
+    words(&sip);
+    words(&dip);
+    words(&f[icmp_at..]);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    f[icmp_at + 2..icmp_at + 4].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    f
+}
+
+/// A router advertisement's body after its ICMPv6 header: hop limit 64,
+/// router lifetime 1800 s, then a prefix information option for 2001:db8::/64
+/// (autoconfiguration on), which would give every host a route through the
+/// sender.
+pub fn router_advertisement_body() -> Vec<u8> {
+    let mut b = vec![64, 0, 0x07, 0x08, 0, 0, 0, 0, 0, 0, 0, 0];
+    b.extend_from_slice(&[
+        3, 4, 64, 0xc0, 0, 0, 0x0e, 0x10, 0, 0, 0x07, 0x08, 0, 0, 0, 0,
+    ]);
+    b.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    b
+}
+
+/// A neighbour advertisement's body: override set, for `target` at `lladdr`
+/// (a target link-layer address option).
+pub fn neighbor_advertisement_body(target: &str, lladdr: Mac) -> Vec<u8> {
+    let target: std::net::Ipv6Addr = target.parse().expect("v6");
+    let mut b = vec![0x20, 0, 0, 0];
+    b.extend_from_slice(&target.octets());
+    b.extend_from_slice(&[2, 1]);
+    b.extend_from_slice(&lladdr);
+    b
+}
+
 /// A VXLAN datagram of `frame` on `vni`.
 pub fn datagram(vni: u32, frame: &[u8]) -> Vec<u8> {
     let mut d = vec![0u8; vxlan::VXLAN_HEADER_LEN];
@@ -1059,6 +1141,61 @@ pub fn seeds(target: &str) -> Vec<(&'static str, Vec<u8>)> {
                 (
                     "nd_solicitation",
                     encode(&[(1, &icmpv6_solicitation(A, "fd00::10", "fd00::12"))]),
+                ),
+                (
+                    "ra_behind_dest_opts",
+                    encode(&[(
+                        1,
+                        &icmpv6_frame(A, 134, &router_advertisement_body(), &[(60, ext_options())]),
+                    )]),
+                ),
+                (
+                    "ra_behind_hop_by_hop_and_dest_opts",
+                    encode(&[(
+                        1,
+                        &icmpv6_frame(
+                            A,
+                            134,
+                            &router_advertisement_body(),
+                            &[(0, ext_options()), (60, ext_options())],
+                        ),
+                    )]),
+                ),
+                (
+                    "ra_atomic_fragment",
+                    encode(&[(
+                        1,
+                        &icmpv6_frame(
+                            A,
+                            134,
+                            &router_advertisement_body(),
+                            &[(44, ext_fragment(0, false))],
+                        ),
+                    )]),
+                ),
+                (
+                    "na_fragmented",
+                    encode(&[(
+                        1,
+                        &icmpv6_frame(
+                            A,
+                            136,
+                            &neighbor_advertisement_body("fd00::10", A),
+                            &[(44, ext_fragment(0, true))],
+                        ),
+                    )]),
+                ),
+                (
+                    "na_forged_behind_dest_opts",
+                    encode(&[(
+                        1,
+                        &icmpv6_frame(
+                            A,
+                            136,
+                            &neighbor_advertisement_body("fd00::12", A),
+                            &[(60, ext_options())],
+                        ),
+                    )]),
                 ),
                 (
                     "dns_known",

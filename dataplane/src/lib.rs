@@ -12,6 +12,7 @@ pub mod counters;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod io;
+pub mod keyed;
 pub mod lb;
 pub mod offload;
 pub mod switch;

@@ -14,8 +14,8 @@
 
 use super::touch::Touch;
 use super::{Dir, Key, TCP_FIN, TCP_RST, TCP_SYN};
+use crate::keyed::KeyedHashMap;
 use crate::{Location, Mac};
-use rustc_hash::FxHashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -64,10 +64,11 @@ impl Hit {
 
 pub struct FlowCache {
     /// IPv4 flows by their key packed in 128 bits ([`packed_v4`]): hashed as
-    /// two words and compared as one integer, which the whole `Key` (its
-    /// addresses of either family) is not.
-    v4: FxHashMap<u128, Hit>,
-    v6: FxHashMap<Key, Hit>,
+    /// one 128-bit word and compared as one integer, which the whole `Key` (its
+    /// addresses of either family) is not. Both maps are keyed
+    /// ([`crate::keyed`]): a client picks their keys.
+    v4: KeyedHashMap<u128, Hit>,
+    v6: KeyedHashMap<Key, Hit>,
     touch: Arc<[Touch]>,
 }
 
@@ -90,8 +91,8 @@ fn packed_v4(k: &Key) -> Option<u128> {
 impl FlowCache {
     pub fn new(touch: Arc<[Touch]>) -> Self {
         Self {
-            v4: FxHashMap::default(),
-            v6: FxHashMap::default(),
+            v4: KeyedHashMap::default(),
+            v6: KeyedHashMap::default(),
             touch,
         }
     }

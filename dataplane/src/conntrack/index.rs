@@ -4,6 +4,7 @@
 //! a second time here (the index was larger than the entries it pointed at).
 
 use super::{Dir, Key};
+use crate::keyed::Keyed;
 use hashbrown::HashTable;
 use std::hash::BuildHasher;
 
@@ -29,13 +30,11 @@ impl Ref {
     }
 }
 
-fn hash(k: &Key) -> u64 {
-    rustc_hash::FxBuildHasher.hash_one(k)
-}
-
+/// Keyed ([`crate::keyed`]): the keys are the clients' addresses and ports.
 #[derive(Default)]
 pub(super) struct Index {
     table: HashTable<Ref>,
+    state: Keyed,
 }
 
 impl Index {
@@ -43,7 +42,7 @@ impl Index {
     #[inline]
     pub fn find(&self, k: &Key, key_of: impl Fn(Ref) -> Option<Key>) -> Option<Ref> {
         self.table
-            .find(hash(k), |r| key_of(*r).as_ref() == Some(k))
+            .find(self.hash(k), |r| key_of(*r).as_ref() == Some(k))
             .copied()
     }
 
@@ -52,18 +51,25 @@ impl Index {
     /// growing the table can rehash it.
     pub fn insert(&mut self, k: &Key, r: Ref, key_of: impl Fn(Ref) -> Option<Key>) {
         debug_assert!(self.find(k, &key_of).is_none(), "{k:?} indexed twice");
-        self.table.insert_unique(hash(k), r, |r| {
+        let state = &self.state;
+        self.table.insert_unique(state.hash_one(k), r, |r| {
             let k = key_of(*r);
             debug_assert!(k.is_some(), "a ref to an empty slot");
-            k.as_ref().map_or(0, hash)
+            k.as_ref().map_or(0, |k| state.hash_one(k))
         });
     }
 
     /// Removes `r` from under `k`, if it is there.
     pub fn remove(&mut self, k: &Key, r: Ref) {
-        if let Ok(e) = self.table.find_entry(hash(k), |x| *x == r) {
+        if let Ok(e) = self.table.find_entry(self.hash(k), |x| *x == r) {
             e.remove();
         }
+    }
+
+    /// The hash `k` is stored under.
+    #[inline(always)]
+    pub fn hash(&self, k: &Key) -> u64 {
+        self.state.hash_one(k)
     }
 
     /// Refs stored (two a connection).

@@ -1,4 +1,5 @@
 use super::*;
+use std::hash::BuildHasher;
 use std::net::Ipv4Addr;
 
 fn key(sport: u16) -> Key {
@@ -472,4 +473,68 @@ fn waiting_for_the_lock_is_counted() {
     std::thread::sleep(std::time::Duration::from_millis(200));
     drop(held);
     assert_eq!(other.join().unwrap(), 1);
+}
+
+/// Keys a client computes offline to share one bucket of a table hashed with
+/// FxHash (the index's hash before it was keyed): from 198.51.100.0/24 to a
+/// service, it keeps the source ports whose keys agree in the low 12 bits of
+/// the hash, the bits hashbrown takes a bucket from (in a table of 4,096).
+fn fx_colliding_keys(n: usize) -> Vec<Key> {
+    let mut out = Vec::with_capacity(n);
+    for host in 1..=254u8 {
+        for sport in 1024..=u16::MAX {
+            let k = Key {
+                zone: 4095,
+                proto: 6,
+                src: Ipv4Addr::new(198, 51, 100, host).into(),
+                dst: Ipv4Addr::new(10, 255, 0, 10).into(),
+                sport,
+                dport: 443,
+            };
+            if rustc_hash::FxBuildHasher.hash_one(k) & 0xfff == 0 {
+                out.push(k);
+                if out.len() == n {
+                    return out;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The most keys that share one bucket of 4,096 under `hash`.
+fn max_bucket(keys: &[Key], hash: impl Fn(&Key) -> u64) -> usize {
+    let mut buckets = vec![0usize; 4096];
+    for k in keys {
+        buckets[(hash(k) & 0xfff) as usize] += 1;
+    }
+    buckets.into_iter().max().unwrap_or(0)
+}
+
+/// Hash flooding: keys crafted to collide under an unkeyed hash spread over
+/// the index like any others, because its hash has a key drawn per process.
+/// (Counted, not timed: the criterion group `hash_flood` times it.)
+#[test]
+fn keys_crafted_to_collide_spread_over_the_index() {
+    let keys = fx_colliding_keys(512);
+    assert_eq!(keys.len(), 512);
+    // the attack is real: under FxHash all 512 share one bucket
+    assert_eq!(
+        max_bucket(&keys, |k| rustc_hash::FxBuildHasher.hash_one(k)),
+        512
+    );
+    let mut ct = Conntrack::new(1024);
+    for k in &keys {
+        ct.insert(*k, reply_of(k), 1, 0, TCP_SYN, 0);
+    }
+    // 512 keys over 4,096 buckets: a handful share one at most (more than 8
+    // has odds below 1e-10 for keys the hash cannot tell from random ones)
+    let worst = max_bucket(&keys, |k| ct.index.hash(k));
+    assert!(
+        worst <= 8,
+        "{worst} crafted keys share a bucket of the index"
+    );
+    for k in &keys {
+        assert!(ct.lookup(k).is_some(), "{k:?} tracked");
+    }
 }

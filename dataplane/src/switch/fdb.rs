@@ -1,8 +1,9 @@
 //! MACs learned from static peer VTEPs (which publish nothing to our store).
-//! Bounded: a peer flooding random source MACs cannot grow it past its limit.
+//! Bounded: a peer flooding random source MACs cannot grow it past its limit,
+//! and keyed ([`crate::keyed`]): nor can it pick MACs that share a bucket.
 
+use crate::keyed::KeyedHashMap;
 use crate::Mac;
-use rustc_hash::FxHashMap;
 use std::net::IpAddr;
 
 /// Entries not refreshed for this long are ignored and may be replaced (the kernel
@@ -21,7 +22,7 @@ struct Entry {
 const RECLAIM_EVERY_MS: u64 = 1_000;
 
 pub struct LearnedFdb {
-    map: FxHashMap<(u32, Mac), Entry>,
+    map: KeyedHashMap<(u32, Mac), Entry>,
     max: usize,
     /// When a full table last looked for aged entries (`None`: never).
     reclaimed_ms: Option<u64>,
@@ -35,7 +36,7 @@ pub enum Learn {
 
 impl LearnedFdb {
     pub fn new(max: usize) -> Self {
-        let mut map = FxHashMap::default();
+        let mut map = KeyedHashMap::default();
         map.reserve(max.min(4096));
         Self {
             map,

@@ -990,9 +990,10 @@ impl Switch {
                 if !src.is_unspecified() && !link_local && !pv.ips.contains(&IpAddr::V6(src)) {
                     return self.drop(DropReason::SpoofedSourceIp);
                 }
-                // neighbour discovery may only speak for this port's own addresses
-                if !neighbor::nd_allowed(frame, &pv.mac, &pv.ips) {
-                    return self.drop(DropReason::SpoofedSourceIp);
+                // neighbour discovery may only speak for this port's own
+                // addresses, wherever in the header chain it sits
+                if let Err(r) = neighbor::nd_check(frame, &pv.mac, &pv.ips) {
+                    return self.drop(r);
                 }
                 if let Some(ns) = neighbor::parse_solicitation(frame) {
                     if let Some(mac) = answer_for(net, pv, IpAddr::V6(ns.target)) {

@@ -277,6 +277,139 @@ fn neighbour_discovery_cannot_speak_for_others() {
     );
 }
 
+/// A container hides a router advertisement, a redirect or a forged
+/// advertisement behind extension headers or in a fragment: the receiving host
+/// still finds it (RFC 8200 has it walk the chain, RFC 6946 process an atomic
+/// fragment alone), so the guard walks the chain too, and drops neighbour
+/// discovery in any fragment (RFC 6980) and first fragments without their
+/// upper-layer header (RFC 7112). Honest neighbour discovery still passes.
+#[test]
+fn neighbour_discovery_behind_extension_headers_is_judged() {
+    use crate::fuzzing::{
+        ext_fragment, ext_options, icmpv6_frame, neighbor_advertisement_body,
+        router_advertisement_body,
+    };
+    let st = state();
+    let mut sw = Switch::new(16);
+    let ra = router_advertisement_body();
+    let own_na = neighbor_advertisement_body("fd00::10", A);
+    let forged_na = neighbor_advertisement_body("fd00::12", A);
+    let other_mac_na = neighbor_advertisement_body("fd00::10", B);
+    let dest = || (60u8, ext_options());
+    let hbh = || (0u8, ext_options());
+    let frag = |offset, more| (44u8, ext_fragment(offset, more));
+    let mut past_fragment = ext_options();
+    past_fragment[1] = 8; // 72 bytes: past the end of this first fragment
+    let nine: Vec<_> = (0..9).map(|_| dest()).collect();
+    let spoof = DropReason::SpoofedSourceIp;
+    let chain = DropReason::Ipv6HeaderChain;
+    let refused: Vec<(&str, Vec<u8>, DropReason)> = vec![
+        (
+            "RA behind destination options",
+            icmpv6_frame(A, 134, &ra, &[dest()]),
+            spoof,
+        ),
+        (
+            "RA behind hop-by-hop and destination options",
+            icmpv6_frame(A, 134, &ra, &[hbh(), dest()]),
+            spoof,
+        ),
+        (
+            "redirect behind destination options",
+            icmpv6_frame(A, 137, &[0; 36], &[dest()]),
+            spoof,
+        ),
+        (
+            "NA for another's address behind destination options",
+            icmpv6_frame(A, 136, &forged_na, &[dest()]),
+            spoof,
+        ),
+        (
+            "NA naming another's MAC behind hop-by-hop",
+            icmpv6_frame(A, 136, &other_mac_na, &[hbh()]),
+            spoof,
+        ),
+        (
+            "RA in an atomic fragment",
+            icmpv6_frame(A, 134, &ra, &[frag(0, false)]),
+            chain,
+        ),
+        (
+            "RA in a first fragment behind destination options",
+            icmpv6_frame(A, 134, &ra, &[dest(), frag(0, true)]),
+            chain,
+        ),
+        (
+            "its own NA, fragmented",
+            icmpv6_frame(A, 136, &own_na, &[frag(0, true)]),
+            chain,
+        ),
+        (
+            "a first fragment whose chain runs past it",
+            icmpv6_frame(A, 134, &ra, &[frag(0, true), (60, past_fragment)]),
+            chain,
+        ),
+        (
+            "RA behind more headers than the guard walks",
+            icmpv6_frame(A, 134, &ra, &nine),
+            chain,
+        ),
+    ];
+    for (what, f, why) in &refused {
+        let before = sw.counters.dropped(*why);
+        let mut b = buf(f);
+        assert_eq!(
+            sw.from_port(&st, PortId(1), &mut b, 0),
+            Action::Drop(*why),
+            "{what}"
+        );
+        assert_eq!(sw.counters.dropped(*why), before + 1, "{what}: counted");
+    }
+    // a first fragment without its ICMPv6 header cannot be judged
+    let mut cut = icmpv6_frame(A, 128, &[], &[frag(0, true)]);
+    cut.truncate(cut.len() - 4);
+    cut[18..20].copy_from_slice(&8u16.to_be_bytes());
+    let mut b = buf(&cut);
+    assert_eq!(sw.from_port(&st, PortId(1), &mut b, 0), Action::Drop(chain));
+
+    let passed: Vec<(&str, Vec<u8>)> = vec![
+        ("its own NA", icmpv6_frame(A, 136, &own_na, &[])),
+        (
+            "its own NA behind destination options",
+            icmpv6_frame(A, 136, &own_na, &[dest()]),
+        ),
+        (
+            "an MLD report behind hop-by-hop (router alert)",
+            icmpv6_frame(A, 143, &[0; 24], &[hbh()]),
+        ),
+        (
+            "an echo request's first fragment",
+            icmpv6_frame(A, 128, &[0; 60], &[frag(0, true)]),
+        ),
+        (
+            "a later fragment",
+            icmpv6_frame(A, 134, &ra, &[frag(8, false)]),
+        ),
+    ];
+    for (what, f) in &passed {
+        let mut b = buf(f);
+        assert!(
+            matches!(
+                sw.from_port(&st, PortId(1), &mut b, 0),
+                Action::Flood { .. }
+            ),
+            "{what}: flooded as usual"
+        );
+    }
+    // an honest solicitation for a known endpoint is still answered
+    let ns = solicitation(A, "fe80::a".parse().unwrap(), "fd00::12".parse().unwrap());
+    let mut b = buf(&ns);
+    assert_eq!(
+        sw.from_port(&st, PortId(1), &mut b, 0),
+        Action::Reply(PortId(1))
+    );
+}
+
 #[test]
 fn frames_for_the_gateway_have_no_route_yet() {
     let st = state();

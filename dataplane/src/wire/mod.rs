@@ -3,6 +3,7 @@
 pub mod dns;
 pub mod flow_hash;
 pub mod icmp_error;
+pub mod ipv6_chain;
 pub mod neighbor;
 pub mod tcp_rst;
 pub mod udp_reply;

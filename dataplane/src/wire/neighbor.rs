@@ -2,6 +2,8 @@
 //! etherparse and answering them in place, so the agent resolves known endpoints
 //! without flooding the overlay.
 
+use super::ipv6_chain::{self, Fragment};
+use crate::counters::DropReason;
 use crate::Mac;
 use etherparse::{
     icmpv6::NeighborAdvertisementHeader, ArpHardwareId, ArpOperation, ArpPacketSlice, EtherType,
@@ -134,39 +136,72 @@ pub fn write_advertisement(frame: &mut [u8], ns: &Solicitation, answer_mac: Mac)
     Some(total)
 }
 
-/// Whether ICMPv6 neighbour discovery sent by a port stays within what that port
-/// owns: no router advertisements or redirects (a container is no router); an
-/// advertisement only for one of its own addresses (or a link-local one); and
-/// any link-layer address option naming the port's own MAC. Other frames pass.
-pub fn nd_allowed(frame: &[u8], port_mac: &Mac, port_ips: &[std::net::IpAddr]) -> bool {
-    let Ok(ip) = Ipv6HeaderSlice::from_slice(frame.get(ETH..).unwrap_or(&[])) else {
-        return true;
+/// Checks ICMPv6 neighbour discovery sent by a port: it must stay within what
+/// that port owns. No router advertisements or redirects (a container is no
+/// router); an advertisement only for one of its own addresses (or a link-local
+/// one); any link-layer address option naming the port's own MAC. Those are
+/// `spoofed_source_ip`. The message is looked for behind any extension headers
+/// ([`ipv6_chain::walk`]), since the receiving host finds it there too; and a
+/// chain that hides it is `ipv6_header_chain`: longer than the walk goes, cut
+/// short, or a first fragment without its upper-layer header (RFC 7112), or
+/// neighbour discovery in a fragment at all, atomic or not (RFC 6980). A later
+/// fragment passes: it has no ICMPv6 header to judge, and without its first
+/// fragment it is never reassembled. Frames that are not IPv6 pass.
+pub fn nd_check(
+    frame: &[u8],
+    port_mac: &Mac,
+    port_ips: &[std::net::IpAddr],
+) -> Result<(), DropReason> {
+    let Some(ip) = frame.get(ETH..).filter(|ip| ip.len() >= IPV6_LEN) else {
+        return Ok(());
     };
-    if ip.next_header() != IpNumber::IPV6_ICMP {
-        return true;
+    let upper = ipv6_chain::walk(ip).map_err(|_| DropReason::Ipv6HeaderChain)?;
+    let first_fragment = match upper.fragment {
+        Fragment::Whole => false,
+        Fragment::First => true,
+        Fragment::Later => return Ok(()),
+    };
+    if upper.proto != IpNumber::IPV6_ICMP {
+        // RFC 7112: the first fragment holds the transport header whole
+        let need = match upper.proto {
+            IpNumber::TCP => 20,
+            IpNumber::UDP => 8,
+            _ => 0,
+        };
+        return if first_fragment && upper.payload.len() < need {
+            Err(DropReason::Ipv6HeaderChain)
+        } else {
+            Ok(())
+        };
     }
-    let Some(icmp) = frame.get(ETH + IPV6_LEN..) else {
-        return true;
-    };
+    let icmp = upper.payload;
+    if first_fragment {
+        return match icmp.first() {
+            // the ICMPv6 header (type, code, checksum) must be there to judge
+            _ if icmp.len() < 4 => Err(DropReason::Ipv6HeaderChain),
+            Some(133..=137) => Err(DropReason::Ipv6HeaderChain),
+            _ => Ok(()),
+        };
+    }
     let Some(&kind) = icmp.first() else {
-        return true;
+        return Ok(());
     };
     let (target_at, opts_at) = match kind {
-        133 => (None, 8),          // router solicitation
-        135 => (Some(8), 24),      // neighbour solicitation
-        136 => (Some(8), 24),      // neighbour advertisement
-        134 | 137 => return false, // router advertisement, redirect
-        _ => return true,
+        133 => (None, 8),                                     // router solicitation
+        135 => (Some(8), 24),                                 // neighbour solicitation
+        136 => (Some(8), 24),                                 // neighbour advertisement
+        134 | 137 => return Err(DropReason::SpoofedSourceIp), // router advertisement, redirect
+        _ => return Ok(()),
     };
     if kind == 136 {
         let Some(t) = target_at.and_then(|a| icmp.get(a..a + 16)) else {
-            return false;
+            return Err(DropReason::SpoofedSourceIp);
         };
         let t: [u8; 16] = t.try_into().unwrap_or([0; 16]);
         let target = Ipv6Addr::from(t);
         let link_local = target.segments()[0] & 0xffc0 == 0xfe80;
         if !link_local && !port_ips.contains(&std::net::IpAddr::V6(target)) {
-            return false;
+            return Err(DropReason::SpoofedSourceIp);
         }
     }
     // options: type, length in units of 8 bytes, value; source/target link-layer
@@ -175,14 +210,14 @@ pub fn nd_allowed(frame: &[u8], port_mac: &Mac, port_ips: &[std::net::IpAddr]) -
     while let (Some(&t), Some(&l)) = (icmp.get(off), icmp.get(off + 1)) {
         let len = usize::from(l) * 8;
         if len == 0 {
-            return false;
+            return Err(DropReason::SpoofedSourceIp);
         }
         if (t == 1 || t == 2) && icmp.get(off + 2..off + 8) != Some(&port_mac[..]) {
-            return false;
+            return Err(DropReason::SpoofedSourceIp);
         }
         off += len;
     }
-    true
+    Ok(())
 }
 
 #[cfg(test)]
