@@ -414,6 +414,17 @@ impl Topology {
     }
 
     pub fn start_agent(&mut self, node: &Node, extra_args: &[&str]) -> Result<()> {
+        self.start_agent_with_env(node, extra_args, &[])
+    }
+
+    /// [`Self::start_agent`] with variables added to the agent's environment
+    /// (e.g. the test-only `VXMESH_TEST_FAULT`).
+    pub fn start_agent_with_env(
+        &mut self,
+        node: &Node,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<()> {
         ensure!(
             !self.agents.contains_key(&node.name),
             "agent for node {} is already running",
@@ -454,6 +465,7 @@ impl Topology {
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
+        cmd.envs(env.iter().copied());
         let desc = command::describe(&cmd);
         let child = cmd
             .spawn()
@@ -508,6 +520,31 @@ impl Topology {
             .remove(&node.name)
             .with_context(|| format!("no running agent for node {}", node.name))?;
         terminate(std::slice::from_mut(&mut agent.child))
+    }
+
+    /// Waits up to `within` for a node's agent to exit on its own: its exit
+    /// status (the agent is then forgotten, and may be started again), or
+    /// `None` while it still runs.
+    pub fn wait_agent_exit(
+        &mut self,
+        node: &Node,
+        within: Duration,
+    ) -> Result<Option<std::process::ExitStatus>> {
+        let end = Instant::now() + within;
+        loop {
+            let agent = self
+                .agents
+                .get_mut(&node.name)
+                .with_context(|| format!("no running agent for node {}", node.name))?;
+            if let Some(status) = agent.child.try_wait().context("failed to poll agent")? {
+                self.agents.remove(&node.name);
+                return Ok(Some(status));
+            }
+            if Instant::now() >= end {
+                return Ok(None);
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Kills a node's agent with SIGKILL: no shutdown work of any kind.

@@ -9,6 +9,11 @@
 //!   node's task; the same when the task's node is cut off the underlay while its
 //!   agent runs on (and keeps beating through the shared store).
 //!
+//! - a dataplane worker dying (the test-only fault `VXMESH_TEST_FAULT`): the
+//!   agent exits non-zero within seconds, saying which worker and why, having
+//!   saved its connections; started again, it keeps the ports and a connection
+//!   its balancer carried; without the fault it keeps running.
+//!
 //! The store going away (forwarding goes on) is store_outage.rs.
 
 mod common;
@@ -448,5 +453,115 @@ fn a_published_port_fails_over_when_a_task_node_stops_or_is_cut_off() -> anyhow:
         "n1's balancer does not mark n3's task: {:?}",
         backends(&t, n1)?
     );
+    Ok(())
+}
+
+/// The `connections=N` of the last log line saying `what` (0: no such line).
+fn connections_logged(log: &str, what: &str) -> u64 {
+    log.lines()
+        .rev()
+        .find(|l| l.contains(what))
+        .and_then(|l| l.split("connections=").nth(1))
+        .and_then(|n| n.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Sends `msg` on `c` and reads it back.
+fn echo_on(mut c: &TcpStream, msg: &[u8]) -> anyhow::Result<()> {
+    c.write_all(msg)?;
+    let mut back = vec![0u8; msg.len()];
+    c.read_exact(&mut back)?;
+    anyhow::ensure!(back == msg, "sent {msg:?}, got {back:?}");
+    Ok(())
+}
+
+#[test]
+fn a_dead_dataplane_worker_stops_the_agent_and_the_restart_keeps_its_flows() -> anyhow::Result<()> {
+    let mut t = Topology::new("deadwk")?;
+    let (n1, n2) = (t.add_node("n1")?, t.add_node("n2")?);
+    let workers = ["--workers", "2"];
+    t.start_agent(&n1, &workers)?;
+    t.start_agent(&n2, &[])?;
+    t.cli_ok(
+        &n1,
+        &["network", "create", "app", "--subnet", "10.71.0.0/24"],
+    )?;
+    t.cli_ok(&n1, &["service", "create", "echo", "--network", "app"])?;
+    let task = t.add_container("task")?;
+    endpoint(&t, &n2, "app", &task, &["--service", "echo"])?;
+    let _echo = tcp_echo_server(&task, SocketAddr::from(([0, 0, 0, 0], 7)))?;
+    let client = t.add_container("client")?;
+    endpoint(&t, &n1, "app", &client, &[])?;
+    let vip: IpAddr = t.cli_json(&n1, &["service", "inspect", "echo"])?["vips"]["app"]
+        .as_str()
+        .unwrap_or_default()
+        .parse()?;
+    // a connection n1's balancer carries (the client is n1's)
+    let dst = SocketAddr::new(vip, 7);
+    let mut held = None;
+    eventually(Duration::from_secs(10), || {
+        held = in_netns(&client, move || {
+            TcpStream::connect_timeout(&dst, Duration::from_secs(2)).ok()
+        })?;
+        Ok(held.is_some())
+    })?;
+    let held = held.ok_or_else(|| anyhow::anyhow!("no connection to {dst}"))?;
+    held.set_read_timeout(Some(Duration::from_secs(20)))?;
+    echo_on(&held, b"before\n")?;
+
+    // n1's agent again, with its last worker set to panic 4 s after start
+    t.stop_agent(&n1)?;
+    t.start_agent_with_env(
+        &n1,
+        &workers,
+        &[("VXMESH_TEST_FAULT", "worker-panic-after=4000")],
+    )?;
+    let armed = Instant::now();
+    let status = t.wait_agent_exit(&n1, Duration::from_secs(15))?;
+    let log = t.agent_log(&n1);
+    let run = &log[log
+        .rfind("VXMESH_TEST_FAULT: this worker will panic")
+        .unwrap_or(0)..];
+    let status = status
+        .unwrap_or_else(|| panic!("n1's agent still runs 15 s after its worker's fault:\n{run}"));
+    eprintln!(
+        "agent exited {status} {:?} after the start",
+        armed.elapsed()
+    );
+    assert!(!status.success(), "exit status {status}");
+    for why in [
+        "dataplane worker 1 stopped",
+        "injected fault",
+        "connections saved for the next run",
+    ] {
+        assert!(run.contains(why), "the log does not say {why:?}:\n{run}");
+    }
+    assert!(
+        connections_logged(run, "connections saved") >= 1,
+        "the held connection was not saved:\n{run}"
+    );
+    assert!(
+        t.wait_agent_exit(&n2, Duration::ZERO)?.is_none(),
+        "n2's agent (no fault) stopped too"
+    );
+
+    // started again (as the service manager would): the client's port and the
+    // connection n1 balanced are still there
+    t.start_agent(&n1, &workers)?;
+    echo_on(&held, b"after the restart\n")?;
+    let log = t.agent_log(&n1);
+    let run = &log[log.rfind("injected fault").unwrap_or(0)..];
+    assert!(
+        connections_logged(run, "connections restored from the last run") >= 1,
+        "the restart did not restore the held connection:\n{run}"
+    );
+    // and without the fault it keeps running
+    assert!(
+        t.wait_agent_exit(&n1, Duration::from_secs(6))?.is_none(),
+        "n1's agent stopped without a fault:\n{}",
+        t.agent_log(&n1)
+    );
+    echo_on(&held, b"still\n")?;
     Ok(())
 }

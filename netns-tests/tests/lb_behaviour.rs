@@ -2,7 +2,9 @@
 //! one task whichever node it enters by; lc sends new connections to the task
 //! with the fewest open; ping and ICMP errors work through a VIP; a task that
 //! refuses connections is taken out passively; removing a task resets the
-//! connections it held at the client.
+//! connections it held at the client. A task whose interface is down while
+//! its health probe (run inside its namespace) passes leaves the balancer
+//! within 3 s of clients that give up before retransmitting a SYN.
 
 mod common;
 
@@ -238,5 +240,140 @@ fn schedulers_icmp_passive_health_and_resets_behave() -> anyhow::Result<()> {
         }
     })?;
     assert_eq!(outcome, Err(ErrorKind::ConnectionReset), "held connection");
+    Ok(())
+}
+
+/// One round of `n` connections at once from `ns` to `dst`, each given up
+/// after `timeout`: which task answered each (Err: none did).
+fn round(
+    ns: &str,
+    dst: SocketAddr,
+    n: usize,
+    timeout: Duration,
+) -> anyhow::Result<Vec<Result<String, ErrorKind>>> {
+    let tries: Vec<_> = (0..n)
+        .map(|_| {
+            let ns = ns.to_string();
+            std::thread::spawn(move || {
+                in_netns(&ns, move || {
+                    let mut c = TcpStream::connect_timeout(&dst, timeout).map_err(|e| e.kind())?;
+                    c.set_read_timeout(Some(Duration::from_secs(2)))
+                        .map_err(|e| e.kind())?;
+                    let mut b = [0u8; 64];
+                    let got = c.read(&mut b).map_err(|e| e.kind())?;
+                    Ok(String::from_utf8_lossy(&b[..got]).into_owned())
+                })
+            })
+        })
+        .collect();
+    tries
+        .into_iter()
+        .map(|t| {
+            t.join()
+                .map_err(|_| anyhow::anyhow!("client thread panicked"))?
+        })
+        .collect()
+}
+
+#[test]
+fn a_task_whose_interface_is_down_leaves_the_balancer_though_its_probe_passes() -> anyhow::Result<()>
+{
+    let mut t = Topology::new("lbdown")?;
+    let (n1, n2) = (t.add_node("n1")?, t.add_node("n2")?);
+    t.start_agent(&n1, &[])?;
+    t.start_agent(&n2, &[])?;
+    t.cli_ok(
+        &n1,
+        &["network", "create", "web", "--subnet", "10.49.0.0/24"],
+    )?;
+    t.cli_ok(
+        &n1,
+        &[
+            "service",
+            "create",
+            "hc",
+            "--network",
+            "web",
+            "--health",
+            "tcp:80",
+            "--health-interval",
+            "300ms",
+        ],
+    )?;
+    let vip: IpAddr = t.cli_json(&n1, &["service", "inspect", "hc"])?["vips"]["web"]
+        .as_str()
+        .unwrap_or_default()
+        .parse()?;
+    let dst = SocketAddr::new(vip, 80);
+    let mut servers = Vec::new();
+    let mut tasks = Vec::new();
+    for (i, n) in [&n1, &n2].into_iter().enumerate() {
+        let ns = t.add_container(&format!("h{i}"))?;
+        tasks.push((
+            ns.clone(),
+            endpoint(&t, n, "web", &ns, &["--service", "hc"])?,
+        ));
+        servers.push(hold_server(&ns, 80, &format!("h{i}"))?);
+    }
+    let client = t.add_container("client")?;
+    endpoint(&t, &n1, "web", &client, &[])?;
+    let mut seen = BTreeSet::new();
+    let both = eventually(Duration::from_secs(15), || {
+        seen.extend(
+            round(&client, dst, 4, Duration::from_secs(1))?
+                .into_iter()
+                .flatten(),
+        );
+        Ok(seen.len() == 2)
+    })?;
+    assert!(both, "both tasks did not answer through the VIP: {seen:?}");
+
+    // h1's interface goes down: frames to it are lost, but its probe (to its
+    // own address, from inside its namespace, over loopback) still passes
+    let (dead_ns, dead) = &tasks[1];
+    exec_ok(dead_ns, &["ip", "link", "set", "eth0", "down"])?;
+    let down = std::time::Instant::now();
+    // clients that give up after 1 s, when the SYN's first retransmit would
+    // be due: passive health sees no retransmitted SYN from them
+    let mut rounds = Vec::new();
+    let mut clean = 0;
+    while clean < 3 && down.elapsed() < Duration::from_secs(15) {
+        let at = down.elapsed();
+        let r = round(&client, dst, 6, Duration::from_millis(1000))?;
+        if r.iter().all(|a| a.as_deref() == Ok("h0")) {
+            clean += 1;
+        } else {
+            clean = 0;
+        }
+        rounds.push((at, r));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let first_clean = rounds
+        .iter()
+        .rposition(|(_, r)| !r.iter().all(|a| a.as_deref() == Ok("h0")))
+        .map_or(0, |i| i + 1);
+    eprintln!("rounds after the interface went down: {rounds:?}");
+    let took = rounds.get(first_clean).map(|(at, _)| *at);
+    assert!(
+        clean == 3 && took.is_some_and(|t| t < Duration::from_secs(3)),
+        "new connections still failed 3 s after h1's interface went down: {rounds:?}"
+    );
+    let lb = t.cli_json(&n1, &["lb", "ls"])?;
+    let row = lb
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|v| v["backends"].as_array().cloned().unwrap_or_default())
+        .find(|b| b["address"].as_str() == Some(dead.ip.as_str()))
+        .ok_or_else(|| anyhow::anyhow!("{} not in lb ls: {lb}", dead.ip))?;
+    assert_eq!(row["ejected"], true, "lb ls: {row}");
+    // it was passive health: the active probe still passes
+    assert_eq!(row["healthy"], true, "lb ls: {row}");
+    let text = t.cli_ok(&n1, &["lb", "ls"])?;
+    assert!(
+        text.lines()
+            .any(|l| l.contains(&format!("{}:0", dead.ip)) && l.ends_with("ejected")),
+        "{text}"
+    );
     Ok(())
 }

@@ -208,6 +208,7 @@ impl Agent {
                 format!("cannot bind the VXLAN underlay sockets (udp/{VXLAN_PORT}, {}): is another VXLAN endpoint using the port?", cfg.advertise_addr)
             })?;
         tracing::info!(workers, source_ports = ?worker.source_ports(), "dataplane started on udp/{VXLAN_PORT}");
+        inject_test_fault(&worker, std::env::var("VXMESH_TEST_FAULT").ok().as_deref())?;
         let public = ops::encode_key(&keyring.public());
         let sandbox = match ingress::create_sandbox(workers).await {
             Ok((sb, fds)) => match worker.add_port(sb.port, fds, true) {
@@ -325,6 +326,7 @@ impl Agent {
     pub fn lb_table(&self) -> Vec<VirtualService> {
         let st = self.worker.state();
         let conns = self.worker.connections();
+        let ejected = self.worker.ejected();
         let row = |net: &vxmesh_dataplane::NetworkView,
                    mark: u32,
                    vip: IpAddr,
@@ -352,6 +354,7 @@ impl Agent {
                         forward: "Masq",
                         weight: b.weight,
                         healthy: b.healthy,
+                        ejected: ejected.contains(&(net.vni, mark, address)),
                         active,
                         inactive,
                     }
@@ -1173,6 +1176,9 @@ pub struct RealServer {
     pub forward: &'static str,
     pub weight: u32,
     pub healthy: bool,
+    /// Taken out for a while by passive health: new connections went
+    /// unanswered or were refused (see `vxmesh_dataplane::lb::passive`).
+    pub ejected: bool,
     pub active: u32,
     pub inactive: u32,
 }
@@ -1244,11 +1250,55 @@ async fn wait_address_usable(addr: IpAddr) -> anyhow::Result<()> {
     }
 }
 
+/// Test-only fault injection, from the agent's environment once at start
+/// (nothing a container or the API can set): `VXMESH_TEST_FAULT=worker-panic-after=MS`
+/// makes the last dataplane worker panic MS milliseconds after the dataplane
+/// starts, so that tests see the agent notice a dead worker and exit. Any
+/// other value is refused, so a mistyped fault does not pass unnoticed.
+fn inject_test_fault(dp: &Dataplane, fault: Option<&str>) -> anyhow::Result<()> {
+    let Some(fault) = fault.filter(|f| !f.is_empty()) else {
+        return Ok(());
+    };
+    let ms = parse_test_fault(fault)?;
+    let index = dp.workers() - 1;
+    tracing::warn!(
+        worker = index,
+        after_ms = ms,
+        "VXMESH_TEST_FAULT: this worker will panic (a test fault)"
+    );
+    dp.inject_worker_panic(index, Duration::from_millis(ms));
+    Ok(())
+}
+
+/// A `VXMESH_TEST_FAULT` value's milliseconds (see [`inject_test_fault`]).
+fn parse_test_fault(fault: &str) -> anyhow::Result<u64> {
+    fault
+        .strip_prefix("worker-panic-after=")
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .with_context(|| {
+            format!("VXMESH_TEST_FAULT={fault}: the one test fault is worker-panic-after=MS")
+        })
+}
+
+/// Waits until a dataplane worker stops on its own (it panicked, or its poll
+/// failed); returns which and why.
+async fn dead_worker(dp: &Dataplane) -> (usize, String) {
+    loop {
+        if let Some(dead) = dp.stopped_worker() {
+            return dead;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn new_id() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
-/// Runs an agent until SIGINT or SIGTERM.
+/// Runs an agent until SIGINT or SIGTERM, or until a dataplane worker dies:
+/// then it saves the connections and fails, so that the service manager
+/// restarts it (the TAPs outlive it, and the next run takes back the ports
+/// and connections) instead of it heartbeating with a dead forwarder.
 pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create --data-dir {}", cfg.data_dir.display()))?;
@@ -1293,12 +1343,20 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     };
     let api = tokio::spawn(crate::api::server::serve(listener, agent.clone()));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-        r = api => { r??; }
+    let dead = tokio::select! {
+        _ = tokio::signal::ctrl_c() => None,
+        _ = term.recv() => None,
+        r = api => { r??; None }
+        d = dead_worker(&agent.worker) => Some(d),
+    };
+    match &dead {
+        Some((worker, why)) => tracing::error!(
+            worker,
+            reason = %why,
+            "dataplane worker {worker} stopped: {why}; the agent exits to be restarted"
+        ),
+        None => tracing::info!("stopping"),
     }
-    tracing::info!("stopping");
     agent.save_connections();
     if let Some(d) = docker {
         d.stop().await;
@@ -1312,7 +1370,12 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         }
     }
     let _ = std::fs::remove_file(&cfg.api);
-    Ok(())
+    match dead {
+        Some((worker, why)) => Err(anyhow::anyhow!(
+            "dataplane worker {worker} stopped ({why}): exiting so that the agent is restarted"
+        )),
+        None => Ok(()),
+    }
 }
 
 /// The nodes (other than `me`, and but for external peers, which run no agent)
@@ -1374,13 +1437,27 @@ mod liveness_tests {
 
 #[cfg(test)]
 mod startup_tests {
-    use super::{check_advertise_addr, foreign_vteps};
+    use super::{check_advertise_addr, foreign_vteps, parse_test_fault};
     use std::net::IpAddr;
     use vxmesh_dataplane::{NetworkView, SwitchState};
 
     /// An IPv6 node names the IPv4 VTEPs it cannot reach (members and static
     /// peers of plain networks), not its own family's, nor encrypted networks'
     /// tunnel addresses.
+    #[test]
+    fn only_the_one_test_fault_is_taken() {
+        assert_eq!(parse_test_fault("worker-panic-after=1500").unwrap(), 1500);
+        for bad in [
+            "worker-panic-after=",
+            "worker-panic-after=-1",
+            "worker-panic",
+            "x=1",
+        ] {
+            let e = parse_test_fault(bad).unwrap_err().to_string();
+            assert!(e.contains("worker-panic-after=MS"), "{bad}: {e}");
+        }
+    }
+
     #[test]
     fn vteps_of_the_other_family_are_found() {
         let ip = |s: &str| -> IpAddr { s.parse().unwrap() };

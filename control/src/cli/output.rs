@@ -252,14 +252,23 @@ pub fn lb(f: Format, v: &Value) -> anyhow::Result<()> {
             );
         }
         for b in vs["backends"].as_array().into_iter().flatten() {
-            println!(
-                "  -> {:<28} {:<7} {:<6} {:<10} {}",
+            // past ipvsadm's columns: why a backend gets no new connections
+            let mut why = String::new();
+            if b["healthy"] == Value::Bool(false) {
+                why.push_str(" unhealthy");
+            }
+            if b["ejected"] == Value::Bool(true) {
+                why.push_str(" ejected");
+            }
+            let line = format!(
+                "  -> {:<28} {:<7} {:<6} {:<10} {:<9}{why}",
                 format!("{}:0", s(&b["address"])),
                 s(&b["forward"]),
                 s(&b["weight"]),
                 s(&b["active"]),
                 s(&b["inactive"])
             );
+            println!("{}", line.trim_end());
         }
     }
     Ok(())

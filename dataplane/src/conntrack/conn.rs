@@ -15,6 +15,8 @@ const FIN_REPLY: u8 = 2;
 const VIA: u8 = 4;
 /// The addresses are in the side array.
 const V6: u8 = 8;
+/// The client's last SYN has already counted as unanswered (passive health).
+const SYN_COUNTED: u8 = 16;
 
 /// An IPv6 connection's client, addressed and backend addresses.
 pub(super) type Six = [Ipv6Addr; 3];
@@ -138,6 +140,21 @@ impl Conn {
     pub fn set_fins(&mut self, orig: bool, reply: bool) {
         self.flags &= !(FIN_ORIG | FIN_REPLY);
         self.flags |= if orig { FIN_ORIG } else { 0 } | if reply { FIN_REPLY } else { 0 };
+    }
+
+    /// Whether the client's last SYN has already counted as a failure of the
+    /// backend (by the sweep, [`super::Conntrack::expire_slots`]), so that
+    /// it counts once whether the sweep or a retransmit sees it first.
+    pub fn syn_counted(&self) -> bool {
+        self.flags & SYN_COUNTED != 0
+    }
+
+    pub fn set_syn_counted(&mut self, counted: bool) {
+        if counted {
+            self.flags |= SYN_COUNTED;
+        } else {
+            self.flags &= !SYN_COUNTED;
+        }
     }
 
     pub fn via(&self) -> Option<Mac> {

@@ -488,7 +488,12 @@ impl Conntrack {
                     if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
                         && now_ms.saturating_sub(last_ms) >= crate::lb::passive::SYN_RETRY_MS =>
                 {
-                    passive.failed(backend, now_ms)
+                    // the SYN before this one went unanswered, unless the
+                    // sweep already counted it; this one is yet to count
+                    if !e.syn_counted() {
+                        passive.failed(backend, now_ms);
+                    }
+                    e.set_syn_counted(false);
                 }
                 _ => {}
             }
@@ -698,6 +703,7 @@ impl Conntrack {
         let mut n = 0;
         for id in first.min(end) as u32..end as u32 {
             let last_ms = self.touch[id as usize].last_ms();
+            self.count_unanswered(id, last_ms, now_ms);
             let expired = self.slab[id as usize]
                 .as_ref()
                 .is_some_and(|e| now_ms.saturating_sub(last_ms) > timeout_ms(e.state, e.proto));
@@ -711,6 +717,30 @@ impl Conntrack {
             }
         }
         (n, (end < self.slab.len()).then_some(end))
+    }
+
+    /// Counts a failure of the backend of connection `id` when the client's
+    /// last SYN (at `last_ms`) has gone unanswered for
+    /// [`crate::lb::passive::SYN_RETRY_MS`] and was not counted yet. A client
+    /// with a connect timeout under a second never retransmits (the first
+    /// retransmit is at 1 s), so without this its connections to a dead
+    /// backend would never count, and the backend would stay in.
+    #[inline]
+    fn count_unanswered(&mut self, id: u32, last_ms: u64, now_ms: u64) {
+        let Some(Some(c)) = self.slab.get_mut(id as usize) else {
+            return;
+        };
+        if c.proto != 6
+            || c.service == 0
+            || c.state != State::SynSent
+            || c.syn_counted()
+            || now_ms.saturating_sub(last_ms) < crate::lb::passive::SYN_RETRY_MS
+        {
+            return;
+        }
+        c.set_syn_counted(true);
+        let backend = (c.zone(), c.service, c.backend_ip(six_of(&self.six, c, id)));
+        self.passive.failed(backend, now_ms);
     }
 
     /// Removes every entry `pick` selects and returns them.

@@ -538,3 +538,61 @@ fn keys_crafted_to_collide_spread_over_the_index() {
         assert!(ct.lookup(k).is_some(), "{k:?} tracked");
     }
 }
+
+#[test]
+fn a_syn_left_unanswered_counts_once_against_its_backend_when_the_sweep_sees_it() {
+    use crate::lb::passive::{MAX_FAILS, SYN_RETRY_MS};
+    let backend = (7, 1, IpAddr::from(Ipv4Addr::new(10, 0, 0, 5)));
+    let syn = |ct: &mut Conntrack, sport: u16, now: u64| {
+        let k = key(sport);
+        ct.insert(k, reply_of(&k), 1, 0, TCP_SYN, now)
+    };
+    let mut ct = Conntrack::new(64);
+    // a client that gives up before retransmitting (a connect timeout under 1 s)
+    syn(&mut ct, 1000, 0);
+    ct.expire(SYN_RETRY_MS - 1, |_| {});
+    assert!(!ct.passive.is_out(backend, SYN_RETRY_MS), "not yet overdue");
+    for (i, sport) in (1001..1000 + u16::from(MAX_FAILS)).enumerate() {
+        // the sweep sees the first one again and again: it counts once
+        ct.expire(SYN_RETRY_MS + 10 * i as u64, |_| {});
+        syn(&mut ct, sport, SYN_RETRY_MS + 10 * i as u64);
+    }
+    assert!(
+        !ct.passive.is_out(backend, 5_000),
+        "only the first was overdue at the sweeps so far"
+    );
+    ct.expire(5_000, |_| {});
+    assert!(
+        ct.passive.is_out(backend, 5_000),
+        "the last one counted too"
+    );
+    assert_eq!(ct.passive.ejections, 1);
+
+    // a SYN the sweep counted and the client then retransmits counts once,
+    // and the retransmitted one counts on its own
+    let mut ct = Conntrack::new(64);
+    let id = syn(&mut ct, 2000, 0);
+    ct.expire(900, |_| {});
+    ct.update(id, Dir::Orig, TCP_SYN, 1_000);
+    ct.expire(1_100, |_| {});
+    assert!(!ct.passive.is_out(backend, 1_100), "one failure, not two");
+    ct.expire(1_900, |_| {});
+    syn(&mut ct, 2001, 2_000);
+    ct.expire(2_900, |_| {});
+    assert!(
+        ct.passive.is_out(backend, 2_900),
+        "three SYNs went unanswered"
+    );
+
+    // answered ones (or a RST, counted when it comes) and connections nothing
+    // balanced (service 0) never count as unanswered
+    let mut ct = Conntrack::new(64);
+    for sport in 3000..3010 {
+        open(&mut ct, sport, 0);
+        let k = key(sport + 100);
+        ct.insert(k, reply_of(&k), 0, 0, TCP_SYN, 0);
+    }
+    ct.expire(20_000, |_| {});
+    assert!(!ct.passive.is_out(backend, 20_000));
+    assert_eq!(ct.passive.ejections, 0);
+}

@@ -141,6 +141,26 @@ impl Dataplane {
         self.workers.len()
     }
 
+    /// The first worker that stopped without being told to, and why (its
+    /// panic's message, or the error that stopped it). The dataplane forwards
+    /// no more on what that worker read, so its owner should stop (and be
+    /// restarted) rather than go on.
+    pub fn stopped_worker(&self) -> Option<(usize, String)> {
+        self.workers
+            .iter()
+            .enumerate()
+            .find_map(|(i, w)| Some((i, w.stopped()?.to_string())))
+    }
+
+    /// Test-only fault injection (`VXMESH_TEST_FAULT=worker-panic-after=MS`):
+    /// worker `index` panics, with the connection table locked, after `after`.
+    #[doc(hidden)]
+    pub fn inject_worker_panic(&self, index: usize, after: std::time::Duration) {
+        if let Some(w) = self.workers.get(index) {
+            w.inject_panic(after);
+        }
+    }
+
     pub fn source_ports(&self) -> &[u16] {
         &self.source_ports
     }
@@ -220,12 +240,27 @@ impl Dataplane {
         self.workers.iter().map(|w| w.counters()).collect()
     }
 
-    /// A copy of the tracked connections (for `conntrack ls` and `lb ls`).
+    /// A copy of the tracked connections (for `conntrack ls` and `lb ls`, and
+    /// the snapshot at exit). Also from a table a worker panicked holding (the
+    /// agent then exits, and saves them first): each entry is whole, and
+    /// [`crate::conntrack::Conntrack::restore`] checks each again.
     pub fn connections(&self) -> Vec<crate::conntrack::Entry> {
         self.conntrack
             .lock()
-            .map(|c| c.iter().collect())
-            .unwrap_or_default()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .collect()
+    }
+
+    /// The backends passive health has taken out for now, as (zone, fwmark,
+    /// address).
+    pub fn ejected(&self) -> Vec<(u32, u32, IpAddr)> {
+        let now = self.start.elapsed().as_millis() as u64;
+        let c = self
+            .conntrack
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        c.passive.out(now).collect()
     }
 
     /// Puts back connections an earlier run saved (see
@@ -275,5 +310,45 @@ impl Dataplane {
             c.add(&w.counters());
         }
         c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_worker_that_panics_is_reported_with_its_message_and_its_table_still_reads() {
+        // a free port for the underlay (binds on all addresses, as the agent's do)
+        let port = UdpSocket::bind("0.0.0.0:0")
+            .and_then(|s| s.local_addr())
+            .map(|a| a.port())
+            .expect("a free UDP port");
+        let limits = Limits {
+            conntrack: 64,
+            ..Limits::default()
+        };
+        let dp = Dataplane::start(2, [127, 0, 0, 1].into(), port, 1, None, limits)
+            .expect("dataplane on loopback");
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(dp.stopped_worker(), None, "both run");
+        dp.inject_worker_panic(1, Duration::ZERO);
+        let end = Instant::now() + Duration::from_secs(5);
+        let mut stopped = None;
+        while stopped.is_none() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(20));
+            stopped = dp.stopped_worker();
+        }
+        let (index, why) = stopped.expect("the panic is seen");
+        assert_eq!(index, 1);
+        assert!(why.contains("injected fault"), "{why}");
+        // it panicked holding the connection table: what the agent saves on
+        // its way out is still there to read
+        assert!(dp.conntrack.is_poisoned());
+        assert!(dp.connections().is_empty());
+        assert!(dp.ejected().is_empty());
+        // and stopping the rest does not hang on the dead one
+        drop(dp);
     }
 }

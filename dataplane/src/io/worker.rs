@@ -23,7 +23,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -40,6 +40,11 @@ const TUNNEL_TICK: Duration = Duration::from_millis(250);
 const BUDGET: usize = 64;
 /// How often counters are copied out for the control plane.
 const PUBLISH_EVERY: Duration = Duration::from_millis(100);
+/// How often worker 0 sweeps the connection table: expired entries go, and
+/// SYNs unanswered for `lb::passive::SYN_RETRY_MS` count against their
+/// backend, so a dead backend is out within about 1.3 s of three of them
+/// (a sweep of a full table takes about 64 us, in 2 us slices).
+const SWEEP_EVERY: Duration = Duration::from_millis(500);
 
 enum Command {
     /// A port's fd for this worker; `read`: this worker reads it (else it only
@@ -55,6 +60,8 @@ enum Command {
     StateChanged,
     Tunnels(Box<TunnelConfig>),
     Trace(Option<crate::switch::tap::Tap>),
+    /// Test-only (`VXMESH_TEST_FAULT`): panic at this time.
+    PanicAt(Instant),
     Stop,
 }
 
@@ -63,6 +70,9 @@ pub struct WorkerHandle {
     tx: mpsc::Sender<Command>,
     waker: Arc<Waker>,
     counters: Arc<Mutex<Counters>>,
+    /// Why the worker stopped, when it stopped without being told to (it
+    /// panicked, or its poll failed): set once, by the worker's thread.
+    exit: Arc<OnceLock<String>>,
     join: Option<JoinHandle<()>>,
 }
 
@@ -111,6 +121,7 @@ impl WorkerHandle {
             wg: wireguard,
             wg_gso: true,
             tunnels: Tunnels::new(),
+            panic_at: None,
         };
         if let Some(wg) = &w.wg {
             wg.set_nonblocking(true)?;
@@ -137,13 +148,27 @@ impl WorkerHandle {
             UNDERLAY,
             Interest::READABLE,
         )?;
+        let exit = Arc::new(OnceLock::new());
+        let exit_set = exit.clone();
         let join = std::thread::Builder::new()
             .name(format!("vxmesh-worker-{index}"))
-            .spawn(move || w.run())?;
+            .spawn(move || {
+                // a panic is caught only to be reported: the control plane
+                // sees the worker gone and stops the agent (see
+                // `Dataplane::stopped_worker`) rather than forward with one
+                // worker fewer, its queues and sockets unread
+                let why = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.run())) {
+                    Ok(Ok(())) => return,
+                    Ok(Err(e)) => e,
+                    Err(p) => format!("panicked: {}", panic_message(p.as_ref())),
+                };
+                let _ = exit_set.set(why);
+            })?;
         Ok(Self {
             tx,
             waker,
             counters,
+            exit,
             join: Some(join),
         })
     }
@@ -183,6 +208,18 @@ impl WorkerHandle {
     /// Tells the worker the shared state was replaced (it prunes what it learned).
     pub fn state_changed(&self) {
         self.send(Command::StateChanged);
+    }
+
+    /// Why the worker stopped on its own (it panicked, or its poll failed);
+    /// `None` while it runs.
+    pub fn stopped(&self) -> Option<&str> {
+        self.exit.get().map(String::as_str)
+    }
+
+    /// Test-only (`VXMESH_TEST_FAULT`): makes the worker panic, holding the
+    /// connection table's lock, once `after` has passed.
+    pub fn inject_panic(&self, after: Duration) {
+        self.send(Command::PanicAt(Instant::now() + after));
     }
 
     /// Counters as of the last publication (at most 100 ms old).
@@ -235,6 +272,16 @@ struct Worker {
     /// Whether WireGuard runs still leave as one GSO send (see [`gso::send_run`]).
     wg_gso: bool,
     tunnels: Tunnels,
+    /// Test-only: when to panic (see [`WorkerHandle::inject_panic`]).
+    panic_at: Option<Instant>,
+}
+
+/// A panic's message, as `panic!` formatted it (a `&str` or a `String`).
+fn panic_message(p: &(dyn std::any::Any + Send)) -> &str {
+    p.downcast_ref::<&str>()
+        .copied()
+        .or_else(|| p.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 /// A random 16-bit number (std's per-instance random hash keys as the source).
@@ -446,7 +493,8 @@ fn token_of(p: PortId) -> Token {
 }
 
 impl Worker {
-    fn run(&mut self) {
+    /// Runs until told to stop (`Ok`), or until it cannot go on (`Err`: why).
+    fn run(&mut self) -> Result<(), String> {
         let mut events = Events::with_capacity(256);
         let mut buf = PacketBuf::new();
         // where TSO super-frames are cut into segments
@@ -457,6 +505,7 @@ impl Worker {
         let mut last_publish = Instant::now();
         let mut last_tick = Instant::now();
         let mut last_limiter_reset = Instant::now();
+        let mut last_sweep = Instant::now();
         loop {
             let timeout = if pending.is_empty() {
                 PUBLISH_EVERY
@@ -465,9 +514,14 @@ impl Worker {
             };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
-                    tracing::error!(error = %e, "worker poll failed; stopping");
-                    return;
+                    return Err(format!("poll failed: {e}"));
                 }
+            }
+            if self.panic_at.is_some_and(|t| Instant::now() >= t) {
+                // as a bug in the packet path would: with the table locked
+                let table = self.switch.conntrack();
+                let _held = crate::conntrack::lock_counted(&table);
+                panic!("injected fault (VXMESH_TEST_FAULT=worker-panic-after)");
             }
             ready.clear();
             ready.append(&mut pending);
@@ -479,7 +533,7 @@ impl Worker {
                     WAKER => {
                         if !self.commands() {
                             self.publish_counters();
-                            return;
+                            return Ok(());
                         }
                         false
                     }
@@ -504,14 +558,15 @@ impl Worker {
                 last_limiter_reset = Instant::now();
                 self.dns_pending
                     .retain(|_, p| p.3.elapsed() < DNS_FORWARD_TIMEOUT);
-                if self.index == 0 {
-                    let now = self.now_ms();
-                    let mut gone = Vec::new();
-                    crate::conntrack::expire_in_slices(&self.switch.conntrack(), now, |e| {
-                        gone.push(*e)
-                    });
-                    self.send_resets(&gone, &mut buf);
-                }
+            }
+            if self.index == 0 && last_sweep.elapsed() >= SWEEP_EVERY {
+                last_sweep = Instant::now();
+                let now = self.now_ms();
+                let mut gone = Vec::new();
+                crate::conntrack::expire_in_slices(&self.switch.conntrack(), now, |e| {
+                    gone.push(*e)
+                });
+                self.send_resets(&gone, &mut buf);
             }
             if last_publish.elapsed() >= PUBLISH_EVERY {
                 self.publish_counters();
@@ -583,6 +638,7 @@ impl Worker {
                     tracing::debug!(slots = tunnels.slots(), "tunnels configured");
                 }
                 Command::Trace(t) => self.switch.tap = t,
+                Command::PanicAt(t) => self.panic_at = Some(t),
                 Command::Stop => return false,
             }
         }

@@ -1,6 +1,7 @@
 //! Passive health: backends judged by how they answer real connections, between
 //! (or without) active probes. A backend that answers new TCP connections with a
-//! RST, or not at all (the client has to retransmit its SYN), is taken out of
+//! RST, or not at all (the client retransmits its SYN, or the table's sweep
+//! finds the SYN unanswered after [`SYN_RETRY_MS`]), is taken out of
 //! scheduling after a few failures in a row, for a while, then given another
 //! chance (nginx's `max_fails`/`fail_timeout`, Envoy's outlier detection).
 
@@ -13,7 +14,8 @@ use std::net::Ipv4Addr;
 pub const MAX_FAILS: u8 = 3;
 /// How long it stays out before new connections may try it again.
 pub const OUT_MS: u64 = 10_000;
-/// A SYN seen again this long after the first counts as unanswered.
+/// A SYN unanswered this long (seen again, or found so by the table's
+/// sweep) counts as a failure of its backend.
 pub const SYN_RETRY_MS: u64 = 800;
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -68,6 +70,14 @@ impl PassiveHealth {
             .is_some_and(|r| r.out_until_ms > now_ms)
     }
 
+    /// The backends out at `now_ms` (for `lb ls`).
+    pub fn out(&self, now_ms: u64) -> impl Iterator<Item = (u32, u32, IpAddr)> + '_ {
+        self.records
+            .iter()
+            .filter(move |(_, r)| r.out_until_ms > now_ms)
+            .map(|(k, _)| *k)
+    }
+
     /// Forgets backends the state no longer has.
     pub fn retain(&mut self, keep: impl Fn(&(u32, u32, IpAddr)) -> bool) {
         self.records.retain(|k, _| keep(k));
@@ -90,6 +100,7 @@ mod tests {
         assert!(!p.is_out(k, 3), "an answer in between resets the count");
         p.failed(k, 4);
         assert!(p.is_out(k, 5));
+        assert_eq!(p.out(5).collect::<Vec<_>>(), [k]);
         assert!(!p.is_out(k, 4 + OUT_MS), "back after the pause");
         p.failed(k, 5 + OUT_MS);
         assert!(p.is_out(k, 6 + OUT_MS), "one more failure: out again");
