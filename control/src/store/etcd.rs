@@ -455,24 +455,21 @@ fn explain(store: &str, tls: bool, e: etcd_client::Error) -> StoreError {
 fn reason(tls: bool, e: &etcd_client::Error) -> String {
     let reason = error_chain(e);
     let lower = reason.to_ascii_lowercase();
-    // etcd closes a connection whose client certificate it does not trust
-    // right after the handshake, so the client sees only "connection closed".
-    let tls_failed = [
-        "certificate",
-        "handshake",
-        "tls",
-        "alert",
-        "unknownissuer",
-        "connection closed",
-        "connection reset",
-    ]
-    .iter()
-    .any(|w| lower.contains(w));
-    if tls && tls_failed {
+    let has = |words: &[&str]| words.iter().any(|w| lower.contains(w));
+    if !tls {
+        reason
+    } else if has(&["certificate", "unknownissuer", "handshake", "alert"]) {
         format!(
-            "{reason} (TLS failed: check that --store-ca is the CA that signed etcd's \
-             certificate, which must name this host or address, and that etcd's \
-             --trusted-ca-file signed --store-cert)"
+            "{reason} (TLS failed: etcd's certificate must be signed by --store-ca and \
+             name this host or address)"
+        )
+    } else if has(&["connection closed", "broken pipe", "connection reset"]) {
+        // etcd closes a connection whose client certificate it does not trust
+        // right after the handshake: the client sees only the connection go.
+        format!(
+            "{reason} (TLS failed: etcd closed the connection, as it does to a client \
+             without a certificate that its --trusted-ca-file signed: check \
+             --store-cert and --store-key)"
         )
     } else {
         reason

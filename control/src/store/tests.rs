@@ -455,9 +455,11 @@ fn tls_etcd_refuses_clients_without_a_certificate_it_trusts() {
     let rogue_dir = tempfile::tempdir().unwrap();
     let rogue = Ca::new(rogue_dir.path(), "rogue");
     let intruder = rogue.issue(rogue_dir.path(), "intruder", &[]);
+    // what each attempt's error must point at
     let attempts = [
         (
             "no client certificate",
+            "--store-cert",
             StoreOptions {
                 ca: Some(tls.ca.cert.clone()),
                 ..Default::default()
@@ -465,6 +467,7 @@ fn tls_etcd_refuses_clients_without_a_certificate_it_trusts() {
         ),
         (
             "a client certificate from another CA",
+            "--store-cert",
             StoreOptions {
                 ca: Some(tls.ca.cert.clone()),
                 cert: Some(intruder.0.clone()),
@@ -474,13 +477,14 @@ fn tls_etcd_refuses_clients_without_a_certificate_it_trusts() {
         ),
         (
             "an etcd certificate this agent's CA did not sign",
+            "--store-ca",
             StoreOptions {
                 ca: Some(rogue.cert.clone()),
                 ..tls.client_options()
             },
         ),
     ];
-    for (what, opts) in attempts {
+    for (what, hint, opts) in attempts {
         let s = open_with(&server.url(), &opts).unwrap();
         let e = s
             .load()
@@ -488,7 +492,7 @@ fn tls_etcd_refuses_clients_without_a_certificate_it_trusts() {
             .unwrap_or_else(|| panic!("{what}: etcd was read"));
         let msg = e.to_string();
         assert!(
-            msg.contains("is unreachable") && msg.contains("TLS failed"),
+            msg.contains("is unreachable") && msg.contains("TLS failed") && msg.contains(hint),
             "{what}: {msg}"
         );
         eprintln!("{what}: {msg}");
