@@ -34,7 +34,8 @@ pub enum StoreError {
     /// Plaintext etcd beyond this machine, without `--store-insecure`.
     #[error(
         "--store {0} is plaintext etcd on a non-loopback address: anyone on the path \
-         can read the cluster state (WireGuard keys included) and rewrite it. Use \
+         can read the cluster state and rewrite it (nodes' addresses and WireGuard \
+         keys included). Use \
          etcds://HOST:PORT with --store-ca, --store-cert and --store-key (see \
          docs/operations.md, \"Securing the etcd store\"), or pass --store-insecure \
          on a network you trust"
