@@ -211,7 +211,8 @@ impl Ca {
 
 /// What a TLS etcd was started with, and a client certificate its CA signed.
 struct Tls {
-    ca: Ca,
+    /// The CA certificate, PEM.
+    ca: PathBuf,
     server: (PathBuf, PathBuf),
     client: (PathBuf, PathBuf),
 }
@@ -220,7 +221,7 @@ impl Tls {
     /// The settings of an agent holding a certificate etcd trusts.
     fn client_options(&self) -> StoreOptions {
         StoreOptions {
-            ca: Some(self.ca.cert.clone()),
+            ca: Some(self.ca.clone()),
             cert: Some(self.client.0.clone()),
             key: Some(self.client.1.clone()),
             ..Default::default()
@@ -248,26 +249,24 @@ fn free_port() -> u16 {
 
 impl EtcdServer {
     fn start() -> EtcdServer {
-        Self::start_with(false)
+        Self::start_with(tempfile::tempdir().unwrap(), None)
     }
 
     /// An etcd that speaks TLS only and requires a client certificate its CA
     /// signed (`--client-cert-auth`), as docs/operations.md sets one up.
     fn start_tls() -> EtcdServer {
-        Self::start_with(true)
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new(dir.path(), "etcd");
+        let tls = Tls {
+            server: ca.issue(dir.path(), "etcd-server", &["127.0.0.1", "localhost"]),
+            client: ca.issue(dir.path(), "node-a", &[]),
+            ca: ca.cert,
+        };
+        Self::start_with(dir, Some(tls))
     }
 
-    fn start_with(tls: bool) -> EtcdServer {
-        let dir = tempfile::tempdir().unwrap();
+    fn start_with(dir: tempfile::TempDir, tls: Option<Tls>) -> EtcdServer {
         let (client_port, peer_port) = (free_port(), free_port());
-        let tls = tls.then(|| {
-            let ca = Ca::new(dir.path(), "etcd");
-            Tls {
-                server: ca.issue(dir.path(), "etcd-server", &["127.0.0.1", "localhost"]),
-                client: ca.issue(dir.path(), "node-a", &[]),
-                ca,
-            }
-        });
         let child = Self::spawn(dir.path(), client_port, peer_port, tls.as_ref());
         let s = EtcdServer {
             child,
@@ -295,7 +294,7 @@ impl EtcdServer {
         if let Some(t) = tls {
             cmd.arg("--client-cert-auth")
                 .arg("--trusted-ca-file")
-                .arg(&t.ca.cert)
+                .arg(&t.ca)
                 .arg("--cert-file")
                 .arg(&t.server.0)
                 .arg("--key-file")
@@ -461,7 +460,7 @@ fn tls_etcd_refuses_clients_without_a_certificate_it_trusts() {
             "no client certificate",
             "--store-cert",
             StoreOptions {
-                ca: Some(tls.ca.cert.clone()),
+                ca: Some(tls.ca.clone()),
                 ..Default::default()
             },
         ),
@@ -469,7 +468,7 @@ fn tls_etcd_refuses_clients_without_a_certificate_it_trusts() {
             "a client certificate from another CA",
             "--store-cert",
             StoreOptions {
-                ca: Some(tls.ca.cert.clone()),
+                ca: Some(tls.ca.clone()),
                 cert: Some(intruder.0.clone()),
                 key: Some(intruder.1.clone()),
                 ..Default::default()
@@ -668,4 +667,41 @@ fn etcd_users_log_in_and_others_are_refused() {
     ))
     .is_err());
     assert!(!a.load().unwrap().state.nodes.contains_key("evil"));
+}
+
+/// The operations guide's openssl recipe (its `run: admin` block, with etcd on
+/// loopback instead of 192.168.77.1) makes certificates that etcd and the agent
+/// accept: the docs test only runs it and `openssl verify`, against its own etcd.
+#[test]
+fn the_operations_guides_openssl_certificates_work() {
+    let guide = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/operations.md");
+    let guide = std::fs::read_to_string(guide).unwrap();
+    let section = &guide[guide.find("## Securing the etcd store").unwrap()..];
+    let block = section
+        .split_once("<!-- run: admin -->\n```sh\n")
+        .and_then(|(_, rest)| rest.split_once("\n```"))
+        .map(|(body, _)| body)
+        .expect("the guide makes its certificates in a `run: admin` sh block");
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("sh")
+        .args(["-e", "-c", &block.replace("192.168.77.1", "127.0.0.1")])
+        .current_dir(dir.path())
+        .output()
+        .expect("cannot run sh");
+    assert!(
+        out.status.success(),
+        "the recipe failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p = |name: &str| dir.path().join(name);
+    let tls = Tls {
+        ca: p("ca.pem"),
+        server: (p("etcd1.pem"), p("etcd1-key.pem")),
+        client: (p("node1.pem"), p("node1-key.pem")),
+    };
+    let server = EtcdServer::start_with(dir, Some(tls));
+    let o = opener(&server);
+    let s = o();
+    transact(&*s, |st| ops::upsert_node(st, node("node1", "192.0.2.1"))).unwrap();
+    assert!(o().load().unwrap().state.nodes.contains_key("node1"));
 }
