@@ -177,6 +177,9 @@ fn store_options(a: &AgentArgs) -> anyhow::Result<crate::store::StoreOptions> {
         (None, Ok(p)) if a.store_user.is_some() => Some(p),
         _ => None,
     };
+    // Read once: the agent's children (ip, nft, nsenter) need not inherit it.
+    // Still single-threaded here, before the runtime starts.
+    std::env::remove_var(STORE_PASSWORD_ENV);
     if a.store_user.is_some() && password.is_none() {
         anyhow::bail!(
             "--store-user needs a password: --store-password-file PATH or {STORE_PASSWORD_ENV}"
