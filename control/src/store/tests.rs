@@ -320,9 +320,14 @@ impl EtcdServer {
     }
 
     fn wait_ready(&self) {
-        let s = open_with(&self.url(), &self.options()).unwrap();
+        self.wait_ready_with(&self.options());
+    }
+
+    /// Waits until a client with `opts` reads it (a client with a user logs in
+    /// when opened, so that too is retried).
+    fn wait_ready_with(&self, opts: &StoreOptions) {
         let end = Instant::now() + Duration::from_secs(20);
-        while s.load().is_err() {
+        while open_with(&self.url(), opts).and_then(|s| s.load()).is_err() {
             assert!(Instant::now() < end, "etcd did not come up");
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -334,13 +339,19 @@ impl EtcdServer {
     }
 
     fn restart(&mut self) {
+        let opts = self.options();
+        self.restart_with(&opts);
+    }
+
+    /// Restarts it and waits until a client with `opts` reads it.
+    fn restart_with(&mut self, opts: &StoreOptions) {
         self.child = Self::spawn(
             self.dir.path(),
             self.client_port,
             self.peer_port,
             self.tls.as_ref(),
         );
-        self.wait_ready();
+        self.wait_ready_with(opts);
     }
 }
 
@@ -618,7 +629,7 @@ fn store_settings_that_do_not_fit_are_clear_errors() {
 /// password; a wrong password or none is refused, clearly, and writes nothing.
 #[test]
 fn etcd_users_log_in_and_others_are_refused() {
-    let server = EtcdServer::start();
+    let mut server = EtcdServer::start();
     let url = server.url();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -667,6 +678,14 @@ fn etcd_users_log_in_and_others_are_refused() {
     ))
     .is_err());
     assert!(!a.load().unwrap().state.nodes.contains_key("evil"));
+    // a restarted etcd forgets its tokens: the agents log in again by themselves
+    server.stop();
+    server.restart_with(&user("s3cret"));
+    transact(&*b, |st| ops::upsert_node(st, node("n2", "192.0.2.2"))).unwrap();
+    assert_eq!(a.wait_change(1, Duration::from_secs(10)).unwrap(), 2);
+    // the beat on the lease stream the outage broke fails; the next one takes a new lease
+    let _ = a.heartbeat("n1");
+    a.heartbeat("n1").unwrap();
 }
 
 /// The operations guide's openssl recipe (its `run: admin` block, with etcd on
