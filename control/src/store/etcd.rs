@@ -135,8 +135,8 @@ impl EtcdStore {
                 store: describe.clone(),
                 reason,
             })?;
-        // Connecting only sets up the channel (and, with a user, authenticates);
-        // etcd being down shows at the first call.
+        // Connecting only sets up the channel, so etcd being down shows at the
+        // first call; with a user it also logs in, so then it shows here.
         let client = rt
             .block_on(Client::connect(&eps.urls, Some(options)))
             .map_err(|e| explain(&describe, eps.tls, e))?;
