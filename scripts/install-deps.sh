@@ -8,9 +8,11 @@
 # against) and protoc with its well-known types (etcd-client builds its gRPC
 # code at build time), and a Docker engine (docker.io) for the Docker driver
 # tests, whose test image is imported from busybox-static, with docker-compose
-# for the compose file in docs/docker.md. Idempotent; quiet when all is there.
+# for the compose file in docs/docker.md, and openssl (the CLI the operations
+# guide makes etcd's certificates with, which the docs test runs). Idempotent;
+# quiet when all is there.
 set -euo pipefail
-pkgs=(iproute2 util-linux nftables ethtool iputils-ping iperf3 tcpdump wireguard-go wireguard-tools busybox-static gcc libc6-dev ca-certificates etcd-server protobuf-compiler libprotobuf-dev)
+pkgs=(iproute2 util-linux nftables ethtool iputils-ping iperf3 tcpdump wireguard-go wireguard-tools busybox-static gcc libc6-dev ca-certificates openssl etcd-server protobuf-compiler libprotobuf-dev)
 # Only where no Docker is installed at all: docker.io conflicts with Docker's own
 # docker-ce packages, which apt would otherwise remove.
 if ! command -v docker >/dev/null && ! command -v dockerd >/dev/null; then

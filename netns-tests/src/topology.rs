@@ -67,8 +67,14 @@ pub enum StoreKind {
     /// One SQLite file in the test directory (the embedded default).
     Sqlite,
     /// A single-member etcd (Debian's `etcd-server`) on a host of its own on the
-    /// underlay, so a test can stop and restart it like a real outage.
+    /// underlay, so a test can stop and restart it like a real outage. Plaintext,
+    /// so agents get `--store-insecure` (unless a test passes it itself).
     Etcd,
+    /// The same etcd speaking TLS only and requiring client certificates
+    /// (`--client-cert-auth`), from a CA the topology makes; each agent gets
+    /// `--store-ca` and a certificate of its own (unless a test passes
+    /// `--store-ca` itself).
+    EtcdTls,
 }
 
 /// The etcd a topology started: its host on the underlay and, while it runs,
@@ -76,6 +82,65 @@ pub enum StoreKind {
 struct Etcd {
     host: Node,
     child: Option<Child>,
+    tls: Option<EtcdPki>,
+}
+
+/// The certificates of a TLS etcd ([`StoreKind::EtcdTls`]), in the test directory.
+struct EtcdPki {
+    ca: PathBuf,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    server: (PathBuf, PathBuf),
+}
+
+/// etcd's plaintext metrics and health listener on its host's loopback: how the
+/// harness sees a TLS etcd is up without a client certificate of its own.
+const ETCD_HEALTH_PORT: u16 = 2381;
+
+impl EtcdPki {
+    fn new(dir: &Path, server_addr: Ipv4Addr) -> Result<EtcdPki> {
+        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let key = rcgen::KeyPair::generate()?;
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "vxmesh test etcd CA");
+        let ca = dir.join("ca.pem");
+        fs::write(&ca, params.self_signed(&key)?.pem())?;
+        let mut pki = EtcdPki {
+            ca,
+            issuer: rcgen::Issuer::new(params, key),
+            server: (PathBuf::new(), PathBuf::new()),
+        };
+        pki.server = pki.issue(dir, "etcd", &[server_addr.to_string()])?;
+        Ok(pki)
+    }
+
+    /// A certificate for `cn` (and `sans`), good for a server and a client both;
+    /// its path and its key's.
+    fn issue(&self, dir: &Path, cn: &str, sans: &[String]) -> Result<(PathBuf, PathBuf)> {
+        let key = rcgen::KeyPair::generate()?;
+        let mut params = rcgen::CertificateParams::new(sans.to_vec())?;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = params.signed_by(&key, &self.issuer)?;
+        let (c, k) = (
+            dir.join(format!("{cn}.pem")),
+            dir.join(format!("{cn}-key.pem")),
+        );
+        fs::write(&c, cert.pem())?;
+        fs::write(&k, key.serialize_pem())?;
+        Ok((c, k))
+    }
 }
 
 /// The topology's node in the machine's own (root) network namespace: the
@@ -123,9 +188,17 @@ impl Topology {
     /// etcd started (and ready) before this returns.
     pub fn with_store(test_name: &str, store: StoreKind) -> Result<Topology> {
         let mut topo = Self::bare(test_name)?;
-        if store == StoreKind::Etcd {
+        if store != StoreKind::Sqlite {
             let host = topo.attach_to_underlay("etcd")?;
-            topo.etcd = Some(Etcd { host, child: None });
+            let tls = match store {
+                StoreKind::EtcdTls => Some(EtcdPki::new(&topo.dir.join("pki"), host.addr)?),
+                _ => None,
+            };
+            topo.etcd = Some(Etcd {
+                host,
+                child: None,
+                tls,
+            });
             topo.start_etcd()?;
         }
         Ok(topo)
@@ -200,8 +273,43 @@ impl Topology {
     /// What the agents are given as `--store`.
     pub fn store_url(&self) -> String {
         match &self.etcd {
+            Some(e) if e.tls.is_some() => format!("etcds://{}:{ETCD_PORT}", e.host.addr),
             Some(e) => format!("etcd://{}:{ETCD_PORT}", e.host.addr),
             None => format!("sqlite:{}", self.dir.join("store.db").display()),
+        }
+    }
+
+    /// The CA that signed a TLS etcd's certificate and the agents' ([`StoreKind::EtcdTls`]).
+    pub fn etcd_ca(&self) -> Option<PathBuf> {
+        self.etcd
+            .as_ref()
+            .and_then(|e| e.tls.as_ref())
+            .map(|t| t.ca.clone())
+    }
+
+    /// The `--store-*` flags an agent on `node` gets unless `extra_args` has its
+    /// own: `--store-insecure` for plaintext etcd (the underlay is the test's
+    /// own), the CA and a certificate of the node's own for TLS etcd.
+    fn store_flags(&self, node: &Node, extra_args: &[&str]) -> Result<Vec<String>> {
+        let Some(etcd) = &self.etcd else {
+            return Ok(Vec::new());
+        };
+        let given = |f: &str| extra_args.contains(&f);
+        match &etcd.tls {
+            None if given("--store-insecure") => Ok(Vec::new()),
+            None => Ok(vec!["--store-insecure".into()]),
+            Some(_) if given("--store-ca") => Ok(Vec::new()),
+            Some(pki) => {
+                let (cert, key) = pki.issue(&self.dir.join("pki"), &node.name, &[])?;
+                Ok(vec![
+                    "--store-ca".into(),
+                    pki.ca.display().to_string(),
+                    "--store-cert".into(),
+                    cert.display().to_string(),
+                    "--store-key".into(),
+                    key.display().to_string(),
+                ])
+            }
         }
     }
 
@@ -211,10 +319,10 @@ impl Topology {
     }
 
     pub fn store_kind(&self) -> StoreKind {
-        if self.etcd.is_some() {
-            StoreKind::Etcd
-        } else {
-            StoreKind::Sqlite
+        match &self.etcd {
+            Some(e) if e.tls.is_some() => StoreKind::EtcdTls,
+            Some(_) => StoreKind::Etcd,
+            None => StoreKind::Sqlite,
         }
     }
 
@@ -228,9 +336,11 @@ impl Topology {
             .as_mut()
             .context("this topology has no etcd (use Topology::with_store)")?;
         ensure!(etcd.child.is_none(), "etcd is already running");
-        let client = format!("http://{}:{ETCD_PORT}", etcd.host.addr);
+        let scheme = if etcd.tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://{}:{ETCD_PORT}", etcd.host.addr);
         // The peer port only ever talks to itself: keep it on the host's loopback.
         let peer = "http://127.0.0.1:2380";
+        let health = format!("http://127.0.0.1:{ETCD_HEALTH_PORT}");
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -246,15 +356,23 @@ impl Topology {
             .args(["--listen-peer-urls", peer])
             .args(["--initial-advertise-peer-urls", peer])
             .args(["--initial-cluster", &format!("vxmesh-test={peer}")])
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err);
+            .args(["--listen-metrics-urls", &health]);
+        if let Some(pki) = &etcd.tls {
+            cmd.arg("--client-cert-auth")
+                .arg("--trusted-ca-file")
+                .arg(&pki.ca)
+                .arg("--cert-file")
+                .arg(&pki.server.0)
+                .arg("--key-file")
+                .arg(&pki.server.1);
+        }
+        cmd.stdin(Stdio::null()).stdout(log).stderr(log_err);
         let desc = command::describe(&cmd);
         let child = cmd.spawn().with_context(|| {
             format!("failed to spawn `{desc}` (is Debian's etcd-server installed?)")
         })?;
         etcd.child = Some(child);
-        let addr = std::net::SocketAddr::new(etcd.host.addr.into(), ETCD_PORT);
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], ETCD_HEALTH_PORT));
         let ns = etcd.host.ns.clone();
         let deadline = Instant::now() + ETCD_READY_TIMEOUT;
         loop {
@@ -442,6 +560,7 @@ impl Topology {
         let log_err = log.try_clone().context("failed to clone log file handle")?;
 
         let store = self.store_url();
+        let store_flags = self.store_flags(node, extra_args)?;
         let api = self.socket(node);
         let addr = node.underlay_addr().to_string();
         let data_dir = data_dir.display().to_string();
@@ -458,6 +577,7 @@ impl Topology {
         };
         cmd.args(["agent", "--node", &node.name, "--advertise-addr", &addr])
             .args(["--store", &store, "--api", &api, "--data-dir", &data_dir])
+            .args(&store_flags)
             .args(extra_args)
             .stdin(Stdio::null())
             .stdout(log)

@@ -6,10 +6,11 @@
 //!
 //! Directives are one-line HTML comments (invisible when rendered):
 //!
-//! - `<!-- topology: store=sqlite|etcd nodes=A,B[,...] [hosts=X,...] -->` starts a
+//! - `<!-- topology: store=sqlite|etcd|etcds nodes=A,B[,...] [hosts=X,...] -->` starts a
 //!   new topology (the previous one is torn down): the nodes get underlay
 //!   addresses 192.168.77.1, .2, ... in the order given (after the etcd host,
-//!   which takes .1, when `store=etcd`); hosts are outside machines with no agent.
+//!   which takes .1, when `store=etcd` or `etcds`, the latter a TLS etcd that
+//!   requires client certificates); hosts are outside machines with no agent.
 //! - `<!-- netns: NAME... -->` declares the namespace names the text uses. The
 //!   runner rewrites every whole-word occurrence (a word is letters, digits, `_`
 //!   and `-`) to a name unique to the run, and a line `ip netns add NAME` becomes
@@ -22,8 +23,9 @@
 //!   the text becomes that node's socket. A line `vxmesh agent ...` starts the
 //!   node's agent through the harness: `--node` must be TARGET, `--advertise-addr`
 //!   its address, `--store` of the topology's kind (for etcd, its very URL);
-//!   `--api`, `--data-dir` and the store path are the harness's, every other flag
-//!   is passed as written. `retry`: the block only looks (it may be run again
+//!   `--api`, `--data-dir`, the store path and, for `etcds`, the certificates
+//!   (`--store-ca`, `--store-cert`, `--store-key`) are the harness's, every
+//!   other flag is passed as written. `retry`: the block only looks (it may be run again
 //!   until its expectations hold, for up to 10 s: state spreads through the store).
 //! - `<!-- expect: TEXT -->` after a block: TEXT must appear in what it printed
 //!   (stdout and stderr). Several may follow one block.
@@ -54,7 +56,7 @@ const SHELL_LANGS: [&str; 5] = ["", "sh", "bash", "shell", "console"];
 #[derive(Debug, Clone, PartialEq)]
 enum Item {
     Topology {
-        etcd: bool,
+        store: StoreKind,
         nodes: Vec<String>,
         hosts: Vec<String>,
     },
@@ -208,20 +210,21 @@ fn parse(doc: &str) -> Result<Vec<Item>> {
                 expects.push(rest.to_string());
             }
             "topology" => {
-                let mut etcd = None;
+                let mut store = None;
                 let (mut nodes, mut hosts) = (Vec::new(), Vec::new());
                 for w in &words {
                     let list = |v: &str| v.split(',').map(String::from).collect::<Vec<_>>();
                     match w.split_once('=') {
-                        Some(("store", "sqlite")) => etcd = Some(false),
-                        Some(("store", "etcd")) => etcd = Some(true),
+                        Some(("store", "sqlite")) => store = Some(StoreKind::Sqlite),
+                        Some(("store", "etcd")) => store = Some(StoreKind::Etcd),
+                        Some(("store", "etcds")) => store = Some(StoreKind::EtcdTls),
                         Some(("nodes", v)) => nodes = list(v),
                         Some(("hosts", v)) => hosts = list(v),
                         _ => bail!("line {no}: unknown topology setting {w:?}"),
                     }
                 }
                 items.push(Item::Topology {
-                    etcd: etcd.with_context(|| format!("line {no}: topology without store="))?,
+                    store: store.with_context(|| format!("line {no}: topology without store="))?,
                     nodes,
                     hosts,
                 });
@@ -360,14 +363,13 @@ impl Runner {
 
     fn apply(&mut self, item: &Item) -> Result<()> {
         match item {
-            Item::Topology { etcd, nodes, hosts } => {
+            Item::Topology {
+                store,
+                nodes,
+                hosts,
+            } => {
                 self.teardown();
-                let kind = if *etcd {
-                    StoreKind::Etcd
-                } else {
-                    StoreKind::Sqlite
-                };
-                self.t = Some(Topology::with_store("docs", kind)?);
+                self.t = Some(Topology::with_store("docs", *store)?);
                 for n in nodes {
                     let node = self.topo()?.add_node(n)?;
                     self.nodes.insert(n.clone(), node);
@@ -519,7 +521,7 @@ impl Runner {
                 "--store" => {
                     let v = value(&mut it)?;
                     match t.store_kind() {
-                        StoreKind::Etcd => ensure!(
+                        StoreKind::Etcd | StoreKind::EtcdTls => ensure!(
                             v == t.store_url(),
                             "--store {v}, but etcd is at {}",
                             t.store_url()
@@ -531,6 +533,11 @@ impl Runner {
                     }
                 }
                 "--api" | "--data-dir" => {
+                    value(&mut it)?;
+                }
+                "--store-ca" | "--store-cert" | "--store-key"
+                    if t.store_kind() == StoreKind::EtcdTls =>
+                {
                     value(&mut it)?;
                 }
                 _ => {

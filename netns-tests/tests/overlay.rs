@@ -19,6 +19,13 @@ fn two_nodes_two_networks_etcd() -> anyhow::Result<()> {
     two_nodes_two_networks_on(StoreKind::Etcd)
 }
 
+/// The agents share an etcd that speaks TLS only and requires their client
+/// certificates (`etcds://`, `--store-ca/--store-cert/--store-key`).
+#[test]
+fn two_nodes_two_networks_etcd_tls() -> anyhow::Result<()> {
+    two_nodes_two_networks_on(StoreKind::EtcdTls)
+}
+
 fn two_nodes_two_networks_on(store: StoreKind) -> anyhow::Result<()> {
     let mut t = Topology::with_store("overlay", store)?;
     let n1 = t.add_node("n1")?;

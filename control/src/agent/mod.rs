@@ -47,6 +47,8 @@ pub struct AgentConfig {
     pub node: String,
     pub advertise_addr: IpAddr,
     pub store: String,
+    /// How to reach the store safely (`--store-ca`, `--store-cert`, ...).
+    pub store_options: store::StoreOptions,
     pub data_dir: PathBuf,
     pub api: PathBuf,
     pub wg_port: u16,
@@ -161,8 +163,8 @@ impl Agent {
     pub async fn start(cfg: &AgentConfig) -> anyhow::Result<Arc<Agent>> {
         check_advertise_addr(cfg.advertise_addr)?;
         let store: Arc<dyn Store> = {
-            let url = cfg.store.clone();
-            Arc::from(tokio::task::spawn_blocking(move || store::open(&url)).await??)
+            let (url, opts) = (cfg.store.clone(), cfg.store_options.clone());
+            Arc::from(tokio::task::spawn_blocking(move || store::open_with(&url, &opts)).await??)
         };
         wait_address_usable(cfg.advertise_addr).await?;
         let underlay_mtu = iproute::mtu_of_address(cfg.advertise_addr)

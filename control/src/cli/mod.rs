@@ -88,9 +88,27 @@ struct AgentArgs {
     /// This node's underlay address; VXLAN goes to and from it
     #[arg(long)]
     advertise_addr: IpAddr,
-    /// sqlite:PATH or etcd://HOST:PORT[,HOST:PORT] (default: sqlite:DATA_DIR/store.db)
+    /// sqlite:PATH, etcds://HOST:PORT[,HOST:PORT] (TLS) or etcd://HOST:PORT[,HOST:PORT] (default: sqlite:DATA_DIR/store.db)
     #[arg(long)]
     store: Option<String>,
+    /// The CA that signed etcd's server certificate (PEM), for etcds://
+    #[arg(long, value_name = "PATH")]
+    store_ca: Option<PathBuf>,
+    /// This node's client certificate for etcd (PEM), for etcd's --client-cert-auth
+    #[arg(long, value_name = "PATH", requires = "store_key")]
+    store_cert: Option<PathBuf>,
+    /// The key of --store-cert (PEM)
+    #[arg(long, value_name = "PATH", requires = "store_cert")]
+    store_key: Option<PathBuf>,
+    /// The etcd user, where etcd has `auth enable`; its password comes from --store-password-file or VXMESH_STORE_PASSWORD
+    #[arg(long, value_name = "USER")]
+    store_user: Option<String>,
+    /// A file holding --store-user's password (one line)
+    #[arg(long, value_name = "PATH", requires = "store_user")]
+    store_password_file: Option<PathBuf>,
+    /// Allow plaintext etcd:// to a non-loopback address (a network you trust); etcds:// is the safe choice
+    #[arg(long)]
+    store_insecure: bool,
     #[arg(long, default_value = "/var/lib/vxmesh")]
     data_dir: PathBuf,
     /// The API socket, unix:PATH
@@ -141,6 +159,40 @@ struct AgentArgs {
     /// New connections per second each client address may open to published ports, N/s[,burst=B] (burst: N); over it they are dropped (ingress_rate_limited). Default: no limit
     #[arg(long, value_name = "N/s[,burst=B]")]
     ingress_rate_limit: Option<vxmesh_dataplane::lb::limit::RateLimit>,
+}
+
+/// The variable a store password may come from instead of a file (never a
+/// flag: the command line is world-readable in /proc).
+const STORE_PASSWORD_ENV: &str = "VXMESH_STORE_PASSWORD";
+
+/// The `--store-*` flags; the password is read here, from its file or the environment.
+fn store_options(a: &AgentArgs) -> anyhow::Result<crate::store::StoreOptions> {
+    let password = match (&a.store_password_file, std::env::var(STORE_PASSWORD_ENV)) {
+        (Some(path), _) => {
+            let text = anyhow::Context::with_context(std::fs::read_to_string(path), || {
+                format!("cannot read --store-password-file {}", path.display())
+            })?;
+            Some(text.trim_end_matches(['\r', '\n']).to_string())
+        }
+        (None, Ok(p)) if a.store_user.is_some() => Some(p),
+        _ => None,
+    };
+    // Read once: the agent's children (ip, nft, nsenter) need not inherit it.
+    // Still single-threaded here, before the runtime starts.
+    std::env::remove_var(STORE_PASSWORD_ENV);
+    if a.store_user.is_some() && password.is_none() {
+        anyhow::bail!(
+            "--store-user needs a password: --store-password-file PATH or {STORE_PASSWORD_ENV}"
+        );
+    }
+    Ok(crate::store::StoreOptions {
+        ca: a.store_ca.clone(),
+        cert: a.store_cert.clone(),
+        key: a.store_key.clone(),
+        user: a.store_user.clone(),
+        password,
+        insecure: a.store_insecure,
+    })
 }
 
 /// `90s`, `30m`, `12h`, `1d`, or plain seconds.
@@ -339,6 +391,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Agent(a) => {
             crate::logging::init(a.log_json);
             let cfg = AgentConfig {
+                store_options: store_options(&a)?,
                 store: a
                     .store
                     .unwrap_or_else(|| format!("sqlite:{}", a.data_dir.join("store.db").display())),

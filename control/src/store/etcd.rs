@@ -1,5 +1,12 @@
-//! The cluster store: etcd (`--store etcd://HOST:PORT[,HOST:PORT]`), for agents on
-//! machines that share no file.
+//! The cluster store: etcd (`--store etcds://HOST:PORT[,HOST:PORT]`, or plaintext
+//! `etcd://`), for agents on machines that share no file.
+//!
+//! The store holds every node's WireGuard public key and address, and whoever
+//! writes to it steers traffic, so beyond loopback it is spoken to over TLS
+//! (`etcds://`, the CA in `--store-ca`) with this agent's client certificate
+//! (`--store-cert`, `--store-key`, for etcd's `--client-cert-auth`) and, where
+//! etcd has `auth enable`, a user and password. Plaintext to another machine is
+//! refused unless `--store-insecure` says the network is trusted ([`check_plaintext`]).
 //!
 //! Layout under `/vxmesh/`:
 //! - `state/KIND/NAME`: one JSON object each, as SQLite keeps them;
@@ -25,11 +32,11 @@
 //! blocking threads). The store owns a small runtime on a thread of its own and
 //! blocks on it, so it works from any thread that is not itself async.
 
-use super::{changes, objects, Change, Snapshot, Store, StoreError, UpdateError};
+use super::{changes, objects, Change, Snapshot, Store, StoreError, StoreOptions, UpdateError};
 use crate::state::{ClusterState, StateError};
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
-    WatchOptions,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
+    PutOptions, TlsOptions, Txn, TxnOp, WatchOptions,
 };
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -69,6 +76,8 @@ struct Lease {
 
 pub struct EtcdStore {
     url: String,
+    /// etcds://, for what errors say.
+    tls: bool,
     client: Client,
     rt: tokio::runtime::Handle,
     /// Dropping it stops the runtime's thread.
@@ -78,10 +87,19 @@ pub struct EtcdStore {
 }
 
 impl EtcdStore {
-    /// Parses `etcd://H:P[,H:P]` and starts following the counter. Does not fail
-    /// when etcd is down (calls will say so); fails on a malformed URL.
+    /// Opens `etcd://H:P[,H:P]` on loopback with no settings (tests).
     pub fn open(url: &str) -> Result<Self, StoreError> {
-        let endpoints = endpoints(url)?;
+        Self::open_with(url, &StoreOptions::default())
+    }
+
+    /// Parses `etcd[s]://H:P[,H:P]`, checks the settings and starts following
+    /// the counter. Does not fail when etcd is down (calls will say so), except
+    /// with a user, whose password etcd must check first; fails on a malformed
+    /// URL, settings that do not fit it, or a certificate file it cannot read.
+    pub fn open_with(url: &str, opts: &StoreOptions) -> Result<Self, StoreError> {
+        let eps = endpoints(url)?;
+        check_plaintext(url, &eps, opts.insecure)?;
+        let options = connect_options(url, &eps, opts)?;
         let (rt_tx, rt_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let describe = url.to_string();
@@ -117,28 +135,27 @@ impl EtcdStore {
                 store: describe.clone(),
                 reason,
             })?;
-        let options = ConnectOptions::new()
-            .with_connect_timeout(CONNECT_TIMEOUT)
-            .with_timeout(REQUEST_TIMEOUT)
-            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
-            .with_keep_alive_while_idle(true);
-        // Connecting only sets up the channel; etcd being down shows at the first call.
+        // Connecting only sets up the channel, so etcd being down shows at the
+        // first call; with a user it also logs in, so then it shows here.
         let client = rt
-            .block_on(Client::connect(&endpoints, Some(options)))
-            .map_err(|e| StoreError::Unreachable {
-                store: describe.clone(),
-                reason: e.to_string(),
-            })?;
+            .block_on(Client::connect(&eps.urls, Some(options)))
+            .map_err(|e| explain(&describe, eps.tls, e))?;
         let (tx, watched) = watch::channel(Watched::Down("not connected yet".into()));
-        rt.spawn(follow_counter(client.clone(), tx));
+        rt.spawn(follow_counter(client.clone(), eps.tls, tx));
         Ok(Self {
             url: describe,
+            tls: eps.tls,
             client,
             rt,
             _stop: stop,
             watched,
             lease: tokio::sync::Mutex::new(None),
         })
+    }
+
+    /// The error for a failed etcd call.
+    fn fail(&self, e: etcd_client::Error) -> StoreError {
+        explain(&self.url, self.tls, e)
     }
 
     fn block_on<F: Future>(&self, f: F) -> F::Output {
@@ -152,7 +169,7 @@ impl EtcdStore {
         let resp = c
             .get(STATE, Some(GetOptions::new().with_prefix()))
             .await
-            .map_err(|e| self.unreachable(e))?;
+            .map_err(|e| self.fail(e))?;
         let mut st = ClusterState::default();
         let (mut revision, mut counter_mod) = (0, 0);
         for kv in resp.kvs() {
@@ -225,7 +242,7 @@ impl EtcdStore {
         let resp = c
             .txn(Txn::new().when([unchanged]).and_then(ops))
             .await
-            .map_err(|e| self.unreachable(e))?;
+            .map_err(|e| self.fail(e))?;
         Ok(resp.succeeded().then_some(rev))
     }
 
@@ -274,29 +291,209 @@ impl EtcdStore {
     }
 }
 
-/// `etcd://H:P[,H:P]` to the client's endpoint list.
-fn endpoints(url: &str) -> Result<Vec<String>, StoreError> {
-    let rest = url
-        .strip_prefix("etcd://")
-        .ok_or_else(|| StoreError::BadUrl(url.into()))?;
+/// What an `etcd[s]://H:P[,H:P]` URL names.
+#[derive(Debug, PartialEq, Eq)]
+struct Endpoints {
+    tls: bool,
+    /// The hosts as written (an IPv6 address in brackets).
+    hosts: Vec<String>,
+    /// The client's endpoint list: `http[s]://H:P`.
+    urls: Vec<String>,
+}
+
+fn endpoints(url: &str) -> Result<Endpoints, StoreError> {
+    let (tls, rest) = match (url.strip_prefix("etcds://"), url.strip_prefix("etcd://")) {
+        (Some(rest), _) => (true, rest),
+        (None, Some(rest)) => (false, rest),
+        (None, None) => return Err(StoreError::BadUrl(url.into())),
+    };
     let rest = rest.trim_end_matches('/');
-    let mut out = Vec::new();
+    let scheme = if tls { "https" } else { "http" };
+    let (mut hosts, mut urls) = (Vec::new(), Vec::new());
     for hp in rest.split(',') {
         let hp = hp.trim();
-        let ok = hp
+        let host = hp
             .rsplit_once(':')
-            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0));
-        if !ok {
+            .filter(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0))
+            .map(|(h, _)| h);
+        let Some(host) = host else {
             return Err(StoreError::BadUrl(url.into()));
-        }
-        out.push(format!("http://{hp}"));
+        };
+        hosts.push(host.to_string());
+        urls.push(format!("{scheme}://{hp}"));
     }
-    Ok(out)
+    Ok(Endpoints { tls, hosts, urls })
+}
+
+/// Whether `host` (as written in the URL) is this machine's loopback: traffic to
+/// it never leaves the machine. A name other than `localhost` is not trusted to
+/// be, whatever it resolves to today.
+fn is_loopback(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.to_canonical().is_loopback(),
+        Err(_) => bare.eq_ignore_ascii_case("localhost"),
+    }
+}
+
+/// Refuses plaintext etcd to any address beyond loopback unless the operator said
+/// the network is trusted: the state it carries steers every node's traffic.
+fn check_plaintext(url: &str, eps: &Endpoints, insecure: bool) -> Result<(), StoreError> {
+    if eps.tls || insecure || eps.hosts.iter().all(|h| is_loopback(h)) {
+        return Ok(());
+    }
+    Err(StoreError::Insecure(url.into()))
+}
+
+/// The client's options: timeouts, and TLS and credentials from the settings,
+/// which must fit the URL.
+fn connect_options(
+    url: &str,
+    eps: &Endpoints,
+    opts: &StoreOptions,
+) -> Result<ConnectOptions, StoreError> {
+    let config = |reason: &str| StoreError::Config {
+        store: url.into(),
+        reason: reason.into(),
+    };
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(CONNECT_TIMEOUT)
+        .with_timeout(REQUEST_TIMEOUT)
+        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+        .with_keep_alive_while_idle(true);
+    if opts.cert.is_some() != opts.key.is_some() {
+        return Err(config("--store-cert and --store-key go together"));
+    }
+    if eps.tls {
+        let ca = opts.ca.as_deref().ok_or_else(|| {
+            config("etcds:// needs --store-ca PATH, the CA that signed etcd's certificate")
+        })?;
+        let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(read_pem(
+            url,
+            "--store-ca",
+            ca,
+        )?));
+        if let (Some(cert), Some(key)) = (&opts.cert, &opts.key) {
+            tls = tls.identity(Identity::from_pem(
+                read_pem(url, "--store-cert", cert)?,
+                read_pem(url, "--store-key", key)?,
+            ));
+        }
+        options = options.with_tls(tls);
+    } else if opts.ca.is_some() || opts.cert.is_some() {
+        return Err(config(
+            "--store-ca, --store-cert and --store-key are for TLS: write the store as etcds://",
+        ));
+    }
+    match (&opts.user, &opts.password) {
+        (Some(user), Some(password)) => {
+            // etcd's tokens lapse (and a restarted etcd forgets them): log in again then.
+            options = options
+                .with_user(user, password)
+                .with_auto_token_refresh(true);
+        }
+        (Some(_), None) => return Err(config(
+            "--store-user needs a password: --store-password-file PATH or VXMESH_STORE_PASSWORD",
+        )),
+        (None, Some(_)) => return Err(config("a store password was given without --store-user")),
+        (None, None) => {}
+    }
+    Ok(options)
+}
+
+/// A PEM file's contents; an unreadable or non-PEM file is a clear error up
+/// front rather than a TLS failure later.
+fn read_pem(url: &str, flag: &str, path: &std::path::Path) -> Result<Vec<u8>, StoreError> {
+    let config = |reason: String| StoreError::Config {
+        store: url.into(),
+        reason,
+    };
+    let pem = std::fs::read(path)
+        .map_err(|e| config(format!("cannot read {flag} {}: {e}", path.display())))?;
+    if !pem.windows(11).any(|w| w == b"-----BEGIN ") {
+        return Err(config(format!(
+            "{flag} {} is not PEM (-----BEGIN ...)",
+            path.display()
+        )));
+    }
+    Ok(pem)
+}
+
+/// An etcd client error as the store reports it: refused credentials are not an
+/// outage, and a failed TLS handshake says which side to check.
+fn explain(store: &str, tls: bool, e: etcd_client::Error) -> StoreError {
+    if let etcd_client::Error::GRpcStatus(s) = &e {
+        let msg = s.message();
+        let denied = matches!(
+            s.code(),
+            tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+        ) || [
+            "authentication failed",
+            "user name is empty",
+            "permission denied",
+        ]
+        .iter()
+        .any(|m| msg.contains(m));
+        if denied {
+            return StoreError::Denied {
+                store: store.into(),
+                reason: format!(
+                    "{msg} (etcd checks users: check --store-user, its password and its \
+                     role's read-write permission on /vxmesh/)"
+                ),
+            };
+        }
+    }
+    StoreError::Unreachable {
+        store: store.into(),
+        reason: reason(tls, &e),
+    }
+}
+
+/// Why a call failed, with its causes and, when TLS is what failed, which side
+/// to check.
+fn reason(tls: bool, e: &etcd_client::Error) -> String {
+    let reason = error_chain(e);
+    let lower = reason.to_ascii_lowercase();
+    let has = |words: &[&str]| words.iter().any(|w| lower.contains(w));
+    if !tls {
+        reason
+    } else if has(&["certificate", "unknownissuer", "handshake", "alert"]) {
+        format!(
+            "{reason} (TLS failed: etcd's certificate must be signed by --store-ca and \
+             name this host or address)"
+        )
+    } else if has(&["connection closed", "broken pipe", "connection reset"]) {
+        // etcd closes a connection whose client certificate it does not trust
+        // right after the handshake: the client sees only the connection go.
+        format!(
+            "{reason} (TLS failed: etcd closed the connection, as it does to a client \
+             without a certificate that its --trusted-ca-file signed: check \
+             --store-cert and --store-key)"
+        )
+    } else {
+        reason
+    }
+}
+
+/// The error and its sources on one line: a transport error's own text is
+/// often just "transport error", the cause being further down.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let more = s.to_string();
+        if !out.contains(&more) {
+            out = format!("{out}: {more}");
+        }
+        src = s.source();
+    }
+    out
 }
 
 /// Keeps `tx` at the counter's latest value while etcd answers, and `Down` while
 /// it does not; reconnects forever.
-async fn follow_counter(mut client: Client, tx: watch::Sender<Watched>) {
+async fn follow_counter(mut client: Client, tls: bool, tx: watch::Sender<Watched>) {
     let mut backoff = Duration::from_millis(100);
     loop {
         if tx.is_closed() {
@@ -304,7 +501,8 @@ async fn follow_counter(mut client: Client, tx: watch::Sender<Watched>) {
         }
         let reason = match follow_once(&mut client, &tx).await {
             Ok(()) => "the watch ended".to_string(),
-            Err(e) => e.to_string(),
+            Err(Followed::Etcd(e)) => reason(tls, &e),
+            Err(Followed::Counter(e)) => e,
         };
         tx.send_replace(Watched::Down(reason.clone()));
         tracing::debug!(reason = %reason, "etcd watch lost; reconnecting");
@@ -313,14 +511,24 @@ async fn follow_counter(mut client: Client, tx: watch::Sender<Watched>) {
     }
 }
 
-async fn follow_once(client: &mut Client, tx: &watch::Sender<Watched>) -> Result<(), String> {
-    let resp = client
-        .get(REVISION, None)
-        .await
-        .map_err(|e| e.to_string())?;
+/// Why following the counter stopped.
+enum Followed {
+    Etcd(etcd_client::Error),
+    /// The counter holds something else than a number.
+    Counter(String),
+}
+
+impl From<etcd_client::Error> for Followed {
+    fn from(e: etcd_client::Error) -> Self {
+        Followed::Etcd(e)
+    }
+}
+
+async fn follow_once(client: &mut Client, tx: &watch::Sender<Watched>) -> Result<(), Followed> {
+    let resp = client.get(REVISION, None).await?;
     let header_rev = resp.header().map(|h| h.revision()).unwrap_or(0);
     let counter = match resp.kvs().first() {
-        Some(kv) => parse_counter(kv.value())?,
+        Some(kv) => parse_counter(kv.value()).map_err(Followed::Counter)?,
         None => 0,
     };
     tx.send_replace(Watched::Counter(counter));
@@ -329,16 +537,19 @@ async fn follow_once(client: &mut Client, tx: &watch::Sender<Watched>) -> Result
             REVISION,
             Some(WatchOptions::new().with_start_revision(header_rev + 1)),
         )
-        .await
-        .map_err(|e| e.to_string())?;
-    while let Some(msg) = stream.message().await.map_err(|e| e.to_string())? {
+        .await?;
+    while let Some(msg) = stream.message().await? {
         if msg.canceled() {
-            return Err(format!("watch canceled: {}", msg.cancel_reason()));
+            return Err(Followed::Counter(format!(
+                "watch canceled: {}",
+                msg.cancel_reason()
+            )));
         }
         for ev in msg.events() {
             if ev.event_type() == EventType::Put {
                 if let Some(kv) = ev.kv() {
-                    tx.send_replace(Watched::Counter(parse_counter(kv.value())?));
+                    let counter = parse_counter(kv.value()).map_err(Followed::Counter)?;
+                    tx.send_replace(Watched::Counter(counter));
                 }
             }
         }
@@ -409,23 +620,22 @@ impl Store for EtcdStore {
     fn heartbeat(&self, node: &str) -> Result<(), StoreError> {
         // The keep-alive is a stream, which the request timeout does not cover:
         // bound the whole beat, and start the lease afresh after one that hung.
-        let r = self.block_on(async {
+        self.block_on(async {
             match tokio::time::timeout(REQUEST_TIMEOUT, self.beat(node)).await {
-                Ok(r) => r.map_err(|e| e.to_string()),
+                Ok(r) => r.map_err(|e| self.fail(e)),
                 Err(_) => {
                     *self.lease.lock().await = None;
-                    Err("the lease keep-alive did not answer".to_string())
+                    Err(self.unreachable("the lease keep-alive did not answer"))
                 }
             }
-        });
-        r.map_err(|e| self.unreachable(e))
+        })
     }
 
     fn heartbeats(&self) -> Result<BTreeMap<String, u64>, StoreError> {
         let mut c = self.client.clone();
         let resp = self
             .block_on(c.get(HEARTBEAT, Some(GetOptions::new().with_prefix())))
-            .map_err(|e| self.unreachable(e))?;
+            .map_err(|e| self.fail(e))?;
         let mut out = BTreeMap::new();
         for kv in resp.kvs() {
             let (Ok(key), Ok(v)) = (kv.key_str(), kv.value_str()) else {

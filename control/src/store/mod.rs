@@ -26,10 +26,26 @@ pub enum StoreError {
     Unreachable { store: String, reason: String },
     #[error("store {store} holds data this version cannot read: {reason}")]
     Corrupt { store: String, reason: String },
-    #[error("unsupported --store {0:?}: use sqlite:PATH or etcd://HOST:PORT[,HOST:PORT]")]
+    #[error("unsupported --store {0:?}: use sqlite:PATH, etcd://HOST:PORT[,HOST:PORT] or etcds://HOST:PORT[,HOST:PORT]")]
     BadUrl(String),
+    /// The store's settings do not fit together, or a file they name cannot be read.
+    #[error("--store {store}: {reason}")]
+    Config { store: String, reason: String },
+    /// Plaintext etcd beyond this machine, without `--store-insecure`.
+    #[error(
+        "--store {0} is plaintext etcd on a non-loopback address: anyone on the path \
+         can read the cluster state and rewrite it (nodes' addresses and WireGuard \
+         keys included). Use \
+         etcds://HOST:PORT with --store-ca, --store-cert and --store-key (see \
+         docs/operations.md, \"Securing the etcd store\"), or pass --store-insecure \
+         on a network you trust"
+    )]
+    Insecure(String),
     #[error("store {store} refused the change: {reason}")]
     Refused { store: String, reason: String },
+    /// The store would not let this agent in (credentials, permissions).
+    #[error("store {store} refused this agent: {reason}")]
+    Denied { store: String, reason: String },
 }
 
 #[derive(Debug, Error)]
@@ -186,8 +202,51 @@ pub fn objects(st: &mut ClusterState, kind: &str, key: String, value: &str) -> R
     }
 }
 
-/// Opens the store an agent's `--store` names.
+/// How to reach a networked store safely: the `--store-*` flags. Only etcd uses
+/// them; SQLite is a local file and takes none.
+#[derive(Clone, Default)]
+pub struct StoreOptions {
+    /// The CA that signed etcd's server certificate (PEM); needed for etcds://.
+    pub ca: Option<std::path::PathBuf>,
+    /// This agent's client certificate and its key (PEM), for etcd's
+    /// `--client-cert-auth`; both or neither.
+    pub cert: Option<std::path::PathBuf>,
+    pub key: Option<std::path::PathBuf>,
+    /// An etcd user and password, for etcd with `auth enable`; both or neither.
+    pub user: Option<String>,
+    pub password: Option<String>,
+    /// Allow plaintext etcd:// to a non-loopback address.
+    pub insecure: bool,
+}
+
+/// Never prints the password.
+impl std::fmt::Debug for StoreOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreOptions")
+            .field("ca", &self.ca)
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .field("insecure", &self.insecure)
+            .finish()
+    }
+}
+
+impl StoreOptions {
+    fn any_etcd_setting(&self) -> bool {
+        self.ca.is_some() || self.cert.is_some() || self.key.is_some() || self.user.is_some()
+    }
+}
+
+/// Opens the store `url` names with no `--store-*` settings (SQLite, or etcd on
+/// loopback).
 pub fn open(url: &str) -> Result<Box<dyn Store>, StoreError> {
+    open_with(url, &StoreOptions::default())
+}
+
+/// Opens the store an agent's `--store` names, with its `--store-*` settings.
+pub fn open_with(url: &str, opts: &StoreOptions) -> Result<Box<dyn Store>, StoreError> {
     if let Some(path) = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))
@@ -195,12 +254,20 @@ pub fn open(url: &str) -> Result<Box<dyn Store>, StoreError> {
         if path.is_empty() {
             return Err(StoreError::BadUrl(url.into()));
         }
+        if opts.any_etcd_setting() {
+            return Err(StoreError::Config {
+                store: url.into(),
+                reason: "--store-ca, --store-cert, --store-key and --store-user are for etcd; \
+                         SQLite is a local file"
+                    .into(),
+            });
+        }
         return Ok(Box::new(sqlite::SqliteStore::open(std::path::Path::new(
             path,
         ))?));
     }
-    if url.starts_with("etcd://") {
-        return Ok(Box::new(etcd::EtcdStore::open(url)?));
+    if url.starts_with("etcd://") || url.starts_with("etcds://") {
+        return Ok(Box::new(etcd::EtcdStore::open_with(url, opts)?));
     }
     Err(StoreError::BadUrl(url.into()))
 }

@@ -1,10 +1,12 @@
 //! One suite for every store: each property is a function over a way to open the
 //! store (twice, as two agents would), run against SQLite and against a real etcd
-//! (Debian's `etcd-server`, started here on loopback).
+//! (Debian's `etcd-server`, started here on loopback), plaintext and with TLS and
+//! client-certificate authentication (certificates made here with rcgen).
 
 use super::*;
 use crate::state::{ops, EndpointSpec, NetworkSpec, Node};
 use std::net::TcpListener;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Instant;
@@ -153,12 +155,88 @@ fn sqlite() -> (tempfile::TempDir, Opener) {
     (dir, Arc::new(move || open(&url).unwrap()))
 }
 
+/// A CA of the test's own, which signs etcd's and the clients' certificates.
+struct Ca {
+    /// The CA certificate, PEM.
+    cert: PathBuf,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl Ca {
+    fn new(dir: &Path, name: &str) -> Ca {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{name} CA"));
+        let cert = params.self_signed(&key).unwrap();
+        let path = dir.join(format!("{name}-ca.pem"));
+        std::fs::write(&path, cert.pem()).unwrap();
+        Ca {
+            cert: path,
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// A certificate for `cn` naming `sans` (addresses or names), for a server
+    /// and a client both (as etcd's own guide makes them); its and its key's
+    /// paths.
+    fn issue(&self, dir: &Path, cn: &str, sans: &[&str]) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(sans).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let (c, k) = (
+            dir.join(format!("{cn}.pem")),
+            dir.join(format!("{cn}-key.pem")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+}
+
+/// What a TLS etcd was started with, and a client certificate its CA signed.
+struct Tls {
+    /// The CA certificate, PEM.
+    ca: PathBuf,
+    server: (PathBuf, PathBuf),
+    client: (PathBuf, PathBuf),
+}
+
+impl Tls {
+    /// The settings of an agent holding a certificate etcd trusts.
+    fn client_options(&self) -> StoreOptions {
+        StoreOptions {
+            ca: Some(self.ca.clone()),
+            cert: Some(self.client.0.clone()),
+            key: Some(self.client.1.clone()),
+            ..Default::default()
+        }
+    }
+}
+
 /// A single-member etcd on loopback ports of its own, removed on drop.
 struct EtcdServer {
     child: Child,
     client_port: u16,
     peer_port: u16,
     dir: tempfile::TempDir,
+    /// Set: etcd serves clients over TLS only, to certificates its CA signed.
+    tls: Option<Tls>,
 }
 
 fn free_port() -> u16 {
@@ -171,44 +249,85 @@ fn free_port() -> u16 {
 
 impl EtcdServer {
     fn start() -> EtcdServer {
+        Self::start_with(tempfile::tempdir().unwrap(), None)
+    }
+
+    /// An etcd that speaks TLS only and requires a client certificate its CA
+    /// signed (`--client-cert-auth`), as docs/operations.md sets one up.
+    fn start_tls() -> EtcdServer {
         let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new(dir.path(), "etcd");
+        let tls = Tls {
+            server: ca.issue(dir.path(), "etcd-server", &["127.0.0.1", "localhost"]),
+            client: ca.issue(dir.path(), "node-a", &[]),
+            ca: ca.cert,
+        };
+        Self::start_with(dir, Some(tls))
+    }
+
+    fn start_with(dir: tempfile::TempDir, tls: Option<Tls>) -> EtcdServer {
         let (client_port, peer_port) = (free_port(), free_port());
-        let child = Self::spawn(dir.path(), client_port, peer_port);
+        let child = Self::spawn(dir.path(), client_port, peer_port, tls.as_ref());
         let s = EtcdServer {
             child,
             client_port,
             peer_port,
             dir,
+            tls,
         };
         s.wait_ready();
         s
     }
 
-    fn spawn(dir: &std::path::Path, client_port: u16, peer_port: u16) -> Child {
-        let client = format!("http://127.0.0.1:{client_port}");
+    fn spawn(dir: &Path, client_port: u16, peer_port: u16, tls: Option<&Tls>) -> Child {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{client_port}");
         let peer = format!("http://127.0.0.1:{peer_port}");
-        Command::new("etcd")
-            .args(["--name", "t", "--data-dir"])
+        let mut cmd = Command::new("etcd");
+        cmd.args(["--name", "t", "--data-dir"])
             .arg(dir.join("data"))
             .args(["--listen-client-urls", &client])
             .args(["--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("t={peer}")])
-            .stdout(Stdio::null())
+            .args(["--initial-cluster", &format!("t={peer}")]);
+        if let Some(t) = tls {
+            cmd.arg("--client-cert-auth")
+                .arg("--trusted-ca-file")
+                .arg(&t.ca)
+                .arg("--cert-file")
+                .arg(&t.server.0)
+                .arg("--key-file")
+                .arg(&t.server.1);
+        }
+        cmd.stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("cannot start etcd: install Debian's etcd-server (scripts/install-deps.sh)")
     }
 
     fn url(&self) -> String {
-        format!("etcd://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "etcds" } else { "etcd" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    /// The settings of a client etcd accepts.
+    fn options(&self) -> StoreOptions {
+        self.tls
+            .as_ref()
+            .map(Tls::client_options)
+            .unwrap_or_default()
     }
 
     fn wait_ready(&self) {
-        let s = open(&self.url()).unwrap();
+        self.wait_ready_with(&self.options());
+    }
+
+    /// Waits until a client with `opts` reads it (a client with a user logs in
+    /// when opened, so that too is retried).
+    fn wait_ready_with(&self, opts: &StoreOptions) {
         let end = Instant::now() + Duration::from_secs(20);
-        while s.load().is_err() {
+        while open_with(&self.url(), opts).and_then(|s| s.load()).is_err() {
             assert!(Instant::now() < end, "etcd did not come up");
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -220,8 +339,19 @@ impl EtcdServer {
     }
 
     fn restart(&mut self) {
-        self.child = Self::spawn(self.dir.path(), self.client_port, self.peer_port);
-        self.wait_ready();
+        let opts = self.options();
+        self.restart_with(&opts);
+    }
+
+    /// Restarts it and waits until a client with `opts` reads it.
+    fn restart_with(&mut self, opts: &StoreOptions) {
+        self.child = Self::spawn(
+            self.dir.path(),
+            self.client_port,
+            self.peer_port,
+            self.tls.as_ref(),
+        );
+        self.wait_ready_with(opts);
     }
 }
 
@@ -231,10 +361,21 @@ impl Drop for EtcdServer {
     }
 }
 
+fn opener(server: &EtcdServer) -> Opener {
+    let (url, opts) = (server.url(), server.options());
+    Arc::new(move || open_with(&url, &opts).unwrap())
+}
+
 fn etcd() -> (EtcdServer, Opener) {
     let server = EtcdServer::start();
-    let url = server.url();
-    (server, Arc::new(move || open(&url).unwrap()))
+    let o = opener(&server);
+    (server, o)
+}
+
+fn etcd_tls() -> (EtcdServer, Opener) {
+    let server = EtcdServer::start_tls();
+    let o = opener(&server);
+    (server, o)
 }
 
 macro_rules! for_every_store {
@@ -244,6 +385,9 @@ macro_rules! for_every_store {
         }
         mod etcd_store {
             $(#[test] fn $name() { let (_s, o) = super::etcd(); super::$name(o) })*
+        }
+        mod etcd_tls_store {
+            $(#[test] fn $name() { let (_s, o) = super::etcd_tls(); super::$name(o) })*
         }
     };
 }
@@ -305,4 +449,278 @@ fn etcd_watch_resumes_after_an_outage() {
     // a lease lost with the outage is replaced on the next beat
     a.heartbeat("n1").unwrap();
     assert!(b.heartbeats().unwrap().contains_key("n1"));
+}
+
+/// Attacks on a TLS etcd from the network: a client with no certificate, one with
+/// a certificate from another CA, and a plaintext one are refused and write
+/// nothing; an agent does not talk to an etcd whose certificate its CA did not
+/// sign (a man in the middle), even holding a good client certificate.
+#[test]
+fn tls_etcd_refuses_clients_without_a_certificate_it_trusts() {
+    let server = EtcdServer::start_tls();
+    let tls = server.tls.as_ref().unwrap();
+    // the trusted agent gets through, so a refusal below is the certificate's doing
+    let good = open_with(&server.url(), &server.options()).unwrap();
+    transact(&*good, |st| ops::upsert_node(st, node("n1", "192.0.2.1"))).unwrap();
+    let rogue_dir = tempfile::tempdir().unwrap();
+    let rogue = Ca::new(rogue_dir.path(), "rogue");
+    let intruder = rogue.issue(rogue_dir.path(), "intruder", &[]);
+    // what each attempt's error must point at
+    let attempts = [
+        (
+            "no client certificate",
+            "--store-cert",
+            StoreOptions {
+                ca: Some(tls.ca.clone()),
+                ..Default::default()
+            },
+        ),
+        (
+            "a client certificate from another CA",
+            "--store-cert",
+            StoreOptions {
+                ca: Some(tls.ca.clone()),
+                cert: Some(intruder.0.clone()),
+                key: Some(intruder.1.clone()),
+                ..Default::default()
+            },
+        ),
+        (
+            "an etcd certificate this agent's CA did not sign",
+            "--store-ca",
+            StoreOptions {
+                ca: Some(rogue.cert.clone()),
+                ..tls.client_options()
+            },
+        ),
+    ];
+    for (what, hint, opts) in attempts {
+        let s = open_with(&server.url(), &opts).unwrap();
+        let e = s
+            .load()
+            .err()
+            .unwrap_or_else(|| panic!("{what}: etcd was read"));
+        let msg = e.to_string();
+        assert!(
+            msg.contains("is unreachable") && msg.contains("TLS failed") && msg.contains(hint),
+            "{what}: {msg}"
+        );
+        eprintln!("{what}: {msg}");
+        let r = transact(&*s, |st| ops::upsert_node(st, node("evil", "192.0.2.66")));
+        assert!(r.is_err(), "{what}: a write went through");
+        assert!(
+            s.heartbeat("evil").is_err(),
+            "{what}: a heartbeat went through"
+        );
+    }
+    // plaintext to the TLS port gets nothing either
+    let plain = open(&format!("etcd://127.0.0.1:{}", server.client_port)).unwrap();
+    assert!(plain.load().is_err());
+    let snap = good.load().unwrap();
+    assert_eq!(snap.revision, 1);
+    assert!(!snap.state.nodes.contains_key("evil"));
+    assert!(!good.heartbeats().unwrap().contains_key("evil"));
+}
+
+/// The watch over TLS survives an outage as the plaintext one does.
+#[test]
+fn tls_etcd_watch_resumes_after_an_outage() {
+    let (mut server, open) = etcd_tls();
+    let a = open();
+    transact(&*a, |st| ops::upsert_node(st, node("n1", "192.0.2.1"))).unwrap();
+    server.stop();
+    let end = Instant::now() + Duration::from_secs(10);
+    while a.wait_change(1, Duration::from_millis(200)).is_ok() {
+        assert!(Instant::now() < end, "an outage went unnoticed");
+    }
+    server.restart();
+    let b = open();
+    transact(&*b, |st| ops::upsert_node(st, node("n2", "192.0.2.2"))).unwrap();
+    assert_eq!(a.wait_change(1, Duration::from_secs(10)).unwrap(), 2);
+}
+
+#[test]
+fn plaintext_etcd_beyond_loopback_is_refused_unless_insecure() {
+    for url in [
+        "etcd://192.0.2.1:2379",
+        "etcd://127.0.0.1:2379,192.0.2.2:2379",
+        "etcd://etcd.example:2379",
+        "etcd://[2001:db8::1]:2379",
+    ] {
+        let e = open(url).err().unwrap();
+        assert!(matches!(e, StoreError::Insecure(_)), "{url}: {e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("etcds://") && msg.contains("--store-insecure"),
+            "{url}: {msg}"
+        );
+        // the operator's word that the network is trusted
+        let insecure = StoreOptions {
+            insecure: true,
+            ..Default::default()
+        };
+        open_with(url, &insecure).unwrap();
+    }
+    for url in [
+        "etcd://127.0.0.1:2379",
+        "etcd://127.0.0.2:2379,localhost:2379",
+        "etcd://[::1]:2379",
+        "etcd://[::ffff:127.0.0.1]:2379",
+    ] {
+        open(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+    }
+}
+
+/// Settings that do not fit the URL, or files that are not there, are clear
+/// errors at start rather than TLS failures later.
+#[test]
+fn store_settings_that_do_not_fit_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "t");
+    let (cert, key) = ca.issue(dir.path(), "n", &[]);
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate").unwrap();
+    let with = |f: &dyn Fn(&mut StoreOptions)| {
+        let mut o = StoreOptions {
+            ca: Some(ca.cert.clone()),
+            cert: Some(cert.clone()),
+            key: Some(key.clone()),
+            ..Default::default()
+        };
+        f(&mut o);
+        o
+    };
+    let tls = "etcds://192.0.2.1:2379";
+    open_with(tls, &with(&|_| {})).unwrap();
+    let cases: Vec<(&str, StoreOptions, &str)> = vec![
+        (tls, with(&|o| o.ca = None), "needs --store-ca"),
+        (tls, with(&|o| o.key = None), "go together"),
+        (
+            tls,
+            with(&|o| o.ca = Some(dir.path().join("missing.pem"))),
+            "cannot read --store-ca",
+        ),
+        (tls, with(&|o| o.cert = Some(junk.clone())), "is not PEM"),
+        (
+            tls,
+            with(&|o| o.user = Some("vxmesh".into())),
+            "needs a password",
+        ),
+        (
+            "etcd://127.0.0.1:2379",
+            with(&|_| {}),
+            "write the store as etcds://",
+        ),
+        ("sqlite:/tmp/x.db", with(&|_| {}), "SQLite is a local file"),
+    ];
+    for (url, opts, want) in cases {
+        let e = open_with(url, &opts).err().unwrap();
+        assert!(
+            matches!(e, StoreError::Config { .. }) && e.to_string().contains(want),
+            "{url} {opts:?}: {e}"
+        );
+    }
+    // the password never shows
+    let o = with(&|o| o.password = Some("hunter2".into()));
+    assert!(!format!("{o:?}").contains("hunter2"));
+}
+
+/// etcd with `auth enable`: the agent logs in with --store-user and its
+/// password; a wrong password or none is refused, clearly, and writes nothing.
+#[test]
+fn etcd_users_log_in_and_others_are_refused() {
+    let mut server = EtcdServer::start();
+    let url = server.url();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use etcd_client::Permission;
+        let endpoint = format!("http://127.0.0.1:{}", server.client_port);
+        let mut c = etcd_client::Client::connect([endpoint], None)
+            .await
+            .unwrap();
+        c.user_add("root", "root-pw", None).await.unwrap();
+        c.user_grant_role("root", "root").await.unwrap();
+        c.role_add("vxmesh").await.unwrap();
+        c.role_grant_permission("vxmesh", Permission::read_write("/vxmesh/").with_prefix())
+            .await
+            .unwrap();
+        c.user_add("agent", "s3cret", None).await.unwrap();
+        c.user_grant_role("agent", "vxmesh").await.unwrap();
+        c.auth_enable().await.unwrap();
+    });
+    let user = |password: &str| StoreOptions {
+        user: Some("agent".into()),
+        password: Some(password.into()),
+        ..Default::default()
+    };
+    let a = open_with(&url, &user("s3cret")).unwrap();
+    let b = open_with(&url, &user("s3cret")).unwrap();
+    transact(&*a, |st| ops::upsert_node(st, node("n1", "192.0.2.1"))).unwrap();
+    assert_eq!(b.wait_change(0, Duration::from_secs(5)).unwrap(), 1);
+    a.heartbeat("n1").unwrap();
+    assert!(b.heartbeats().unwrap().contains_key("n1"));
+    let e = open_with(&url, &user("guess")).err().unwrap();
+    assert!(
+        matches!(e, StoreError::Denied { .. }) && e.to_string().contains("--store-user"),
+        "{e}"
+    );
+    eprintln!("wrong password: {e}");
+    let anonymous = open(&url).unwrap();
+    let e = anonymous.load().err().unwrap();
+    assert!(
+        matches!(e, StoreError::Denied { .. }) && e.to_string().contains("--store-user"),
+        "{e}"
+    );
+    eprintln!("no user: {e}");
+    assert!(transact(&*anonymous, |st| ops::upsert_node(
+        st,
+        node("evil", "192.0.2.66")
+    ))
+    .is_err());
+    assert!(!a.load().unwrap().state.nodes.contains_key("evil"));
+    // a restarted etcd forgets its tokens: the agents log in again by themselves
+    server.stop();
+    server.restart_with(&user("s3cret"));
+    transact(&*b, |st| ops::upsert_node(st, node("n2", "192.0.2.2"))).unwrap();
+    assert_eq!(a.wait_change(1, Duration::from_secs(10)).unwrap(), 2);
+    // the beat on the lease stream the outage broke fails; the next one takes a new lease
+    let _ = a.heartbeat("n1");
+    a.heartbeat("n1").unwrap();
+}
+
+/// The operations guide's openssl recipe (its `run: admin` block, with etcd on
+/// loopback instead of 192.168.77.1) makes certificates that etcd and the agent
+/// accept: the docs test only runs it and `openssl verify`, against its own etcd.
+#[test]
+fn the_operations_guides_openssl_certificates_work() {
+    let guide = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/operations.md");
+    let guide = std::fs::read_to_string(guide).unwrap();
+    let section = &guide[guide.find("## Securing the etcd store").unwrap()..];
+    let block = section
+        .split_once("<!-- run: admin -->\n```sh\n")
+        .and_then(|(_, rest)| rest.split_once("\n```"))
+        .map(|(body, _)| body)
+        .expect("the guide makes its certificates in a `run: admin` sh block");
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("sh")
+        .args(["-e", "-c", &block.replace("192.168.77.1", "127.0.0.1")])
+        .current_dir(dir.path())
+        .output()
+        .expect("cannot run sh");
+    assert!(
+        out.status.success(),
+        "the recipe failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p = |name: &str| dir.path().join(name);
+    let tls = Tls {
+        ca: p("ca.pem"),
+        server: (p("etcd1.pem"), p("etcd1-key.pem")),
+        client: (p("node1.pem"), p("node1-key.pem")),
+    };
+    let server = EtcdServer::start_with(dir, Some(tls));
+    let o = opener(&server);
+    let s = o();
+    transact(&*s, |st| ops::upsert_node(st, node("node1", "192.0.2.1"))).unwrap();
+    assert!(o().load().unwrap().state.nodes.contains_key("node1"));
 }
