@@ -6,7 +6,7 @@
 //! SQLite has no cross-process notification, so `wait_change` polls the counter
 //! (one indexed read every 50 ms).
 
-use super::{changes, objects, Change, Snapshot, Store, StoreError, UpdateError};
+use super::{changes, Change, Snapshot, Store, StoreError, UpdateError};
 use crate::state::{ClusterState, StateError};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::collections::BTreeMap;
@@ -73,15 +73,14 @@ impl SqliteStore {
                 ))
             })
             .map_err(|e| self.unreachable(e))?;
-        let mut st = ClusterState::default();
-        for row in rows {
-            let (kind, key, value) = row.map_err(|e| self.unreachable(e))?;
-            objects(&mut st, &kind, key, &value).map_err(|e| self.corrupt(e))?;
-        }
-        Ok(Snapshot {
-            revision: revision as u64,
-            state: st,
-        })
+        let rows: Vec<(String, String, String)> = rows
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.unreachable(e))?;
+        Ok(Snapshot::from_rows(
+            revision as u64,
+            rows.iter()
+                .map(|(k, key, v)| (k.as_str(), key.clone(), v.as_str())),
+        ))
     }
 }
 
@@ -157,11 +156,8 @@ impl Store for SqliteStore {
         format!("sqlite:{}", self.path.display())
     }
 
-    fn heartbeat(&self, node: &str) -> Result<(), StoreError> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
+    fn heartbeat(&self, node: &str, beat: u64) -> Result<(), StoreError> {
+        let now = i64::try_from(beat).unwrap_or(i64::MAX);
         let conn = self.lock()?;
         conn.execute(
             "INSERT INTO heartbeats (node, at_ms) VALUES (?1, ?2)

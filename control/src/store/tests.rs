@@ -137,12 +137,14 @@ fn heartbeats_are_kept_per_node(open: Opener) {
     let a = open();
     let b = open();
     let before = crate::state::model::unix_now_ms();
-    a.heartbeat("n1").unwrap();
-    b.heartbeat("n2").unwrap();
-    b.heartbeat("n2").unwrap();
+    a.heartbeat("n1", before).unwrap();
+    b.heartbeat("n2", before).unwrap();
+    // a value is kept as written, however far from any clock (skewed nodes)
+    b.heartbeat("n2", before - 5_000).unwrap();
     let beats = a.heartbeats().unwrap();
     assert_eq!(beats.len(), 2, "{beats:?}");
-    assert!(beats["n1"] >= before && beats["n2"] >= before, "{beats:?}");
+    assert_eq!(beats["n1"], before, "{beats:?}");
+    assert_eq!(beats["n2"], before - 5_000, "{beats:?}");
     // heartbeats are not state changes
     assert_eq!(a.load().unwrap().revision, 0);
 }
@@ -303,6 +305,6 @@ fn etcd_watch_resumes_after_an_outage() {
     assert_eq!(rev, 2);
     assert!(a.load().unwrap().state.nodes.contains_key("n2"));
     // a lease lost with the outage is replaced on the next beat
-    a.heartbeat("n1").unwrap();
+    a.heartbeat("n1", 1).unwrap();
     assert!(b.heartbeats().unwrap().contains_key("n1"));
 }
