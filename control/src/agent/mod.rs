@@ -147,6 +147,9 @@ pub struct Agent {
     heartbeat_skew_ms: i64,
     /// Whether the last store read succeeded (for metrics).
     store_ok: std::sync::atomic::AtomicBool,
+    /// The stored rows the last read left out as invalid (for stats, metrics,
+    /// and to log each once).
+    invalid_rows: std::sync::Mutex<Vec<crate::state::validate::InvalidRow>>,
     /// Endpoints of this node with an interface (for metrics).
     attached: std::sync::atomic::AtomicUsize,
     /// The tunnel peers last handed to the worker, to log changes only.
@@ -267,6 +270,7 @@ impl Agent {
             tunnel_peers: std::sync::Mutex::new(Vec::new()),
             foreign_vteps: std::sync::Mutex::new(Vec::new()),
             store_ok: std::sync::atomic::AtomicBool::new(true),
+            invalid_rows: std::sync::Mutex::new(Vec::new()),
             down: std::sync::Mutex::new(Default::default()),
             dns_upstream: upstream_resolvers(),
             judge: std::sync::Mutex::new(liveness::Judge::new(std::time::Instant::now())),
@@ -410,6 +414,32 @@ impl Agent {
         out
     }
 
+    /// The stored rows left out of the state as invalid, at the last read.
+    pub fn invalid_rows(&self) -> Vec<crate::state::validate::InvalidRow> {
+        self.invalid_rows
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
+    }
+
+    /// Logs the invalid rows a read found that the one before did not (each
+    /// once, not at every reload), and those since fixed or removed.
+    fn note_invalid(&self, now: &[crate::state::validate::InvalidRow]) {
+        let Ok(mut last) = self.invalid_rows.lock() else {
+            return;
+        };
+        if *last == now {
+            return;
+        }
+        for r in now.iter().filter(|r| !last.contains(r)) {
+            tracing::warn!(kind = %r.kind, key = %r.key, reason = %r.reason, "store row is invalid: left out of the state (fix or remove it in the store; vxmesh stats lists these)");
+        }
+        for r in last.iter().filter(|r| !now.contains(r)) {
+            tracing::info!(kind = %r.kind, key = %r.key, "store row no longer left out");
+        }
+        *last = now.to_vec();
+    }
+
     pub fn store_reachable(&self) -> bool {
         self.store_ok.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -472,6 +502,7 @@ impl Agent {
                 match loaded {
                     Ok(snap) => {
                         stale = false;
+                        self.note_invalid(&snap.invalid);
                         let r = snap.revision;
                         if r != rev {
                             self.reconcile(snap).await;

@@ -402,6 +402,7 @@ async fn trace(State(a): Ag, Json(r): Json<TraceRequest>) -> Result<Response, Ap
 }
 
 async fn stats(State(a): Ag) -> Res {
+    let invalid = a.invalid_rows();
     let c = a.counters();
     let ct = a.conntrack_stats();
     let drops: serde_json::Map<String, Value> = c
@@ -418,6 +419,8 @@ async fn stats(State(a): Ag) -> Res {
         "tunnel_rx": c.tunnel_rx,
         "store": a.store_name(),
         "store_reachable": a.store_reachable(),
+        "invalid_rows": invalid.len(),
+        "invalid": invalid,
         "port_rx": c.port_rx,
         "port_tx": c.port_tx,
         "underlay_rx": c.underlay_rx,
