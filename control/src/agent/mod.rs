@@ -510,7 +510,10 @@ impl Agent {
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "store read failed; forwarding on the last state")
+                        tracing::warn!(error = %e, "store read failed; forwarding on the last state");
+                        // the revision may have moved past what can be read:
+                        // waiting for a change would return at once, so pause
+                        tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 }
             }

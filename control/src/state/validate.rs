@@ -58,17 +58,12 @@ pub fn sanitize(st: &mut ClusterState) -> Vec<InvalidRow> {
     );
     bad.extend(networks);
     let nodes = accept(&mut st.nodes, "node", |n| (0, n.name.clone()), {
-        let mut taken: BTreeMap<IpAddr, String> = BTreeMap::new();
+        // by kind of address: advertised, in the tunnels, on ingress
+        let mut taken: [BTreeMap<IpAddr, String>; 3] = Default::default();
         move |key, n: &Node| {
             check_node(key, n, &taken)?;
-            taken.insert(n.advertise_addr, n.name.clone());
-            for a in n
-                .tunnel_addr
-                .map(IpAddr::V4)
-                .into_iter()
-                .chain(n.ingress_ip)
-            {
-                taken.insert(a, n.name.clone());
+            for (t, a) in taken.iter_mut().zip(addresses(n)) {
+                t.extend(a.map(|a| (a, n.name.clone())));
             }
             Ok(())
         }
@@ -200,17 +195,23 @@ fn check_network(
     Ok(())
 }
 
-fn check_node(key: &str, n: &Node, taken: &BTreeMap<IpAddr, String>) -> Result<(), String> {
+/// A node's advertised, tunnel and ingress addresses, each unique among nodes.
+fn addresses(n: &Node) -> [Option<IpAddr>; 3] {
+    [
+        Some(n.advertise_addr),
+        n.tunnel_addr.map(IpAddr::V4),
+        n.ingress_ip,
+    ]
+}
+
+fn check_node(key: &str, n: &Node, taken: &[BTreeMap<IpAddr, String>; 3]) -> Result<(), String> {
     named("node", key, &n.name)?;
     let a = n.advertise_addr;
     if !n.external && (a.is_unspecified() || a.is_multicast()) {
         return Err(format!("advertise address {a} is no node's address"));
     }
-    let mine = std::iter::once(a)
-        .chain(n.tunnel_addr.map(IpAddr::V4))
-        .chain(n.ingress_ip);
-    for addr in mine {
-        if let Some(other) = taken.get(&addr) {
+    for (t, addr) in taken.iter().zip(addresses(n)) {
+        if let Some((addr, other)) = addr.and_then(|a| Some((a, t.get(&a)?))) {
             return Err(format!("address {addr} is already node {other}'s"));
         }
     }

@@ -192,15 +192,27 @@ fn invalid_rows_are_left_out(open: Opener, raw: Raw) {
     dup.subnets = vec!["10.21.0.0/24".parse().unwrap()];
     dup.gateways = vec!["10.21.0.1".parse().unwrap()];
     dup.created = a.created + 1;
-    raw("network", "dup", Some(&serde_json::to_string(&dup).unwrap()));
+    raw(
+        "network",
+        "dup",
+        Some(&serde_json::to_string(&dup).unwrap()),
+    );
     raw("network", "garbage", Some("{not json"));
     let mut orphan = ep.clone();
     orphan.id = "00000000000000e2".into();
     orphan.network = "missing".into();
-    raw("endpoint", &orphan.id, Some(&serde_json::to_string(&orphan).unwrap()));
+    raw(
+        "endpoint",
+        &orphan.id,
+        Some(&serde_json::to_string(&orphan).unwrap()),
+    );
     let mut bad_node = node("n0", "0.0.0.0");
     bad_node.tunnel_addr = Some("100.64.9.9".parse().unwrap());
-    raw("node", "n0", Some(&serde_json::to_string(&bad_node).unwrap()));
+    raw(
+        "node",
+        "n0",
+        Some(&serde_json::to_string(&bad_node).unwrap()),
+    );
     raw("network", "bytes", None);
     let want = [
         ("endpoint", "00000000000000e2"),
@@ -217,8 +229,16 @@ fn invalid_rows_are_left_out(open: Opener, raw: Raw) {
         .collect();
     assert_eq!(got, want, "{:#?}", snap.invalid);
     let reason = |k: &str| &snap.invalid.iter().find(|r| r.key == k).unwrap().reason;
-    assert!(reason("dup").contains("already network a's"), "{}", reason("dup"));
-    assert!(reason("garbage").contains("does not parse"), "{}", reason("garbage"));
+    assert!(
+        reason("dup").contains("already network a's"),
+        "{}",
+        reason("dup")
+    );
+    assert!(
+        reason("garbage").contains("does not parse"),
+        "{}",
+        reason("garbage")
+    );
     assert!(reason("00000000000000e2").contains("network missing"));
     // the valid rows are all there, unchanged; another reader agrees
     assert_eq!(snap.state, valid.state);
