@@ -1,6 +1,7 @@
 //! Invalid rows in the store (issue 18, point 7): rows written behind the
-//! agents' backs (one that does not parse, a network with another's VNI, an
-//! endpoint on a network that does not exist) are left out by every agent,
+//! agents' backs (one that does not parse, a network with another's VNI and an
+//! endpoint on it, an endpoint on a network that does not exist) are left out
+//! by every agent,
 //! logged once and counted in `vxmesh stats`; the agents keep forwarding and
 //! keep applying valid changes made after them.
 
@@ -71,6 +72,16 @@ fn agents_leave_invalid_rows_out_and_go_on() -> anyhow::Result<()> {
         )?
         .trim(),
     )?;
+    // and one on dup, into a real namespace on n1: attached, it would put c5
+    // on o's VNI, beside c2
+    let c5 = t.add_container("c5")?;
+    let mut merged = orphan.clone();
+    merged["id"] = "00000000000000ef".into();
+    merged["network"] = "dup".into();
+    merged["node"] = "n1".into();
+    merged["netns"] = c5.clone().into();
+    merged["ips"] = serde_json::json!(["10.55.0.5"]);
+    merged["mac"] = "02:00:00:00:55:05".into();
     orphan["id"] = "00000000000000ee".into();
     orphan["network"] = "missing".into();
     orphan["netns"] = "nowhere".into();
@@ -81,22 +92,39 @@ fn agents_leave_invalid_rows_out_and_go_on() -> anyhow::Result<()> {
              INSERT INTO objects (kind, key, value) VALUES ('network', 'garbage', '{{not json');
              INSERT INTO objects (kind, key, value) VALUES ('network', 'dup', '{dup}');
              INSERT INTO objects (kind, key, value) VALUES ('endpoint', '00000000000000ee', '{orphan}');
+             INSERT INTO objects (kind, key, value) VALUES ('endpoint', '00000000000000ef', '{merged}');
              UPDATE meta SET v = v + 1 WHERE k = 'revision';
              COMMIT;"
         ),
     )?;
     for n in [&n1, &n2] {
         assert!(
-            eventually(Duration::from_secs(5), || Ok(invalid_rows(&t, n)? == 3))?,
-            "{} does not count the 3 invalid rows: {}",
+            eventually(Duration::from_secs(5), || Ok(invalid_rows(&t, n)? == 4))?,
+            "{} does not count the 4 invalid rows: {}",
             n.name,
             t.cli_json(n, &["stats"])?
         );
     }
     let text = t.cli_ok(&n1, &["stats"])?;
     assert!(
-        text.contains("invalid_rows 3") && text.contains("network garbage"),
+        text.contains("invalid_rows 4") && text.contains("network garbage"),
         "{text}"
+    );
+    let stats = t.cli_json(&n1, &["stats"])?;
+    let why = stats["invalid"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["key"] == "dup")
+        .map(|r| r["reason"].to_string())
+        .unwrap_or_default();
+    assert!(why.contains("already network o's"), "{stats}");
+    // the endpoint on the left-out network got no interface
+    std::thread::sleep(Duration::from_secs(1));
+    let link = exec(&c5, &["ip", "link", "show", "eth0"])?;
+    assert!(
+        !link.status.success(),
+        "an endpoint of a network with o's VNI was attached"
     );
     let nets = t.cli_ok(&n1, &["network", "ls"])?;
     assert!(!nets.contains("dup") && !nets.contains("garbage"), "{nets}");

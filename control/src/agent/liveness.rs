@@ -54,9 +54,12 @@ impl Judge {
         }
     }
 
-    /// Forgets nodes no longer in the cluster.
+    /// Forgets nodes no longer in the cluster (not before a state with nodes
+    /// was read: the agent's own node is always in one).
     pub fn retain(&mut self, st: &ClusterState) {
-        self.seen.retain(|n, _| st.nodes.contains_key(n));
+        if !st.nodes.is_empty() {
+            self.seen.retain(|n, _| st.nodes.contains_key(n));
+        }
     }
 
     /// The nodes (other than `me`, and but for external peers, which run no
