@@ -721,4 +721,101 @@ mod tests {
             assert!(again.is_empty(), "{what}: what is left is valid: {again:?}");
         }
     }
+
+    /// Every row of `st`, as the stores hold them.
+    fn rows(st: &ClusterState) -> Vec<(&'static str, String, serde_json::Value)> {
+        fn of<T: serde::Serialize>(
+            kind: &'static str,
+            m: &BTreeMap<String, T>,
+        ) -> Vec<(&'static str, String, serde_json::Value)> {
+            m.iter()
+                .map(|(k, v)| (kind, k.clone(), serde_json::to_value(v).unwrap()))
+                .collect()
+        }
+        [
+            of("network", &st.networks),
+            of("node", &st.nodes),
+            of("service", &st.services),
+            of("endpoint", &st.endpoints),
+            of("policy", &st.policies),
+        ]
+        .concat()
+    }
+
+    proptest::proptest! {
+        /// Rows copied under new keys and with fields overwritten by values
+        /// taken from other rows (the clashes a hand edit makes) or by junk:
+        /// reading never panics, what is kept is valid and free of clashes,
+        /// and the outcome does not depend on the order rows are read in.
+        #[test]
+        fn whatever_the_rows_what_is_kept_is_valid(
+            edits in proptest::collection::vec(
+                (0usize..64, 0usize..64, 0usize..16, proptest::bool::ANY), 0..12)
+        ) {
+            let mut rows = rows(&cluster());
+            let junk = [
+                serde_json::json!(0), serde_json::json!(16_777_216), serde_json::json!("x"),
+                serde_json::json!(["10.44.0.0/25"]), serde_json::json!(null),
+                serde_json::json!("0.0.0.0"), serde_json::json!([]), serde_json::json!(777),
+                serde_json::json!("10.44.0.77"),
+            ];
+            for (a, b, f, copy) in edits {
+                let (a, b) = (a % rows.len(), b % rows.len());
+                if copy {
+                    let mut r = rows[a].clone();
+                    // a key of its own: a store holds one row per key
+                    r.1 = format!("{}-copy{}", r.1, rows.len());
+                    // named as its key, so only its clashes can leave it out
+                    let field = if matches!(r.0, "endpoint" | "policy") { "id" } else { "name" };
+                    r.2[field] = r.1.clone().into();
+                    if r.0 == "network" && f % 2 == 1 {
+                        // a VNI of its own: it clashes by its subnets alone
+                        r.2["vni"] = (1000 + rows.len()).into();
+                    }
+                    rows.push(r);
+                    continue;
+                }
+                let Some(field) = rows[b].2.as_object()
+                    .and_then(|o| o.keys().nth(f % o.len().max(1)).cloned()) else { continue };
+                let value = if rows[a].0 == rows[b].0 && f % 3 != 0 {
+                    rows[a].2.get(&field).cloned().unwrap_or(serde_json::Value::Null)
+                } else {
+                    junk[f % junk.len()].clone()
+                };
+                rows[b].2[&field] = value;
+            }
+            let text: Vec<(&str, String, String)> = rows
+                .iter()
+                .map(|(k, key, v)| (*k, key.clone(), v.to_string()))
+                .collect();
+            let read = |it: &mut dyn Iterator<Item = &(&'static str, String, String)>| {
+                crate::store::Snapshot::from_rows(
+                    1,
+                    it.map(|(k, key, v)| (*k, key.clone(), v.as_str())).collect::<Vec<_>>(),
+                )
+            };
+            let snap = read(&mut text.iter());
+            let mut st = snap.state.clone();
+            proptest::prop_assert!(sanitize(&mut st).is_empty());
+            let vnis: BTreeSet<u32> = st.networks.values().map(|n| n.vni).collect();
+            proptest::prop_assert_eq!(vnis.len(), st.networks.len());
+            let subnets: Vec<IpNet> = st.networks.values().flat_map(|n| n.subnets.clone()).collect();
+            for (i, x) in subnets.iter().enumerate() {
+                for y in &subnets[i + 1..] {
+                    proptest::prop_assert!(!ipam::overlaps(x, y), "{} and {}", x, y);
+                }
+            }
+            for e in st.endpoints.values() {
+                proptest::prop_assert!(st.networks.contains_key(&e.network));
+                proptest::prop_assert!(st.nodes.contains_key(&e.node));
+            }
+            let kept = rows.len() - snap.invalid.len();
+            let total = st.networks.len() + st.nodes.len() + st.services.len()
+                + st.endpoints.len() + st.policies.len();
+            proptest::prop_assert_eq!(kept, total, "every row is kept or listed");
+            let reversed = read(&mut text.iter().rev());
+            proptest::prop_assert_eq!(&reversed.state, &snap.state);
+            proptest::prop_assert_eq!(&reversed.invalid, &snap.invalid);
+        }
+    }
 }
