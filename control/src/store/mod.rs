@@ -5,8 +5,10 @@
 //! any node), and say when the state changed.
 //!
 //! Both stores keep one object per (kind, name), as JSON, and a revision counter
-//! that moves by one on every commit that changed something; [`objects`] and
-//! [`changes`] are the one codec between [`ClusterState`] and those objects.
+//! that moves by one on every commit that changed something; [`Snapshot::from_rows`]
+//! and [`changes`] are the one codec between [`ClusterState`] and those objects.
+//! Reading checks every object as the write path would have (see
+//! [`crate::state::validate`]): a bad row is left out and listed, never fatal.
 
 pub mod etcd;
 pub mod sqlite;
