@@ -222,6 +222,11 @@ mod tests {
             names(j.down(&st, "me", back + MS(4_500), DOWN_AFTER)),
             ["a", "b", "c"]
         );
+        // an empty state (none read yet) forgets nobody; one without b does
+        j.retain(&ClusterState::default());
+        assert_eq!(j.ages(back).len(), 2);
+        j.retain(&state(&["me", "a"]));
+        assert_eq!(j.ages(back).keys().collect::<Vec<_>>(), ["a"]);
         // a dropped record is no beat and no change: a is still down
         beats.remove("a");
         j.observe(&beats, back + MS(4_600));
