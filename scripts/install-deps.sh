@@ -5,14 +5,15 @@
 # tcpdump, wireguard-go + wg (a stock WireGuard peer for the interop tests),
 # busybox-static (httpd and wget in the guides, which the docs test runs),
 # a C compiler for the bundled SQLite, etcd (the cluster store the tests run
-# against) and protoc with its well-known types (etcd-client builds its gRPC
+# against), sqlite3 (the invalid-rows test edits the store behind the agents),
+# protoc with its well-known types (etcd-client builds its gRPC
 # code at build time), and a Docker engine (docker.io) for the Docker driver
 # tests, whose test image is imported from busybox-static, with docker-compose
 # for the compose file in docs/docker.md, and openssl (the CLI the operations
 # guide makes etcd's certificates with, which the docs test runs). Idempotent;
 # quiet when all is there.
 set -euo pipefail
-pkgs=(iproute2 util-linux nftables ethtool iputils-ping iperf3 tcpdump wireguard-go wireguard-tools busybox-static gcc libc6-dev ca-certificates openssl etcd-server protobuf-compiler libprotobuf-dev)
+pkgs=(iproute2 util-linux nftables ethtool iputils-ping iperf3 tcpdump wireguard-go wireguard-tools busybox-static gcc libc6-dev ca-certificates openssl etcd-server sqlite3 protobuf-compiler libprotobuf-dev)
 # Only where no Docker is installed at all: docker.io conflicts with Docker's own
 # docker-ce packages, which apt would otherwise remove.
 if ! command -v docker >/dev/null && ! command -v dockerd >/dev/null; then

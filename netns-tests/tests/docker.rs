@@ -119,6 +119,19 @@ fn scenario(t: &mut Topology, image: &str) -> Result<()> {
     t.start_agent(&host, &["--docker-plugin", "--cleanup-on-exit"])?;
     t.start_agent(&n2, &[])?;
     let d = DockerGuard::new(t.prefix());
+    // whoever connects to the plugin socket controls the node: 0660, root's group
+    {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let sock = std::path::Path::new("/run/docker/plugins/vxmesh.sock");
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !sock.exists() && std::time::Instant::now() < end {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let m = std::fs::metadata(sock)?;
+        assert!(m.file_type().is_socket());
+        assert_eq!(m.mode() & 0o7777, 0o660, "the plugin socket's mode");
+        assert_eq!(m.gid(), 0);
+    }
 
     // a Docker network is a vxmesh network of the same name, on every node
     let net = d.create_network(

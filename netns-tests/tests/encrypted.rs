@@ -245,7 +245,16 @@ fn key_rotation_loses_no_packets() -> anyhow::Result<()> {
     // one preshared key for the cluster, on top of the static keys
     let psk = t.dir().join("psk");
     std::fs::write(&psk, exec_ok(&n1.ns, &["wg", "genpsk"])?)?;
+    let psk_path = psk.clone();
     let psk = psk.to_str().unwrap().to_string();
+    // a preshared key others can read is refused, saying how to fix it
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&psk_path, std::fs::Permissions::from_mode(0o644))?;
+    let e = t
+        .start_agent(&n2, &["--preshared-key-file", &psk])
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("chmod 600"), "{e:#}");
+    std::fs::set_permissions(&psk_path, std::fs::Permissions::from_mode(0o600))?;
     // n1 also rotates on its own schedule, as Docker does every 12 h
     t.start_agent(
         &n1,

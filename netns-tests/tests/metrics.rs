@@ -86,6 +86,7 @@ fn metrics_are_served_and_move_with_traffic() -> anyhow::Result<()> {
         "vxmesh_drops_total{reason=\"not_member\"}",
         "vxmesh_conntrack_entries",
         "vxmesh_store_reachable 1",
+        "vxmesh_store_invalid_rows 0",
         "vxmesh_endpoints_attached 1",
         "# HELP vxmesh_conntrack_setups Connections set up",
         "vxmesh_conntrack_lock_waits_total ",

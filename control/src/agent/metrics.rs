@@ -286,6 +286,12 @@ pub fn render(a: &Agent) -> String {
     );
     gauge(
         &mut reg,
+        "store_invalid_rows",
+        "Stored rows the last read left out of the state as invalid (vxmesh stats lists them)",
+        a.invalid_rows().len() as i64,
+    );
+    gauge(
+        &mut reg,
         "endpoints_attached",
         "Endpoints of this node with an interface",
         a.attached_count() as i64,

@@ -7,6 +7,7 @@ pub mod health;
 pub mod ingress;
 pub mod iproute;
 pub mod keys;
+pub mod liveness;
 pub mod metrics;
 pub mod node_guard;
 pub mod snapshot;
@@ -39,6 +40,8 @@ pub const WIREGUARD_OVERHEAD: u32 = 28 + 32 + 15;
 pub const WG_PORT: u16 = 51820;
 /// Send sockets, i.e. distinct outer source ports flows are spread over.
 const SOURCE_PORTS: usize = 8;
+/// How long after a failed key rotation the next is tried.
+const ROTATION_RETRY: Duration = Duration::from_secs(5);
 /// Health probes running at once, at most, by default (`--health-probes-max`).
 pub const HEALTH_PROBES_MAX: usize = 64;
 
@@ -74,6 +77,12 @@ pub struct AgentConfig {
     pub health_probes_max: usize,
     /// New ingress connections per client address (`--ingress-rate-limit`; `None`: off).
     pub ingress_rate_limit: Option<vxmesh_dataplane::lb::limit::RateLimit>,
+    /// Test only: shifts the heartbeat values this agent writes, as a node with
+    /// a wrong wall clock would write them (`--test-heartbeat-skew-ms`).
+    pub heartbeat_skew_ms: i64,
+    /// `--socket-group`: the group (besides root) that may use the API and
+    /// Docker plugin sockets; `None`: the agent's own.
+    pub socket_group: Option<String>,
 }
 
 #[derive(Debug, Error)]
@@ -120,20 +129,30 @@ pub struct Agent {
     store: Arc<dyn Store>,
     worker: Dataplane,
     ports: tokio::sync::Mutex<LocalPorts>,
-    keys: std::sync::Mutex<keys::KeyRing>,
+    keys: Arc<std::sync::Mutex<keys::KeyRing>>,
     preshared: Option<[u8; 32]>,
     rotation_interval: Option<Duration>,
     last_rotation: std::sync::Mutex<std::time::Instant>,
+    /// After a failed rotation (the store unreachable), none is tried before this.
+    rotation_retry: std::sync::Mutex<Option<std::time::Instant>>,
+    /// The highest requested key epoch this agent has rotated to, so a stale
+    /// view of the store does not rotate twice for one request.
+    rotated_epoch: std::sync::atomic::AtomicU64,
     /// The last state applied, to refresh the tunnels between store changes.
     last_state: std::sync::Mutex<ClusterState>,
     /// The node's own resolvers, where names the embedded DNS does not know go.
     dns_upstream: Vec<std::net::SocketAddr>,
     /// Nodes whose agents stopped heartbeating.
     down: std::sync::Mutex<std::collections::BTreeSet<String>>,
-    /// The last heartbeats read, Unix ms by node.
-    beats: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+    /// What this agent has seen of every node's heartbeat.
+    judge: std::sync::Mutex<liveness::Judge>,
+    /// `--test-heartbeat-skew-ms`.
+    heartbeat_skew_ms: i64,
     /// Whether the last store read succeeded (for metrics).
     store_ok: std::sync::atomic::AtomicBool,
+    /// The stored rows the last read left out as invalid (for stats, metrics,
+    /// and to log each once).
+    invalid_rows: std::sync::Mutex<Vec<crate::state::validate::InvalidRow>>,
     /// Endpoints of this node with an interface (for metrics).
     attached: std::sync::atomic::AtomicUsize,
     /// The tunnel peers last handed to the worker, to log changes only.
@@ -182,12 +201,7 @@ impl Agent {
         };
         let keyring = keys::KeyRing::load_or_create(&cfg.data_dir)?;
         let preshared = match &cfg.preshared_key_file {
-            Some(p) => Some(
-                std::fs::read_to_string(p)
-                    .ok()
-                    .and_then(|s| ops::decode_key(&s))
-                    .with_context(|| format!("--preshared-key-file {}: not a readable base64 WireGuard key (wg genpsk makes one)", p.display()))?,
-            ),
+            Some(p) => Some(keys::read_preshared(p)?),
             None => None,
         };
         // WireGuard crosses the underlay in its family too (IPv6-only socket
@@ -252,17 +266,21 @@ impl Agent {
                 next: 1,
                 ..Default::default()
             }),
-            keys: std::sync::Mutex::new(keyring),
+            keys: Arc::new(std::sync::Mutex::new(keyring)),
             preshared,
             rotation_interval: cfg.key_rotation_interval,
             last_rotation: std::sync::Mutex::new(std::time::Instant::now()),
+            rotation_retry: std::sync::Mutex::new(None),
+            rotated_epoch: std::sync::atomic::AtomicU64::new(0),
             last_state: std::sync::Mutex::new(ClusterState::default()),
             tunnel_peers: std::sync::Mutex::new(Vec::new()),
             foreign_vteps: std::sync::Mutex::new(Vec::new()),
             store_ok: std::sync::atomic::AtomicBool::new(true),
+            invalid_rows: std::sync::Mutex::new(Vec::new()),
             down: std::sync::Mutex::new(Default::default()),
             dns_upstream: upstream_resolvers(),
-            beats: std::sync::Mutex::new(Default::default()),
+            judge: std::sync::Mutex::new(liveness::Judge::new(std::time::Instant::now())),
+            heartbeat_skew_ms: cfg.heartbeat_skew_ms,
             attached: std::sync::atomic::AtomicUsize::new(0),
             sandbox,
             nft_table: tokio::sync::Mutex::new(String::new()),
@@ -405,6 +423,32 @@ impl Agent {
         out
     }
 
+    /// The stored rows left out of the state as invalid, at the last read.
+    pub fn invalid_rows(&self) -> Vec<crate::state::validate::InvalidRow> {
+        self.invalid_rows
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
+    }
+
+    /// Logs the invalid rows a read found that the one before did not (each
+    /// once, not at every reload), and those since fixed or removed.
+    fn note_invalid(&self, now: &[crate::state::validate::InvalidRow]) {
+        let Ok(mut last) = self.invalid_rows.lock() else {
+            return;
+        };
+        if *last == now {
+            return;
+        }
+        for r in now.iter().filter(|r| !last.contains(r)) {
+            tracing::warn!(kind = %r.kind, key = %r.key, reason = %r.reason, "store row is invalid: left out of the state (fix or remove it in the store; vxmesh stats lists these)");
+        }
+        for r in last.iter().filter(|r| !now.contains(r)) {
+            tracing::info!(kind = %r.kind, key = %r.key, "store row no longer left out");
+        }
+        *last = now.to_vec();
+    }
+
     pub fn store_reachable(&self) -> bool {
         self.store_ok.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -467,6 +511,7 @@ impl Agent {
                 match loaded {
                     Ok(snap) => {
                         stale = false;
+                        self.note_invalid(&snap.invalid);
                         let r = snap.revision;
                         if r != rev {
                             self.reconcile(snap).await;
@@ -474,7 +519,10 @@ impl Agent {
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "store read failed; forwarding on the last state")
+                        tracing::warn!(error = %e, "store read failed; forwarding on the last state");
+                        // the revision may have moved past what can be read:
+                        // waiting for a change would return at once, so pause
+                        tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 }
             }
@@ -494,18 +542,44 @@ impl Agent {
         }
     }
 
-    /// Timed work between store changes: scheduled key rotation, and telling the
-    /// tunnels when the previous key's grace period is over.
+    /// Timed work between store changes: key rotation when scheduled or asked
+    /// for (`node rotate-key`, retried every [`ROTATION_RETRY`] while the store
+    /// cannot take it), and telling the tunnels when the previous key's grace
+    /// period is over.
     async fn housekeeping(&self) {
-        let due = self.rotation_interval.is_some_and(|i| {
+        let now = std::time::Instant::now();
+        let held_off = self
+            .rotation_retry
+            .lock()
+            .map(|r| r.is_some_and(|t| now < t))
+            .unwrap_or(false);
+        let scheduled = self.rotation_interval.is_some_and(|i| {
             self.last_rotation
                 .lock()
                 .map(|t| t.elapsed() >= i)
                 .unwrap_or(false)
         });
-        if due {
-            if let Err(e) = self.rotate(None).await {
-                tracing::error!(error = %e, "scheduled key rotation failed");
+        let asked = self
+            .last_state()
+            .nodes
+            .get(&self.node)
+            .filter(|n| n.rotate_requested > n.key_epoch)
+            .map(|n| n.rotate_requested)
+            .filter(|e| {
+                *e > self
+                    .rotated_epoch
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            });
+        if !held_off && (scheduled || asked.is_some()) {
+            let retry = match self.rotate(asked).await {
+                Ok(()) => None,
+                Err(e) => {
+                    tracing::error!(error = %e, "key rotation failed; the current key stays in use");
+                    Some(now + ROTATION_RETRY)
+                }
+            };
+            if let Ok(mut r) = self.rotation_retry.lock() {
+                *r = retry;
             }
         }
         let had_previous = self.keys.lock().map(|k| k.has_previous()).unwrap_or(false);
@@ -542,65 +616,57 @@ impl Agent {
         self.worker.set_tunnels(cfg);
     }
 
-    /// Replaces this node's static key: the tunnels first (still accepting the old
-    /// key), then the public key in the store, from which peers pick it up.
+    /// Replaces this node's static key (see [`keys::rotate`]: on disk, then in
+    /// the store, then in the tunnels, which accept the old one a while longer).
     pub async fn rotate(&self, requested: Option<u64>) -> Result<(), AgentError> {
-        let public = {
-            let mut k = self
-                .keys
-                .lock()
-                .map_err(|_| AgentError::Keys("key lock poisoned".into()))?;
-            k.rotate().map_err(|e| AgentError::Keys(e.to_string()))?;
-            ops::encode_key(&k.public())
-        };
+        let (ring, store, node) = (self.keys.clone(), self.store.clone(), self.node.clone());
+        tokio::task::spawn_blocking(move || keys::rotate(&ring, &*store, &node, requested))
+            .await
+            .map_err(|e| AgentError::Join(e.to_string()))??;
+        if let Some(e) = requested {
+            self.rotated_epoch
+                .fetch_max(e, std::sync::atomic::Ordering::Relaxed);
+        }
         if let Ok(mut t) = self.last_rotation.lock() {
             *t = std::time::Instant::now();
         }
         self.publish_tunnels(&self.last_state());
-        let node = self.node.clone();
-        self.transact(move |st| {
-            let n = st
-                .nodes
-                .get_mut(&node)
-                .ok_or_else(|| StateError::NotFound(format!("node {node} is not registered")))?;
-            n.public_key = Some(public.clone());
-            n.key_epoch = requested.unwrap_or(0).max(n.key_epoch + 1);
-            Ok(())
-        })
-        .await?;
         tracing::info!(node = %self.node, "static key rotated");
         Ok(())
     }
 
-    /// Heartbeats this node every second and watches the others': a node silent
-    /// for 4 s is down, and its tasks leave this node's balancer and DNS until it
-    /// beats again. While the store cannot be read the last view stands; once it
-    /// can again, every node gets 4 s from then to beat (their beats failed too)
-    /// before it counts as down.
+    /// Heartbeats this node every second and watches the others': a node whose
+    /// heartbeat has not changed for 4 s (on this agent's monotonic clock, see
+    /// [`liveness`]) is down, and its tasks leave this node's balancer and DNS
+    /// until it beats again. While the store cannot be read the last view
+    /// stands; once it can again, every node gets 4 s from then to beat (their
+    /// beats failed too) before it counts as down.
     pub async fn liveness(self: Arc<Self>) {
         const EVERY: Duration = Duration::from_secs(1);
-        const DOWN_AFTER_MS: u64 = 4_000;
-        let mut back_at_ms = 0u64;
         let mut failing = false;
+        let mut beater = liveness::Beater::new(self.heartbeat_skew_ms);
         loop {
             let (s, node) = (self.store.clone(), self.node.clone());
+            let value = beater.next(crate::state::model::unix_now_ms());
             let beats = tokio::task::spawn_blocking(move || {
-                let beat = s.heartbeat(&node);
+                let beat = s.heartbeat(&node, value);
                 let beats = s.heartbeats()?;
                 beat.map(|()| beats)
             })
             .await;
             match beats {
                 Ok(Ok(beats)) => {
-                    let now = crate::state::model::unix_now_ms();
+                    let now = std::time::Instant::now();
                     if std::mem::take(&mut failing) {
-                        back_at_ms = now;
+                        if let Ok(mut j) = self.judge.lock() {
+                            j.store_back(now);
+                        }
                         tracing::info!(
-                            "store reachable again: nodes get {DOWN_AFTER_MS} ms to heartbeat"
+                            "store reachable again: nodes get {:?} to heartbeat",
+                            liveness::DOWN_AFTER
                         );
                     }
-                    self.judge_liveness(beats, now, back_at_ms, DOWN_AFTER_MS)
-                        .await;
+                    self.judge_liveness(&beats, now).await;
                 }
                 _ => {
                     if !failing {
@@ -613,17 +679,21 @@ impl Agent {
         }
     }
 
-    /// Applies one reading of the heartbeats: a node is down when its last beat
-    /// (or the store's return, if later) is older than `down_after_ms`.
+    /// Applies one reading of the heartbeats.
     async fn judge_liveness(
         &self,
-        beats: std::collections::BTreeMap<String, u64>,
-        now: u64,
-        back_at_ms: u64,
-        down_after_ms: u64,
+        beats: &std::collections::BTreeMap<String, u64>,
+        now: std::time::Instant,
     ) {
         let st = self.last_state();
-        let down = down_nodes(&st, &self.node, &beats, now, back_at_ms, down_after_ms);
+        let down = match self.judge.lock() {
+            Ok(mut j) => {
+                j.observe(beats, now);
+                j.retain(&st);
+                j.down(&st, &self.node, now, liveness::DOWN_AFTER)
+            }
+            Err(_) => return,
+        };
         let changed = match self.down.lock() {
             Ok(mut d) if *d != down => {
                 tracing::info!(down = ?down, "node liveness changed");
@@ -632,14 +702,6 @@ impl Agent {
             }
             _ => false,
         };
-        if let Ok(mut b) = self.beats.lock() {
-            // A record the store dropped (an etcd lease that ran out) keeps its
-            // last time here, for `node ls`.
-            for (n, at) in beats {
-                b.insert(n, at);
-            }
-            b.retain(|n, _| st.nodes.contains_key(n));
-        }
         if changed {
             let ports = self.ports.lock().await;
             self.publish(&st, &ports);
@@ -647,16 +709,20 @@ impl Agent {
     }
 
     /// Each node's liveness as this agent sees it: the nodes it counts down, and
-    /// the last heartbeat of each (Unix ms).
+    /// how long ago (on this agent's clock) each one's heartbeat last changed.
     pub fn liveness_view(
         &self,
     ) -> (
         std::collections::BTreeSet<String>,
-        std::collections::BTreeMap<String, u64>,
+        std::collections::BTreeMap<String, Duration>,
     ) {
         let down = self.down.lock().map(|d| d.clone()).unwrap_or_default();
-        let beats = self.beats.lock().map(|b| b.clone()).unwrap_or_default();
-        (down, beats)
+        let ages = self
+            .judge
+            .lock()
+            .map(|j| j.ages(std::time::Instant::now()))
+            .unwrap_or_default();
+        (down, ages)
     }
 
     /// Probes this node's tasks whose service has `--health`, each every
@@ -817,16 +883,6 @@ impl Agent {
             s.clone_from(st);
         }
         self.publish_tunnels(st);
-        let asked = st
-            .nodes
-            .get(&self.node)
-            .filter(|n| n.rotate_requested > n.key_epoch)
-            .map(|n| n.rotate_requested);
-        if let Some(epoch) = asked {
-            if let Err(e) = self.rotate(Some(epoch)).await {
-                tracing::error!(error = %e, "requested key rotation failed");
-            }
-        }
     }
 
     /// Brings the nftables table in line with the ports this node publishes.
@@ -1304,8 +1360,13 @@ fn new_id() -> String {
 pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create --data-dir {}", cfg.data_dir.display()))?;
+    let group = cfg
+        .socket_group
+        .as_deref()
+        .map(crate::api::server::group_id)
+        .transpose()?;
     let agent = Agent::start(&cfg).await?;
-    let listener = crate::api::server::bind(&cfg.api)?;
+    let listener = crate::api::server::bind(&cfg.api, group)?;
     if let Some(addr) = cfg.metrics_addr {
         let l = tokio::net::TcpListener::bind(addr)
             .await
@@ -1339,7 +1400,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     tokio::spawn(agent.clone().probe_tasks());
     tokio::spawn(agent.clone().liveness());
     let docker = if cfg.docker_plugin {
-        Some(crate::docker::start(agent.clone(), &cfg.data_dir).await?)
+        Some(crate::docker::start(agent.clone(), &cfg.data_dir, group).await?)
     } else {
         None
     };
@@ -1377,63 +1438,6 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             "dataplane worker {worker} stopped ({why}): exiting so that the agent is restarted"
         )),
         None => Ok(()),
-    }
-}
-
-/// The nodes (other than `me`, and but for external peers, which run no agent)
-/// whose last beat, or the store's return at `back_at_ms` if later, is more than
-/// `down_after_ms` before `now`.
-fn down_nodes(
-    st: &ClusterState,
-    me: &str,
-    beats: &std::collections::BTreeMap<String, u64>,
-    now: u64,
-    back_at_ms: u64,
-    down_after_ms: u64,
-) -> std::collections::BTreeSet<String> {
-    st.nodes
-        .values()
-        .filter(|n| !n.external && n.name != me)
-        .filter(|n| {
-            let last = beats.get(&n.name).copied().unwrap_or(0).max(back_at_ms);
-            now.saturating_sub(last) > down_after_ms
-        })
-        .map(|n| n.name.clone())
-        .collect()
-}
-
-#[cfg(test)]
-mod liveness_tests {
-    use super::down_nodes;
-    use crate::state::{ClusterState, Node};
-    use std::collections::BTreeMap;
-
-    fn state(names: &[&str]) -> ClusterState {
-        let mut st = ClusterState::default();
-        for (i, n) in names.iter().enumerate() {
-            let node = Node::new(n, format!("192.0.2.{}", i + 1).parse().unwrap());
-            st.nodes.insert(n.to_string(), node);
-        }
-        st
-    }
-
-    #[test]
-    fn silent_or_missing_nodes_are_down_but_not_right_after_the_store_returns() {
-        let st = state(&["me", "a", "b", "c"]);
-        let beats = BTreeMap::from([
-            ("me".to_string(), 1_000),
-            ("a".to_string(), 9_500),
-            ("b".to_string(), 2_000),
-        ]);
-        // a beat 500 ms ago; b 8 s ago; c never; me is never judged
-        let down = down_nodes(&st, "me", &beats, 10_000, 0, 4_000);
-        assert_eq!(down.into_iter().collect::<Vec<_>>(), ["b", "c"]);
-        // the store came back 1 s ago: the others' beats failed during the outage
-        // too, so nobody is down until they have had 4 s to beat again
-        assert!(down_nodes(&st, "me", &beats, 10_000, 9_000, 4_000).is_empty());
-        // once that window has passed, silence counts again
-        let down = down_nodes(&st, "me", &beats, 13_500, 9_000, 4_000);
-        assert_eq!(down.into_iter().collect::<Vec<_>>(), ["b", "c"]);
     }
 }
 

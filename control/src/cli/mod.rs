@@ -111,9 +111,12 @@ struct AgentArgs {
     store_insecure: bool,
     #[arg(long, default_value = "/var/lib/vxmesh")]
     data_dir: PathBuf,
-    /// The API socket, unix:PATH
+    /// The API socket, unix:PATH (mode 0660: root and --socket-group may use it, and so control this node)
     #[arg(long, default_value = "unix:/run/vxmesh/vxmesh.sock")]
     api: String,
+    /// The group (name or number) whose members may use the API and Docker plugin sockets (default: the agent's own)
+    #[arg(long, value_name = "GROUP")]
+    socket_group: Option<String>,
     /// Log as JSON lines instead of text
     #[arg(long)]
     log_json: bool,
@@ -159,6 +162,10 @@ struct AgentArgs {
     /// New connections per second each client address may open to published ports, N/s[,burst=B] (burst: N); over it they are dropped (ingress_rate_limited). Default: no limit
     #[arg(long, value_name = "N/s[,burst=B]")]
     ingress_rate_limit: Option<vxmesh_dataplane::lb::limit::RateLimit>,
+    /// Test only: write heartbeats N ms off this node's wall clock, as a node
+    /// with a wrong clock would (the liveness tests' clock skew)
+    #[arg(long, hide = true, default_value_t = 0, allow_negative_numbers = true)]
+    test_heartbeat_skew_ms: i64,
 }
 
 /// The variable a store password may come from instead of a file (never a
@@ -413,6 +420,8 @@ pub fn main() -> anyhow::Result<()> {
                 },
                 health_probes_max: a.health_probes_max as usize,
                 ingress_rate_limit: a.ingress_rate_limit,
+                heartbeat_skew_ms: a.test_heartbeat_skew_ms,
+                socket_group: a.socket_group,
             };
             tokio::runtime::Runtime::new()?.block_on(agent::run(cfg))
         }

@@ -323,6 +323,16 @@ pub fn stats(f: Format, v: &Value) -> anyhow::Result<()> {
         "unreachable: forwarding on the last state"
     };
     println!("store {} {reach}", s(&v["store"]));
+    let invalid = v["invalid"].as_array().map(Vec::len).unwrap_or(0);
+    println!("invalid_rows {invalid}");
+    for r in v["invalid"].as_array().into_iter().flatten() {
+        println!(
+            "  {} {}: {} (left out of the state)",
+            s(&r["kind"]),
+            s(&r["key"]),
+            s(&r["reason"])
+        );
+    }
     Ok(())
 }
 

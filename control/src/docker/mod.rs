@@ -78,7 +78,11 @@ impl Running {
 }
 
 /// Serves the plugin socket and follows the engine's events.
-pub async fn start(agent: Arc<Agent>, data_dir: &Path) -> anyhow::Result<Running> {
+pub async fn start(
+    agent: Arc<Agent>,
+    data_dir: &Path,
+    socket_group: Option<u32>,
+) -> anyhow::Result<Running> {
     let path = data_dir.join("docker.json");
     let local = match std::fs::read(&path) {
         Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
@@ -108,7 +112,7 @@ pub async fn start(agent: Arc<Agent>, data_dir: &Path) -> anyhow::Result<Running
     }
     let d = driver.clone();
     tasks.push(tokio::spawn(async move {
-        if let Err(e) = protocol::serve(Path::new(protocol::SOCKET), d).await {
+        if let Err(e) = protocol::serve(Path::new(protocol::SOCKET), socket_group, d).await {
             tracing::error!(error = %e, "the Docker plugin stopped");
         }
     }));

@@ -177,13 +177,15 @@ pub fn router(driver: Arc<Driver>) -> Router {
 
 /// Serves the plugin socket until the process ends; a stale socket from an
 /// earlier run is replaced (Docker reconnects to the path).
-pub async fn serve(path: &Path, driver: Arc<Driver>) -> anyhow::Result<()> {
+/// Serves the plugin socket, mode 0660 with `group` (`--socket-group`) like
+/// the API's: whoever can connect can attach containers and change networks.
+pub async fn serve(path: &Path, group: Option<u32>, driver: Arc<Driver>) -> anyhow::Result<()> {
     use anyhow::Context;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    let _ = std::fs::remove_file(path);
-    let l = tokio::net::UnixListener::bind(path)
+    let l = crate::api::server::bind_private(path, group)
+        .and_then(|l| {
+            l.set_nonblocking(true)?;
+            Ok(tokio::net::UnixListener::from_std(l)?)
+        })
         .with_context(|| format!("cannot serve Docker's plugin socket {}", path.display()))?;
     tracing::info!(socket = %path.display(), "serving Docker's network and IPAM driver vxmesh");
     axum::serve(l, router(driver))

@@ -7,6 +7,7 @@ pub mod ipam;
 pub mod model;
 pub mod ops;
 pub mod services;
+pub mod validate;
 
 pub use model::{ClusterState, Endpoint, Network, Node, Policy, PublishedPort, Service};
 pub use ops::{EndpointSpec, NetworkSpec, StateError};

@@ -32,7 +32,8 @@
 //! blocking threads). The store owns a small runtime on a thread of its own and
 //! blocks on it, so it works from any thread that is not itself async.
 
-use super::{changes, objects, Change, Snapshot, Store, StoreError, StoreOptions, UpdateError};
+use super::{changes, Change, Snapshot, Store, StoreError, StoreOptions, UpdateError};
+use crate::state::validate::InvalidRow;
 use crate::state::{ClusterState, StateError};
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
@@ -47,7 +48,7 @@ const STATE: &str = "/vxmesh/state/";
 const REVISION: &str = "/vxmesh/state/revision";
 const HEARTBEAT: &str = "/vxmesh/heartbeat/";
 /// How long a heartbeat record outlives its agent. Liveness is judged on the
-/// heartbeat's age (seconds); the lease only clears a dead agent's record away.
+/// heartbeat value changing; the lease only clears a dead agent's record away.
 const LEASE_TTL_S: i64 = 10;
 /// Connecting and each request give up after these, so a CLI call during an
 /// outage says "unreachable" promptly instead of hanging.
@@ -170,33 +171,37 @@ impl EtcdStore {
             .get(STATE, Some(GetOptions::new().with_prefix()))
             .await
             .map_err(|e| self.fail(e))?;
-        let mut st = ClusterState::default();
         let (mut revision, mut counter_mod) = (0, 0);
+        let mut rows = Vec::new();
+        let mut unreadable = Vec::new();
         for kv in resp.kvs() {
-            let key = kv.key_str().map_err(|e| self.corrupt(e))?;
-            let value = kv.value_str().map_err(|e| self.corrupt(e))?;
-            if key == REVISION {
+            if kv.key() == REVISION.as_bytes() {
+                let value = kv.value_str().map_err(|e| self.corrupt(e))?;
                 revision = value
                     .parse()
                     .map_err(|_| self.corrupt(format!("{REVISION} holds {value:?}")))?;
                 counter_mod = kv.mod_revision();
                 continue;
             }
+            let key = String::from_utf8_lossy(kv.key());
             let Some((kind, name)) = key
                 .strip_prefix(STATE)
                 .and_then(|rest| rest.split_once('/'))
             else {
                 continue;
             };
-            objects(&mut st, kind, name.to_string(), value).map_err(|e| self.corrupt(e))?;
+            match kv.value_str() {
+                Ok(v) => rows.push((kind.to_string(), name.to_string(), v)),
+                Err(_) => unreadable.push(InvalidRow::new(kind, name, "it is not UTF-8")),
+            }
         }
-        Ok((
-            Snapshot {
-                revision,
-                state: st,
-            },
-            counter_mod,
-        ))
+        let mut snap = Snapshot::from_rows(
+            revision,
+            rows.iter().map(|(k, n, v)| (k.as_str(), n.clone(), *v)),
+        );
+        snap.invalid.extend(unreadable);
+        snap.invalid.sort();
+        Ok((snap, counter_mod))
     }
 
     /// One attempt at a commit: `Ok(None)` when another writer got in first.
@@ -246,9 +251,9 @@ impl EtcdStore {
         Ok(resp.succeeded().then_some(rev))
     }
 
-    async fn beat(&self, node: &str) -> Result<(), etcd_client::Error> {
+    async fn beat(&self, node: &str, beat: u64) -> Result<(), etcd_client::Error> {
         let mut lease = self.lease.lock().await;
-        let r = self.beat_with(node, &mut lease).await;
+        let r = self.beat_with(node, beat, &mut lease).await;
         if r.is_err() {
             // The lease's stream may be broken with the connection: start afresh.
             *lease = None;
@@ -259,6 +264,7 @@ impl EtcdStore {
     async fn beat_with(
         &self,
         node: &str,
+        beat: u64,
         lease: &mut Option<Lease>,
     ) -> Result<(), etcd_client::Error> {
         let mut c = self.client.clone();
@@ -280,10 +286,9 @@ impl EtcdStore {
             });
         }
         let id = lease.as_ref().map(|l| l.id).unwrap_or_default();
-        let now = crate::state::model::unix_now_ms();
         c.put(
             format!("{HEARTBEAT}{node}"),
-            now.to_string(),
+            beat.to_string(),
             Some(PutOptions::new().with_lease(id)),
         )
         .await?;
@@ -458,6 +463,13 @@ fn reason(tls: bool, e: &etcd_client::Error) -> String {
     let has = |words: &[&str]| words.iter().any(|w| lower.contains(w));
     if !tls {
         reason
+    } else if has(&["received fatal alert"]) {
+        // an alert etcd sent: it refused this agent's certificate (or its
+        // lack of one; which alert depends on when the handshake is cut)
+        format!(
+            "{reason} (TLS failed: etcd refused this agent's certificate: check \
+             --store-cert and --store-key, signed by the CA of etcd's --trusted-ca-file)"
+        )
     } else if has(&["certificate", "unknownissuer", "handshake", "alert"]) {
         format!(
             "{reason} (TLS failed: etcd's certificate must be signed by --store-ca and \
@@ -617,11 +629,11 @@ impl Store for EtcdStore {
         self.url.clone()
     }
 
-    fn heartbeat(&self, node: &str) -> Result<(), StoreError> {
+    fn heartbeat(&self, node: &str, beat: u64) -> Result<(), StoreError> {
         // The keep-alive is a stream, which the request timeout does not cover:
         // bound the whole beat, and start the lease afresh after one that hung.
         self.block_on(async {
-            match tokio::time::timeout(REQUEST_TIMEOUT, self.beat(node)).await {
+            match tokio::time::timeout(REQUEST_TIMEOUT, self.beat(node, beat)).await {
                 Ok(r) => r.map_err(|e| self.fail(e)),
                 Err(_) => {
                     *self.lease.lock().await = None;

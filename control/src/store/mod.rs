@@ -5,14 +5,17 @@
 //! any node), and say when the state changed.
 //!
 //! Both stores keep one object per (kind, name), as JSON, and a revision counter
-//! that moves by one on every commit that changed something; [`objects`] and
-//! [`changes`] are the one codec between [`ClusterState`] and those objects.
+//! that moves by one on every commit that changed something; [`Snapshot::from_rows`]
+//! and [`changes`] are the one codec between [`ClusterState`] and those objects.
+//! Reading checks every object as the write path would have (see
+//! [`crate::state::validate`]): a bad row is left out and listed, never fatal.
 
 pub mod etcd;
 pub mod sqlite;
 #[cfg(test)]
 mod tests;
 
+use crate::state::validate::InvalidRow;
 use crate::state::{ClusterState, StateError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -60,7 +63,36 @@ pub enum UpdateError {
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub revision: u64,
+    /// The valid rows only (see [`crate::state::validate`]).
     pub state: ClusterState,
+    /// The rows left out of `state`, and why, in a stable order.
+    pub invalid: Vec<InvalidRow>,
+}
+
+impl Snapshot {
+    /// Builds a snapshot from every stored row, valid or not: a row that does
+    /// not parse, or that the write path would have refused, is left out of the
+    /// state and listed, so one bad row neither fails every read (and with it
+    /// every later change) nor reaches the dataplane.
+    pub fn from_rows<'a>(
+        revision: u64,
+        rows: impl IntoIterator<Item = (&'a str, String, &'a str)>,
+    ) -> Snapshot {
+        let mut state = ClusterState::default();
+        let mut invalid = Vec::new();
+        for (kind, key, value) in rows {
+            if let Err(reason) = objects(&mut state, kind, key.clone(), value) {
+                invalid.push(InvalidRow::new(kind, &key, reason));
+            }
+        }
+        invalid.extend(crate::state::validate::sanitize(&mut state));
+        invalid.sort();
+        Snapshot {
+            revision,
+            state,
+            invalid,
+        }
+    }
 }
 
 pub trait Store: Send + Sync + 'static {
@@ -81,11 +113,13 @@ pub trait Store: Send + Sync + 'static {
     /// What to print in errors and logs (never secrets).
     fn describe(&self) -> String;
 
-    /// Records that `node`'s agent is alive now. Kept apart from the revisioned
-    /// state: heartbeats must not make every agent reload everything.
-    fn heartbeat(&self, node: &str) -> Result<(), StoreError>;
+    /// Records that `node`'s agent is alive now, as the value `beat` (its Unix
+    /// ms, made to move on every beat). Kept apart from the revisioned state:
+    /// heartbeats must not make every agent reload everything. Readers judge
+    /// liveness by the value changing, never by comparing it with their clock.
+    fn heartbeat(&self, node: &str, beat: u64) -> Result<(), StoreError>;
 
-    /// Every node's last heartbeat, in Unix milliseconds.
+    /// Every node's last heartbeat value.
     fn heartbeats(&self) -> Result<std::collections::BTreeMap<String, u64>, StoreError>;
 
     /// The error for a store that could not be reached (or answer).
@@ -180,24 +214,23 @@ fn diff_kind<T: Serialize + PartialEq>(
 }
 
 /// Puts one stored object into `st`. Kinds from a newer version are ignored (and
-/// kept in the store); an object that does not parse is an error naming it.
-pub fn objects(st: &mut ClusterState, kind: &str, key: String, value: &str) -> Result<(), String> {
+/// kept in the store); an object that does not parse is an error saying why.
+fn objects(st: &mut ClusterState, kind: &str, key: String, value: &str) -> Result<(), String> {
     fn put<T: DeserializeOwned>(
         map: &mut BTreeMap<String, T>,
-        kind: &str,
         key: String,
         value: &str,
     ) -> Result<(), String> {
-        let v = serde_json::from_str(value).map_err(|e| format!("{kind} {key}: {e}"))?;
+        let v = serde_json::from_str(value).map_err(|e| format!("it does not parse: {e}"))?;
         map.insert(key, v);
         Ok(())
     }
     match kind {
-        "network" => put(&mut st.networks, kind, key, value),
-        "node" => put(&mut st.nodes, kind, key, value),
-        "endpoint" => put(&mut st.endpoints, kind, key, value),
-        "service" => put(&mut st.services, kind, key, value),
-        "policy" => put(&mut st.policies, kind, key, value),
+        "network" => put(&mut st.networks, key, value),
+        "node" => put(&mut st.nodes, key, value),
+        "endpoint" => put(&mut st.endpoints, key, value),
+        "service" => put(&mut st.services, key, value),
+        "policy" => put(&mut st.policies, key, value),
         _ => Ok(()),
     }
 }

@@ -6,7 +6,8 @@
 //! SQLite has no cross-process notification, so `wait_change` polls the counter
 //! (one indexed read every 50 ms).
 
-use super::{changes, objects, Change, Snapshot, Store, StoreError, UpdateError};
+use super::{changes, Change, Snapshot, Store, StoreError, UpdateError};
+use crate::state::validate::InvalidRow;
 use crate::state::{ClusterState, StateError};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::collections::BTreeMap;
@@ -64,24 +65,43 @@ impl SqliteStore {
         let mut stmt = conn
             .prepare_cached("SELECT kind, key, value FROM objects")
             .map_err(|e| self.unreachable(e))?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                ))
+        // As bytes: a row a hand edit left unreadable (not text, not UTF-8) is
+        // one invalid row, not a failed read.
+        let text = |r: &rusqlite::Row<'_>, i| -> rusqlite::Result<Result<String, String>> {
+            Ok(match r.get_ref(i)?.as_bytes_or_null() {
+                Ok(Some(b)) => String::from_utf8(b.to_vec()).map_err(|_| "it is not UTF-8".into()),
+                _ => Err("it is not text".into()),
             })
+        };
+        let rows = stmt
+            .query_map([], |r| Ok((text(r, 0)?, text(r, 1)?, text(r, 2)?)))
             .map_err(|e| self.unreachable(e))?;
-        let mut st = ClusterState::default();
+        let mut good = Vec::new();
+        let mut unreadable = Vec::new();
         for row in rows {
-            let (kind, key, value) = row.map_err(|e| self.unreachable(e))?;
-            objects(&mut st, &kind, key, &value).map_err(|e| self.corrupt(e))?;
+            match row.map_err(|e| self.unreachable(e))? {
+                (Ok(kind), Ok(key), Ok(value)) => good.push((kind, key, value)),
+                (kind, key, value) => {
+                    let reason = [&kind, &key, &value]
+                        .into_iter()
+                        .find_map(|x| x.as_ref().err().cloned())
+                        .unwrap_or_default();
+                    unreadable.push(InvalidRow::new(
+                        &kind.unwrap_or_else(|_| "?".into()),
+                        &key.unwrap_or_else(|_| "?".into()),
+                        reason,
+                    ));
+                }
+            }
         }
-        Ok(Snapshot {
-            revision: revision as u64,
-            state: st,
-        })
+        let mut snap = Snapshot::from_rows(
+            revision as u64,
+            good.iter()
+                .map(|(k, key, v)| (k.as_str(), key.clone(), v.as_str())),
+        );
+        snap.invalid.extend(unreadable);
+        snap.invalid.sort();
+        Ok(snap)
     }
 }
 
@@ -157,11 +177,8 @@ impl Store for SqliteStore {
         format!("sqlite:{}", self.path.display())
     }
 
-    fn heartbeat(&self, node: &str) -> Result<(), StoreError> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
+    fn heartbeat(&self, node: &str, beat: u64) -> Result<(), StoreError> {
+        let now = i64::try_from(beat).unwrap_or(i64::MAX);
         let conn = self.lock()?;
         conn.execute(
             "INSERT INTO heartbeats (node, at_ms) VALUES (?1, ?2)
