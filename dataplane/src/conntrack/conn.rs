@@ -15,6 +15,9 @@ const FIN_REPLY: u8 = 2;
 const VIA: u8 = 4;
 /// The addresses are in the side array.
 const V6: u8 = 8;
+/// Picked up mid-stream (a TCP segment without SYN, no entry): not trusted
+/// until the backend answers it.
+const PICKED: u8 = 16;
 
 /// An IPv6 connection's client, addressed and backend addresses.
 pub(super) type Six = [Ipv6Addr; 3];
@@ -138,6 +141,20 @@ impl Conn {
     pub fn set_fins(&mut self, orig: bool, reply: bool) {
         self.flags &= !(FIN_ORIG | FIN_REPLY);
         self.flags |= if orig { FIN_ORIG } else { 0 } | if reply { FIN_REPLY } else { 0 };
+    }
+
+    /// Whether the connection was picked up mid-stream and its backend has
+    /// not answered yet.
+    pub fn picked(&self) -> bool {
+        self.flags & PICKED != 0
+    }
+
+    pub fn set_picked(&mut self, on: bool) {
+        self.flags = if on {
+            self.flags | PICKED
+        } else {
+            self.flags & !PICKED
+        };
     }
 
     pub fn via(&self) -> Option<Mac> {
