@@ -78,10 +78,13 @@ pub enum DropReason {
     /// receive queue was full (the worker fell behind); counted from the
     /// socket's own tally (`SO_RXQ_OVFL`) as later datagrams are read.
     SocketOverflow,
+    /// A broadcast, multicast or unknown-unicast frame from a port over its
+    /// flood budget (`--flood-rate`): not replicated.
+    FloodLimited,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 31] = [
+    pub const ALL: [DropReason; 32] = [
         DropReason::Malformed,
         DropReason::BadVxlanHeader,
         DropReason::UnknownVni,
@@ -113,6 +116,7 @@ impl DropReason {
         DropReason::Internal,
         DropReason::EgressNoEndpoint,
         DropReason::SocketOverflow,
+        DropReason::FloodLimited,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -148,6 +152,7 @@ impl DropReason {
             DropReason::Internal => "internal",
             DropReason::EgressNoEndpoint => "egress_no_endpoint",
             DropReason::SocketOverflow => "socket_overflow",
+            DropReason::FloodLimited => "flood_limited",
         }
     }
 }

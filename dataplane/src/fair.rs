@@ -200,6 +200,47 @@ impl<K: Hash + Eq + Copy> Owners<K> {
     }
 }
 
+/// Each port's own budget of frames a second (the BUM frames the switch
+/// replicates: `--flood-rate`): a token bucket per port in GCRA form (the time
+/// at which its bucket is full again), so one container's broadcast storm
+/// spends its own budget, never the other ports'. Per worker (a port read by
+/// several workers has each one's budget); ports the state no longer has are
+/// forgotten ([`PortRate::retain`]).
+#[derive(Debug)]
+pub struct PortRate {
+    interval_ns: u64,
+    depth_ns: u64,
+    tat: FxHashMap<crate::switch::PortId, u64>,
+}
+
+impl PortRate {
+    pub fn new(limit: crate::lb::limit::RateLimit) -> Self {
+        let interval_ns = 1_000_000_000 / u64::from(limit.per_sec.max(1));
+        Self {
+            interval_ns,
+            depth_ns: interval_ns.saturating_mul(u64::from(limit.burst.max(1))),
+            tat: FxHashMap::default(),
+        }
+    }
+
+    /// Whether `port` may send one more frame at `now_ms` (counted if so).
+    pub fn admit(&mut self, port: crate::switch::PortId, now_ms: u64) -> bool {
+        let now = now_ms.saturating_mul(1_000_000);
+        let tat = self.tat.entry(port).or_insert(0);
+        let next = (*tat).max(now).saturating_add(self.interval_ns);
+        if next - now > self.depth_ns {
+            return false;
+        }
+        *tat = next;
+        true
+    }
+
+    /// Keeps only the ports `keep` names.
+    pub fn retain(&mut self, keep: impl Fn(crate::switch::PortId) -> bool) {
+        self.tat.retain(|p, _| keep(*p));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,6 +285,31 @@ mod tests {
             o.link(u32::from(k) + 100, k);
         }
         assert_eq!(o.share(100, 4, &1), 4, "many owners: the floor");
+    }
+
+    #[test]
+    fn a_port_spends_its_own_flood_budget_not_the_others() {
+        use crate::lb::limit::RateLimit;
+        use crate::switch::PortId;
+        let mut r = PortRate::new(RateLimit {
+            per_sec: 100,
+            burst: 10,
+        });
+        let storm = (0..1_000).filter(|_| r.admit(PortId(1), 0)).count();
+        assert_eq!(storm, 10, "its burst");
+        assert!(r.admit(PortId(2), 0), "another port's budget is whole");
+        assert!((0..9).all(|_| r.admit(PortId(2), 0)));
+        assert!(!r.admit(PortId(2), 0));
+        // a second later: a second's worth again (at most the burst)
+        let later = (0..1_000).filter(|_| r.admit(PortId(1), 1_000)).count();
+        assert_eq!(later, 10);
+        let mut sent = 0;
+        for ms in 1_001..3_001 {
+            sent += usize::from(r.admit(PortId(1), ms));
+        }
+        assert!((199..=201).contains(&sent), "100 a second: {sent}");
+        r.retain(|p| p != PortId(1));
+        assert!(r.admit(PortId(1), 3_001), "forgotten, then whole again");
     }
 
     proptest::proptest! {

@@ -141,6 +141,28 @@ struct AgentArgs {
     /// New connections per second each client address may open to published ports, N/s[,burst=B] (burst: N); over it they are dropped (ingress_rate_limited). Default: no limit
     #[arg(long, value_name = "N/s[,burst=B]")]
     ingress_rate_limit: Option<vxmesh_dataplane::lb::limit::RateLimit>,
+    /// Broadcast, multicast and unknown-unicast frames each endpoint may send a second (per worker), N/s[,burst=B] or off; over it they are dropped (flood_limited)
+    #[arg(
+        long,
+        value_name = "N/s[,burst=B]|off",
+        default_value = "1000/s,burst=2000"
+    )]
+    flood_rate: FloodRate,
+}
+
+/// `--flood-rate`: a rate, or `off`.
+#[derive(Debug, Clone, Copy)]
+struct FloodRate(Option<vxmesh_dataplane::lb::limit::RateLimit>);
+
+impl std::str::FromStr for FloodRate {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "off" => Ok(FloodRate(None)),
+            s => s.parse().map(|r| FloodRate(Some(r))),
+        }
+    }
 }
 
 /// `90s`, `30m`, `12h`, `1d`, or plain seconds.
@@ -357,6 +379,7 @@ pub fn main() -> anyhow::Result<()> {
                     conntrack: a.conntrack_max as usize,
                     fdb_learned: a.fdb_learned_max as usize,
                     dns_forwards: a.dns_forwards_max as usize,
+                    flood_rate: a.flood_rate.0,
                 },
                 health_probes_max: a.health_probes_max as usize,
                 ingress_rate_limit: a.ingress_rate_limit,

@@ -85,6 +85,7 @@ impl WorkerHandle {
         let counters = Arc::new(Mutex::new(Counters::default()));
         let mut switch = Switch::with_conntrack(limits.fdb_learned, conntrack);
         switch.set_lane(index);
+        switch.set_flood_rate(limits.flood_rate);
         let mut w = Worker {
             poll,
             rx,
