@@ -3,7 +3,9 @@
 //! (answered, so each is as live as a TCP connection) through an agent whose
 //! table holds 16,384; meanwhile another container's connections to another
 //! service, idle since before the flood, survive it, and its new connections
-//! are each answered within a second.
+//! are each answered within a second. Nor the DNS relay's slots: a container
+//! flooding it with queries that are never answered does not keep another
+//! container's queries from being answered.
 
 mod common;
 
@@ -284,5 +286,130 @@ fn one_container_flooding_flows_does_not_take_the_others_connections() -> anyhow
             "the victim's connection {i}, idle during the flood, broke: {r:?}"
         );
     }
+    Ok(())
+}
+
+/// A DNS query for `name` (type A), under `id`.
+fn dns_query(id: u16, name: &str) -> Vec<u8> {
+    let mut q = Vec::with_capacity(64);
+    q.extend_from_slice(&id.to_be_bytes());
+    q.extend_from_slice(&[1, 0, 0, 1, 0, 0, 0, 0, 0, 0]); // RD, one question
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+/// The node's resolvers are shared fairly too: a container flooding the DNS
+/// relay with queries its resolver never answers (so they hold their slots
+/// until they time out) does not keep another container's queries from being
+/// relayed and answered.
+#[test]
+fn one_container_flooding_dns_queries_does_not_starve_the_others() -> anyhow::Result<()> {
+    /// The relay's slots (one worker), and the abuser's queries a second.
+    const SLOTS: &str = "64";
+    const QUERIES_PER_SEC: u64 = 2_000;
+    let mut t = Topology::new("fairdns")?;
+    let n1 = t.add_node("n1")?;
+    let up = t.add_outside_host("up")?;
+    // a resolver that answers only names starting "ok" (192.0.2.123) and
+    // sits on every other query, as one that is slow or unreachable would
+    let upstream = SocketAddr::new(IpAddr::V4(up.addr), 53);
+    let sock = in_netns(&up.ns, move || std::net::UdpSocket::bind(upstream))??;
+    sock.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let resolver = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while !stop.load(Ordering::Relaxed) {
+                let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
+                if n < 15 || &buf[13..15] != b"ok" {
+                    continue;
+                }
+                let mut r = buf[..n].to_vec();
+                r[2] |= 0x80;
+                r[3] |= 0x80;
+                r[6..8].copy_from_slice(&1u16.to_be_bytes());
+                r.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 123]);
+                let _ = sock.send_to(&r, from);
+            }
+        })
+    };
+    t.set_node_resolver(&n1, Some(up.addr.into()))?;
+    t.start_agent(&n1, &["--workers", "1", "--dns-forwards-max", SLOTS])?;
+    t.cli_ok(&n1, &["network", "create", "d", "--subnet", "10.64.0.0/24"])?;
+    let abuser = t.add_container("x")?;
+    endpoint(&t, &n1, "d", &abuser, &[])?;
+    let victim = t.add_container("v")?;
+    endpoint(&t, &n1, "d", &victim, &[])?;
+    let gateway = SocketAddr::from(([10, 64, 0, 1], 53));
+    // one query of the victim's: answered within 1 s?
+    let ask = move |ns: &str, i: u16| {
+        in_netns(ns, move || -> std::io::Result<bool> {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+            s.set_read_timeout(Some(Duration::from_secs(1)))?;
+            s.send_to(&dns_query(i, &format!("ok{i}.example.test")), gateway)?;
+            let mut buf = [0u8; 512];
+            Ok(match s.recv(&mut buf) {
+                Ok(n) => n > 12 && buf[..2] == i.to_be_bytes() && buf[n - 4..n] == [192, 0, 2, 123],
+                Err(_) => false,
+            })
+        })
+    };
+    let up_before = eventually(Duration::from_secs(10), || Ok(ask(&victim, 1)??))?;
+    assert!(up_before, "the relay answers before the flood");
+    let busy0 = dropped(&t, &n1, "dns_busy")?;
+
+    let flood = {
+        let (abuser, stop) = (abuser.clone(), stop.clone());
+        std::thread::spawn(move || {
+            in_netns(&abuser, move || -> std::io::Result<u64> {
+                let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+                let start = Instant::now();
+                let mut sent = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let due = Duration::from_micros(sent * 1_000_000 / QUERIES_PER_SEC);
+                    if let Some(wait) = due.checked_sub(start.elapsed()) {
+                        std::thread::sleep(wait);
+                    }
+                    let q = dns_query(sent as u16, &format!("never{sent}.example.test"));
+                    if s.send_to(&q, gateway).is_ok() {
+                        sent += 1;
+                    }
+                }
+                Ok(sent)
+            })
+        })
+    };
+    // the abuser's queries fill the relay in a few tens of ms, and keep it
+    // full: each waits 5 s for an answer that never comes
+    std::thread::sleep(Duration::from_millis(500));
+    let mut answered = Vec::new();
+    for i in 0..20u16 {
+        answered.push(ask(&victim, 100 + i)??);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let sent = flood.join().expect("flood thread")??;
+    resolver.join().expect("resolver thread");
+    std::thread::sleep(Duration::from_millis(300));
+    let busy = dropped(&t, &n1, "dns_busy")? - busy0;
+    eprintln!(
+        "dns flood: {sent} queries; dns_busy +{busy}; the victim's answered: {}/{} {answered:?}",
+        answered.iter().filter(|a| **a).count(),
+        answered.len()
+    );
+    assert!(sent >= 5_000, "the flood went out: {sent}");
+    // the relay was full all along: most of the flood was refused
+    assert!(busy >= sent / 2, "{busy} of {sent} refused");
+    assert!(
+        answered.iter().all(|a| *a),
+        "the victim's queries went unanswered during the flood: {answered:?}"
+    );
     Ok(())
 }
