@@ -5,7 +5,8 @@
 //! service, idle since before the flood, survive it, and its new connections
 //! are each answered within a second. Nor the DNS relay's slots: a container
 //! flooding it with queries that are never answered does not keep another
-//! container's queries from being answered.
+//! container's queries from being answered. Nor the flood budget: a
+//! container's broadcast storm is replicated only up to its own port's budget.
 
 mod common;
 
@@ -411,5 +412,95 @@ fn one_container_flooding_dns_queries_does_not_starve_the_others() -> anyhow::Re
         answered.iter().all(|a| *a),
         "the victim's queries went unanswered during the flood: {answered:?}"
     );
+    Ok(())
+}
+
+/// Nor the flood budget: one container broadcasting as fast as it can has
+/// only its own port's budget replicated (the rest dropped as
+/// `flood_limited`), while another container's broadcasts all reach the
+/// others.
+#[test]
+fn one_container_broadcasting_spends_only_its_own_flood_budget() -> anyhow::Result<()> {
+    /// The budget given (one worker, so it is the port's whole budget).
+    const RATE: u64 = 1_000;
+    const BURST: u64 = 1_000;
+    const STORM: usize = 20_000;
+    const CALM: usize = 20;
+    let mut t = Topology::new("fairbum")?;
+    let n1 = t.add_node("n1")?;
+    let flag = format!("{RATE}/s,burst={BURST}");
+    t.start_agent(&n1, &["--workers", "1", "--flood-rate", &flag])?;
+    t.cli_ok(&n1, &["network", "create", "b", "--subnet", "10.65.0.0/24"])?;
+    let storm = t.add_container("s")?;
+    let s = endpoint(&t, &n1, "b", &storm, &[])?;
+    let quiet = t.add_container("q")?;
+    let q = endpoint(&t, &n1, "b", &quiet, &[])?;
+    let listener = t.add_container("l")?;
+    endpoint(&t, &n1, "b", &listener, &[])?;
+    let sock = in_netns(&listener, || std::net::UdpSocket::bind("0.0.0.0:7777"))??;
+    sock.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let counter = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut storm, mut calm, mut buf) = (0usize, 0usize, [0u8; 64]);
+            while !stop.load(Ordering::Relaxed) {
+                match sock.recv(&mut buf) {
+                    Ok(n) if buf[..n].starts_with(b"STORM") => storm += 1,
+                    Ok(n) if buf[..n].starts_with(b"CALM") => calm += 1,
+                    _ => {}
+                }
+            }
+            (storm, calm)
+        })
+    };
+    let bcast = [0xff; 6];
+    let to = [10, 65, 0, 255];
+    let limited0 = dropped(&t, &n1, "flood_limited")?;
+    let t0 = Instant::now();
+    let calm = {
+        let (quiet, mac, ip) = (quiet.clone(), q.mac, octets(&q.ip));
+        std::thread::spawn(move || -> anyhow::Result<()> {
+            for i in 0..CALM {
+                let f = udp_frame(mac, bcast, ip, to, 7777, format!("CALM{i}").as_bytes());
+                send_raw_frames(&quiet, "eth0", &[f])?;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Ok(())
+        })
+    };
+    // the storm: 20,000 broadcasts in about a second, 500 every 25 ms
+    let frame = udp_frame(s.mac, bcast, octets(&s.ip), to, 7777, b"STORM");
+    let chunk = vec![frame; 500];
+    for i in 0..STORM / 500 {
+        let due = Duration::from_millis(25 * i as u64);
+        if let Some(wait) = due.checked_sub(t0.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        send_raw_frames(&storm, "eth0", &chunk)?;
+    }
+    let took = t0.elapsed();
+    calm.join().expect("calm thread")?;
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let (got_storm, got_calm) = counter.join().expect("counter thread");
+    let limited = dropped(&t, &n1, "flood_limited")? - limited0;
+    // its burst, then its rate for as long as the storm lasted (and the agent
+    // took to read it), with a second to spare
+    let allowed = (BURST + RATE * (took.as_millis() as u64 / 1000 + 2)) as usize;
+    eprintln!(
+        "storm: {STORM} broadcasts in {took:?}; the listener got {got_storm} of them \
+         ({allowed} allowed) and {got_calm}/{CALM} of the other container's; flood_limited +{limited}"
+    );
+    assert!(got_storm > 0, "the storm's first frames were flooded");
+    assert!(
+        got_storm <= allowed,
+        "{got_storm} of the storm's broadcasts flooded"
+    );
+    assert!(
+        limited as usize >= STORM / 2,
+        "{limited} dropped as flood_limited"
+    );
+    assert_eq!(got_calm, CALM, "the other container's broadcasts");
     Ok(())
 }
