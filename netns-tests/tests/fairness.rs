@@ -267,10 +267,13 @@ fn one_container_flooding_flows_does_not_take_the_others_connections() -> anyhow
         peak <= CONNTRACK_MAX && ct1[0] <= CONNTRACK_MAX,
         "{peak} {ct1:?}"
     );
-    // the flood reached the table and turned it over many times
-    assert!(ct1[2] - ct0[2] >= FLOWS / 2, "setups {ct0:?} -> {ct1:?}");
+    // the flood reached the table and turned it over several times (how many
+    // of the 300,000 the agent sets up depends on how busy the machine is:
+    // 160,000 to 290,000 in our runs; the rest its device queue dropped)
+    let setups = ct1[2] - ct0[2];
+    assert!(setups >= 4 * CONNTRACK_MAX, "setups {ct0:?} -> {ct1:?}");
     assert!(
-        ct1[3] - ct0[3] >= FLOWS / 2 - CONNTRACK_MAX,
+        ct1[3] - ct0[3] >= setups - CONNTRACK_MAX,
         "evicted {ct0:?} -> {ct1:?}"
     );
     assert!(
