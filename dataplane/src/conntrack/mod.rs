@@ -186,8 +186,8 @@ const EVICTION_SAMPLE: usize = 32;
 /// that a flood from many addresses, each holding an entry or two, does not
 /// make a client with a few hundred connections its own victim).
 pub const SHARE_FLOOR_DIV: usize = 64;
-/// Oldest entries of its own a client over its share looks at, besides the
-/// sample, to pick the one it evicts.
+/// Oldest entries of its own a client over its share looks at to pick the one
+/// it evicts, when the sample holds none of its entries.
 const OWN_OLDEST: usize = 4;
 
 pub struct Conntrack {
@@ -205,9 +205,9 @@ pub struct Conntrack {
     /// Which client holds which entries ([`crate::fair`]), by a keyed hash of
     /// (zone, client address).
     owners: crate::fair::Owners<u64>,
-    /// The owners' hash key, random on each start: nobody can choose addresses
-    /// whose owners collide with a victim's.
-    owner_key: std::hash::RandomState,
+    /// The owners' hash keys (odd), random on each start: nobody can choose
+    /// addresses whose owners collide with a victim's.
+    owner_key: [u64; 3],
     /// A share's floor ([`SHARE_FLOOR_DIV`]).
     share_floor: usize,
     pub evicted: u64,
@@ -301,7 +301,7 @@ impl Conntrack {
             max,
             cursor: 0,
             owners: Default::default(),
-            owner_key: Default::default(),
+            owner_key: random_keys(),
             share_floor: (max / SHARE_FLOOR_DIV).max(1),
             evicted: 0,
             created: 0,
@@ -695,9 +695,22 @@ impl Conntrack {
     /// The client a connection is counted against: its zone and source
     /// address (anti-spoofing makes that a container's own), hashed with this
     /// run's key.
+    /// A keyed multiplicative hash, as the ingress rate limiter's (a hash per
+    /// new connection: SipHash cost a tenth of a new flow's setup): for IPv4
+    /// a bijection of (zone, address), so two IPv4 clients never share a
+    /// count; an IPv6 address is folded in two keyed rounds.
+    #[inline]
     fn owner_of(&self, orig: &Key) -> u64 {
-        use std::hash::BuildHasher;
-        self.owner_key.hash_one((orig.zone, orig.src))
+        let [k0, k1, k2] = self.owner_key;
+        let zone = u64::from(orig.zone);
+        match orig.src {
+            IpAddr::V4(a) => ((zone << 32 | u64::from(u32::from(a))) ^ k0).wrapping_mul(k1),
+            IpAddr::V6(a) => {
+                let v = u128::from(a);
+                let low = (v as u64 ^ k0).wrapping_mul(k1).rotate_left(32);
+                (low ^ (v >> 64) as u64 ^ zone.rotate_left(40)).wrapping_mul(k2)
+            }
+        }
     }
 
     /// Entries the client of `orig` (its zone and source address) holds.
@@ -707,7 +720,8 @@ impl Conntrack {
 
     /// Makes room in the full table for a new connection of `owner`. An owner
     /// holding its share or more gives up one of its own entries (the least
-    /// live and oldest of those in the sample and its oldest few); any other
+    /// live and oldest of those in the sample, or of its oldest few if the
+    /// sample holds none); any other
     /// takes, from a sample of the table, a half-open entry first, then one of
     /// an owner over its share, then the oldest. O(1): a sample of
     /// [`EVICTION_SAMPLE`] slots and [`OWN_OLDEST`] of the owner's list.
@@ -742,7 +756,9 @@ impl Conntrack {
             }
         }
         self.cursor = (self.cursor + k) % n.max(1);
-        if greedy {
+        // the sample holds none of its own (it holds little of the table):
+        // its oldest few
+        if greedy && best.is_none() {
             for i in self.owners.oldest(&owner).take(OWN_OLDEST) {
                 if let Some(r) = rank(self, i as usize) {
                     if best.is_none_or(|b| r < b) {
@@ -852,6 +868,18 @@ impl Conntrack {
             .get(&(zone, service, backend))
             .map_or((0, 0), |[a, i]| (*a, *i))
     }
+}
+
+/// Three odd random 64-bit numbers (std's per-instance random hash keys as
+/// the source).
+fn random_keys() -> [u64; 3] {
+    use std::hash::{BuildHasher, Hasher};
+    let s = std::collections::hash_map::RandomState::new();
+    [1u64, 2, 3].map(|i| {
+        let mut h = s.build_hasher();
+        h.write_u64(i);
+        h.finish() | 1
+    })
 }
 
 /// Moves connection `c`'s count (active if `established`) by `delta`; a
