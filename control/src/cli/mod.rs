@@ -160,7 +160,10 @@ impl std::str::FromStr for FloodRate {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "off" => Ok(FloodRate(None)),
-            s => s.parse().map(|r| FloodRate(Some(r))),
+            s => s
+                .parse()
+                .map(|r| FloodRate(Some(r)))
+                .map_err(|e: String| e.replace("connections", "frames") + ", or off"),
         }
     }
 }
