@@ -89,10 +89,13 @@ pub enum DropReason {
     /// in a fragment (RFC 6980), a first fragment without its upper-layer
     /// header (RFC 7112), a chain longer than the guard walks, or cut short.
     Ipv6HeaderChain,
+    /// A broadcast, multicast or unknown-unicast frame from a port over its
+    /// flood budget (`--flood-rate`): not replicated.
+    FloodLimited,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 33] = [
+    pub const ALL: [DropReason; 34] = [
         DropReason::Malformed,
         DropReason::BadVxlanHeader,
         DropReason::UnknownVni,
@@ -126,6 +129,7 @@ impl DropReason {
         DropReason::SocketOverflow,
         DropReason::NodeService,
         DropReason::Ipv6HeaderChain,
+        DropReason::FloodLimited,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -163,6 +167,7 @@ impl DropReason {
             DropReason::SocketOverflow => "socket_overflow",
             DropReason::NodeService => "node_service",
             DropReason::Ipv6HeaderChain => "ipv6_header_chain",
+            DropReason::FloodLimited => "flood_limited",
         }
     }
 }

@@ -9,6 +9,7 @@
 pub mod buf;
 pub mod conntrack;
 pub mod counters;
+pub mod fair;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod io;

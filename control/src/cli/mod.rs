@@ -166,6 +166,13 @@ struct AgentArgs {
     /// with a wrong clock would (the liveness tests' clock skew)
     #[arg(long, hide = true, default_value_t = 0, allow_negative_numbers = true)]
     test_heartbeat_skew_ms: i64,
+    /// Broadcast, multicast and unknown-unicast frames each endpoint may send a second (per worker), N/s[,burst=B] or off; over it they are dropped (flood_limited)
+    #[arg(
+        long,
+        value_name = "N/s[,burst=B]|off",
+        default_value = "1000/s,burst=2000"
+    )]
+    flood_rate: FloodRate,
 }
 
 /// The variable a store password may come from instead of a file (never a
@@ -200,6 +207,24 @@ fn store_options(a: &AgentArgs) -> anyhow::Result<crate::store::StoreOptions> {
         password,
         insecure: a.store_insecure,
     })
+}
+
+/// `--flood-rate`: a rate, or `off`.
+#[derive(Debug, Clone, Copy)]
+struct FloodRate(Option<vxmesh_dataplane::lb::limit::RateLimit>);
+
+impl std::str::FromStr for FloodRate {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "off" => Ok(FloodRate(None)),
+            s => s
+                .parse()
+                .map(|r| FloodRate(Some(r)))
+                .map_err(|e: String| e.replace("connections", "frames") + ", or off"),
+        }
+    }
 }
 
 /// `90s`, `30m`, `12h`, `1d`, or plain seconds.
@@ -417,6 +442,7 @@ pub fn main() -> anyhow::Result<()> {
                     conntrack: a.conntrack_max as usize,
                     fdb_learned: a.fdb_learned_max as usize,
                     dns_forwards: a.dns_forwards_max as usize,
+                    flood_rate: a.flood_rate.0,
                 },
                 health_probes_max: a.health_probes_max as usize,
                 ingress_rate_limit: a.ingress_rate_limit,

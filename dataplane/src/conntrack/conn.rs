@@ -17,6 +17,9 @@ const VIA: u8 = 4;
 const V6: u8 = 8;
 /// The client's last SYN has already counted as unanswered (passive health).
 const SYN_COUNTED: u8 = 16;
+/// Picked up mid-stream (a TCP segment without SYN, no entry): not trusted
+/// until the backend answers it.
+const PICKED: u8 = 32;
 
 /// An IPv6 connection's client, addressed and backend addresses.
 pub(super) type Six = [Ipv6Addr; 3];
@@ -155,6 +158,20 @@ impl Conn {
         } else {
             self.flags &= !SYN_COUNTED;
         }
+    }
+
+    /// Whether the connection was picked up mid-stream and its backend has
+    /// not answered yet.
+    pub fn picked(&self) -> bool {
+        self.flags & PICKED != 0
+    }
+
+    pub fn set_picked(&mut self, on: bool) {
+        self.flags = if on {
+            self.flags | PICKED
+        } else {
+            self.flags & !PICKED
+        };
     }
 
     pub fn via(&self) -> Option<Mac> {

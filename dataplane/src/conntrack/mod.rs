@@ -3,8 +3,22 @@
 //!
 //! Entries live in a slab indexed by two keys (the client's view, and the
 //! backend's reply after NAT). When the table is full, a new connection evicts
-//! the oldest entry among a sample, preferring ones not established, so a SYN
-//! flood displaces half-open entries before real connections.
+//! the oldest entry among a sample, preferring ones not live (a TCP connection
+//! not established, a UDP flow never answered), so a SYN flood displaces
+//! half-open entries before real connections.
+//!
+//! Each client (a zone's source address: a container, or an outside client at
+//! ingress) has a share of the table ([`crate::fair`]): when the table is full,
+//! a client holding its share or more evicts its own entries, never another's,
+//! and the others' new connections evict the entries of whoever is over their
+//! share first. So one container opening flows as fast as it can turns its own
+//! entries over, while the connections of the others stay.
+//!
+//! A TCP segment without SYN for a connection the table does not hold is picked
+//! up mid-stream (an agent restarted without its snapshot must not cut the
+//! connections it carried), but not as an established connection: it waits, as
+//! a half-open entry with a short timeout, until the backend answers it. A flood
+//! of stray ACKs then takes no more than a SYN flood does.
 //!
 //! What every packet writes (last seen, next sequence numbers) lives beside the
 //! slab in [`touch`] slots, so that workers can serve established connections
@@ -168,6 +182,13 @@ const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 /// Entries looked at to choose one to evict.
 const EVICTION_SAMPLE: usize = 32;
+/// A client's share of a full table is never below the table over this (so
+/// that a flood from many addresses, each holding an entry or two, does not
+/// make a client with a few hundred connections its own victim).
+pub const SHARE_FLOOR_DIV: usize = 64;
+/// Oldest entries of its own a client over its share looks at to pick the one
+/// it evicts, when the sample holds none of its entries.
+const OWN_OLDEST: usize = 4;
 
 pub struct Conntrack {
     index: Index,
@@ -181,6 +202,14 @@ pub struct Conntrack {
     free: Vec<u32>,
     max: usize,
     cursor: usize,
+    /// Which client holds which entries ([`crate::fair`]), by a keyed hash of
+    /// (zone, client address).
+    owners: crate::fair::Owners<u64>,
+    /// The owners' hash keys (odd), random on each start: nobody can choose
+    /// addresses whose owners collide with a victim's.
+    owner_key: [u64; 3],
+    /// A share's floor ([`SHARE_FLOOR_DIV`]).
+    share_floor: usize,
     pub evicted: u64,
     /// Connections ever inserted (new connections set up, for a rate).
     pub created: u64,
@@ -271,6 +300,9 @@ impl Conntrack {
             free: Vec::new(),
             max,
             cursor: 0,
+            owners: Default::default(),
+            owner_key: random_keys(),
+            share_floor: (max / SHARE_FLOOR_DIV).max(1),
             evicted: 0,
             created: 0,
             lock_waits: 0,
@@ -397,17 +429,21 @@ impl Conntrack {
                 self.discard(id);
             }
         }
+        let owner = self.owner_of(&orig);
         if self.len() >= self.max {
-            self.evict_one();
+            self.evict_for(owner);
         }
+        let picked = orig.proto == 6 && tcp_flags & TCP_SYN == 0;
         let state = match orig.proto {
-            6 if tcp_flags & TCP_SYN != 0 => State::SynSent,
-            // picked up mid-stream (e.g. after a restart without a snapshot)
-            6 => State::Established,
+            6 if !picked => State::SynSent,
+            // picked up mid-stream (e.g. after a restart without a snapshot):
+            // half-open until the backend answers
+            6 => State::SynRecv,
             _ => State::Unreplied,
         };
         self.created += 1;
-        let (e, addrs6) = Conn::new(orig, reply, service, backend, state);
+        let (mut e, addrs6) = Conn::new(orig, reply, service, backend, state);
+        e.set_picked(picked);
         tally(&mut self.load, &e, state == State::Established, 1);
         let id = match self.free.pop() {
             Some(id) => {
@@ -427,6 +463,7 @@ impl Conntrack {
             self.six[id as usize] = a;
         }
         self.touch[id as usize].reset(now_ms);
+        self.owners.link(id, owner);
         let (slab, six) = (&self.slab, &self.six);
         self.index
             .insert(&orig, Ref::new(id, Dir::Orig), |r| key_of(slab, six, r));
@@ -503,6 +540,17 @@ impl Conntrack {
                 e.state = State::Replied;
             }
             return;
+        }
+        if e.picked() {
+            // only the backend's acknowledgement confirms a connection picked
+            // up mid-stream; the client's segments (which anyone can send)
+            // leave it half-open
+            if dir == Dir::Reply && tcp_flags & (TCP_ACK | TCP_RST) == TCP_ACK {
+                e.set_picked(false);
+                e.state = State::Established;
+            } else if tcp_flags & TCP_RST == 0 {
+                return;
+            }
         }
         if tcp_flags & TCP_RST != 0 {
             e.state = State::Close;
@@ -585,6 +633,8 @@ impl Conntrack {
         self.created = self.created.saturating_sub(1);
         if let Some(Some(c)) = self.slab.get_mut(id as usize) {
             let was = c.state == State::Established;
+            // saved by the agent itself: as trusted as when it was saved
+            c.set_picked(false);
             c.state = e.state;
             if let Some(v) = e.via {
                 c.set_via(v);
@@ -634,6 +684,7 @@ impl Conntrack {
         self.index.remove(&c.orig(s), Ref::new(id, Dir::Orig));
         self.index.remove(&c.reply(s), Ref::new(id, Dir::Reply));
         tally(&mut self.load, c, c.state == State::Established, -1);
+        self.owners.unlink(id);
         self.slab[id as usize] = None;
         self.touch[id as usize].bump();
         self.free.push(id);
@@ -646,26 +697,82 @@ impl Conntrack {
         }
     }
 
-    fn evict_one(&mut self) {
+    /// The client a connection is counted against: its zone and source
+    /// address (anti-spoofing makes that a container's own), hashed with this
+    /// run's key.
+    /// A keyed multiplicative hash, as the ingress rate limiter's (a hash per
+    /// new connection: SipHash cost a tenth of a new flow's setup): for IPv4
+    /// a bijection of (zone, address), so two IPv4 clients never share a
+    /// count; an IPv6 address is folded in two keyed rounds.
+    #[inline]
+    fn owner_of(&self, orig: &Key) -> u64 {
+        let [k0, k1, k2] = self.owner_key;
+        let zone = u64::from(orig.zone);
+        match orig.src {
+            IpAddr::V4(a) => ((zone << 32 | u64::from(u32::from(a))) ^ k0).wrapping_mul(k1),
+            IpAddr::V6(a) => {
+                let v = u128::from(a);
+                let low = (v as u64 ^ k0).wrapping_mul(k1).rotate_left(32);
+                (low ^ (v >> 64) as u64 ^ zone.rotate_left(40)).wrapping_mul(k2)
+            }
+        }
+    }
+
+    /// Entries the client of `orig` (its zone and source address) holds.
+    pub fn held_by(&self, orig: &Key) -> usize {
+        self.owners.count(&self.owner_of(orig))
+    }
+
+    /// Makes room in the full table for a new connection of `owner`. An owner
+    /// holding its share or more gives up one of its own entries (the least
+    /// live and oldest of those in the sample, or of its oldest few if the
+    /// sample holds none); any other
+    /// takes, from a sample of the table, a half-open entry first, then one of
+    /// an owner over its share, then the oldest. O(1): a sample of
+    /// [`EVICTION_SAMPLE`] slots and [`OWN_OLDEST`] of the owner's list.
+    fn evict_for(&mut self, owner: u64) {
+        let (max, floor) = (self.max, self.share_floor);
+        let share = self.owners.share(max, floor, &owner);
+        let greedy = self.owners.count(&owner) >= share;
         let n = self.slab.len();
-        let mut best: Option<(bool, u64, u32)> = None;
+        // (live?, owner within its share?, last seen, slot): smallest goes
+        let rank = |this: &Self, i: usize| {
+            let e = this.slab[i].as_ref()?;
+            let live = matches!(e.state, State::Established | State::Replied);
+            let (o, held) = this.owners.of_slot(i as u32)?;
+            if greedy && o != owner {
+                return None;
+            }
+            Some((live, held < share, this.touch[i].last_ms(), i as u32))
+        };
+        let mut best: Option<(bool, bool, u64, u32)> = None;
         let mut seen = 0;
         let mut k = 0;
         while seen < EVICTION_SAMPLE && k < n {
             let i = (self.cursor + k) % n;
             k += 1;
-            if let Some(e) = &self.slab[i] {
+            if self.slab[i].is_some() {
                 seen += 1;
-                // (established?, last seen): smallest is the best victim
-                let last_ms = self.touch[i].last_ms();
-                let rank = (e.state == State::Established, last_ms, i as u32);
-                if best.is_none_or(|b| rank < b) {
-                    best = Some(rank);
+                if let Some(r) = rank(self, i) {
+                    if best.is_none_or(|b| r < b) {
+                        best = Some(r);
+                    }
                 }
             }
         }
         self.cursor = (self.cursor + k) % n.max(1);
-        if let Some((_, _, id)) = best {
+        // the sample holds none of its own (it holds little of the table):
+        // its oldest few
+        if greedy && best.is_none() {
+            for i in self.owners.oldest(&owner).take(OWN_OLDEST) {
+                if let Some(r) = rank(self, i as usize) {
+                    if best.is_none_or(|b| r < b) {
+                        best = Some(r);
+                    }
+                }
+            }
+        }
+        if let Some((_, _, _, id)) = best {
             self.discard(id);
             self.evicted += 1;
         }
@@ -791,6 +898,18 @@ impl Conntrack {
             .get(&(zone, service, backend))
             .map_or((0, 0), |[a, i]| (*a, *i))
     }
+}
+
+/// Three odd random 64-bit numbers (std's per-instance random hash keys as
+/// the source).
+fn random_keys() -> [u64; 3] {
+    use std::hash::{BuildHasher, Hasher};
+    let s = std::collections::hash_map::RandomState::new();
+    [1u64, 2, 3].map(|i| {
+        let mut h = s.build_hasher();
+        h.write_u64(i);
+        h.finish() | 1
+    })
 }
 
 /// Moves connection `c`'s count (active if `established`) by `delta`; a

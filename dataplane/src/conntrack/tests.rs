@@ -596,3 +596,164 @@ fn a_syn_left_unanswered_counts_once_against_its_backend_when_the_sweep_sees_it(
     assert!(!ct.passive.is_out(backend, 20_000));
     assert_eq!(ct.passive.ejections, 0);
 }
+
+/// A UDP flow from `client` (last octet) and port `sport` to the VIP, answered.
+fn udp_flow(ct: &mut Conntrack, client: u8, sport: u16, now: u64) -> u32 {
+    let k = Key {
+        proto: 17,
+        src: Ipv4Addr::new(10, 0, 0, client).into(),
+        ..key(sport)
+    };
+    let id = ct.insert(k, reply_of(&k), 1, 0, 0, now);
+    ct.update(id, Dir::Reply, 0, now);
+    id
+}
+
+/// A TCP connection from `client`, established.
+fn tcp_conn(ct: &mut Conntrack, client: u8, sport: u16, now: u64) -> Key {
+    let k = Key {
+        src: Ipv4Addr::new(10, 0, 0, client).into(),
+        ..key(sport)
+    };
+    let id = ct.insert(k, reply_of(&k), 1, 0, TCP_SYN, now);
+    ct.update(id, Dir::Reply, TCP_SYN | TCP_ACK, now);
+    ct.update(id, Dir::Orig, TCP_ACK, now);
+    assert_eq!(ct.get(id).unwrap().state, State::Established);
+    k
+}
+
+/// One client opening answered UDP flows as fast as it can (each one as live
+/// as a TCP connection) turns over its own entries: the other client's
+/// connections, older than all of its, stay; and the other's new connections
+/// take the abuser's entries, not each other's.
+#[test]
+fn a_client_over_its_share_evicts_its_own_entries_first() {
+    let mut ct = Conntrack::new(64);
+    let victim: Vec<Key> = (0..5).map(|p| tcp_conn(&mut ct, 3, 1000 + p, 0)).collect();
+    for p in 0..5_000u16 {
+        udp_flow(&mut ct, 2, 20_000 + p, 10 + u64::from(p));
+        assert!(ct.len() <= 64);
+    }
+    assert!(ct.evicted >= 5_000 - 64);
+    for k in &victim {
+        assert!(
+            ct.lookup(k).is_some(),
+            "the victim's {} was evicted",
+            k.sport
+        );
+    }
+    assert_eq!(ct.held_by(&victim[0]), 5);
+    // the victim's new connections, into the full table: the abuser pays
+    let more: Vec<Key> = (0..20)
+        .map(|p| tcp_conn(&mut ct, 3, 2000 + p, 6_000))
+        .collect();
+    assert_eq!(ct.len(), 64);
+    for k in victim.iter().chain(&more) {
+        assert!(
+            ct.lookup(k).is_some(),
+            "the victim's {} was evicted",
+            k.sport
+        );
+    }
+    let abuser = Key {
+        src: Ipv4Addr::new(10, 0, 0, 2).into(),
+        ..key(0)
+    };
+    assert_eq!(ct.held_by(&abuser), 64 - 25);
+}
+
+/// The share holds with many clients too: three quiet clients' connections
+/// survive a flood from a fourth, and then a SYN flood from many addresses
+/// (one entry each, every one within its share), which takes half-open
+/// entries and the over-share client's first. (A table of 640: a share is
+/// at least 10 entries, what each quiet client stays under.)
+#[test]
+fn every_client_within_its_share_keeps_its_connections() {
+    let mut ct = Conntrack::new(640);
+    let quiet: Vec<Key> = (3..6)
+        .flat_map(|c| (0..8).map(move |p| (c, 3000 + p)))
+        .map(|(c, p)| tcp_conn(&mut ct, c, p, 0))
+        .collect();
+    for p in 0..5_000u16 {
+        udp_flow(&mut ct, 2, 20_000 + p, 1 + u64::from(p));
+    }
+    for k in &quiet {
+        assert!(ct.lookup(k).is_some(), "{k:?} was evicted");
+    }
+    for p in 0..5_000u16 {
+        let k = Key {
+            src: Ipv4Addr::new(10, 1, (p >> 8) as u8, p as u8).into(),
+            ..key(p)
+        };
+        ct.insert(k, reply_of(&k), 1, 0, TCP_SYN, 10_000 + u64::from(p));
+        assert!(ct.len() <= 640);
+    }
+    for k in &quiet {
+        assert!(ct.lookup(k).is_some(), "{k:?} was evicted by the SYN flood");
+    }
+}
+
+/// A TCP segment without SYN for no known connection (a stray or forged ACK)
+/// makes a half-open entry, never an established one: the client's segments
+/// do not confirm it, only the backend's acknowledgement does; a backend that
+/// knows nothing of it answers with a RST, which closes it.
+#[test]
+fn a_segment_without_syn_is_half_open_until_the_backend_answers() {
+    let mut ct = Conntrack::new(16);
+    let k = key(1000);
+    let id = ct.insert(k, reply_of(&k), 1, 0, TCP_ACK, 0);
+    assert_eq!(ct.get(id).unwrap().state, State::SynRecv);
+    assert_eq!(ct.counts(7, 1, 0), (0, 1), "not counted as active");
+    ct.update(id, Dir::Orig, TCP_ACK, 1);
+    ct.update(id, Dir::Orig, TCP_ACK | TCP_FIN, 2);
+    assert_eq!(
+        ct.get(id).unwrap().state,
+        State::SynRecv,
+        "the client alone"
+    );
+    assert_eq!(ct.cacheable(id, Dir::Orig), None);
+    assert_eq!(ct.expire(31_000, |_| {}), 1, "a half-open timeout");
+    // the backend had the connection (an agent restarted without its
+    // snapshot): its ACK confirms it
+    let id = ct.insert(k, reply_of(&k), 1, 0, TCP_ACK, 40_000);
+    ct.update(id, Dir::Reply, TCP_ACK, 40_001);
+    assert_eq!(ct.get(id).unwrap().state, State::Established);
+    assert_eq!(ct.counts(7, 1, 0), (1, 0));
+    // a backend that knows nothing of it resets it
+    let k2 = key(1001);
+    let id2 = ct.insert(k2, reply_of(&k2), 1, 0, TCP_ACK, 40_000);
+    ct.update(id2, Dir::Reply, TCP_RST | TCP_ACK, 40_001);
+    assert_eq!(ct.get(id2).unwrap().state, State::Close);
+    // a restored entry is as trusted as when it was saved
+    let saved = Entry {
+        state: State::SynRecv,
+        ..ct.get(id).unwrap()
+    };
+    let mut back = Conntrack::new(16);
+    let r = back.restore(&saved, 0).unwrap();
+    back.update(r, Dir::Orig, TCP_ACK, 1);
+    assert_eq!(back.get(r).unwrap().state, State::Established);
+}
+
+/// A flood of forged ACKs into a full table displaces no established
+/// connection (the entries it makes are half-open).
+#[test]
+fn a_flood_of_stray_acks_evicts_no_established_connection() {
+    let mut ct = Conntrack::new(32);
+    let real: Vec<Key> = (0..8).map(|p| tcp_conn(&mut ct, 3, 100 + p, 0)).collect();
+    for p in 0..5_000u16 {
+        let k = Key {
+            src: Ipv4Addr::new(10, 2, (p >> 8) as u8, p as u8).into(),
+            ..key(p)
+        };
+        let id = ct.insert(k, reply_of(&k), 1, 0, TCP_ACK, 10 + u64::from(p));
+        ct.update(id, Dir::Orig, TCP_ACK, 10 + u64::from(p));
+        assert!(ct.len() <= 32);
+    }
+    for k in &real {
+        assert!(ct.lookup(k).is_some(), "{} evicted by stray ACKs", k.sport);
+    }
+    assert!(ct
+        .iter()
+        .all(|e| e.state != State::Established || e.orig.src == real[0].src));
+}

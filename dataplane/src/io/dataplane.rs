@@ -62,6 +62,14 @@ pub const DNS_FORWARDS_MAX: usize = 1_024;
 /// a fresh random id must stay easy to find.
 pub const DNS_FORWARDS_LIMIT: usize = 16_384;
 
+/// Broadcast, multicast and unknown-unicast frames each port may have
+/// replicated, by default: plenty for ARP, neighbour discovery, DHCP and mDNS,
+/// far less than a storm.
+pub const FLOOD_RATE: crate::lb::limit::RateLimit = crate::lb::limit::RateLimit {
+    per_sec: 1_000,
+    burst: 2_000,
+};
+
 /// The most each of the dataplane's tables holds (`vxmesh agent
 /// --conntrack-max`, `--fdb-learned-max`, `--dns-forwards-max`): whatever
 /// arrives, none grows past its maximum.
@@ -74,6 +82,9 @@ pub struct Limits {
     /// DNS queries in flight to the node's resolvers, per worker (at most
     /// [`DNS_FORWARDS_LIMIT`]); past it queries are dropped (`dns_busy`).
     pub dns_forwards: usize,
+    /// Each port's budget of frames to flood, per worker (`--flood-rate`);
+    /// past it they are dropped (`flood_limited`). `None`: no limit.
+    pub flood_rate: Option<crate::lb::limit::RateLimit>,
 }
 
 impl Default for Limits {
@@ -82,6 +93,7 @@ impl Default for Limits {
             conntrack: CONNTRACK_MAX,
             fdb_learned: FDB_LEARNED_MAX,
             dns_forwards: DNS_FORWARDS_MAX,
+            flood_rate: Some(FLOOD_RATE),
         }
     }
 }

@@ -7,6 +7,7 @@
 
 use crate::buf::PacketBuf;
 use crate::counters::{Counters, DropReason};
+use crate::io::dns_pending::DnsPending;
 use crate::io::gso;
 use crate::io::underlay::Underlay;
 use crate::offload::coalesce::Coalescer;
@@ -94,6 +95,7 @@ impl WorkerHandle {
         let counters = Arc::new(Mutex::new(Counters::default()));
         let mut switch = Switch::with_conntrack(limits.fdb_learned, conntrack);
         switch.set_lane(index);
+        switch.set_flood_rate(limits.flood_rate);
         let mut w = Worker {
             poll,
             rx,
@@ -107,10 +109,11 @@ impl WorkerHandle {
             underlay_dropped: 0,
             wg_dropped: 0,
             dns_sock: DnsSocket::bind()?,
-            dns_pending: FxHashMap::default(),
-            dns_max: limits
-                .dns_forwards
-                .clamp(1, crate::io::dataplane::DNS_FORWARDS_LIMIT),
+            dns_pending: DnsPending::new(
+                limits
+                    .dns_forwards
+                    .clamp(1, crate::io::dataplane::DNS_FORWARDS_LIMIT),
+            ),
             dns_scratch: vec![0u8; 65_536],
             rx_meta: [gso::RecvMeta::default(); gso::BATCH],
             state: state.clone(),
@@ -256,10 +259,9 @@ struct Worker {
     wg_dropped: u32,
     /// Relays DNS queries for unknown names to the node's resolvers.
     dns_sock: DnsSocket,
-    /// Forwarded queries by the id we gave them: who asked, their id, when.
-    dns_pending: FxHashMap<u16, (PortId, crate::wire::udp_reply::UdpPeer, u16, Instant)>,
-    /// Queries `dns_pending` may hold, at most (`--dns-forwards-max`).
-    dns_max: usize,
+    /// Forwarded queries by the id we gave them: who asked and their id, at
+    /// most `--dns-forwards-max`, shared between the ports that ask.
+    dns_pending: DnsPending<(crate::wire::udp_reply::UdpPeer, u16)>,
     dns_scratch: Vec<u8>,
     rx_meta: [gso::RecvMeta; gso::BATCH],
     state: Arc<ArcSwap<SwitchState>>,
@@ -556,8 +558,9 @@ impl Worker {
             if last_limiter_reset.elapsed() >= Duration::from_secs(1) {
                 self.tunnels.reset_rate_limiter();
                 last_limiter_reset = Instant::now();
+                let now = self.now_ms();
                 self.dns_pending
-                    .retain(|_, p| p.3.elapsed() < DNS_FORWARD_TIMEOUT);
+                    .expire(now, DNS_FORWARD_TIMEOUT.as_millis() as u64);
             }
             if self.index == 0 && last_sweep.elapsed() >= SWEEP_EVERY {
                 last_sweep = Instant::now();
@@ -1056,25 +1059,28 @@ impl Worker {
             self.switch.counters.drop(DropReason::Malformed);
             return;
         }
-        if self.dns_pending.len() >= self.dns_max {
-            self.switch.counters.drop(DropReason::DnsBusy);
-            return;
-        }
         // unpredictable ids, so an off-path host cannot guess which to forge
         let mut id = random_u16();
-        while self.dns_pending.contains_key(&id) {
+        while self.dns_pending.contains(id) {
             id = random_u16();
         }
         let orig = u16::from_be_bytes([query[0], query[1]]);
+        let now = self.now_ms();
+        match self.dns_pending.insert(id, port, now, (peer, orig)) {
+            Ok(false) => {}
+            // another port's oldest query gave up its slot: lost like a busy one
+            Ok(true) => self.switch.counters.drop(DropReason::DnsBusy),
+            Err(_) => {
+                self.switch.counters.drop(DropReason::DnsBusy);
+                return;
+            }
+        }
         let q = &mut self.dns_scratch[..query.len()];
         q.copy_from_slice(query);
         q[0..2].copy_from_slice(&id.to_be_bytes());
-        match self.dns_sock.send_to(q, up) {
-            Ok(_) => {
-                self.dns_pending
-                    .insert(id, (port, peer, orig, Instant::now()));
-            }
-            Err(_) => self.switch.counters.drop(DropReason::TxFailed),
+        if self.dns_sock.send_to(q, up).is_err() {
+            self.dns_pending.remove(id);
+            self.switch.counters.drop(DropReason::TxFailed);
         }
     }
 
@@ -1092,7 +1098,7 @@ impl Worker {
                 continue;
             }
             let id = u16::from_be_bytes([self.dns_scratch[0], self.dns_scratch[1]]);
-            let Some((port, peer, orig, _)) = self.dns_pending.remove(&id) else {
+            let Some((port, (peer, orig))) = self.dns_pending.remove(id) else {
                 continue; // late or unknown: the asker has given up
             };
             self.dns_scratch[0..2].copy_from_slice(&orig.to_be_bytes());

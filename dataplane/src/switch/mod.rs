@@ -90,6 +90,8 @@ pub struct Switch {
     pub tap: Option<tap::Tap>,
     /// This worker's lane in the networks' [`crate::traffic::Traffic`] counters.
     lane: usize,
+    /// Each port's budget of frames to replicate (`--flood-rate`); none: no limit.
+    flood_budget: Option<crate::fair::PortRate>,
 }
 
 /// Rotates multi-address DNS answers (`tasks.NAME`): one counter for the whole
@@ -254,6 +256,7 @@ impl Switch {
             schedulers: FxHashMap::default(),
             view: Vec::new(),
             lane: 0,
+            flood_budget: None,
         }
     }
 
@@ -261,6 +264,13 @@ impl Switch {
     /// index (each lane has one writer).
     pub fn set_lane(&mut self, lane: usize) {
         self.lane = lane;
+    }
+
+    /// Gives each port a budget of broadcast, multicast and unknown-unicast
+    /// frames a second (`None`: unlimited); past it they are dropped
+    /// (`flood_limited`).
+    pub fn set_flood_rate(&mut self, limit: Option<crate::lb::limit::RateLimit>) {
+        self.flood_budget = limit.map(crate::fair::PortRate::new);
     }
 
     /// A DNS query to a gateway address: answered in place from the network's
@@ -870,8 +880,12 @@ impl Switch {
         self.learned.len()
     }
 
-    /// Drops learned MACs whose VTEP is no longer a static peer of their VNI.
+    /// Drops learned MACs whose VTEP is no longer a static peer of their VNI,
+    /// and the flood budgets of ports that went.
     pub fn prune_learned(&mut self, st: &SwitchState) {
+        if let Some(b) = &mut self.flood_budget {
+            b.retain(|p| st.ports.contains_key(&p));
+        }
         self.learned.retain(|vni, vtep| {
             st.networks
                 .get(&vni)
@@ -1013,7 +1027,7 @@ impl Switch {
         let frame = buf.data();
         let dst: Mac = crate::mac_at(frame, 0);
         if dst[0] & 1 == 1 {
-            return self.flood(net, Some(port), buf);
+            return self.flood(net, Some(port), buf, now_ms);
         }
         if dst == net.gateway_mac {
             // parsed once for both: a DNS query to the gateway, or a VIP
@@ -1051,7 +1065,7 @@ impl Switch {
         };
         match vtep {
             Some(vtep) => self.encap(net, vtep, buf),
-            None => self.flood(net, Some(port), buf),
+            None => self.flood(net, Some(port), buf, now_ms),
         }
     }
 
@@ -1084,7 +1098,15 @@ impl Switch {
         net: &'s NetworkView,
         skip: Option<PortId>,
         buf: &mut PacketBuf,
+        now_ms: u64,
     ) -> Action<'s> {
+        // a port's frames spend its own budget (frames from the underlay were
+        // counted against their port on the node they came from)
+        if let (Some(b), Some(p)) = (&mut self.flood_budget, skip) {
+            if !b.admit(p, now_ms) {
+                return self.drop(DropReason::FloodLimited);
+            }
+        }
         self.counters.flooded += 1;
         let flow_hash = flow_hash(buf.data());
         // Frames from the underlay are never sent back to it (split horizon).
@@ -1159,7 +1181,7 @@ impl Switch {
             None => {}
         }
         if dst[0] & 1 == 1 {
-            return self.flood(net, None, buf);
+            return self.flood(net, None, buf, now_ms);
         }
         if let Some(ing) = st.ingress.as_ref().filter(|i| i.vni == vni) {
             if dst == ing.sandbox_mac {

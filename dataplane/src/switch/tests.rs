@@ -126,6 +126,45 @@ fn broadcast_floods_to_other_ports_and_every_member() {
     assert_eq!(&b.datagram()[8..], &f[..]);
 }
 
+/// A container flooding broadcasts spends its own port's budget: past it
+/// its frames are dropped and counted, while the other port's broadcasts and
+/// both ports' unicast go on.
+#[test]
+fn a_broadcast_storm_from_one_port_spends_only_its_own_flood_budget() {
+    let st = state();
+    let mut sw = Switch::new(16);
+    sw.set_flood_rate(Some(crate::lb::limit::RateLimit {
+        per_sec: 100,
+        burst: 50,
+    }));
+    let storm = arp_request(A, [10, 0, 0, 10], [10, 0, 0, 99]);
+    let mut flooded = 0;
+    for i in 0..10_000u64 {
+        let mut b = buf(&storm);
+        match sw.from_port(&st, PortId(1), &mut b, i / 10) {
+            Action::Flood { .. } => flooded += 1,
+            Action::Drop(DropReason::FloodLimited) => {}
+            a => panic!("{a:?}"),
+        }
+    }
+    // its burst, then 100 a second over the second the storm took
+    assert!((140..=160).contains(&flooded), "{flooded} flooded");
+    assert_eq!(
+        sw.counters.dropped(DropReason::FloodLimited),
+        10_000 - flooded
+    );
+    let mut b = buf(&arp_request(B, [10, 0, 0, 11], [10, 0, 0, 99]));
+    assert!(matches!(
+        sw.from_port(&st, PortId(2), &mut b, 1_000),
+        Action::Flood { .. }
+    ));
+    let mut b = buf(&udp(A, B, [10, 0, 0, 10], [10, 0, 0, 11], 100));
+    assert_eq!(
+        sw.from_port(&st, PortId(1), &mut b, 1_000),
+        Action::Deliver(PortId(2))
+    );
+}
+
 #[test]
 fn arp_for_known_endpoint_and_gateway_is_answered() {
     let st = state();

@@ -254,3 +254,46 @@ fn a_state_change_empties_the_cache_even_for_connections_that_stay() {
     );
     assert_eq!(&b.data()[0..6], &B2);
 }
+
+/// A client's ACK to a VIP for no connection the table holds (forged, or one
+/// an agent restarted without its snapshot carried) is forwarded but tracked
+/// half-open: neither it nor the client's next segments make the entry
+/// established or cached; the backend's acknowledgement does.
+#[test]
+fn a_segment_without_syn_to_a_vip_is_half_open_until_the_backend_answers() {
+    let st = with_vip();
+    let ct = Arc::new(Mutex::new(Conntrack::new(64)));
+    let mut client = Switch::with_conntrack(16, ct.clone());
+    let mut server = Switch::with_conntrack(16, ct.clone());
+    client.on_state(&st);
+    server.on_state(&st);
+    let state = || ct.lock().unwrap().iter().next().map(|e| e.state);
+    for (seq, now) in [(101, 0), (201, 1), (301, 2)] {
+        let mut b = buf(&to_vip(seq, ACK, 100));
+        assert_eq!(
+            client.from_port(&st, PortId(1), &mut b, now),
+            Action::Deliver(PortId(2))
+        );
+        assert_eq!(state(), Some(State::SynRecv), "after the client's {seq}");
+    }
+    assert_eq!(ct.lock().unwrap().len(), 1);
+    // nothing cached: the client's segment still needs the table
+    assert!(
+        !through_while_locked(
+            &ct,
+            client,
+            &st,
+            PortId(1),
+            to_vip(401, ACK, 100),
+            3,
+            Duration::from_millis(200)
+        )
+        .0
+    );
+    let mut b = buf(&from_backend(900, ACK, 0));
+    assert_eq!(
+        server.from_port(&st, PortId(2), &mut b, 3),
+        Action::Deliver(PortId(1))
+    );
+    assert_eq!(state(), Some(State::Established));
+}
