@@ -11,7 +11,8 @@
 //! - frames with a forged source MAC or IP (IPv4 and IPv6, unicast, broadcast,
 //!   ARP, neighbour advertisements) are dropped, counted by reason, never show up
 //!   on the wire of any other container, local or remote, and poison no
-//!   neighbour cache, while the same frames sent honestly do arrive;
+//!   neighbour cache, while the same frames sent honestly do arrive; nor does
+//!   neighbour discovery hidden behind IPv6 extension headers or in fragments;
 //! - a well-formed VXLAN datagram for a network's VNI from a host that is not a
 //!   member (an outside host, or a cluster node with no endpoint on it), plain
 //!   VXLAN for an encrypted network's VNI (from a member or not), and a member's
@@ -637,6 +638,136 @@ fn forged_source_mac_and_ip_never_reach_another_container() -> anyhow::Result<()
     // the victims still talk to the forger
     assert!(ping(&c2, &e1.ip, 1, None)?);
     assert!(ping(&c3, &e1.ip, 1, None)?);
+    Ok(())
+}
+
+/// A container hides neighbour discovery from the guard: router advertisements
+/// (a default route and a prefix for every host on the network) behind
+/// Destination Options and hop-by-hop headers or in an atomic fragment, an
+/// advertisement of another endpoint's address behind Destination Options, its
+/// own advertisement fragmented. None reaches another container, local or
+/// remote; each is counted (`spoofed_source_ip` for what the guard refuses
+/// wherever it sits, `ipv6_header_chain` for neighbour discovery in fragments);
+/// the same container's honest advertisement, direct or behind Destination
+/// Options, still arrives.
+#[test]
+fn neighbour_discovery_hidden_behind_extension_headers_never_reaches_another_container(
+) -> anyhow::Result<()> {
+    use vxmesh_dataplane::fuzzing::{
+        ext_fragment, ext_options, icmpv6_frame, neighbor_advertisement_body,
+        router_advertisement_body,
+    };
+    let mut t = Topology::new("iso-nd")?;
+    let n1 = t.add_node("n1")?;
+    let n2 = t.add_node("n2")?;
+    t.start_agent(&n1, &[])?;
+    t.start_agent(&n2, &[])?;
+    t.cli_ok(
+        &n1,
+        &[
+            "network",
+            "create",
+            "h",
+            "--subnet",
+            "10.64.0.0/24",
+            "--subnet",
+            "fd64::/64",
+        ],
+    )?;
+    let (c1, c2, c3) = (
+        t.add_container("c1")?,
+        t.add_container("c2")?,
+        t.add_container("c3")?,
+    );
+    let e1 = endpoint(&t, &n1, "h", &c1, &[])?;
+    let e2 = endpoint(&t, &n2, "h", &c2, &[])?;
+    let e3 = endpoint(&t, &n1, "h", &c3, &[])?;
+    let (v6_1, v6_3) = (v6_of(&t, &n1, &e1)?, v6_of(&t, &n1, &e3)?);
+    assert!(ping(&c1, &e2.ip, 2, None)?, "c1 reaches c2");
+    let (mut cap2, pcap2) = capture(&t, &c2, "c2.pcap")?;
+    let (mut cap3, pcap3) = capture(&t, &c3, "c3.pcap")?;
+    let before = drops(&t, &n1)?;
+
+    // `marker` in an option receivers ignore (type 200, 16 bytes)
+    let marked = |mut body: Vec<u8>, marker: &[u8]| {
+        let mut opt = vec![200, 2];
+        opt.extend_from_slice(marker);
+        opt.resize(16, 0);
+        body.extend_from_slice(&opt);
+        body
+    };
+    let ra = |m: &[u8]| marked(router_advertisement_body(), m);
+    let na = |target: std::net::Ipv6Addr, m: &[u8]| {
+        marked(neighbor_advertisement_body(&target.to_string(), e1.mac), m)
+    };
+    let dest = || (60u8, ext_options());
+    let hbh = || (0u8, ext_options());
+    let honest = vec![
+        icmpv6_frame(e1.mac, 136, &na(v6_1, b"HONEST-NA"), &[]),
+        icmpv6_frame(e1.mac, 136, &na(v6_1, b"HONEST-NA-DEST"), &[dest()]),
+    ];
+    let refused = vec![
+        icmpv6_frame(e1.mac, 134, &ra(b"HIDDEN-ND"), &[dest()]),
+        icmpv6_frame(e1.mac, 134, &ra(b"HIDDEN-ND"), &[hbh(), dest()]),
+        icmpv6_frame(e1.mac, 136, &na(v6_3, b"HIDDEN-ND"), &[dest()]),
+    ];
+    let fragmented = vec![
+        icmpv6_frame(
+            e1.mac,
+            134,
+            &ra(b"HIDDEN-ND"),
+            &[(44, ext_fragment(0, false))],
+        ),
+        icmpv6_frame(
+            e1.mac,
+            136,
+            &na(v6_1, b"HIDDEN-ND"),
+            &[(44, ext_fragment(0, true))],
+        ),
+    ];
+    for _ in 0..3 {
+        send_raw_frames(&c1, "eth0", &honest)?;
+        send_raw_frames(&c1, "eth0", &refused)?;
+        send_raw_frames(&c1, "eth0", &fragmented)?;
+    }
+    std::thread::sleep(Duration::from_millis(800));
+    cap2.stop();
+    cap3.stop();
+    for (who, p) in [("c2", &pcap2), ("c3", &pcap3)] {
+        for m in [&b"HONEST-NA"[..], b"HONEST-NA-DEST"] {
+            assert!(
+                frames_with(p, m)? > 0,
+                "{who} got no honest advertisement marked {}",
+                String::from_utf8_lossy(m)
+            );
+        }
+        assert_eq!(
+            frames_with(p, b"HIDDEN-ND")?,
+            0,
+            "{who} received neighbour discovery hidden behind extension headers"
+        );
+    }
+    // no host took the advertised prefix or a route through c1
+    for c in [&c2, &c3] {
+        let routes = exec_ok(c, &["ip", "-6", "route", "show"])?;
+        assert!(
+            !routes.contains("2001:db8"),
+            "{c} took the prefix: {routes}"
+        );
+    }
+    let after = drops(&t, &n1)?;
+    let spoofed = grew(&before, &after, "spoofed_source_ip");
+    let chain = grew(&before, &after, "ipv6_header_chain");
+    assert!(
+        spoofed >= 3 * refused.len() as u64,
+        "{spoofed} spoofed_source_ip drops for {} refused frames: {after}",
+        3 * refused.len()
+    );
+    assert!(
+        chain >= 3 * fragmented.len() as u64,
+        "{chain} ipv6_header_chain drops for {} fragments: {after}",
+        3 * fragmented.len()
+    );
     Ok(())
 }
 

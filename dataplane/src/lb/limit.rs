@@ -257,6 +257,43 @@ mod tests {
         assert_eq!((0..10).filter(|_| l.admit(a, 0)).count(), 3);
     }
 
+    /// Sources an attacker found to share a victim's bucket (by brute force,
+    /// knowing the key) share it under that key only: with the key each agent
+    /// draws at start, nobody can pick them beforehand. Counted, not timed.
+    #[test]
+    fn sources_sharing_a_bucket_under_one_key_do_not_under_another() {
+        let known = lim(1, 1);
+        let other = SourceLimiter::with_key(
+            RateLimit {
+                per_sec: 1,
+                burst: 1,
+            },
+            0x517c_c1b7_2722_0a95,
+        );
+        let victim: IpAddr = Ipv4Addr::new(198, 51, 100, 7).into();
+        let attackers: Vec<IpAddr> = (0u32..)
+            .map(|i| IpAddr::from(Ipv4Addr::from(0xc612_0000 + i))) // 198.18.0.0/15
+            .filter(|a| std::ptr::eq(known.bucket(*a), known.bucket(victim)))
+            .take(16)
+            .collect();
+        assert_eq!(attackers.len(), 16);
+        // under the key they were found with, they spend the victim's burst
+        assert!(known.admit(attackers[0], 0));
+        assert!(!known.admit(victim, 0), "the victim shares the bucket");
+        let shared = attackers
+            .iter()
+            .filter(|a| std::ptr::eq(other.bucket(**a), other.bucket(victim)))
+            .count();
+        assert_eq!(
+            shared, 0,
+            "{shared} of them share the victim's bucket under another key"
+        );
+        for a in &attackers {
+            other.admit(*a, 0);
+        }
+        assert!(other.admit(victim, 0), "the victim keeps its own bucket");
+    }
+
     #[test]
     fn memory_is_fixed_whatever_the_sources() {
         let l = lim(1, 1);
