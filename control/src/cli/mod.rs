@@ -37,7 +37,7 @@ pub enum Format {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the node agent
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Overlay networks
     #[command(subcommand)]
     Network(NetworkCmd),
