@@ -321,8 +321,9 @@ fn egress_view() -> EgressView {
             .into_iter()
             .collect(),
         guard: crate::switch::NodeGuard {
-            tunnel_ports: vec![crate::VXLAN_PORT, 51820],
+            tunnel_ports: vec![crate::VXLAN_PORT],
             node_addrs: vec![ip("192.0.2.2"), ip("2001:db8::2")],
+            node_udp_ports: vec![51820],
             service_ports: vec![2379, 9100],
         },
     }

@@ -284,6 +284,22 @@ fn attack(mut t: Topology, v6: bool) -> anyhow::Result<()> {
     for ns in [&att, &atts] {
         assert!(connects(ns, outside)?, "egress from {ns} still works");
     }
+    // a container's own WireGuard server outside is no node's: reached
+    let wg_out = SocketAddr::new(x.underlay_addr(), 51820);
+    let wg_sink = UdpSink::start(&x.ns, wg_out)?;
+    send_from(&att, wg_out, &[b"to-my-own-wireguard".to_vec()])?;
+    let reached = eventually(Duration::from_secs(3), || {
+        Ok(markers(&wg_sink).iter().any(|m| m == "to-my-own-wireguard"))
+    })?;
+    assert!(reached, "a container's datagram to an outside WireGuard port");
+    // and the node still reaches its own containers (the replies come in
+    // through the TAP the input hook guards)
+    let att_ip = ipv4_of(&att, "eth0")?;
+    let _web = answer_server(&att, (att_ip, 8081).into(), false, |_| "att".to_string())?;
+    assert!(
+        connects(&n1.ns, (att_ip, 8081).into())?,
+        "n1 reaches its container {att_ip}"
+    );
     Ok(())
 }
 

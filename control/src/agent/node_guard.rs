@@ -21,7 +21,7 @@ use crate::state::ClusterState;
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
-use vxmesh_dataplane::switch::NodeGuard;
+use vxmesh_dataplane::switch::{NodeGuard, ENCAP_ANYWHERE, ENCAP_AT_NODES};
 
 /// What this agent serves, from its flags.
 #[derive(Debug, Clone, Default)]
@@ -88,10 +88,10 @@ pub fn own_addresses() -> Vec<IpAddr> {
 /// The guard the switch applies, from the cluster's nodes and this agent's
 /// services.
 pub fn guard(st: &ClusterState, me: &NodeServices, own: &[IpAddr]) -> NodeGuard {
-    let mut tunnel = BTreeSet::from([vxmesh_dataplane::VXLAN_PORT, me.wg_port]);
+    let mut wg = BTreeSet::from([me.wg_port]);
     let mut addrs: BTreeSet<IpAddr> = own.iter().copied().collect();
     for n in st.nodes.values() {
-        tunnel.insert(n.wg_port.unwrap_or(super::WG_PORT));
+        wg.insert(n.wg_port.unwrap_or(super::WG_PORT));
         addrs.insert(n.advertise_addr);
     }
     for net in st.networks.values() {
@@ -109,8 +109,9 @@ pub fn guard(st: &ClusterState, me: &NodeServices, own: &[IpAddr]) -> NodeGuard 
         }
     }
     NodeGuard {
-        tunnel_ports: tunnel.into_iter().collect(),
+        tunnel_ports: vec![vxmesh_dataplane::VXLAN_PORT],
         node_addrs: addrs.into_iter().collect(),
+        node_udp_ports: wg.into_iter().collect(),
         service_ports: services.into_iter().collect(),
     }
 }
@@ -119,34 +120,52 @@ pub fn guard(st: &ClusterState, me: &NodeServices, own: &[IpAddr]) -> NodeGuard 
 /// body of an input chain, `forward` lines for the forward chain, before what
 /// it accepts.
 pub fn nft_rules(g: &NodeGuard, device: &str) -> (String, String) {
+    // replies to the node's own connections to its containers come back in;
+    // neighbour discovery only as RFC 4861 has it (hop limit 255)
     let input = format!(
-        "    iifname \"{device}\" icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert, echo-request }} accept\n    iifname \"{device}\" icmp type echo-request accept\n    iifname \"{device}\" counter drop\n"
+        "    iifname \"{device}\" ct state established,related accept\n    iifname \"{device}\" ip6 hoplimit 255 icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert }} accept\n    iifname \"{device}\" icmpv6 type echo-request accept\n    iifname \"{device}\" icmp type echo-request accept\n    iifname \"{device}\" counter drop\n"
     );
     let mut forward = String::new();
     let join = |v: &mut dyn Iterator<Item = String>| v.collect::<Vec<_>>().join(", ");
+    let list = |v: &[u16]| v.iter().map(u16::to_string).collect::<Vec<_>>().join(", ");
+    let anywhere = ENCAP_ANYWHERE.map(|p| p.to_string()).join(", ");
+    let _ = writeln!(
+        forward,
+        "    iifname \"{device}\" meta l4proto {{ {anywhere} }} counter drop"
+    );
     if !g.tunnel_ports.is_empty() {
-        let ports = join(&mut g.tunnel_ports.iter().map(u16::to_string));
         let _ = writeln!(
             forward,
-            "    iifname \"{device}\" udp dport {{ {ports} }} counter drop"
+            "    iifname \"{device}\" udp dport {{ {} }} counter drop",
+            list(&g.tunnel_ports)
         );
     }
-    if !g.service_ports.is_empty() {
-        let ports = join(&mut g.service_ports.iter().map(u16::to_string));
-        for (family, v6) in [("ip", false), ("ip6", true)] {
-            let set = join(
-                &mut g
-                    .node_addrs
-                    .iter()
-                    .filter(|a| a.is_ipv6() == v6 && !a.is_loopback())
-                    .map(IpAddr::to_string),
-            );
-            if set.is_empty() {
-                continue;
-            }
+    let at_nodes = ENCAP_AT_NODES.map(|p| p.to_string()).join(", ");
+    for (family, v6) in [("ip", false), ("ip6", true)] {
+        let set = join(
+            &mut g
+                .node_addrs
+                .iter()
+                .filter(|a| a.is_ipv6() == v6 && !a.is_loopback())
+                .map(IpAddr::to_string),
+        );
+        if set.is_empty() {
+            continue;
+        }
+        let to = format!("    iifname \"{device}\" {family} daddr {{ {set} }}");
+        let _ = writeln!(forward, "{to} meta l4proto {{ {at_nodes} }} counter drop");
+        if !g.node_udp_ports.is_empty() {
             let _ = writeln!(
                 forward,
-                "    iifname \"{device}\" {family} daddr {{ {set} }} tcp dport {{ {ports} }} counter drop"
+                "{to} udp dport {{ {} }} counter drop",
+                list(&g.node_udp_ports)
+            );
+        }
+        if !g.service_ports.is_empty() {
+            let _ = writeln!(
+                forward,
+                "{to} tcp dport {{ {} }} counter drop",
+                list(&g.service_ports)
             );
         }
     }
@@ -176,26 +195,30 @@ mod tests {
     #[test]
     fn the_rules_refuse_tunnel_ports_anywhere_and_services_at_nodes() {
         let g = NodeGuard {
-            tunnel_ports: vec![4789, 51820],
+            tunnel_ports: vec![4789],
             node_addrs: vec!["192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap()],
+            node_udp_ports: vec![51820],
             service_ports: vec![2379],
         };
         let (input, fwd) = nft_rules(&g, "vxm-egress");
+        let first = input.lines().next().unwrap_or_default();
+        assert!(
+            first.ends_with("ct state established,related accept"),
+            "{input}"
+        );
         assert!(
             input.contains("iifname \"vxm-egress\" counter drop"),
             "{input}"
         );
-        assert!(
-            fwd.contains("udp dport { 4789, 51820 } counter drop"),
-            "{fwd}"
-        );
-        assert!(
-            fwd.contains("ip daddr { 192.0.2.1 } tcp dport { 2379 }"),
-            "{fwd}"
-        );
-        assert!(
-            fwd.contains("ip6 daddr { 2001:db8::1 } tcp dport { 2379 }"),
-            "{fwd}"
-        );
+        for rule in [
+            "iifname \"vxm-egress\" meta l4proto { 4, 41 } counter drop",
+            "iifname \"vxm-egress\" udp dport { 4789 } counter drop",
+            "ip daddr { 192.0.2.1 } meta l4proto { 47 } counter drop",
+            "ip daddr { 192.0.2.1 } udp dport { 51820 } counter drop",
+            "ip daddr { 192.0.2.1 } tcp dport { 2379 } counter drop",
+            "ip6 daddr { 2001:db8::1 } tcp dport { 2379 } counter drop",
+        ] {
+            assert!(fwd.contains(rule), "{rule} in\n{fwd}");
+        }
     }
 }

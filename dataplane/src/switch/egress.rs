@@ -94,21 +94,30 @@ pub struct EgressView {
 /// container is a tenant, not a node). Egress masquerades a container to its
 /// node's address, and a node takes VXLAN (and WireGuard handshakes) from a
 /// member's address as that member's own: one datagram through egress would
-/// put a forged frame into any network of the cluster. So the tunnel ports are
-/// refused to every destination, as Calico refuses VXLAN from its workloads
-/// (a node cannot know every address its peers answer on); the TCP services
-/// (the store, metrics) at the addresses known to be nodes'. The kernel's
-/// table refuses the same again, after its defragmentation, and everything
-/// for the node's own addresses (DESIGN.md's API, whatever else it serves).
+/// put a forged frame into any network of the cluster. So VXLAN is refused to
+/// every destination, as Calico refuses it from its workloads (a node cannot
+/// know every address its peers answer on), and so are IP-in-IP and IPv6-in-IP
+/// (a peer's fallback tunnel device would unwrap a datagram with any source);
+/// WireGuard (authenticated, and used by containers towards their own servers),
+/// GRE and the TCP services (the store, metrics) at the addresses known to be
+/// nodes'. The kernel's table refuses the same again, after its
+/// defragmentation, and everything for the node's own addresses.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeGuard {
-    /// UDP ports: VXLAN's and every node's WireGuard port.
+    /// UDP ports refused to every destination: VXLAN's.
     pub tunnel_ports: Vec<u16>,
     /// Addresses of the nodes and of the store.
     pub node_addrs: Vec<IpAddr>,
-    /// TCP ports served at those addresses: the store's, the metrics'.
+    /// UDP ports refused at those addresses: every node's WireGuard port.
+    pub node_udp_ports: Vec<u16>,
+    /// TCP ports refused at those addresses: the store's, the metrics'.
     pub service_ports: Vec<u16>,
 }
+
+/// IP-in-IP and IPv6-in-IP: refused to every destination.
+pub const ENCAP_ANYWHERE: [u8; 2] = [4, 41];
+/// GRE: refused at the nodes' addresses.
+pub const ENCAP_AT_NODES: [u8; 1] = [47];
 
 impl NodeGuard {
     /// Whether the IP packet `ip` (the frame past its Ethernet header) is for a
@@ -135,6 +144,11 @@ impl NodeGuard {
         }
         let dst = pkt.destination_addr();
         let payload = pkt.payload();
+        let proto = payload.ip_number.0;
+        let at_node = || self.node_addrs.contains(&dst);
+        if ENCAP_ANYWHERE.contains(&proto) || (ENCAP_AT_NODES.contains(&proto) && at_node()) {
+            return true;
+        }
         let Some(port) = payload
             .payload
             .get(2..4)
@@ -143,10 +157,11 @@ impl NodeGuard {
             return false;
         };
         match payload.ip_number {
-            etherparse::IpNumber::UDP => self.tunnel_ports.contains(&port),
-            etherparse::IpNumber::TCP => {
-                self.service_ports.contains(&port) && self.node_addrs.contains(&dst)
+            etherparse::IpNumber::UDP => {
+                self.tunnel_ports.contains(&port)
+                    || (self.node_udp_ports.contains(&port) && at_node())
             }
+            etherparse::IpNumber::TCP => self.service_ports.contains(&port) && at_node(),
             _ => false,
         }
     }

@@ -11,7 +11,7 @@ mod reset;
 mod state;
 pub mod tap;
 
-pub use egress::{EgressLocal, EgressView, NodeGuard, Prefix};
+pub use egress::{EgressLocal, EgressView, NodeGuard, Prefix, ENCAP_ANYWHERE, ENCAP_AT_NODES};
 pub use fdb::{LearnedFdb, AGEING_MS};
 pub use state::{
     policy_verdict, BackendView, IngressView, Location, NetworkView, PolicyAction, PolicyRule,

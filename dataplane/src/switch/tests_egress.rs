@@ -104,8 +104,9 @@ fn state() -> SwitchState {
             .collect(),
         local,
         guard: NodeGuard {
-            tunnel_ports: vec![crate::VXLAN_PORT, 51820],
+            tunnel_ports: vec![crate::VXLAN_PORT],
             node_addrs: vec![ip("192.0.2.2"), ip("2001:db8::2")],
+            node_udp_ports: vec![51820],
             service_ports: vec![2379, 9100],
         },
     });
@@ -392,13 +393,13 @@ fn ip4(s: &str) -> [u8; 4] {
 fn a_container_sends_no_tunnel_datagram_and_reaches_no_node_service_through_egress() {
     let st = state();
     let mut sw = Switch::new(16);
-    // VXLAN and WireGuard, to a node or anywhere else, either family
+    // VXLAN to a node or anywhere else, WireGuard to a node, either family
     for (dst, port) in [
         ("192.0.2.2", crate::VXLAN_PORT),
         ("192.0.2.80", crate::VXLAN_PORT),
         ("192.0.2.2", 51820),
         ("2001:db8::2", crate::VXLAN_PORT),
-        ("2001:db8::77", 51820),
+        ("2001:db8::2", 51820),
     ] {
         let mut b = buf(&udp_to(dst, port));
         assert_eq!(
@@ -417,12 +418,29 @@ fn a_container_sends_no_tunnel_datagram_and_reaches_no_node_service_through_egre
         );
     }
     assert_eq!(sw.counters.dropped(DropReason::NodeService), 7);
+    // IP-in-IP anywhere (a peer's fallback tunnel would unwrap it), GRE at a node
+    for (dst, proto) in [("192.0.2.80", 4), ("192.0.2.2", 47)] {
+        let mut f = tcp_to(dst, 80);
+        f[14 + 9] = proto;
+        let mut b = buf(&f);
+        assert_eq!(
+            sw.from_port(&st, A_PORT, &mut b, 0),
+            Action::Drop(DropReason::NodeService),
+            "{dst} proto {proto}"
+        );
+    }
+    assert_eq!(sw.counters.dropped(DropReason::NodeService), 9);
     // ordinary egress goes on: other ports at a node, those ports elsewhere
+    // (a container's own WireGuard server outside), GRE elsewhere
+    let mut gre = tcp_to("192.0.2.80", 80);
+    gre[14 + 9] = 47;
     for f in [
         udp_to("192.0.2.2", 53),
         udp_to("2001:db8::2", 4790),
+        udp_to("2001:db8::77", 51820),
         tcp_to("192.0.2.2", 80),
         tcp_to("192.0.2.80", 2379),
+        gre,
     ] {
         let mut b = buf(&f);
         assert_eq!(
