@@ -3,22 +3,33 @@
 //! Builds two-node topologies (namespaces on one underlay bridge, MTU 1500) for
 //! (a) vxmesh, (b) vxmesh encrypted, (c) the kernel's VXLAN + bridge and
 //! (d) wireguard-go + the kernel's VXLAN, then runs iperf3 container to container
-//! (TCP 1 stream, TCP 4 streams, UDP 1400 B), alternating the setups run by run so
-//! drift hits all alike, and prints medians and ratios to (c). The machine is
-//! noisy: only ratios taken in one run mean anything.
+//! (TCP 1 stream, TCP 4 streams, UDP 1400 B). Each run measures every test on
+//! every setup back to back, the setups' order rotated run by run so drift hits
+//! all alike; ratios are taken within a run and quoted as the median and range
+//! of the runs. The machine is noisy: a figure without its range, or a ratio
+//! across runs, does not reproduce (issue 19). Beside Gbit/s, each measurement
+//! reads the whole machine's busy CPU time from /proc/stat, so the cost per
+//! gigabyte compares the same on a busy day and a quiet one.
 //!
-//! Usage: netns-throughput [--runs N] [--secs S] [--json FILE] [--svg FILE]
+//! Usage: netns-throughput [--runs N] [--secs S] [--workers N] [--json FILE] [--svg FILE]
 
 use anyhow::{bail, Result};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::process::Command;
 use std::time::Duration;
-use vxmesh_benches::{iperf3_gbps, median, parse_args, BarChart, Bg, Series};
+use vxmesh_benches::{
+    cpu_model, cpu_secs_per_gb, cpu_ticks, iperf3_run, parse_args_runs, ratio, ticks_per_sec,
+    BarChart, Bg, Series, Spread,
+};
 use vxmesh_netns_tests::*;
 
 const USAGE: &str =
-    "netns-throughput [--runs N] [--secs S] [--workers N] [--json FILE] [--svg FILE]";
+    "netns-throughput [--runs N (default 5)] [--secs S] [--workers N] [--json FILE] [--svg FILE]";
+
+/// Runs by default: 3 did not reproduce (issue 19).
+const DEFAULT_RUNS: usize = 5;
 
 /// One setup: a client and a server container joined by some overlay.
 struct Setup {
@@ -35,13 +46,87 @@ const TESTS: [(&str, &str); 3] = [
     ("udp1400", "UDP, 1400 B"),
 ];
 
-fn iperf(s: &Setup, test: &str, secs: u32) -> Result<f64> {
-    iperf3_gbps(&s.client, &s.server_ip, test, secs)
-        .map_err(|e| e.context(format!("iperf3 {test} over {}", s.label)))
+/// The setup every ratio is to: the kernel's VXLAN.
+const KERNEL: &str = "c";
+/// The encrypted setup, and what its CPU cost is also compared with.
+const ENCRYPTED: &str = "b";
+const WIREGUARD_GO: &str = "d";
+
+/// One iperf3 measurement with the CPU the whole machine spent meanwhile.
+#[derive(Clone, Copy)]
+struct Sample {
+    gbps: f64,
+    cpu_secs: f64,
+    cpu_per_gb: Option<f64>,
+}
+
+fn measure(s: &Setup, test: &str, secs: u32) -> Result<Sample> {
+    let before = cpu_ticks()?;
+    let r = iperf3_run(&s.client, &s.server_ip, test, secs)
+        .map_err(|e| e.context(format!("iperf3 {test} over {}", s.label)))?;
+    let after = cpu_ticks()?;
+    let cpu_secs = after.busy.saturating_sub(before.busy) as f64 / ticks_per_sec();
+    Ok(Sample {
+        gbps: r.gbps,
+        cpu_secs,
+        cpu_per_gb: cpu_secs_per_gb(cpu_secs, r.bytes),
+    })
+}
+
+/// What was measured on: recorded with the figures, so a reader can tell
+/// whether a rerun is on the same code, kernel and machine.
+fn environment(workers: Option<u16>) -> Value {
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let commit = match git(&["rev-parse", "--short", "HEAD"]) {
+        Some(c) => {
+            let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
+                .is_some_and(|s| !s.is_empty());
+            if dirty {
+                format!("{c}-dirty")
+            } else {
+                c
+            }
+        }
+        None => "unknown".into(),
+    };
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let nproc = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| cpu_model(&t))
+        .unwrap_or_else(|| "unknown".into());
+    json!({
+        "commit": commit,
+        "date": date,
+        "kernel": kernel,
+        "machine": { "nproc": nproc, "cpu_model": model },
+        // an agent's default is one worker per core
+        "workers": workers.map_or(nproc, usize::from),
+        "workers_default": workers.is_none(),
+    })
 }
 
 fn main() -> Result<()> {
-    let a = parse_args(USAGE)?;
+    let a = parse_args_runs(USAGE, DEFAULT_RUNS)?;
+    let env = environment(a.workers);
     let mut t = Topology::new("bench")?;
     // (a) and (b): two vxmesh nodes
     let n1 = t.add_node("n1")?;
@@ -174,53 +259,31 @@ fn main() -> Result<()> {
     }
     std::thread::sleep(Duration::from_millis(500));
 
-    let mut results: BTreeMap<(&str, &str), Vec<f64>> = BTreeMap::new();
+    // samples[(setup, test)][run]: every run measures every pair, so the
+    // vectors line up run by run
+    let mut samples: BTreeMap<(&str, &str), Vec<Sample>> = BTreeMap::new();
     for run in 0..a.runs {
-        // rotate the order each run, so no setup always goes first
-        for i in 0..setups.len() {
-            let s = &setups[(i + run) % setups.len()];
-            for (test, _) in TESTS {
-                let g = iperf(s, test, a.secs)?;
+        for (test, _) in TESTS {
+            // the setups back to back for each test, the order rotated each run
+            // so no setup always goes first
+            for i in 0..setups.len() {
+                let s = &setups[(i + run) % setups.len()];
+                let m = measure(s, test, a.secs)?;
                 eprintln!(
-                    "run {} {:<28} {:<8} {:6.2} Gbit/s",
+                    "run {} {:<28} {:<8} {:6.2} Gbit/s {:6.2} CPU-s {:>6} CPU-s/GB",
                     run + 1,
                     s.label,
                     test,
-                    g
+                    m.gbps,
+                    m.cpu_secs,
+                    m.cpu_per_gb.map_or("-".into(), |c| format!("{c:.2}"))
                 );
-                results.entry((s.key, test)).or_default().push(g);
+                samples.entry((s.key, test)).or_default().push(m);
             }
         }
     }
-    let mut med: BTreeMap<(&str, &str), f64> = BTreeMap::new();
-    for (k, v) in results.iter_mut() {
-        med.insert(*k, median(v));
-    }
-    println!(
-        "\nmedians of {} runs of {} s, Gbit/s (ratio to the kernel's VXLAN)",
-        a.runs, a.secs
-    );
-    print!("{:<28}", "");
-    for (_, name) in TESTS {
-        print!("{name:>22}");
-    }
-    println!();
-    let mut rows = Vec::new();
-    for s in &setups {
-        print!("{:<28}", s.label);
-        let mut row = json!({ "setup": s.label, "key": s.key });
-        for (test, _) in TESTS {
-            let g = med[&(s.key, test)];
-            let base = med[&("c", test)];
-            let ratio = if base > 0.0 { g / base } else { 0.0 };
-            print!("{:>14.2} ({:>4.2}x)", g, ratio);
-            row[test] =
-                json!({ "gbps": g, "ratio_to_kernel": ratio, "runs": results[&(s.key, test)] });
-        }
-        println!();
-        rows.push(row);
-    }
-    let out = json!({ "runs": a.runs, "secs": a.secs, "results": rows });
+    let out = report(&a, env, &setups, &samples);
+    print_report(&out);
     if let Some(p) = &a.json {
         std::fs::write(p, serde_json::to_string_pretty(&out)?)?;
     }
@@ -231,14 +294,154 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// A grouped bar chart: one group per test, one bar per setup, labelled with its
-/// ratio to the kernel's VXLAN.
+/// Per-run values of `f` over the runs of `key`'s `test`, and their spread.
+fn figure(
+    samples: &BTreeMap<(&str, &str), Vec<Sample>>,
+    key: &str,
+    test: &str,
+    f: impl Fn(&Sample) -> Option<f64>,
+) -> Value {
+    let v: Vec<f64> = samples
+        .get(&(key, test))
+        .map(|v| v.iter().filter_map(&f).collect())
+        .unwrap_or_default();
+    Spread::json(Spread::of(&v), &v)
+}
+
+/// Per-run ratios of `f` between `key` and `base` (both measured in the same
+/// run), and their spread.
+fn ratio_figure(
+    samples: &BTreeMap<(&str, &str), Vec<Sample>>,
+    key: &str,
+    base: &str,
+    test: &str,
+    f: impl Fn(&Sample) -> Option<f64>,
+) -> Value {
+    let (Some(a), Some(b)) = (samples.get(&(key, test)), samples.get(&(base, test))) else {
+        return Value::Null;
+    };
+    let v: Vec<f64> = a
+        .iter()
+        .zip(b)
+        .filter_map(|(x, y)| ratio(f(x)?, f(y)?))
+        .collect();
+    Spread::json(Spread::of(&v), &v)
+}
+
+/// The JSON the harness writes, and prints from.
+fn report(
+    a: &vxmesh_benches::BenchArgs,
+    env: Value,
+    setups: &[Setup],
+    samples: &BTreeMap<(&str, &str), Vec<Sample>>,
+) -> Value {
+    let gbps = |s: &Sample| Some(s.gbps);
+    let cpu = |s: &Sample| s.cpu_per_gb;
+    let rows: Vec<Value> = setups
+        .iter()
+        .map(|s| {
+            let mut row = json!({ "setup": s.label, "key": s.key });
+            for (test, _) in TESTS {
+                let mut t = json!({
+                    "gbps": figure(samples, s.key, test, gbps),
+                    "ratio_to_kernel": ratio_figure(samples, s.key, KERNEL, test, gbps),
+                    "cpu_s": figure(samples, s.key, test, |m| Some(m.cpu_secs)),
+                    "cpu_s_per_gb": figure(samples, s.key, test, cpu),
+                    "cpu_ratio_to_kernel": ratio_figure(samples, s.key, KERNEL, test, cpu),
+                });
+                if s.key == ENCRYPTED {
+                    t["cpu_ratio_to_wireguard_go"] =
+                        ratio_figure(samples, s.key, WIREGUARD_GO, test, cpu);
+                }
+                row[test] = t;
+            }
+            row
+        })
+        .collect();
+    let mut out = env;
+    out["runs"] = json!(a.runs);
+    out["secs"] = json!(a.secs);
+    out["cpu_s_per_gb_definition"] = json!(
+        "CPU-seconds of the whole machine (user+nice+system+irq+softirq from /proc/stat, \
+         all cores) during the iperf3 measurement, per 1e9 bytes the receiver got"
+    );
+    out["results"] = json!(rows);
+    out
+}
+
+/// `median [min-max]` of a figure, or `-` when it was not measured.
+fn show(v: &Value, prec: usize, unit: &str) -> String {
+    match (v["median"].as_f64(), v["min"].as_f64(), v["max"].as_f64()) {
+        (Some(m), Some(lo), Some(hi)) => format!(
+            "{} {unit}",
+            Spread {
+                median: m,
+                min: lo,
+                max: hi
+            }
+            .show(prec)
+        )
+        .trim_end()
+        .to_string(),
+        _ => "-".into(),
+    }
+}
+
+fn print_report(v: &Value) {
+    println!(
+        "\ncommit {}, {}, kernel {}, {} CPUs ({}), {} workers per agent{}",
+        v["commit"].as_str().unwrap_or(""),
+        v["date"].as_str().unwrap_or(""),
+        v["kernel"].as_str().unwrap_or(""),
+        v["machine"]["nproc"],
+        v["machine"]["cpu_model"].as_str().unwrap_or(""),
+        v["workers"],
+        if v["workers_default"] == true {
+            " (the agents' default: one per core)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "{} runs of {} s, setups alternated run by run; every figure is median [min-max] \
+         over the runs; ratios are taken within each run, then the median and range of \
+         those; CPU-s/GB: CPU-seconds of the whole machine (user+nice+system+irq+softirq) \
+         per 1e9 bytes received",
+        v["runs"], v["secs"]
+    );
+    let rows = v["results"].as_array().cloned().unwrap_or_default();
+    for (test, name) in TESTS {
+        println!(
+            "\n{name}\n{:<28} {:>24} {:>22} {:>22} {:>22} {:>22}",
+            "", "Gbit/s", "x kernel VXLAN", "CPU-s/GB", "CPU x kernel VXLAN", "CPU x wireguard-go"
+        );
+        for r in &rows {
+            let t = &r[test];
+            println!(
+                "{:<28} {:>24} {:>22} {:>22} {:>22} {:>22}",
+                r["setup"].as_str().unwrap_or(""),
+                show(&t["gbps"], 2, ""),
+                show(&t["ratio_to_kernel"], 2, "x"),
+                show(&t["cpu_s_per_gb"], 2, ""),
+                show(&t["cpu_ratio_to_kernel"], 2, "x"),
+                show(&t["cpu_ratio_to_wireguard_go"], 2, "x"),
+            );
+        }
+    }
+}
+
+/// A grouped bar chart: one group per test, one bar per setup (median, with
+/// the runs' range as a whisker), labelled with its median ratio to the
+/// kernel's VXLAN.
 fn svg(v: &Value) -> String {
     let rows = v["results"].as_array().cloned().unwrap_or_default();
+    let num = |x: &Value| x.as_f64().unwrap_or(0.0);
     BarChart {
         title: format!(
-            "Container-to-container throughput, Gbit/s (median of {} runs; ratio to kernel VXLAN)",
-            v["runs"]
+            "Container-to-container throughput, Gbit/s (median and range of {} runs; \
+             median ratio to kernel VXLAN; {})",
+            v["runs"],
+            v["commit"].as_str().unwrap_or("")
         ),
         width: 760.0,
         groups: TESTS.iter().map(|(_, name)| name.to_string()).collect(),
@@ -248,13 +451,15 @@ fn svg(v: &Value) -> String {
                 name: r["setup"].as_str().unwrap_or("").to_string(),
                 values: TESTS
                     .iter()
-                    .map(|(t, _)| r[*t]["gbps"].as_f64().unwrap_or(0.0))
+                    .map(|(t, _)| num(&r[*t]["gbps"]["median"]))
                     .collect(),
                 labels: TESTS
                     .iter()
-                    .map(|(t, _)| {
-                        format!("{:.2}x", r[*t]["ratio_to_kernel"].as_f64().unwrap_or(0.0))
-                    })
+                    .map(|(t, _)| format!("{:.2}x", num(&r[*t]["ratio_to_kernel"]["median"])))
+                    .collect(),
+                ranges: TESTS
+                    .iter()
+                    .map(|(t, _)| (num(&r[*t]["gbps"]["min"]), num(&r[*t]["gbps"]["max"])))
                     .collect(),
             })
             .collect(),
