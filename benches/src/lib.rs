@@ -164,6 +164,10 @@ pub struct CpuTicks {
     /// iowait and steal are not work done here; guest time is already
     /// counted in user and nice.
     pub busy: u64,
+    /// busy + idle + iowait + steal: every tick of every core, so that
+    /// busy / total says how loaded the machine was. At 100% the CPU cost per
+    /// gigabyte only mirrors the throughput (every setup used all it could).
+    pub total: u64,
 }
 
 /// Parses `/proc/stat`'s text: its first line, `cpu  user nice system idle
@@ -187,6 +191,7 @@ pub fn parse_proc_stat(text: &str) -> Result<CpuTicks> {
     }
     Ok(CpuTicks {
         busy: f[0] + f[1] + f[2] + f[5] + f[6],
+        total: f.iter().take(8).sum(),
     })
 }
 
@@ -575,9 +580,13 @@ mod tests {
         let text = "cpu  100 20 30 5000 400 6 7 800 50 0\n\
                     cpu0 50 10 15 2500 200 3 3 400 25 0\n\
                     intr 12345 0 0\n";
-        assert_eq!(parse_proc_stat(text).unwrap().busy, 100 + 20 + 30 + 6 + 7);
+        let t = parse_proc_stat(text).unwrap();
+        assert_eq!(t.busy, 100 + 20 + 30 + 6 + 7);
+        // guest time is inside user and nice already: not counted twice
+        assert_eq!(t.total, 100 + 20 + 30 + 5000 + 400 + 6 + 7 + 800);
         // older kernels print fewer fields after softirq
-        assert_eq!(parse_proc_stat("cpu 1 2 3 4 5 6 7\n").unwrap().busy, 19);
+        let t = parse_proc_stat("cpu 1 2 3 4 5 6 7\n").unwrap();
+        assert_eq!((t.busy, t.total), (19, 28));
         assert!(parse_proc_stat("cpu0 1 2 3 4 5 6 7\n").is_err());
         assert!(parse_proc_stat("cpu 1 2 3 4 5 6\n").is_err());
         assert!(parse_proc_stat("cpu 1 2 x 4 5 6 7\n").is_err());
@@ -585,7 +594,7 @@ mod tests {
         // this machine's own file parses, and its counter does not run backwards
         let a = cpu_ticks().unwrap();
         let b = cpu_ticks().unwrap();
-        assert!(b.busy >= a.busy);
+        assert!(b.busy >= a.busy && b.total >= a.total && a.total >= a.busy);
         assert!(ticks_per_sec() > 0.0);
     }
 

@@ -58,6 +58,8 @@ struct Sample {
     gbps: f64,
     cpu_secs: f64,
     cpu_per_gb: Option<f64>,
+    /// The machine's busy share of all its ticks meanwhile (0 to 1).
+    busy: Option<f64>,
 }
 
 fn measure(s: &Setup, test: &str, secs: u32) -> Result<Sample> {
@@ -65,11 +67,14 @@ fn measure(s: &Setup, test: &str, secs: u32) -> Result<Sample> {
     let r = iperf3_run(&s.client, &s.server_ip, test, secs)
         .map_err(|e| e.context(format!("iperf3 {test} over {}", s.label)))?;
     let after = cpu_ticks()?;
-    let cpu_secs = after.busy.saturating_sub(before.busy) as f64 / ticks_per_sec();
+    let busy = after.busy.saturating_sub(before.busy) as f64;
+    let total = after.total.saturating_sub(before.total) as f64;
+    let cpu_secs = busy / ticks_per_sec();
     Ok(Sample {
         gbps: r.gbps,
         cpu_secs,
         cpu_per_gb: cpu_secs_per_gb(cpu_secs, r.bytes),
+        busy: ratio(busy, total),
     })
 }
 
@@ -270,13 +275,14 @@ fn main() -> Result<()> {
                 let s = &setups[(i + run) % setups.len()];
                 let m = measure(s, test, a.secs)?;
                 eprintln!(
-                    "run {} {:<28} {:<8} {:6.2} Gbit/s {:6.2} CPU-s {:>6} CPU-s/GB",
+                    "run {} {:<28} {:<8} {:6.2} Gbit/s {:6.2} CPU-s {:>6} CPU-s/GB, machine {:>4} busy",
                     run + 1,
                     s.label,
                     test,
                     m.gbps,
                     m.cpu_secs,
-                    m.cpu_per_gb.map_or("-".into(), |c| format!("{c:.2}"))
+                    m.cpu_per_gb.map_or("-".into(), |c| format!("{c:.2}")),
+                    m.busy.map_or("-".into(), |b| format!("{:.0}%", b * 100.0))
                 );
                 samples.entry((s.key, test)).or_default().push(m);
             }
@@ -347,6 +353,7 @@ fn report(
                     "ratio_to_kernel": ratio_figure(samples, s.key, KERNEL, test, gbps),
                     "cpu_s": figure(samples, s.key, test, |m| Some(m.cpu_secs)),
                     "cpu_s_per_gb": figure(samples, s.key, test, cpu),
+                    "machine_busy": figure(samples, s.key, test, |m| m.busy),
                     "cpu_ratio_to_kernel": ratio_figure(samples, s.key, KERNEL, test, cpu),
                 });
                 if s.key == ENCRYPTED {
@@ -370,19 +377,9 @@ fn report(
 }
 
 /// `median [min-max]` of a figure, or `-` when it was not measured.
-fn show(v: &Value, prec: usize, unit: &str) -> String {
+fn show(v: &Value, prec: usize) -> String {
     match (v["median"].as_f64(), v["min"].as_f64(), v["max"].as_f64()) {
-        (Some(m), Some(lo), Some(hi)) => format!(
-            "{} {unit}",
-            Spread {
-                median: m,
-                min: lo,
-                max: hi
-            }
-            .show(prec)
-        )
-        .trim_end()
-        .to_string(),
+        (Some(median), Some(min), Some(max)) => Spread { median, min, max }.show(prec),
         _ => "-".into(),
     }
 }
@@ -406,25 +403,33 @@ fn print_report(v: &Value) {
         "{} runs of {} s, setups alternated run by run; every figure is median [min-max] \
          over the runs; ratios are taken within each run, then the median and range of \
          those; CPU-s/GB: CPU-seconds of the whole machine (user+nice+system+irq+softirq) \
-         per 1e9 bytes received",
+         per 1e9 bytes received; machine busy: that time's share of all the cores' time \
+         (near 1.00, the machine was saturated and CPU-s/GB only mirrors Gbit/s)",
         v["runs"], v["secs"]
     );
     let rows = v["results"].as_array().cloned().unwrap_or_default();
     for (test, name) in TESTS {
         println!(
-            "\n{name}\n{:<28} {:>24} {:>22} {:>22} {:>22} {:>22}",
-            "", "Gbit/s", "x kernel VXLAN", "CPU-s/GB", "CPU x kernel VXLAN", "CPU x wireguard-go"
+            "\n{name}\n{:<28} {:>20} {:>18} {:>20} {:>18} {:>18} {:>18}",
+            "",
+            "Gbit/s",
+            "x kernel VXLAN",
+            "CPU-s/GB",
+            "CPU x kernel VXLAN",
+            "CPU x wireguard-go",
+            "machine busy"
         );
         for r in &rows {
             let t = &r[test];
             println!(
-                "{:<28} {:>24} {:>22} {:>22} {:>22} {:>22}",
+                "{:<28} {:>20} {:>18} {:>20} {:>18} {:>18} {:>18}",
                 r["setup"].as_str().unwrap_or(""),
-                show(&t["gbps"], 2, ""),
-                show(&t["ratio_to_kernel"], 2, "x"),
-                show(&t["cpu_s_per_gb"], 2, ""),
-                show(&t["cpu_ratio_to_kernel"], 2, "x"),
-                show(&t["cpu_ratio_to_wireguard_go"], 2, "x"),
+                show(&t["gbps"], 2),
+                show(&t["ratio_to_kernel"], 2),
+                show(&t["cpu_s_per_gb"], 2),
+                show(&t["cpu_ratio_to_kernel"], 2),
+                show(&t["cpu_ratio_to_wireguard_go"], 2),
+                show(&t["machine_busy"], 2),
             );
         }
     }
@@ -467,4 +472,123 @@ fn svg(v: &Value) -> String {
         targets: Vec::new(),
     }
     .svg()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup(key: &'static str) -> Setup {
+        Setup {
+            key,
+            label: key,
+            client: String::new(),
+            server: String::new(),
+            server_ip: String::new(),
+        }
+    }
+
+    fn sample(gbps: f64, cpu_per_gb: f64) -> Sample {
+        Sample {
+            gbps,
+            cpu_secs: 1.0,
+            cpu_per_gb: Some(cpu_per_gb),
+            busy: Some(0.5),
+        }
+    }
+
+    /// Ratios are taken within each run, then summarised: on a day when the
+    /// kernel swings, the ratio of the medians would say something no run saw.
+    #[test]
+    fn ratios_are_per_run_then_median_and_range() {
+        let a = vxmesh_benches::parse_args_from(Vec::new(), "u").unwrap();
+        let setups = [setup("a"), setup("b"), setup(KERNEL), setup(WIREGUARD_GO)];
+        let mut samples: BTreeMap<(&str, &str), Vec<Sample>> = BTreeMap::new();
+        for (test, _) in TESTS {
+            // three runs: a fast, a slow and a middling day
+            samples.insert(
+                ("a", test),
+                vec![sample(8.0, 2.0), sample(3.0, 3.0), sample(5.0, 1.0)],
+            );
+            samples.insert(
+                ("b", test),
+                vec![sample(4.0, 4.0), sample(2.0, 6.0), sample(3.0, 4.0)],
+            );
+            samples.insert(
+                (KERNEL, test),
+                vec![sample(10.0, 1.0), sample(6.0, 2.0), sample(20.0, 0.5)],
+            );
+            samples.insert(
+                (WIREGUARD_GO, test),
+                vec![sample(1.0, 8.0), sample(1.0, 12.0), sample(1.0, 2.0)],
+            );
+        }
+        let v = report(&a, json!({ "commit": "x" }), &setups, &samples);
+        assert_eq!(v["commit"], "x");
+        let rows = v["results"].as_array().unwrap();
+        let r = &rows[0]["tcp4"];
+        assert_eq!(r["gbps"]["median"], 5.0);
+        assert_eq!(
+            (r["gbps"]["min"].as_f64(), r["gbps"]["max"].as_f64()),
+            (Some(3.0), Some(8.0))
+        );
+        // per run: 0.8, 0.5, 0.25 (the ratio of medians would be 5/10 = 0.5
+        // with a range no run had)
+        let q = &r["ratio_to_kernel"];
+        assert_eq!(q["runs"], json!([0.8, 0.5, 0.25]));
+        assert_eq!(
+            (q["median"].as_f64(), q["min"].as_f64(), q["max"].as_f64()),
+            (Some(0.5), Some(0.25), Some(0.8))
+        );
+        // CPU per GB per run: 2, 1.5, 2
+        let c = &r["cpu_ratio_to_kernel"];
+        assert_eq!(c["runs"], json!([2.0, 1.5, 2.0]));
+        assert_eq!(c["median"], 2.0);
+        assert!(r.get("cpu_ratio_to_wireguard_go").is_none());
+        // the encrypted setup is also set against wireguard-go: 0.5, 0.5, 2
+        let w = &rows[1]["udp1400"]["cpu_ratio_to_wireguard_go"];
+        assert_eq!(w["runs"], json!([0.5, 0.5, 2.0]));
+        assert_eq!(
+            (w["median"].as_f64(), w["max"].as_f64()),
+            (Some(0.5), Some(2.0))
+        );
+        assert_eq!(r["machine_busy"]["median"], 0.5);
+        // the kernel against itself
+        assert_eq!(rows[2]["tcp1"]["ratio_to_kernel"]["median"], 1.0);
+        // the chart draws from the same JSON: a bar and a whisker per setup and test
+        let svg = svg(&v);
+        assert_eq!(svg.matches("<rect").count(), 4 * 3 + 4, "{svg}");
+    }
+
+    /// A run where the kernel delivered nothing leaves that run's ratio out
+    /// instead of dividing by zero.
+    #[test]
+    fn a_zero_baseline_drops_that_runs_ratio() {
+        let a = vxmesh_benches::parse_args_from(Vec::new(), "u").unwrap();
+        let setups = [setup("a"), setup(KERNEL)];
+        let mut samples: BTreeMap<(&str, &str), Vec<Sample>> = BTreeMap::new();
+        samples.insert(("a", "tcp1"), vec![sample(5.0, 1.0), sample(4.0, 1.0)]);
+        samples.insert(
+            (KERNEL, "tcp1"),
+            vec![
+                Sample {
+                    gbps: 0.0,
+                    cpu_secs: 1.0,
+                    cpu_per_gb: None,
+                    busy: None,
+                },
+                sample(8.0, 0.5),
+            ],
+        );
+        let v = report(&a, json!({}), &setups, &samples);
+        let r = &v["results"][0]["tcp1"];
+        assert_eq!(r["ratio_to_kernel"]["runs"], json!([0.5]));
+        assert_eq!(r["cpu_ratio_to_kernel"]["runs"], json!([2.0]));
+        assert_eq!(
+            v["results"][1]["tcp1"]["cpu_s_per_gb"]["runs"],
+            json!([0.5])
+        );
+        // tests not measured at all are absent, not zero
+        assert!(v["results"][0]["tcp4"]["gbps"].is_null());
+    }
 }
