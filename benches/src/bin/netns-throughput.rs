@@ -443,8 +443,7 @@ fn svg(v: &Value) -> String {
     let num = |x: &Value| x.as_f64().unwrap_or(0.0);
     BarChart {
         title: format!(
-            "Container-to-container throughput, Gbit/s (median and range of {} runs; \
-             median ratio to kernel VXLAN; {})",
+            "Throughput, Gbit/s: median (bar), range of {} runs (line); label: x kernel VXLAN; {}",
             v["runs"],
             v["commit"].as_str().unwrap_or("")
         ),
