@@ -25,10 +25,25 @@ pub fn parse_args(usage: &str) -> Result<BenchArgs> {
     parse_args_from(std::env::args().skip(1), usage)
 }
 
+/// [`parse_args`] with another default for `--runs`: netns-throughput takes 5,
+/// because its published figures must reproduce and 3 runs did not (issue 19).
+pub fn parse_args_runs(usage: &str, default_runs: usize) -> Result<BenchArgs> {
+    parse_args_from_with(std::env::args().skip(1), usage, default_runs)
+}
+
 /// [`parse_args`] over any list of arguments (the program name left out).
 pub fn parse_args_from(args: impl IntoIterator<Item = String>, usage: &str) -> Result<BenchArgs> {
+    parse_args_from_with(args, usage, 3)
+}
+
+/// [`parse_args_from`] with `default_runs` when `--runs` is not given.
+pub fn parse_args_from_with(
+    args: impl IntoIterator<Item = String>,
+    usage: &str,
+    default_runs: usize,
+) -> Result<BenchArgs> {
     let mut a = BenchArgs {
-        runs: 3,
+        runs: default_runs,
         secs: 5,
         workers: None,
         json: None,
@@ -93,6 +108,129 @@ pub fn median(v: &mut [f64]) -> f64 {
     }
 }
 
+/// The median and the range of a set of runs: a figure quoted with its range
+/// says how far a rerun may land from it, which a single median does not.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    /// `None` for no values: a figure that was not measured stays absent
+    /// rather than reading as 0. NaN values are left out.
+    pub fn of(values: &[f64]) -> Option<Spread> {
+        let mut v: Vec<f64> = values.iter().copied().filter(|x| !x.is_nan()).collect();
+        if v.is_empty() {
+            return None;
+        }
+        let m = median(&mut v);
+        Some(Spread {
+            median: m,
+            min: v[0],
+            max: v[v.len() - 1],
+        })
+    }
+
+    /// `median [min-max]` with `prec` decimals.
+    pub fn show(&self, prec: usize) -> String {
+        format!(
+            "{:.p$} [{:.p$}-{:.p$}]",
+            self.median,
+            self.min,
+            self.max,
+            p = prec
+        )
+    }
+
+    /// `{"median", "min", "max", "runs"}`; the runs in measurement order.
+    pub fn json(spread: Option<Spread>, runs: &[f64]) -> Value {
+        match spread {
+            Some(s) => serde_json::json!({
+                "median": s.median, "min": s.min, "max": s.max, "runs": runs,
+            }),
+            None => Value::Null,
+        }
+    }
+}
+
+/// CPU time the whole machine spent, in clock ticks, from `/proc/stat`'s
+/// aggregate `cpu` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuTicks {
+    /// user + nice + system + irq + softirq: the work a packet path costs,
+    /// in processes and in the kernel's interrupt and softirq context. Idle,
+    /// iowait and steal are not work done here; guest time is already
+    /// counted in user and nice.
+    pub busy: u64,
+    /// busy + idle + iowait + steal: every tick of every core, so that
+    /// busy / total says how loaded the machine was. At 100% the CPU cost per
+    /// gigabyte only mirrors the throughput (every setup used all it could).
+    pub total: u64,
+}
+
+/// Parses `/proc/stat`'s text: its first line, `cpu  user nice system idle
+/// iowait irq softirq steal ...` (clock ticks summed over all cores).
+pub fn parse_proc_stat(text: &str) -> Result<CpuTicks> {
+    let line = text
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some("cpu"))
+        .context("/proc/stat has no aggregate cpu line")?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse::<u64>())
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("/proc/stat cpu line is not numbers: {line}"))?;
+    if f.len() < 7 {
+        bail!(
+            "/proc/stat cpu line has {} fields, expected at least 7: {line}",
+            f.len()
+        );
+    }
+    Ok(CpuTicks {
+        busy: f[0] + f[1] + f[2] + f[5] + f[6],
+        total: f.iter().take(8).sum(),
+    })
+}
+
+/// The machine's [`CpuTicks`] now.
+pub fn cpu_ticks() -> Result<CpuTicks> {
+    let text = std::fs::read_to_string("/proc/stat").context("cannot read /proc/stat")?;
+    parse_proc_stat(&text)
+}
+
+/// Clock ticks per second of `/proc/stat` (`USER_HZ`, 100 on Linux).
+pub fn ticks_per_sec() -> f64 {
+    // SAFETY: sysconf reads a constant of the system; no memory is passed.
+    let n = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if n > 0 {
+        n as f64
+    } else {
+        100.0
+    }
+}
+
+/// CPU-seconds per gigabyte (1e9 bytes) delivered; `None` when nothing was.
+pub fn cpu_secs_per_gb(cpu_secs: f64, bytes: f64) -> Option<f64> {
+    (bytes > 0.0).then(|| cpu_secs / (bytes / 1e9))
+}
+
+/// `a / b`, `None` when `b` is not positive (a setup that delivered nothing).
+pub fn ratio(a: f64, b: f64) -> Option<f64> {
+    (b > 0.0).then(|| a / b)
+}
+
+/// The first `model name` of `/proc/cpuinfo`'s text (x86; other machines
+/// name it otherwise, and get `None`).
+pub fn cpu_model(cpuinfo: &str) -> Option<String> {
+    cpuinfo.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k.trim() == "model name").then(|| v.trim().to_string())
+    })
+}
+
 /// A server running in a namespace (`ip netns exec NS ...`), stopped with
 /// SIGTERM (then SIGKILL after a grace period) and reaped when dropped.
 pub struct Bg {
@@ -155,10 +293,24 @@ impl Drop for Bg {
     }
 }
 
+/// What one iperf3 run delivered.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Iperf3 {
+    pub gbps: f64,
+    /// Bytes the receiver got: TCP's `sum_received.bytes`; UDP's sent bytes
+    /// x (1 - loss), the same goodput as `gbps`.
+    pub bytes: f64,
+}
+
 /// The iperf3 tests the harnesses run: `tcp1` (one TCP stream), `tcp4` (four),
 /// `udp1400` (1400-byte datagrams, unlimited rate; goodput = rate x (1 - loss)).
 /// Runs `iperf3 -c target` in `client` for `secs`; returns Gbit/s.
 pub fn iperf3_gbps(client: &str, target: &str, test: &str, secs: u32) -> Result<f64> {
+    Ok(iperf3_run(client, target, test, secs)?.gbps)
+}
+
+/// [`iperf3_gbps`] with the bytes delivered, for a cost per byte.
+pub fn iperf3_run(client: &str, target: &str, test: &str, secs: u32) -> Result<Iperf3> {
     let t = secs.to_string();
     let mut a = vec!["iperf3", "-c", target, "-t", t.as_str(), "-J"];
     match test {
@@ -178,16 +330,26 @@ pub fn iperf3_gbps(client: &str, target: &str, test: &str, secs: u32) -> Result<
     if let Some(e) = v["error"].as_str() {
         bail!("iperf3 {test} to {target}: {e}");
     }
-    let bps = if test == "udp1400" {
+    Ok(iperf3_parse(test, &v))
+}
+
+/// Reads an iperf3 client's `-J` report of `test`.
+pub fn iperf3_parse(test: &str, v: &Value) -> Iperf3 {
+    let num = |x: &Value| x.as_f64().unwrap_or(0.0);
+    if test == "udp1400" {
         let sum = &v["end"]["sum"];
-        sum["bits_per_second"].as_f64().unwrap_or(0.0)
-            * (1.0 - sum["lost_percent"].as_f64().unwrap_or(0.0) / 100.0)
+        let kept = 1.0 - num(&sum["lost_percent"]) / 100.0;
+        Iperf3 {
+            gbps: num(&sum["bits_per_second"]) * kept / 1e9,
+            bytes: num(&sum["bytes"]) * kept,
+        }
     } else {
-        v["end"]["sum_received"]["bits_per_second"]
-            .as_f64()
-            .unwrap_or(0.0)
-    };
-    Ok(bps / 1e9)
+        let sum = &v["end"]["sum_received"];
+        Iperf3 {
+            gbps: num(&sum["bits_per_second"]) / 1e9,
+            bytes: num(&sum["bytes"]),
+        }
+    }
 }
 
 /// One series of bars: one value (and the text printed above its bar) per group.
@@ -195,6 +357,9 @@ pub struct Series {
     pub name: String,
     pub values: Vec<f64>,
     pub labels: Vec<String>,
+    /// Per group, the (min, max) of the runs, drawn as a whisker over the bar;
+    /// empty for none.
+    pub ranges: Vec<(f64, f64)>,
 }
 
 /// A grouped bar chart: one group of bars per entry of `groups` (a `\n` in a
@@ -217,7 +382,7 @@ impl BarChart {
         let max = self
             .series
             .iter()
-            .flat_map(|s| s.values.iter().copied())
+            .flat_map(|s| s.values.iter().copied().chain(s.ranges.iter().map(|r| r.1)))
             .chain(self.reference.iter().map(|r| r.0))
             .chain(self.targets.iter().flatten().copied())
             .fold(1.0f64, f64::max);
@@ -251,14 +416,25 @@ impl BarChart {
                 let bh = plot_h * val / max;
                 let x = gx + bar_w * (i as f64 + 0.5);
                 let y = top + plot_h - bh;
+                // the label sits above the whisker, if one reaches higher
+                let label_y = ser.ranges.get(g).map_or(y, |r| y.min(y_of(r.1))) - 3.0;
                 s += &format!(
                     r#"<rect x="{x:.1}" y="{y:.1}" width="{:.1}" height="{bh:.1}" fill="{}"/><text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="10">{label}</text>
 "#,
                     bar_w * 0.9,
                     COLORS[i % COLORS.len()],
                     x + bar_w * 0.45,
-                    y - 3.0
+                    label_y
                 );
+                if let Some((lo, hi)) = ser.ranges.get(g) {
+                    let cx = x + bar_w * 0.45;
+                    s += &format!(
+                        r##"<line x1="{cx:.1}" y1="{:.1}" x2="{cx:.1}" y2="{:.1}" stroke="#1a202c" stroke-width="1"/>
+"##,
+                        y_of(*lo),
+                        y_of(*hi)
+                    );
+                }
             }
             if let Some(Some(t)) = self.targets.get(g) {
                 let y = y_of(*t);
@@ -354,6 +530,7 @@ mod tests {
                 name: "s".into(),
                 values: vec![0.5, 2.0],
                 labels: vec!["0.50x".into(), "2.00x".into()],
+                ranges: vec![(0.4, 0.6), (1.5, 2.5)],
             }],
             reference: Some((1.0, "kernel".into())),
             targets: vec![Some(0.7), None],
@@ -362,5 +539,99 @@ mod tests {
         assert_eq!(svg.matches("<rect").count(), 1 + 2 + 1, "{svg}");
         assert!(svg.contains("stroke-dasharray") && svg.contains("<tspan"));
         assert!(svg.ends_with("</svg>\n"));
+        // the top gridline is the highest whisker, not the highest bar
+        assert!(svg.contains(">2.5</text>"), "{svg}");
+        // 5 gridlines, 2 whiskers, the target, the reference
+        assert_eq!(svg.matches("<line").count(), 5 + 2 + 1 + 1, "{svg}");
+    }
+
+    #[test]
+    fn default_runs_is_the_callers_and_runs_overrides_it() {
+        let no_args: [String; 0] = [];
+        assert_eq!(parse_args_from_with(no_args, "u", 5).unwrap().runs, 5);
+        let a = parse_args_from_with(["--runs".to_string(), "1".to_string()], "u", 5);
+        assert_eq!(a.unwrap().runs, 1);
+        assert_eq!(args(&[]).unwrap().runs, 3);
+    }
+
+    #[test]
+    fn spread_is_median_and_range() {
+        assert_eq!(Spread::of(&[]), None);
+        assert_eq!(Spread::of(&[f64::NAN]), None);
+        let s = Spread::of(&[4.0, 1.0, 9.0, 3.0, 5.0]).unwrap();
+        assert_eq!((s.median, s.min, s.max), (4.0, 1.0, 9.0));
+        // an even count: the upper median, as `median` takes it
+        let s = Spread::of(&[2.0, 1.0]).unwrap();
+        assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 2.0));
+        let s = Spread::of(&[0.5, f64::NAN, 0.7, 0.6]).unwrap();
+        assert_eq!((s.median, s.min, s.max), (0.6, 0.5, 0.7));
+        assert_eq!(s.show(2), "0.60 [0.50-0.70]");
+        let j = Spread::json(Some(s), &[0.5, 0.7, 0.6]);
+        assert_eq!(j["median"], 0.6);
+        assert_eq!(j["min"], 0.5);
+        assert_eq!(j["max"], 0.7);
+        assert_eq!(j["runs"][1], 0.7);
+        assert!(Spread::json(None, &[]).is_null());
+    }
+
+    #[test]
+    fn proc_stat_busy_is_user_nice_system_irq_softirq() {
+        // user nice system idle iowait irq softirq steal guest guest_nice
+        let text = "cpu  100 20 30 5000 400 6 7 800 50 0\n\
+                    cpu0 50 10 15 2500 200 3 3 400 25 0\n\
+                    intr 12345 0 0\n";
+        let t = parse_proc_stat(text).unwrap();
+        assert_eq!(t.busy, 100 + 20 + 30 + 6 + 7);
+        // guest time is inside user and nice already: not counted twice
+        assert_eq!(t.total, 100 + 20 + 30 + 5000 + 400 + 6 + 7 + 800);
+        // older kernels print fewer fields after softirq
+        let t = parse_proc_stat("cpu 1 2 3 4 5 6 7\n").unwrap();
+        assert_eq!((t.busy, t.total), (19, 28));
+        assert!(parse_proc_stat("cpu0 1 2 3 4 5 6 7\n").is_err());
+        assert!(parse_proc_stat("cpu 1 2 3 4 5 6\n").is_err());
+        assert!(parse_proc_stat("cpu 1 2 x 4 5 6 7\n").is_err());
+        assert!(parse_proc_stat("").is_err());
+        // this machine's own file parses, and its counter does not run backwards
+        let a = cpu_ticks().unwrap();
+        let b = cpu_ticks().unwrap();
+        assert!(b.busy >= a.busy && b.total >= a.total && a.total >= a.busy);
+        assert!(ticks_per_sec() > 0.0);
+    }
+
+    #[test]
+    fn cpu_per_gigabyte_and_ratios() {
+        assert_eq!(cpu_secs_per_gb(3.0, 6e9), Some(0.5));
+        assert_eq!(cpu_secs_per_gb(3.0, 0.0), None);
+        assert_eq!(ratio(1.0, 4.0), Some(0.25));
+        assert_eq!(ratio(1.0, 0.0), None);
+    }
+
+    #[test]
+    fn cpu_model_is_the_first_model_name() {
+        let t = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel\t\t: 85\n\
+                 model name\t: Intel(R) Xeon(R) CPU @ 2.80GHz\nprocessor\t: 1\n\
+                 model name\t: other\n";
+        assert_eq!(
+            cpu_model(t).as_deref(),
+            Some("Intel(R) Xeon(R) CPU @ 2.80GHz")
+        );
+        assert_eq!(cpu_model("processor : 0\n"), None);
+    }
+
+    #[test]
+    fn iperf3_report_gives_goodput_and_bytes() {
+        let tcp = serde_json::json!({"end": {
+            "sum_sent": {"bytes": 2_000_000_000u64, "bits_per_second": 3.3e9},
+            "sum_received": {"bytes": 1_990_000_000u64, "bits_per_second": 3.2e9},
+        }});
+        let r = iperf3_parse("tcp1", &tcp);
+        assert_eq!((r.gbps, r.bytes), (3.2, 1.99e9));
+        let udp = serde_json::json!({"end": {"sum": {
+            "bytes": 1_000_000_000u64, "bits_per_second": 2e9, "lost_percent": 25.0,
+        }}});
+        let r = iperf3_parse("udp1400", &udp);
+        assert_eq!((r.gbps, r.bytes), (1.5, 7.5e8));
+        let r = iperf3_parse("tcp4", &serde_json::json!({}));
+        assert_eq!((r.gbps, r.bytes), (0.0, 0.0));
     }
 }

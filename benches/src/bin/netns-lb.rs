@@ -924,6 +924,7 @@ fn svg(v: &Value) -> String {
             name: "vxmesh / kernel".into(),
             values,
             labels,
+            ranges: Vec::new(),
         }],
         reference: Some((1.0, "kernel = 1.0".into())),
         targets,
