@@ -291,7 +291,10 @@ fn attack(mut t: Topology, v6: bool) -> anyhow::Result<()> {
     let reached = eventually(Duration::from_secs(3), || {
         Ok(markers(&wg_sink).iter().any(|m| m == "to-my-own-wireguard"))
     })?;
-    assert!(reached, "a container's datagram to an outside WireGuard port");
+    assert!(
+        reached,
+        "a container's datagram to an outside WireGuard port"
+    );
     // and the node still reaches its own containers (the replies come in
     // through the TAP the input hook guards)
     let att_ip = ipv4_of(&att, "eth0")?;
