@@ -96,12 +96,36 @@ fn markers(sink: &UdpSink) -> Vec<String> {
         .collect()
 }
 
-fn attack(mut t: Topology, v6: bool) -> anyhow::Result<()> {
+/// The packets the egress table's forward hook dropped, all its rules together.
+fn table_drops(ns: &str) -> anyhow::Result<u64> {
+    let out = exec_ok(
+        ns,
+        &["nft", "list", "chain", "inet", "vxmesh-egress", "forward"],
+    )?;
+    Ok(out
+        .lines()
+        .filter(|l| l.contains("drop"))
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let i = w.iter().position(|x| *x == "packets")?;
+            w.get(i + 1)?.parse::<u64>().ok()
+        })
+        .sum())
+}
+
+/// `switch_guard`: false runs n1's agent with the test fault that leaves the
+/// guard out of its switch, so that only the egress table stands.
+fn attack(mut t: Topology, v6: bool, switch_guard: bool) -> anyhow::Result<()> {
     let n1 = t.add_node("n1")?;
     let n2 = t.add_node("n2")?;
     let x = t.add_outside_host("x")?;
     let metrics = |n: &Node| SocketAddr::new(n.underlay_addr(), 9464).to_string();
-    t.start_agent(&n1, &["--metrics-addr", &metrics(&n1)])?;
+    let fault: &[(&str, &str)] = if switch_guard {
+        &[]
+    } else {
+        &[("VXMESH_TEST_FAULT", "no-switch-guard")]
+    };
+    t.start_agent_with_env(&n1, &["--metrics-addr", &metrics(&n1)], fault)?;
     t.start_agent(&n2, &["--metrics-addr", &metrics(&n2)])?;
     // the attackers' networks (dual-stack, so IPv6 egress is open too) and
     // the target
@@ -213,14 +237,28 @@ fn attack(mut t: Topology, v6: bool) -> anyhow::Result<()> {
         got.iter().all(|m| m.starts_with("node-")),
         "a container's forged VXLAN reached another network: {got:?}"
     );
-    let counted = eventually(Duration::from_secs(3), || {
-        Ok(dropped(&t, &n1, "node_service")? >= before + sent)
-    })?;
-    assert!(
-        counted,
-        "n1 counted {} node_service drops, {sent} datagrams were forged",
-        dropped(&t, &n1, "node_service")? - before
-    );
+    if switch_guard {
+        let counted = eventually(Duration::from_secs(3), || {
+            Ok(dropped(&t, &n1, "node_service")? >= before + sent)
+        })?;
+        assert!(
+            counted,
+            "n1 counted {} node_service drops, {sent} datagrams were forged",
+            dropped(&t, &n1, "node_service")? - before
+        );
+    } else {
+        // the switch let them by: the kernel's table is what held
+        assert_eq!(
+            dropped(&t, &n1, "node_service")?,
+            before,
+            "the switch guarded"
+        );
+        let held = table_drops(&n1.ns)?;
+        assert!(
+            held >= sent,
+            "the egress table dropped {held}, {sent} were forged"
+        );
+    }
 
     // the node's own TCP services, at every address it has: a server on the
     // node (on its underlay address and a second one), and the agents'
@@ -308,10 +346,18 @@ fn attack(mut t: Topology, v6: bool) -> anyhow::Result<()> {
 
 #[test]
 fn a_container_forges_no_vxlan_and_reaches_no_node_service_ipv4() -> anyhow::Result<()> {
-    attack(Topology::new("nodesvc4")?, false)
+    attack(Topology::new("nodesvc4")?, false, true)
 }
 
 #[test]
 fn a_container_forges_no_vxlan_and_reaches_no_node_service_ipv6() -> anyhow::Result<()> {
-    attack(Topology::with_underlay_v6("nodesvc6")?, true)
+    attack(Topology::with_underlay_v6("nodesvc6")?, true, true)
+}
+
+/// The kernel's layer alone (the switch's guard left out by a test fault):
+/// what the switch would have refused, the egress table refuses.
+#[test]
+fn the_egress_table_alone_keeps_forged_vxlan_and_node_services_from_containers(
+) -> anyhow::Result<()> {
+    attack(Topology::new("nodesvct")?, false, false)
 }

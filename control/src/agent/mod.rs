@@ -224,7 +224,8 @@ impl Agent {
                 format!("cannot bind the VXLAN underlay sockets (udp/{VXLAN_PORT}, {}): is another VXLAN endpoint using the port?", cfg.advertise_addr)
             })?;
         tracing::info!(workers, source_ports = ?worker.source_ports(), "dataplane started on udp/{VXLAN_PORT}");
-        inject_test_fault(&worker, std::env::var("VXMESH_TEST_FAULT").ok().as_deref())?;
+        let switch_guard =
+            inject_test_fault(&worker, std::env::var("VXMESH_TEST_FAULT").ok().as_deref())?;
         let public = ops::encode_key(&keyring.public());
         let sandbox = match ingress::create_sandbox(workers).await {
             Ok((sb, fds)) => match worker.add_port(sb.port, fds, true) {
@@ -285,7 +286,10 @@ impl Agent {
             sandbox,
             nft_table: tokio::sync::Mutex::new(String::new()),
             egress,
-            services: node_guard::NodeServices::new(cfg.wg_port, &cfg.store, cfg.metrics_addr),
+            services: node_guard::NodeServices {
+                switch_guard,
+                ..node_guard::NodeServices::new(cfg.wg_port, &cfg.store, cfg.metrics_addr)
+            },
             egress_applied: tokio::sync::Mutex::default(),
             ingress_limit: cfg
                 .ingress_rate_limit
@@ -1027,7 +1031,11 @@ impl Agent {
         }
         self.warn_foreign_vteps(&sw);
         sw.egress = self.egress.as_ref().map(|t| {
-            let guard = node_guard::guard(st, &self.services, &node_guard::own_addresses());
+            let guard = if self.services.switch_guard {
+                node_guard::guard(st, &self.services, &node_guard::own_addresses())
+            } else {
+                Default::default()
+            };
             egress::view(st, &self.node, t, &local, guard)
         });
         self.worker.publish(sw);
@@ -1309,32 +1317,56 @@ async fn wait_address_usable(addr: IpAddr) -> anyhow::Result<()> {
 }
 
 /// Test-only fault injection, from the agent's environment once at start
-/// (nothing a container or the API can set): `VXMESH_TEST_FAULT=worker-panic-after=MS`
+/// (nothing a container or the API can set). `VXMESH_TEST_FAULT=worker-panic-after=MS`
 /// makes the last dataplane worker panic MS milliseconds after the dataplane
-/// starts, so that tests see the agent notice a dead worker and exit. Any
-/// other value is refused, so a mistyped fault does not pass unnoticed.
-fn inject_test_fault(dp: &Dataplane, fault: Option<&str>) -> anyhow::Result<()> {
+/// starts, so that tests see the agent notice a dead worker and exit;
+/// `VXMESH_TEST_FAULT=no-switch-guard` leaves the node services' guard out of
+/// the switch (the egress table keeps its own), so that tests see the kernel's
+/// layer hold alone. Any other value is refused, so a mistyped fault does not
+/// pass unnoticed. Returns whether the switch keeps its guard.
+fn inject_test_fault(dp: &Dataplane, fault: Option<&str>) -> anyhow::Result<bool> {
     let Some(fault) = fault.filter(|f| !f.is_empty()) else {
-        return Ok(());
+        return Ok(true);
     };
-    let ms = parse_test_fault(fault)?;
-    let index = dp.workers() - 1;
-    tracing::warn!(
-        worker = index,
-        after_ms = ms,
-        "VXMESH_TEST_FAULT: this worker will panic (a test fault)"
-    );
-    dp.inject_worker_panic(index, Duration::from_millis(ms));
-    Ok(())
+    match parse_test_fault(fault)? {
+        TestFault::WorkerPanicAfter(ms) => {
+            let index = dp.workers() - 1;
+            tracing::warn!(
+                worker = index,
+                after_ms = ms,
+                "VXMESH_TEST_FAULT: this worker will panic (a test fault)"
+            );
+            dp.inject_worker_panic(index, Duration::from_millis(ms));
+            Ok(true)
+        }
+        TestFault::NoSwitchGuard => {
+            tracing::warn!(
+                "VXMESH_TEST_FAULT: the switch does not guard the node's services (a test fault)"
+            );
+            Ok(false)
+        }
+    }
 }
 
-/// A `VXMESH_TEST_FAULT` value's milliseconds (see [`inject_test_fault`]).
-fn parse_test_fault(fault: &str) -> anyhow::Result<u64> {
+#[derive(Debug, PartialEq, Eq)]
+enum TestFault {
+    WorkerPanicAfter(u64),
+    NoSwitchGuard,
+}
+
+/// A `VXMESH_TEST_FAULT` value (see [`inject_test_fault`]).
+fn parse_test_fault(fault: &str) -> anyhow::Result<TestFault> {
+    if fault == "no-switch-guard" {
+        return Ok(TestFault::NoSwitchGuard);
+    }
     fault
         .strip_prefix("worker-panic-after=")
         .and_then(|ms| ms.parse::<u64>().ok())
+        .map(TestFault::WorkerPanicAfter)
         .with_context(|| {
-            format!("VXMESH_TEST_FAULT={fault}: the one test fault is worker-panic-after=MS")
+            format!(
+                "VXMESH_TEST_FAULT={fault}: the test faults are worker-panic-after=MS and no-switch-guard"
+            )
         })
 }
 
@@ -1443,7 +1475,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod startup_tests {
-    use super::{check_advertise_addr, foreign_vteps, parse_test_fault};
+    use super::{check_advertise_addr, foreign_vteps, parse_test_fault, TestFault};
     use std::net::IpAddr;
     use vxmesh_dataplane::{NetworkView, SwitchState};
 
@@ -1452,7 +1484,14 @@ mod startup_tests {
     /// tunnel addresses.
     #[test]
     fn only_the_one_test_fault_is_taken() {
-        assert_eq!(parse_test_fault("worker-panic-after=1500").unwrap(), 1500);
+        assert_eq!(
+            parse_test_fault("worker-panic-after=1500").unwrap(),
+            TestFault::WorkerPanicAfter(1500)
+        );
+        assert_eq!(
+            parse_test_fault("no-switch-guard").unwrap(),
+            TestFault::NoSwitchGuard
+        );
         for bad in [
             "worker-panic-after=",
             "worker-panic-after=-1",

@@ -32,6 +32,9 @@ pub struct NodeServices {
     /// not resolved here; its port is still refused at the nodes' addresses).
     pub store: Vec<(Option<IpAddr>, u16)>,
     pub metrics: Option<SocketAddr>,
+    /// Whether the switch applies the guard (off only by the test fault
+    /// `VXMESH_TEST_FAULT=no-switch-guard`, to show the table's layer alone).
+    pub switch_guard: bool,
 }
 
 impl NodeServices {
@@ -40,6 +43,7 @@ impl NodeServices {
             wg_port,
             store: store_endpoints(store),
             metrics,
+            switch_guard: true,
         }
     }
 }
