@@ -30,22 +30,6 @@ const FLOWS_PER_SEC: u64 = 20_000;
 /// The victim's connections held open (idle) across the flood.
 const HELD: usize = 8;
 
-/// A node's conntrack figures from `vxmesh stats`: (entries, max, setups, evicted).
-fn conntrack(t: &Topology, n: &Node) -> anyhow::Result<[u64; 4]> {
-    let v = t.cli_json(n, &["stats"])?;
-    let c = &v["conntrack"];
-    let get = |k: &str| {
-        c[k].as_u64()
-            .ok_or_else(|| anyhow::anyhow!("no conntrack {k}: {v}"))
-    };
-    Ok([
-        get("entries")?,
-        get("max")?,
-        get("setups")?,
-        get("evicted")?,
-    ])
-}
-
 /// Sends `count` UDP datagrams from `src` to `vip`, each a flow of its own
 /// (source ports 1024.., then the next destination port), from a raw socket in
 /// namespace `ns` at `per_sec`. Returns how many went out.

@@ -66,22 +66,6 @@ fn rss_kib(pid: i32) -> anyhow::Result<u64> {
         .unwrap_or(0))
 }
 
-/// A node's conntrack figures from `vxmesh stats`: (entries, max, setups, evicted).
-fn conntrack(t: &Topology, n: &Node) -> anyhow::Result<[u64; 4]> {
-    let v = t.cli_json(n, &["stats"])?;
-    let c = &v["conntrack"];
-    let get = |k: &str| {
-        c[k].as_u64()
-            .ok_or_else(|| anyhow::anyhow!("no conntrack {k}: {v}"))
-    };
-    Ok([
-        get("entries")?,
-        get("max")?,
-        get("setups")?,
-        get("evicted")?,
-    ])
-}
-
 /// The MAC of `ifname` in namespace `ns`.
 fn mac_of(ns: &str, ifname: &str) -> anyhow::Result<[u8; 6]> {
     let out = exec_ok(ns, &["ip", "-o", "link", "show", ifname])?;

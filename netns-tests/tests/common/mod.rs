@@ -290,3 +290,19 @@ pub fn ipv4_of(ns: &str, dev: &str) -> anyhow::Result<Ipv4Addr> {
     })?;
     addr.ok_or_else(|| anyhow::anyhow!("no IPv4 address on {dev} in {ns} after 10 s"))
 }
+
+/// A node's conntrack figures from `vxmesh stats`: (entries, max, setups, evicted).
+pub fn conntrack(t: &Topology, n: &Node) -> anyhow::Result<[u64; 4]> {
+    let v = t.cli_json(n, &["stats"])?;
+    let c = &v["conntrack"];
+    let get = |k: &str| {
+        c[k].as_u64()
+            .ok_or_else(|| anyhow::anyhow!("no conntrack {k}: {v}"))
+    };
+    Ok([
+        get("entries")?,
+        get("max")?,
+        get("setups")?,
+        get("evicted")?,
+    ])
+}
