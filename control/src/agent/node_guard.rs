@@ -28,8 +28,8 @@ use vxmesh_dataplane::switch::{NodeGuard, ENCAP_ANYWHERE, ENCAP_AT_NODES};
 pub struct NodeServices {
     /// This node's WireGuard port (others' come from the store).
     pub wg_port: u16,
-    /// The store's endpoints: an address when given as one (a host name is
-    /// not resolved here; its port is still refused at the nodes' addresses).
+    /// The store's endpoints, host names resolved once at start (a name that
+    /// does not resolve keeps its port refused at the nodes' addresses only).
     pub store: Vec<(Option<IpAddr>, u16)>,
     pub metrics: Option<SocketAddr>,
     /// Whether the switch applies the guard (off only by the test fault
@@ -41,16 +41,36 @@ impl NodeServices {
     pub fn new(wg_port: u16, store: &str, metrics: Option<SocketAddr>) -> Self {
         NodeServices {
             wg_port,
-            store: store_endpoints(store),
+            store: resolved(store_endpoints(store)),
             metrics,
             switch_guard: true,
         }
     }
 }
 
+/// `endpoints` with every host name of `url` resolved (once, at start: the
+/// store's addresses are refused to containers like the nodes'); a name that
+/// does not resolve keeps its port refused at the nodes' addresses only.
+fn resolved(endpoints: Vec<Endpoint>) -> Vec<(Option<IpAddr>, u16)> {
+    use std::net::ToSocketAddrs;
+    let mut out = Vec::new();
+    for (host, addr, port) in endpoints {
+        out.push((addr, port));
+        if addr.is_some() {
+            continue;
+        }
+        match (host.as_str(), port).to_socket_addrs() {
+            Ok(found) => out.extend(found.map(|sa| (Some(sa.ip()), port))),
+            Err(e) => tracing::warn!(store = %host, error = %e,
+                "cannot resolve the store's host: its address is not kept from containers"),
+        }
+    }
+    out
+}
+
 /// `etcd://H:P[,H:P]` (or `etcds://`) as (address, port) pairs; nothing for
 /// SQLite, which is a file.
-fn store_endpoints(url: &str) -> Vec<(Option<IpAddr>, u16)> {
+fn store_endpoints(url: &str) -> Vec<Endpoint> {
     let Some((scheme, rest)) = url.split_once("://") else {
         return Vec::new();
     };
@@ -61,13 +81,17 @@ fn store_endpoints(url: &str) -> Vec<(Option<IpAddr>, u16)> {
         .filter_map(|hp| {
             let hp = hp.trim().trim_end_matches('/');
             if let Ok(sa) = hp.parse::<SocketAddr>() {
-                return Some((Some(sa.ip()), sa.port()));
+                return Some((sa.ip().to_string(), Some(sa.ip()), sa.port()));
             }
             let (h, p) = hp.rsplit_once(':')?;
-            Some((h.trim_matches(['[', ']']).parse().ok(), p.parse().ok()?))
+            let h = h.trim_matches(['[', ']']);
+            Some((h.to_string(), h.parse().ok(), p.parse().ok()?))
         })
         .collect()
 }
+
+/// A store endpoint: its host as written, its address when that is one, its port.
+type Endpoint = (String, Option<IpAddr>, u16);
 
 /// This node's own addresses, every interface's (the input hook covers them
 /// whatever they are; the switch counts what it sees for them).
@@ -184,15 +208,25 @@ mod tests {
     fn store_urls_give_their_endpoints() {
         assert!(store_endpoints("sqlite:/var/lib/vxmesh/store.db").is_empty());
         assert_eq!(
-            store_endpoints("etcd://10.0.0.5:2379,[fd00::5]:2380"),
+            resolved(store_endpoints("etcd://10.0.0.5:2379,[fd00::5]:2380")),
             vec![
                 (Some("10.0.0.5".parse().unwrap()), 2379),
                 (Some("fd00::5".parse().unwrap()), 2380)
             ]
         );
         assert_eq!(
-            store_endpoints("etcds://etcd.example:2379"),
-            vec![(None, 2379)]
+            store_endpoints("etcds://etcd.invalid:2379"),
+            vec![("etcd.invalid".to_string(), None, 2379)]
+        );
+    }
+
+    #[test]
+    fn a_store_named_by_host_is_resolved() {
+        let got = resolved(store_endpoints("etcds://localhost:2379"));
+        assert!(
+            got.iter()
+                .any(|(a, p)| *p == 2379 && a.is_some_and(|a| a.is_loopback())),
+            "{got:?}"
         );
     }
 
