@@ -15,6 +15,17 @@
 use rustc_hash::FxHashMap;
 use std::hash::Hash;
 
+/// An owner's share of a full pool is never below the pool over this (so that
+/// a flood from many owners, each holding a slot or two, does not make an
+/// owner with a few hundred slots its own victim). The connection table and
+/// the DNS relay both take it.
+pub const SHARE_FLOOR_DIV: usize = 64;
+
+/// The floor of a share of a pool of `max` slots ([`SHARE_FLOOR_DIV`]).
+pub fn share_floor(max: usize) -> usize {
+    (max / SHARE_FLOOR_DIV).max(1)
+}
+
 const NONE: u32 = u32::MAX;
 
 /// One slot's place in its owner's list (`owner`: index into the owners' slab).

@@ -68,24 +68,19 @@ fn resolved(endpoints: Vec<Endpoint>) -> Vec<(Option<IpAddr>, u16)> {
     out
 }
 
-/// `etcd://H:P[,H:P]` (or `etcds://`) as (address, port) pairs; nothing for
-/// SQLite, which is a file.
+/// The store's endpoints (the store's own parse of `etcd[s]://H:P[,H:P]`);
+/// nothing for SQLite, which is a file.
 fn store_endpoints(url: &str) -> Vec<Endpoint> {
-    let Some((scheme, rest)) = url.split_once("://") else {
+    let Ok(e) = crate::store::etcd::endpoints(url) else {
         return Vec::new();
     };
-    if !scheme.starts_with("etcd") && !scheme.starts_with("http") {
-        return Vec::new();
-    }
-    rest.split(',')
-        .filter_map(|hp| {
-            let hp = hp.trim().trim_end_matches('/');
-            if let Ok(sa) = hp.parse::<SocketAddr>() {
-                return Some((sa.ip().to_string(), Some(sa.ip()), sa.port()));
-            }
-            let (h, p) = hp.rsplit_once(':')?;
-            let h = h.trim_matches(['[', ']']);
-            Some((h.to_string(), h.parse().ok(), p.parse().ok()?))
+    e.hosts
+        .into_iter()
+        .zip(e.ports)
+        .map(|(h, port)| {
+            let h = h.trim_matches(['[', ']']).to_string();
+            let addr = h.parse().ok();
+            (h, addr, port)
         })
         .collect()
 }

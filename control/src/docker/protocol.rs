@@ -175,9 +175,8 @@ pub fn router(driver: Arc<Driver>) -> Router {
         .with_state(driver)
 }
 
-/// Serves the plugin socket until the process ends; a stale socket from an
-/// earlier run is replaced (Docker reconnects to the path).
-/// Serves the plugin socket, mode 0660 with `group` (`--socket-group`) like
+/// Serves the plugin socket until the process ends (a stale socket from an
+/// earlier run is replaced: Docker reconnects to the path), mode 0660 with `group` (`--socket-group`) like
 /// the API's: whoever can connect can attach containers and change networks.
 pub async fn serve(path: &Path, group: Option<u32>, driver: Arc<Driver>) -> anyhow::Result<()> {
     use anyhow::Context;

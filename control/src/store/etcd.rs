@@ -88,11 +88,6 @@ pub struct EtcdStore {
 }
 
 impl EtcdStore {
-    /// Opens `etcd://H:P[,H:P]` on loopback with no settings (tests).
-    pub fn open(url: &str) -> Result<Self, StoreError> {
-        Self::open_with(url, &StoreOptions::default())
-    }
-
     /// Parses `etcd[s]://H:P[,H:P]`, checks the settings and starts following
     /// the counter. Does not fail when etcd is down (calls will say so), except
     /// with a user, whose password etcd must check first; fails on a malformed
@@ -298,15 +293,19 @@ impl EtcdStore {
 
 /// What an `etcd[s]://H:P[,H:P]` URL names.
 #[derive(Debug, PartialEq, Eq)]
-struct Endpoints {
-    tls: bool,
+pub(crate) struct Endpoints {
+    pub(crate) tls: bool,
     /// The hosts as written (an IPv6 address in brackets).
-    hosts: Vec<String>,
+    pub(crate) hosts: Vec<String>,
+    /// Their ports.
+    pub(crate) ports: Vec<u16>,
     /// The client's endpoint list: `http[s]://H:P`.
-    urls: Vec<String>,
+    pub(crate) urls: Vec<String>,
 }
 
-fn endpoints(url: &str) -> Result<Endpoints, StoreError> {
+/// `etcd[s]://H:P[,H:P]` taken apart (also what the agent keeps containers
+/// from: [`crate::agent::node_guard`]).
+pub(crate) fn endpoints(url: &str) -> Result<Endpoints, StoreError> {
     let (tls, rest) = match (url.strip_prefix("etcds://"), url.strip_prefix("etcd://")) {
         (Some(rest), _) => (true, rest),
         (None, Some(rest)) => (false, rest),
@@ -314,20 +313,26 @@ fn endpoints(url: &str) -> Result<Endpoints, StoreError> {
     };
     let rest = rest.trim_end_matches('/');
     let scheme = if tls { "https" } else { "http" };
-    let (mut hosts, mut urls) = (Vec::new(), Vec::new());
+    let (mut hosts, mut ports, mut urls) = (Vec::new(), Vec::new(), Vec::new());
     for hp in rest.split(',') {
         let hp = hp.trim();
-        let host = hp
+        let parsed = hp
             .rsplit_once(':')
-            .filter(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0))
-            .map(|(h, _)| h);
-        let Some(host) = host else {
+            .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+            .filter(|(h, p)| !h.is_empty() && *p != 0);
+        let Some((host, port)) = parsed else {
             return Err(StoreError::BadUrl(url.into()));
         };
         hosts.push(host.to_string());
+        ports.push(port);
         urls.push(format!("{scheme}://{hp}"));
     }
-    Ok(Endpoints { tls, hosts, urls })
+    Ok(Endpoints {
+        tls,
+        hosts,
+        ports,
+        urls,
+    })
 }
 
 /// Whether `host` (as written in the URL) is this machine's loopback: traffic to

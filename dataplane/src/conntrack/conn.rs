@@ -153,11 +153,7 @@ impl Conn {
     }
 
     pub fn set_syn_counted(&mut self, counted: bool) {
-        if counted {
-            self.flags |= SYN_COUNTED;
-        } else {
-            self.flags &= !SYN_COUNTED;
-        }
+        self.set_flag(SYN_COUNTED, counted);
     }
 
     /// Whether the connection was picked up mid-stream and its backend has
@@ -167,11 +163,15 @@ impl Conn {
     }
 
     pub fn set_picked(&mut self, on: bool) {
-        self.flags = if on {
-            self.flags | PICKED
+        self.set_flag(PICKED, on);
+    }
+
+    fn set_flag(&mut self, bit: u8, on: bool) {
+        if on {
+            self.flags |= bit;
         } else {
-            self.flags & !PICKED
-        };
+            self.flags &= !bit;
+        }
     }
 
     pub fn via(&self) -> Option<Mac> {

@@ -182,10 +182,6 @@ const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 /// Entries looked at to choose one to evict.
 const EVICTION_SAMPLE: usize = 32;
-/// A client's share of a full table is never below the table over this (so
-/// that a flood from many addresses, each holding an entry or two, does not
-/// make a client with a few hundred connections its own victim).
-pub const SHARE_FLOOR_DIV: usize = 64;
 /// Oldest entries of its own a client over its share looks at to pick the one
 /// it evicts, when the sample holds none of its entries.
 const OWN_OLDEST: usize = 4;
@@ -208,7 +204,7 @@ pub struct Conntrack {
     /// The owners' hash keys (odd), random on each start: nobody can choose
     /// addresses whose owners collide with a victim's.
     owner_key: [u64; 3],
-    /// A share's floor ([`SHARE_FLOOR_DIV`]).
+    /// A share's floor ([`crate::fair::SHARE_FLOOR_DIV`]).
     share_floor: usize,
     pub evicted: u64,
     /// Connections ever inserted (new connections set up, for a rate).
@@ -302,7 +298,7 @@ impl Conntrack {
             cursor: 0,
             owners: Default::default(),
             owner_key: random_keys(),
-            share_floor: (max / SHARE_FLOOR_DIV).max(1),
+            share_floor: crate::fair::share_floor(max),
             evicted: 0,
             created: 0,
             lock_waits: 0,

@@ -13,9 +13,6 @@ use crate::fair::Owners;
 use crate::switch::PortId;
 use rustc_hash::FxHashMap;
 
-/// A port's share of the slots is never below the slots over this.
-pub const SHARE_FLOOR_DIV: usize = 64;
-
 /// The query was refused: its port holds its share of a full relay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Busy;
@@ -41,7 +38,7 @@ impl<T> DnsPending<T> {
         let max = max.max(1);
         Self {
             max,
-            floor: (max / SHARE_FLOOR_DIV).max(1),
+            floor: crate::fair::share_floor(max),
             by_id: FxHashMap::default(),
             slots: Vec::new(),
             free: Vec::new(),

@@ -16,7 +16,7 @@ use super::{Action, PortId, Switch, SwitchState, ETHERTYPE_ARP, ETHERTYPE_IPV4, 
 use crate::buf::PacketBuf;
 use crate::counters::DropReason;
 use crate::switch::NetworkView;
-use crate::wire::neighbor;
+use crate::wire::{ipv6_chain, neighbor};
 use crate::Mac;
 use rustc_hash::FxHashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -120,43 +120,41 @@ pub const ENCAP_ANYWHERE: [u8; 2] = [4, 41];
 pub const ENCAP_AT_NODES: [u8; 1] = [47];
 
 impl NodeGuard {
-    /// Whether the IP packet `ip` (the frame past its Ethernet header) is for a
-    /// node's service. Walks IPv6 extension headers, so none hides the port;
-    /// a fragment other than the first carries no port and is left to the
-    /// kernel, which reassembles before its own rule.
-    pub fn refuses(&self, ip: &[u8]) -> bool {
-        use etherparse::{Ipv6ExtensionSlice, LaxIpSlice};
-        let Ok((pkt, ext_err)) = LaxIpSlice::from_slice(ip) else {
-            return false;
+    /// Whether the IP packet `ip` (the frame past its Ethernet header), to
+    /// `dst` (its destination, which the caller has read), is for a node's
+    /// service. IPv6 extension headers are walked ([`ipv6_chain`], the
+    /// ND guard's walker), so none hides the port, and a chain it cannot walk
+    /// is refused; a fragment other than the first carries no port and is
+    /// left to the kernel, which reassembles before its own rule.
+    pub fn refuses(&self, ip: &[u8], dst: IpAddr) -> bool {
+        let (proto, l4) = match ip.first().map(|b| b >> 4) {
+            Some(4) => {
+                let Ok(h) = etherparse::Ipv4HeaderSlice::from_slice(ip) else {
+                    return false;
+                };
+                if h.fragments_offset().value() != 0 {
+                    return false;
+                }
+                let end = usize::from(h.total_len()).min(ip.len());
+                let l4 = ip.get(h.slice().len()..end).unwrap_or_default();
+                (h.protocol(), l4)
+            }
+            Some(6) => match ipv6_chain::walk(ip) {
+                Err(_) => return true,
+                Ok(u) if u.fragment == ipv6_chain::Fragment::Later => return false,
+                Ok(u) => (u.proto, u.payload),
+            },
+            _ => return false,
         };
-        // a chain it cannot walk could hide the port: refused
-        if ext_err.is_some() {
-            return true;
-        }
-        let later_fragment = match &pkt {
-            LaxIpSlice::Ipv4(p) => p.header().fragments_offset().value() != 0,
-            LaxIpSlice::Ipv6(p) => p.extensions().clone().into_iter().any(
-                |e| matches!(e, Ipv6ExtensionSlice::Fragment(f) if f.fragment_offset().value() != 0),
-            ),
-        };
-        if later_fragment {
-            return false;
-        }
-        let dst = pkt.destination_addr();
-        let payload = pkt.payload();
-        let proto = payload.ip_number.0;
+        let proto = proto.0;
         let at_node = || self.node_addrs.contains(&dst);
         if ENCAP_ANYWHERE.contains(&proto) || (ENCAP_AT_NODES.contains(&proto) && at_node()) {
             return true;
         }
-        let Some(port) = payload
-            .payload
-            .get(2..4)
-            .map(|d| u16::from_be_bytes([d[0], d[1]]))
-        else {
+        let Some(port) = l4.get(2..4).map(|d| u16::from_be_bytes([d[0], d[1]])) else {
             return false;
         };
-        match payload.ip_number {
+        match etherparse::IpNumber(proto) {
             etherparse::IpNumber::UDP => {
                 self.tunnel_ports.contains(&port)
                     || (self.node_udp_ports.contains(&port) && at_node())
@@ -222,14 +220,14 @@ impl Switch {
         let Some(eg) = st.egress.as_ref() else {
             return self.drop(DropReason::NoRoute);
         };
-        match addresses(buf.data()) {
-            Some((_, dst)) if forwardable(&dst) && !eg.inside(&dst) => {}
+        let dst = match addresses(buf.data()) {
+            Some((_, dst)) if forwardable(&dst) && !eg.inside(&dst) => dst,
             _ => return self.drop(DropReason::NoRoute),
-        }
+        };
         if !eg.vnis.contains(&net.vni) {
             return self.drop(DropReason::Internal);
         }
-        if eg.guard.refuses(&buf.data()[ETH_HDR..]) {
+        if eg.guard.refuses(&buf.data()[ETH_HDR..], dst) {
             return self.drop(DropReason::NodeService);
         }
         let f = buf.data_mut();
