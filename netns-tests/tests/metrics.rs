@@ -6,21 +6,10 @@
 mod common;
 
 use common::*;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 use vxmesh_netns_tests::*;
-
-fn scrape(ns: &str, addr: SocketAddr) -> anyhow::Result<String> {
-    in_netns(ns, move || -> anyhow::Result<String> {
-        let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
-        c.set_read_timeout(Some(Duration::from_secs(3)))?;
-        c.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")?;
-        let mut s = String::new();
-        c.read_to_string(&mut s)?;
-        Ok(s)
-    })?
-}
 
 fn value(text: &str, metric: &str) -> Option<f64> {
     text.lines()

@@ -1,7 +1,7 @@
 //! Prometheus metrics on `--metrics-addr` (`GET /metrics`), rendered at each
 //! scrape from the dataplane's counters and tables (prometheus-client).
 
-use super::Agent;
+use super::{Agent, VirtualService};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -134,6 +134,46 @@ fn traffic_by_network_and_port(reg: &mut Registry, a: &Agent) {
     );
 }
 
+/// Per backend of each virtual service: its connections, its active health and
+/// whether passive health has taken it out, labelled by the service's fwmark
+/// and VIP so that a dashboard can count a service's backends and the unwell ones.
+fn balancer(reg: &mut Registry, table: &[VirtualService]) {
+    let conns = Family::<Labels, Gauge<i64>>::default();
+    let healthy = Family::<Labels, Gauge<i64>>::default();
+    let ejected = Family::<Labels, Gauge<i64>>::default();
+    for vs in table {
+        for b in &vs.backends {
+            let base: Labels = vec![
+                ("fwmark".into(), vs.fwmark.to_string()),
+                ("vip".into(), vs.vip.to_string()),
+                ("backend".into(), b.address.to_string()),
+            ];
+            for (state, n) in [("active", b.active), ("inactive", b.inactive)] {
+                let mut l = base.clone();
+                l.push(("state".into(), state.into()));
+                conns.get_or_create(&l).set(i64::from(n));
+            }
+            healthy.get_or_create(&base).set(i64::from(b.healthy));
+            ejected.get_or_create(&base).set(i64::from(b.ejected));
+        }
+    }
+    reg.register(
+        "lb_backend_connections",
+        "Connections per backend, active (established) or inactive",
+        conns,
+    );
+    reg.register(
+        "lb_backend_healthy",
+        "1 when the backend passes its health checks",
+        healthy,
+    );
+    reg.register(
+        "lb_backend_ejected",
+        "1 while passive health keeps the backend out of scheduling (new connections to it failed)",
+        ejected,
+    );
+}
+
 /// The text exposition of everything the agent measures.
 pub fn render(a: &Agent) -> String {
     let mut reg = Registry::with_prefix("vxmesh");
@@ -249,35 +289,7 @@ pub fn render(a: &Agent) -> String {
         c.tunnel_rekeys,
     );
     traffic_by_network_and_port(&mut reg, a);
-    let backend_conns = Family::<Labels, Gauge<i64>>::default();
-    let backend_healthy = Family::<Labels, Gauge<i64>>::default();
-    for vs in a.lb_table() {
-        for b in &vs.backends {
-            let base: Labels = vec![
-                ("fwmark".into(), vs.fwmark.to_string()),
-                ("vip".into(), vs.vip.to_string()),
-                ("backend".into(), b.address.to_string()),
-            ];
-            for (state, n) in [("active", b.active), ("inactive", b.inactive)] {
-                let mut l = base.clone();
-                l.push(("state".into(), state.into()));
-                backend_conns.get_or_create(&l).set(i64::from(n));
-            }
-            backend_healthy
-                .get_or_create(&base)
-                .set(i64::from(b.healthy));
-        }
-    }
-    reg.register(
-        "lb_backend_connections",
-        "Connections per backend, active (established) or inactive",
-        backend_conns,
-    );
-    reg.register(
-        "lb_backend_healthy",
-        "1 when the backend passes its health checks",
-        backend_healthy,
-    );
+    balancer(&mut reg, &a.lb_table());
     gauge(
         &mut reg,
         "store_reachable",
@@ -299,4 +311,65 @@ pub fn render(a: &Agent) -> String {
     let mut out = String::new();
     let _ = encode(&mut out, &reg);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::RealServer;
+
+    fn backend(address: &str, healthy: bool, ejected: bool) -> RealServer {
+        RealServer {
+            address: address.parse().unwrap(),
+            forward: "Masq",
+            weight: 1,
+            healthy,
+            ejected,
+            active: 2,
+            inactive: 1,
+        }
+    }
+
+    #[test]
+    fn every_backend_has_its_health_ejection_and_connections() {
+        let table = [VirtualService {
+            fwmark: 257,
+            vip: "10.0.0.2".parse().unwrap(),
+            vni: 4097,
+            scheduler: "rr",
+            published: vec![],
+            backends: vec![
+                backend("10.0.0.5", true, false),
+                backend("10.0.0.6", true, true),
+                backend("10.0.0.7", false, false),
+            ],
+        }];
+        let mut reg = Registry::with_prefix("vxmesh");
+        balancer(&mut reg, &table);
+        let mut text = String::new();
+        encode(&mut text, &reg).unwrap();
+        let line = |name: &str, backend: &str, extra: &str| {
+            format!("vxmesh_{name}{{fwmark=\"257\",vip=\"10.0.0.2\",backend=\"{backend}\"{extra}}}")
+        };
+        for (b, healthy, ejected) in [("10.0.0.5", 1, 0), ("10.0.0.6", 1, 1), ("10.0.0.7", 0, 0)] {
+            for want in [
+                format!("{} {healthy}", line("lb_backend_healthy", b, "")),
+                format!("{} {ejected}", line("lb_backend_ejected", b, "")),
+                format!(
+                    "{} 2",
+                    line("lb_backend_connections", b, ",state=\"active\"")
+                ),
+                format!(
+                    "{} 1",
+                    line("lb_backend_connections", b, ",state=\"inactive\"")
+                ),
+            ] {
+                assert!(text.lines().any(|l| l == want), "{want} missing:\n{text}");
+            }
+        }
+        assert!(
+            text.contains("# TYPE vxmesh_lb_backend_ejected gauge"),
+            "{text}"
+        );
+    }
 }

@@ -306,3 +306,16 @@ pub fn conntrack(t: &Topology, n: &Node) -> anyhow::Result<[u64; 4]> {
         get("evicted")?,
     ])
 }
+
+/// The response (status line, headers and body) to `GET /metrics` on an
+/// agent's `--metrics-addr`, asked from inside `ns`.
+pub fn scrape(ns: &str, addr: SocketAddr) -> Result<String> {
+    in_netns(ns, move || -> Result<String> {
+        let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+        c.set_read_timeout(Some(Duration::from_secs(3)))?;
+        std::io::Write::write_all(&mut c, b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")?;
+        let mut s = String::new();
+        c.read_to_string(&mut s)?;
+        Ok(s)
+    })?
+}
