@@ -25,18 +25,14 @@ pub fn parse_args(usage: &str) -> Result<BenchArgs> {
     parse_args_from(std::env::args().skip(1), usage)
 }
 
-/// [`parse_args`] with another default for `--runs`: netns-throughput takes 5,
-/// because its published figures must reproduce and 3 runs did not (issue 19).
-pub fn parse_args_runs(usage: &str, default_runs: usize) -> Result<BenchArgs> {
-    parse_args_from_with(std::env::args().skip(1), usage, default_runs)
-}
-
 /// [`parse_args`] over any list of arguments (the program name left out).
 pub fn parse_args_from(args: impl IntoIterator<Item = String>, usage: &str) -> Result<BenchArgs> {
     parse_args_from_with(args, usage, 3)
 }
 
-/// [`parse_args_from`] with `default_runs` when `--runs` is not given.
+/// [`parse_args_from`] with `default_runs` when `--runs` is not given:
+/// netns-throughput takes 5, because its published figures must reproduce and
+/// 3 runs did not (issue 19).
 pub fn parse_args_from_with(
     args: impl IntoIterator<Item = String>,
     usage: &str,

@@ -19,6 +19,20 @@ pub struct PacketBuf {
     buf: Box<[u8]>,
     head: usize,
     len: usize,
+    segmented: Option<Segmented>,
+}
+
+/// What a TSO super-frame becomes on the wire, carried beside it as the
+/// kernel's skb carries `gso_size`: the core switches the super-frame once
+/// (one lookup, one conntrack touch, one NAT rewrite of its headers) and the
+/// driver cuts it afterwards, so MTU checks and counters need the segments'
+/// sizes, not the super-frame's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segmented {
+    /// Bytes of headers (Ethernet to TCP) every segment repeats.
+    pub hdr_len: usize,
+    /// Payload bytes per segment (the last may carry fewer).
+    pub mss: usize,
 }
 
 impl Default for PacketBuf {
@@ -33,11 +47,46 @@ impl PacketBuf {
             buf: vec![0u8; HEADROOM + MAX_FRAME].into_boxed_slice(),
             head: HEADROOM,
             len: 0,
+            segmented: None,
+        }
+    }
+
+    /// Marks the frame held as a super-frame to be cut into segments (or not).
+    pub fn set_segmented(&mut self, s: Option<Segmented>) {
+        self.segmented = s;
+    }
+
+    pub fn segmented(&self) -> Option<Segmented> {
+        self.segmented
+    }
+
+    /// Frames the data makes on the wire: 1, or a super-frame's segment count.
+    pub fn wire_frames(&self) -> u64 {
+        match self.segmented {
+            Some(s) if s.mss > 0 => {
+                self.len.saturating_sub(s.hdr_len).div_ceil(s.mss).max(1) as u64
+            }
+            _ => 1,
+        }
+    }
+
+    /// Bytes those frames hold together (each segment repeats the headers).
+    pub fn wire_bytes(&self) -> u64 {
+        let hdr = self.segmented.map_or(0, |s| s.hdr_len as u64);
+        self.len as u64 + (self.wire_frames() - 1) * hdr
+    }
+
+    /// The largest frame the data makes on the wire (what an MTU applies to).
+    pub fn wire_frame_max(&self) -> usize {
+        match self.segmented {
+            Some(s) => self.len.min(s.hdr_len + s.mss),
+            None => self.len,
         }
     }
 
     /// Space for a driver to read an Ethernet frame into; call [`Self::set_frame_len`] after.
     pub fn frame_slot(&mut self) -> &mut [u8] {
+        self.segmented = None;
         self.head = HEADROOM;
         self.len = 0;
         &mut self.buf[HEADROOM..]
@@ -47,6 +96,7 @@ impl PacketBuf {
     /// headroom and the frame at the usual offset; call [`Self::set_frame_len`]
     /// with the length minus the header, then read it with [`Self::vnet_header`].
     pub fn vnet_slot(&mut self) -> &mut [u8] {
+        self.segmented = None;
         self.head = HEADROOM;
         self.len = 0;
         &mut self.buf[HEADROOM - crate::offload::vnet::LEN..]
@@ -62,6 +112,7 @@ impl PacketBuf {
     /// that the inner frame lands at the usual frame offset; call
     /// [`Self::set_datagram_len`] after.
     pub fn datagram_slot(&mut self) -> &mut [u8] {
+        self.segmented = None;
         self.head = HEADROOM - VXLAN_HEADER_LEN;
         self.len = 0;
         &mut self.buf[HEADROOM - VXLAN_HEADER_LEN..]
@@ -157,6 +208,7 @@ impl PacketBuf {
     /// Space for decrypting a tunnel packet (inner IPv4/UDP, VXLAN, frame) so that
     /// the frame lands at the usual frame offset.
     pub fn tunnel_slot(&mut self) -> &mut [u8] {
+        self.segmented = None;
         self.head = HEADROOM - TUNNEL_OFFSET;
         self.len = 0;
         &mut self.buf[HEADROOM - TUNNEL_OFFSET..]
@@ -183,6 +235,16 @@ impl PacketBuf {
             return None;
         }
         Some(&self.buf[start..self.head + self.len])
+    }
+
+    /// Puts a VXLAN header another buffer's core wrote (`h`) before this frame:
+    /// a super-frame's segments go out behind the header it was switched to.
+    pub fn set_vxlan_header(&mut self, h: &[u8; VXLAN_HEADER_LEN]) -> bool {
+        if self.head < VXLAN_HEADER_LEN {
+            return false;
+        }
+        self.buf[self.head - VXLAN_HEADER_LEN..self.head].copy_from_slice(h);
+        true
     }
 
     /// Writes the VXLAN header just before the frame without moving `head`, so the

@@ -5,16 +5,17 @@
 //! VXLAN header) panic on purpose, so that a wrong answer is a finding too.
 //!
 //! The pipelines call the sans-IO pieces in the order the worker
-//! (`io::worker`) calls them: virtio-net header, checksum completion and
-//! segmentation, then [`Switch::from_port`]; [`Switch::from_underlay`] and the
-//! receive coalescer; [`Tunnels::receive`] then the switch.
+//! (`io::worker`) calls them: virtio-net header, checksum completion, UDP
+//! segmentation, then [`Switch::from_port`] (a TCP super-frame switched once,
+//! then gathered or cut); [`Switch::from_underlay`] and the receive coalescer;
+//! [`Tunnels::receive`] then the switch.
 //!
 //! Not part of the crate's API.
 
 use crate::buf::{PacketBuf, MAX_FRAME};
 use crate::conntrack::Conntrack;
 use crate::lb::scheduler::Kind;
-use crate::offload::{coalesce::Coalescer, segment, vnet};
+use crate::offload::{coalesce::Coalescer, gather, segment, vnet};
 use crate::switch::{
     Action, BackendView, EgressLocal, EgressView, IngressView, Location, NetworkView, PolicyAction,
     PolicyRule, PortId, PortView, Prefix, PublishedView, ServiceView, Switch, SwitchState,
@@ -527,13 +528,31 @@ fn tap_record(
     let Some(t) = segment::parse_tcp(frame) else {
         return;
     };
+    // switched once, then cut: gathered for a VTEP in the clear, copied else
+    buf.set_segmented(Some(crate::buf::Segmented {
+        hdr_len: t.payload_off,
+        mss: size,
+    }));
+    let a = sw.from_port(st, port, buf, now);
+    check_action(st, &a, buf);
+    let frame = buf.data();
+    if let (Action::Encap { secure: false, .. }, Some(vx)) = (
+        a,
+        buf.datagram()
+            .get(..8)
+            .and_then(|h| <[u8; 8]>::try_from(h).ok()),
+    ) {
+        let _ = gather::Gather::default().segments(&vx, frame, &t, size, |r| {
+            let bytes: usize = r.parts.iter().map(|p| p.len()).sum();
+            assert!(r.parts.len() == 2 * r.count && r.count <= gather::GSO_MAX_SEGMENTS);
+            assert!(bytes <= gather::GSO_MAX_BYTES && bytes <= r.count * usize::from(r.seg));
+        });
+        return;
+    }
     for i in 0..segment::count(frame, &t, size).min(64) {
-        let Some(len) = segment::write_segment(frame, &t, size, i, seg.frame_slot()) else {
+        if segment::write_segment(frame, &t, size, i, seg.frame_slot()).is_none() {
             break;
-        };
-        seg.set_frame_len(len);
-        let a = sw.from_port(st, port, seg, now);
-        check_action(st, &a, seg);
+        }
     }
 }
 

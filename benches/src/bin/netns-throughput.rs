@@ -12,21 +12,58 @@
 //! gigabyte compares the same on a busy day and a quiet one.
 //!
 //! Usage: netns-throughput [--runs N] [--secs S] [--workers N] [--json FILE] [--svg FILE]
+//!        [--setups a,b,c,d] [--tests tcp1,tcp4,udp1400]
+//!
+//! `--setups`/`--tests` measure a subset (to profile one case, or rerun one);
+//! a ratio needs the kernel's setup (c) in the same run.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Command;
 use std::time::Duration;
 use vxmesh_benches::{
-    cpu_model, cpu_secs_per_gb, cpu_ticks, iperf3_run, parse_args_runs, ratio, ticks_per_sec,
+    cpu_model, cpu_secs_per_gb, cpu_ticks, iperf3_run, parse_args_from_with, ratio, ticks_per_sec,
     BarChart, Bg, Series, Spread,
 };
 use vxmesh_netns_tests::*;
 
-const USAGE: &str =
-    "netns-throughput [--runs N (default 5)] [--secs S] [--workers N] [--json FILE] [--svg FILE]";
+const USAGE: &str = "netns-throughput [--runs N (default 5)] [--secs S] [--workers N] \
+     [--json FILE] [--svg FILE] [--setups a,b,c,d] [--tests tcp1,tcp4,udp1400]";
+
+/// The keys a `--setups`/`--tests` list names; `None`: all of them.
+type Subset = Option<Vec<String>>;
+
+/// `--setups` and `--tests`, taken out before the common arguments are parsed:
+/// each a comma-separated subset, `None` for all.
+fn subset_args() -> Result<(Vec<String>, Subset, Subset)> {
+    let (mut rest, mut setups, mut tests) = (Vec::new(), None, None);
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let slot = match k.as_str() {
+            "--setups" => &mut setups,
+            "--tests" => &mut tests,
+            _ => {
+                rest.push(k);
+                continue;
+            }
+        };
+        let v = it.next().with_context(|| format!("{k} needs a value"))?;
+        *slot = Some(v.split(',').map(str::to_string).collect::<Vec<_>>());
+    }
+    for t in tests.iter().flatten() {
+        if !TESTS.iter().any(|(k, _)| k == t) {
+            bail!("--tests {t}: not one of tcp1, tcp4, udp1400");
+        }
+    }
+    for s in setups.iter().flatten() {
+        if !["a", "b", "c", "d"].contains(&s.as_str()) {
+            bail!("--setups {s}: not one of a, b, c, d");
+        }
+    }
+    Ok((rest, setups, tests))
+}
 
 /// Runs by default: 3 did not reproduce (issue 19).
 const DEFAULT_RUNS: usize = 5;
@@ -130,7 +167,8 @@ fn environment(workers: Option<u16>) -> Value {
 }
 
 fn main() -> Result<()> {
-    let a = parse_args_runs(USAGE, DEFAULT_RUNS)?;
+    let (rest, only_setups, only_tests) = subset_args()?;
+    let a = parse_args_from_with(rest, USAGE, DEFAULT_RUNS)?;
     let env = environment(a.workers);
     let mut t = Topology::new("bench")?;
     // (a) and (b): two vxmesh nodes
@@ -251,6 +289,9 @@ fn main() -> Result<()> {
         server_ip: "10.64.0.2".into(),
     });
 
+    if let Some(keep) = &only_setups {
+        setups.retain(|s| keep.iter().any(|k| k == s.key));
+    }
     let mut servers = Vec::new();
     for s in &setups {
         if !ping(&s.client, &s.server_ip, 3, None)? {
@@ -269,6 +310,12 @@ fn main() -> Result<()> {
     let mut samples: BTreeMap<(&str, &str), Vec<Sample>> = BTreeMap::new();
     for run in 0..a.runs {
         for (test, _) in TESTS {
+            if only_tests
+                .as_ref()
+                .is_some_and(|t| !t.iter().any(|k| k == test))
+            {
+                continue;
+            }
             // the setups back to back for each test, the order rotated each run
             // so no setup always goes first
             for i in 0..setups.len() {

@@ -3,7 +3,7 @@
 //! datagrams of one flow in one buffer, with their size in a control message).
 //! The same cmsg handling quinn-udp does, for our two calls only.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 
@@ -37,29 +37,42 @@ fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
 
 /// One `sendmsg` of `buf` cut into `seg`-byte datagrams by the kernel.
 pub fn send(s: &UdpSocket, to: SocketAddr, buf: &[u8], seg: u16) -> io::Result<()> {
+    send_parts(s, to, &[IoSlice::new(buf)], Some(seg))
+}
+
+/// One `sendmsg` gathering `parts` (headers from one buffer, payloads from
+/// another: nothing is copied in userspace); with `seg`, cut by the kernel into
+/// `seg`-byte datagrams (`UDP_SEGMENT`), else one datagram.
+pub fn send_parts(
+    s: &UdpSocket,
+    to: SocketAddr,
+    parts: &[IoSlice<'_>],
+    seg: Option<u16>,
+) -> io::Result<()> {
     let (mut addr, addr_len) = sockaddr(to);
-    let mut iov = libc::iovec {
-        iov_base: buf.as_ptr() as *mut libc::c_void,
-        iov_len: buf.len(),
-    };
     // u64 array keeps the control buffer aligned for cmsghdr.
     let mut control = [0u64; 4];
     // SAFETY: a zeroed msghdr is valid; every pointer set below outlives the call.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_name = &mut addr as *mut _ as *mut libc::c_void;
     msg.msg_namelen = addr_len;
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-    // SAFETY: CMSG_SPACE is a pure size computation.
-    msg.msg_controllen = unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) } as usize;
-    // SAFETY: the control buffer is at least CMSG_SPACE(2) bytes and aligned.
-    unsafe {
-        let c = libc::CMSG_FIRSTHDR(&msg);
-        (*c).cmsg_level = SOL_UDP;
-        (*c).cmsg_type = UDP_SEGMENT;
-        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as usize;
-        std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut u16, seg);
+    // IoSlice is ABI-compatible with iovec on Unix (std documents it), and
+    // sendmsg only reads through msg_iov.
+    msg.msg_iov = parts.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = parts.len();
+    if let Some(seg) = seg {
+        msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+        // SAFETY: CMSG_SPACE is a pure size computation.
+        msg.msg_controllen =
+            unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) } as usize;
+        // SAFETY: the control buffer is at least CMSG_SPACE(2) bytes and aligned.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = SOL_UDP;
+            (*c).cmsg_type = UDP_SEGMENT;
+            (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as usize;
+            std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut u16, seg);
+        }
     }
     // SAFETY: msg points at live buffers for the duration of the call.
     let n = unsafe { libc::sendmsg(s.as_raw_fd(), &msg, 0) };
@@ -67,6 +80,62 @@ pub fn send(s: &UdpSocket, to: SocketAddr, buf: &[u8], seg: u16) -> io::Result<(
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Whether a GSO refusal means "never again" (`EIO`: the device cannot finish
+/// UDP checksums), "not this run" (`EINVAL`, `EMSGSIZE`), or is a real error;
+/// turns `*gso` off for good on the first. See [`send_run`].
+fn refused(e: io::Error, to: SocketAddr, seg: u16, gso: &mut bool) -> io::Result<()> {
+    match e.raw_os_error() {
+        Some(libc::EIO) => {
+            *gso = false;
+            tracing::warn!(
+                error = %e,
+                %to,
+                "UDP GSO refused (the device cannot finish UDP checksums?): sending datagrams one by one from now on"
+            );
+            Ok(())
+        }
+        Some(libc::EINVAL) | Some(libc::EMSGSIZE) => {
+            tracing::debug!(error = %e, %to, seg, "GSO send refused; this run goes singly");
+            Ok(())
+        }
+        _ => Err(e),
+    }
+}
+
+/// Like [`send_run`] for a run whose datagrams are each `per` consecutive
+/// `parts` (a segment's headers and its payload): all in one gathering GSO
+/// `sendmsg` while `*gso` holds, else one gathering `sendmsg` per datagram.
+/// Every datagram but the last must be `seg` bytes. Returns how many left.
+pub fn send_gather_run(
+    s: &UdpSocket,
+    to: SocketAddr,
+    parts: &[IoSlice<'_>],
+    per: usize,
+    seg: u16,
+    gso: &mut bool,
+) -> io::Result<usize> {
+    let per = per.max(1);
+    let count = parts.len().div_ceil(per);
+    if *gso && count > 1 {
+        match send_parts(s, to, parts, Some(seg)) {
+            Ok(()) => return Ok(count),
+            Err(e) => refused(e, to, seg, gso)?,
+        }
+    }
+    let mut sent = 0;
+    let mut last = None;
+    for d in parts.chunks(per) {
+        match send_parts(s, to, d, None) {
+            Ok(()) => sent += 1,
+            Err(e) => last = Some(e),
+        }
+    }
+    match last {
+        Some(e) if sent == 0 => Err(e),
+        _ => Ok(sent),
+    }
 }
 
 /// Sends a run of `seg`-byte datagrams (the last may be shorter) to `to`: in
@@ -92,18 +161,7 @@ pub fn send_run(
     if *gso && count > 1 {
         match send(s, to, buf, seg) {
             Ok(()) => return Ok(count),
-            Err(e) if e.raw_os_error() == Some(libc::EIO) => {
-                *gso = false;
-                tracing::warn!(
-                    error = %e,
-                    %to,
-                    "UDP GSO refused (the device cannot finish UDP checksums?): sending datagrams one by one from now on"
-                );
-            }
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::EMSGSIZE)) => {
-                tracing::debug!(error = %e, %to, seg, "GSO send refused; this run goes singly");
-            }
-            Err(e) => return Err(e),
+            Err(e) => refused(e, to, seg, gso)?,
         }
     }
     let mut sent = 0;

@@ -172,6 +172,31 @@ impl Underlay {
         r
     }
 
+    /// [`Self::send_gso`] for a run whose datagrams are gathered from `per`
+    /// parts each (see [`gso::send_gather_run`]): a super-frame's segments,
+    /// headers written beside it and payloads where the TAP read put them.
+    pub fn send_gso_gather(
+        &self,
+        flow_hash: u32,
+        vtep: IpAddr,
+        parts: &[std::io::IoSlice<'_>],
+        per: usize,
+        seg: u16,
+    ) -> io::Result<usize> {
+        let s = &self.tx[flow_hash as usize % self.tx.len()];
+        let mut gso = self.gso.get();
+        let r = gso::send_gather_run(
+            s,
+            SocketAddr::new(vtep, self.port),
+            parts,
+            per,
+            seg,
+            &mut gso,
+        );
+        self.gso.set(gso);
+        r
+    }
+
     /// Whether runs still leave as one GSO send (false after the kernel said `EIO`).
     pub fn gso_enabled(&self) -> bool {
         self.gso.get()

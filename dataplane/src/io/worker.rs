@@ -5,17 +5,19 @@
 //! path. The control plane talks to it through a command queue plus a waker, and
 //! publishes state by swapping an `Arc` (arc-swap).
 
-use crate::buf::PacketBuf;
+use crate::buf::{PacketBuf, Segmented};
 use crate::counters::{Counters, DropReason};
 use crate::io::dns_pending::DnsPending;
 use crate::io::gso;
 use crate::io::underlay::Underlay;
 use crate::offload::coalesce::Coalescer;
+use crate::offload::gather::{Gather, GSO_MAX_BYTES, GSO_MAX_SEGMENTS};
 use crate::offload::segment;
 use crate::offload::vnet::{self, VnetHdr};
 use crate::switch::{Action, PortId, Switch, SwitchState};
 use crate::traffic::Traffic;
 use crate::tunnel::{Received, TunnelConfig, Tunnels};
+use crate::wire::vxlan::VXLAN_HEADER_LEN;
 use arc_swap::ArcSwap;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -102,6 +104,7 @@ impl WorkerHandle {
             underlay,
             ports: FxHashMap::default(),
             batch: GsoBatch::default(),
+            gather: Gather::default(),
             wg_batch: GsoBatch::default(),
             coalescer: Coalescer::new(),
             co_port: None,
@@ -247,6 +250,8 @@ struct Worker {
     ports: FxHashMap<PortId, Port>,
     /// Equal-sized VXLAN datagrams to one VTEP, waiting for one GSO send.
     batch: GsoBatch,
+    /// Where a super-frame's segment headers are written for a gathering send.
+    gather: Gather,
     /// The same for encrypted datagrams to one WireGuard peer.
     wg_batch: GsoBatch,
     /// Segments from the underlay for one port, waiting to be one TAP write.
@@ -377,11 +382,6 @@ fn flush_wg(b: &mut GsoBatch, wg: &Option<std::net::UdpSocket>, gso: &mut bool, 
     }
     b.clear();
 }
-
-/// Most datagrams one GSO send may carry (the kernel's UDP_MAX_SEGMENTS).
-const GSO_MAX_SEGMENTS: usize = 64;
-/// Largest GSO send payload.
-const GSO_MAX_BYTES: usize = 65_000;
 
 /// Writes one frame to a port: with a `virtio_net_hdr` in front (one `writev`)
 /// when the port is an offloading TAP. Counted in the port's traffic in `lane`.
@@ -940,14 +940,13 @@ impl Worker {
                 self.switch.counters.drop(DropReason::Malformed);
                 continue;
             };
-            for i in 0..segment::count(frame, &t, size) {
-                let Some(len) = segment::write_segment(frame, &t, size, i, seg.frame_slot()) else {
-                    break;
-                };
-                seg.set_frame_len(len);
-                let a = self.switch.from_port(&st, port, seg, now);
-                self.execute(a, seg);
-            }
+            // switched once, as the kernel forwards a GSO skb; cut after
+            buf.set_segmented(Some(Segmented {
+                hdr_len: t.payload_off,
+                mss: size,
+            }));
+            let a = self.switch.from_port(&st, port, buf, now);
+            self.execute_segmented(a, buf, &t, size, seg);
         }
         if let Some(p) = self.ports.get(&port) {
             p.traffic.rx(self.index, pkts, bytes);
@@ -960,6 +959,83 @@ impl Worker {
             &mut self.switch.counters,
         );
         more
+    }
+
+    /// Carries out the core's action for a TCP super-frame: to a VTEP in the
+    /// clear, its segments leave in gathering GSO sends (headers written
+    /// beside it, payloads where they lie); any other way, it is cut into
+    /// `seg` and each segment goes the way the super-frame was sent.
+    fn execute_segmented(
+        &mut self,
+        a: Action<'_>,
+        buf: &mut PacketBuf,
+        t: &segment::TcpFrame,
+        mss: usize,
+        seg: &mut PacketBuf,
+    ) {
+        // the bytes before the frame: the VXLAN header where the core wrote one
+        // (Encap, Flood to VTEPs); copied along either way, a Deliver never
+        // reads them
+        let vxlan: Option<[u8; VXLAN_HEADER_LEN]> = buf
+            .datagram()
+            .get(..VXLAN_HEADER_LEN)
+            .and_then(|h| h.try_into().ok());
+        match (a, vxlan) {
+            (
+                Action::Encap {
+                    vtep,
+                    flow_hash,
+                    secure: false,
+                },
+                Some(vx),
+            ) => {
+                // what the batch holds went first (an ACK of the same flow, say)
+                self.flush_batch();
+                let (underlay, c) = (&self.underlay, &mut self.switch.counters);
+                let done = self.gather.segments(&vx, buf.data(), t, mss, |r| {
+                    let sent = underlay
+                        .send_gso_gather(flow_hash, vtep, r.parts, 2, r.seg)
+                        .unwrap_or(0)
+                        .min(r.count);
+                    c.underlay_tx += sent as u64;
+                    for _ in sent..r.count {
+                        c.drop(DropReason::TxFailed);
+                    }
+                });
+                if done.is_none() {
+                    self.cut_and_execute(a, buf, t, mss, seg, vxlan);
+                }
+            }
+            (Action::Deliver(_) | Action::Encap { .. } | Action::Flood { .. }, _) => {
+                self.cut_and_execute(a, buf, t, mss, seg, vxlan)
+            }
+            // a reply the core wrote over it (ICMP "too big"), a drop
+            (a, _) => self.execute(a, buf),
+        }
+    }
+
+    /// Cuts the switched super-frame into `seg` one segment at a time, each
+    /// behind the same VXLAN header, and executes `a` for each.
+    fn cut_and_execute(
+        &mut self,
+        a: Action<'_>,
+        buf: &PacketBuf,
+        t: &segment::TcpFrame,
+        mss: usize,
+        seg: &mut PacketBuf,
+        vxlan: Option<[u8; VXLAN_HEADER_LEN]>,
+    ) {
+        let frame = buf.data();
+        for i in 0..segment::count(frame, t, mss) {
+            let Some(len) = segment::write_segment(frame, t, mss, i, seg.frame_slot()) else {
+                break;
+            };
+            seg.set_frame_len(len);
+            if let Some(vx) = vxlan {
+                seg.set_vxlan_header(&vx);
+            }
+            self.execute(a, seg);
+        }
     }
 
     fn write_port(&mut self, port: PortId, frame: &[u8]) {

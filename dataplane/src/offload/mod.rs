@@ -5,11 +5,14 @@
 //! - [`vnet`]: the `virtio_net_hdr` in front of every TAP read and write.
 //! - [`segment`]: a TSO super-frame from a container → MSS-sized frames with
 //!   their own IP/TCP headers and checksums, ready for VXLAN.
+//! - [`gather`]: a super-frame switched once → its segments' headers in a small
+//!   arena, payloads left in place, for one gathering GSO send (no copy).
 //! - [`coalesce`]: consecutive segments of one flow from the underlay → one
 //!   super-frame for a single TAP write (GRO).
 //! - [`checksum`]: the Internet checksum, folded in 64-bit words.
 
 pub mod checksum;
 pub mod coalesce;
+pub mod gather;
 pub mod segment;
 pub mod vnet;

@@ -62,19 +62,48 @@ pub fn write_segment(
     i: usize,
     out: &mut [u8],
 ) -> Option<usize> {
+    let (hlen, chunk) = segment_payload(frame, t, mss, i)?;
+    let len = hlen + chunk.len();
+    let out = out.get_mut(..len)?;
+    out[hlen..].copy_from_slice(chunk);
+    write_headers(frame, t, mss, i, &mut out[..hlen])?;
+    Some(len)
+}
+
+/// Where segment `i`'s payload lies in `frame` (it is not copied: a gathering
+/// send takes it from there) and how long its headers are.
+pub fn segment_payload<'f>(
+    frame: &'f [u8],
+    t: &TcpFrame,
+    mss: usize,
+    i: usize,
+) -> Option<(usize, &'f [u8])> {
     let payload = frame.get(t.payload_off..)?;
-    let n = count(frame, t, mss);
-    if i >= n {
+    if i >= count(frame, t, mss) {
         return None;
     }
     let chunk = payload
         .get(i * mss..payload.len().min((i + 1) * mss))
         .unwrap_or(&[]);
-    let hlen = t.payload_off;
+    Some((t.payload_off, chunk))
+}
+
+/// Writes segment `i`'s headers (`t.payload_off` bytes) into `out`, fixed up
+/// for its payload as [`write_segment`] would, the TCP checksum summed over
+/// the payload where it lies in `frame`. For a gathering send: headers from
+/// here, payload from the super-frame, and no copy of the payload in between.
+pub fn write_headers(
+    frame: &[u8],
+    t: &TcpFrame,
+    mss: usize,
+    i: usize,
+    out: &mut [u8],
+) -> Option<()> {
+    let (hlen, chunk) = segment_payload(frame, t, mss, i)?;
+    let n = count(frame, t, mss);
+    let out = out.get_mut(..hlen)?;
+    out.copy_from_slice(&frame[..hlen]);
     let len = hlen + chunk.len();
-    let out = out.get_mut(..len)?;
-    out[..hlen].copy_from_slice(&frame[..hlen]);
-    out[hlen..].copy_from_slice(chunk);
     let tcp_len = (len - t.l4_off) as u32;
     let ip = ETH;
     let pseudo = if t.v6 {
@@ -104,9 +133,11 @@ pub fn write_segment(
         out[tcp + 13] &= !0x80; // CWR to the first
     }
     out[tcp + 16..tcp + 18].copy_from_slice(&[0, 0]);
-    let c = !checksum::fold(checksum::add(pseudo, &out[tcp..]));
-    out[tcp + 16..tcp + 18].copy_from_slice(&c.to_be_bytes());
-    Some(len)
+    // the TCP header is a whole number of 32-bit words, so summing the
+    // payload on after it keeps every 16-bit word in place
+    let sum = checksum::add(checksum::add(pseudo, &out[tcp..]), chunk);
+    out[tcp + 16..tcp + 18].copy_from_slice(&(!checksum::fold(sum)).to_be_bytes());
+    Some(())
 }
 
 #[cfg(test)]

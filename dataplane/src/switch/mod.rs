@@ -716,11 +716,12 @@ impl Switch {
     #[inline(always)]
     fn encap<'s>(&mut self, net: &NetworkView, vtep: IpAddr, buf: &mut PacketBuf) -> Action<'s> {
         let flow_hash = flow_hash(buf.data());
-        let len = buf.len() as u64;
+        // a super-frame counts as the segments it leaves as
+        let (frames, bytes) = (buf.wire_frames(), buf.wire_bytes());
         if !buf.write_vxlan_header(net.vni) {
             return self.drop(DropReason::TooBig);
         }
-        net.traffic.tx(self.lane, 1, len);
+        net.traffic.tx(self.lane, frames, bytes);
         Action::Encap {
             vtep,
             flow_hash,
@@ -1021,7 +1022,7 @@ impl Switch {
             // checks above never see.
             _ => return self.drop(DropReason::UnsupportedEtherType),
         }
-        if net.mtu > 0 && buf.len() > usize::from(net.mtu) + ETH_HDR {
+        if net.mtu > 0 && buf.wire_frame_max() > usize::from(net.mtu) + ETH_HDR {
             return self.too_big(net, port, buf);
         }
         let frame = buf.data();
@@ -1112,12 +1113,12 @@ impl Switch {
         // Frames from the underlay are never sent back to it (split horizon).
         let vteps: &[IpAddr] = if skip.is_some() { &net.members } else { &[] };
         if !vteps.is_empty() {
-            let len = buf.len() as u64;
+            let (frames, bytes) = (buf.wire_frames(), buf.wire_bytes());
             if !buf.write_vxlan_header(net.vni) {
                 return self.drop(DropReason::TooBig);
             }
             let n = vteps.len() as u64;
-            net.traffic.tx(self.lane, n, n * len);
+            net.traffic.tx(self.lane, n * frames, n * bytes);
         }
         Action::Flood {
             ports: &net.local_ports,

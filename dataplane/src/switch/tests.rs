@@ -864,3 +864,46 @@ fn network_traffic_counts_frames_to_and_from_other_nodes() {
     sw.from_port(&st, PortId(1), &mut buf(&f), 0);
     assert_eq!(traffic.totals(), t);
 }
+
+/// A TSO super-frame is switched once: the MTU applies to the segments it
+/// becomes (headers + MSS), and the network counts those segments, as if
+/// each had been switched alone.
+#[test]
+fn a_super_frame_is_judged_and_counted_by_its_segments() {
+    let mut st = state();
+    st.networks.get_mut(&VNI).unwrap().mtu = 1000;
+    let traffic = crate::traffic::Traffic::new(1);
+    st.networks.get_mut(&VNI).unwrap().traffic = traffic.clone();
+    let mut sw = Switch::new(16);
+    let payload = vec![7u8; 4 * 900 + 100];
+    let f = tcp_segment(
+        (A, R),
+        ([10, 0, 0, 10], 40000),
+        ([10, 0, 0, 12], 80),
+        1,
+        ACK,
+        &payload,
+    );
+    let hdr_len = 14 + 20 + 20;
+    let mut b = buf(&f);
+    b.set_segmented(Some(crate::buf::Segmented { hdr_len, mss: 900 }));
+    assert!(matches!(
+        sw.from_port(&st, PortId(1), &mut b, 0),
+        Action::Encap { .. }
+    ));
+    let t = traffic.totals();
+    assert_eq!(t.tx_packets, 5, "four full segments and one of 100 bytes");
+    assert_eq!(t.tx_bytes, (f.len() + 4 * hdr_len) as u64);
+    // the same bytes as one frame are too big for the network
+    assert_eq!(
+        sw.from_port(&st, PortId(1), &mut buf(&f), 0),
+        Action::Reply(PortId(1))
+    );
+    // and so are segments whose own size is over the MTU
+    let mut b = buf(&f);
+    b.set_segmented(Some(crate::buf::Segmented { hdr_len, mss: 1000 }));
+    assert_eq!(
+        sw.from_port(&st, PortId(1), &mut b, 0),
+        Action::Reply(PortId(1))
+    );
+}
