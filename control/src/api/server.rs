@@ -436,6 +436,8 @@ async fn stats(State(a): Ag) -> Res {
         "flooded": c.flooded,
         "learned": c.learned,
         "dns_answers": c.dns_answers,
+        "probes_answered": c.probes_answered,
+        "probe_replies": c.probe_replies,
         "drops": drops,
         "conntrack": {
             "entries": ct.entries,

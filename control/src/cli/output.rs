@@ -306,6 +306,8 @@ pub fn stats(f: Format, v: &Value) -> anyhow::Result<()> {
         "neighbor_replies",
         "flooded",
         "learned",
+        "probes_answered",
+        "probe_replies",
     ]
     .iter()
     .map(|k| vec![k.to_string(), s(&v[*k])])
