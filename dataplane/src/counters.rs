@@ -92,10 +92,14 @@ pub enum DropReason {
     /// A broadcast, multicast or unknown-unicast frame from a port over its
     /// flood budget (`--flood-rate`): not replicated.
     FloodLimited,
+    /// A doctor's probe (see `wire::probe`) not answered: from an address that
+    /// is no other vxmesh node's (underlay, or tunnel address when it came
+    /// through WireGuard), or past the worker's probe budget.
+    ProbeRefused,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 34] = [
+    pub const ALL: [DropReason; 35] = [
         DropReason::Malformed,
         DropReason::BadVxlanHeader,
         DropReason::UnknownVni,
@@ -130,6 +134,7 @@ impl DropReason {
         DropReason::NodeService,
         DropReason::Ipv6HeaderChain,
         DropReason::FloodLimited,
+        DropReason::ProbeRefused,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -168,6 +173,7 @@ impl DropReason {
             DropReason::NodeService => "node_service",
             DropReason::Ipv6HeaderChain => "ipv6_header_chain",
             DropReason::FloodLimited => "flood_limited",
+            DropReason::ProbeRefused => "probe_refused",
         }
     }
 }
@@ -200,6 +206,9 @@ pub struct Counters {
     /// WireGuard handshakes completed, and those that replaced a session (rekeys).
     pub tunnel_handshakes: u64,
     pub tunnel_rekeys: u64,
+    /// Doctor probes from other nodes answered, and answers to this node's.
+    pub probes_answered: u64,
+    pub probe_replies: u64,
     pub drops: Drops,
 }
 
@@ -265,6 +274,8 @@ impl Counters {
         self.tunnel_rx += o.tunnel_rx;
         self.tunnel_handshakes += o.tunnel_handshakes;
         self.tunnel_rekeys += o.tunnel_rekeys;
+        self.probes_answered += o.probes_answered;
+        self.probe_replies += o.probe_replies;
         for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
             *a += b;
         }

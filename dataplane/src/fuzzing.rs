@@ -292,6 +292,9 @@ pub fn state(degraded: bool) -> SwitchState {
     });
     st.dns_upstream = vec!["192.0.2.53:53".parse().expect("resolver")];
     st.egress = Some(egress_view());
+    // the other vxmesh node, whose doctor probes are answered
+    st.nodes = vec![IpAddr::V4(NODE_B)];
+    st.tunnel_nodes = vec![IpAddr::V4(TUN_PEER)];
     st
 }
 
@@ -403,6 +406,27 @@ fn check_action(st: &SwitchState, a: &Action<'_>, buf: &mut PacketBuf) {
         } => {
             assert!(is_port(&port));
             assert!(payload_off <= buf.len(), "DNS payload past the frame");
+        }
+        Action::ProbeReply { vtep, secure } => {
+            let nodes = if secure { &st.tunnel_nodes } else { &st.nodes };
+            assert!(nodes.contains(&vtep), "a probe answered to {vtep}");
+            let p = crate::wire::probe::parse(buf.datagram()).expect("an answer that is no probe");
+            assert_eq!(p.kind, crate::wire::probe::Kind::Reply);
+            if let (true, IpAddr::V4(v)) = (secure, vtep) {
+                let _ = buf.tunnel_packet(TUN_LOCAL, v, 1);
+            }
+        }
+        Action::ProbeAnswer(a) => {
+            let nodes = if a.secure {
+                &st.tunnel_nodes
+            } else {
+                &st.nodes
+            };
+            assert!(
+                nodes.contains(&a.from),
+                "an answer handed up from {}",
+                a.from
+            );
         }
         Action::Drop(_) => {}
     }
@@ -1414,7 +1438,19 @@ pub fn seeds(target: &str) -> Vec<(&'static str, Vec<u8>)> {
                 0x12,
                 b"",
             );
+            let probe = |kind: u8| {
+                let mut d = vec![0u8; 200];
+                crate::wire::probe::emit_request(&mut d, 77).expect("fits");
+                if kind == 2 {
+                    crate::wire::probe::make_reply(&mut d, 1_700_000_000_000);
+                }
+                d
+            };
             vec![
+                ("probe_request", encode(&[(0, &probe(1))])),
+                ("probe_request_tunnel", encode(&[(0x0c, &probe(1))])),
+                ("probe_reply", encode(&[(0, &probe(2))])),
+                ("probe_stranger", encode(&[(2, &probe(1))])),
                 ("deliver", encode(&[(0, &datagram(VNI, &r))])),
                 (
                     "broadcast",

@@ -146,6 +146,11 @@ pub async fn mtu_of_address(addr: std::net::IpAddr) -> Result<Option<u32>, Plumb
     }))
 }
 
+/// `nft -j list table FAMILY TABLE`: the table as nftables holds it, JSON.
+pub async fn nft_list_table(family: &str, table: &str) -> Result<String, PlumbError> {
+    run("nft", &["-j", "list", "table", family, table]).await
+}
+
 /// `nft -f -` with `script` on its stdin: one transaction, applied whole or
 /// not at all.
 pub async fn nft(script: &str) -> Result<(), PlumbError> {

@@ -2,6 +2,7 @@
 //! and serves the API the CLI talks to.
 
 pub mod attach;
+pub mod doctor;
 pub mod egress;
 pub mod health;
 pub mod ingress;
@@ -77,8 +78,9 @@ pub struct AgentConfig {
     pub health_probes_max: usize,
     /// New ingress connections per client address (`--ingress-rate-limit`; `None`: off).
     pub ingress_rate_limit: Option<vxmesh_dataplane::lb::limit::RateLimit>,
-    /// Test only: shifts the heartbeat values this agent writes, as a node with
-    /// a wrong wall clock would write them (`--test-heartbeat-skew-ms`).
+    /// Test only: shifts the heartbeat values this agent writes, and the wall
+    /// clock its probe answers carry, as a node with a wrong wall clock would
+    /// (`--test-heartbeat-skew-ms`).
     pub heartbeat_skew_ms: i64,
     /// `--socket-group`: the group (besides root) that may use the API and
     /// Docker plugin sockets; `None`: the agent's own.
@@ -126,6 +128,8 @@ pub struct Agent {
     pub node: String,
     pub advertise_addr: IpAddr,
     pub mtus: switch_state::Mtus,
+    /// The underlay interface's MTU when the agent started (what `mtus` come from).
+    pub underlay_mtu: u32,
     store: Arc<dyn Store>,
     worker: Dataplane,
     ports: tokio::sync::Mutex<LocalPorts>,
@@ -226,6 +230,10 @@ impl Agent {
         tracing::info!(workers, source_ports = ?worker.source_ports(), "dataplane started on udp/{VXLAN_PORT}");
         let switch_guard =
             inject_test_fault(&worker, std::env::var("VXMESH_TEST_FAULT").ok().as_deref())?;
+        if cfg.heartbeat_skew_ms != 0 {
+            // a node with a wrong clock answers the doctor's probes with it too
+            worker.set_test_clock_skew(cfg.heartbeat_skew_ms);
+        }
         let public = ops::encode_key(&keyring.public());
         let sandbox = match ingress::create_sandbox(workers).await {
             Ok((sb, fds)) => match worker.add_port(sb.port, fds, true) {
@@ -261,6 +269,7 @@ impl Agent {
             node: cfg.node.clone(),
             advertise_addr: cfg.advertise_addr,
             mtus,
+            underlay_mtu,
             store,
             worker,
             ports: tokio::sync::Mutex::new(LocalPorts {

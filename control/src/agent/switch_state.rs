@@ -50,6 +50,11 @@ pub fn build(
 ) -> SwitchState {
     let mut out = SwitchState::default();
     let me = st.nodes.get(node);
+    // the other vxmesh nodes, whose doctor probes are answered
+    for n in st.nodes.values().filter(|n| !n.external && n.name != node) {
+        out.nodes.push(n.advertise_addr);
+        out.tunnel_nodes.extend(n.tunnel_addr.map(IpAddr::V4));
+    }
     for net in st.networks.values() {
         let gw_mac = ipam::gateway_mac(net.vni);
         let self_addr = me.and_then(|n| vtep_of(n, net.encrypted));

@@ -88,6 +88,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/lb", get(lb_table))
         .route("/v1/conntrack", get(conntrack_table))
         .route("/v1/trace", axum::routing::post(trace))
+        .route("/v1/doctor", axum::routing::post(doctor))
         .with_state(agent)
 }
 
@@ -401,6 +402,12 @@ async fn trace(State(a): Ag, Json(r): Json<TraceRequest>) -> Result<Response, Ap
         .into_response())
 }
 
+/// `vxmesh doctor`: every check, run now (it probes the other nodes, so it
+/// takes a few seconds).
+async fn doctor(State(a): Ag) -> Res {
+    to_json(a.doctor().await)
+}
+
 async fn stats(State(a): Ag) -> Res {
     let invalid = a.invalid_rows();
     let c = a.counters();
@@ -429,6 +436,8 @@ async fn stats(State(a): Ag) -> Res {
         "flooded": c.flooded,
         "learned": c.learned,
         "dns_answers": c.dns_answers,
+        "probes_answered": c.probes_answered,
+        "probe_replies": c.probe_replies,
         "drops": drops,
         "conntrack": {
             "entries": ct.entries,

@@ -61,6 +61,10 @@ enum Command {
     Conntrack(ListCmd),
     /// This agent's dataplane counters (frames, drops by reason)
     Stats,
+    /// Check everything a working mesh needs, from this node: the store, every
+    /// other node (VXLAN and WireGuard both ways, path MTU, clock), this node's
+    /// tables, TAPs and sockets. Exits 1 if any check fails
+    Doctor,
     /// Write the frames this node's switch sees on a network to a pcap file
     Trace {
         #[arg(long)]
@@ -162,8 +166,9 @@ struct AgentArgs {
     /// New connections per second each client address may open to published ports, N/s[,burst=B] (burst: N); over it they are dropped (ingress_rate_limited). Default: no limit
     #[arg(long, value_name = "N/s[,burst=B]")]
     ingress_rate_limit: Option<vxmesh_dataplane::lb::limit::RateLimit>,
-    /// Test only: write heartbeats N ms off this node's wall clock, as a node
-    /// with a wrong clock would (the liveness tests' clock skew)
+    /// Test only: write heartbeats (and answer doctor probes) N ms off this
+    /// node's wall clock, as a node with a wrong clock would (the liveness and
+    /// doctor tests' clock skew)
     #[arg(long, hide = true, default_value_t = 0, allow_negative_numbers = true)]
     test_heartbeat_skew_ms: i64,
     /// Broadcast, multicast and unknown-unicast frames each endpoint may send a second (per worker), N/s[,burst=B] or off; over it they are dropped (flood_limited)
@@ -582,6 +587,18 @@ async fn run_client(c: &Client, f: Format, cmd: Command) -> anyhow::Result<()> {
             }
         },
         Command::Stats => output::stats(f, &c.call(Method::GET, "/v1/stats", None).await?),
+        Command::Doctor => {
+            let report = match c.call(Method::POST, "/v1/doctor", None).await {
+                Ok(v) => v,
+                // no agent to ask is the first thing to mend: said as a check
+                Err(e) => output::doctor_unreachable(&format!("{e:#}")),
+            };
+            let failed = output::doctor(f, &report)?;
+            if failed > 0 {
+                anyhow::bail!("{failed} check(s) failed (see their fix: lines)");
+            }
+            Ok(())
+        }
         Command::Trace {
             network,
             filter,

@@ -306,6 +306,8 @@ pub fn stats(f: Format, v: &Value) -> anyhow::Result<()> {
         "neighbor_replies",
         "flooded",
         "learned",
+        "probes_answered",
+        "probe_replies",
     ]
     .iter()
     .map(|k| vec![k.to_string(), s(&v[*k])])
@@ -357,4 +359,53 @@ pub fn policies(f: Format, v: &Value) -> anyhow::Result<()> {
         }),
     );
     Ok(())
+}
+
+/// `vxmesh doctor`'s report: a line per check (status, check, detail) and,
+/// under a warning or a failure, what to do; returns how many failed.
+pub fn doctor(f: Format, v: &Value) -> anyhow::Result<usize> {
+    let checks: Vec<&Value> = v["checks"].as_array().into_iter().flatten().collect();
+    let count = |s: &str| checks.iter().filter(|c| c["status"] == s).count();
+    let failed = count("fail");
+    if f == Format::Json {
+        pretty(v)?;
+        return Ok(failed);
+    }
+    let width = checks
+        .iter()
+        .map(|c| s(&c["check"]).len())
+        .max()
+        .unwrap_or(0);
+    for c in &checks {
+        println!(
+            "{:<4}  {:<width$}  {}",
+            s(&c["status"]),
+            s(&c["check"]),
+            s(&c["detail"])
+        );
+        if let Some(fix) = c["fix"].as_str() {
+            println!("{:<4}  {:<width$}  fix: {fix}", "", "");
+        }
+    }
+    println!(
+        "{}: {} ok, {} warn, {failed} fail",
+        s(&v["node"]),
+        count("ok"),
+        count("warn")
+    );
+    Ok(failed)
+}
+
+/// The report when the agent itself cannot be asked: one failed check.
+pub fn doctor_unreachable(error: &str) -> Value {
+    serde_json::json!({
+        "node": null,
+        "status": "fail",
+        "checks": [{
+            "check": "agent",
+            "status": "fail",
+            "detail": error,
+            "fix": "start the agent on this node (vxmesh agent ...; see its service's log), or point -H / VXMESH_HOST at its --api socket",
+        }],
+    })
 }

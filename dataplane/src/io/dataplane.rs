@@ -36,6 +36,21 @@ pub struct Dataplane {
     network_traffic: Mutex<FxHashMap<u32, Traffic>>,
     /// The workers' clock's zero (connection times are milliseconds since).
     start: std::time::Instant,
+    /// Answers to the doctor's probes, from every worker.
+    probes: Arc<Mutex<crate::io::probe::ProbeInbox>>,
+    /// The sockets' buffers as the kernel granted them at start.
+    buffers: Vec<SocketBuffers>,
+}
+
+/// One underlay socket's buffers, as the kernel granted them (bytes, its
+/// bookkeeping share included: twice what was asked, when all was).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SocketBuffers {
+    /// `vxlan` (a worker's receive socket) or `wireguard`.
+    pub socket: &'static str,
+    pub worker: usize,
+    pub rcvbuf: usize,
+    pub sndbuf: usize,
 }
 
 /// What the connection table holds and has done, for the metrics.
@@ -124,9 +139,30 @@ impl Dataplane {
         let mut wireguard = wireguard;
         let mut handles = Vec::new();
         let mut ports = Vec::new();
+        let probes = Arc::new(Mutex::new(crate::io::probe::ProbeInbox::default()));
+        let mut buffers = Vec::new();
+        if let Some((rcvbuf, sndbuf)) = wireguard
+            .as_ref()
+            .and_then(|w| crate::io::underlay::socket_buffers(w).ok())
+        {
+            buffers.push(SocketBuffers {
+                socket: "wireguard",
+                worker: 0,
+                rcvbuf,
+                sndbuf,
+            });
+        }
         for i in 0..workers.max(1) {
             let underlay = Underlay::bind(local, vxlan_port, source_ports)?;
             ports.extend(underlay.source_ports());
+            if let Ok((rcvbuf, sndbuf)) = underlay.buffers() {
+                buffers.push(SocketBuffers {
+                    socket: "vxlan",
+                    worker: i,
+                    rcvbuf,
+                    sndbuf,
+                });
+            }
             handles.push(WorkerHandle::spawn(
                 i,
                 state.clone(),
@@ -135,6 +171,7 @@ impl Dataplane {
                 underlay,
                 wireguard.take(),
                 limits,
+                probes.clone(),
             )?);
         }
         Ok(Self {
@@ -146,6 +183,8 @@ impl Dataplane {
             port_traffic: Mutex::default(),
             network_traffic: Mutex::default(),
             start,
+            probes,
+            buffers,
         })
     }
 
@@ -171,6 +210,38 @@ impl Dataplane {
         if let Some(w) = self.workers.get(index) {
             w.inject_panic(after);
         }
+    }
+
+    /// Sends a doctor's probe (from worker 0, which also holds the tunnels);
+    /// what becomes of it, [`Dataplane::take_probe_events`] tells.
+    pub fn probe(&self, p: crate::io::probe::ProbeSend) {
+        self.workers[0].probe(p);
+    }
+
+    /// The probe events whose probe `mine` says is its (see
+    /// [`crate::io::probe::ProbeInbox::take`]).
+    pub fn take_probe_events(
+        &self,
+        mine: impl Fn(u64) -> bool,
+    ) -> Vec<crate::io::probe::ProbeEvent> {
+        self.probes
+            .lock()
+            .map(|mut p| p.take(mine))
+            .unwrap_or_default()
+    }
+
+    /// Test-only (`--test-heartbeat-skew-ms`): probe answers carry the wall
+    /// clock `ms` off, as a node with a wrong clock would.
+    #[doc(hidden)]
+    pub fn set_test_clock_skew(&self, ms: i64) {
+        for w in &self.workers {
+            w.set_clock_skew(ms);
+        }
+    }
+
+    /// The underlay sockets' buffers as the kernel granted them at start.
+    pub fn socket_buffers(&self) -> &[SocketBuffers] {
+        &self.buffers
     }
 
     pub fn source_ports(&self) -> &[u16] {

@@ -4,6 +4,7 @@ pub mod dataplane;
 pub mod dns_pending;
 pub mod gso;
 pub mod packet_socket;
+pub mod probe;
 pub mod tap;
 pub mod underlay;
 pub mod worker;

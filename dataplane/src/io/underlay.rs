@@ -25,6 +25,12 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 pub struct Underlay {
     pub rx: UdpSocket,
     tx: Vec<UdpSocket>,
+    /// The doctor's probes and their answers leave from here: with the
+    /// don't-fragment bit and no path MTU the kernel learnt (so a probe
+    /// larger than the path is lost, as an overlay frame would be, rather
+    /// than cut into fragments), never larger than the outgoing interface's
+    /// MTU (`EMSGSIZE`).
+    probe: UdpSocket,
     port: u16,
     /// False once a GSO send failed with `EIO`: the route's device cannot
     /// finish UDP checksums (e.g. `ethtool -K DEV tx off`), which UDP GSO
@@ -109,6 +115,30 @@ fn set_buffer(s: &UdpSocket, force: libc::c_int, plain: libc::c_int, bytes: usiz
     }
 }
 
+/// A socket's receive and send buffers as the kernel granted them.
+pub fn socket_buffers(s: &UdpSocket) -> io::Result<(usize, usize)> {
+    use std::os::fd::AsRawFd;
+    let get = |opt| -> io::Result<usize> {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: an int option into a live int of the size passed.
+        let rc = unsafe {
+            libc::getsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                &mut v as *mut libc::c_int as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(usize::try_from(v).unwrap_or(0))
+    };
+    Ok((get(libc::SO_RCVBUF)?, get(libc::SO_SNDBUF)?))
+}
+
 /// The unspecified address of `local`'s family, port `port`: where the agent's
 /// receiving sockets listen.
 pub fn any_of(local: IpAddr, port: u16) -> SocketAddr {
@@ -138,9 +168,28 @@ impl Underlay {
                 Ok(s)
             })
             .collect::<io::Result<Vec<_>>>()?;
+        let probe = bind_udp(SocketAddr::new(local, 0), false)?;
+        probe.set_nonblocking(true)?;
+        if local.is_ipv6() {
+            set_int_opt(
+                &probe,
+                libc::IPPROTO_IPV6,
+                libc::IPV6_MTU_DISCOVER,
+                libc::IPV6_PMTUDISC_PROBE,
+            )?;
+            set_int_opt(&probe, libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG, 1)?;
+        } else {
+            set_int_opt(
+                &probe,
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                libc::IP_PMTUDISC_PROBE,
+            )?;
+        }
         Ok(Self {
             rx,
             tx,
+            probe,
             port,
             gso: Cell::new(true),
         })
@@ -151,6 +200,20 @@ impl Underlay {
         let s = &self.tx[flow_hash as usize % self.tx.len()];
         s.send_to(datagram, SocketAddr::new(vtep, self.port))
             .map(|_| ())
+    }
+
+    /// Sends a doctor's probe (or its answer) to `vtep`'s VXLAN port, whole
+    /// or not at all (see the `probe` socket).
+    pub fn send_probe(&self, vtep: IpAddr, datagram: &[u8]) -> io::Result<()> {
+        self.probe
+            .send_to(datagram, SocketAddr::new(vtep, self.port))
+            .map(|_| ())
+    }
+
+    /// The receive socket's buffers as the kernel granted them (bytes, its
+    /// bookkeeping share included: twice what was asked when all was).
+    pub fn buffers(&self) -> io::Result<(usize, usize)> {
+        socket_buffers(&self.rx)
     }
 
     /// Sends `buf`, a run of equal-sized VXLAN datagrams (`seg` bytes each, the last
@@ -275,6 +338,26 @@ mod tests {
             assert_eq!((n, big[0]), (100, i));
         }
         assert!(u.gso_enabled());
+    }
+
+    /// Probes leave from their own socket, which sets DF and ignores learnt
+    /// path MTUs (the netns doctor test sees them lost on a narrower path).
+    #[test]
+    fn probes_leave_from_a_socket_that_probes_the_path() {
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let sink = UdpSocket::bind((lo, 0)).unwrap();
+        sink.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let u = Underlay {
+            port: sink.local_addr().unwrap().port(),
+            ..Underlay::bind(lo, 0, 1).unwrap()
+        };
+        u.send_probe(lo, &[1u8; 1400]).unwrap();
+        let mut buf = [0u8; 2048];
+        assert_eq!(sink.recv_from(&mut buf).unwrap().0, 1400);
+        let pmtud = int_opt(&u.probe, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER);
+        assert_eq!(pmtud, libc::IP_PMTUDISC_PROBE);
+        let (rcv, snd) = u.buffers().unwrap();
+        assert!(rcv > 0 && snd > 0);
     }
 
     /// An IPv4 underlay's sockets are as before: the family of the address.

@@ -9,6 +9,7 @@ use crate::buf::{PacketBuf, Segmented};
 use crate::counters::{Counters, DropReason};
 use crate::io::dns_pending::DnsPending;
 use crate::io::gso;
+use crate::io::probe::{ProbeEvent, ProbeInbox, ProbeSend};
 use crate::io::underlay::Underlay;
 use crate::offload::coalesce::Coalescer;
 use crate::offload::gather::{Gather, GSO_MAX_BYTES, GSO_MAX_SEGMENTS};
@@ -65,6 +66,10 @@ enum Command {
     Trace(Option<crate::switch::tap::Tap>),
     /// Test-only (`VXMESH_TEST_FAULT`): panic at this time.
     PanicAt(Instant),
+    /// Send a doctor's probe.
+    Probe(ProbeSend),
+    /// Test-only: report the wall clock this many ms off in probe answers.
+    ClockSkew(i64),
     Stop,
 }
 
@@ -81,7 +86,9 @@ pub struct WorkerHandle {
 
 impl WorkerHandle {
     /// `state`: the state all workers switch by (see `Dataplane`). `wireguard`: the
-    /// socket encrypted networks use, given to one worker only.
+    /// socket encrypted networks use, given to one worker only. `probes`: where
+    /// answers to the doctor's probes go, shared by all workers.
+    #[allow(clippy::too_many_arguments)]
     pub fn spawn(
         index: usize,
         state: Arc<ArcSwap<SwitchState>>,
@@ -90,6 +97,7 @@ impl WorkerHandle {
         underlay: Underlay,
         wireguard: Option<std::net::UdpSocket>,
         limits: crate::io::dataplane::Limits,
+        probes: Arc<Mutex<ProbeInbox>>,
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -128,7 +136,10 @@ impl WorkerHandle {
             wg_gso: true,
             tunnels: Tunnels::new(),
             panic_at: None,
+            probe_inbox: probes,
+            clock_skew_ms: 0,
         };
+        w.set_wall_clock();
         if let Some(wg) = &w.wg {
             wg.set_nonblocking(true)?;
             if let Err(e) = gso::enable_gro(wg) {
@@ -228,6 +239,17 @@ impl WorkerHandle {
         self.send(Command::PanicAt(Instant::now() + after));
     }
 
+    /// Sends a doctor's probe; its answer (or why it could not leave) goes
+    /// to the probe inbox.
+    pub fn probe(&self, p: ProbeSend) {
+        self.send(Command::Probe(p));
+    }
+
+    /// Test-only: probe answers carry the wall clock `ms` off.
+    pub fn set_clock_skew(&self, ms: i64) {
+        self.send(Command::ClockSkew(ms));
+    }
+
     /// Counters as of the last publication (at most 100 ms old).
     pub fn counters(&self) -> Counters {
         self.counters.lock().map(|c| c.clone()).unwrap_or_default()
@@ -281,6 +303,10 @@ struct Worker {
     tunnels: Tunnels,
     /// Test-only: when to panic (see [`WorkerHandle::inject_panic`]).
     panic_at: Option<Instant>,
+    /// Where answers to this node's probes go, for the doctor (all workers').
+    probe_inbox: Arc<Mutex<ProbeInbox>>,
+    /// Test-only: how far off the wall clock in probe answers is.
+    clock_skew_ms: i64,
 }
 
 /// A panic's message, as `panic!` formatted it (a `&str` or a `String`).
@@ -557,6 +583,7 @@ impl Worker {
             }
             if last_limiter_reset.elapsed() >= Duration::from_secs(1) {
                 self.tunnels.reset_rate_limiter();
+                self.set_wall_clock();
                 last_limiter_reset = Instant::now();
                 let now = self.now_ms();
                 self.dns_pending
@@ -642,6 +669,11 @@ impl Worker {
                 }
                 Command::Trace(t) => self.switch.tap = t,
                 Command::PanicAt(t) => self.panic_at = Some(t),
+                Command::Probe(p) => self.send_probe(p),
+                Command::ClockSkew(ms) => {
+                    self.clock_skew_ms = ms;
+                    self.set_wall_clock();
+                }
                 Command::Stop => return false,
             }
         }
@@ -667,6 +699,53 @@ impl Worker {
 
     fn now_ms(&self) -> u64 {
         self.start.elapsed().as_millis() as u64
+    }
+
+    /// Tells the switch the wall clock at its clock's zero (again every
+    /// second, so a stepped clock shows in probe answers).
+    fn set_wall_clock(&mut self) {
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let at_zero = unix_ms
+            .saturating_sub(self.now_ms())
+            .saturating_add_signed(self.clock_skew_ms);
+        self.switch.set_wall_clock(at_zero);
+    }
+
+    /// Sends a doctor's probe: plain from the underlay's probe socket, or
+    /// through the tunnel. What stops it leaving goes to the inbox at once.
+    fn send_probe(&mut self, p: ProbeSend) {
+        let mut buf = PacketBuf::new();
+        let len = p.len.clamp(crate::wire::probe::MIN_LEN, 65_000);
+        if crate::wire::probe::emit_request(&mut buf.datagram_slot()[..len], p.id).is_none() {
+            return;
+        }
+        buf.set_datagram_len(len);
+        let failed = if p.secure {
+            buf.pull_front(crate::wire::vxlan::VXLAN_HEADER_LEN);
+            let r = self.send_secure(0, p.to, &mut buf);
+            flush_wg(
+                &mut self.wg_batch,
+                &self.wg,
+                &mut self.wg_gso,
+                &mut self.switch.counters,
+            );
+            r.err()
+                .map(|r| format!("the tunnel refused it ({})", r.as_str()))
+        } else {
+            self.underlay
+                .send_probe(p.to, buf.data())
+                .err()
+                .map(|e| e.to_string())
+        };
+        if let Some(error) = failed {
+            let e = ProbeEvent::SendFailed { id: p.id, error };
+            if let Ok(mut inbox) = self.probe_inbox.lock() {
+                inbox.push(e);
+            }
+        }
     }
 
     /// Reads the underlay until empty (within the budget). With UDP GRO one read
@@ -829,15 +908,21 @@ impl Worker {
         more
     }
 
-    /// Encrypts the datagram in `buf` for `vtep` (a tunnel address) and sends it.
-    fn send_secure(&mut self, hash: u32, vtep: std::net::IpAddr, buf: &mut PacketBuf) {
+    /// Encrypts the datagram in `buf` for `vtep` (a tunnel address) and sends
+    /// it; what stops it is counted, and returned.
+    fn send_secure(
+        &mut self,
+        hash: u32,
+        vtep: std::net::IpAddr,
+        buf: &mut PacketBuf,
+    ) -> Result<(), DropReason> {
         let (std::net::IpAddr::V4(dst), local) = (vtep, self.tunnels.local_vtep()) else {
             self.switch.counters.drop(DropReason::TunnelNoPeer);
-            return;
+            return Err(DropReason::TunnelNoPeer);
         };
         let Some(packet) = buf.tunnel_packet(local, dst, hash) else {
             self.switch.counters.drop(DropReason::TooBig);
-            return;
+            return Err(DropReason::TooBig);
         };
         let (wg, tunnels, c, b, g) = (
             &self.wg,
@@ -855,6 +940,7 @@ impl Worker {
         if let Err(r) = r {
             c.drop(r);
         }
+        r
     }
 
     /// Reads a port until empty (within the budget). An offloading TAP hands over
@@ -1095,7 +1181,9 @@ impl Worker {
                 vtep,
                 flow_hash,
                 secure: true,
-            } => self.send_secure(flow_hash, vtep, buf),
+            } => {
+                let _ = self.send_secure(flow_hash, vtep, buf);
+            }
             Action::Flood {
                 ports,
                 skip,
@@ -1109,7 +1197,7 @@ impl Worker {
                 self.flush_batch();
                 for v in vteps {
                     if secure {
-                        self.send_secure(flow_hash, *v, buf);
+                        let _ = self.send_secure(flow_hash, *v, buf);
                     } else {
                         self.send_vtep(flow_hash, *v, buf.datagram());
                     }
@@ -1120,6 +1208,25 @@ impl Worker {
                 peer,
                 payload_off,
             } => self.forward_dns(port, peer, &buf.data()[payload_off.min(buf.len())..]),
+            Action::ProbeReply {
+                vtep,
+                secure: false,
+            } => match self.underlay.send_probe(vtep, buf.datagram()) {
+                Ok(()) => self.switch.counters.underlay_tx += 1,
+                Err(_) => self.switch.counters.drop(DropReason::TxFailed),
+            },
+            Action::ProbeReply { vtep, secure: true } => {
+                let _ = self.send_secure(0, vtep, buf);
+            }
+            Action::ProbeAnswer(answer) => {
+                let e = ProbeEvent::Answer {
+                    answer,
+                    at: Instant::now(),
+                };
+                if let Ok(mut inbox) = self.probe_inbox.lock() {
+                    inbox.push(e);
+                }
+            }
             Action::Drop(_) => {}
         }
     }

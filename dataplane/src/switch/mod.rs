@@ -7,12 +7,14 @@
 
 mod egress;
 mod fdb;
+mod probe;
 mod reset;
 mod state;
 pub mod tap;
 
 pub use egress::{EgressLocal, EgressView, NodeGuard, Prefix, ENCAP_ANYWHERE, ENCAP_AT_NODES};
 pub use fdb::{LearnedFdb, AGEING_MS};
+pub use probe::{ProbeAnswer, ANSWER_RATE, PROBE_RATE};
 pub use state::{
     policy_verdict, BackendView, IngressView, Location, NetworkView, PolicyAction, PolicyRule,
     PortId, PortView, PublishedView, ServiceView, SwitchState,
@@ -62,6 +64,12 @@ pub enum Action<'s> {
         peer: udp_reply::UdpPeer,
         payload_off: usize,
     },
+    /// A doctor's probe from another node, turned into its answer in place:
+    /// send the datagram ([`PacketBuf::datagram`]) back to `vtep`'s VXLAN
+    /// port, through the tunnel when `secure` (see [`crate::wire::probe`]).
+    ProbeReply { vtep: IpAddr, secure: bool },
+    /// An answer to one of this node's probes: for the doctor that sent it.
+    ProbeAnswer(ProbeAnswer),
     /// Counted already.
     Drop(DropReason),
 }
@@ -92,6 +100,8 @@ pub struct Switch {
     lane: usize,
     /// Each port's budget of frames to replicate (`--flood-rate`); none: no limit.
     flood_budget: Option<crate::fair::PortRate>,
+    /// Doctor probes: budgets and the wall clock answers carry.
+    probes: probe::Probes,
 }
 
 /// Rotates multi-address DNS answers (`tasks.NAME`): one counter for the whole
@@ -257,6 +267,7 @@ impl Switch {
             view: Vec::new(),
             lane: 0,
             flood_budget: None,
+            probes: probe::Probes::default(),
         }
     }
 
@@ -1146,6 +1157,9 @@ impl Switch {
             Err(vxlan::VxlanError::Truncated) => return self.drop(DropReason::Malformed),
             Err(vxlan::VxlanError::NoVniFlag) => return self.drop(DropReason::BadVxlanHeader),
         };
+        if vni == crate::wire::probe::PROBE_VNI {
+            return self.probe(st, src, buf, now_ms, secure);
+        }
         let Some(net) = st.networks.get(&vni) else {
             return self.drop(DropReason::UnknownVni);
         };

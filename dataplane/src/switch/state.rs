@@ -170,6 +170,10 @@ pub struct SwitchState {
     pub ingress: Option<IngressView>,
     /// The way out of the overlays through this node, once the agent has its TAP.
     pub egress: Option<super::EgressView>,
+    /// The other vxmesh nodes' underlay addresses, and their tunnel addresses:
+    /// the only sources whose doctor probes are answered (see `switch::probe`).
+    pub nodes: Vec<IpAddr>,
+    pub tunnel_nodes: Vec<IpAddr>,
 }
 
 impl NetworkView {

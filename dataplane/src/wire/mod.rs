@@ -5,6 +5,7 @@ pub mod flow_hash;
 pub mod icmp_error;
 pub mod ipv6_chain;
 pub mod neighbor;
+pub mod probe;
 pub mod tcp_rst;
 pub mod udp_reply;
 pub mod vxlan;
