@@ -345,6 +345,16 @@ fn offload(c: &mut Criterion) {
             }
         })
     });
+    // the transmit side as it runs now: headers written, payloads left in place
+    let mut gather = vxmesh_dataplane::offload::gather::Gather::default();
+    let vx = [0x08, 0, 0, 0, 0, 0x10, 0, 0];
+    g.bench_function("gather_64k_into_44", |b| {
+        b.iter(|| {
+            black_box(gather.segments(&vx, black_box(&f), &t, 1398, |r| {
+                black_box(r.parts.len());
+            }))
+        })
+    });
     let segs: Vec<Vec<u8>> = (0..n)
         .map(|i| {
             let len = segment::write_segment(&f, &t, 1398, i, &mut out).expect("segment");
