@@ -197,6 +197,35 @@ pub fn cpu_ticks() -> Result<CpuTicks> {
     parse_proc_stat(&text)
 }
 
+/// User and system ticks of every process named `comm` (summed over their
+/// threads, as `/proc/PID/stat` counts them). Beside the whole machine's
+/// figure, which a busy machine blurs, this is what the agents themselves
+/// spent, whatever else ran.
+pub fn process_ticks(comm: &str) -> Result<u64> {
+    let mut total = 0;
+    for e in std::fs::read_dir("/proc").context("cannot read /proc")?.flatten() {
+        if !e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        // a process may end between the listing and the read
+        if let Ok(text) = std::fs::read_to_string(e.path().join("stat")) {
+            total += parse_pid_stat(&text, comm).unwrap_or(0);
+        }
+    }
+    Ok(total)
+}
+
+/// utime + stime of one `/proc/PID/stat` line when its name is `comm`.
+fn parse_pid_stat(text: &str, comm: &str) -> Option<u64> {
+    let (head, rest) = text.rsplit_once(')')?;
+    if head.split_once('(')?.1 != comm {
+        return None;
+    }
+    // fields from the third (state); utime and stime are the 14th and 15th
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
 /// Clock ticks per second of `/proc/stat` (`USER_HZ`, 100 on Linux).
 pub fn ticks_per_sec() -> f64 {
     // SAFETY: sysconf reads a constant of the system; no memory is passed.
@@ -491,6 +520,17 @@ impl BarChart {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_processes_ticks_are_read_from_its_stat_line() {
+        // a name with a space and a parenthesis, as comm may have
+        let line = "4242 (vxmesh) S 1 4242 4242 0 -1 4194560 900 0 0 0 1234 567 0 0 20 0 5 0 100 0 0";
+        assert_eq!(parse_pid_stat(line, "vxmesh"), Some(1234 + 567));
+        assert_eq!(parse_pid_stat(line, "iperf3"), None);
+        let odd = "7 (a) b) R 1 7 7 0 -1 0 0 0 0 0 10 20 0 0";
+        assert_eq!(parse_pid_stat(odd, "a) b"), Some(30));
+        assert!(process_ticks("no-such-process-name").unwrap() == 0);
+    }
     use super::*;
 
     fn args(v: &[&str]) -> Result<BenchArgs> {

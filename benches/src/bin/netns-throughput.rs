@@ -24,7 +24,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Command;
 use std::time::Duration;
 use vxmesh_benches::{
-    cpu_model, cpu_secs_per_gb, cpu_ticks, iperf3_run, parse_args_from_with, ratio, ticks_per_sec,
+    cpu_model, cpu_secs_per_gb, cpu_ticks, iperf3_run, parse_args_from_with, process_ticks, ratio, ticks_per_sec,
     BarChart, Bg, Series, Spread,
 };
 use vxmesh_netns_tests::*;
@@ -89,6 +89,10 @@ const KERNEL: &str = "c";
 const ENCRYPTED: &str = "b";
 const WIREGUARD_GO: &str = "d";
 
+/// The agents' process name (their worker threads have names of their own,
+/// but a process's stat line counts all its threads).
+const AGENT_COMM: &str = "vxmesh";
+
 /// One iperf3 measurement with the CPU the whole machine spent meanwhile.
 #[derive(Clone, Copy)]
 struct Sample {
@@ -97,13 +101,19 @@ struct Sample {
     cpu_per_gb: Option<f64>,
     /// The machine's busy share of all its ticks meanwhile (0 to 1).
     busy: Option<f64>,
+    /// CPU-seconds the vxmesh agents' processes spent (user + system) per GB:
+    /// unlike the machine's figure, the same on a busy day as on a quiet one
+    /// (near zero for the kernel's setups, whose agents idle).
+    agents_per_gb: Option<f64>,
 }
 
 fn measure(s: &Setup, test: &str, secs: u32) -> Result<Sample> {
     let before = cpu_ticks()?;
+    let agents_before = process_ticks(AGENT_COMM)?;
     let r = iperf3_run(&s.client, &s.server_ip, test, secs)
         .map_err(|e| e.context(format!("iperf3 {test} over {}", s.label)))?;
     let after = cpu_ticks()?;
+    let agents = process_ticks(AGENT_COMM)?.saturating_sub(agents_before) as f64;
     let busy = after.busy.saturating_sub(before.busy) as f64;
     let total = after.total.saturating_sub(before.total) as f64;
     let cpu_secs = busy / ticks_per_sec();
@@ -112,6 +122,7 @@ fn measure(s: &Setup, test: &str, secs: u32) -> Result<Sample> {
         cpu_secs,
         cpu_per_gb: cpu_secs_per_gb(cpu_secs, r.bytes),
         busy: ratio(busy, total),
+        agents_per_gb: cpu_secs_per_gb(agents / ticks_per_sec(), r.bytes),
     })
 }
 
@@ -322,14 +333,15 @@ fn main() -> Result<()> {
                 let s = &setups[(i + run) % setups.len()];
                 let m = measure(s, test, a.secs)?;
                 eprintln!(
-                    "run {} {:<28} {:<8} {:6.2} Gbit/s {:6.2} CPU-s {:>6} CPU-s/GB, machine {:>4} busy",
+                    "run {} {:<28} {:<8} {:6.2} Gbit/s {:6.2} CPU-s {:>6} CPU-s/GB, machine {:>4} busy, agents {:>5} CPU-s/GB",
                     run + 1,
                     s.label,
                     test,
                     m.gbps,
                     m.cpu_secs,
                     m.cpu_per_gb.map_or("-".into(), |c| format!("{c:.2}")),
-                    m.busy.map_or("-".into(), |b| format!("{:.0}%", b * 100.0))
+                    m.busy.map_or("-".into(), |b| format!("{:.0}%", b * 100.0)),
+                    m.agents_per_gb.map_or("-".into(), |c| format!("{c:.2}"))
                 );
                 samples.entry((s.key, test)).or_default().push(m);
             }
@@ -401,6 +413,7 @@ fn report(
                     "cpu_s": figure(samples, s.key, test, |m| Some(m.cpu_secs)),
                     "cpu_s_per_gb": figure(samples, s.key, test, cpu),
                     "machine_busy": figure(samples, s.key, test, |m| m.busy),
+                    "agents_cpu_s_per_gb": figure(samples, s.key, test, |m| m.agents_per_gb),
                     "cpu_ratio_to_kernel": ratio_figure(samples, s.key, KERNEL, test, cpu),
                 });
                 if s.key == ENCRYPTED {
@@ -451,25 +464,28 @@ fn print_report(v: &Value) {
          over the runs; ratios are taken within each run, then the median and range of \
          those; CPU-s/GB: CPU-seconds of the whole machine (user+nice+system+irq+softirq) \
          per 1e9 bytes received; machine busy: that time's share of all the cores' time \
-         (near 1.00, the machine was saturated and CPU-s/GB only mirrors Gbit/s)",
+         (near 1.00, the machine was saturated and CPU-s/GB only mirrors Gbit/s); agents \
+         CPU-s/GB: what the vxmesh agents' processes alone spent (user+system), which a busy \
+         machine does not blur",
         v["runs"], v["secs"]
     );
     let rows = v["results"].as_array().cloned().unwrap_or_default();
     for (test, name) in TESTS {
         println!(
-            "\n{name}\n{:<28} {:>20} {:>18} {:>20} {:>18} {:>18} {:>18}",
+            "\n{name}\n{:<28} {:>20} {:>18} {:>20} {:>18} {:>18} {:>18} {:>18}",
             "",
             "Gbit/s",
             "x kernel VXLAN",
             "CPU-s/GB",
             "CPU x kernel VXLAN",
             "CPU x wireguard-go",
-            "machine busy"
+            "machine busy",
+            "agents CPU-s/GB"
         );
         for r in &rows {
             let t = &r[test];
             println!(
-                "{:<28} {:>20} {:>18} {:>20} {:>18} {:>18} {:>18}",
+                "{:<28} {:>20} {:>18} {:>20} {:>18} {:>18} {:>18} {:>18}",
                 r["setup"].as_str().unwrap_or(""),
                 show(&t["gbps"], 2),
                 show(&t["ratio_to_kernel"], 2),
@@ -477,6 +493,7 @@ fn print_report(v: &Value) {
                 show(&t["cpu_ratio_to_kernel"], 2),
                 show(&t["cpu_ratio_to_wireguard_go"], 2),
                 show(&t["machine_busy"], 2),
+                show(&t["agents_cpu_s_per_gb"], 2),
             );
         }
     }
@@ -540,6 +557,7 @@ mod tests {
             cpu_secs: 1.0,
             cpu_per_gb: Some(cpu_per_gb),
             busy: Some(0.5),
+            agents_per_gb: Some(cpu_per_gb / 2.0),
         }
     }
 
@@ -622,6 +640,7 @@ mod tests {
                     cpu_secs: 1.0,
                     cpu_per_gb: None,
                     busy: None,
+                    agents_per_gb: None,
                 },
                 sample(8.0, 0.5),
             ],
