@@ -203,8 +203,16 @@ pub fn cpu_ticks() -> Result<CpuTicks> {
 /// spent, whatever else ran.
 pub fn process_ticks(comm: &str) -> Result<u64> {
     let mut total = 0;
-    for e in std::fs::read_dir("/proc").context("cannot read /proc")?.flatten() {
-        if !e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+    for e in std::fs::read_dir("/proc")
+        .context("cannot read /proc")?
+        .flatten()
+    {
+        if !e
+            .file_name()
+            .to_string_lossy()
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+        {
             continue;
         }
         // a process may end between the listing and the read
@@ -524,7 +532,8 @@ mod tests {
     #[test]
     fn a_processes_ticks_are_read_from_its_stat_line() {
         // a name with a space and a parenthesis, as comm may have
-        let line = "4242 (vxmesh) S 1 4242 4242 0 -1 4194560 900 0 0 0 1234 567 0 0 20 0 5 0 100 0 0";
+        let line =
+            "4242 (vxmesh) S 1 4242 4242 0 -1 4194560 900 0 0 0 1234 567 0 0 20 0 5 0 100 0 0";
         assert_eq!(parse_pid_stat(line, "vxmesh"), Some(1234 + 567));
         assert_eq!(parse_pid_stat(line, "iperf3"), None);
         let odd = "7 (a) b) R 1 7 7 0 -1 0 0 0 0 0 10 20 0 0";

@@ -24,8 +24,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Command;
 use std::time::Duration;
 use vxmesh_benches::{
-    cpu_model, cpu_secs_per_gb, cpu_ticks, iperf3_run, parse_args_from_with, process_ticks, ratio, ticks_per_sec,
-    BarChart, Bg, Series, Spread,
+    cpu_model, cpu_secs_per_gb, cpu_ticks, iperf3_run, parse_args_from_with, process_ticks, ratio,
+    ticks_per_sec, BarChart, Bg, Series, Spread,
 };
 use vxmesh_netns_tests::*;
 

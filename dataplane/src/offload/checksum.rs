@@ -15,7 +15,12 @@ pub fn add(sum: u64, data: &[u8]) -> u64 {
     let mut chunks = data.chunks_exact(16);
     for c in &mut chunks {
         for (k, a) in acc.iter_mut().enumerate() {
-            *a += u64::from(u32::from_ne_bytes([c[4 * k], c[4 * k + 1], c[4 * k + 2], c[4 * k + 3]]));
+            *a += u64::from(u32::from_ne_bytes([
+                c[4 * k],
+                c[4 * k + 1],
+                c[4 * k + 2],
+                c[4 * k + 3],
+            ]));
         }
     }
     let rest = chunks.remainder();

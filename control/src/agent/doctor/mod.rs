@@ -61,12 +61,7 @@ impl Check {
         detail: impl Into<String>,
         fix: impl Into<String>,
     ) -> Self {
-        Check {
-            check: check.into(),
-            status: Status::Warn,
-            detail: detail.into(),
-            fix: Some(fix.into()),
-        }
+        Self::with_fix(Status::Warn, check.into(), detail.into(), fix.into())
     }
 
     pub fn fail(
@@ -74,11 +69,16 @@ impl Check {
         detail: impl Into<String>,
         fix: impl Into<String>,
     ) -> Self {
+        Self::with_fix(Status::Fail, check.into(), detail.into(), fix.into())
+    }
+
+    /// A warn or a fail: never without what to do about it.
+    fn with_fix(status: Status, check: String, detail: String, fix: String) -> Self {
         Check {
-            check: check.into(),
-            status: Status::Fail,
-            detail: detail.into(),
-            fix: Some(fix.into()),
+            check,
+            status,
+            detail,
+            fix: Some(fix),
         }
     }
 }
