@@ -200,6 +200,14 @@ pub struct Counters {
     /// WireGuard handshakes completed, and those that replaced a session (rekeys).
     pub tunnel_handshakes: u64,
     pub tunnel_rekeys: u64,
+    /// Flow records a full ring could not take (see [`crate::flowlog`]).
+    pub flow_log_lost: u64,
+    /// Connection records left out while the ring was above its watermark.
+    pub flow_log_sampled: u64,
+    /// Drop records over the worker's drop-record budget.
+    pub flow_log_drops_limited: u64,
+    /// New ingress connections an `--audit` policy would have refused, let through.
+    pub policy_audited: u64,
     pub drops: Drops,
 }
 
@@ -265,6 +273,10 @@ impl Counters {
         self.tunnel_rx += o.tunnel_rx;
         self.tunnel_handshakes += o.tunnel_handshakes;
         self.tunnel_rekeys += o.tunnel_rekeys;
+        self.flow_log_lost += o.flow_log_lost;
+        self.flow_log_sampled += o.flow_log_sampled;
+        self.flow_log_drops_limited += o.flow_log_drops_limited;
+        self.policy_audited += o.policy_audited;
         for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
             *a += b;
         }

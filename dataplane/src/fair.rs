@@ -219,31 +219,22 @@ impl<K: Hash + Eq + Copy> Owners<K> {
 /// forgotten ([`PortRate::retain`]).
 #[derive(Debug)]
 pub struct PortRate {
-    interval_ns: u64,
-    depth_ns: u64,
+    gcra: crate::lb::limit::Gcra,
     tat: FxHashMap<crate::switch::PortId, u64>,
 }
 
 impl PortRate {
     pub fn new(limit: crate::lb::limit::RateLimit) -> Self {
-        let interval_ns = 1_000_000_000 / u64::from(limit.per_sec.max(1));
         Self {
-            interval_ns,
-            depth_ns: interval_ns.saturating_mul(u64::from(limit.burst.max(1))),
+            gcra: crate::lb::limit::Gcra::new(limit),
             tat: FxHashMap::default(),
         }
     }
 
     /// Whether `port` may send one more frame at `now_ms` (counted if so).
     pub fn admit(&mut self, port: crate::switch::PortId, now_ms: u64) -> bool {
-        let now = now_ms.saturating_mul(1_000_000);
         let tat = self.tat.entry(port).or_insert(0);
-        let next = (*tat).max(now).saturating_add(self.interval_ns);
-        if next - now > self.depth_ns {
-            return false;
-        }
-        *tat = next;
-        true
+        self.gcra.admit(tat, now_ms)
     }
 
     /// Keeps only the ports `keep` names.
