@@ -21,7 +21,7 @@ pub use event::{EndReason, FlowEvent, Kind, Verdict};
 use crate::counters::Counters;
 use crate::lb::limit::{Gcra, RateLimit};
 
-/// Records a worker's ring holds by default: at 150 bytes a record, 600 KiB
+/// Records a worker's ring holds by default: at 120 bytes a record, 480 KiB
 /// per worker, two seconds of 2,000 new connections a second between drains.
 pub const RING: usize = 4096;
 /// Drop records a worker writes, at most, by default.
@@ -186,5 +186,16 @@ mod tests {
         assert_eq!(c.flow_log_drops_limited, 16);
         let mut out = Vec::new();
         assert_eq!(reader.drain_into(&mut out, usize::MAX), 6);
+    }
+}
+
+#[cfg(test)]
+mod sizes {
+    /// What a record and a connection's touch slot take (docs/architecture.md
+    /// and docs/benchmarks.md quote them).
+    #[test]
+    fn sizes_as_documented() {
+        assert_eq!(std::mem::size_of::<super::FlowEvent>(), 120);
+        assert_eq!(std::mem::size_of::<crate::conntrack::touch::Touch>(), 56);
     }
 }
