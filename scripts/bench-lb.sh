@@ -6,6 +6,11 @@
 # in release and runs target/release/netns-lb as root; arguments go to it:
 #
 #   scripts/bench-lb.sh --runs 3 --secs 5 --json docs/lb.json --svg docs/lb.svg
+#
+# With --flow-logs-ab it compares vxmesh with flow logs off and on instead (the
+# cost of issue 22's flow logs; docs/benchmarks.md):
+#
+#   scripts/bench-lb.sh --flow-logs-ab --runs 5 --secs 5 --json docs/lb-flow-logs.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/as-root.sh

@@ -657,6 +657,19 @@ fn time_frame(
 
 /// A switch on `st` with one connection from the client to the VIP, taken by the
 /// backend on port B and Established (SYN, SYN-ACK, ACK through the pipeline).
+/// Switches `sw` to writing flow records (as `--flow-logs on`), into a ring
+/// of `ring` records; returns the reader (a bench drains it untimed).
+fn flow_logged(sw: &mut Switch, ring: usize) -> vxmesh_dataplane::flowlog::FlowReader {
+    use vxmesh_dataplane::flowlog::{FlowLog, FlowLogConfig};
+    sw.conntrack().lock().expect("conntrack").set_flow_log(true);
+    let (log, reader) = FlowLog::new(FlowLogConfig {
+        ring,
+        ..Default::default()
+    });
+    sw.set_flow_log(Some(log));
+    reader
+}
+
 fn established(st: &SwitchState) -> Switch {
     use vxmesh_dataplane::conntrack::State;
     let mut sw = Switch::new(4096);
@@ -840,6 +853,33 @@ fn lb_path(c: &mut Criterion) {
     assert_eq!(ipv4_src_dst(f), (VIP, CLIENT));
     assert!(checksums_ok(f), "vip_reply: checksums");
     time_frame(&mut g, "vip_reply", &mut sw, &st, PORT_B, &reply);
+    // 2-3 with flow logs on: the same connection, counted both ways
+    let mut logged = established(&st);
+    let _reader = flow_logged(&mut logged, 4096);
+    time_frame(
+        &mut g,
+        "vip_tracked_flow_log",
+        &mut logged,
+        &st,
+        PORT_A,
+        &to_vip,
+    );
+    time_frame(
+        &mut g,
+        "vip_reply_flow_log",
+        &mut logged,
+        &st,
+        PORT_B,
+        &reply,
+    );
+    {
+        let ct = logged.conntrack();
+        let ct = ct.lock().expect("conntrack");
+        let e = ct.iter().next().expect("entry");
+        let (id, _) = ct.lookup(&e.orig).expect("tracked");
+        let (packets, _) = ct.touches()[id as usize].counts();
+        assert!(packets[0] > 1 && packets[1] > 1, "counted: {packets:?}");
+    }
     {
         let ct = sw.conntrack();
         let ct = ct.lock().expect("conntrack");
@@ -871,53 +911,76 @@ fn lb_path(c: &mut Criterion) {
     };
 
     // 4a. with room: the table holds 131,072 to 196,608 of its 262,144
-    // connections (the oldest are retired between timed runs), so none is evicted
+    // connections (the oldest are retired between timed runs), so none is evicted;
+    // and the same with flow logs on (a set-up and an end record per connection,
+    // the ring drained between timed runs as the agent would)
     const LIVE: u64 = 131_072;
     const CHUNK: u64 = 65_536;
-    let mut sw = Switch::new(4096);
-    sw.on_state(&st);
-    let ct = sw.conntrack();
-    let mut i = 0u64;
-    for _ in 0..LIVE {
-        let a = new_flow(&mut sw, &mut buf, i);
-        let want_local = i & 1 == 0;
-        assert!(
-            if want_local {
-                a == Action::Deliver(PORT_B)
-            } else {
-                matches!(a, Action::Encap { vtep: v, .. } if v == vtep)
-            },
-            "new flow {i}: unexpected action {a:?}"
-        );
-        i += 1;
-    }
-    g.bench_function("vip_new_flow", |b| {
-        b.iter_custom(|iters| {
-            let mut timed = Duration::ZERO;
-            let mut left = iters;
-            while left > 0 {
-                let n = left.min(CHUNK);
-                let t = Instant::now();
-                for _ in 0..n {
-                    new_flow(&mut sw, &mut buf, i);
-                    i += 1;
+    for (name, logs) in [("vip_new_flow", false), ("vip_new_flow_flow_log", true)] {
+        let mut sw = Switch::new(4096);
+        sw.on_state(&st);
+        let mut reader = logs.then(|| flow_logged(&mut sw, 4 * CHUNK as usize));
+        let mut drained = Vec::new();
+        let ct = sw.conntrack();
+        let mut i = 0u64;
+        for _ in 0..LIVE {
+            let a = new_flow(&mut sw, &mut buf, i);
+            let want_local = i & 1 == 0;
+            assert!(
+                if want_local {
+                    a == Action::Deliver(PORT_B)
+                } else {
+                    matches!(a, Action::Encap { vtep: v, .. } if v == vtep)
+                },
+                "new flow {i}: unexpected action {a:?}"
+            );
+            i += 1;
+        }
+        if let Some(r) = reader.as_mut() {
+            r.drain_into(&mut drained, usize::MAX);
+        }
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut timed = Duration::ZERO;
+                let mut left = iters;
+                while left > 0 {
+                    let n = left.min(CHUNK);
+                    let t = Instant::now();
+                    for _ in 0..n {
+                        new_flow(&mut sw, &mut buf, i);
+                        i += 1;
+                    }
+                    timed += t.elapsed();
+                    left -= n;
+                    // untimed: the oldest connections go, back to LIVE
+                    let mut ct = ct.lock().expect("conntrack");
+                    for j in i - LIVE - n..i - LIVE {
+                        let (id, _) = ct.lookup(&key(j)).expect("tracked");
+                        ct.retire(id);
+                        // their end records (written by the sweep, in the
+                        // agent), not timed here
+                        ct.drain_log(|_| {});
+                    }
+                    if let Some(r) = reader.as_mut() {
+                        drained.clear();
+                        r.drain_into(&mut drained, usize::MAX);
+                    }
                 }
-                timed += t.elapsed();
-                left -= n;
-                // untimed: the oldest connections go, back to LIVE
-                let mut ct = ct.lock().expect("conntrack");
-                for j in i - LIVE - n..i - LIVE {
-                    let (id, _) = ct.lookup(&key(j)).expect("tracked");
-                    ct.retire(id);
-                }
-            }
-            timed
-        })
-    });
-    {
-        let ct = ct.lock().expect("conntrack");
-        assert_eq!(ct.evicted, 0, "vip_new_flow: nothing evicted");
-        assert_eq!(ct.len() as u64, LIVE, "vip_new_flow: every SYN a new entry");
+                timed
+            })
+        });
+        {
+            let ct = ct.lock().expect("conntrack");
+            assert_eq!(ct.evicted, 0, "{name}: nothing evicted");
+            assert_eq!(ct.len() as u64, LIVE, "{name}: every SYN a new entry");
+            let c = &sw.counters;
+            assert_eq!(
+                c.flow_log_lost + ct.flow_log_lost(),
+                0,
+                "{name}: no record lost"
+            );
+            assert_eq!(c.flow_log_sampled, 0, "{name}: none sampled");
+        }
     }
 
     // 4b. a full table: every new connection evicts one (a SYN flood)

@@ -209,6 +209,14 @@ pub struct Counters {
     /// Doctor probes from other nodes answered, and answers to this node's.
     pub probes_answered: u64,
     pub probe_replies: u64,
+    /// Flow records a full ring could not take (see [`crate::flowlog`]).
+    pub flow_log_lost: u64,
+    /// Connection records left out while the ring was above its watermark.
+    pub flow_log_sampled: u64,
+    /// Drop records over the worker's drop-record budget.
+    pub flow_log_drops_limited: u64,
+    /// New ingress connections an `--audit` policy would have refused, let through.
+    pub policy_audited: u64,
     pub drops: Drops,
 }
 
@@ -276,6 +284,10 @@ impl Counters {
         self.tunnel_rekeys += o.tunnel_rekeys;
         self.probes_answered += o.probes_answered;
         self.probe_replies += o.probe_replies;
+        self.flow_log_lost += o.flow_log_lost;
+        self.flow_log_sampled += o.flow_log_sampled;
+        self.flow_log_drops_limited += o.flow_log_drops_limited;
+        self.policy_audited += o.policy_audited;
         for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
             *a += b;
         }

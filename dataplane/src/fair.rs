@@ -219,15 +219,14 @@ impl<K: Hash + Eq + Copy> Owners<K> {
 /// forgotten ([`PortRate::retain`]).
 #[derive(Debug)]
 pub struct PortRate {
-    /// The rate and depth every port's bucket has (its own `tat` unused).
-    each: Bucket,
+    gcra: crate::lb::limit::Gcra,
     tat: FxHashMap<crate::switch::PortId, u64>,
 }
 
 impl PortRate {
     pub fn new(limit: crate::lb::limit::RateLimit) -> Self {
         Self {
-            each: Bucket::new(limit),
+            gcra: crate::lb::limit::Gcra::new(limit),
             tat: FxHashMap::default(),
         }
     }
@@ -235,49 +234,12 @@ impl PortRate {
     /// Whether `port` may send one more frame at `now_ms` (counted if so).
     pub fn admit(&mut self, port: crate::switch::PortId, now_ms: u64) -> bool {
         let tat = self.tat.entry(port).or_insert(0);
-        gcra(tat, now_ms, self.each.interval_ns, self.each.depth_ns)
+        self.gcra.admit(tat, now_ms)
     }
 
     /// Keeps only the ports `keep` names.
     pub fn retain(&mut self, keep: impl Fn(crate::switch::PortId) -> bool) {
         self.tat.retain(|p, _| keep(*p));
-    }
-}
-
-/// One GCRA step: whether a bucket full again at `tat` (ns) takes one more
-/// at `now_ms`, each costing `interval_ns`, `depth_ns` deep (counted if so).
-fn gcra(tat: &mut u64, now_ms: u64, interval_ns: u64, depth_ns: u64) -> bool {
-    let now = now_ms.saturating_mul(1_000_000);
-    let next = (*tat).max(now).saturating_add(interval_ns);
-    if next - now > depth_ns {
-        return false;
-    }
-    *tat = next;
-    true
-}
-
-/// A single token bucket, as [`PortRate`] keeps one per port: for what a
-/// worker does for everyone alike (answering doctor probes).
-#[derive(Debug, Clone, Copy)]
-pub struct Bucket {
-    interval_ns: u64,
-    depth_ns: u64,
-    tat: u64,
-}
-
-impl Bucket {
-    pub fn new(limit: crate::lb::limit::RateLimit) -> Self {
-        let interval_ns = 1_000_000_000 / u64::from(limit.per_sec.max(1));
-        Self {
-            interval_ns,
-            depth_ns: interval_ns.saturating_mul(u64::from(limit.burst.max(1))),
-            tat: 0,
-        }
-    }
-
-    /// Whether one more may pass at `now_ms` (counted if so).
-    pub fn admit(&mut self, now_ms: u64) -> bool {
-        gcra(&mut self.tat, now_ms, self.interval_ns, self.depth_ns)
     }
 }
 

@@ -266,6 +266,8 @@ pub fn state(degraded: bool) -> SwitchState {
         port,
         from: Some((IpAddr::V4(Ipv4Addr::from(from)), prefix)),
         action,
+        id: u32::from(port),
+        audit: false,
     };
     st.ingress = Some(IngressView {
         port: SANDBOX,
@@ -286,6 +288,17 @@ pub fn state(degraded: bool) -> SwitchState {
                 port: 8080,
                 from: Some((ip("2001:db8:bad::"), 48)),
                 action: PolicyAction::Reject,
+                id: 4,
+                audit: false,
+            },
+            // weighed and logged, never applied
+            PolicyRule {
+                proto: 6,
+                port: 8080,
+                from: Some((IpAddr::V4(Ipv4Addr::new(192, 0, 2, 0)), 24)),
+                action: PolicyAction::Drop,
+                id: 5,
+                audit: true,
             },
         ],
         rate_limit: None,

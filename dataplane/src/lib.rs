@@ -10,6 +10,7 @@ pub mod buf;
 pub mod conntrack;
 pub mod counters;
 pub mod fair;
+pub mod flowlog;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod io;

@@ -288,6 +288,30 @@ pub fn render(a: &Agent) -> String {
         "WireGuard handshakes that replaced a peer's existing session (periodic rekey or key rotation)",
         c.tunnel_rekeys,
     );
+    for (name, help, v) in [
+        (
+            "flow_log_lost",
+            "Flow records lost: a worker's ring (or the connection table's buffer of ends) was full",
+            c.flow_log_lost,
+        ),
+        (
+            "flow_log_sampled",
+            "Connection records left out while a worker's ring was above its watermark (one in 8 kept)",
+            c.flow_log_sampled,
+        ),
+        (
+            "flow_log_drops_limited",
+            "Drop records over a worker's drop-record budget (the drops themselves are counted by reason)",
+            c.flow_log_drops_limited,
+        ),
+        (
+            "policy_audited",
+            "New ingress connections an --audit policy would have dropped or rejected, let through",
+            c.policy_audited,
+        ),
+    ] {
+        counter(&mut reg, name, help, v);
+    }
     traffic_by_network_and_port(&mut reg, a);
     balancer(&mut reg, &a.lb_table());
     gauge(

@@ -4,6 +4,7 @@
 pub mod attach;
 pub mod doctor;
 pub mod egress;
+pub mod flows;
 pub mod health;
 pub mod ingress;
 pub mod iproute;
@@ -85,6 +86,9 @@ pub struct AgentConfig {
     /// `--socket-group`: the group (besides root) that may use the API and
     /// Docker plugin sockets; `None`: the agent's own.
     pub socket_group: Option<String>,
+    /// `--flow-log PATH` and its rotation and format: where flow records are
+    /// written (flow logs on: `limits.flow_log`).
+    pub flow_export: Option<flows::ExportConfig>,
 }
 
 #[derive(Debug, Error)]
@@ -180,6 +184,8 @@ pub struct Agent {
     health_probes_max: usize,
     /// Where the agent keeps what it needs across restarts (see [`snapshot`]).
     data_dir: std::path::PathBuf,
+    /// Flow records (`vxmesh flows`), while flow logs are on (`--flow-logs`).
+    pub flows: Option<Arc<flows::Flows>>,
 }
 
 impl Agent {
@@ -305,6 +311,10 @@ impl Agent {
                 .map(|l| Arc::new(vxmesh_dataplane::lb::limit::SourceLimiter::new(l))),
             health_probes_max: cfg.health_probes_max.max(1),
             data_dir: cfg.data_dir.clone(),
+            flows: cfg
+                .limits
+                .flow_log
+                .map(|_| Arc::new(flows::Flows::default())),
         });
         let mut me = Node::new(&cfg.node, cfg.advertise_addr);
         me.last_seen = crate::state::model::unix_now();
@@ -1435,6 +1445,14 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         });
         tracing::info!(%addr, "metrics on /metrics");
     }
+    flows::spawn(agent.clone(), cfg.flow_export.clone()).with_context(|| {
+        format!(
+            "cannot open --flow-log {}",
+            cfg.flow_export
+                .as_ref()
+                .map_or_else(String::new, |e| e.path.display().to_string())
+        )
+    })?;
     agent.restore_connections();
     agent.remove_stale_interfaces().await;
     tokio::spawn(agent.clone().follow());

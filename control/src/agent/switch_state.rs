@@ -285,6 +285,9 @@ pub fn ingress_view(st: &ClusterState, node: &str, sandbox: &Sandbox) -> Option<
                 "reject" => PolicyAction::Reject,
                 _ => PolicyAction::Accept,
             },
+            // ids are numbers (`add_policy`); one that is not is recorded as none
+            id: p.id.parse().unwrap_or(0),
+            audit: p.audit,
         })
         .collect();
     Some(IngressView {

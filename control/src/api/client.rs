@@ -41,13 +41,40 @@ impl Client {
         serde_json::from_slice(&body).context("the agent sent a response that is not JSON")
     }
 
-    /// Like [`Self::call`], for a response that is not JSON (a pcap file).
-    pub async fn call_bytes(
+    /// A GET whose response comes line by line for as long as the agent
+    /// sends it (`vxmesh flows --follow`): `each` sees every line as it
+    /// arrives, until the agent closes it or `each` fails.
+    pub async fn stream_lines(
+        &self,
+        path: &str,
+        mut each: impl FnMut(&str) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let mut resp = self.send(Method::GET, path, None).await?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.into_body().collect().await?.to_bytes();
+            return Err(error_of(&body));
+        }
+        let mut pending: Vec<u8> = Vec::new();
+        while let Some(frame) = resp.frame().await {
+            let Ok(data) = frame?.into_data() else {
+                continue;
+            };
+            pending.extend_from_slice(&data);
+            while let Some(nl) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=nl).collect();
+                each(String::from_utf8_lossy(&line[..nl]).trim_end())?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn send(
         &self,
         method: Method,
         path: &str,
         body: Option<Value>,
-    ) -> anyhow::Result<Bytes> {
+    ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
         let stream = tokio::net::UnixStream::connect(&self.socket).await.with_context(|| {
             format!(
                 "cannot reach the vxmesh agent at unix:{}: is `vxmesh agent` running? (point -H or VXMESH_HOST at its --api socket)",
@@ -64,18 +91,33 @@ impl Client {
             .header("host", "vxmesh")
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(bytes)))?;
-        let resp = sender
+        sender
             .send_request(req)
             .await
-            .context("the agent closed the connection")?;
+            .context("the agent closed the connection")
+    }
+
+    /// Like [`Self::call`], for a response that is not JSON (a pcap file).
+    pub async fn call_bytes(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Bytes> {
+        let resp = self.send(method, path, body).await?;
         let status = resp.status();
         let body = resp.into_body().collect().await?.to_bytes();
         if !status.is_success() {
-            let msg = serde_json::from_slice::<ErrorBody>(&body)
-                .map(|e| e.error)
-                .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
-            return Err(anyhow!("{msg}"));
+            return Err(error_of(&body));
         }
         Ok(body)
     }
+}
+
+/// The agent's error body as an error (its message, or the body as text).
+fn error_of(body: &[u8]) -> anyhow::Error {
+    let msg = serde_json::from_slice::<ErrorBody>(body)
+        .map(|e| e.error)
+        .unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned());
+    anyhow!("{msg}")
 }

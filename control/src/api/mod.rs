@@ -1,6 +1,7 @@
 //! The agent's HTTP API on a unix socket: JSON in, JSON out. The CLI is its client.
 
 pub mod client;
+mod flows;
 pub mod server;
 
 /// The body of every error answer.

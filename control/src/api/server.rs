@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use tokio::net::UnixListener;
 
-pub struct ApiError(StatusCode, String);
+pub struct ApiError(pub(super) StatusCode, pub(super) String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -49,7 +49,7 @@ impl From<StateError> for ApiError {
 }
 
 type Res = Result<Json<Value>, ApiError>;
-type Ag = State<Arc<Agent>>;
+pub(super) type Ag = State<Arc<Agent>>;
 
 fn to_json<T: serde::Serialize>(v: T) -> Res {
     serde_json::to_value(v)
@@ -89,6 +89,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/conntrack", get(conntrack_table))
         .route("/v1/trace", axum::routing::post(trace))
         .route("/v1/doctor", axum::routing::post(doctor))
+        .route("/v1/flows", get(super::flows::flows))
         .with_state(agent)
 }
 
@@ -439,6 +440,11 @@ async fn stats(State(a): Ag) -> Res {
         "probes_answered": c.probes_answered,
         "probe_replies": c.probe_replies,
         "drops": drops,
+        "flow_logs": a.flows.is_some(),
+        "flow_log_lost": c.flow_log_lost,
+        "flow_log_sampled": c.flow_log_sampled,
+        "flow_log_drops_limited": c.flow_log_drops_limited,
+        "policy_audited": c.policy_audited,
         "conntrack": {
             "entries": ct.entries,
             "max": ct.max,

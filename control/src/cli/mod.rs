@@ -1,5 +1,6 @@
 //! The `vxmesh` command line, as DESIGN.md's contract writes it.
 
+mod flows;
 mod output;
 
 use crate::agent::{self, AgentConfig};
@@ -65,6 +66,9 @@ enum Command {
     /// other node (VXLAN and WireGuard both ways, path MTU, clock), this node's
     /// tables, TAPs and sockets. Exits 1 if any check fails
     Doctor,
+    /// Flow records: a line per connection (set up, ended: how, what it
+    /// carried) and per dropped packet, on this node
+    Flows(flows::FlowsArgs),
     /// Write the frames this node's switch sees on a network to a pcap file
     Trace {
         #[arg(long)]
@@ -178,6 +182,42 @@ struct AgentArgs {
         default_value = "1000/s,burst=2000"
     )]
     flood_rate: FloodRate,
+    /// Flow logs: a record per connection and per dropped packet (rate-limited), for `vxmesh flows`
+    #[arg(long, value_enum, default_value = "on")]
+    flow_logs: OnOff,
+    /// Also write flow records to this file (JSON lines, or OTLP/JSON with --flow-log-format otel)
+    #[arg(long, value_name = "PATH")]
+    flow_log: Option<PathBuf>,
+    /// Rotate --flow-log past this size: PATH becomes PATH.1, and so on
+    #[arg(long, value_name = "SIZE", default_value = "64MiB",
+          value_parser = crate::agent::flows::export::parse_size)]
+    flow_log_max_size: u64,
+    /// Rotated --flow-log files kept (PATH.1 .. PATH.N)
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    flow_log_keep: usize,
+    /// What --flow-log holds: json (a record a line) or otel (OTLP/JSON logs, an export request a line)
+    #[arg(long, value_name = "json|otel", default_value = "json")]
+    flow_log_format: crate::agent::flows::export::Format,
+    /// Test only: no connection stays idle in the table longer than N ms
+    /// (the flow-log tests' idle expiry)
+    #[arg(long, hide = true, value_name = "N")]
+    test_conntrack_timeout_ms: Option<u64>,
+}
+
+/// `--flow-log` and its rotation, refused without flow logs.
+fn flow_export(a: &AgentArgs) -> anyhow::Result<Option<crate::agent::flows::ExportConfig>> {
+    let Some(path) = &a.flow_log else {
+        return Ok(None);
+    };
+    if a.flow_logs == OnOff::Off {
+        anyhow::bail!("--flow-log needs flow logs on: drop --flow-logs off");
+    }
+    Ok(Some(crate::agent::flows::ExportConfig {
+        path: path.clone(),
+        max_size: a.flow_log_max_size,
+        keep: a.flow_log_keep,
+        format: a.flow_log_format,
+    }))
 }
 
 /// The variable a store password may come from instead of a file (never a
@@ -364,6 +404,9 @@ enum PolicyCmd {
         /// Sources it applies to (default: every source)
         #[arg(long)]
         from: Option<String>,
+        /// Audit mode: log what it would do (vxmesh flows --verdict audit), do nothing
+        #[arg(long)]
+        audit: bool,
     },
     #[command(alias = "list")]
     Ls,
@@ -427,6 +470,7 @@ pub fn main() -> anyhow::Result<()> {
     match cli.cmd {
         Command::Agent(a) => {
             crate::logging::init(a.log_json);
+            let flow_export = flow_export(&a)?;
             let cfg = AgentConfig {
                 store_options: store_options(&a)?,
                 store: a
@@ -448,11 +492,15 @@ pub fn main() -> anyhow::Result<()> {
                     fdb_learned: a.fdb_learned_max as usize,
                     dns_forwards: a.dns_forwards_max as usize,
                     flood_rate: a.flood_rate.0,
+                    flow_log: (a.flow_logs == OnOff::On)
+                        .then(vxmesh_dataplane::flowlog::FlowLogConfig::default),
+                    conntrack_timeout_cap_ms: a.test_conntrack_timeout_ms,
                 },
                 health_probes_max: a.health_probes_max as usize,
                 ingress_rate_limit: a.ingress_rate_limit,
                 heartbeat_skew_ms: a.test_heartbeat_skew_ms,
                 socket_group: a.socket_group,
+                flow_export,
             };
             tokio::runtime::Runtime::new()?.block_on(agent::run(cfg))
         }
@@ -599,6 +647,7 @@ async fn run_client(c: &Client, f: Format, cmd: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Flows(a) => flows::run(c, f, a).await,
         Command::Trace {
             network,
             filter,
@@ -685,8 +734,11 @@ async fn run_client(c: &Client, f: Format, cmd: Command) -> anyhow::Result<()> {
                 port,
                 action,
                 from,
+                audit,
             } => {
-                let body = json!({ "node": node, "port": port, "action": action, "from": from });
+                let body = json!({
+                    "node": node, "port": port, "action": action, "from": from, "audit": audit,
+                });
                 let v = c.call(Method::POST, "/v1/policies", Some(body)).await?;
                 output::created(f, &v, &[&v["id"]])
             }

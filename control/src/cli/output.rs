@@ -3,7 +3,7 @@
 use super::Format;
 use serde_json::Value;
 
-fn s(v: &Value) -> String {
+pub(super) fn s(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => "-".into(),
@@ -22,7 +22,7 @@ pub fn join(v: &Value) -> String {
     }
 }
 
-fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+pub(super) fn table(headers: &[&str], rows: Vec<Vec<String>>) {
     let mut w: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in &rows {
         for (i, c) in r.iter().enumerate() {
@@ -343,7 +343,7 @@ pub fn policies(f: Format, v: &Value) -> anyhow::Result<()> {
         return pretty(v);
     }
     table(
-        &["ID", "NODE", "PORT", "FROM", "ACTION"],
+        &["ID", "NODE", "PORT", "FROM", "ACTION", "MODE"],
         rows(v, |p| {
             vec![
                 s(&p["id"]),
@@ -355,6 +355,11 @@ pub fn policies(f: Format, v: &Value) -> anyhow::Result<()> {
                     s(&p["from"])
                 },
                 s(&p["action"]),
+                if p["audit"].as_bool() == Some(true) {
+                    "audit".into()
+                } else {
+                    "enforce".into()
+                },
             ]
         }),
     );

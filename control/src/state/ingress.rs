@@ -185,6 +185,9 @@ pub struct PolicySpec {
     pub action: String,
     #[serde(default)]
     pub from: Option<String>,
+    /// Log what it would do, do nothing (`--audit`).
+    #[serde(default)]
+    pub audit: bool,
 }
 
 pub fn add_policy(st: &mut ClusterState, spec: &PolicySpec) -> Result<Policy, StateError> {
@@ -253,6 +256,7 @@ pub fn add_policy(st: &mut ClusterState, spec: &PolicySpec) -> Result<Policy, St
         port,
         from,
         action: spec.action.clone(),
+        audit: spec.audit,
         created: unix_now(),
     };
     st.policies.insert(p.id.clone(), p.clone());
@@ -342,6 +346,33 @@ mod tests {
     }
 
     #[test]
+    fn an_audit_policy_is_stored_as_such_and_old_rows_load_enforced() {
+        let mut st = cluster();
+        let spec = PolicySpec {
+            node: "n1".into(),
+            port: "8123".into(),
+            action: "drop".into(),
+            from: None,
+            audit: true,
+        };
+        let p = add_policy(&mut st, &spec).unwrap();
+        assert!(p.audit);
+        let row = serde_json::to_value(&p).unwrap();
+        assert_eq!(row["audit"], true);
+        // a row written before `audit` existed
+        let mut old = row.clone();
+        old.as_object_mut().unwrap().remove("audit");
+        let back: Policy = serde_json::from_value(old).unwrap();
+        assert!(!back.audit, "enforced");
+        // and a request without it adds an enforced one
+        let req: PolicySpec = serde_json::from_value(
+            serde_json::json!({"node": "n1", "port": "9000", "action": "reject"}),
+        )
+        .unwrap();
+        assert!(!add_policy(&mut st, &req).unwrap().audit);
+    }
+
+    #[test]
     fn policies_are_checked_and_survive_services() {
         let mut st = cluster();
         let spec = |port: &str, action: &str, from: Option<&str>| PolicySpec {
@@ -349,8 +380,10 @@ mod tests {
             port: port.into(),
             action: action.into(),
             from: from.map(String::from),
+            audit: false,
         };
         let p = add_policy(&mut st, &spec("8123", "drop", None)).unwrap();
+        assert!(!p.audit);
         assert_eq!((p.proto.as_str(), p.port), ("tcp", 8123));
         let q = add_policy(&mut st, &spec("53/udp", "reject", Some("10.1.2.3/8"))).unwrap();
         assert_eq!(q.from.unwrap().to_string(), "10.0.0.0/8");

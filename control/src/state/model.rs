@@ -218,6 +218,11 @@ pub struct Policy {
     pub from: Option<IpNet>,
     /// `accept`, `drop` or `reject`.
     pub action: String,
+    /// `--audit`: the switch weighs it and logs what it would do (flow
+    /// records `audit:drop`, `audit:reject`), and does not do it. Rows
+    /// written before it existed load as enforced.
+    #[serde(default)]
+    pub audit: bool,
     #[serde(default)]
     pub created: u64,
 }

@@ -443,6 +443,7 @@ mod tests {
                 port: "8080".into(),
                 action: "drop".into(),
                 from: Some("203.0.113.0/24".into()),
+                audit: false,
             },
         )
         .unwrap();

@@ -126,6 +126,15 @@ impl FlowCache {
         Some(h)
     }
 
+    /// Counts a packet of `len` bytes of connection `id` from `dir`'s side
+    /// (flow logs: see [`Touch::count`]).
+    #[inline(always)]
+    pub fn count(&self, id: u32, dir: Dir, len: super::touch::Wire) {
+        if let Some(t) = self.touch.get(id as usize) {
+            t.count(dir as usize, len);
+        }
+    }
+
     /// Keeps `hit` for `key` if the table gave the generation to keep it
     /// under ([`super::Conntrack::cacheable`]), and returns it.
     pub fn keep(&mut self, key: Key, gen: Option<u32>, hit: Hit) -> Hit {

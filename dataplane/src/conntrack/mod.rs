@@ -29,6 +29,7 @@ mod conn;
 mod index;
 pub mod touch;
 
+use crate::flowlog::{self, EndReason, FlowEvent};
 use conn::{Conn, Six};
 use index::{Index, Ref};
 use rustc_hash::FxHashMap;
@@ -214,7 +215,27 @@ pub struct Conntrack {
     pub lock_waits: u64,
     /// How backends answer new connections (see [`crate::lb::passive`]).
     pub passive: crate::lb::passive::PassiveHealth,
+    /// Connections' ends for the flow log (`None`: flow logs off), waiting
+    /// for the worker that holds the lock to move them to its ring
+    /// ([`Self::drain_log`]).
+    log: Option<EndLog>,
+    /// The latest time the table was told of, for ends no packet brought.
+    now_ms: u64,
+    /// The longest any connection stays idle, whatever its state's timeout
+    /// (tests: `--test-conntrack-timeout-ms`); `u64::MAX`: the timeouts.
+    timeout_cap_ms: u64,
 }
+
+/// Ends recorded under the table's lock, in a buffer allocated once.
+struct EndLog {
+    pending: Vec<FlowEvent>,
+    /// Ends the buffer had no room for.
+    lost: u64,
+}
+
+/// Ends the table holds for the workers, at most: what one sweep's slice
+/// (bounded by [`EXPIRE_SLICE`]) can end, drained after each.
+const END_LOG: usize = EXPIRE_SLICE;
 
 /// Locks the table, counting in it a lock that had to be waited for (another
 /// worker held it). A worker that panicked mid-update leaves a table that is
@@ -238,17 +259,21 @@ pub const EXPIRE_SLICE: usize = 8192;
 
 /// Expires the table's due entries a slice at a time ([`Conntrack::expire_slots`]),
 /// the lock given up between slices so that other workers' new connections
-/// wait for one slice, not for the whole table.
+/// wait for one slice, not for the whole table. `each_slice` sees the table
+/// after each slice, still locked (to take the ends it recorded).
 pub fn expire_in_slices(
     t: &std::sync::Mutex<Conntrack>,
     now_ms: u64,
     mut on_reset: impl FnMut(&Entry),
+    mut each_slice: impl FnMut(&mut Conntrack),
 ) {
     let mut from = Some(0);
     while let Some(first) = from {
-        from = lock_counted(t)
+        let mut ct = lock_counted(t);
+        from = ct
             .expire_slots(now_ms, first, EXPIRE_SLICE, &mut on_reset)
             .1;
+        each_slice(&mut ct);
     }
 }
 
@@ -303,6 +328,70 @@ impl Conntrack {
             created: 0,
             lock_waits: 0,
             passive: Default::default(),
+            log: None,
+            now_ms: 0,
+            timeout_cap_ms: u64::MAX,
+        }
+    }
+
+    /// Caps every state's idle timeout at `ms` (tests that watch connections
+    /// expire without waiting for the real timeouts).
+    pub fn set_timeout_cap(&mut self, ms: u64) {
+        self.timeout_cap_ms = ms;
+    }
+
+    /// Starts (or stops) recording connections' ends for the flow log, and
+    /// counting packets and bytes per connection.
+    pub fn set_flow_log(&mut self, on: bool) {
+        self.log = on.then(|| EndLog {
+            pending: Vec::with_capacity(END_LOG),
+            lost: 0,
+        });
+    }
+
+    pub fn flow_log(&self) -> bool {
+        self.log.is_some()
+    }
+
+    /// Ends the table could not keep for a worker to take (its buffer full).
+    pub fn flow_log_lost(&self) -> u64 {
+        self.log.as_ref().map_or(0, |l| l.lost)
+    }
+
+    /// Counts a packet of `len` bytes of connection `id` from `dir`'s side.
+    #[inline]
+    pub fn count(&self, id: u32, dir: Dir, len: touch::Wire) {
+        if let Some(t) = self.touch.get(id as usize) {
+            t.count(dir as usize, len);
+        }
+    }
+
+    /// Hands the ends recorded since the last call to `to`, oldest first.
+    #[inline]
+    pub fn drain_log(&mut self, mut to: impl FnMut(FlowEvent)) {
+        if let Some(l) = self.log.as_mut().filter(|l| !l.pending.is_empty()) {
+            for e in l.pending.drain(..) {
+                to(e);
+            }
+        }
+    }
+
+    /// Records the end of slot `id`'s connection `c` (a return path, service
+    /// 0, is the ingress node's to record).
+    #[cold]
+    fn log_end(&mut self, id: u32, c: &Conn, why: EndReason) {
+        if c.service == 0 {
+            return;
+        }
+        let e = self.entry(id, c);
+        let counts = self.touch[id as usize].counts();
+        let now = self.now_ms;
+        if let Some(l) = self.log.as_mut() {
+            if l.pending.len() < END_LOG {
+                l.pending.push(FlowEvent::end(&e, why, counts, now));
+            } else {
+                l.lost += 1;
+            }
         }
     }
 
@@ -413,6 +502,7 @@ impl Conntrack {
         now_ms: u64,
     ) -> u32 {
         let reply = reply_key(&orig, &reply);
+        self.now_ms = now_ms;
         debug_assert!(
             Self::trackable(&orig, &reply),
             "one key both ways, or mixed families (see Conntrack::trackable)"
@@ -422,7 +512,7 @@ impl Conntrack {
         // through another node or VIP) is stale
         for k in [orig, reply] {
             if let Some((id, _)) = self.lookup(&k) {
-                self.discard(id);
+                self.discard(id, EndReason::Replaced);
             }
         }
         let owner = self.owner_of(&orig);
@@ -473,6 +563,7 @@ impl Conntrack {
         let Some(Some(e)) = self.slab.get_mut(id as usize) else {
             return;
         };
+        self.now_ms = now_ms;
         let t = &self.touch[id as usize];
         let before = (e.state, e.fins());
         let last_ms = t.last_ms();
@@ -489,6 +580,17 @@ impl Conntrack {
         );
         if (e.state, e.fins()) != before {
             t.bump();
+            if let Some(why) = self
+                .log
+                .as_ref()
+                .and(flowlog::event::ended_by(before.0, e.state))
+            {
+                let c = *e;
+                self.log_end(id, &c, why);
+            }
+            let Some(Some(e)) = self.slab.get_mut(id as usize) else {
+                return;
+            };
             let (was, is) = (
                 before.0 == State::Established,
                 e.state == State::Established,
@@ -663,19 +765,22 @@ impl Conntrack {
 
     /// Removes one entry (a stalled connection about to be scheduled anew).
     pub fn retire(&mut self, id: u32) -> Option<Entry> {
-        self.remove(id)
+        self.remove(id, EndReason::Replaced)
     }
 
-    fn remove(&mut self, id: u32) -> Option<Entry> {
+    fn remove(&mut self, id: u32, why: EndReason) -> Option<Entry> {
         let c = *self.slab.get(id as usize)?.as_ref()?;
         let e = self.entry(id, &c);
-        self.unlink(id, &c);
+        self.unlink(id, &c, why);
         Some(e)
     }
 
     /// Removes slot `id`'s connection `c` without making a copy of it (an
     /// eviction, a stale holder of a key: nobody looks at what went).
-    fn unlink(&mut self, id: u32, c: &Conn) {
+    fn unlink(&mut self, id: u32, c: &Conn, why: EndReason) {
+        if self.log.is_some() && !flowlog::event::already_ended(c.state) {
+            self.log_end(id, c, why);
+        }
         let s = six_of(&self.six, c, id);
         self.index.remove(&c.orig(s), Ref::new(id, Dir::Orig));
         self.index.remove(&c.reply(s), Ref::new(id, Dir::Reply));
@@ -687,9 +792,9 @@ impl Conntrack {
     }
 
     /// [`Self::unlink`] by slot.
-    fn discard(&mut self, id: u32) {
+    fn discard(&mut self, id: u32, why: EndReason) {
         if let Some(Some(c)) = self.slab.get(id as usize).copied() {
-            self.unlink(id, &c);
+            self.unlink(id, &c, why);
         }
     }
 
@@ -769,7 +874,7 @@ impl Conntrack {
             }
         }
         if let Some((_, _, _, id)) = best {
-            self.discard(id);
+            self.discard(id, EndReason::Evicted);
             self.evicted += 1;
         }
     }
@@ -803,15 +908,17 @@ impl Conntrack {
         mut on_reset: impl FnMut(&Entry),
     ) -> (usize, Option<usize>) {
         let end = first.saturating_add(count).min(self.slab.len());
+        self.now_ms = now_ms;
         let mut n = 0;
         for id in first.min(end) as u32..end as u32 {
             let last_ms = self.touch[id as usize].last_ms();
             self.count_unanswered(id, last_ms, now_ms);
-            let expired = self.slab[id as usize]
-                .as_ref()
-                .is_some_and(|e| now_ms.saturating_sub(last_ms) > timeout_ms(e.state, e.proto));
+            let expired = self.slab[id as usize].as_ref().is_some_and(|e| {
+                now_ms.saturating_sub(last_ms)
+                    > timeout_ms(e.state, e.proto).min(self.timeout_cap_ms)
+            });
             if expired {
-                if let Some(e) = self.remove(id) {
+                if let Some(e) = self.remove(id, EndReason::Idle) {
                     if e.orig.proto == 6 && e.state == State::Established {
                         on_reset(&e);
                     }
@@ -857,7 +964,9 @@ impl Conntrack {
                 pick(&e).then_some(i as u32)
             })
             .collect();
-        ids.into_iter().filter_map(|id| self.remove(id)).collect()
+        ids.into_iter()
+            .filter_map(|id| self.remove(id, EndReason::BackendGone))
+            .collect()
     }
 
     /// Removes every connection of a backend that left (removed or unhealthy),

@@ -1,8 +1,11 @@
 //! What a packet of a known connection changes, kept beside the table so that a
 //! worker can write it without taking the table's lock: when the connection was
-//! last seen, where each side's next TCP segment starts, and a generation that
+//! last seen, where each side's next TCP segment starts, a generation that
 //! tells a worker's cached copy of the connection ([`super::cache`]) that it is
-//! stale.
+//! stale, and (while flow logs are on) the packets and bytes each way, which
+//! its end record reports. The counts sit here rather than in the table's
+//! record, which stays at 40 bytes for lookups, and on the line every packet
+//! already writes (its last-seen time), so counting costs no further miss.
 //!
 //! There is one slot per entry the table may ever hold, allocated once (the
 //! table never grows past its limit), so a slot stays where it is for as long as
@@ -13,6 +16,15 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
+/// What one switched buffer carries on the wire, as flow logs count it: IP
+/// packets and their bytes (a TSO super-frame: its segments, each with its
+/// own headers).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Wire {
+    pub packets: u32,
+    pub bytes: u32,
+}
+
 #[derive(Debug, Default)]
 pub struct Touch {
     /// Bumped, under the table's lock, whenever the slot's connection changes
@@ -21,6 +33,10 @@ pub struct Touch {
     last_ms: AtomicU64,
     /// The sequence number each side (client, backend) sends next.
     seq: [AtomicU32; 2],
+    /// Packets and bytes from each side (client, backend), while flow logs
+    /// are on.
+    packets: [AtomicU64; 2],
+    bytes: [AtomicU64; 2],
 }
 
 impl Touch {
@@ -62,6 +78,33 @@ impl Touch {
         }
     }
 
+    /// Counts what one switched buffer carried from `side` (a TSO super-frame
+    /// counts as the segments it leaves as). A load and a store, not an
+    /// atomic add: one direction of a flow is read by one worker (the kernel
+    /// hashes a flow to one queue and one socket), so there is one writer per
+    /// side; were there two for a moment, a count would be lost, never memory.
+    #[inline]
+    pub fn count(&self, side: usize, w: Wire) {
+        let (p, b) = (&self.packets[side & 1], &self.bytes[side & 1]);
+        p.store(
+            p.load(Ordering::Relaxed).wrapping_add(u64::from(w.packets)),
+            Ordering::Relaxed,
+        );
+        b.store(
+            b.load(Ordering::Relaxed).wrapping_add(u64::from(w.bytes)),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Packets and bytes from (client, backend).
+    pub fn counts(&self) -> ([u64; 2], [u64; 2]) {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        (
+            [l(&self.packets[0]), l(&self.packets[1])],
+            [l(&self.bytes[0]), l(&self.bytes[1])],
+        )
+    }
+
     /// Starts the slot over for a new connection (its generation moves on, so
     /// nothing cached of the slot's previous connection matches).
     pub(super) fn reset(&self, now_ms: u64) {
@@ -69,6 +112,9 @@ impl Touch {
         self.last_ms.store(now_ms, Ordering::Relaxed);
         self.seq[0].store(0, Ordering::Relaxed);
         self.seq[1].store(0, Ordering::Relaxed);
+        for a in self.packets.iter().chain(&self.bytes) {
+            a.store(0, Ordering::Relaxed);
+        }
     }
 }
 

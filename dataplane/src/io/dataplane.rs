@@ -100,6 +100,12 @@ pub struct Limits {
     /// Each port's budget of frames to flood, per worker (`--flood-rate`);
     /// past it they are dropped (`flood_limited`). `None`: no limit.
     pub flood_rate: Option<crate::lb::limit::RateLimit>,
+    /// Flow logs (`--flow-logs`): each worker's ring and drop-record budget;
+    /// `None`: off (no records, no per-connection counts).
+    pub flow_log: Option<crate::flowlog::FlowLogConfig>,
+    /// Test only (`--test-conntrack-timeout-ms`): the longest any connection
+    /// stays idle in the table, whatever its state's timeout.
+    pub conntrack_timeout_cap_ms: Option<u64>,
 }
 
 impl Default for Limits {
@@ -109,6 +115,8 @@ impl Default for Limits {
             fdb_learned: FDB_LEARNED_MAX,
             dns_forwards: DNS_FORWARDS_MAX,
             flood_rate: Some(FLOOD_RATE),
+            flow_log: Some(crate::flowlog::FlowLogConfig::default()),
+            conntrack_timeout_cap_ms: None,
         }
     }
 }
@@ -132,9 +140,12 @@ impl Dataplane {
             false,
         )?);
         let state = Arc::new(ArcSwap::from_pointee(SwitchState::default()));
-        let conntrack = Arc::new(std::sync::Mutex::new(crate::conntrack::Conntrack::new(
-            limits.conntrack,
-        )));
+        let mut table = crate::conntrack::Conntrack::new(limits.conntrack);
+        table.set_flow_log(limits.flow_log.is_some());
+        if let Some(ms) = limits.conntrack_timeout_cap_ms {
+            table.set_timeout_cap(ms);
+        }
+        let conntrack = Arc::new(std::sync::Mutex::new(table));
         let start = std::time::Instant::now();
         let mut wireguard = wireguard;
         let mut handles = Vec::new();
@@ -386,13 +397,38 @@ impl Dataplane {
             .unwrap_or_default()
     }
 
-    /// Every worker's counters, summed.
+    /// Every worker's counters, summed (with the ends the connection table
+    /// could not keep for the flow log among the records lost).
     pub fn counters(&self) -> Counters {
         let mut c = Counters::default();
         for w in &self.workers {
             c.add(&w.counters());
         }
+        c.flow_log_lost += self
+            .conntrack
+            .lock()
+            .map(|t| t.flow_log_lost())
+            .unwrap_or(0);
         c
+    }
+
+    /// Whether flow logs are on (`--flow-logs`).
+    pub fn flow_logs(&self) -> bool {
+        self.limits.flow_log.is_some()
+    }
+
+    /// Moves the flow records every worker wrote since the last call into
+    /// `out` (at most `max` from each worker).
+    pub fn drain_flows(&self, out: &mut Vec<crate::flowlog::FlowEvent>, max: usize) {
+        for w in &self.workers {
+            w.drain_flows(out, max);
+        }
+    }
+
+    /// The instant the workers' clock counts milliseconds from (flow records'
+    /// and connections' times).
+    pub fn clock_start(&self) -> std::time::Instant {
+        self.start
     }
 }
 

@@ -78,6 +78,8 @@ pub struct WorkerHandle {
     tx: mpsc::Sender<Command>,
     waker: Arc<Waker>,
     counters: Arc<Mutex<Counters>>,
+    /// The agent's end of this worker's flow log (`None`: flow logs off).
+    flows: Option<Mutex<crate::flowlog::FlowReader>>,
     /// Why the worker stopped, when it stopped without being told to (it
     /// panicked, or its poll failed): set once, by the worker's thread.
     exit: Arc<OnceLock<String>>,
@@ -106,6 +108,11 @@ impl WorkerHandle {
         let mut switch = Switch::with_conntrack(limits.fdb_learned, conntrack);
         switch.set_lane(index);
         switch.set_flood_rate(limits.flood_rate);
+        let flows = limits.flow_log.map(|cfg| {
+            let (log, reader) = crate::flowlog::FlowLog::new(cfg);
+            switch.set_flow_log(Some(log));
+            Mutex::new(reader)
+        });
         let mut w = Worker {
             poll,
             rx,
@@ -185,6 +192,7 @@ impl WorkerHandle {
             tx,
             waker,
             counters,
+            flows,
             exit,
             join: Some(join),
         })
@@ -248,6 +256,13 @@ impl WorkerHandle {
     /// Test-only: probe answers carry the wall clock `ms` off.
     pub fn set_clock_skew(&self, ms: i64) {
         self.send(Command::ClockSkew(ms));
+    }
+
+    /// Moves up to `max` of the flow records this worker wrote into `out`.
+    pub fn drain_flows(&self, out: &mut Vec<crate::flowlog::FlowEvent>, max: usize) {
+        if let Some(Ok(mut r)) = self.flows.as_ref().map(|f| f.lock()) {
+            r.drain_into(out, max);
+        }
     }
 
     /// Counters as of the last publication (at most 100 ms old).
@@ -592,10 +607,7 @@ impl Worker {
             if self.index == 0 && last_sweep.elapsed() >= SWEEP_EVERY {
                 last_sweep = Instant::now();
                 let now = self.now_ms();
-                let mut gone = Vec::new();
-                crate::conntrack::expire_in_slices(&self.switch.conntrack(), now, |e| {
-                    gone.push(*e)
-                });
+                let gone = self.switch.expire(now);
                 self.send_resets(&gone, &mut buf);
             }
             if last_publish.elapsed() >= PUBLISH_EVERY {

@@ -75,14 +75,78 @@ impl std::fmt::Display for RateLimit {
     }
 }
 
+/// One token bucket's arithmetic in GCRA form: a bucket is one word, the time
+/// (ns of the dataplane's clock) at which it would be full again. The one
+/// place the step is written, for every bucket of the dataplane: per source
+/// address ([`SourceLimiter`]), per port ([`crate::fair::PortRate`]), the flow
+/// log's drop records ([`crate::flowlog`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gcra {
+    /// Time one event takes out of a bucket, and a bucket's depth, in ns.
+    interval_ns: u64,
+    depth_ns: u64,
+}
+
+impl Gcra {
+    pub fn new(limit: RateLimit) -> Self {
+        let interval_ns = 1_000_000_000 / u64::from(limit.per_sec.max(1));
+        Self {
+            interval_ns,
+            depth_ns: interval_ns.saturating_mul(u64::from(limit.burst.max(1))),
+        }
+    }
+
+    /// The bucket's next value if one more event at `now_ms` fits in a bucket
+    /// now at `tat`; `None`: over the rate.
+    #[inline]
+    pub fn next(&self, tat: u64, now_ms: u64) -> Option<u64> {
+        let now = now_ms.saturating_mul(1_000_000);
+        let next = tat.max(now).saturating_add(self.interval_ns);
+        (next - now <= self.depth_ns).then_some(next)
+    }
+
+    /// [`Self::next`] on a bucket of one owner: taken if it fits.
+    #[inline]
+    pub fn admit(&self, tat: &mut u64, now_ms: u64) -> bool {
+        match self.next(*tat, now_ms) {
+            Some(n) => {
+                *tat = n;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// One bucket with its own state, for what a worker limits for everyone
+/// alike (drop records, answers to doctor probes).
+#[derive(Debug, Clone, Copy)]
+pub struct Bucket {
+    gcra: Gcra,
+    tat: u64,
+}
+
+impl Bucket {
+    pub fn new(limit: RateLimit) -> Self {
+        Self {
+            gcra: Gcra::new(limit),
+            tat: 0,
+        }
+    }
+
+    /// Whether one more may pass at `now_ms` (counted if so).
+    #[inline]
+    pub fn admit(&mut self, now_ms: u64) -> bool {
+        self.gcra.admit(&mut self.tat, now_ms)
+    }
+}
+
 /// The table of buckets, shared by every worker (put in the ingress view).
 pub struct SourceLimiter {
     limit: RateLimit,
     /// Per bucket: when it would be full again, in ns of the dataplane's clock.
     tat: Box<[AtomicU64]>,
-    /// Time one connection takes out of a bucket, and a bucket's depth, in ns.
-    interval_ns: u64,
-    depth_ns: u64,
+    gcra: Gcra,
     /// The hash's key (odd): another on every agent, so nobody can pick
     /// addresses that share a victim's bucket.
     key: u64,
@@ -95,12 +159,10 @@ impl SourceLimiter {
 
     /// With a given hash key (tests).
     pub fn with_key(limit: RateLimit, key: u64) -> Self {
-        let interval_ns = 1_000_000_000 / u64::from(limit.per_sec.max(1));
         Self {
             limit,
             tat: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
-            interval_ns,
-            depth_ns: interval_ns.saturating_mul(u64::from(limit.burst.max(1))),
+            gcra: Gcra::new(limit),
             key: key | 1,
         }
     }
@@ -122,14 +184,12 @@ impl SourceLimiter {
     /// is counted against its bucket).
     #[inline]
     pub fn admit(&self, src: IpAddr, now_ms: u64) -> bool {
-        let now = now_ms.saturating_mul(1_000_000);
         let b = self.bucket(src);
         let mut tat = b.load(Ordering::Relaxed);
         loop {
-            let next = tat.max(now).saturating_add(self.interval_ns);
-            if next - now > self.depth_ns {
+            let Some(next) = self.gcra.next(tat, now_ms) else {
                 return false;
-            }
+            };
             match b.compare_exchange_weak(tat, next, Ordering::Relaxed, Ordering::Relaxed) {
                 Ok(_) => return true,
                 Err(t) => tat = t,

@@ -17,13 +17,15 @@ pub use fdb::{LearnedFdb, AGEING_MS};
 pub use probe::{ProbeAnswer, ANSWER_RATE, PROBE_RATE};
 pub use state::{
     policy_verdict, BackendView, IngressView, Location, NetworkView, PolicyAction, PolicyRule,
-    PortId, PortView, PublishedView, ServiceView, SwitchState,
+    PolicyVerdict, PortId, PortView, PublishedView, ServiceView, SwitchState,
 };
 
 use crate::buf::PacketBuf;
 use crate::conntrack::cache::{FlowCache, Hit};
+use crate::conntrack::touch::Wire;
 use crate::conntrack::{Conntrack, Dir, Key};
 use crate::counters::{Counters, DropReason};
+use crate::flowlog::{FlowEvent, FlowLog, Kind, Verdict};
 use crate::lb::nat::{self, Side};
 use crate::lb::scheduler::{self, Scheduler};
 
@@ -96,12 +98,57 @@ pub struct Switch {
     flows: FlowCache,
     /// A running `vxmesh trace`, if any.
     pub tap: Option<tap::Tap>,
+    /// This worker's flow log (`None`: flow logs off; see [`crate::flowlog`]).
+    flow_log: Option<FlowLog>,
     /// This worker's lane in the networks' [`crate::traffic::Traffic`] counters.
     lane: usize,
     /// Each port's budget of frames to replicate (`--flood-rate`); none: no limit.
     flood_budget: Option<crate::fair::PortRate>,
     /// Doctor probes: budgets and the wall clock answers carry.
     probes: probe::Probes,
+}
+
+/// What lets a new connection in: the service it is for, and the policy that
+/// decided it (for its flow record).
+#[derive(Debug, Clone, Copy)]
+struct Admitted {
+    p: PublishedView,
+    policy: u32,
+    verdict: Verdict,
+}
+
+impl Admitted {
+    /// Let in by the node's policies (`v.action` is accept): by which rule,
+    /// and what an audit rule would have done instead.
+    fn by_policy(p: PublishedView, v: PolicyVerdict) -> Self {
+        let (policy, verdict) = match v.audit {
+            Some((PolicyAction::Drop, id)) => (id, Verdict::AuditDrop),
+            Some((PolicyAction::Reject, id)) => (id, Verdict::AuditReject),
+            _ if v.rule != 0 => (v.rule, Verdict::Accept),
+            _ => (0, Verdict::None),
+        };
+        Admitted { p, policy, verdict }
+    }
+}
+
+/// The IP packets and bytes the frame in `buf` makes on the wire (what flow
+/// logs count; a super-frame's segments each have their own headers).
+#[inline(always)]
+fn ip_len(buf: &PacketBuf) -> Wire {
+    let packets = buf.wire_frames();
+    Wire {
+        packets: packets as u32,
+        bytes: buf.wire_bytes().saturating_sub(packets * ETH_HDR as u64) as u32,
+    }
+}
+
+/// Moves the ends the connection table recorded (under its lock, held by the
+/// caller) into this worker's flow log.
+#[inline(always)]
+fn take_ends(ct: &mut Conntrack, log: &mut Option<FlowLog>, c: &mut Counters) {
+    if let Some(l) = log.as_mut() {
+        ct.drain_log(|e| l.connection(e, c));
+    }
 }
 
 /// Rotates multi-address DNS answers (`tasks.NAME`): one counter for the whole
@@ -260,6 +307,7 @@ impl Switch {
         Self {
             flows: FlowCache::new(touches),
             tap: None,
+            flow_log: None,
             learned: LearnedFdb::new(max_learned),
             counters: Counters::default(),
             conntrack,
@@ -275,6 +323,13 @@ impl Switch {
     /// index (each lane has one writer).
     pub fn set_lane(&mut self, lane: usize) {
         self.lane = lane;
+    }
+
+    /// Writes flow records into `log` from now on (`None`: stops). The
+    /// connection table's ends and per-connection counts are switched on
+    /// for all workers by whoever owns it ([`Conntrack::set_flow_log`]).
+    pub fn set_flow_log(&mut self, log: Option<FlowLog>) {
+        self.flow_log = log;
     }
 
     /// Gives each port a budget of broadcast, multicast and unknown-unicast
@@ -389,25 +444,33 @@ impl Switch {
     /// tracked from now on, all under one lock. A connection stuck on a backend
     /// passive health took out is picked anew. An established connection's
     /// packets are served from this worker's cache, without the lock.
+    #[allow(clippy::too_many_arguments)]
     fn track_orig(
         &mut self,
         net: &NetworkView,
         key: Key,
         seg: Seg,
-        admit: impl FnOnce() -> Result<PublishedView, DropReason>,
+        len: Wire,
+        admit: impl FnOnce() -> Result<Admitted, DropReason>,
         now_ms: u64,
     ) -> Result<Hit, DropReason> {
         if let Some(h) = self
             .flows
             .hit(&key, Dir::Orig, seg.flags, seg.seq_end, now_ms)
         {
-            return Ok(*h);
+            let h = *h;
+            if self.flow_log.is_some() {
+                self.flows.count(h.id, Dir::Orig, len);
+            }
+            return Ok(h);
         }
         // borrowed apart, so the table is locked without cloning its Arc per packet
         let Self {
             conntrack,
             schedulers,
             view,
+            flow_log,
+            counters,
             ..
         } = self;
         let mut ct = crate::conntrack::lock_counted(conntrack);
@@ -422,7 +485,7 @@ impl Switch {
         let id = match tracked {
             Some(id) => id,
             None => {
-                let p = admit()?;
+                let Admitted { p, policy, verdict } = admit()?;
                 let (i, ip) = Self::pick_backend(
                     schedulers,
                     view,
@@ -441,15 +504,36 @@ impl Switch {
                     dport: key.sport,
                     ..key
                 };
-                ct.insert(key, reply, p.fwmark, i, seg.flags, now_ms)
+                if matches!(verdict, Verdict::AuditDrop | Verdict::AuditReject) {
+                    counters.policy_audited += 1;
+                }
+                let id = ct.insert(key, reply, p.fwmark, i, seg.flags, now_ms);
+                if let Some(l) = flow_log.as_mut() {
+                    let open = FlowEvent {
+                        kind: Kind::Open,
+                        at_ms: now_ms,
+                        key,
+                        nat: Some((ip, p.target)),
+                        service: p.fwmark,
+                        policy,
+                        verdict,
+                        ..Default::default()
+                    };
+                    l.connection(open, counters);
+                }
+                id
             }
         };
+        if flow_log.is_some() {
+            ct.count(id, Dir::Orig, len);
+        }
         ct.update(id, Dir::Orig, seg.flags, now_ms);
         if key.proto == 6 {
             ct.note_seq(id, Dir::Orig, seg.seq_end);
         }
         let (ip, port, _) = ct.translation(id, Dir::Orig).ok_or(DropReason::NoBackend)?;
         let gen = ct.cacheable(id, Dir::Orig);
+        take_ends(&mut ct, flow_log, counters);
         drop(ct);
         let mac = *net.neighbors.get(&ip).ok_or(DropReason::NoBackend)?;
         let hit = Hit {
@@ -475,12 +559,17 @@ impl Switch {
             return Err(untracked_reason(buf.data(), |d| net.vips.contains_key(d)));
         };
         let mark = *net.vips.get(&key.dst).ok_or(DropReason::NoRoute)?;
-        let service = PublishedView {
-            fwmark: mark,
-            target: key.dport,
-            host_only: false,
+        let service = Admitted {
+            p: PublishedView {
+                fwmark: mark,
+                target: key.dport,
+                host_only: false,
+            },
+            policy: 0,
+            verdict: Verdict::None,
         };
-        let to = self.track_orig(net, key, seg, || Ok(service), now_ms)?;
+        let len = ip_len(buf);
+        let to = self.track_orig(net, key, seg, len, || Ok(service), now_ms)?;
         if !nat::rewrite(buf.data_mut(), Side::Dst, to.ip, key.dport) {
             return Err(DropReason::Malformed);
         }
@@ -513,7 +602,7 @@ impl Switch {
             self.unbalance_icmp_error(net, buf);
             return;
         };
-        let Some(to) = self.track_reply(key, seg, now_ms) else {
+        let Some(to) = self.track_reply(key, seg, ip_len(buf), now_ms) else {
             return;
         };
         if nat::rewrite(buf.data_mut(), Side::Src, to.ip, to.port) {
@@ -528,28 +617,42 @@ impl Switch {
     /// (The cached path is inlined into each caller, so the key never goes
     /// through memory; the table's path is not.)
     #[inline(always)]
-    fn track_reply(&mut self, key: Key, seg: Seg, now_ms: u64) -> Option<Hit> {
+    fn track_reply(&mut self, key: Key, seg: Seg, len: Wire, now_ms: u64) -> Option<Hit> {
         if let Some(h) = self
             .flows
             .hit(&key, Dir::Reply, seg.flags, seg.seq_end, now_ms)
         {
-            return Some(*h);
+            let h = *h;
+            if self.flow_log.is_some() {
+                self.flows.count(h.id, Dir::Reply, len);
+            }
+            return Some(h);
         }
-        self.track_reply_in_table(key, seg, now_ms)
+        self.track_reply_in_table(key, seg, len, now_ms)
     }
 
     #[inline(never)]
-    fn track_reply_in_table(&mut self, key: Key, seg: Seg, now_ms: u64) -> Option<Hit> {
-        let mut ct = self.lock_conntrack();
+    fn track_reply_in_table(&mut self, key: Key, seg: Seg, len: Wire, now_ms: u64) -> Option<Hit> {
+        let Self {
+            conntrack,
+            flow_log,
+            counters,
+            ..
+        } = self;
+        let mut ct = crate::conntrack::lock_counted(conntrack);
         let Some((id, Dir::Reply)) = ct.lookup(&key) else {
             return None;
         };
+        if flow_log.is_some() {
+            ct.count(id, Dir::Reply, len);
+        }
         ct.update(id, Dir::Reply, seg.flags, now_ms);
         if key.proto == 6 {
             ct.note_seq(id, Dir::Reply, seg.seq_end);
         }
         let (ip, port, via) = ct.translation(id, Dir::Reply)?;
         let gen = ct.cacheable(id, Dir::Reply);
+        take_ends(&mut ct, flow_log, counters);
         drop(ct);
         let hit = Hit {
             via,
@@ -670,7 +773,8 @@ impl Switch {
             if !ing.enabled && !p.host_only {
                 return Err(DropReason::IngressOff);
             }
-            match policy_verdict(&ing.policies, key.proto, key.dport, key.src) {
+            let v = policy_verdict(&ing.policies, key.proto, key.dport, key.src);
+            match v.action {
                 PolicyAction::Accept => {}
                 PolicyAction::Drop => return Err(DropReason::PolicyDrop),
                 PolicyAction::Reject => return Err(DropReason::PolicyReject),
@@ -679,19 +783,24 @@ impl Switch {
             // over the limit is dropped unanswered (a RST would answer spoofers)
             match &ing.rate_limit {
                 Some(l) if !l.admit(key.src, now_ms) => Err(DropReason::IngressRateLimited),
-                _ => Ok(p),
+                _ => Ok(Admitted::by_policy(p, v)),
             }
         };
+        let len = ip_len(buf);
         let Hit {
             ip, port, mac, at, ..
-        } = match self.track_orig(net, key, seg, admit, now_ms) {
+        } = match self.track_orig(net, key, seg, len, admit, now_ms) {
             Ok(t) => t,
             // a port just unpublished or a node just closed is refused as the
             // closed port the kernel's table is about to make it, not left to
             // time out
             Err(
                 r @ (DropReason::NotPublished | DropReason::IngressOff | DropReason::PolicyReject),
-            ) => return self.reject(ing, buf, r),
+            ) => {
+                // the refusal is written over the frame: recorded first
+                self.log_drop(ing.vni, Some(ing), buf.data(), r, now_ms);
+                return self.reject(ing, buf, r);
+            }
             Err(r) => return self.drop(r),
         };
         if !nat::rewrite(buf.data_mut(), Side::Dst, ip, port) {
@@ -791,7 +900,7 @@ impl Switch {
         let Some((key, seg)) = five_tuple(buf.data(), net.vni) else {
             return self.drop(DropReason::NoRoute);
         };
-        let Some(to) = self.track_reply(key, seg, now_ms) else {
+        let Some(to) = self.track_reply(key, seg, ip_len(buf), now_ms) else {
             return self.drop(DropReason::NoRoute);
         };
         match to.via {
@@ -816,7 +925,7 @@ impl Switch {
         let Some((key, seg)) = five_tuple(buf.data(), ing.vni) else {
             return self.drop(DropReason::NoRoute);
         };
-        match self.track_reply(key, seg, now_ms) {
+        match self.track_reply(key, seg, ip_len(buf), now_ms) {
             Some(to) => self.send_to_sandbox(ing, buf, &to),
             None => self.drop(DropReason::NoRoute),
         }
@@ -858,7 +967,7 @@ impl Switch {
         if cached.is_some_and(|h| h.via == Some(smac)) {
             return;
         }
-        let mut ct = self.lock_conntrack();
+        let mut ct = crate::conntrack::lock_counted(&self.conntrack);
         // a bare SYN starts a new connection, even on a tuple seen before
         let fresh = key.proto == 6 && seg.flags & 0x12 == 0x02;
         let id = match ct.lookup(&key) {
@@ -875,6 +984,8 @@ impl Switch {
             ct.note_seq(id, Dir::Orig, seg.seq_end);
         }
         let gen = ct.cacheable(id, Dir::Orig);
+        // its insert may have ended another connection (evicted, replaced)
+        take_ends(&mut ct, &mut self.flow_log, &mut self.counters);
         drop(ct);
         let hit = Hit {
             via: Some(smac),
@@ -950,8 +1061,86 @@ impl Switch {
         Action::Drop(r)
     }
 
-    /// A frame an endpoint sent on its port.
+    /// A frame an endpoint (or the ingress sandbox) sent on its port. A drop
+    /// is recorded in the flow log, when it is on, with the frame's 5-tuple.
+    #[inline]
     pub fn from_port<'s>(
+        &mut self,
+        st: &'s SwitchState,
+        port: PortId,
+        buf: &mut PacketBuf,
+        now_ms: u64,
+    ) -> Action<'s> {
+        let a = self.switch_port(st, port, buf, now_ms);
+        if let (Action::Drop(r), Some(_)) = (a, &self.flow_log) {
+            self.log_port_drop(st, port, buf, r, now_ms);
+        }
+        a
+    }
+
+    /// Records a drop of a frame from `port` (whose network is its zone).
+    #[cold]
+    fn log_port_drop(
+        &mut self,
+        st: &SwitchState,
+        port: PortId,
+        buf: &PacketBuf,
+        r: DropReason,
+        now_ms: u64,
+    ) {
+        match st.ingress.as_ref().filter(|i| i.port == port) {
+            Some(ing) => self.log_drop(ing.vni, Some(ing), buf.data(), r, now_ms),
+            None => {
+                if let Some(pv) = st.ports.get(&port) {
+                    self.log_drop(pv.vni, None, buf.data(), r, now_ms);
+                }
+            }
+        }
+    }
+
+    /// Records a drop of `frame` on network `zone` in the flow log (when on),
+    /// if it has a 5-tuple; at ingress (`ing`), with the policy that refused it.
+    #[cold]
+    fn log_drop(
+        &mut self,
+        zone: u32,
+        ing: Option<&IngressView>,
+        frame: &[u8],
+        r: DropReason,
+        now_ms: u64,
+    ) {
+        let Some(log) = self.flow_log.as_mut() else {
+            return;
+        };
+        let Some((key, _)) = five_tuple(frame, zone) else {
+            return;
+        };
+        let (policy, verdict) = match (r, ing) {
+            (DropReason::PolicyDrop | DropReason::PolicyReject, Some(ing)) => {
+                let v = policy_verdict(&ing.policies, key.proto, key.dport, key.src);
+                let verdict = match v.action {
+                    PolicyAction::Drop => Verdict::Drop,
+                    PolicyAction::Reject => Verdict::Reject,
+                    PolicyAction::Accept => Verdict::Accept,
+                };
+                (v.rule, verdict)
+            }
+            _ => (0, Verdict::None),
+        };
+        let e = FlowEvent {
+            kind: Kind::Drop(r),
+            at_ms: now_ms,
+            key,
+            policy,
+            verdict,
+            packets: [1, 0],
+            bytes: [frame.len().saturating_sub(ETH_HDR) as u64, 0],
+            ..Default::default()
+        };
+        log.dropped(e, now_ms, &mut self.counters);
+    }
+
+    fn switch_port<'s>(
         &mut self,
         st: &'s SwitchState,
         port: PortId,
@@ -1233,6 +1422,8 @@ mod tests;
 mod tests_egress;
 #[cfg(test)]
 mod tests_flow_cache;
+#[cfg(test)]
+mod tests_flowlog;
 #[cfg(test)]
 mod tests_ingress;
 #[cfg(test)]

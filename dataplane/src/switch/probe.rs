@@ -47,8 +47,8 @@ pub struct ProbeAnswer {
 /// A worker's probe budgets and wall clock.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Probes {
-    requests: crate::fair::Bucket,
-    answers: crate::fair::Bucket,
+    requests: crate::lb::limit::Bucket,
+    answers: crate::lb::limit::Bucket,
     /// Unix ms at the switch's clock's zero (`now_ms` 0), as the worker last set it.
     wall_at_zero_ms: u64,
 }
@@ -56,8 +56,8 @@ pub(super) struct Probes {
 impl Default for Probes {
     fn default() -> Self {
         Self {
-            requests: crate::fair::Bucket::new(PROBE_RATE),
-            answers: crate::fair::Bucket::new(ANSWER_RATE),
+            requests: crate::lb::limit::Bucket::new(PROBE_RATE),
+            answers: crate::lb::limit::Bucket::new(ANSWER_RATE),
             wall_at_zero_ms: 0,
         }
     }

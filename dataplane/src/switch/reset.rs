@@ -51,14 +51,36 @@ impl Switch {
                 );
             }
         }
-        let mut ct = self.lock_conntrack();
+        let mut ct = crate::conntrack::lock_counted(&self.conntrack);
         ct.passive.retain(|k| known.contains(k));
         let gone = ct.remove_where(|e| {
             // return paths (service 0) belong to the ingress node's entry
             e.service != 0 && !serving.contains(&(e.orig.zone, e.service, e.reply.src))
         });
+        take_ends(&mut ct, &mut self.flow_log, &mut self.counters);
         drop(ct);
         gone.into_iter().filter(Conntrack::wants_reset).collect()
+    }
+
+    /// Sweeps the connection table for connections idle past their timeout
+    /// (in slices: see [`crate::conntrack::expire_in_slices`]); their ends go
+    /// to this worker's flow log. Returns the established TCP ones, whose
+    /// ends should be reset.
+    pub fn expire(&mut self, now_ms: u64) -> Vec<Entry> {
+        let mut gone = Vec::new();
+        let Self {
+            conntrack,
+            flow_log,
+            counters,
+            ..
+        } = self;
+        crate::conntrack::expire_in_slices(
+            conntrack,
+            now_ms,
+            |e| gone.push(*e),
+            |ct| take_ends(ct, flow_log, counters),
+        );
+        gone
     }
 
     /// Writes a RST for one end of a connection that is gone into `buf` and

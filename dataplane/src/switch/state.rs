@@ -224,6 +224,10 @@ pub struct PolicyRule {
     /// every source of either family).
     pub from: Option<(IpAddr, u8)>,
     pub action: PolicyAction,
+    /// The policy's id (`vxmesh policy ls`; 0: none), for flow records.
+    pub id: u32,
+    /// `--audit`: weighed and logged, never applied.
+    pub audit: bool,
 }
 
 impl PolicyRule {
@@ -251,14 +255,43 @@ impl PolicyRule {
     }
 }
 
+/// What the node's policies make of a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PolicyVerdict {
+    /// What is done: the enforced rules' decision.
+    pub action: PolicyAction,
+    /// The id of the rule that decided it (0: no rule matched).
+    pub rule: u32,
+    /// What an `--audit` rule would have done instead (and its id), when
+    /// audit rules, weighed as if enforced, decide otherwise.
+    pub audit: Option<(PolicyAction, u32)>,
+}
+
 /// The longest `--from` prefix that covers the connection decides, so "drop all,
-/// accept 10.0.0.0/8" reads as an allow-list; no rule at all accepts.
-pub fn policy_verdict(rules: &[PolicyRule], proto: u8, port: u16, src: IpAddr) -> PolicyAction {
-    rules
-        .iter()
-        .filter(|r| r.covers(proto, port, src))
-        .max_by_key(|r| r.prefix())
-        .map_or(PolicyAction::Accept, |r| r.action)
+/// accept 10.0.0.0/8" reads as an allow-list; no rule at all accepts. Audit
+/// rules are left out of what is done, and weighed with the others for what
+/// would be done if they were enforced.
+pub fn policy_verdict(rules: &[PolicyRule], proto: u8, port: u16, src: IpAddr) -> PolicyVerdict {
+    let best = |with_audit: bool| {
+        rules
+            .iter()
+            .filter(|r| (with_audit || !r.audit) && r.covers(proto, port, src))
+            .max_by_key(|r| r.prefix())
+    };
+    let enforced = best(false);
+    let action = enforced.map_or(PolicyAction::Accept, |r| r.action);
+    let audit = if rules.iter().any(|r| r.audit) {
+        best(true)
+            .filter(|r| r.audit && r.action != action)
+            .map(|r| (r.action, r.id))
+    } else {
+        None
+    };
+    PolicyVerdict {
+        action,
+        rule: enforced.map_or(0, |r| r.id),
+        audit,
+    }
 }
 
 /// A published port on this node: the virtual service it feeds and the tasks' port.

@@ -7,7 +7,7 @@ pub(super) const A: Mac = [2, 0, 0, 0, 0, 0xa];
 pub(super) const B: Mac = [2, 0, 0, 0, 0, 0xb];
 const R: Mac = [2, 0, 0, 0, 0, 0xc];
 pub(super) const GW: Mac = [2, 0x56, 0x58, 0, 0, 7];
-const VNI: u32 = 7;
+pub(super) const VNI: u32 = 7;
 
 pub(super) fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -627,9 +627,10 @@ fn oversized_packets_get_icmp_from_the_gateway() {
 pub(super) const SYN: u8 = 0x02;
 pub(super) const ACK: u8 = 0x10;
 pub(super) const FIN: u8 = 0x01;
+pub(super) const RST: u8 = 0x04;
 
 /// The switch tests' one TCP frame builder: `flags` of [`SYN`], [`FIN`],
-/// [`ACK`] (acknowledging 1), window 1000.
+/// [`RST`], [`ACK`] (acknowledging 1), window 1000.
 pub(super) fn tcp_segment(
     (src, dst): (Mac, Mac),
     from: ([u8; 4], u16),
@@ -646,6 +647,9 @@ pub(super) fn tcp_segment(
     }
     if flags & FIN != 0 {
         b = b.fin();
+    }
+    if flags & RST != 0 {
+        b = b.rst();
     }
     if flags & ACK != 0 {
         b = b.ack(1);

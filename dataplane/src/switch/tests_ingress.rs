@@ -6,18 +6,18 @@ use super::*;
 use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
 use std::net::Ipv4Addr;
 
-const IVNI: u32 = 4095;
-const HOST: Mac = [2, 0, 0, 0, 0xff, 1];
-const SBOX: Mac = [2, 0, 0, 0, 0xff, 2];
+pub(super) const IVNI: u32 = 4095;
+pub(super) const HOST: Mac = [2, 0, 0, 0, 0xff, 1];
+pub(super) const SBOX: Mac = [2, 0, 0, 0, 0xff, 2];
 const SBOX_B: Mac = [2, 0, 0, 0, 0xff, 3];
 const IGW: Mac = [2, 0x56, 0x58, 0, 0x0f, 0xff];
 const TASK_A: Mac = [2, 0, 0, 0, 0xaa, 1];
 const TASK_B: Mac = [2, 0, 0, 0, 0xbb, 1];
-const SANDBOX_PORT: PortId = PortId(0);
-const TASK_PORT: PortId = PortId(5);
+pub(super) const SANDBOX_PORT: PortId = PortId(0);
+pub(super) const TASK_PORT: PortId = PortId(5);
 const NODE_B: &str = "192.0.2.2";
-const CLIENT: [u8; 4] = [198, 51, 100, 7];
-const SBOX_IP: [u8; 4] = [169, 254, 250, 2];
+pub(super) const CLIENT: [u8; 4] = [198, 51, 100, 7];
+pub(super) const SBOX_IP: [u8; 4] = [169, 254, 250, 2];
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -25,7 +25,7 @@ fn ip(s: &str) -> IpAddr {
 
 /// Node A: a sandbox, one local task (10.255.0.10), one on node B (10.255.0.20);
 /// 8080/tcp and 5353/udp go to 80 and 53 of service 0x100, 9090 is mode=host.
-fn node_a() -> SwitchState {
+pub(super) fn node_a() -> SwitchState {
     let mut net = NetworkView {
         vni: IVNI,
         gateway_mac: IGW,
@@ -107,7 +107,7 @@ fn node_a() -> SwitchState {
     st
 }
 
-fn tcp(
+pub(super) fn tcp(
     src: Mac,
     dst: Mac,
     sip: [u8; 4],
@@ -120,7 +120,14 @@ fn tcp(
     tcp_segment((src, dst), (sip, sport), (dip, dport), 100, flags, b"hello")
 }
 
-fn udp(src: Mac, dst: Mac, sip: [u8; 4], dip: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+pub(super) fn udp(
+    src: Mac,
+    dst: Mac,
+    sip: [u8; 4],
+    dip: [u8; 4],
+    sport: u16,
+    dport: u16,
+) -> Vec<u8> {
     let mut out = Vec::new();
     PacketBuilder::ethernet2(src, dst)
         .ipv4(sip, dip, 64)
@@ -130,7 +137,7 @@ fn udp(src: Mac, dst: Mac, sip: [u8; 4], dip: [u8; 4], sport: u16, dport: u16) -
     out
 }
 
-fn buf(frame: &[u8]) -> PacketBuf {
+pub(super) fn buf(frame: &[u8]) -> PacketBuf {
     let mut b = PacketBuf::new();
     b.load_frame(frame);
     b
@@ -278,18 +285,24 @@ fn policies_ingress_off_and_unpublished_ports_refuse_with_a_reason() {
             port: 8080,
             from: None,
             action: PolicyAction::Reject,
+            id: 0,
+            audit: false,
         },
         PolicyRule {
             proto: 6,
             port: 8080,
             from: Some((Ipv4Addr::new(198, 51, 100, 0).into(), 24)),
             action: PolicyAction::Accept,
+            id: 0,
+            audit: false,
         },
         PolicyRule {
             proto: 17,
             port: 5353,
             from: None,
             action: PolicyAction::Drop,
+            id: 0,
+            audit: false,
         },
     ];
     // the longer prefix accepts the client's network
@@ -396,22 +409,68 @@ fn policy_verdict_takes_the_longest_prefix() {
         port: 80,
         from: (prefix > 0).then(|| (Ipv4Addr::from(from).into(), prefix)),
         action,
+        id: u32::from(prefix) + 1,
+        audit: false,
     };
     let rules = [
         r([0, 0, 0, 0], 0, PolicyAction::Drop),
         r([10, 0, 0, 0], 8, PolicyAction::Accept),
         r([10, 1, 0, 0], 16, PolicyAction::Reject),
     ];
-    let v = |a: [u8; 4], port| policy_verdict(&rules, 6, port, Ipv4Addr::from(a).into());
-    assert_eq!(v([192, 0, 2, 1], 80), PolicyAction::Drop);
-    assert_eq!(v([10, 2, 0, 1], 80), PolicyAction::Accept);
-    assert_eq!(v([10, 1, 0, 1], 80), PolicyAction::Reject);
-    assert_eq!(v([192, 0, 2, 1], 81), PolicyAction::Accept, "other ports");
+    let v = |a: [u8; 4], port| {
+        let v = policy_verdict(&rules, 6, port, Ipv4Addr::from(a).into());
+        assert_eq!(v.audit, None, "no audit rule");
+        (v.action, v.rule)
+    };
+    assert_eq!(v([192, 0, 2, 1], 80), (PolicyAction::Drop, 1));
+    assert_eq!(v([10, 2, 0, 1], 80), (PolicyAction::Accept, 9));
+    assert_eq!(v([10, 1, 0, 1], 80), (PolicyAction::Reject, 17));
     assert_eq!(
-        policy_verdict(&rules, 17, 80, Ipv4Addr::new(192, 0, 2, 1).into()),
+        v([192, 0, 2, 1], 81),
+        (PolicyAction::Accept, 0),
+        "other ports"
+    );
+    assert_eq!(
+        policy_verdict(&rules, 17, 80, Ipv4Addr::new(192, 0, 2, 1).into()).action,
         PolicyAction::Accept,
         "other protocols"
     );
+}
+
+#[test]
+fn an_audit_rule_is_weighed_but_not_applied() {
+    let rule = |from: Option<[u8; 4]>, action, id, audit| PolicyRule {
+        proto: 6,
+        port: 80,
+        from: from.map(|a| (Ipv4Addr::from(a).into(), 24)),
+        action,
+        id,
+        audit,
+    };
+    let at =
+        |rules: &[PolicyRule], a: [u8; 4]| policy_verdict(rules, 6, 80, Ipv4Addr::from(a).into());
+    // alone: the connection is accepted, and the audit says it would be dropped
+    let rules = [rule(None, PolicyAction::Drop, 4, true)];
+    let v = at(&rules, [192, 0, 2, 1]);
+    assert_eq!((v.action, v.rule), (PolicyAction::Accept, 0));
+    assert_eq!(v.audit, Some((PolicyAction::Drop, 4)));
+    // beside an enforced drop of everyone, an audited allow-list says who
+    // would get through
+    let rules = [
+        rule(None, PolicyAction::Drop, 1, false),
+        rule(Some([192, 0, 2, 0]), PolicyAction::Accept, 2, true),
+    ];
+    let v = at(&rules, [192, 0, 2, 1]);
+    assert_eq!((v.action, v.rule), (PolicyAction::Drop, 1));
+    assert_eq!(v.audit, Some((PolicyAction::Accept, 2)));
+    // where the audit rule agrees with what is done, or does not cover the
+    // source, it says nothing
+    assert_eq!(at(&rules, [198, 51, 100, 1]).audit, None);
+    let rules = [
+        rule(None, PolicyAction::Reject, 1, false),
+        rule(Some([192, 0, 2, 0]), PolicyAction::Reject, 2, true),
+    ];
+    assert_eq!(at(&rules, [192, 0, 2, 1]).audit, None);
 }
 
 /// A TCP segment: a bare SYN (`syn`), or an ACK carrying `payload`; with
@@ -670,6 +729,8 @@ fn a_source_over_its_rate_is_dropped_and_its_connections_go_on() {
         port: 8080,
         from: Some((Ipv4Addr::from([198, 51, 100, 9]).into(), 32)),
         action: PolicyAction::Drop,
+        id: 0,
+        audit: false,
     });
     sw.on_state(&st);
     for sport in 0..5 {
