@@ -314,7 +314,7 @@ impl Agent {
             flows: cfg
                 .limits
                 .flow_log
-                .map(|_| Arc::new(flows::Flows::default())),
+                .map(|_| Arc::new(flows::Flows::new(cfg.limits.conntrack))),
         });
         let mut me = Node::new(&cfg.node, cfg.advertise_addr);
         me.last_seen = crate::state::model::unix_now();

@@ -20,9 +20,12 @@ use vxmesh_dataplane::flowlog::{FlowEvent, Kind};
 
 /// How often the workers' rings are drained.
 pub const DRAIN_EVERY: Duration = Duration::from_millis(150);
-/// Records (ended connections and drops) kept for `vxmesh flows`.
-pub const HISTORY: usize = 10_000;
-/// Connections set up and not ended yet, kept to join their ends to, at most.
+/// Records (ended connections and drops) kept for `vxmesh flows`: a few MiB
+/// at most (a record with its names is some hundreds of bytes), so a flood
+/// of connections costs the agent bounded memory (`flood.rs`).
+pub const HISTORY: usize = 4096;
+/// Connections set up and not ended yet, kept to join their ends to, at most
+/// (and never more than the connection table holds: see [`Flows::new`]).
 pub const OPEN_MAX: usize = 65_536;
 /// An open connection not heard of for this long is forgotten (past the
 /// longest timeout of the connection table, 15 minutes: its end was lost).
@@ -46,6 +49,10 @@ pub struct ExportConfig {
 /// What the agent keeps of flow records.
 pub struct Flows {
     book: Mutex<Book>,
+    /// Open connections kept at most: no more than the connection table
+    /// holds, since an open one without its entry ended unseen (its end
+    /// lost to a full ring under a flood).
+    open_max: usize,
     follow: tokio::sync::broadcast::Sender<Arc<FlowRecord>>,
 }
 
@@ -57,14 +64,20 @@ struct Book {
 
 impl Default for Flows {
     fn default() -> Self {
-        Flows {
-            book: Mutex::default(),
-            follow: tokio::sync::broadcast::channel(FOLLOW_QUEUE).0,
-        }
+        Self::new(OPEN_MAX)
     }
 }
 
 impl Flows {
+    /// `conntrack_max`: the connection table's size (`--conntrack-max`).
+    pub fn new(conntrack_max: usize) -> Self {
+        Flows {
+            book: Mutex::default(),
+            open_max: conntrack_max.clamp(1, OPEN_MAX),
+            follow: tokio::sync::broadcast::channel(FOLLOW_QUEUE).0,
+        }
+    }
+
     /// The last `limit` records `f` matches, oldest first: connections ended
     /// and packets dropped, and connections still open (`event: open`).
     pub fn list(&self, f: &Filter, limit: usize) -> Vec<FlowRecord> {
@@ -112,7 +125,7 @@ impl Flows {
             let mut r = names.record(e, epoch_ms + e.at_ms);
             match e.kind {
                 Kind::Open => {
-                    if b.open.len() < OPEN_MAX {
+                    if b.open.len() < self.open_max {
                         b.open.insert(e.key, r.clone());
                     }
                     let _ = self.follow.send(Arc::new(r));
@@ -200,6 +213,40 @@ mod tests {
     use super::*;
     use crate::state::ClusterState;
     use vxmesh_dataplane::flowlog::{EndReason, Verdict};
+
+    /// A flood of connections whose ends are lost (a full ring) and of ended
+    /// ones leaves the book at its bounds: the history at [`HISTORY`], the
+    /// open ones at the connection table's size.
+    #[test]
+    fn a_flood_of_records_leaves_the_book_at_its_bounds() {
+        let flows = Flows::new(100);
+        let st = ClusterState::default();
+        let names = Names { st: &st };
+        let mut events: Vec<FlowEvent> = (0..20_000u32)
+            .map(|i| FlowEvent {
+                at_ms: u64::from(i),
+                key: vxmesh_dataplane::conntrack::Key {
+                    zone: 1,
+                    proto: 6,
+                    src: std::net::IpAddr::from([10, 0, 0, 1]),
+                    dst: std::net::IpAddr::from([10, 0, 0, 2]),
+                    sport: (i / 2) as u16,
+                    // the ends are other connections': every set-up's end lost
+                    dport: 80 + (i % 2) as u16,
+                },
+                kind: if i % 2 == 0 {
+                    Kind::Open
+                } else {
+                    Kind::End(EndReason::Evicted)
+                },
+                ..Default::default()
+            })
+            .collect();
+        flows.ingest(&mut events, &names, 1_000);
+        let b = flows.book.lock().unwrap();
+        assert_eq!(b.history.len(), HISTORY);
+        assert_eq!(b.open.len(), 100);
+    }
 
     #[test]
     fn an_end_is_joined_to_its_set_up_across_workers() {
