@@ -109,14 +109,7 @@ impl Worker {
         if self.coalescer.push(frame) {
             self.co_port = Some(port);
         } else {
-            write_frame(
-                &self.ports,
-                &mut self.switch.counters,
-                self.index,
-                port,
-                &VnetHdr::default(),
-                frame,
-            );
+            self.write_port(port, frame);
         }
     }
 
