@@ -3,6 +3,7 @@
 
 pub mod attach;
 pub mod egress;
+pub mod follow_stats;
 pub mod health;
 pub mod ingress;
 pub mod iproute;
@@ -150,6 +151,8 @@ pub struct Agent {
     heartbeat_skew_ms: i64,
     /// Whether the last store read succeeded (for metrics).
     store_ok: std::sync::atomic::AtomicBool,
+    /// Reads and reconciles made following the store, and their time.
+    pub follow_stats: follow_stats::FollowStats,
     /// The stored rows the last read left out as invalid (for stats, metrics,
     /// and to log each once).
     invalid_rows: std::sync::Mutex<Vec<crate::state::validate::InvalidRow>>,
@@ -277,6 +280,7 @@ impl Agent {
             tunnel_peers: std::sync::Mutex::new(Vec::new()),
             foreign_vteps: std::sync::Mutex::new(Vec::new()),
             store_ok: std::sync::atomic::AtomicBool::new(true),
+            follow_stats: Default::default(),
             invalid_rows: std::sync::Mutex::new(Vec::new()),
             down: std::sync::Mutex::new(Default::default()),
             dns_upstream: upstream_resolvers(),
@@ -348,6 +352,13 @@ impl Agent {
     /// The virtual services this node balances, with their backends' connection
     /// counts, as `ipvsadm -Ln` shows them.
     pub fn lb_table(&self) -> Vec<VirtualService> {
+        self.lb_rows(None)
+    }
+
+    /// [`Self::lb_table`], or only the rows of one VIP (or sandbox address):
+    /// what a poller asks many times a second (the scale harness watching a
+    /// change land), without building and sending every row.
+    pub fn lb_rows(&self, only: Option<IpAddr>) -> Vec<VirtualService> {
         let st = self.worker.state();
         let conns = self.worker.connections();
         let ejected = self.worker.ejected();
@@ -355,6 +366,9 @@ impl Agent {
                    mark: u32,
                    vip: IpAddr,
                    published: Vec<String>| {
+            if only.is_some_and(|o| o != vip) {
+                return None;
+            }
             let svc = net.services.get(&mark)?;
             // a VIP's real servers are its tasks' addresses of its family
             let backends = svc
@@ -509,7 +523,9 @@ impl Agent {
         let mut stale = true;
         loop {
             if stale {
+                let t0 = std::time::Instant::now();
                 let loaded = self.load().await;
+                self.follow_stats.loaded(t0.elapsed());
                 self.store_ok
                     .store(loaded.is_ok(), std::sync::atomic::Ordering::Relaxed);
                 match loaded {
@@ -518,7 +534,15 @@ impl Agent {
                         self.note_invalid(&snap.invalid);
                         let r = snap.revision;
                         if r != rev {
+                            let t0 = std::time::Instant::now();
+                            let st = &snap.state;
+                            let objects = st.networks.len()
+                                + st.nodes.len()
+                                + st.endpoints.len()
+                                + st.services.len()
+                                + st.policies.len();
                             self.reconcile(snap).await;
+                            self.follow_stats.reconciled(t0.elapsed(), objects);
                             rev = r;
                         }
                     }

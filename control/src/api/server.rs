@@ -365,8 +365,15 @@ async fn remove_service(State(a): Ag, Path(name): Path<String>) -> Res {
     to_json(s)
 }
 
-async fn lb_table(State(a): Ag) -> Res {
-    to_json(a.lb_table())
+#[derive(serde::Deserialize)]
+struct LbQuery {
+    /// Only this VIP's (or sandbox address's) rows.
+    #[serde(default)]
+    vip: Option<std::net::IpAddr>,
+}
+
+async fn lb_table(State(a): Ag, axum::extract::Query(q): axum::extract::Query<LbQuery>) -> Res {
+    to_json(a.lb_rows(q.vip))
 }
 
 async fn conntrack_table(State(a): Ag) -> Res {
@@ -419,6 +426,7 @@ async fn stats(State(a): Ag) -> Res {
         "tunnel_rx": c.tunnel_rx,
         "store": a.store_name(),
         "store_reachable": a.store_reachable(),
+        "follow": a.follow_stats.json(),
         "invalid_rows": invalid.len(),
         "invalid": invalid,
         "port_rx": c.port_rx,
