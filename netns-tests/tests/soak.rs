@@ -37,7 +37,11 @@ fn entries_to(t: &Topology, n: &Node, ip: &str) -> anyhow::Result<usize> {
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|r| r["backend"].as_str().is_some_and(|b| b.starts_with(&prefix)))
+        .filter(|r| {
+            r["backend"]
+                .as_str()
+                .is_some_and(|b| b.starts_with(&prefix))
+        })
         .count())
 }
 
@@ -66,7 +70,10 @@ fn churned_tasks_leave_no_backend_or_conntrack_entry_behind() -> anyhow::Result<
     let n2 = t.add_node("n2")?;
     t.start_agent(&n1, &[])?;
     t.start_agent(&n2, &[])?;
-    t.cli_ok(&n1, &["network", "create", "web", "--subnet", "10.62.0.0/24"])?;
+    t.cli_ok(
+        &n1,
+        &["network", "create", "web", "--subnet", "10.62.0.0/24"],
+    )?;
     let svc = t.cli_json(&n1, &["service", "create", "api", "--network", "web"])?;
     let vip: IpAddr = svc["vips"]["web"].as_str().unwrap().parse()?;
     let stay = t.add_container("stay")?;
@@ -76,7 +83,10 @@ fn churned_tasks_leave_no_backend_or_conntrack_entry_behind() -> anyhow::Result<
     endpoint(&t, &n1, "web", &client, &[])?;
     let churn = t.add_container("churn")?;
     let dst = SocketAddr::new(vip, 80);
-    assert!(connect_to(&client, dst, "stay")?.is_some(), "the VIP answers");
+    assert!(
+        connect_to(&client, dst, "stay")?.is_some(),
+        "the VIP answers"
+    );
     let base = (backends(&t, &n1, vip)?, backends(&t, &n2, vip)?);
     assert_eq!(base.0.len(), 1, "{base:?}");
 
@@ -87,8 +97,14 @@ fn churned_tasks_leave_no_backend_or_conntrack_entry_behind() -> anyhow::Result<
         let ep = endpoint(&t, &n2, "web", &churn, &["--service", "api"])?;
         let srv = answer_server(&churn, "0.0.0.0:80".parse()?, true, |_| "churn\n".into())?;
         let open = connect_to(&client, dst, "churn")?;
-        assert!(open.is_some(), "round {rounds}: the new task answers through the VIP");
-        assert!(entries_to(&t, &n1, &ep.ip)? > 0, "its connection is tracked");
+        assert!(
+            open.is_some(),
+            "round {rounds}: the new task answers through the VIP"
+        );
+        assert!(
+            entries_to(&t, &n1, &ep.ip)? > 0,
+            "its connection is tracked"
+        );
         t.cli_ok(&n2, &["endpoint", "rm", &ep.id])?;
         let gone = eventually(GONE_WITHIN, || {
             Ok(!backends(&t, &n1, vip)?.contains(&ep.ip)
@@ -112,6 +128,9 @@ fn churned_tasks_leave_no_backend_or_conntrack_entry_behind() -> anyhow::Result<
         base,
         "the balancers are back to the one task that stayed"
     );
-    assert!(connect_to(&client, dst, "stay")?.is_some(), "and it still answers");
+    assert!(
+        connect_to(&client, dst, "stay")?.is_some(),
+        "and it still answers"
+    );
     Ok(())
 }

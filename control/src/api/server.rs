@@ -296,16 +296,19 @@ async fn rotate_key(State(a): Ag, Path(name): Path<String>) -> Res {
 
 async fn list_services(State(a): Ag) -> Res {
     let st = a.load().await?.state;
+    // tasks counted in one pass, not one pass per service (issue 21)
+    let mut tasks: std::collections::HashMap<&str, usize> = Default::default();
+    for e in st.endpoints.values() {
+        if let Some(s) = e.service.as_deref() {
+            *tasks.entry(s).or_default() += 1;
+        }
+    }
     let v: Vec<Value> = st
         .services
         .values()
         .map(|s| {
             let mut j = serde_json::to_value(s).unwrap_or_default();
-            j["tasks"] = json!(st
-                .endpoints
-                .values()
-                .filter(|e| e.service.as_deref() == Some(s.name.as_str()))
-                .count());
+            j["tasks"] = json!(tasks.get(s.name.as_str()).copied().unwrap_or(0));
             j
         })
         .collect();

@@ -55,10 +55,8 @@ impl Writer {
             .spawn(move || {
                 // SAFETY: setns on an fd we own, affecting only this thread.
                 if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    let _ = ready_tx.send(Err(anyhow!(
-                        "setns: {}",
-                        std::io::Error::last_os_error()
-                    )));
+                    let _ =
+                        ready_tx.send(Err(anyhow!("setns: {}", std::io::Error::last_os_error())));
                     return;
                 }
                 let opts = StoreOptions {
@@ -82,8 +80,10 @@ impl Writer {
                         Err(mpsc::RecvTimeoutError::Disconnected) => return,
                     }
                     if Instant::now() >= next_beat {
-                        let nodes: Vec<String> =
-                            beats.lock().map(|b| b.iter().cloned().collect()).unwrap_or_default();
+                        let nodes: Vec<String> = beats
+                            .lock()
+                            .map(|b| b.iter().cloned().collect())
+                            .unwrap_or_default();
                         let now = vxmesh_control::state::model::unix_now_ms();
                         for n in nodes {
                             if let Err(e) = s.heartbeat(&n, now) {
@@ -243,9 +243,10 @@ pub fn create_service(
             let node = sim_node((i * tasks + t) % nodes.max(1));
             ips.push(add_task(st, &s.name, &node, task_id(first + t as u64))?);
         }
-        let vip = s.vips.get(NETWORK).copied().ok_or_else(|| {
-            ops::StateError::Invalid(format!("service {} got no VIP", s.name))
-        })?;
+        let vip =
+            s.vips.get(NETWORK).copied().ok_or_else(|| {
+                ops::StateError::Invalid(format!("service {} got no VIP", s.name))
+            })?;
         Ok((vip, ips))
     })?;
     Ok((vip, ips, cost))
@@ -278,7 +279,10 @@ pub fn add_sim_task(w: &Writer, svc: &str, node: &str, id: String) -> Result<(Ip
 
 pub fn remove_task(w: &Writer, id: &str) -> Result<WriteCost> {
     let id = id.to_string();
-    Ok(w.transact(move |st| ops::remove_endpoint(st, &id).map(|_| ()))?.1)
+    Ok(
+        w.transact(move |st| ops::remove_endpoint(st, &id).map(|_| ()))?
+            .1,
+    )
 }
 
 /// A policy on `node`: its id.
@@ -295,16 +299,27 @@ pub fn add_policy(w: &Writer, node: &str, port: u16, action: &str) -> Result<(St
 
 pub fn remove_policy(w: &Writer, id: &str) -> Result<WriteCost> {
     let id = id.to_string();
-    Ok(w.transact(move |st| ingress::remove_policy(st, &id).map(|_| ()))?.1)
+    Ok(
+        w.transact(move |st| ingress::remove_policy(st, &id).map(|_| ()))?
+            .1,
+    )
 }
 
 /// Publishes one more port on `svc` (`--publish-add`), or takes it away: a
 /// service update.
-pub fn update_ports(w: &Writer, svc: &str, add: Option<&str>, rm: Option<u16>) -> Result<WriteCost> {
+pub fn update_ports(
+    w: &Writer,
+    svc: &str,
+    add: Option<&str>,
+    rm: Option<u16>,
+) -> Result<WriteCost> {
     let svc = svc.to_string();
     let add: Vec<String> = add.into_iter().map(String::from).collect();
     let rm: Vec<String> = rm.into_iter().map(|p| p.to_string()).collect();
-    Ok(w.transact(move |st| services::update_ports(st, &svc, &add, &rm).map(|_| ()))?.1)
+    Ok(
+        w.transact(move |st| services::update_ports(st, &svc, &add, &rm).map(|_| ()))?
+            .1,
+    )
 }
 
 /// The size of the stored state: objects and their JSON bytes.

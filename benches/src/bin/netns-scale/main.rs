@@ -50,6 +50,31 @@ const USAGE: &str = "netns-scale [--services N] [--tasks-per-service M] [--nodes
     [--json FILE] [--svg FILE]\n\
     the control plane at scale: two real agents, the rest simulated through the state API (run as root)";
 
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// SIGINT and SIGTERM only set a flag the polling loops check, so the
+/// topology is still torn down (as netns-lb does).
+fn catch_signals() {
+    let handler = on_signal as extern "C" fn(libc::c_int);
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            libc::signal(sig, handler as libc::sighandler_t);
+        }
+    }
+}
+
+pub fn check_stop() -> Result<()> {
+    if STOP.load(std::sync::atomic::Ordering::Relaxed) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
 /// How long one change may take before the run is called failed.
 const LIMIT: Duration = Duration::from_secs(60);
 const PUBLISHED: u16 = 8080;
@@ -69,7 +94,9 @@ pub struct Args {
 
 fn parse_duration(s: &str) -> Result<Duration> {
     let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = n.parse().with_context(|| format!("{s}: not a duration (60s, 10m, 1h)"))?;
+    let n: u64 = n
+        .parse()
+        .with_context(|| format!("{s}: not a duration (60s, 10m, 1h)"))?;
     Ok(Duration::from_secs(match unit {
         "" | "s" => n,
         "m" => n * 60,
@@ -178,7 +205,13 @@ impl Cluster {
         }
         t.cli_ok(
             &r1,
-            &["network", "create", cluster::NETWORK, "--subnet", cluster::SUBNET],
+            &[
+                "network",
+                "create",
+                cluster::NETWORK,
+                "--subnet",
+                cluster::SUBNET,
+            ],
         )?;
         let real = t.cli_json(
             &r1,
@@ -214,7 +247,14 @@ impl Cluster {
         let client = t.add_container("client")?;
         t.cli_ok(
             &r1,
-            &["endpoint", "create", "--network", cluster::NETWORK, "--netns", &client],
+            &[
+                "endpoint",
+                "create",
+                "--network",
+                cluster::NETWORK,
+                "--netns",
+                &client,
+            ],
         )?;
         let writer = Writer::start(&ctl.ns, &t.store_url())?;
         cluster::add_sim_nodes(&writer, args.nodes - 2)?;
@@ -247,6 +287,7 @@ impl Cluster {
         let tail_from = target - (target - from) / 10;
         let mut write_secs = Vec::new();
         while self.vips.len() < target {
+            check_stop()?;
             let i = self.vips.len();
             if i == tail_from {
                 tail_start = Some(Instant::now());
@@ -359,7 +400,9 @@ fn changes(c: &mut Cluster) -> Result<Value> {
             Ok(a.backends(vip)?.len() == tasks)
         })?;
         let w1 = c.store_process_wchar();
-        conv.entry("service_created").or_default().push(d.as_secs_f64());
+        conv.entry("service_created")
+            .or_default()
+            .push(d.as_secs_f64());
         writes
             .entry("service_created")
             .or_default()
@@ -378,8 +421,11 @@ fn changes(c: &mut Cluster) -> Result<Value> {
         let node = cluster::sim_node(k % c.sim_nodes());
         let w0 = c.store_process_wchar();
         let t0 = Instant::now();
-        let (ip, cost) = cluster::add_sim_task(&c.writer, &cluster::service_name(svc), &node, id.clone())?;
-        let d = converge(&agents, t0, LIMIT, "task added", |a| Ok(a.backends(vip)?.contains(&ip)))?;
+        let (ip, cost) =
+            cluster::add_sim_task(&c.writer, &cluster::service_name(svc), &node, id.clone())?;
+        let d = converge(&agents, t0, LIMIT, "task added", |a| {
+            Ok(a.backends(vip)?.contains(&ip))
+        })?;
         let w1 = c.store_process_wchar();
         conv.entry("task_added").or_default().push(d.as_secs_f64());
         writes
@@ -393,7 +439,9 @@ fn changes(c: &mut Cluster) -> Result<Value> {
             Ok(!a.listed_backends(vip)?.contains(&ip))
         })?;
         let w1 = c.store_process_wchar();
-        conv.entry("task_removed").or_default().push(d.as_secs_f64());
+        conv.entry("task_removed")
+            .or_default()
+            .push(d.as_secs_f64());
         writes
             .entry("task_removed")
             .or_default()
@@ -404,12 +452,18 @@ fn changes(c: &mut Cluster) -> Result<Value> {
         let r1 = [agents[0].clone()];
         let t0 = Instant::now();
         let (pid, _) = cluster::add_policy(&c.writer, &c.r1.name, PUBLISHED, "reject")?;
-        let d = converge(&r1, t0, LIMIT, "policy added", |_| Ok(!c.published_answers()?))?;
-        conv.entry("policy_added").or_default().push(d.as_secs_f64());
+        let d = converge(&r1, t0, LIMIT, "policy added", |_| {
+            Ok(!c.published_answers()?)
+        })?;
+        conv.entry("policy_added")
+            .or_default()
+            .push(d.as_secs_f64());
         let t0 = Instant::now();
         cluster::remove_policy(&c.writer, &pid)?;
         let d = converge(&r1, t0, LIMIT, "policy removed", |_| c.published_answers())?;
-        conv.entry("policy_removed").or_default().push(d.as_secs_f64());
+        conv.entry("policy_removed")
+            .or_default()
+            .push(d.as_secs_f64());
         count += 2;
     }
     let after = costs(c)?;
@@ -435,18 +489,22 @@ fn changes(c: &mut Cluster) -> Result<Value> {
             b.remove(&node);
         }
         let t0 = Instant::now();
-        let d = converge(&agents, t0, LIMIT, "node down", |a| Ok(!a.backends(vip)?.contains(&ip)))
-            .with_context(|| {
-                format!(
-                    "{node} ({ip} of VIP {vip}); r1 sees nodes {}",
-                    agents[0].get("/v1/nodes").unwrap_or_default()
-                )
-            })?;
+        let d = converge(&agents, t0, LIMIT, "node down", |a| {
+            Ok(!a.backends(vip)?.contains(&ip))
+        })
+        .with_context(|| {
+            format!(
+                "{node} ({ip} of VIP {vip}); r1 sees nodes {}",
+                agents[0].get("/v1/nodes").unwrap_or_default()
+            )
+        })?;
         conv.entry("node_down").or_default().push(d.as_secs_f64());
         if let Ok(mut b) = c.writer.beating.lock() {
             b.insert(node);
         }
-        converge(&agents, Instant::now(), LIMIT, "node back", |a| Ok(a.backends(vip)?.contains(&ip)))?;
+        converge(&agents, Instant::now(), LIMIT, "node back", |a| {
+            Ok(a.backends(vip)?.contains(&ip))
+        })?;
     }
     let mut out = json!({});
     for (kind, v) in &conv {
@@ -550,7 +608,11 @@ fn chart(results: &[Value], args: &Args) -> BarChart {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .map(|s| s["changes"]["convergence_ms"][kind]["p99"].as_f64().unwrap_or(0.0))
+                .map(|s| {
+                    s["changes"]["convergence_ms"][kind]["p99"]
+                        .as_f64()
+                        .unwrap_or(0.0)
+                })
                 .collect();
             series.push(Series {
                 name: format!("{store}: {}", kind.replace('_', " ")),
@@ -575,6 +637,7 @@ fn chart(results: &[Value], args: &Args) -> BarChart {
 
 fn main() -> Result<()> {
     let args = parse_args()?;
+    catch_signals();
     let started = std::time::SystemTime::now();
     let mut results = Vec::new();
     for &kind in &args.stores {

@@ -97,7 +97,11 @@ impl ProcStat {
         // fields after the command's closing parenthesis; utime, stime are 14, 15
         let rest = stat.rsplit_once(')').map_or("", |r| r.1);
         let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| f.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        let ticks = |i: usize| {
+            f.get(i - 3)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
         let cpu_secs = (ticks(14) + ticks(15)) / vxmesh_benches::ticks_per_sec();
         let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
         let field = |k: &str| {
@@ -137,6 +141,7 @@ pub fn converge(
 ) -> Result<Duration> {
     let mut pending: Vec<&Agent> = agents.iter().collect();
     loop {
+        crate::check_stop()?;
         let mut still = Vec::new();
         for a in pending {
             if !done(a)? {

@@ -71,7 +71,11 @@ fn entries_to(a: &probe::Agent, ip: IpAddr) -> Result<usize> {
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|r| r["backend"].as_str().is_some_and(|b| b.starts_with(&prefix)))
+        .filter(|r| {
+            r["backend"]
+                .as_str()
+                .is_some_and(|b| b.starts_with(&prefix))
+        })
         .count())
 }
 
@@ -106,10 +110,12 @@ pub fn run(c: &mut Cluster, duration: Duration) -> Result<Value> {
     let mut samples = vec![base.clone()];
     let every = (duration / 10).clamp(Duration::from_secs(5), Duration::from_secs(60));
     let mut next_sample = t0 + every;
-    let (mut rounds, mut real_rounds, mut stale_backends, mut stale_conntrack) = (0u64, 0u64, 0u64, 0u64);
+    let (mut rounds, mut real_rounds, mut stale_backends, mut stale_conntrack) =
+        (0u64, 0u64, 0u64, 0u64);
     let mut unreached = 0u64;
     let mut gone_ms = Vec::new();
     while t0.elapsed() < duration {
+        crate::check_stop()?;
         rounds += 1;
         add(c, &mut inflight, rand())?;
         if let Some((id, _)) = inflight.pop_front() {
@@ -118,11 +124,21 @@ pub fn run(c: &mut Cluster, duration: Duration) -> Result<Value> {
         if rounds % 5 == 0 {
             match published.take() {
                 Some(svc) => {
-                    cluster::update_ports(&c.writer, &cluster::service_name(svc), None, Some(20000))?;
+                    cluster::update_ports(
+                        &c.writer,
+                        &cluster::service_name(svc),
+                        None,
+                        Some(20000),
+                    )?;
                 }
                 None => {
                     let svc = rand() as usize % n;
-                    cluster::update_ports(&c.writer, &cluster::service_name(svc), Some("20000:80"), None)?;
+                    cluster::update_ports(
+                        &c.writer,
+                        &cluster::service_name(svc),
+                        Some("20000:80"),
+                        None,
+                    )?;
                     published = Some(svc);
                 }
             }
@@ -132,13 +148,21 @@ pub fn run(c: &mut Cluster, duration: Duration) -> Result<Value> {
             let ep = c.t.cli_json(
                 &c.r2,
                 &[
-                    "endpoint", "create", "--network", cluster::NETWORK, "--netns", &churn_ns,
-                    "--service", "real",
+                    "endpoint",
+                    "create",
+                    "--network",
+                    cluster::NETWORK,
+                    "--netns",
+                    &churn_ns,
+                    "--service",
+                    "real",
                 ],
             )?;
             let id = ep["id"].as_str().context("endpoint id")?.to_string();
             let ip: IpAddr = ep["ips"][0].as_str().context("endpoint ip")?.parse()?;
-            let srv = answer_server(&churn_ns, "0.0.0.0:80".parse()?, false, |_| "churn\n".into())?;
+            let srv = answer_server(&churn_ns, "0.0.0.0:80".parse()?, false, |_| {
+                "churn\n".into()
+            })?;
             if !reach(c, "churn")? {
                 unreached += 1;
             }
