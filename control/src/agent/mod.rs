@@ -140,7 +140,10 @@ pub struct Agent {
     /// view of the store does not rotate twice for one request.
     rotated_epoch: std::sync::atomic::AtomicU64,
     /// The last state applied, to refresh the tunnels between store changes.
-    last_state: std::sync::Mutex<ClusterState>,
+    /// Shared, not copied: the health prober reads it ten times a second and
+    /// liveness once, and a copy of a 12,000-object state each time was most
+    /// of an idle agent's CPU (issue 21).
+    last_state: std::sync::Mutex<Arc<ClusterState>>,
     /// The node's own resolvers, where names the embedded DNS does not know go.
     dns_upstream: Vec<std::net::SocketAddr>,
     /// Nodes whose agents stopped heartbeating.
@@ -276,7 +279,7 @@ impl Agent {
             last_rotation: std::sync::Mutex::new(std::time::Instant::now()),
             rotation_retry: std::sync::Mutex::new(None),
             rotated_epoch: std::sync::atomic::AtomicU64::new(0),
-            last_state: std::sync::Mutex::new(ClusterState::default()),
+            last_state: std::sync::Mutex::new(Arc::default()),
             tunnel_peers: std::sync::Mutex::new(Vec::new()),
             foreign_vteps: std::sync::Mutex::new(Vec::new()),
             store_ok: std::sync::atomic::AtomicBool::new(true),
@@ -617,10 +620,10 @@ impl Agent {
     }
 
     /// The state last applied (empty before the first).
-    fn last_state(&self) -> ClusterState {
+    fn last_state(&self) -> Arc<ClusterState> {
         self.last_state
             .lock()
-            .map(|s| s.clone())
+            .map(|s| Arc::clone(&s))
             .unwrap_or_default()
     }
 
@@ -907,10 +910,10 @@ impl Agent {
         drop(ports);
         self.sync_ingress_table(st).await;
         self.sync_egress(st).await;
-        if let Ok(mut s) = self.last_state.lock() {
-            s.clone_from(st);
-        }
         self.publish_tunnels(st);
+        if let Ok(mut s) = self.last_state.lock() {
+            *s = Arc::new(snap.state);
+        }
     }
 
     /// Brings the nftables table in line with the ports this node publishes.
