@@ -172,13 +172,15 @@ fn parse_args() -> Result<Args> {
 
 /// The real part of the cluster and the writer of the simulated part.
 pub struct Cluster {
+    /// First, so it stops (and its heartbeats with it) before the topology
+    /// takes etcd down.
+    pub writer: Writer,
     pub t: Topology,
     pub agents: Vec<Agent>,
     pub r1: Node,
     pub r2: Node,
     pub out: Node,
     pub client: String,
-    pub writer: Writer,
     pub real_vip: IpAddr,
     /// VIP of each simulated service, by index.
     pub vips: Vec<IpAddr>,
