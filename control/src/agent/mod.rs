@@ -5,6 +5,7 @@ pub mod attach;
 pub mod doctor;
 pub mod egress;
 pub mod flows;
+pub mod follow_stats;
 pub mod health;
 pub mod ingress;
 pub mod iproute;
@@ -147,7 +148,10 @@ pub struct Agent {
     /// view of the store does not rotate twice for one request.
     rotated_epoch: std::sync::atomic::AtomicU64,
     /// The last state applied, to refresh the tunnels between store changes.
-    last_state: std::sync::Mutex<ClusterState>,
+    /// Shared, not copied: the health prober reads it ten times a second and
+    /// liveness once, and a copy of a 12,000-object state each time was most
+    /// of an idle agent's CPU (issue 21).
+    last_state: std::sync::Mutex<Arc<ClusterState>>,
     /// The node's own resolvers, where names the embedded DNS does not know go.
     dns_upstream: Vec<std::net::SocketAddr>,
     /// Nodes whose agents stopped heartbeating.
@@ -158,6 +162,8 @@ pub struct Agent {
     heartbeat_skew_ms: i64,
     /// Whether the last store read succeeded (for metrics).
     store_ok: std::sync::atomic::AtomicBool,
+    /// Reads and reconciles made following the store, and their time.
+    pub follow_stats: follow_stats::FollowStats,
     /// The stored rows the last read left out as invalid (for stats, metrics,
     /// and to log each once).
     invalid_rows: std::sync::Mutex<Vec<crate::state::validate::InvalidRow>>,
@@ -288,10 +294,11 @@ impl Agent {
             last_rotation: std::sync::Mutex::new(std::time::Instant::now()),
             rotation_retry: std::sync::Mutex::new(None),
             rotated_epoch: std::sync::atomic::AtomicU64::new(0),
-            last_state: std::sync::Mutex::new(ClusterState::default()),
+            last_state: std::sync::Mutex::new(Arc::default()),
             tunnel_peers: std::sync::Mutex::new(Vec::new()),
             foreign_vteps: std::sync::Mutex::new(Vec::new()),
             store_ok: std::sync::atomic::AtomicBool::new(true),
+            follow_stats: Default::default(),
             invalid_rows: std::sync::Mutex::new(Vec::new()),
             down: std::sync::Mutex::new(Default::default()),
             dns_upstream: upstream_resolvers(),
@@ -367,6 +374,13 @@ impl Agent {
     /// The virtual services this node balances, with their backends' connection
     /// counts, as `ipvsadm -Ln` shows them.
     pub fn lb_table(&self) -> Vec<VirtualService> {
+        self.lb_rows(None)
+    }
+
+    /// [`Self::lb_table`], or only the rows of one VIP (or sandbox address):
+    /// what a poller asks many times a second (the scale harness watching a
+    /// change land), without building and sending every row.
+    pub fn lb_rows(&self, only: Option<IpAddr>) -> Vec<VirtualService> {
         let st = self.worker.state();
         let conns = self.worker.connections();
         let ejected = self.worker.ejected();
@@ -374,6 +388,9 @@ impl Agent {
                    mark: u32,
                    vip: IpAddr,
                    published: Vec<String>| {
+            if only.is_some_and(|o| o != vip) {
+                return None;
+            }
             let svc = net.services.get(&mark)?;
             // a VIP's real servers are its tasks' addresses of its family
             let backends = svc
@@ -528,7 +545,9 @@ impl Agent {
         let mut stale = true;
         loop {
             if stale {
+                let t0 = std::time::Instant::now();
                 let loaded = self.load().await;
+                self.follow_stats.loaded(t0.elapsed());
                 self.store_ok
                     .store(loaded.is_ok(), std::sync::atomic::Ordering::Relaxed);
                 match loaded {
@@ -537,7 +556,15 @@ impl Agent {
                         self.note_invalid(&snap.invalid);
                         let r = snap.revision;
                         if r != rev {
+                            let t0 = std::time::Instant::now();
+                            let st = &snap.state;
+                            let objects = st.networks.len()
+                                + st.nodes.len()
+                                + st.endpoints.len()
+                                + st.services.len()
+                                + st.policies.len();
                             self.reconcile(snap).await;
+                            self.follow_stats.reconciled(t0.elapsed(), objects);
                             rev = r;
                         }
                     }
@@ -612,10 +639,10 @@ impl Agent {
     }
 
     /// The state last applied (empty before the first).
-    fn last_state(&self) -> ClusterState {
+    fn last_state(&self) -> Arc<ClusterState> {
         self.last_state
             .lock()
-            .map(|s| s.clone())
+            .map(|s| Arc::clone(&s))
             .unwrap_or_default()
     }
 
@@ -902,10 +929,10 @@ impl Agent {
         drop(ports);
         self.sync_ingress_table(st).await;
         self.sync_egress(st).await;
-        if let Ok(mut s) = self.last_state.lock() {
-            s.clone_from(st);
-        }
         self.publish_tunnels(st);
+        if let Ok(mut s) = self.last_state.lock() {
+            *s = Arc::new(snap.state);
+        }
     }
 
     /// Brings the nftables table in line with the ports this node publishes.

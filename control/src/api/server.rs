@@ -298,16 +298,19 @@ async fn rotate_key(State(a): Ag, Path(name): Path<String>) -> Res {
 
 async fn list_services(State(a): Ag) -> Res {
     let st = a.load().await?.state;
+    // tasks counted in one pass, not one pass per service (issue 21)
+    let mut tasks: std::collections::HashMap<&str, usize> = Default::default();
+    for e in st.endpoints.values() {
+        if let Some(s) = e.service.as_deref() {
+            *tasks.entry(s).or_default() += 1;
+        }
+    }
     let v: Vec<Value> = st
         .services
         .values()
         .map(|s| {
             let mut j = serde_json::to_value(s).unwrap_or_default();
-            j["tasks"] = json!(st
-                .endpoints
-                .values()
-                .filter(|e| e.service.as_deref() == Some(s.name.as_str()))
-                .count());
+            j["tasks"] = json!(tasks.get(s.name.as_str()).copied().unwrap_or(0));
             j
         })
         .collect();
@@ -367,8 +370,15 @@ async fn remove_service(State(a): Ag, Path(name): Path<String>) -> Res {
     to_json(s)
 }
 
-async fn lb_table(State(a): Ag) -> Res {
-    to_json(a.lb_table())
+#[derive(serde::Deserialize)]
+struct LbQuery {
+    /// Only this VIP's (or sandbox address's) rows.
+    #[serde(default)]
+    vip: Option<std::net::IpAddr>,
+}
+
+async fn lb_table(State(a): Ag, axum::extract::Query(q): axum::extract::Query<LbQuery>) -> Res {
+    to_json(a.lb_rows(q.vip))
 }
 
 async fn conntrack_table(State(a): Ag) -> Res {
@@ -427,6 +437,7 @@ async fn stats(State(a): Ag) -> Res {
         "tunnel_rx": c.tunnel_rx,
         "store": a.store_name(),
         "store_reachable": a.store_reachable(),
+        "follow": a.follow_stats.json(),
         "invalid_rows": invalid.len(),
         "invalid": invalid,
         "port_rx": c.port_rx,

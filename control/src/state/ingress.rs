@@ -78,9 +78,12 @@ pub fn assign_node(st: &mut ClusterState, node: &mut Node) -> Result<(), StateEr
             .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
     );
     let ip = ipam::allocate_ip(&subnet, &used).ok_or_else(|| {
-        StateError::Conflict(format!(
-            "the ingress network ({subnet}) has no address left"
-        ))
+        ipam::exhausted(
+            &format!("the ingress network's addresses {subnet}"),
+            ipam::assignable_count(&subnet),
+            "stop publishing ports of services that no longer need them \
+             (vxmesh service update NAME --publish-rm PORT)",
+        )
     })?;
     node.ingress_ip = Some(ip);
     node.ingress_mac = Some(vxmesh_dataplane::mac_to_string(&ipam::random_mac()));
@@ -160,7 +163,8 @@ pub fn sync_tasks(st: &mut ClusterState) -> Result<(), StateError> {
         )
         .map_err(|e| {
             StateError::Conflict(format!(
-                "task {} cannot join the ingress network: {e}",
+                "task {} cannot join the ingress network: {e} (or stop publishing ports of \
+                 services that no longer need them: vxmesh service update NAME --publish-rm PORT)",
                 task.id
             ))
         })?;

@@ -2,6 +2,7 @@
 //! Pure functions over what is already allocated; the store's transaction makes
 //! them race-free across nodes.
 
+use super::ops::StateError;
 use ipnet::{IpNet, Ipv4Net};
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -11,6 +12,24 @@ pub const DEFAULT_POOL: &str = "10.10.0.0/16";
 /// Where nodes get their tunnel addresses (RFC 6598 shared space: not routed on
 /// the internet, rarely used inside a cluster).
 pub const TUNNEL_POOL: &str = "100.64.0.0/16";
+
+/// The error for a pool with nothing left to hand out: it names the pool, how
+/// big it is, and what the user can do, so an exhausted pool is never a silent
+/// partial state (the operation that hit it commits nothing).
+pub fn exhausted(pool: &str, size: u64, remedy: &str) -> StateError {
+    StateError::Conflict(format!(
+        "pool exhausted: {pool} ({size} in all) has none left: {remedy}"
+    ))
+}
+
+/// How many addresses of `subnet` endpoints and VIPs can take (the network,
+/// gateway and IPv4 broadcast addresses are not theirs), for pool errors.
+pub fn assignable_count(subnet: &IpNet) -> u64 {
+    let host_bits = u32::from(subnet.max_prefix_len() - subnet.prefix_len());
+    let all = 1u128.checked_shl(host_bits).unwrap_or(u128::MAX);
+    let reserved = if subnet.addr().is_ipv4() { 3 } else { 2 };
+    u64::try_from(all.saturating_sub(reserved)).unwrap_or(u64::MAX)
+}
 
 /// The lowest free tunnel address.
 pub fn allocate_tunnel_addr(used: &BTreeSet<IpAddr>) -> Option<std::net::Ipv4Addr> {

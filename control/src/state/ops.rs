@@ -101,7 +101,13 @@ pub fn upsert_node(st: &mut ClusterState, node: Node) -> Result<(), StateError> 
             .filter_map(|n| n.tunnel_addr.map(IpAddr::V4))
             .collect();
         node.tunnel_addr = Some(ipam::allocate_tunnel_addr(&used).ok_or_else(|| {
-            StateError::Conflict(format!("no tunnel address left in {}", ipam::TUNNEL_POOL))
+            ipam::exhausted(
+                &format!("the tunnel address pool {}", ipam::TUNNEL_POOL),
+                ipam::TUNNEL_POOL
+                    .parse()
+                    .map_or(0, |p: IpNet| ipam::assignable_count(&p)),
+                "remove nodes that are gone (vxmesh node rm NAME) or give this one --tunnel-addr",
+            )
         })?);
     }
     if let Some(old) = st.nodes.get(&node.name) {
@@ -250,10 +256,11 @@ pub fn create_network(st: &mut ClusterState, spec: &NetworkSpec) -> Result<Netwo
     }
     if subnets.is_empty() {
         subnets.push(ipam::allocate_subnet(&used).ok_or_else(|| {
-            StateError::Conflict(format!(
-                "the default pool {} is used up: pass --subnet",
-                ipam::DEFAULT_POOL
-            ))
+            ipam::exhausted(
+                &format!("the default subnet pool {} (of /24s)", ipam::DEFAULT_POOL),
+                256,
+                "pass --subnet CIDR, or remove networks that are no longer used",
+            )
         })?);
     }
     let vnis: BTreeSet<u32> = st.networks.values().map(|n| n.vni).collect();
@@ -272,8 +279,13 @@ pub fn create_network(st: &mut ClusterState, spec: &NetworkSpec) -> Result<Netwo
             }
             v
         }
-        None => ipam::allocate_vni(&vnis)
-            .ok_or_else(|| StateError::Conflict("no VNI left to allocate".into()))?,
+        None => ipam::allocate_vni(&vnis).ok_or_else(|| {
+            ipam::exhausted(
+                &format!("the VNI pool {}-{MAX_VNI}", ipam::FIRST_AUTO_VNI),
+                u64::from(MAX_VNI - ipam::FIRST_AUTO_VNI) + 1,
+                "pass --vni N below it, or remove networks that are no longer used",
+            )
+        })?,
     };
     let mut peers = spec.peer_vteps.clone();
     peers.sort();
@@ -422,7 +434,12 @@ pub fn create_endpoint(
             continue;
         }
         ips.push(ipam::allocate_ip(s, &used).ok_or_else(|| {
-            StateError::Conflict(format!("subnet {s} of network {} is full", net.name))
+            ipam::exhausted(
+                &format!("network {}'s addresses {s}", net.name),
+                ipam::assignable_count(s),
+                "remove endpoints or services on it, or create a network with a larger \
+                 --subnet for the new endpoints",
+            )
         })?);
     }
     let macs: BTreeSet<&str> = st.endpoints_on(&net.name).map(|e| e.mac.as_str()).collect();

@@ -11,6 +11,9 @@ use std::net::IpAddr;
 pub const AUTO_PORTS: std::ops::RangeInclusive<u16> = 30000..=32767;
 /// First fwmark handed out (below are left to the host's own rules).
 pub const FIRST_FWMARK: u32 = 0x100;
+/// Last fwmark handed out: the pool is every mark from [`FIRST_FWMARK`] up, one
+/// per service.
+pub const LAST_FWMARK: u32 = u32::MAX;
 
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct ServiceSpec {
@@ -117,7 +120,19 @@ fn assign_ports(
             None => AUTO_PORTS
                 .clone()
                 .find(|n| !used.contains(&(p.proto.clone(), *n)))
-                .ok_or_else(|| StateError::Conflict("no free port left in 30000-32767".into()))?,
+                .ok_or_else(|| {
+                    ipam::exhausted(
+                        &format!(
+                            "the published-port pool {}-{} ({})",
+                            AUTO_PORTS.start(),
+                            AUTO_PORTS.end(),
+                            p.proto
+                        ),
+                        AUTO_PORTS.len() as u64,
+                        "give the port a number outside it (--publish PUBLISHED:TARGET) \
+                         or free one (vxmesh service update NAME --publish-rm PORT)",
+                    )
+                })?,
         };
         used.insert((p.proto.clone(), published));
         out.push(PublishedPort {
@@ -194,9 +209,12 @@ pub fn create_service(st: &mut ClusterState, spec: &ServiceSpec) -> Result<Servi
             subnets.sort_by_key(|s| s.addr().is_ipv6());
             for (i, subnet) in subnets.into_iter().enumerate() {
                 let vip = ipam::allocate_ip(subnet, &used).ok_or_else(|| {
-                    StateError::Conflict(format!(
-                        "network {n} has no address left in {subnet} for a VIP"
-                    ))
+                    ipam::exhausted(
+                        &format!("network {n}'s addresses {subnet} (for this service's VIP)"),
+                        ipam::assignable_count(subnet),
+                        "remove endpoints or services on it, put the service on a network \
+                         with a larger --subnet, or use --endpoint-mode dnsrr (no VIP)",
+                    )
                 })?;
                 if i == 0 {
                     vips.insert(n.clone(), vip);
@@ -213,9 +231,15 @@ pub fn create_service(st: &mut ClusterState, spec: &ServiceSpec) -> Result<Servi
         .collect::<Result<_, _>>()?;
     let ports = assign_ports(st, &spec.name, &specs, &[])?;
     let fwmarks: BTreeSet<u32> = st.services.values().map(|s| s.fwmark).collect();
-    let fwmark = (FIRST_FWMARK..)
+    let fwmark = (FIRST_FWMARK..=LAST_FWMARK)
         .find(|m| !fwmarks.contains(m))
-        .unwrap_or(FIRST_FWMARK);
+        .ok_or_else(|| {
+            ipam::exhausted(
+                &format!("the fwmark pool {FIRST_FWMARK:#x}-{LAST_FWMARK:#x}"),
+                u64::from(LAST_FWMARK - FIRST_FWMARK) + 1,
+                "remove services (vxmesh service rm NAME)",
+            )
+        })?;
     let svc = Service {
         name: spec.name.clone(),
         networks: spec.networks.clone(),
@@ -422,6 +446,43 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("t1"));
+    }
+
+    #[test]
+    fn pools_are_sized_to_the_network_and_name_themselves_when_empty() {
+        let mut st = ClusterState::default();
+        ops::create_network(
+            &mut st,
+            &NetworkSpec {
+                name: "big".into(),
+                subnets: vec!["10.128.0.0/16".parse().unwrap()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        // far past any /24: VIPs come from the network's own subnet
+        for i in 0..300 {
+            let mut s = spec(&format!("s{i}"), &[]);
+            s.networks = vec!["big".into()];
+            create_service(&mut st, &s).unwrap();
+        }
+        assert_eq!(
+            st.services["s299"].vips["big"],
+            "10.128.1.45".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(ipam::assignable_count(&"10.9.0.0/29".parse().unwrap()), 5);
+        assert_eq!(
+            ipam::assignable_count(&"fd00::/64".parse().unwrap()),
+            u64::MAX - 1
+        );
+        // fwmarks: one per service, never reused while it lives
+        let marks: BTreeSet<u32> = st.services.values().map(|s| s.fwmark).collect();
+        assert_eq!(marks.len(), 300);
+        let e = ipam::exhausted("the X pool", 7, "do Y");
+        assert_eq!(
+            e.to_string(),
+            "pool exhausted: the X pool (7 in all) has none left: do Y"
+        );
     }
 
     #[test]

@@ -115,6 +115,100 @@ fn concurrent_writers_never_hand_out_one_address_twice(open: Opener) {
     assert_eq!(snap.revision, 1 + 40 + 4);
 }
 
+/// A pool that runs out refuses the change that needed it, names the pool, and
+/// leaves the store as it was (revision included): no service without its VIP,
+/// no endpoint without its address, no service with half its ports.
+fn exhausted_pools_refuse_whole_changes(open: Opener) {
+    use crate::state::services::{self, ServiceSpec};
+    let s = open();
+    transact(&*s, |st| {
+        ops::upsert_node(st, node("n1", "192.0.2.1"))?;
+        ops::create_network(
+            st,
+            &NetworkSpec {
+                name: "small".into(),
+                subnets: vec!["10.9.0.0/29".parse().unwrap()],
+                ..Default::default()
+            },
+        )
+    })
+    .unwrap();
+    let svc = |name: &str, publish: &[String]| ServiceSpec {
+        name: name.into(),
+        networks: vec!["small".into()],
+        publish: publish.to_vec(),
+        ..Default::default()
+    };
+    // a /29 has five addresses for VIPs and endpoints (.2-.6)
+    for i in 0..5 {
+        transact(&*s, |st| {
+            services::create_service(st, &svc(&format!("s{i}"), &[]))
+        })
+        .unwrap();
+    }
+    let before = s.load().unwrap();
+    let e = transact(&*s, |st| services::create_service(st, &svc("s5", &[]))).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("pool exhausted") && msg.contains("10.9.0.0/29") && msg.contains("--subnet"),
+        "{msg}"
+    );
+    let spec = EndpointSpec {
+        network: "small".into(),
+        netns: "c".into(),
+        ..Default::default()
+    };
+    let e = transact(&*s, |st| {
+        ops::create_endpoint(st, &spec, "n1", "e1".into(), crate::state::ipam::random_mac)
+    })
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("network small's addresses 10.9.0.0/29"),
+        "{e}"
+    );
+    let after = s.load().unwrap();
+    assert_eq!(
+        after.revision, before.revision,
+        "a refused change commits nothing"
+    );
+    assert_eq!(after.state, before.state);
+
+    // the published-port pool: every port of 30000-32767 taken, then one more
+    let pool = services::AUTO_PORTS.len();
+    let all: Vec<String> = (0..pool).map(|i| format!(":{}", 1 + i)).collect();
+    transact(&*s, |st| {
+        services::remove_service(st, "s0")?;
+        services::create_service(st, &svc("wide", &all))
+    })
+    .unwrap();
+    let before = s.load().unwrap();
+    let two = [":80/udp".to_string(), ":81".to_string()];
+    let e = transact(&*s, |st| {
+        services::remove_service(st, "s1")?;
+        services::create_service(st, &svc("late", &two))
+    })
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("published-port pool 30000-32767 (tcp)"),
+        "{e}"
+    );
+    let e = transact(&*s, |st| {
+        services::update_ports(st, "s2", &[":82".into()], &[])
+    })
+    .unwrap_err();
+    assert!(e.to_string().contains("--publish-rm"), "{e}");
+    let after = s.load().unwrap();
+    assert_eq!(after.revision, before.revision);
+    assert_eq!(after.state, before.state, "s1 stays; no udp port was taken");
+    // udp has a pool of its own
+    transact(&*s, |st| {
+        services::update_ports(st, "s2", &[":82/udp".into()], &[])
+    })
+    .unwrap();
+}
+
 fn wait_change_sees_another_writer(open: Opener) {
     let a = open();
     let b = open();
@@ -578,6 +672,7 @@ macro_rules! for_every_store {
 for_every_store!(
     commits_all_or_nothing_and_bumps_revision,
     concurrent_writers_never_hand_out_one_address_twice,
+    exhausted_pools_refuse_whole_changes,
     wait_change_sees_another_writer,
     heartbeats_are_kept_per_node,
 );
