@@ -292,6 +292,7 @@ pub fn add_policy(w: &Writer, node: &str, port: u16, action: &str) -> Result<(St
         port: port.to_string(),
         action: action.into(),
         from: None,
+        audit: false,
     };
     let (p, cost) = w.transact(move |st| ingress::add_policy(st, &spec))?;
     Ok((p.id, cost))

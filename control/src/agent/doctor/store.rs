@@ -41,7 +41,8 @@ pub async fn check(a: &Agent) -> (Vec<Check>, ClusterState) {
                     "start the store or mend the way to it: for etcd, `etcdctl --endpoints URL endpoint health` from this node; for SQLite, the file {store} names must be readable and writable, and not locked by another process. Meanwhile the overlay forwards on the last state read and nothing can be changed",
                 ),
             ));
-            a.last_state()
+            // the doctor runs rarely: a copy of the last state read is cheap enough
+            (*a.last_state()).clone()
         }
     };
     out.extend(nodes(a, &st));
