@@ -338,6 +338,18 @@ fn offload(c: &mut Criterion) {
     let mut g = c.benchmark_group("offload");
     g.throughput(Throughput::Elements(n as u64));
     let mut out = vec![0u8; 2048];
+    // the one pass over each segment's payload both sides still make
+    let payload = &f[f.len() - 1398..];
+    g.bench_function("checksum_1398B_x44", |b| {
+        b.iter(|| {
+            for _ in 0..n {
+                black_box(vxmesh_dataplane::offload::checksum::add(
+                    0,
+                    black_box(payload),
+                ));
+            }
+        })
+    });
     g.bench_function("segment_64k_into_44", |b| {
         b.iter(|| {
             for i in 0..n {
