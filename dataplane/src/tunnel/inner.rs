@@ -27,7 +27,7 @@ pub fn write(
     ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
     ip[12..16].copy_from_slice(&src.octets());
     ip[16..20].copy_from_slice(&dst.octets());
-    let csum = ipv4_checksum(ip);
+    let csum = crate::offload::checksum::ipv4_header(ip);
     ip[10..12].copy_from_slice(&csum.to_be_bytes());
     let sport = 49152 + (flow_hash % 16384) as u16;
     let udp = &mut out[20..28];
@@ -36,17 +36,6 @@ pub fn write(
     udp[4..6].copy_from_slice(&((8 + payload_len) as u16).to_be_bytes());
     udp[6..8].copy_from_slice(&[0, 0]);
     true
-}
-
-fn ipv4_checksum(h: &[u8]) -> u16 {
-    let mut sum: u32 = h
-        .chunks_exact(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 /// Checks a decrypted packet is IPv4/UDP from `peer` to `local`:4789 and returns
