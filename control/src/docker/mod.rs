@@ -22,6 +22,11 @@
 //! Every call but RequestAddress is idempotent (Docker retries calls after an
 //! agent restart); a retried RequestAddress reserves another address, which
 //! Docker gives back with ReleaseAddress.
+//!
+//! Here: the driver's state and the network and endpoint calls; [`pools`] the
+//! IPAM calls; [`containers`] what the engine says of containers; [`engine`]
+//! the engine's API; [`protocol`] the plugin socket's routes. The driver sits
+//! on the [`Agent`] and the state; the daemon starts it.
 
 mod containers;
 mod engine;
