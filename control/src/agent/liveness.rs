@@ -213,8 +213,8 @@ impl Agent {
     }
 
     /// Waits until a dataplane worker stops on its own (it panicked, or its
-    /// poll failed); returns which and why. The agent should not heartbeat
-    /// on with a dead forwarder: see [`crate::daemon::run`].
+    /// poll failed); returns which and why, so that whoever runs the agent
+    /// stops it rather than let it heartbeat on with a dead forwarder.
     pub async fn dead_worker(&self) -> (usize, String) {
         loop {
             if let Some(dead) = self.worker.stopped_worker() {

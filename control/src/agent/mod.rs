@@ -1,7 +1,8 @@
 //! The node agent: owns this node's ports and dataplane workers, follows the
 //! store and makes the node match it. What the API, the Docker driver and the
 //! metrics ask of the node goes through [`Agent`]; they sit above it and are
-//! wired to it by [`crate::daemon`], so nothing here knows of them.
+//! wired to it by the daemon (the composition root), so nothing here knows of
+//! them.
 //!
 //! By concern: this file holds the agent's configuration, its state and the
 //! store calls everything else builds on; [`startup`] makes an agent;
