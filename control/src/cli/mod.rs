@@ -502,7 +502,7 @@ pub fn main() -> anyhow::Result<()> {
                 socket_group: a.socket_group,
                 flow_export,
             };
-            tokio::runtime::Runtime::new()?.block_on(agent::run(cfg))
+            tokio::runtime::Runtime::new()?.block_on(crate::daemon::run(cfg))
         }
         cmd => {
             let host = cli.host.unwrap_or_else(|| format!("unix:{DEFAULT_SOCKET}"));
