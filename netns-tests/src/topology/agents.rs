@@ -126,11 +126,15 @@ impl Topology {
         }
     }
 
-    pub fn stop_agent(&mut self, node: &Node) -> Result<()> {
-        let mut agent = self
-            .agents
+    /// Forgets a node's running agent, handing it to the caller to stop.
+    fn take_agent(&mut self, node: &Node) -> Result<Agent> {
+        self.agents
             .remove(&node.name)
-            .with_context(|| format!("no running agent for node {}", node.name))?;
+            .with_context(|| format!("no running agent for node {}", node.name))
+    }
+
+    pub fn stop_agent(&mut self, node: &Node) -> Result<()> {
+        let mut agent = self.take_agent(node)?;
         terminate(std::slice::from_mut(&mut agent.child))
     }
 
@@ -161,10 +165,7 @@ impl Topology {
 
     /// Kills a node's agent with SIGKILL: no shutdown work of any kind.
     pub fn kill_agent(&mut self, node: &Node) -> Result<()> {
-        let mut agent = self
-            .agents
-            .remove(&node.name)
-            .with_context(|| format!("no running agent for node {}", node.name))?;
+        let mut agent = self.take_agent(node)?;
         let _ = kill(Pid::from_raw(agent.child.id() as i32), Signal::SIGKILL);
         agent.child.wait().context("reaping a killed agent")?;
         Ok(())
