@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use vxmesh_benches::check_stop;
 use vxmesh_netns_tests::{exec_timeout, in_netns};
 
-use crate::TASKS;
+use crate::side::TASKS;
 
 /// wrk's load: one thread, 50 connections, as in the issue.
 pub const WRK_THREADS: &str = "-t1";

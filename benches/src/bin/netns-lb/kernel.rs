@@ -7,8 +7,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use vxmesh_netns_tests::*;
 
-use crate::side::{iperf3_server, nginx, Procs, Side};
-use crate::{MTU, PUBLISHED, TASKS};
+use crate::side::{iperf3_server, nginx, Procs, Side, MTU, PUBLISHED, TASKS};
 
 fn nft(t: &Topology, ns: &str, file: &str, rules: &str) -> Result<()> {
     let path = t.dir().join(file);

@@ -47,11 +47,6 @@ const USAGE: &str = "netns-lb [--runs N] [--secs S] [--workers N] [--json FILE] 
     --flow-logs-ab: vxmesh with flow logs off against vxmesh with flow logs on instead (two client\n\
     nodes balancing to the same tasks, alternated as the two setups are)";
 
-/// Container MTU of both overlays (VXLAN's 50 bytes under the underlay's 1500).
-const MTU: u32 = 1450;
-const TASKS: usize = 3;
-const PUBLISHED: u16 = 8080;
-
 fn main() -> Result<()> {
     // --flow-logs-ab is this harness's own; the rest are every harness's
     let (ab, rest): (Vec<String>, Vec<String>) = std::env::args()

@@ -8,6 +8,12 @@ use std::time::Duration;
 use vxmesh_benches::Bg;
 use vxmesh_netns_tests::kill_all_in;
 
+/// Container MTU of both overlays (VXLAN's 50 bytes under the underlay's 1500).
+pub const MTU: u32 = 1450;
+/// nginx tasks behind each side's VIP and published port.
+pub const TASKS: usize = 3;
+pub const PUBLISHED: u16 = 8080;
+
 /// Servers started in namespaces, and the namespaces to sweep for anything they
 /// left (nginx's workers, a wrk cut short). Declared after the `Topology`, so it
 /// is dropped first, while the namespaces still exist.

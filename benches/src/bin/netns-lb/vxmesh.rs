@@ -6,8 +6,7 @@ use std::net::SocketAddr;
 use vxmesh_benches::{endpoint_ip, service_vip};
 use vxmesh_netns_tests::*;
 
-use crate::side::{iperf3_server, nginx, Procs, Side};
-use crate::{PUBLISHED, TASKS};
+use crate::side::{iperf3_server, nginx, Procs, Side, PUBLISHED, TASKS};
 
 /// A vxmesh setup a client node gives: its name, its agent's extra flags,
 /// and the key and label its results go under.

@@ -24,7 +24,7 @@ mod setups;
 
 use anyhow::{bail, Context, Result};
 use environment::environment;
-use measure::{measure, Sample};
+use measure::{measure, Sample, TESTS};
 use report::{print_report, report, svg};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -69,18 +69,6 @@ fn subset_args() -> Result<(Vec<String>, Subset, Subset)> {
 
 /// Runs by default: 3 did not reproduce (issue 19).
 const DEFAULT_RUNS: usize = 5;
-
-const TESTS: [(&str, &str); 3] = [
-    ("tcp1", "TCP, 1 stream"),
-    ("tcp4", "TCP, 4 streams"),
-    ("udp1400", "UDP, 1400 B"),
-];
-
-/// The setup every ratio is to: the kernel's VXLAN.
-const KERNEL: &str = "c";
-/// The encrypted setup, and what its CPU cost is also compared with.
-const ENCRYPTED: &str = "b";
-const WIREGUARD_GO: &str = "d";
 
 fn main() -> Result<()> {
     let (rest, only_setups, only_tests) = subset_args()?;

@@ -6,6 +6,13 @@ use vxmesh_benches::{cpu_secs_per_gb, cpu_ticks, iperf3_run, process_ticks, rati
 
 use crate::setups::Setup;
 
+/// The iperf3 tests (see [`vxmesh_benches::iperf3_run`]) and their names in the report.
+pub const TESTS: [(&str, &str); 3] = [
+    ("tcp1", "TCP, 1 stream"),
+    ("tcp4", "TCP, 4 streams"),
+    ("udp1400", "UDP, 1400 B"),
+];
+
 /// The agents' process name (their worker threads have names of their own,
 /// but a process's stat line counts all its threads).
 const AGENT_COMM: &str = "vxmesh";

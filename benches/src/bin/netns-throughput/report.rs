@@ -5,9 +5,8 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use vxmesh_benches::{ratio, BarChart, BenchArgs, Series, Spread};
 
-use crate::measure::Sample;
-use crate::setups::Setup;
-use crate::{ENCRYPTED, KERNEL, TESTS, WIREGUARD_GO};
+use crate::measure::{Sample, TESTS};
+use crate::setups::{Setup, ENCRYPTED, KERNEL, WIREGUARD_GO};
 
 /// Per-run values of `f` over the runs of `key`'s `test`, and their spread.
 fn figure(

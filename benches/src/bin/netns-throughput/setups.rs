@@ -7,6 +7,12 @@ use std::net::{Ipv4Addr, SocketAddr};
 use vxmesh_benches::endpoint_ip;
 use vxmesh_netns_tests::*;
 
+/// The setup every ratio is to: the kernel's VXLAN.
+pub const KERNEL: &str = "c";
+/// The encrypted setup, and what its CPU cost is also compared with.
+pub const ENCRYPTED: &str = "b";
+pub const WIREGUARD_GO: &str = "d";
+
 /// One setup: a client and a server container joined by some overlay.
 pub struct Setup {
     pub key: &'static str,
@@ -83,7 +89,7 @@ pub fn build(t: &mut Topology, workers: Option<u16>) -> Result<(Vec<Setup>, Vec<
         .setup()?;
     }
     setups.push(Setup {
-        key: "c",
+        key: KERNEL,
         label: "kernel VXLAN",
         client: kc,
         server: ks,
@@ -124,7 +130,7 @@ pub fn build(t: &mut Topology, workers: Option<u16>) -> Result<(Vec<Setup>, Vec<
     }
     .start(t.dir())?;
     setups.push(Setup {
-        key: "d",
+        key: WIREGUARD_GO,
         label: "wireguard-go + kernel VXLAN",
         client: wc,
         server: ws,
