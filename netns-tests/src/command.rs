@@ -3,11 +3,13 @@
 
 use std::ffi::OsStr;
 use std::io::Read;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 
 /// Generous enough for any single setup or traffic command; only meant to
 /// catch hangs.
@@ -95,4 +97,34 @@ pub(crate) fn check_ok(desc: &str, output: Output) -> Result<String> {
 /// one line each.
 pub(crate) fn tool_ok(program: &str, args: &[&str]) -> Result<String> {
     run_ok(Command::new(program).args(args), DEFAULT_TIMEOUT)
+}
+
+/// SIGTERMs every child first, so they shut down in parallel, then SIGKILLs
+/// whatever is left after `grace`. Always reaps, so no zombie outlives its
+/// owner (agents, etcd, a harness's servers). Returns the pids that had to be
+/// killed.
+pub fn stop_children(children: &mut [Child], grace: Duration) -> Result<Vec<u32>> {
+    for child in children.iter_mut() {
+        if child.try_wait().ok().flatten().is_none() {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        }
+    }
+    let deadline = Instant::now() + grace;
+    let mut killed = Vec::new();
+    for child in children.iter_mut() {
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+                Ok(None) => {
+                    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+                    let _ = child.wait();
+                    killed.push(child.id());
+                    break;
+                }
+                Err(e) => bail!("waiting for pid {}: {e}", child.id()),
+            }
+        }
+    }
+    Ok(killed)
 }

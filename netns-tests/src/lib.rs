@@ -8,11 +8,14 @@
 mod command;
 mod docker;
 mod kernel_vxlan;
+mod lock;
 mod netns;
+mod preflight;
 mod topology;
 mod traffic;
 mod wireguard_go;
 
+pub use command::stop_children;
 pub use docker::{
     container_health, container_ip, container_pid, docker, docker_available, docker_output,
     docker_unavailable_reason, ensure_test_image, exec_in, exec_in_ok, inspect,
@@ -21,6 +24,7 @@ pub use docker::{
 };
 pub use kernel_vxlan::{attach_to_bridge, kernel_vxlan_setup, KernelVxlanNode};
 pub use netns::{exec, exec_ok, exec_timeout, in_netns, kill_all_in, pids_in};
+pub use preflight::{is_root, on_path};
 pub use topology::{vxmesh_bin, Node, StoreKind, Topology};
 pub use traffic::{
     answer_server, ping, send_raw_frames, tcp_echo_server, tcp_roundtrip, udp_echo_server,

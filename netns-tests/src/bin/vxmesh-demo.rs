@@ -21,7 +21,7 @@ fn run(t: &Topology, node: &Node, args: &[&str]) -> Result<String> {
 }
 
 fn main() -> Result<()> {
-    if !nix_is_root() {
+    if !is_root() {
         anyhow::bail!("the demo makes network namespaces: run it as root");
     }
     let mut t = Topology::new("demo")?;
@@ -284,9 +284,4 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn nix_is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }

@@ -42,38 +42,16 @@ use probe::{converge, percentiles, Agent, ProcStat};
 use serde_json::{json, Value};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
-use vxmesh_benches::{BarChart, Series};
+/// SIGINT and SIGTERM only set a flag the polling loops check (here and in
+/// `probe` and `soak`), so the topology is still torn down.
+pub use vxmesh_benches::check_stop;
+use vxmesh_benches::{catch_signals, BarChart, Series};
 use vxmesh_netns_tests::*;
 
 const USAGE: &str = "netns-scale [--services N] [--tasks-per-service M] [--nodes K] \
     [--store sqlite|etcd|both] [--steps 10,100,1000] [--samples S] [--soak DURATION] \
     [--json FILE] [--svg FILE]\n\
     the control plane at scale: two real agents, the rest simulated through the state API (run as root)";
-
-static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// SIGINT and SIGTERM only set a flag the polling loops check, so the
-/// topology is still torn down (as netns-lb does).
-fn catch_signals() {
-    let handler = on_signal as extern "C" fn(libc::c_int);
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe {
-            libc::signal(sig, handler as libc::sighandler_t);
-        }
-    }
-}
-
-pub fn check_stop() -> Result<()> {
-    if STOP.load(std::sync::atomic::Ordering::Relaxed) {
-        bail!("interrupted");
-    }
-    Ok(())
-}
 
 /// How long one change may take before the run is called failed.
 pub const LIMIT: Duration = Duration::from_secs(60);
