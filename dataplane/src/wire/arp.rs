@@ -38,19 +38,14 @@ impl Operation {
     }
 }
 
-/// A view of an Ethernet/IPv4 ARP packet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
+view! {
+    /// A view of an Ethernet/IPv4 ARP packet.
+    ///
+    /// `new_unchecked`: accessors need [`PACKET_LEN`] bytes.
+    Packet
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// A view without checks: accessors need [`PACKET_LEN`] bytes.
-    #[inline]
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Self { buffer }
-    }
-
     /// A view of an ARP packet (etherparse checks its lengths) for IPv4 over
     /// Ethernet (anything else is `Malformed` here).
     pub fn new_checked(buffer: T) -> Result<Self, Error> {
@@ -65,10 +60,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
             return Err(Error::Malformed);
         }
         Ok(Self { buffer })
-    }
-
-    pub fn into_inner(self) -> T {
-        self.buffer
     }
 
     /// The operation code (1 request, 2 reply).

@@ -119,6 +119,15 @@ pub fn delta(old: &[u8], new: &[u8]) -> u64 {
     sum
 }
 
+/// Writes `new` over `field` (an address, a port) and returns the [`delta`]
+/// the checksums covering it take.
+#[inline]
+pub fn replace(field: &mut [u8], new: &[u8]) -> u64 {
+    let d = delta(field, new);
+    field.copy_from_slice(new);
+    d
+}
+
 /// A stored checksum `check` updated by a [`delta`] (RFC 1624 eqn. 3).
 #[inline]
 pub fn update(check: u16, delta: u64) -> u16 {

@@ -13,29 +13,19 @@ mod field {
     pub const ETHERTYPE: Range<usize> = 12..14;
 }
 
-/// A view of an Ethernet II frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Frame<T: AsRef<[u8]>> {
-    buffer: T,
+view! {
+    /// A view of an Ethernet II frame.
+    ///
+    /// `new_unchecked`: accessors panic on a buffer under [`HEADER_LEN`].
+    Frame
 }
 
 impl<T: AsRef<[u8]>> Frame<T> {
-    /// A view without checks: accessors panic on a buffer under [`HEADER_LEN`].
-    #[inline]
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Self { buffer }
-    }
-
     /// A view of a buffer that holds a whole header (etherparse checks it).
     #[inline]
     pub fn new_checked(buffer: T) -> Result<Self, Error> {
-        etherparse::Ethernet2HeaderSlice::from_slice(buffer.as_ref())
-            .map_err(|_| Error::Truncated)?;
+        etherparse::Ethernet2HeaderSlice::from_slice(buffer.as_ref())?;
         Ok(Self { buffer })
-    }
-
-    pub fn into_inner(self) -> T {
-        self.buffer
     }
 
     #[inline]

@@ -24,20 +24,15 @@ mod field {
     pub const REST: Range<usize> = 4..8;
 }
 
-/// A view of an ICMP message: type, code, checksum, four bytes whose
-/// meaning the type gives (echo identifier and sequence, an MTU), then data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
+view! {
+    /// A view of an ICMP message: type, code, checksum, four bytes whose
+    /// meaning the type gives (echo identifier and sequence, an MTU), then data.
+    ///
+    /// `new_unchecked`: accessors need [`HEADER_LEN`] bytes.
+    Packet
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// A view without checks: accessors need [`HEADER_LEN`] bytes.
-    #[inline]
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Self { buffer }
-    }
-
     /// A view of a buffer holding the 8-byte header.
     #[inline]
     pub fn new_checked(buffer: T) -> Result<Self, Error> {
@@ -45,10 +40,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
             return Err(Error::Truncated);
         }
         Ok(Self { buffer })
-    }
-
-    pub fn into_inner(self) -> T {
-        self.buffer
     }
 
     #[inline]

@@ -1,7 +1,7 @@
 //! IPv4 headers (RFC 791). The header length (IHL) is read here and nowhere
 //! else: every other module asks [`Packet::header_len`].
 
-use super::{checksum, Error};
+use super::{checksum, get_u16, Error};
 pub use etherparse::IpNumber;
 use std::net::Ipv4Addr;
 
@@ -26,20 +26,14 @@ const DF: u16 = 0x4000;
 const MF: u16 = 0x2000;
 const OFFSET: u16 = 0x1fff;
 
-/// A view of an IPv4 packet (from its header on).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
+view! {
+    /// A view of an IPv4 packet (from its header on).
+    ///
+    /// `new_unchecked`: the fixed header's accessors need 20 bytes, [`Packet::header_len`] only the first.
+    Packet
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// A view without checks: the fixed header's accessors need 20 bytes,
-    /// [`Packet::header_len`] only the first.
-    #[inline]
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Self { buffer }
-    }
-
     /// A view of a buffer holding a whole IPv4 header, options included:
     /// version 4, an IHL of at least 5 words, all of them there (etherparse's
     /// checks). The total length is not held against the buffer: an Ethernet
@@ -47,16 +41,8 @@ impl<T: AsRef<[u8]>> Packet<T> {
     /// short, so [`Packet::payload`] ends at whichever comes first.
     #[inline]
     pub fn new_checked(buffer: T) -> Result<Self, Error> {
-        use etherparse::err::ipv4::HeaderSliceError;
-        match etherparse::Ipv4HeaderSlice::from_slice(buffer.as_ref()) {
-            Ok(_) => Ok(Self { buffer }),
-            Err(HeaderSliceError::Len(_)) => Err(Error::Truncated),
-            Err(HeaderSliceError::Content(_)) => Err(Error::Malformed),
-        }
-    }
-
-    pub fn into_inner(self) -> T {
-        self.buffer
+        etherparse::Ipv4HeaderSlice::from_slice(buffer.as_ref())?;
+        Ok(Self { buffer })
     }
 
     #[inline]
@@ -78,35 +64,35 @@ impl<T: AsRef<[u8]>> Packet<T> {
     /// The packet's length, header included, as the header says it.
     #[inline]
     pub fn total_len(&self) -> usize {
-        usize::from(self.u16_at(field::LENGTH.start))
+        usize::from(get_u16(self.buffer.as_ref(), field::LENGTH.start))
     }
 
     #[inline]
     pub fn ident(&self) -> u16 {
-        self.u16_at(field::IDENT.start)
+        get_u16(self.buffer.as_ref(), field::IDENT.start)
     }
 
     #[inline]
     pub fn dont_frag(&self) -> bool {
-        self.u16_at(field::FLG_OFF.start) & DF != 0
+        get_u16(self.buffer.as_ref(), field::FLG_OFF.start) & DF != 0
     }
 
     #[inline]
     pub fn more_frags(&self) -> bool {
-        self.u16_at(field::FLG_OFF.start) & MF != 0
+        get_u16(self.buffer.as_ref(), field::FLG_OFF.start) & MF != 0
     }
 
     /// The fragment offset, in 8-byte units: non-zero on all but the first
     /// fragment, which alone carries the transport header.
     #[inline]
     pub fn frag_offset(&self) -> u16 {
-        self.u16_at(field::FLG_OFF.start) & OFFSET
+        get_u16(self.buffer.as_ref(), field::FLG_OFF.start) & OFFSET
     }
 
     /// Part of a fragmented datagram (any fragment, the first included).
     #[inline]
     pub fn is_fragment(&self) -> bool {
-        self.u16_at(field::FLG_OFF.start) & (MF | OFFSET) != 0
+        get_u16(self.buffer.as_ref(), field::FLG_OFF.start) & (MF | OFFSET) != 0
     }
 
     #[inline]
@@ -121,7 +107,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
 
     #[inline]
     pub fn checksum(&self) -> u16 {
-        self.u16_at(field::CHECKSUM.start)
+        get_u16(self.buffer.as_ref(), field::CHECKSUM.start)
     }
 
     #[inline]
@@ -148,12 +134,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
         let b = self.buffer.as_ref();
         let end = self.total_len().min(b.len());
         b.get(self.header_len()..end).unwrap_or(&[])
-    }
-
-    #[inline(always)]
-    fn u16_at(&self, at: usize) -> u16 {
-        let b = self.buffer.as_ref();
-        u16::from_be_bytes([b[at], b[at + 1]])
     }
 }
 
@@ -235,8 +215,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     #[inline(always)]
     fn rewrite(&mut self, at: std::ops::Range<usize>, a: Ipv4Addr) -> u64 {
         let b = self.buffer.as_mut();
-        let d = checksum::delta(&b[at.clone()], &a.octets());
-        b[at].copy_from_slice(&a.octets());
+        let d = checksum::replace(&mut b[at], &a.octets());
         checksum::update_field(&mut b[field::CHECKSUM], d);
         d
     }

@@ -18,34 +18,21 @@ mod field {
     pub const DST: Range<usize> = 24..40;
 }
 
-/// A view of an IPv6 packet (from its fixed header on).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
+view! {
+    /// A view of an IPv6 packet (from its fixed header on).
+    ///
+    /// `new_unchecked`: accessors panic under [`HEADER_LEN`] bytes.
+    Packet
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// A view without checks: accessors panic under [`HEADER_LEN`] bytes.
-    #[inline]
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Self { buffer }
-    }
-
     /// A view of a buffer holding the fixed header, version 6 (etherparse's
     /// checks). As for IPv4, the payload length is not held against the
     /// buffer (padding, quotes): [`Packet::payload`] ends at the first end.
     #[inline]
     pub fn new_checked(buffer: T) -> Result<Self, Error> {
-        use etherparse::err::ipv6::HeaderSliceError;
-        match etherparse::Ipv6HeaderSlice::from_slice(buffer.as_ref()) {
-            Ok(_) => Ok(Self { buffer }),
-            Err(HeaderSliceError::Len(_)) => Err(Error::Truncated),
-            Err(HeaderSliceError::Content(_)) => Err(Error::Malformed),
-        }
-    }
-
-    pub fn into_inner(self) -> T {
-        self.buffer
+        etherparse::Ipv6HeaderSlice::from_slice(buffer.as_ref())?;
+        Ok(Self { buffer })
     }
 
     #[inline]
@@ -145,10 +132,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
 
     #[inline(always)]
     fn rewrite(&mut self, at: std::ops::Range<usize>, a: Ipv6Addr) -> u64 {
-        let b = self.buffer.as_mut();
-        let d = checksum::delta(&b[at.clone()], &a.octets());
-        b[at].copy_from_slice(&a.octets());
-        d
+        checksum::replace(&mut self.buffer.as_mut()[at], &a.octets())
     }
 
     /// Everything after the fixed header, to the buffer's end.

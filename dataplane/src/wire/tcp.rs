@@ -1,7 +1,7 @@
 //! TCP headers (RFC 9293): what the switch reads to track connections, what
 //! segmentation and coalescing rewrite, and the resets the agent sends.
 
-use super::{checksum, Error};
+use super::{checksum, get_u16, get_u32, Error};
 
 pub const MIN_HEADER_LEN: usize = 20;
 
@@ -25,53 +25,40 @@ mod field {
     pub const URGENT: Range<usize> = 18..20;
 }
 
-/// A view of a TCP segment (header, options, payload).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
+view! {
+    /// A view of a TCP segment (header, options, payload).
+    ///
+    /// `new_unchecked`: accessors need [`MIN_HEADER_LEN`] bytes.
+    Packet
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// A view without checks: accessors need [`MIN_HEADER_LEN`] bytes.
-    #[inline]
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Self { buffer }
-    }
-
     /// A view of a buffer holding the whole header, options included, with a
     /// data offset of at least 5 words (etherparse's checks).
     #[inline]
     pub fn new_checked(buffer: T) -> Result<Self, Error> {
-        use etherparse::err::tcp::HeaderSliceError;
-        match etherparse::TcpHeaderSlice::from_slice(buffer.as_ref()) {
-            Ok(_) => Ok(Self { buffer }),
-            Err(HeaderSliceError::Len(_)) => Err(Error::Truncated),
-            Err(HeaderSliceError::Content(_)) => Err(Error::Malformed),
-        }
-    }
-
-    pub fn into_inner(self) -> T {
-        self.buffer
+        etherparse::TcpHeaderSlice::from_slice(buffer.as_ref())?;
+        Ok(Self { buffer })
     }
 
     #[inline]
     pub fn src_port(&self) -> u16 {
-        self.u16_at(field::SRC_PORT.start)
+        get_u16(self.buffer.as_ref(), field::SRC_PORT.start)
     }
 
     #[inline]
     pub fn dst_port(&self) -> u16 {
-        self.u16_at(field::DST_PORT.start)
+        get_u16(self.buffer.as_ref(), field::DST_PORT.start)
     }
 
     #[inline]
     pub fn seq_number(&self) -> u32 {
-        self.u32_at(field::SEQ.start)
+        get_u32(self.buffer.as_ref(), field::SEQ.start)
     }
 
     #[inline]
     pub fn ack_number(&self) -> u32 {
-        self.u32_at(field::ACK.start)
+        get_u32(self.buffer.as_ref(), field::ACK.start)
     }
 
     /// The header's length in bytes, options included (data offset × 4).
@@ -88,12 +75,12 @@ impl<T: AsRef<[u8]>> Packet<T> {
 
     #[inline]
     pub fn window(&self) -> u16 {
-        self.u16_at(field::WINDOW.start)
+        get_u16(self.buffer.as_ref(), field::WINDOW.start)
     }
 
     #[inline]
     pub fn checksum(&self) -> u16 {
-        self.u16_at(field::CHECKSUM.start)
+        get_u16(self.buffer.as_ref(), field::CHECKSUM.start)
     }
 
     /// Whether the checksum over the whole buffer, after `pseudo` (the IP
@@ -106,18 +93,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
     #[inline]
     pub fn payload(&self) -> &[u8] {
         self.buffer.as_ref().get(self.header_len()..).unwrap_or(&[])
-    }
-
-    #[inline(always)]
-    fn u16_at(&self, at: usize) -> u16 {
-        let b = self.buffer.as_ref();
-        u16::from_be_bytes([b[at], b[at + 1]])
-    }
-
-    #[inline(always)]
-    fn u32_at(&self, at: usize) -> u32 {
-        let b = self.buffer.as_ref();
-        u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
     }
 }
 
@@ -197,10 +172,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
 
     #[inline(always)]
     fn rewrite(&mut self, at: std::ops::Range<usize>, port: u16) -> u64 {
-        let b = &mut self.buffer.as_mut()[at];
-        let d = checksum::delta(b, &port.to_be_bytes());
-        b.copy_from_slice(&port.to_be_bytes());
-        d
+        checksum::replace(&mut self.buffer.as_mut()[at], &port.to_be_bytes())
     }
 
     #[inline(always)]

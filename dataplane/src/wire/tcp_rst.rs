@@ -3,7 +3,7 @@
 //! removal), so neither waits on a silent blackhole.
 
 use super::tcp::{self, ACK, RST};
-use super::{ethernet, ipv4, ipv6};
+use super::{ethernet, ip, ipv4, ipv6};
 use crate::Mac;
 use std::net::IpAddr;
 
@@ -25,39 +25,16 @@ pub struct End {
 /// must be of one family (`None` otherwise). Returns the frame's length.
 pub fn write(out: &mut [u8], src: End, dst: End, seq: u32, ack: Option<u32>) -> Option<usize> {
     const TCP_LEN: usize = tcp::MIN_HEADER_LEN;
-    let (ethertype, ip_len) = match (src.ip, dst.ip) {
-        (IpAddr::V4(_), IpAddr::V4(_)) => (ethernet::EtherType::IPV4, ipv4::MIN_HEADER_LEN),
-        (IpAddr::V6(_), IpAddr::V6(_)) => (ethernet::EtherType::IPV6, ipv6::HEADER_LEN),
-        _ => return None,
-    };
-    let len = ETH + ip_len + TCP_LEN;
+    let ip = ip::Repr::new(src.ip, dst.ip, ip::IpNumber::TCP, TCP_LEN)?;
+    let len = ETH + ip.header_len() + TCP_LEN;
     let f = out.get_mut(..len)?;
     ethernet::Repr {
         src_addr: src.mac,
         dst_addr: dst.mac,
-        ethertype,
+        ethertype: ip.ethertype(),
     }
     .emit(&mut ethernet::Frame::new_unchecked(&mut f[..]));
-    let ip = &mut f[ETH..];
-    let pseudo = match (src.ip, dst.ip) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            let r = ipv4::Repr::new(s, d, ipv4::IpNumber::TCP, TCP_LEN);
-            r.emit(&mut ipv4::Packet::new_unchecked(&mut ip[..]));
-            r.pseudo()
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            let r = ipv6::Repr {
-                src_addr: s,
-                dst_addr: d,
-                next_header: ipv6::IpNumber::TCP,
-                payload_len: TCP_LEN,
-                hop_limit: 64,
-            };
-            r.emit(&mut ipv6::Packet::new_unchecked(&mut ip[..]));
-            r.pseudo()
-        }
-        _ => return None,
-    };
+    ip.emit(&mut f[ETH..]);
     let rst = tcp::Repr {
         src_port: src.port,
         dst_port: dst.port,
@@ -66,7 +43,8 @@ pub fn write(out: &mut [u8], src: End, dst: End, seq: u32, ack: Option<u32>) -> 
         flags: if ack.is_some() { RST | ACK } else { RST },
         window: 0,
     };
-    rst.emit(&mut tcp::Packet::new_unchecked(&mut ip[ip_len..]), pseudo);
+    let at = ETH + ip.header_len();
+    rst.emit(&mut tcp::Packet::new_unchecked(&mut f[at..]), ip.pseudo());
     Some(len)
 }
 

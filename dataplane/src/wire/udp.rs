@@ -1,7 +1,7 @@
 //! UDP headers (RFC 768): the overlay's own carrier (VXLAN), the agent's DNS
 //! answers, and what the balancer translates.
 
-use super::{checksum, Error};
+use super::{checksum, get_u16, Error};
 
 pub const HEADER_LEN: usize = 8;
 
@@ -13,46 +13,37 @@ mod field {
     pub const CHECKSUM: Range<usize> = 6..8;
 }
 
-/// A view of a UDP datagram (header and payload).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
+view! {
+    /// A view of a UDP datagram (header and payload).
+    ///
+    /// `new_unchecked`: accessors need [`HEADER_LEN`] bytes.
+    Packet
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// A view without checks: accessors need [`HEADER_LEN`] bytes.
-    #[inline]
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Self { buffer }
-    }
-
     /// A view of a buffer holding the header (etherparse's check). The
     /// length field is not held against the buffer; [`Packet::payload`]
     /// ends at the first end.
     #[inline]
     pub fn new_checked(buffer: T) -> Result<Self, Error> {
-        etherparse::UdpHeaderSlice::from_slice(buffer.as_ref()).map_err(|_| Error::Truncated)?;
+        etherparse::UdpHeaderSlice::from_slice(buffer.as_ref())?;
         Ok(Self { buffer })
-    }
-
-    pub fn into_inner(self) -> T {
-        self.buffer
     }
 
     #[inline]
     pub fn src_port(&self) -> u16 {
-        self.u16_at(field::SRC_PORT.start)
+        get_u16(self.buffer.as_ref(), field::SRC_PORT.start)
     }
 
     #[inline]
     pub fn dst_port(&self) -> u16 {
-        self.u16_at(field::DST_PORT.start)
+        get_u16(self.buffer.as_ref(), field::DST_PORT.start)
     }
 
     /// The length field: header and payload.
     #[inline]
     pub fn len(&self) -> usize {
-        usize::from(self.u16_at(field::LENGTH.start))
+        usize::from(get_u16(self.buffer.as_ref(), field::LENGTH.start))
     }
 
     /// Whether the length field says no payload.
@@ -63,7 +54,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
 
     #[inline]
     pub fn checksum(&self) -> u16 {
-        self.u16_at(field::CHECKSUM.start)
+        get_u16(self.buffer.as_ref(), field::CHECKSUM.start)
     }
 
     /// Whether the checksum over the whole buffer after `pseudo` is right.
@@ -76,12 +67,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
     pub fn payload(&self) -> &[u8] {
         let b = self.buffer.as_ref();
         b.get(HEADER_LEN..self.len().min(b.len())).unwrap_or(&[])
-    }
-
-    #[inline(always)]
-    fn u16_at(&self, at: usize) -> u16 {
-        let b = self.buffer.as_ref();
-        u16::from_be_bytes([b[at], b[at + 1]])
     }
 }
 
@@ -138,10 +123,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
 
     #[inline(always)]
     fn rewrite(&mut self, at: std::ops::Range<usize>, port: u16) -> u64 {
-        let b = &mut self.buffer.as_mut()[at];
-        let d = checksum::delta(b, &port.to_be_bytes());
-        b.copy_from_slice(&port.to_be_bytes());
-        d
+        checksum::replace(&mut self.buffer.as_mut()[at], &port.to_be_bytes())
     }
 
     /// Everything after the header, to the buffer's end.

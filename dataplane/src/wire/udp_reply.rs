@@ -1,7 +1,7 @@
 //! A UDP/IPv4 frame from the gateway to an endpoint, written into a buffer: how
 //! the agent's own services (the embedded DNS, its forwarder) answer containers.
 
-use super::{ethernet, ipv4, ipv6, udp};
+use super::{ethernet, ip, udp};
 use crate::Mac;
 use std::net::IpAddr;
 #[cfg(test)]
@@ -22,50 +22,27 @@ pub struct UdpPeer {
 /// frame's length, or `None` when it does not fit (or the families differ).
 pub fn write(room: &mut [u8], p: &UdpPeer, payload: &[u8]) -> Option<usize> {
     const ETH: usize = ethernet::HEADER_LEN;
-    let (ethertype, ip_len) = match (p.gateway_ip, p.client_ip) {
-        (IpAddr::V4(_), IpAddr::V4(_)) => (ethernet::EtherType::IPV4, ipv4::MIN_HEADER_LEN),
-        (IpAddr::V6(_), IpAddr::V6(_)) => (ethernet::EtherType::IPV6, ipv6::HEADER_LEN),
-        _ => return None,
-    };
     let udp_len = udp::HEADER_LEN + payload.len();
-    let total = ETH + ip_len + udp_len;
+    let ip = ip::Repr::new(p.gateway_ip, p.client_ip, ip::IpNumber::UDP, udp_len)?;
+    let total = ETH + ip.header_len() + udp_len;
     if room.len() < total || udp_len > usize::from(u16::MAX) - 20 {
         return None;
     }
     ethernet::Repr {
         src_addr: p.gateway_mac,
         dst_addr: p.client_mac,
-        ethertype,
+        ethertype: ip.ethertype(),
     }
     .emit(&mut ethernet::Frame::new_unchecked(&mut room[..]));
-    let ip = &mut room[ETH..total];
-    let pseudo = match (p.gateway_ip, p.client_ip) {
-        (IpAddr::V4(g), IpAddr::V4(c)) => {
-            let r = ipv4::Repr::new(g, c, ipv4::IpNumber::UDP, udp_len);
-            r.emit(&mut ipv4::Packet::new_unchecked(&mut ip[..]));
-            r.pseudo()
-        }
-        (IpAddr::V6(g), IpAddr::V6(c)) => {
-            let r = ipv6::Repr {
-                src_addr: g,
-                dst_addr: c,
-                next_header: ipv6::IpNumber::UDP,
-                payload_len: udp_len,
-                hop_limit: 64,
-            };
-            r.emit(&mut ipv6::Packet::new_unchecked(&mut ip[..]));
-            r.pseudo()
-        }
-        _ => return None,
-    };
-    let dgram = &mut ip[ip_len..];
+    ip.emit(&mut room[ETH..]);
+    let dgram = &mut room[ETH + ip.header_len()..total];
     dgram[udp::HEADER_LEN..].copy_from_slice(payload);
     udp::Repr {
         src_port: p.gateway_port,
         dst_port: p.client_port,
         payload_len: payload.len(),
     }
-    .emit(&mut udp::Packet::new_unchecked(dgram), Some(pseudo));
+    .emit(&mut udp::Packet::new_unchecked(dgram), Some(ip.pseudo()));
     Some(total)
 }
 

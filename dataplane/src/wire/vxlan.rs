@@ -21,19 +21,14 @@ pub enum VxlanError {
     NoVniFlag,
 }
 
-/// A view of a VXLAN datagram (the UDP payload: header, then the inner frame).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
+view! {
+    /// A view of a VXLAN datagram (the UDP payload: header, then the inner frame).
+    ///
+    /// `new_unchecked`: accessors need [`VXLAN_HEADER_LEN`] bytes.
+    Packet
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// A view without checks: accessors need [`VXLAN_HEADER_LEN`] bytes.
-    #[inline]
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Self { buffer }
-    }
-
     /// A view of a datagram holding the header with the I flag set.
     #[inline]
     pub fn new_checked(buffer: T) -> Result<Self, VxlanError> {
@@ -45,10 +40,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
             return Err(VxlanError::NoVniFlag);
         }
         Ok(Self { buffer })
-    }
-
-    pub fn into_inner(self) -> T {
-        self.buffer
     }
 
     #[inline]
