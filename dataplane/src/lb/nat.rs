@@ -16,6 +16,14 @@ pub enum Side {
     Dst,
 }
 
+/// The IP packet of the Ethernet frame `f` when its EtherType is `t` and it
+/// holds at least `min` bytes of it.
+#[inline(always)]
+fn l3(f: &[u8], t: ethernet::EtherType, min: usize) -> Option<&[u8]> {
+    let eth = ethernet::Frame::new_checked(f).ok()?;
+    (eth.ethertype() == t && f.len() >= ETH + min).then(|| &f[ETH..])
+}
+
 /// Writes `port` on `side` of the TCP or UDP header `l4` (their ports sit
 /// alike, first) and returns the checksum change.
 #[inline]
@@ -47,10 +55,9 @@ fn update_l4(l4: &mut [u8], proto: u8, delta: u64, zero_is_none: bool) {
 /// not IPv4 TCP/UDP/ICMP or is too short.
 #[inline]
 pub fn rewrite_v4(f: &mut [u8], side: Side, ip: Ipv4Addr, port: u16) -> bool {
-    if f.len() < ETH + 20 || f[12..14] != [0x08, 0x00] {
+    let Some(p) = l3(f, ethernet::EtherType::IPV4, 20).map(ipv4::Packet::new_unchecked) else {
         return false;
-    }
-    let p = ipv4::Packet::new_unchecked(&f[ETH..]);
+    };
     let (proto, ihl) = (p.next_header().0, p.header_len());
     let need = match proto {
         TCP => ihl + 20,
@@ -89,10 +96,8 @@ pub fn rewrite(f: &mut [u8], side: Side, ip: IpAddr, port: u16) -> bool {
 /// after the fixed header. A packet with extension headers first is not
 /// translated (the switch drops it with its own counted reason).
 pub fn v6_transport(f: &[u8]) -> Option<u8> {
-    if f.len() < ETH + 40 || f[12..14] != [0x86, 0xdd] {
-        return None;
-    }
-    let next = ipv6::Packet::new_unchecked(&f[ETH..]).next_header().0;
+    let ip = ipv6::Packet::new_unchecked(l3(f, ethernet::EtherType::IPV6, 40)?);
+    let next = ip.next_header().0;
     matches!(next, TCP | UDP | 58).then_some(next)
 }
 
@@ -139,10 +144,11 @@ fn ports(l4: &[u8]) -> (u16, u16) {
 /// Where the packet an ICMPv4 error quotes starts in `f`, and its header's
 /// length; `None` for frames that are no ICMPv4 error or quote too little.
 fn v4_quote(f: &[u8]) -> Option<(usize, usize)> {
-    if f.len() < ETH + 20 || f[12..14] != [0x08, 0x00] || f[ETH + 9] != 1 {
+    let ip = ipv4::Packet::new_unchecked(l3(f, ethernet::EtherType::IPV4, 20)?);
+    if ip.next_header() != ipv4::IpNumber::ICMP {
         return None;
     }
-    let icmp = ETH + ipv4::Packet::new_unchecked(&f[ETH..]).header_len();
+    let icmp = ETH + ip.header_len();
     let t = *f.get(icmp)?;
     if !matches!(
         t,
