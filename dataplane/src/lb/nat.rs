@@ -255,17 +255,22 @@ pub fn rewrite_icmp6_error(f: &mut [u8], from: Ipv6Addr, ip: Ipv6Addr, port: u16
 #[cfg(test)]
 mod tests {
     use super::*;
-    use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
+    use crate::wire::build;
+    use etherparse::{SlicedPacket, TransportSlice};
 
+    /// TCP (seq 7, window 100, no flags) or UDP from 10.0.0.2:40000 to
+    /// 10.0.9.9 (port 80 or 53).
     fn frame(tcp: bool, payload: &[u8]) -> Vec<u8> {
-        let b = PacketBuilder::ethernet2([2; 6], [4; 6]).ipv4([10, 0, 0, 2], [10, 0, 9, 9], 64);
-        let mut out = Vec::new();
+        let ip = build::eth([2; 6], [4; 6]).ipv4([10, 0, 0, 2], [10, 0, 9, 9]);
         if tcp {
-            b.tcp(40000, 80, 7, 100).write(&mut out, payload).unwrap();
+            let t = crate::wire::tcp::Repr {
+                window: 100,
+                ..build::tcp(40000, 80, 7, 0)
+            };
+            ip.tcp(t, payload)
         } else {
-            b.udp(40000, 53).write(&mut out, payload).unwrap();
+            ip.udp(40000, 53, payload)
         }
-        out
     }
 
     fn valid(f: &[u8]) -> bool {
@@ -314,19 +319,17 @@ mod tests {
     #[test]
     fn an_icmp_error_about_a_balanced_flow_reads_as_from_the_vip() {
         // the backend 10.0.1.5 refuses UDP 10.0.0.2:40000 -> 10.0.1.5:53
-        let mut quoted = Vec::new();
-        PacketBuilder::ipv4([10, 0, 0, 2], [10, 0, 1, 5], 64)
-            .udp(40000, 53)
-            .write(&mut quoted, b"query")
-            .unwrap();
-        let mut f = Vec::new();
-        PacketBuilder::ethernet2([4; 6], [2; 6])
-            .ipv4([10, 0, 1, 5], [10, 0, 0, 2], 64)
-            .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
-                etherparse::icmpv4::DestUnreachableHeader::Port,
-            ))
-            .write(&mut f, &quoted)
-            .unwrap();
+        let quoted = build::eth([2; 6], [4; 6])
+            .ipv4([10, 0, 0, 2], [10, 0, 1, 5])
+            .udp(40000, 53, b"query");
+        let unreachable = icmpv4::Repr {
+            msg_type: icmpv4::DST_UNREACHABLE,
+            code: icmpv4::CODE_PORT_UNREACHABLE,
+            rest_of_header: [0; 4],
+        };
+        let mut f = build::eth([4; 6], [2; 6])
+            .ipv4([10, 0, 1, 5], [10, 0, 0, 2])
+            .icmp(unreachable, &quoted[ETH..]);
         assert_eq!(
             icmp_error_quote(&f),
             Some((
@@ -372,22 +375,30 @@ mod tests {
         assert!(!rewrite_icmp_error(&mut g, vip, vip, 1));
     }
 
+    /// [`frame`] over IPv6 (fd00::2 to fd00::99), or an ICMPv6 echo request
+    /// (id 7, sequence 1).
     fn frame6(proto: u8, payload: &[u8]) -> Vec<u8> {
-        let b = PacketBuilder::ethernet2([2; 6], [4; 6]).ipv6(
-            "fd00::2".parse::<Ipv6Addr>().unwrap().octets(),
-            "fd00::99".parse::<Ipv6Addr>().unwrap().octets(),
-            64,
-        );
-        let mut out = Vec::new();
+        let (src, dst): (Ipv6Addr, Ipv6Addr) =
+            ("fd00::2".parse().unwrap(), "fd00::99".parse().unwrap());
+        let ip = build::eth([2; 6], [4; 6]).ipv6(src, dst);
         match proto {
-            6 => b.tcp(40000, 80, 7, 100).write(&mut out, payload).unwrap(),
-            17 => b.udp(40000, 53).write(&mut out, payload).unwrap(),
-            _ => b
-                .icmpv6_echo_request(7, 1)
-                .write(&mut out, payload)
-                .unwrap(),
+            6 => ip.tcp(
+                crate::wire::tcp::Repr {
+                    window: 100,
+                    ..build::tcp(40000, 80, 7, 0)
+                },
+                payload,
+            ),
+            17 => ip.udp(40000, 53, payload),
+            _ => ip.icmp(
+                icmpv6::Repr {
+                    msg_type: icmpv6::ECHO_REQUEST,
+                    code: 0,
+                    rest_of_header: [0, 7, 0, 1],
+                },
+                payload,
+            ),
         }
-        out
     }
 
     fn valid6(f: &[u8]) -> bool {
@@ -441,19 +452,17 @@ mod tests {
         let task: Ipv6Addr = "fd00:1::5".parse().unwrap();
         let vip: Ipv6Addr = "fd00::99".parse().unwrap();
         // the task refuses UDP client:40000 -> task:53
-        let mut quoted = Vec::new();
-        PacketBuilder::ipv6(client.octets(), task.octets(), 64)
-            .udp(40000, 53)
-            .write(&mut quoted, b"query")
-            .unwrap();
-        let mut f = Vec::new();
-        PacketBuilder::ethernet2([4; 6], [2; 6])
-            .ipv6(task.octets(), client.octets(), 64)
-            .icmpv6(etherparse::Icmpv6Type::DestinationUnreachable(
-                etherparse::icmpv6::DestUnreachableCode::Port,
-            ))
-            .write(&mut f, &quoted)
-            .unwrap();
+        let quoted = build::eth([2; 6], [4; 6])
+            .ipv6(client, task)
+            .udp(40000, 53, b"query");
+        let unreachable = icmpv6::Repr {
+            msg_type: icmpv6::DST_UNREACHABLE,
+            code: icmpv6::CODE_PORT_UNREACHABLE,
+            rest_of_header: [0; 4],
+        };
+        let mut f = build::eth([4; 6], [2; 6])
+            .ipv6(task, client)
+            .icmp(unreachable, &quoted[ETH..]);
         assert_eq!(icmp6_error_quote(&f), Some((17, client, task, 40000, 53)));
         assert!(rewrite_icmp6_error(&mut f, vip, vip, 5353));
         let p = SlicedPacket::from_ethernet(&f).unwrap();

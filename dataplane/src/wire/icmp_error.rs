@@ -178,17 +178,15 @@ fn error_v6(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use etherparse::{Icmpv4Slice, Icmpv4Type, Icmpv6Slice, Icmpv6Type, PacketBuilder};
+    use crate::wire::build;
+    use etherparse::{Icmpv4Slice, Icmpv4Type, Icmpv6Slice, Icmpv6Type};
 
     #[test]
     fn v4_frag_needed_is_well_formed() {
-        let mut f = Vec::new();
-        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-            .ipv4([10, 0, 0, 2], [10, 0, 0, 3], 64)
-            .udp(1, 2)
-            .write(&mut f, &[0u8; 1500])
-            .unwrap();
-        f[14 + 6] |= 0x40; // DF
+        let mut f = build::eth([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4([10, 0, 0, 2], [10, 0, 0, 3])
+            .dont_frag(true)
+            .udp(1, 2, &[0u8; 1500]);
         let len = f.len();
         f.resize(4096, 0);
         let n = write_v4(
@@ -217,13 +215,10 @@ mod tests {
 
     #[test]
     fn v4_without_df_gets_no_answer() {
-        let mut f = Vec::new();
-        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-            .ipv4([10, 0, 0, 2], [10, 0, 0, 3], 64)
-            .udp(1, 2)
-            .write(&mut f, &[0u8; 100])
-            .unwrap();
-        f[14 + 6] &= !0x40;
+        let mut f = build::eth([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4([10, 0, 0, 2], [10, 0, 0, 3])
+            .dont_frag(false)
+            .udp(1, 2, &[0u8; 100]);
         let len = f.len();
         assert_eq!(
             write_v4(&mut f, len, [2; 6], Ipv4Addr::new(10, 0, 0, 1), 1375),
@@ -235,16 +230,10 @@ mod tests {
     fn v6_packet_too_big_is_well_formed() {
         let src: Ipv6Addr = "fd00::2".parse().unwrap();
         let gw: Ipv6Addr = "fd00::1".parse().unwrap();
-        let mut f = Vec::new();
-        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-            .ipv6(
-                src.octets(),
-                [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3],
-                64,
-            )
-            .udp(1, 2)
-            .write(&mut f, &[0u8; 1500])
-            .unwrap();
+        let dst: Ipv6Addr = "fd00::3".parse().unwrap();
+        let mut f = build::eth([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv6(src, dst)
+            .udp(1, 2, &[0u8; 1500]);
         let len = f.len();
         f.resize(4096, 0);
         let n = write_v6(&mut f, len, [2; 6], gw, 1375).unwrap();

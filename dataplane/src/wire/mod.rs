@@ -2,10 +2,9 @@
 //! zero-copy view (`Packet<T: AsRef<[u8]>>`, setters where `T: AsMut<[u8]>`)
 //! whose `new_checked` makes sure its accessors stay inside the buffer, and a
 //! `Repr` that parses a view into values and emits them back. The checks on
-//! slices are etherparse's where it has them; offsets are named once, in each
-//! file's `field` module, so no other code reads a header by hand. The
-//! Internet checksum (whole, pseudo-header, incremental) is [`checksum`]'s
-//! alone.
+//! slices are etherparse's where it has them; a header's offsets are named
+//! once, in its file's `field` module. The Internet checksum (whole,
+//! pseudo-header, incremental) is [`checksum`]'s alone.
 //!
 //! On these sit the replies the agent writes ([`icmp_error`], [`tcp_rst`],
 //! [`udp_reply`], [`neighbor`], [`probe`]) and the header walks the switch

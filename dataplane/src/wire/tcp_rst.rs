@@ -111,18 +111,29 @@ pub fn write_refusal(room: &mut [u8], len: usize, from_mac: Mac) -> Option<usize
 #[cfg(test)]
 mod tests {
     use super::*;
-    use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
+    use crate::wire::build;
+    use crate::wire::tcp::SYN;
+    use etherparse::{SlicedPacket, TransportSlice};
     use std::net::{Ipv4Addr, Ipv6Addr};
+
+    /// A client's segment to port 8080 (seq 1000, window 64000).
+    fn seg(flags: u8) -> tcp::Repr {
+        tcp::Repr {
+            ack_number: 0,
+            window: 64000,
+            ..build::tcp(40000, 8080, 1000, flags)
+        }
+    }
+
+    fn client() -> build::Eth {
+        build::eth([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+    }
 
     #[test]
     fn refusal_of_a_syn_acks_it_and_checksums_verify() {
-        let mut f = Vec::new();
-        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-            .ipv4([10, 0, 0, 2], [10, 0, 0, 3], 64)
-            .tcp(40000, 8080, 1000, 64000)
-            .syn()
-            .write(&mut f, &[])
-            .unwrap();
+        let mut f = client()
+            .ipv4([10, 0, 0, 2], [10, 0, 0, 3])
+            .tcp(seg(SYN), &[]);
         let len = f.len();
         f.resize(256, 0);
         let n = write_refusal(&mut f, len, [2, 9, 9, 9, 9, 9]).unwrap();
@@ -154,13 +165,7 @@ mod tests {
     #[test]
     fn ipv6_refusal_of_a_syn_acks_it_and_checksums_verify() {
         let (a, b): (Ipv6Addr, Ipv6Addr) = ("fd00::2".parse().unwrap(), "fd00::3".parse().unwrap());
-        let mut f = Vec::new();
-        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-            .ipv6(a.octets(), b.octets(), 64)
-            .tcp(40000, 8080, 1000, 64000)
-            .syn()
-            .write(&mut f, &[])
-            .unwrap();
+        let mut f = client().ipv6(a, b).tcp(seg(SYN), &[]);
         let len = f.len();
         f.resize(256, 0);
         let n = write_refusal(&mut f, len, [2, 9, 9, 9, 9, 9]).unwrap();
@@ -212,22 +217,18 @@ mod tests {
 
     #[test]
     fn a_rst_is_never_answered_and_an_ack_takes_its_number() {
-        let mut f = Vec::new();
-        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-            .ipv4([10, 0, 0, 2], [10, 0, 0, 3], 64)
-            .tcp(40000, 8080, 1000, 64000)
-            .rst()
-            .write(&mut f, &[])
-            .unwrap();
+        let mut f = client()
+            .ipv4([10, 0, 0, 2], [10, 0, 0, 3])
+            .tcp(seg(RST), &[]);
         let len = f.len();
         assert_eq!(write_refusal(&mut f, len, [2; 6]), None);
-        let mut f = Vec::new();
-        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-            .ipv4([10, 0, 0, 2], [10, 0, 0, 3], 64)
-            .tcp(40000, 8080, 1000, 64000)
-            .ack(777)
-            .write(&mut f, &[1, 2, 3])
-            .unwrap();
+        let ack = tcp::Repr {
+            ack_number: 777,
+            ..seg(ACK)
+        };
+        let mut f = client()
+            .ipv4([10, 0, 0, 2], [10, 0, 0, 3])
+            .tcp(ack, &[1, 2, 3]);
         let len = f.len();
         f.resize(256, 0);
         let n = write_refusal(&mut f, len, [2; 6]).unwrap();
