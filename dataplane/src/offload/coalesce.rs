@@ -2,7 +2,7 @@
 //! the underlay for one port, become one super-frame and one TAP write with a
 //! `virtio_net_hdr` (`GSO_TCPV4/6`), as the kernel's GRO would have made them.
 
-use super::segment::{parse_tcp, TcpFrame};
+use super::segment::{fix_ip, parse_tcp, TcpFrame};
 use super::vnet::{self, VnetHdr};
 use crate::wire::tcp::{self, ACK, PSH};
 use crate::wire::{checksum, ethernet, ipv4, ipv6};
@@ -36,21 +36,13 @@ impl Default for Coalescer {
 /// right. A merged super-frame goes up as checksum-verified, so a corrupted
 /// segment must never join one: written alone, the kernel checks and drops it.
 fn mergeable(f: &[u8], t: &TcpFrame) -> bool {
+    let tcp_len = f.len() - t.l4_off;
     let (ip_len, pseudo) = if t.v6 {
         let ip = ipv6::Packet::new_unchecked(&f[ETH..]);
-        let len = ip.payload_len() + ipv6::HEADER_LEN;
-        let tcp_len = f.len().saturating_sub(t.l4_off) as u32;
-        (
-            len,
-            checksum::pseudo_v6(ip.src_addr(), ip.dst_addr(), 6, tcp_len),
-        )
+        (ipv6::HEADER_LEN + ip.payload_len(), ip.pseudo(tcp_len))
     } else {
         let ip = ipv4::Packet::new_unchecked(&f[ETH..]);
-        let tcp_len = f.len().saturating_sub(t.l4_off) as u32;
-        (
-            ip.total_len(),
-            checksum::pseudo_v4(ip.src_addr(), ip.dst_addr(), 6, tcp_len),
-        )
+        (ip.total_len(), ip.pseudo(tcp_len))
     };
     ETH + ip_len == f.len() && tcp::Packet::new_unchecked(&f[t.l4_off..]).verify_checksum(pseudo)
 }
@@ -149,17 +141,8 @@ impl Coalescer {
             return Some((VnetHdr::default(), &self.buf[..len]));
         }
         let f = &mut self.buf[..len];
-        let tcp_len = (len - t.l4_off) as u32;
-        let pseudo = if t.v6 {
-            let mut ip = ipv6::Packet::new_unchecked(&mut f[ETH..]);
-            ip.set_payload_len((len - ETH - ipv6::HEADER_LEN) as u16);
-            checksum::pseudo_v6(ip.src_addr(), ip.dst_addr(), 6, tcp_len)
-        } else {
-            let mut ip = ipv4::Packet::new_unchecked(&mut f[ETH..]);
-            ip.set_total_len((len - ETH) as u16);
-            ip.fill_checksum();
-            checksum::pseudo_v4(ip.src_addr(), ip.dst_addr(), 6, tcp_len)
-        };
+        // the ID stays the first segment's
+        let pseudo = fix_ip(f, t.v6, len, t.l4_off, 0);
         // CHECKSUM_PARTIAL convention: the field holds the pseudo-header sum and
         // the kernel finishes (or, delivering locally, trusts) the rest.
         tcp::Packet::new_unchecked(&mut f[t.l4_off..]).set_checksum(checksum::fold(pseudo));

@@ -45,21 +45,20 @@ pub fn parse_tcp(frame: &[u8]) -> Option<TcpFrame> {
 }
 
 /// Sets the IP header of `out` (a frame of `len` bytes, cut from a
-/// super-frame) for its length, and for IPv4 its ID (the super-frame's plus
-/// `i`) and checksum; returns the pseudo-header sum of its transport of
-/// protocol `proto`, which starts at `l4_off`.
-fn fix_ip(out: &mut [u8], v6: bool, len: usize, l4_off: usize, proto: u8, i: usize) -> u64 {
-    let l4_len = (len - l4_off) as u32;
+/// super-frame or joined into one) for its length, and for IPv4 its ID (the
+/// first's plus `i`) and checksum; returns the pseudo-header sum of its
+/// transport, which starts at `l4_off`.
+pub(super) fn fix_ip(out: &mut [u8], v6: bool, len: usize, l4_off: usize, i: usize) -> u64 {
     if v6 {
         let mut ip = ipv6::Packet::new_unchecked(&mut out[ETH..]);
         ip.set_payload_len((len - ETH - ipv6::HEADER_LEN) as u16);
-        checksum::pseudo_v6(ip.src_addr(), ip.dst_addr(), proto, l4_len)
+        ip.pseudo(len - l4_off)
     } else {
         let mut ip = ipv4::Packet::new_unchecked(&mut out[ETH..]);
         ip.set_total_len((len - ETH) as u16);
         ip.set_ident(ip.ident().wrapping_add(i as u16));
         ip.fill_checksum();
-        checksum::pseudo_v4(ip.src_addr(), ip.dst_addr(), proto, l4_len)
+        ip.pseudo(len - l4_off)
     }
 }
 
@@ -122,7 +121,7 @@ pub fn write_headers(
     let n = count(frame, t, mss);
     let out = out.get_mut(..hlen)?;
     out.copy_from_slice(&frame[..hlen]);
-    let pseudo = fix_ip(out, t.v6, hlen + chunk.len(), t.l4_off, 6, i);
+    let pseudo = fix_ip(out, t.v6, hlen + chunk.len(), t.l4_off, i);
     let mut tcp = tcp::Packet::new_unchecked(&mut out[t.l4_off..]);
     tcp.set_seq_number(tcp.seq_number().wrapping_add((i * mss) as u32));
     let mut flags = tcp.flags();
@@ -258,7 +257,7 @@ pub fn write_udp_segment(
     out[..hlen].copy_from_slice(&frame[..hlen]);
     out[hlen..].copy_from_slice(chunk);
     let v6 = ethernet::Frame::new_unchecked(&*out).ethertype() == ethernet::EtherType::IPV6;
-    let pseudo = fix_ip(out, v6, len, l4, 17, i);
+    let pseudo = fix_ip(out, v6, len, l4, i);
     let mut u = udp::Packet::new_unchecked(&mut out[l4..]);
     u.set_len((len - l4) as u16);
     u.fill_checksum(pseudo);

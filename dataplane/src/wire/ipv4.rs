@@ -127,6 +127,20 @@ impl<T: AsRef<[u8]>> Packet<T> {
         checksum::verifies(0, &self.buffer.as_ref()[..self.header_len()])
     }
 
+    /// The pseudo-header sum of the transport checksum over this header, for
+    /// a transport of `l4_len` bytes (its own length field's, which a
+    /// segment cut from a super-frame sets anew).
+    #[inline]
+    pub fn pseudo(&self, l4_len: usize) -> u64 {
+        let b = self.buffer.as_ref();
+        checksum::pseudo(
+            &b[field::SRC],
+            &b[field::DST],
+            b[field::PROTOCOL],
+            l4_len as u32,
+        )
+    }
+
     /// The payload: from the header's end to the total length or the
     /// buffer's end, whichever comes first (empty if the lengths disagree).
     #[inline]

@@ -67,6 +67,19 @@ impl<T: AsRef<[u8]>> Packet<T> {
         addr(&self.buffer.as_ref()[field::DST])
     }
 
+    /// The pseudo-header sum of the transport checksum, for a transport of
+    /// `l4_len` bytes right after the fixed header.
+    #[inline]
+    pub fn pseudo(&self, l4_len: usize) -> u64 {
+        let b = self.buffer.as_ref();
+        checksum::pseudo(
+            &b[field::SRC],
+            &b[field::DST],
+            b[field::NXT_HDR],
+            l4_len as u32,
+        )
+    }
+
     /// The payload: after the fixed header, to the payload length or the
     /// buffer's end, whichever comes first.
     #[inline]
