@@ -1,10 +1,13 @@
-//! Address and port rewriting with incremental checksum updates (RFC 1624):
-//! rewriting one address of a 1400-byte packet touches a few words, not the
-//! whole payload.
+//! Address and port rewriting with incremental checksum updates (RFC 1624,
+//! in [`crate::wire::checksum`]): rewriting one address of a 1400-byte packet
+//! touches a few words, not the whole payload.
 
+use crate::wire::{ethernet, icmpv4, icmpv6, ipv4, ipv6, udp};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-const ETH: usize = 14;
+const ETH: usize = ethernet::HEADER_LEN;
+const TCP: u8 = 6;
+const UDP: u8 = 17;
 
 /// Which end of the packet to rewrite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,31 +16,37 @@ pub enum Side {
     Dst,
 }
 
-/// The `~m + m'` part of RFC 1624 eqn. 3 (HC' = ~(~HC + ~m + m')) for 16-bit
-/// words `old` becoming `new`; the changes of several fields add up, so a
-/// checksum covering them all is updated once.
-#[inline]
-fn delta(old: &[u8], new: &[u8]) -> u32 {
-    let mut sum = 0;
-    for (o, n) in old.chunks_exact(2).zip(new.chunks_exact(2)) {
-        sum += u32::from(!u16::from_be_bytes([o[0], o[1]]));
-        sum += u32::from(u16::from_be_bytes([n[0], n[1]]));
-    }
-    sum
+/// The IP packet of the Ethernet frame `f` when its EtherType is `t` and it
+/// holds at least `min` bytes of it.
+#[inline(always)]
+fn l3(f: &[u8], t: ethernet::EtherType, min: usize) -> Option<&[u8]> {
+    let eth = ethernet::Frame::new_checked(f).ok()?;
+    (eth.ethertype() == t && f.len() >= ETH + min).then(|| &f[ETH..])
 }
 
-/// Applies a [`delta`] to the checksum stored at `at`.
+/// Writes `port` on `side` of the TCP or UDP header `l4` (their ports sit
+/// alike, first) and returns the checksum change.
 #[inline]
-fn apply(f: &mut [u8], at: usize, delta: u32) {
-    let mut sum = u32::from(!u16::from_be_bytes([f[at], f[at + 1]])) + delta;
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
+fn rewrite_port(l4: &mut [u8], side: Side, port: u16) -> u64 {
+    let mut p = udp::Packet::new_unchecked(l4);
+    match side {
+        Side::Src => p.rewrite_src_port(port),
+        Side::Dst => p.rewrite_dst_port(port),
     }
-    f[at..at + 2].copy_from_slice(&(!(sum as u16)).to_be_bytes());
 }
 
-fn set_check(f: &mut [u8], at: usize, old: &[u8], new: &[u8]) {
-    apply(f, at, delta(old, new));
+/// Updates the TCP or UDP checksum of `l4` by `delta`; a UDP checksum of
+/// zero is left so when `zero_is_none` (over IPv4, none was sent).
+#[inline]
+fn update_l4(l4: &mut [u8], proto: u8, delta: u64, zero_is_none: bool) {
+    if proto == TCP {
+        crate::wire::tcp::Packet::new_unchecked(l4).update_checksum(delta);
+    } else {
+        let mut u = udp::Packet::new_unchecked(l4);
+        if !(zero_is_none && u.checksum() == 0) {
+            u.update_checksum(delta);
+        }
+    }
 }
 
 /// Rewrites the IPv4 address and L4 port on `side` of the Ethernet/IPv4 frame,
@@ -46,50 +55,29 @@ fn set_check(f: &mut [u8], at: usize, old: &[u8], new: &[u8]) {
 /// not IPv4 TCP/UDP/ICMP or is too short.
 #[inline]
 pub fn rewrite_v4(f: &mut [u8], side: Side, ip: Ipv4Addr, port: u16) -> bool {
-    if f.len() < ETH + 20 || f[12..14] != [0x08, 0x00] {
+    let Some(p) = l3(f, ethernet::EtherType::IPV4, 20).map(ipv4::Packet::new_unchecked) else {
         return false;
-    }
-    let ihl = usize::from(f[ETH] & 0x0f) * 4;
-    let l4 = ETH + ihl;
-    let proto = f[ETH + 9];
-    let (csum_at, port_at) = match proto {
-        6 => (
-            Some(l4 + 16),
-            Some(l4 + if side == Side::Src { 0 } else { 2 }),
-        ),
-        17 => (
-            Some(l4 + 6),
-            Some(l4 + if side == Side::Src { 0 } else { 2 }),
-        ),
-        1 => (None, None),
+    };
+    let (proto, ihl) = (p.next_header().0, p.header_len());
+    let need = match proto {
+        TCP => ihl + 20,
+        UDP => ihl + 8,
+        1 => ihl,
         _ => return false,
     };
-    let need = match proto {
-        6 => l4 + 20,
-        17 => l4 + 8,
-        _ => l4,
-    };
-    if ihl < 20 || f.len() < need {
+    if ihl < 20 || f.len() < ETH + need {
         return false;
     }
-    let a = ETH + if side == Side::Src { 12 } else { 16 };
-    let old_ip: [u8; 4] = [f[a], f[a + 1], f[a + 2], f[a + 3]];
-    let new_ip = ip.octets();
-    f[a..a + 4].copy_from_slice(&new_ip);
-    let ip_delta = delta(&old_ip, &new_ip);
-    apply(f, ETH + 10, ip_delta);
-    if let (Some(c), Some(p)) = (csum_at, port_at) {
-        let old_port = [f[p], f[p + 1]];
-        let new_port = port.to_be_bytes();
-        f[p..p + 2].copy_from_slice(&new_port);
-        let udp_zero = proto == 17 && f[c] == 0 && f[c + 1] == 0;
-        if !udp_zero {
-            // the pseudo-header covers the address, the header the port
-            apply(f, c, ip_delta + delta(&old_port, &new_port));
-            if proto == 17 && f[c] == 0 && f[c + 1] == 0 {
-                f[c..c + 2].copy_from_slice(&[0xff, 0xff]); // UDP: 0 means "none"
-            }
-        }
+    let mut p = ipv4::Packet::new_unchecked(&mut f[ETH..]);
+    let d = match side {
+        Side::Src => p.rewrite_src_addr(ip),
+        Side::Dst => p.rewrite_dst_addr(ip),
+    };
+    if proto != 1 {
+        // the pseudo-header covers the address, the header the port
+        let l4 = p.payload_mut();
+        let d = d + rewrite_port(l4, side, port);
+        update_l4(l4, proto, d, true);
     }
     true
 }
@@ -108,11 +96,9 @@ pub fn rewrite(f: &mut [u8], side: Side, ip: IpAddr, port: u16) -> bool {
 /// after the fixed header. A packet with extension headers first is not
 /// translated (the switch drops it with its own counted reason).
 pub fn v6_transport(f: &[u8]) -> Option<u8> {
-    if f.len() < ETH + 40 || f[12..14] != [0x86, 0xdd] {
-        return None;
-    }
-    let next = f[ETH + 6];
-    matches!(next, 6 | 17 | 58).then_some(next)
+    let ip = ipv6::Packet::new_unchecked(l3(f, ethernet::EtherType::IPV6, 40)?);
+    let next = ip.next_header().0;
+    matches!(next, TCP | UDP | 58).then_some(next)
 }
 
 /// Rewrites the IPv6 address and L4 port on `side` of the Ethernet/IPv6 frame.
@@ -126,62 +112,64 @@ pub fn rewrite_v6(f: &mut [u8], side: Side, ip: Ipv6Addr, port: u16) -> bool {
     let Some(proto) = v6_transport(f) else {
         return false;
     };
-    let l4 = ETH + 40;
-    let (csum_at, port_at, need) = match proto {
-        6 => (
-            l4 + 16,
-            Some(l4 + if side == Side::Src { 0 } else { 2 }),
-            l4 + 20,
-        ),
-        17 => (
-            l4 + 6,
-            Some(l4 + if side == Side::Src { 0 } else { 2 }),
-            l4 + 8,
-        ),
-        _ => (l4 + 2, None, l4 + 4),
+    let need = match proto {
+        TCP => 20,
+        UDP => 8,
+        _ => 4,
     };
-    if f.len() < need {
+    if f.len() < ETH + 40 + need {
         return false;
     }
-    let a = ETH + if side == Side::Src { 8 } else { 24 };
-    let mut old_ip = [0u8; 16];
-    old_ip.copy_from_slice(&f[a..a + 16]);
-    let new_ip = ip.octets();
-    f[a..a + 16].copy_from_slice(&new_ip);
-    let mut d = delta(&old_ip, &new_ip);
-    if let Some(p) = port_at {
-        let old_port = [f[p], f[p + 1]];
-        let new_port = port.to_be_bytes();
-        f[p..p + 2].copy_from_slice(&new_port);
-        d += delta(&old_port, &new_port);
-    }
-    apply(f, csum_at, d);
-    if proto == 17 && f[csum_at] == 0 && f[csum_at + 1] == 0 {
-        f[csum_at..csum_at + 2].copy_from_slice(&[0xff, 0xff]); // UDP: 0 means "none"
+    let mut p = ipv6::Packet::new_unchecked(&mut f[ETH..]);
+    let d = match side {
+        Side::Src => p.rewrite_src_addr(ip),
+        Side::Dst => p.rewrite_dst_addr(ip),
+    };
+    let l4 = p.payload_mut();
+    if proto == 58 {
+        icmpv6::Packet::new_unchecked(l4).update_checksum(d);
+    } else {
+        let d = d + rewrite_port(l4, side, port);
+        update_l4(l4, proto, d, false);
     }
     true
+}
+
+/// The ports of the TCP or UDP header at the start of `l4` (4 bytes at least).
+fn ports(l4: &[u8]) -> (u16, u16) {
+    let p = udp::Packet::new_unchecked(l4);
+    (p.src_port(), p.dst_port())
+}
+
+/// Where the packet an ICMPv4 error quotes starts in `f`, and its header's
+/// length; `None` for frames that are no ICMPv4 error or quote too little.
+fn v4_quote(f: &[u8]) -> Option<(usize, usize)> {
+    let ip = ipv4::Packet::new_unchecked(l3(f, ethernet::EtherType::IPV4, 20)?);
+    if ip.next_header() != ipv4::IpNumber::ICMP {
+        return None;
+    }
+    let icmp = ETH + ip.header_len();
+    let t = *f.get(icmp)?;
+    if !matches!(
+        t,
+        icmpv4::DST_UNREACHABLE | icmpv4::TIME_EXCEEDED | icmpv4::PARAM_PROBLEM
+    ) {
+        return None;
+    }
+    let inner = icmp + icmpv4::HEADER_LEN;
+    let ihl = ipv4::Packet::new_unchecked(f.get(inner..inner + 1)?).header_len();
+    f.get(inner..inner + ihl + 4)?;
+    (ihl >= 20).then_some((inner, ihl))
 }
 
 /// The connection an ICMPv4 error (unreachable, time exceeded, parameter
 /// problem) at `f` is about: (proto, src, dst, sport, dport) of the packet it
 /// quotes, as that packet was sent. `None` for other frames.
 pub fn icmp_error_quote(f: &[u8]) -> Option<(u8, Ipv4Addr, Ipv4Addr, u16, u16)> {
-    if f.len() < ETH + 20 || f[12..14] != [0x08, 0x00] || f[ETH + 9] != 1 {
-        return None;
-    }
-    let icmp = ETH + usize::from(f[ETH] & 0x0f) * 4;
-    if !matches!(*f.get(icmp)?, 3 | 11 | 12) {
-        return None;
-    }
-    let inner = icmp + 8;
-    let ihl = usize::from(*f.get(inner)? & 0x0f) * 4;
-    let q = f.get(inner..inner + ihl + 4)?;
-    if ihl < 20 {
-        return None;
-    }
-    let ip = |o: usize| Ipv4Addr::new(q[o], q[o + 1], q[o + 2], q[o + 3]);
-    let port = |o: usize| u16::from_be_bytes([q[ihl + o], q[ihl + o + 1]]);
-    Some((q[9], ip(12), ip(16), port(0), port(2)))
+    let (inner, ihl) = v4_quote(f)?;
+    let q = ipv4::Packet::new_unchecked(&f[inner..]);
+    let (sport, dport) = ports(&f[inner + ihl..]);
+    Some((q.next_header().0, q.src_addr(), q.dst_addr(), sport, dport))
 }
 
 /// Rewrites an ICMPv4 error about a balanced connection so its client accepts
@@ -192,39 +180,27 @@ pub fn icmp_error_quote(f: &[u8]) -> Option<(u8, Ipv4Addr, Ipv4Addr, u16, u16)> 
 /// updated if quoted and set; a quoted TCP checksum is beyond the 8 bytes
 /// routers must quote, and the client does not check it.
 pub fn rewrite_icmp_error(f: &mut [u8], from: Ipv4Addr, ip: Ipv4Addr, port: u16) -> bool {
-    if icmp_error_quote(f).is_none() {
+    let Some((inner, ihl)) = v4_quote(f) else {
+        return false;
+    };
+    let len = f.len();
+    let mut outer = ipv4::Packet::new_unchecked(&mut f[ETH..]);
+    let total = outer.total_len() + ETH;
+    if total > len || total < inner + ihl + 4 {
         return false;
     }
-    let icmp = ETH + usize::from(f[ETH] & 0x0f) * 4;
-    let inner = icmp + 8;
-    let ihl = usize::from(f[inner] & 0x0f) * 4;
-    let total = usize::from(u16::from_be_bytes([f[ETH + 2], f[ETH + 3]])) + ETH;
-    if total > f.len() || total < inner + ihl + 4 {
-        return false;
+    outer.rewrite_src_addr(from);
+    let mut q = ipv4::Packet::new_unchecked(&mut f[inner..total]);
+    let d = q.rewrite_dst_addr(ip);
+    let udp = q.next_header().0 == UDP && total >= inner + ihl + 8;
+    q.fill_checksum();
+    let l4 = &mut f[inner + ihl..total];
+    let d = d + rewrite_port(l4, Side::Dst, port);
+    if udp {
+        update_l4(l4, UDP, d, true);
     }
-    // outer source
-    let old: [u8; 4] = [f[ETH + 12], f[ETH + 13], f[ETH + 14], f[ETH + 15]];
-    f[ETH + 12..ETH + 16].copy_from_slice(&from.octets());
-    set_check(f, ETH + 10, &old, &from.octets());
-    // quoted destination address and port
-    let old_ip: [u8; 4] = [f[inner + 16], f[inner + 17], f[inner + 18], f[inner + 19]];
-    f[inner + 16..inner + 20].copy_from_slice(&ip.octets());
-    let p = inner + ihl + 2;
-    let old_port = [f[p], f[p + 1]];
-    f[p..p + 2].copy_from_slice(&port.to_be_bytes());
-    if f[inner + 9] == 17 && total >= inner + ihl + 8 {
-        let c = inner + ihl + 6;
-        if f[c] != 0 || f[c + 1] != 0 {
-            set_check(f, c, &old_ip, &ip.octets());
-            set_check(f, c, &old_port, &port.to_be_bytes());
-        }
-    }
-    f[inner + 10..inner + 12].fill(0);
-    let c = checksum(&f[inner..inner + ihl]);
-    f[inner + 10..inner + 12].copy_from_slice(&c);
-    f[icmp + 2..icmp + 4].fill(0);
-    let c = checksum(&f[icmp..total]);
-    f[icmp + 2..icmp + 4].copy_from_slice(&c);
+    let icmp = inner - icmpv4::HEADER_LEN;
+    icmpv4::Packet::new_unchecked(&mut f[icmp..total]).fill_checksum(0);
     true
 }
 
@@ -233,20 +209,16 @@ pub fn rewrite_icmp_error(f: &mut [u8], from: Ipv4Addr, ip: Ipv4Addr, port: u16)
 /// dport) of the IPv6 TCP/UDP packet it quotes, as that packet was sent.
 /// `None` for other frames (and for quoted packets with extension headers).
 pub fn icmp6_error_quote(f: &[u8]) -> Option<(u8, Ipv6Addr, Ipv6Addr, u16, u16)> {
-    if v6_transport(f)? != 58 || !matches!(*f.get(ETH + 40)?, 1..=4) {
+    if v6_transport(f)? != 58 || !icmpv6::is_error(*f.get(ETH + 40)?) {
         return None;
     }
-    let q = f.get(ETH + 48..ETH + 48 + 44)?;
-    if q[0] >> 4 != 6 || !matches!(q[6], 6 | 17) {
+    let q = ipv6::Packet::new_unchecked(f.get(ETH + 48..ETH + 48 + 44)?);
+    let proto = q.next_header().0;
+    if q.version() != 6 || !matches!(proto, TCP | UDP) {
         return None;
     }
-    let ip = |o: usize| {
-        let mut b = [0u8; 16];
-        b.copy_from_slice(&q[o..o + 16]);
-        Ipv6Addr::from(b)
-    };
-    let port = |o: usize| u16::from_be_bytes([q[40 + o], q[40 + o + 1]]);
-    Some((q[6], ip(8), ip(24), port(0), port(2)))
+    let (sport, dport) = ports(&f[ETH + 48 + 40..]);
+    Some((proto, q.src_addr(), q.dst_addr(), sport, dport))
 }
 
 /// [`rewrite_icmp_error`] for ICMPv6: the outer source becomes `from` (the
@@ -257,77 +229,48 @@ pub fn rewrite_icmp6_error(f: &mut [u8], from: Ipv6Addr, ip: Ipv6Addr, port: u16
     if icmp6_error_quote(f).is_none() {
         return false;
     }
-    let plen = usize::from(u16::from_be_bytes([f[ETH + 4], f[ETH + 5]]));
+    let len = f.len();
+    let mut outer = ipv6::Packet::new_unchecked(&mut f[ETH..]);
+    let plen = outer.payload_len();
     let end = ETH + 40 + plen;
-    if end > f.len() || plen < 8 + 44 {
+    if end > len || plen < 8 + 44 {
         return false;
     }
-    f[ETH + 8..ETH + 24].copy_from_slice(&from.octets());
-    let q = ETH + 48;
-    let mut old_ip = [0u8; 16];
-    old_ip.copy_from_slice(&f[q + 24..q + 40]);
-    f[q + 24..q + 40].copy_from_slice(&ip.octets());
-    let p = q + 40 + 2;
-    let old_port = [f[p], f[p + 1]];
-    f[p..p + 2].copy_from_slice(&port.to_be_bytes());
-    if f[q + 6] == 17 && end >= q + 48 {
-        let c = q + 40 + 6;
-        if f[c] != 0 || f[c + 1] != 0 {
-            set_check(f, c, &old_ip, &ip.octets());
-            set_check(f, c, &old_port, &port.to_be_bytes());
-        }
-    }
+    outer.set_src_addr(from);
+    let pseudo = ipv6::Repr::parse(&outer).pseudo();
     let icmp = ETH + 40;
-    f[icmp + 2..icmp + 4].fill(0);
-    let mut pseudo = [0u8; 40];
-    pseudo[..32].copy_from_slice(&f[ETH + 8..ETH + 40]);
-    pseudo[32..36].copy_from_slice(&(plen as u32).to_be_bytes());
-    pseudo[39] = 58;
-    let c = checksum_parts(&pseudo, &f[icmp..end]);
-    f[icmp + 2..icmp + 4].copy_from_slice(&c);
+    let q = icmp + icmpv6::HEADER_LEN;
+    let mut quoted = ipv6::Packet::new_unchecked(&mut f[q..end]);
+    let d = quoted.rewrite_dst_addr(ip);
+    let udp = quoted.next_header().0 == UDP && end >= q + 48;
+    let l4 = &mut f[q + 40..end];
+    let d = d + rewrite_port(l4, Side::Dst, port);
+    if udp {
+        update_l4(l4, UDP, d, true);
+    }
+    icmpv6::Packet::new_unchecked(&mut f[icmp..end]).fill_checksum(pseudo);
     true
-}
-
-/// The Internet checksum of `a` followed by `b` (`a` of even length).
-fn checksum_parts(a: &[u8], b: &[u8]) -> [u8; 2] {
-    let mut sum: u32 = 0;
-    for part in [a, b] {
-        for c in part.chunks(2) {
-            sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
-        }
-        while sum > 0xffff {
-            sum = (sum & 0xffff) + (sum >> 16);
-        }
-    }
-    (!(sum as u16)).to_be_bytes()
-}
-
-/// The Internet checksum of `data`, ready to store.
-fn checksum(data: &[u8]) -> [u8; 2] {
-    let mut sum: u32 = 0;
-    for c in data.chunks(2) {
-        sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    (!(sum as u16)).to_be_bytes()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
+    use crate::wire::build;
+    use etherparse::{SlicedPacket, TransportSlice};
 
+    /// TCP (seq 7, window 100, no flags) or UDP from 10.0.0.2:40000 to
+    /// 10.0.9.9 (port 80 or 53).
     fn frame(tcp: bool, payload: &[u8]) -> Vec<u8> {
-        let b = PacketBuilder::ethernet2([2; 6], [4; 6]).ipv4([10, 0, 0, 2], [10, 0, 9, 9], 64);
-        let mut out = Vec::new();
+        let ip = build::eth([2; 6], [4; 6]).ipv4([10, 0, 0, 2], [10, 0, 9, 9]);
         if tcp {
-            b.tcp(40000, 80, 7, 100).write(&mut out, payload).unwrap();
+            let t = crate::wire::tcp::Repr {
+                window: 100,
+                ..build::tcp(40000, 80, 7, 0)
+            };
+            ip.tcp(t, payload)
         } else {
-            b.udp(40000, 53).write(&mut out, payload).unwrap();
+            ip.udp(40000, 53, payload)
         }
-        out
     }
 
     fn valid(f: &[u8]) -> bool {
@@ -376,19 +319,17 @@ mod tests {
     #[test]
     fn an_icmp_error_about_a_balanced_flow_reads_as_from_the_vip() {
         // the backend 10.0.1.5 refuses UDP 10.0.0.2:40000 -> 10.0.1.5:53
-        let mut quoted = Vec::new();
-        PacketBuilder::ipv4([10, 0, 0, 2], [10, 0, 1, 5], 64)
-            .udp(40000, 53)
-            .write(&mut quoted, b"query")
-            .unwrap();
-        let mut f = Vec::new();
-        PacketBuilder::ethernet2([4; 6], [2; 6])
-            .ipv4([10, 0, 1, 5], [10, 0, 0, 2], 64)
-            .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
-                etherparse::icmpv4::DestUnreachableHeader::Port,
-            ))
-            .write(&mut f, &quoted)
-            .unwrap();
+        let quoted = build::eth([2; 6], [4; 6])
+            .ipv4([10, 0, 0, 2], [10, 0, 1, 5])
+            .udp(40000, 53, b"query");
+        let unreachable = icmpv4::Repr {
+            msg_type: icmpv4::DST_UNREACHABLE,
+            code: icmpv4::CODE_PORT_UNREACHABLE,
+            rest_of_header: [0; 4],
+        };
+        let mut f = build::eth([4; 6], [2; 6])
+            .ipv4([10, 0, 1, 5], [10, 0, 0, 2])
+            .icmp(unreachable, &quoted[ETH..]);
         assert_eq!(
             icmp_error_quote(&f),
             Some((
@@ -434,22 +375,30 @@ mod tests {
         assert!(!rewrite_icmp_error(&mut g, vip, vip, 1));
     }
 
+    /// [`frame`] over IPv6 (fd00::2 to fd00::99), or an ICMPv6 echo request
+    /// (id 7, sequence 1).
     fn frame6(proto: u8, payload: &[u8]) -> Vec<u8> {
-        let b = PacketBuilder::ethernet2([2; 6], [4; 6]).ipv6(
-            "fd00::2".parse::<Ipv6Addr>().unwrap().octets(),
-            "fd00::99".parse::<Ipv6Addr>().unwrap().octets(),
-            64,
-        );
-        let mut out = Vec::new();
+        let (src, dst): (Ipv6Addr, Ipv6Addr) =
+            ("fd00::2".parse().unwrap(), "fd00::99".parse().unwrap());
+        let ip = build::eth([2; 6], [4; 6]).ipv6(src, dst);
         match proto {
-            6 => b.tcp(40000, 80, 7, 100).write(&mut out, payload).unwrap(),
-            17 => b.udp(40000, 53).write(&mut out, payload).unwrap(),
-            _ => b
-                .icmpv6_echo_request(7, 1)
-                .write(&mut out, payload)
-                .unwrap(),
+            6 => ip.tcp(
+                crate::wire::tcp::Repr {
+                    window: 100,
+                    ..build::tcp(40000, 80, 7, 0)
+                },
+                payload,
+            ),
+            17 => ip.udp(40000, 53, payload),
+            _ => ip.icmp(
+                icmpv6::Repr {
+                    msg_type: icmpv6::ECHO_REQUEST,
+                    code: 0,
+                    rest_of_header: [0, 7, 0, 1],
+                },
+                payload,
+            ),
         }
-        out
     }
 
     fn valid6(f: &[u8]) -> bool {
@@ -503,19 +452,17 @@ mod tests {
         let task: Ipv6Addr = "fd00:1::5".parse().unwrap();
         let vip: Ipv6Addr = "fd00::99".parse().unwrap();
         // the task refuses UDP client:40000 -> task:53
-        let mut quoted = Vec::new();
-        PacketBuilder::ipv6(client.octets(), task.octets(), 64)
-            .udp(40000, 53)
-            .write(&mut quoted, b"query")
-            .unwrap();
-        let mut f = Vec::new();
-        PacketBuilder::ethernet2([4; 6], [2; 6])
-            .ipv6(task.octets(), client.octets(), 64)
-            .icmpv6(etherparse::Icmpv6Type::DestinationUnreachable(
-                etherparse::icmpv6::DestUnreachableCode::Port,
-            ))
-            .write(&mut f, &quoted)
-            .unwrap();
+        let quoted = build::eth([2; 6], [4; 6])
+            .ipv6(client, task)
+            .udp(40000, 53, b"query");
+        let unreachable = icmpv6::Repr {
+            msg_type: icmpv6::DST_UNREACHABLE,
+            code: icmpv6::CODE_PORT_UNREACHABLE,
+            rest_of_header: [0; 4],
+        };
+        let mut f = build::eth([4; 6], [2; 6])
+            .ipv6(task, client)
+            .icmp(unreachable, &quoted[ETH..]);
         assert_eq!(icmp6_error_quote(&f), Some((17, client, task, 40000, 53)));
         assert!(rewrite_icmp6_error(&mut f, vip, vip, 5353));
         let p = SlicedPacket::from_ethernet(&f).unwrap();

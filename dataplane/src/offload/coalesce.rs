@@ -2,16 +2,17 @@
 //! the underlay for one port, become one super-frame and one TAP write with a
 //! `virtio_net_hdr` (`GSO_TCPV4/6`), as the kernel's GRO would have made them.
 
-use super::checksum;
-use super::segment::{parse_tcp, TcpFrame};
+use super::segment::{fix_ip, parse_tcp, TcpFrame};
 use super::vnet::{self, VnetHdr};
+use crate::wire::tcp::{self, ACK, PSH};
+use crate::wire::{checksum, ethernet, ipv4, ipv6};
 
-const ETH: usize = 14;
+const ETH: usize = ethernet::HEADER_LEN;
 /// Largest IP packet a super-frame may become.
 const MAX_IP: usize = 65_535;
 /// TCP flags a segment may carry and still be merged: ACK, and PSH (which then
 /// ends the run). SYN, FIN, RST, URG, ECE, CWR are delivered alone.
-const MERGEABLE: u8 = 0x10 | 0x08;
+const MERGEABLE: u8 = ACK | PSH;
 
 pub struct Coalescer {
     buf: Vec<u8>,
@@ -35,26 +36,24 @@ impl Default for Coalescer {
 /// right. A merged super-frame goes up as checksum-verified, so a corrupted
 /// segment must never join one: written alone, the kernel checks and drops it.
 fn mergeable(f: &[u8], t: &TcpFrame) -> bool {
-    let ip_len = if t.v6 {
-        usize::from(u16::from_be_bytes([f[ETH + 4], f[ETH + 5]])) + 40
+    let tcp_len = f.len() - t.l4_off;
+    let (ip_len, pseudo) = if t.v6 {
+        let ip = ipv6::Packet::new_unchecked(&f[ETH..]);
+        (ipv6::HEADER_LEN + ip.payload_len(), ip.pseudo(tcp_len))
     } else {
-        usize::from(u16::from_be_bytes([f[ETH + 2], f[ETH + 3]]))
+        let ip = ipv4::Packet::new_unchecked(&f[ETH..]);
+        (ip.total_len(), ip.pseudo(tcp_len))
     };
-    if ETH + ip_len != f.len() {
-        return false;
-    }
-    let tcp_len = (f.len() - t.l4_off) as u32;
-    let pseudo = if t.v6 {
-        checksum::pseudo(&f[ETH + 8..ETH + 24], &f[ETH + 24..ETH + 40], 6, tcp_len)
-    } else {
-        checksum::pseudo(&f[ETH + 12..ETH + 16], &f[ETH + 16..ETH + 20], 6, tcp_len)
-    };
-    checksum::fold(checksum::add(pseudo, &f[t.l4_off..])) == 0xffff
+    ETH + ip_len == f.len() && tcp::Packet::new_unchecked(&f[t.l4_off..]).verify_checksum(pseudo)
+}
+
+/// The TCP flags of a frame `t` describes.
+fn flags_of(f: &[u8], t: &TcpFrame) -> u8 {
+    tcp::Packet::new_unchecked(&f[t.l4_off..]).flags()
 }
 
 fn seq_of(f: &[u8], t: &TcpFrame) -> u32 {
-    let o = t.l4_off + 4;
-    u32::from_be_bytes([f[o], f[o + 1], f[o + 2], f[o + 3]])
+    tcp::Packet::new_unchecked(&f[t.l4_off..]).seq_number()
 }
 
 impl Coalescer {
@@ -93,7 +92,7 @@ impl Coalescer {
             && plen > 0
             && plen <= self.seg_size
             && self.len + plen <= ETH + MAX_IP
-            && frame[t.l4_off + 13] & !MERGEABLE == 0
+            && flags_of(frame, &ft) & !MERGEABLE == 0
             && seq_of(frame, &ft) == self.next_seq
             && same_headers(&self.buf[..t.payload_off], &frame[..t.payload_off], &t);
         if !ok {
@@ -103,9 +102,10 @@ impl Coalescer {
         self.len += plen;
         self.next_seq = self.next_seq.wrapping_add(plen as u32);
         self.segments += 1;
-        let psh = frame[t.l4_off + 13] & 0x08 != 0;
+        let psh = flags_of(frame, &ft) & PSH != 0;
         if psh {
-            self.buf[t.l4_off + 13] |= 0x08;
+            let mut head = tcp::Packet::new_unchecked(&mut self.buf[t.l4_off..]);
+            head.set_flags(head.flags() | PSH);
         }
         self.closed = plen < self.seg_size || psh;
         true
@@ -119,7 +119,7 @@ impl Coalescer {
             return false;
         }
         let plen = frame.len() - t.payload_off;
-        if plen == 0 || frame[t.l4_off + 13] & !MERGEABLE != 0 || frame.len() > self.buf.len() {
+        if plen == 0 || flags_of(frame, &t) & !MERGEABLE != 0 || frame.len() > self.buf.len() {
             return false;
         }
         self.buf[..frame.len()].copy_from_slice(frame);
@@ -128,7 +128,7 @@ impl Coalescer {
         self.seg_size = plen;
         self.next_seq = seq_of(frame, &t).wrapping_add(plen as u32);
         self.segments = 1;
-        self.closed = frame[t.l4_off + 13] & 0x08 != 0;
+        self.closed = flags_of(frame, &t) & PSH != 0;
         true
     }
 
@@ -141,20 +141,11 @@ impl Coalescer {
             return Some((VnetHdr::default(), &self.buf[..len]));
         }
         let f = &mut self.buf[..len];
-        let tcp_len = (len - t.l4_off) as u32;
-        let pseudo = if t.v6 {
-            f[ETH + 4..ETH + 6].copy_from_slice(&((len - ETH - 40) as u16).to_be_bytes());
-            checksum::pseudo(&f[ETH + 8..ETH + 24], &f[ETH + 24..ETH + 40], 6, tcp_len)
-        } else {
-            f[ETH + 2..ETH + 4].copy_from_slice(&((len - ETH) as u16).to_be_bytes());
-            f[ETH + 10..ETH + 12].copy_from_slice(&[0, 0]);
-            let c = checksum::ipv4_header(&f[ETH..t.l4_off]);
-            f[ETH + 10..ETH + 12].copy_from_slice(&c.to_be_bytes());
-            checksum::pseudo(&f[ETH + 12..ETH + 16], &f[ETH + 16..ETH + 20], 6, tcp_len)
-        };
+        // the ID stays the first segment's
+        let pseudo = fix_ip(f, t.v6, len, t.l4_off, 0);
         // CHECKSUM_PARTIAL convention: the field holds the pseudo-header sum and
         // the kernel finishes (or, delivering locally, trusts) the rest.
-        f[t.l4_off + 16..t.l4_off + 18].copy_from_slice(&checksum::fold(pseudo).to_be_bytes());
+        tcp::Packet::new_unchecked(&mut f[t.l4_off..]).set_checksum(checksum::fold(pseudo));
         let h = VnetHdr {
             flags: vnet::F_NEEDS_CSUM,
             gso_type: if t.v6 {

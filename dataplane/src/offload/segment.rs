@@ -1,9 +1,10 @@
 //! TCP segmentation of a super-frame (what a NIC does for TSO), for frames a
 //! container's kernel handed the TAP with `GSO_TCPV4/6`.
 
-use super::checksum;
+use crate::wire::tcp::{CWR, FIN, PSH};
+use crate::wire::{checksum, ethernet, ipv4, ipv6, tcp, udp};
 
-const ETH: usize = 14;
+const ETH: usize = ethernet::HEADER_LEN;
 
 /// Where a TCP frame's headers are (Ethernet II, then IPv4 without fragmentation
 /// or IPv6 with TCP as the next header).
@@ -14,34 +15,51 @@ pub struct TcpFrame {
     pub payload_off: usize,
 }
 
-pub fn parse_tcp(frame: &[u8]) -> Option<TcpFrame> {
-    let ip = frame.get(ETH..)?;
-    let (v6, l4_off) = match [frame[12], frame[13]] {
-        [0x08, 0x00] => {
-            let ihl = usize::from(ip.first()? & 0x0f) * 4;
-            let frag = u16::from_be_bytes([*ip.get(6)?, *ip.get(7)?]) & 0x3fff;
-            if ip[0] >> 4 != 4 || ihl < 20 || *ip.get(9)? != 6 || frag != 0 {
-                return None;
-            }
-            (false, ETH + ihl)
+/// Where the transport header of an unfragmented IPv4 packet, or an IPv6
+/// one with nothing between, of protocol `proto` starts in `frame`, and
+/// whether it is IPv6.
+fn l4_of(frame: &[u8], proto: ipv4::IpNumber) -> Option<(bool, usize)> {
+    let eth = ethernet::Frame::new_checked(frame).ok()?;
+    match eth.ethertype() {
+        ethernet::EtherType::IPV4 => {
+            let ip = ipv4::Packet::new_checked(eth.payload()).ok()?;
+            (ip.next_header() == proto && !ip.is_fragment())
+                .then_some((false, ETH + ip.header_len()))
         }
-        [0x86, 0xdd] => {
-            if ip.len() < 40 || ip[0] >> 4 != 6 || ip[6] != 6 {
-                return None;
-            }
-            (true, ETH + 40)
+        ethernet::EtherType::IPV6 => {
+            let ip = ipv6::Packet::new_checked(eth.payload()).ok()?;
+            (ip.next_header() == proto).then_some((true, ETH + ipv6::HEADER_LEN))
         }
-        _ => return None,
-    };
-    let doff = usize::from(frame.get(l4_off + 12)? >> 4) * 4;
-    if doff < 20 || frame.len() < l4_off + doff {
-        return None;
+        _ => None,
     }
+}
+
+pub fn parse_tcp(frame: &[u8]) -> Option<TcpFrame> {
+    let (v6, l4_off) = l4_of(frame, ipv4::IpNumber::TCP)?;
+    let t = tcp::Packet::new_checked(&frame[l4_off..]).ok()?;
     Some(TcpFrame {
         v6,
         l4_off,
-        payload_off: l4_off + doff,
+        payload_off: l4_off + t.header_len(),
     })
+}
+
+/// Sets the IP header of `out` (a frame of `len` bytes, cut from a
+/// super-frame or joined into one) for its length, and for IPv4 its ID (the
+/// first's plus `i`) and checksum; returns the pseudo-header sum of its
+/// transport, which starts at `l4_off`.
+pub(super) fn fix_ip(out: &mut [u8], v6: bool, len: usize, l4_off: usize, i: usize) -> u64 {
+    if v6 {
+        let mut ip = ipv6::Packet::new_unchecked(&mut out[ETH..]);
+        ip.set_payload_len((len - ETH - ipv6::HEADER_LEN) as u16);
+        ip.pseudo(len - l4_off)
+    } else {
+        let mut ip = ipv4::Packet::new_unchecked(&mut out[ETH..]);
+        ip.set_total_len((len - ETH) as u16);
+        ip.set_ident(ip.ident().wrapping_add(i as u16));
+        ip.fill_checksum();
+        ip.pseudo(len - l4_off)
+    }
 }
 
 /// Number of segments `frame` makes at `mss` bytes of payload each.
@@ -103,66 +121,48 @@ pub fn write_headers(
     let n = count(frame, t, mss);
     let out = out.get_mut(..hlen)?;
     out.copy_from_slice(&frame[..hlen]);
-    let len = hlen + chunk.len();
-    let tcp_len = (len - t.l4_off) as u32;
-    let ip = ETH;
-    let pseudo = if t.v6 {
-        out[ip + 4..ip + 6].copy_from_slice(&((len - ip - 40) as u16).to_be_bytes());
-        checksum::pseudo(&out[ip + 8..ip + 24], &out[ip + 24..ip + 40], 6, tcp_len)
-    } else {
-        out[ip + 2..ip + 4].copy_from_slice(&((len - ip) as u16).to_be_bytes());
-        let id = u16::from_be_bytes([frame[ip + 4], frame[ip + 5]]).wrapping_add(i as u16);
-        out[ip + 4..ip + 6].copy_from_slice(&id.to_be_bytes());
-        out[ip + 10..ip + 12].copy_from_slice(&[0, 0]);
-        let c = checksum::ipv4_header(&out[ip..t.l4_off]);
-        out[ip + 10..ip + 12].copy_from_slice(&c.to_be_bytes());
-        checksum::pseudo(&out[ip + 12..ip + 16], &out[ip + 16..ip + 20], 6, tcp_len)
-    };
-    let tcp = t.l4_off;
-    let seq = u32::from_be_bytes([
-        frame[tcp + 4],
-        frame[tcp + 5],
-        frame[tcp + 6],
-        frame[tcp + 7],
-    ]);
-    out[tcp + 4..tcp + 8].copy_from_slice(&seq.wrapping_add((i * mss) as u32).to_be_bytes());
+    let pseudo = fix_ip(out, t.v6, hlen + chunk.len(), t.l4_off, i);
+    let mut tcp = tcp::Packet::new_unchecked(&mut out[t.l4_off..]);
+    tcp.set_seq_number(tcp.seq_number().wrapping_add((i * mss) as u32));
+    let mut flags = tcp.flags();
     if i + 1 < n {
-        out[tcp + 13] &= !0x09; // FIN and PSH belong to the last segment
+        flags &= !(FIN | PSH); // they belong to the last segment
     }
     if i > 0 {
-        out[tcp + 13] &= !0x80; // CWR to the first
+        flags &= !CWR; // to the first
     }
-    out[tcp + 16..tcp + 18].copy_from_slice(&[0, 0]);
+    tcp.set_flags(flags);
+    tcp.set_checksum(0);
     // the TCP header is a whole number of 32-bit words, so summing the
     // payload on after it keeps every 16-bit word in place
-    let sum = checksum::add(checksum::add(pseudo, &out[tcp..]), chunk);
-    out[tcp + 16..tcp + 18].copy_from_slice(&(!checksum::fold(sum)).to_be_bytes());
+    let sum = checksum::add(checksum::add(pseudo, &out[t.l4_off..]), chunk);
+    tcp::Packet::new_unchecked(&mut out[t.l4_off..]).set_checksum(!checksum::fold(sum));
     Some(())
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
+    use crate::wire::build;
+    use etherparse::{SlicedPacket, TransportSlice};
 
     pub fn tcp_frame(v6: bool, seq: u32, payload: &[u8], psh: bool) -> Vec<u8> {
-        let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
-        let b = if v6 {
+        let b = build::eth([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+        let ip = if v6 {
             b.ipv6(
                 [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
                 [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
-                64,
             )
         } else {
-            b.ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            b.ipv4([10, 0, 0, 1], [10, 0, 0, 2])
         };
-        let mut b = b.tcp(40000, 80, seq, 512).ack(7);
-        if psh {
-            b = b.psh();
-        }
-        let mut out = Vec::new();
-        b.write(&mut out, payload).unwrap();
-        out
+        let flags = if psh { tcp::ACK | PSH } else { tcp::ACK };
+        let t = tcp::Repr {
+            ack_number: 7,
+            window: 512,
+            ..build::tcp(40000, 80, seq, flags)
+        };
+        ip.tcp(t, payload)
     }
 
     fn check(seg: &[u8], v6: bool) -> (u32, Vec<u8>, bool) {
@@ -231,20 +231,8 @@ pub(crate) mod tests {
 /// Where a UDP frame's headers are: the UDP header's offset, for `GSO_UDP_L4`
 /// super-frames (USO), whose payload is cut into `gso_size` datagrams.
 pub fn parse_udp(frame: &[u8]) -> Option<usize> {
-    let ip = frame.get(ETH..)?;
-    let l4 = match [*frame.get(12)?, *frame.get(13)?] {
-        [0x08, 0x00] => {
-            let ihl = usize::from(ip.first()? & 0x0f) * 4;
-            let frag = u16::from_be_bytes([*ip.get(6)?, *ip.get(7)?]) & 0x3fff;
-            if ip[0] >> 4 != 4 || ihl < 20 || *ip.get(9)? != 17 || frag != 0 {
-                return None;
-            }
-            ETH + ihl
-        }
-        [0x86, 0xdd] if ip.len() >= 40 && ip[0] >> 4 == 6 && ip[6] == 17 => ETH + 40,
-        _ => return None,
-    };
-    (frame.len() >= l4 + 8).then_some(l4)
+    let (_, l4) = l4_of(frame, ipv4::IpNumber::UDP)?;
+    udp::Packet::new_checked(&frame[l4..]).ok().map(|_| l4)
 }
 
 /// Writes datagram `i` of a USO super-frame into `out` (IP length and ID, UDP
@@ -256,54 +244,23 @@ pub fn write_udp_segment(
     i: usize,
     out: &mut [u8],
 ) -> Option<usize> {
-    let payload = frame.get(l4 + 8..)?;
-    let n = if size == 0 {
-        1
-    } else {
-        payload.len().div_ceil(size).max(1)
-    };
-    if i >= n {
+    let payload = frame.get(l4 + udp::HEADER_LEN..)?;
+    if i >= udp_count(frame, l4, size) {
         return None;
     }
     let chunk = payload
         .get(i * size..payload.len().min((i + 1) * size))
         .unwrap_or(&[]);
-    let hlen = l4 + 8;
+    let hlen = l4 + udp::HEADER_LEN;
     let len = hlen + chunk.len();
     let out = out.get_mut(..len)?;
     out[..hlen].copy_from_slice(&frame[..hlen]);
     out[hlen..].copy_from_slice(chunk);
-    let udp_len = (len - l4) as u16;
-    let v6 = frame[12] == 0x86;
-    let pseudo = if v6 {
-        out[ETH + 4..ETH + 6].copy_from_slice(&((len - ETH - 40) as u16).to_be_bytes());
-        checksum::pseudo(
-            &out[ETH + 8..ETH + 24],
-            &out[ETH + 24..ETH + 40],
-            17,
-            u32::from(udp_len),
-        )
-    } else {
-        out[ETH + 2..ETH + 4].copy_from_slice(&((len - ETH) as u16).to_be_bytes());
-        let id = u16::from_be_bytes([frame[ETH + 4], frame[ETH + 5]]).wrapping_add(i as u16);
-        out[ETH + 4..ETH + 6].copy_from_slice(&id.to_be_bytes());
-        out[ETH + 10..ETH + 12].copy_from_slice(&[0, 0]);
-        let c = checksum::ipv4_header(&out[ETH..l4]);
-        out[ETH + 10..ETH + 12].copy_from_slice(&c.to_be_bytes());
-        checksum::pseudo(
-            &out[ETH + 12..ETH + 16],
-            &out[ETH + 16..ETH + 20],
-            17,
-            u32::from(udp_len),
-        )
-    };
-    out[l4 + 4..l4 + 6].copy_from_slice(&udp_len.to_be_bytes());
-    out[l4 + 6..l4 + 8].copy_from_slice(&[0, 0]);
-    let mut c = !checksum::fold(checksum::add(pseudo, &out[l4..]));
-    if c == 0 {
-        c = 0xffff;
-    }
-    out[l4 + 6..l4 + 8].copy_from_slice(&c.to_be_bytes());
+    let v6 = ethernet::Frame::new_unchecked(&*out).ethertype() == ethernet::EtherType::IPV6;
+    let pseudo = fix_ip(out, v6, len, l4, i);
+    let mut u = udp::Packet::new_unchecked(&mut out[l4..]);
+    u.set_len((len - l4) as u16);
+    u.fill_checksum(pseudo);
     Some(len)
 }
 
@@ -319,20 +276,20 @@ pub fn udp_count(frame: &[u8], l4: usize, size: usize) -> usize {
 #[cfg(test)]
 mod udp_tests {
     use super::*;
-    use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
+    use crate::wire::build;
+    use etherparse::{SlicedPacket, TransportSlice};
 
     #[test]
     fn uso_super_frames_split_into_valid_datagrams() {
         for v6 in [false, true] {
             let payload: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
-            let b = PacketBuilder::ethernet2([2; 6], [4; 6]);
-            let b = if v6 {
-                b.ipv6([0xfd; 16], [0xfe; 16], 64)
+            let b = build::eth([2; 6], [4; 6]);
+            let ip = if v6 {
+                b.ipv6([0xfd; 16], [0xfe; 16])
             } else {
-                b.ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+                b.ipv4([10, 0, 0, 1], [10, 0, 0, 2])
             };
-            let mut f = Vec::new();
-            b.udp(4433, 443).write(&mut f, &payload).unwrap();
+            let f = ip.udp(4433, 443, &payload);
             let l4 = parse_udp(&f).unwrap();
             assert_eq!(udp_count(&f, l4, 1200), 3);
             let mut out = vec![0u8; 1500];

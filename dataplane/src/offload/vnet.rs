@@ -58,7 +58,7 @@ pub fn finish_checksum(frame: &mut [u8], h: &VnetHdr) -> bool {
     if field + 2 > frame.len() {
         return false;
     }
-    let c = !super::checksum::fold(super::checksum::add(0, &frame[start..]));
+    let c = crate::wire::checksum::data(&frame[start..]);
     frame[field..field + 2].copy_from_slice(&c.to_be_bytes());
     true
 }

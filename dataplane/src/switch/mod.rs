@@ -175,7 +175,7 @@ fn five_tuple(frame: &[u8], zone: u32) -> Option<(Key, Seg)> {
     if frame.get(12..14)? != ETHERTYPE_IPV4 || ip.len() < 20 {
         return None;
     }
-    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let ihl = crate::wire::ipv4::Packet::new_unchecked(ip).header_len();
     let proto = ip[9];
     if !matches!(proto, 1 | 6 | 17) || u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0 {
         return None;
@@ -354,7 +354,9 @@ impl Switch {
         }
         let f = buf.data();
         let payload_off = match key.dst {
-            IpAddr::V4(_) => ETH_HDR + usize::from(f[ETH_HDR] & 0x0f) * 4 + 8,
+            IpAddr::V4(_) => {
+                ETH_HDR + crate::wire::ipv4::Packet::new_unchecked(&f[ETH_HDR..]).header_len() + 8
+            }
             IpAddr::V6(_) => ETH_HDR + 40 + 8,
         };
         let client: Mac = crate::mac_at(f, 6);

@@ -56,7 +56,8 @@ fn ip_of(f: &[u8]) -> Option<(u8, IpAddr, IpAddr, usize)> {
         [0x08, 0x00] => {
             let ip = f.get(14..34)?;
             let a = |o: usize| IpAddr::from([ip[o], ip[o + 1], ip[o + 2], ip[o + 3]]);
-            Some((ip[9], a(12), a(16), 14 + usize::from(ip[0] & 0x0f) * 4))
+            let ihl = crate::wire::ipv4::Packet::new_unchecked(ip).header_len();
+            Some((ip[9], a(12), a(16), 14 + ihl))
         }
         [0x86, 0xdd] => {
             let ip = f.get(14..54)?;

@@ -1,6 +1,6 @@
 use super::*;
+use crate::wire::build;
 use crate::wire::neighbor::tests::{arp_request, solicitation};
-use etherparse::PacketBuilder;
 use std::net::Ipv4Addr;
 
 pub(super) const A: Mac = [2, 0, 0, 0, 0, 0xa];
@@ -57,13 +57,9 @@ fn state() -> SwitchState {
 }
 
 fn udp(src: Mac, dst: Mac, sip: [u8; 4], dip: [u8; 4], len: usize) -> Vec<u8> {
-    let mut out = Vec::new();
-    PacketBuilder::ethernet2(src, dst)
-        .ipv4(sip, dip, 64)
-        .udp(1000, 2000)
-        .write(&mut out, &vec![0x5a; len])
-        .unwrap();
-    out
+    build::eth(src, dst)
+        .ipv4(sip, dip)
+        .udp(1000, 2000, &vec![0x5a; len])
 }
 
 pub(super) fn buf(frame: &[u8]) -> PacketBuf {
@@ -73,11 +69,8 @@ pub(super) fn buf(frame: &[u8]) -> PacketBuf {
 }
 
 fn datagram(vni: u32, frame: &[u8]) -> PacketBuf {
-    let mut d = vec![0u8; 8];
-    crate::wire::vxlan::emit(&mut d, vni);
-    d.extend_from_slice(frame);
     let mut b = PacketBuf::new();
-    b.load_datagram(&d);
+    b.load_datagram(&build::datagram(vni, frame));
     b
 }
 
@@ -247,9 +240,22 @@ fn spoofed_sources_are_dropped_and_counted() {
 
 #[test]
 fn neighbour_discovery_cannot_speak_for_others() {
-    use etherparse::{icmpv6::NeighborAdvertisementHeader, Icmpv6Type};
+    use crate::wire::icmpv6;
     let st = state();
     let mut sw = Switch::new(16);
+    let link_local: std::net::Ipv6Addr = "fe80::a".parse().unwrap();
+    let all_nodes: std::net::Ipv6Addr = "ff02::1".parse().unwrap();
+    let icmp = |msg_type, rest_of_header, data: &[u8]| {
+        let m = icmpv6::Repr {
+            msg_type,
+            code: 0,
+            rest_of_header,
+        };
+        build::eth(A, [0x33, 0x33, 0, 0, 0, 1])
+            .ipv6(link_local, all_nodes)
+            .ttl(255)
+            .icmp(m, data)
+    };
     let na = |target: &str, lladdr: Mac| {
         let mut payload = target
             .parse::<std::net::Ipv6Addr>()
@@ -258,23 +264,8 @@ fn neighbour_discovery_cannot_speak_for_others() {
             .to_vec();
         payload.extend_from_slice(&[2, 1]);
         payload.extend_from_slice(&lladdr);
-        let mut out = Vec::new();
-        PacketBuilder::ethernet2(A, [0x33, 0x33, 0, 0, 0, 1])
-            .ipv6(
-                [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xa],
-                [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
-                255,
-            )
-            .icmpv6(Icmpv6Type::NeighborAdvertisement(
-                NeighborAdvertisementHeader {
-                    router: false,
-                    solicited: false,
-                    r#override: true,
-                },
-            ))
-            .write(&mut out, &payload)
-            .unwrap();
-        out
+        // override set, not solicited, no router
+        icmp(icmpv6::NEIGHBOR_ADVERT, [0x20, 0, 0, 0], &payload)
     };
     // another endpoint's address: refused
     let mut b = buf(&na("fd00::12", A));
@@ -295,20 +286,7 @@ fn neighbour_discovery_cannot_speak_for_others() {
         Action::Flood { .. }
     ));
     // a router advertisement from a container: refused
-    let mut ra = Vec::new();
-    PacketBuilder::ethernet2(A, [0x33, 0x33, 0, 0, 0, 1])
-        .ipv6(
-            [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xa],
-            [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
-            255,
-        )
-        .icmpv6(Icmpv6Type::Unknown {
-            type_u8: 134,
-            code_u8: 0,
-            bytes5to8: [64, 0, 7, 8],
-        })
-        .write(&mut ra, &[0u8; 8])
-        .unwrap();
+    let ra = icmp(icmpv6::ROUTER_ADVERT, [64, 0, 7, 8], &[0u8; 8]);
     let mut b = buf(&ra);
     assert_eq!(
         sw.from_port(&st, PortId(1), &mut b, 0),
@@ -639,24 +617,9 @@ pub(super) fn tcp_segment(
     flags: u8,
     payload: &[u8],
 ) -> Vec<u8> {
-    let mut b = PacketBuilder::ethernet2(src, dst)
-        .ipv4(from.0, to.0, 64)
-        .tcp(from.1, to.1, seq, 1000);
-    if flags & SYN != 0 {
-        b = b.syn();
-    }
-    if flags & FIN != 0 {
-        b = b.fin();
-    }
-    if flags & RST != 0 {
-        b = b.rst();
-    }
-    if flags & ACK != 0 {
-        b = b.ack(1);
-    }
-    let mut out = Vec::new();
-    b.write(&mut out, payload).unwrap();
-    out
+    build::eth(src, dst)
+        .ipv4(from.0, to.0)
+        .tcp(build::tcp(from.1, to.1, seq, flags), payload)
 }
 
 /// A bare SYN, or an ACK carrying one byte.

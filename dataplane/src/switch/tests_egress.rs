@@ -3,8 +3,8 @@
 //! writes back there reaches only local endpoints of networks with egress.
 
 use super::*;
+use crate::wire::build;
 use crate::wire::neighbor::tests::{arp_request, solicitation};
-use etherparse::PacketBuilder;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// Network "open" (VNI 10, 10.10.0.0/24 and fd10::/64) with a local endpoint
@@ -114,25 +114,13 @@ fn state() -> SwitchState {
 }
 
 fn tcp4(src: Mac, dst: Mac, sip: [u8; 4], dip: [u8; 4]) -> Vec<u8> {
-    let mut out = Vec::new();
-    PacketBuilder::ethernet2(src, dst)
-        .ipv4(sip, dip, 64)
-        .tcp(40000, 80, 1, 1000)
-        .syn()
-        .write(&mut out, &[])
-        .unwrap();
-    out
+    let syn = build::tcp(40000, 80, 1, crate::wire::tcp::SYN);
+    build::eth(src, dst).ipv4(sip, dip).tcp(syn, &[])
 }
 
 fn udp6(src: Mac, dst: Mac, sip: &str, dip: &str) -> Vec<u8> {
     let (s, d): (Ipv6Addr, Ipv6Addr) = (sip.parse().unwrap(), dip.parse().unwrap());
-    let mut out = Vec::new();
-    PacketBuilder::ethernet2(src, dst)
-        .ipv6(s.octets(), d.octets(), 64)
-        .udp(40000, 53)
-        .write(&mut out, b"q")
-        .unwrap();
-    out
+    build::eth(src, dst).ipv6(s, d).udp(40000, 53, b"q")
 }
 
 fn buf(frame: &[u8]) -> PacketBuf {
@@ -355,34 +343,23 @@ fn an_ipv6_packet_with_extension_headers_still_leaves_by_egress() {
 /// A UDP datagram from A (IPv4 or IPv6, by `dip`) to `dip`:`dport`, carrying a
 /// VXLAN header and an inner frame as a forger would write them.
 fn udp_to(dip: &str, dport: u16) -> Vec<u8> {
-    let mut out = Vec::new();
     let payload = [
         0x08, 0, 0, 0, 0, 0, 0x2a, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
     ];
-    let b = PacketBuilder::ethernet2(A, GW_OPEN);
-    match ip(dip) {
-        IpAddr::V4(d) => b
-            .ipv4([10, 10, 0, 10], d.octets(), 64)
-            .udp(40000, dport)
-            .write(&mut out, &payload),
-        IpAddr::V6(d) => b
-            .ipv6(ip6("fd10::10"), d.octets(), 64)
-            .udp(40000, dport)
-            .write(&mut out, &payload),
-    }
-    .unwrap();
-    out
-}
-
-fn ip6(s: &str) -> [u8; 16] {
-    s.parse::<Ipv6Addr>().unwrap().octets()
+    let src = match ip(dip) {
+        IpAddr::V4(_) => ip("10.10.0.10"),
+        IpAddr::V6(_) => ip("fd10::10"),
+    };
+    build::eth(A, GW_OPEN)
+        .ip(src, ip(dip))
+        .udp(40000, dport, &payload)
 }
 
 fn tcp_to(dip: &str, dport: u16) -> Vec<u8> {
-    let mut f = tcp4(A, GW_OPEN, [10, 10, 0, 10], ip4(dip));
-    // the builder's port is 80; the checksum does not matter to the switch
-    f[14 + 20 + 2..14 + 20 + 4].copy_from_slice(&dport.to_be_bytes());
-    f
+    let syn = build::tcp(40000, dport, 1, crate::wire::tcp::SYN);
+    build::eth(A, GW_OPEN)
+        .ipv4([10, 10, 0, 10], ip4(dip))
+        .tcp(syn, &[])
 }
 
 fn ip4(s: &str) -> [u8; 4] {
@@ -487,14 +464,8 @@ fn an_extension_header_does_not_hide_a_tunnel_port_and_a_later_fragment_is_the_k
 
 /// A DNS query from `from` (MAC, address) to its gateway `gw`.
 fn dns_query(from: Mac, gw_mac: Mac, src: [u8; 4], gw: [u8; 4], name: &str) -> Vec<u8> {
-    let q = crate::wire::dns::tests::query(name, hickory_proto::rr::RecordType::A);
-    let mut out = Vec::new();
-    PacketBuilder::ethernet2(from, gw_mac)
-        .ipv4(src, gw, 64)
-        .udp(40000, 53)
-        .write(&mut out, &q)
-        .unwrap();
-    out
+    let q = build::dns_query(7, name, hickory_proto::rr::RecordType::A);
+    build::eth(from, gw_mac).ipv4(src, gw).udp(40000, 53, &q)
 }
 
 #[test]

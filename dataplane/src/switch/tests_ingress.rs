@@ -1,9 +1,10 @@
 //! The routing mesh's ingress path through the core: sandbox in, task out, and
 //! the replies back through the node the client came in by.
 
-use super::tests::{tcp_segment, ACK, SYN};
+use super::tests::{tcp_segment, ACK, RST, SYN};
 use super::*;
-use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
+use crate::wire::build;
+use etherparse::{SlicedPacket, TransportSlice};
 use std::net::Ipv4Addr;
 
 pub(super) const IVNI: u32 = 4095;
@@ -128,13 +129,7 @@ pub(super) fn udp(
     sport: u16,
     dport: u16,
 ) -> Vec<u8> {
-    let mut out = Vec::new();
-    PacketBuilder::ethernet2(src, dst)
-        .ipv4(sip, dip, 64)
-        .udp(sport, dport)
-        .write(&mut out, b"q")
-        .unwrap();
-    out
+    build::eth(src, dst).ipv4(sip, dip).udp(sport, dport, b"q")
 }
 
 pub(super) fn buf(frame: &[u8]) -> PacketBuf {
@@ -144,11 +139,8 @@ pub(super) fn buf(frame: &[u8]) -> PacketBuf {
 }
 
 fn datagram(frame: &[u8]) -> PacketBuf {
-    let mut d = vec![0u8; 8];
-    crate::wire::vxlan::emit(&mut d, IVNI);
-    d.extend_from_slice(frame);
     let mut b = PacketBuf::new();
-    b.load_datagram(&d);
+    b.load_datagram(&build::datagram(IVNI, frame));
     b
 }
 
@@ -497,12 +489,14 @@ fn connections_of_a_backend_that_leaves_are_reset_at_both_ends() {
     let mut sw = Switch::new(16);
     sw.on_state(&st);
     // handshake through the sandbox to the local task, then data both ways
-    let syn = PacketBuilder::ethernet2(HOST, SBOX)
-        .ipv4(CLIENT, SBOX_IP, 64)
-        .tcp(40000, 8080, 1000, 1000)
-        .syn();
-    let mut f = Vec::new();
-    syn.write(&mut f, &[]).unwrap();
+    let f = tcp_segment(
+        (HOST, SBOX),
+        (CLIENT, 40000),
+        (SBOX_IP, 8080),
+        1000,
+        SYN,
+        &[],
+    );
     assert_eq!(
         sw.from_port(&st, SANDBOX_PORT, &mut buf(&f), 0),
         Action::Deliver(TASK_PORT)
@@ -587,14 +581,12 @@ fn a_task_that_refuses_new_connections_is_taken_out_passively() {
         let mut b = buf(&syn);
         if sw.from_port(&st, SANDBOX_PORT, &mut b, u64::from(i)) == Action::Deliver(TASK_PORT) {
             to_local += 1;
-            let mut rst = Vec::new();
-            PacketBuilder::ethernet2(TASK_A, IGW)
-                .ipv4(tip, CLIENT, 64)
-                .tcp(80, 41000 + i, 0, 0)
-                .rst()
-                .ack(8)
-                .write(&mut rst, &[])
-                .unwrap();
+            let refusal = crate::wire::tcp::Repr {
+                ack_number: 8,
+                window: 0,
+                ..build::tcp(80, 41000 + i, 0, RST | ACK)
+            };
+            let rst = build::eth(TASK_A, IGW).ipv4(tip, CLIENT).tcp(refusal, &[]);
             sw.from_port(&st, TASK_PORT, &mut buf(&rst), u64::from(i));
         }
     }

@@ -8,7 +8,8 @@ use crate::fuzzing::{
     dns_query, icmpv6_solicitation, state, tcp6_frame, A, GW, HOST, INGRESS_VNI, NODE_B, P_A, R,
     SANDBOX, SANDBOX_IP6, SBOX, TASK_B, VIP6, VNI,
 };
-use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
+use crate::wire::build;
+use etherparse::{SlicedPacket, TransportSlice};
 use std::net::Ipv6Addr;
 
 fn buf(frame: &[u8]) -> PacketBuf {
@@ -19,7 +20,7 @@ fn buf(frame: &[u8]) -> PacketBuf {
 
 fn datagram(vni: u32, frame: &[u8]) -> PacketBuf {
     let mut b = PacketBuf::new();
-    b.load_datagram(&crate::fuzzing::datagram(vni, frame));
+    b.load_datagram(&crate::wire::build::datagram(vni, frame));
     b
 }
 
@@ -307,12 +308,9 @@ fn an_unpublished_udp_port_over_ipv6_gets_icmpv6_port_unreachable() {
     let st = state(false);
     let mut sw = Switch::new(16);
     sw.on_state(&st);
-    let mut f = Vec::new();
-    PacketBuilder::ethernet2(HOST, SBOX)
-        .ipv6(v6("2001:db8::7").octets(), v6(SANDBOX_IP6).octets(), 64)
-        .udp(50000, 7777)
-        .write(&mut f, b"q")
-        .unwrap();
+    let f = build::eth(HOST, SBOX)
+        .ipv6(v6("2001:db8::7"), v6(SANDBOX_IP6))
+        .udp(50000, 7777, b"q");
     let mut b = buf(&f);
     assert_eq!(
         sw.from_port(&st, SANDBOX, &mut b, 0),
@@ -336,12 +334,11 @@ fn an_unpublished_udp_port_over_ipv6_gets_icmpv6_port_unreachable() {
 fn dns_over_ipv6_is_answered_from_the_ipv6_gateway() {
     let st = state(false);
     let mut sw = Switch::new(16);
-    let mut f = Vec::new();
-    PacketBuilder::ethernet2(A, GW)
-        .ipv6(v6("fd00::10").octets(), v6("fd00::1").octets(), 64)
-        .udp(5353, 53)
-        .write(&mut f, &dns_query(7, "web.", true))
-        .unwrap();
+    let f = build::eth(A, GW).ipv6(v6("fd00::10"), v6("fd00::1")).udp(
+        5353,
+        53,
+        &dns_query(7, "web.", true),
+    );
     let mut b = buf(&f);
     assert_eq!(sw.from_port(&st, P_A, &mut b, 0), Action::Reply(P_A));
     assert_eq!(ends(b.data()), (v6("fd00::1"), 53, v6("fd00::10"), 5353));
@@ -360,12 +357,9 @@ fn an_oversized_ipv6_packet_gets_packet_too_big_from_the_ipv6_gateway() {
     let mut st = state(false);
     st.networks.get_mut(&VNI).unwrap().mtu = 1000;
     let mut sw = Switch::new(16);
-    let mut f = Vec::new();
-    PacketBuilder::ethernet2(A, R)
-        .ipv6(v6("fd00::10").octets(), v6("fd00::12").octets(), 64)
-        .udp(5000, 6000)
-        .write(&mut f, &[0x5a; 1200])
-        .unwrap();
+    let f = build::eth(A, R)
+        .ipv6(v6("fd00::10"), v6("fd00::12"))
+        .udp(5000, 6000, &[0x5a; 1200]);
     let mut b = buf(&f);
     assert_eq!(sw.from_port(&st, P_A, &mut b, 0), Action::Reply(P_A));
     let p = SlicedPacket::from_ethernet(b.data()).unwrap();
@@ -392,12 +386,9 @@ fn an_icmpv6_error_from_a_task_reaches_the_client_from_the_ipv6_vip() {
     let mut sw = Switch::new(16);
     sw.on_state(&st);
     // UDP from A to the IPv6 VIP, port 53: balanced to R (fd00::12)
-    let mut q = Vec::new();
-    PacketBuilder::ethernet2(A, GW)
-        .ipv6(v6("fd00::10").octets(), v6(VIP6).octets(), 64)
-        .udp(40000, 53)
-        .write(&mut q, b"query")
-        .unwrap();
+    let q = build::eth(A, GW)
+        .ipv6(v6("fd00::10"), v6(VIP6))
+        .udp(40000, 53, b"query");
     let mut b = buf(&q);
     assert!(matches!(
         sw.from_port(&st, P_A, &mut b, 0),
@@ -405,14 +396,14 @@ fn an_icmpv6_error_from_a_task_reaches_the_client_from_the_ipv6_vip() {
     ));
     // R answers with port unreachable, quoting what it got (to itself)
     let quoted = b.data()[14..].to_vec();
-    let mut e = Vec::new();
-    PacketBuilder::ethernet2(R, A)
-        .ipv6(v6("fd00::12").octets(), v6("fd00::10").octets(), 64)
-        .icmpv6(etherparse::Icmpv6Type::DestinationUnreachable(
-            etherparse::icmpv6::DestUnreachableCode::Port,
-        ))
-        .write(&mut e, &quoted)
-        .unwrap();
+    let unreachable = crate::wire::icmpv6::Repr {
+        msg_type: crate::wire::icmpv6::DST_UNREACHABLE,
+        code: crate::wire::icmpv6::CODE_PORT_UNREACHABLE,
+        rest_of_header: [0; 4],
+    };
+    let e = build::eth(R, A)
+        .ipv6(v6("fd00::12"), v6("fd00::10"))
+        .icmp(unreachable, &quoted);
     let mut b = datagram(VNI, &e);
     assert_eq!(
         sw.from_underlay(&st, IpAddr::V4(NODE_B), &mut b, 0, false),

@@ -2,10 +2,11 @@
 //! carries IP packets only, and a standard WireGuard peer hands what it decrypts
 //! to its IP stack, whose kernel VXLAN then reads UDP 4789.
 
+use crate::wire::{ipv4, udp};
 use crate::VXLAN_PORT;
 use std::net::Ipv4Addr;
 
-pub const INNER_HEADER_LEN: usize = 28;
+pub const INNER_HEADER_LEN: usize = ipv4::MIN_HEADER_LEN + udp::HEADER_LEN;
 
 /// Writes an IPv4/UDP header (`src` → `dst`:4789, source port from the flow hash,
 /// UDP checksum 0 as RFC 7348 allows over IPv4) for a payload of `payload_len`.
@@ -20,38 +21,36 @@ pub fn write(
     if out.len() < INNER_HEADER_LEN || total > u16::MAX as usize {
         return false;
     }
-    let ip = &mut out[..20];
-    ip.copy_from_slice(&[
-        0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    ]);
-    ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-    ip[12..16].copy_from_slice(&src.octets());
-    ip[16..20].copy_from_slice(&dst.octets());
-    let csum = crate::offload::checksum::ipv4_header(ip);
-    ip[10..12].copy_from_slice(&csum.to_be_bytes());
-    let sport = 49152 + (flow_hash % 16384) as u16;
-    let udp = &mut out[20..28];
-    udp[0..2].copy_from_slice(&sport.to_be_bytes());
-    udp[2..4].copy_from_slice(&VXLAN_PORT.to_be_bytes());
-    udp[4..6].copy_from_slice(&((8 + payload_len) as u16).to_be_bytes());
-    udp[6..8].copy_from_slice(&[0, 0]);
+    let udp_len = udp::HEADER_LEN + payload_len;
+    ipv4::Repr::new(src, dst, ipv4::IpNumber::UDP, udp_len)
+        .emit(&mut ipv4::Packet::new_unchecked(&mut out[..]));
+    let dgram = udp::Repr {
+        src_port: 49152 + (flow_hash % 16384) as u16,
+        dst_port: VXLAN_PORT,
+        payload_len,
+    };
+    let at = ipv4::MIN_HEADER_LEN;
+    dgram.emit(
+        &mut udp::Packet::new_unchecked(&mut out[at..INNER_HEADER_LEN]),
+        None,
+    );
     true
 }
 
 /// Checks a decrypted packet is IPv4/UDP from `peer` to `local`:4789 and returns
 /// where its VXLAN datagram starts.
 pub fn strip(packet: &[u8], local: Ipv4Addr, peer: Ipv4Addr) -> Option<usize> {
-    let ip = etherparse::Ipv4HeaderSlice::from_slice(packet).ok()?;
-    if ip.protocol() != etherparse::IpNumber::UDP
-        || ip.source_addr() != peer
-        || ip.destination_addr() != local
-        || ip.is_fragmenting_payload()
+    let ip = ipv4::Packet::new_checked(packet).ok()?;
+    if ip.next_header() != ipv4::IpNumber::UDP
+        || ip.src_addr() != peer
+        || ip.dst_addr() != local
+        || ip.is_fragment()
     {
         return None;
     }
-    let off = ip.slice().len();
-    let udp = etherparse::UdpHeaderSlice::from_slice(packet.get(off..)?).ok()?;
-    (udp.destination_port() == VXLAN_PORT).then_some(off + 8)
+    let off = ip.header_len();
+    let dgram = udp::Packet::new_checked(packet.get(off..)?).ok()?;
+    (dgram.dst_port() == VXLAN_PORT).then_some(off + udp::HEADER_LEN)
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 //! The embedded DNS: answers A/AAAA for names the control plane publishes
 //! (service → VIP, `tasks.NAME` → every task, rotated; container names), at the
-//! network's gateway address. The wire format is hickory-proto's. A query is rare
-//! next to data frames, so building the answer may allocate.
+//! network's gateway address. The message format is hickory-proto's (its
+//! `Message` is this protocol's Repr); the fixed header has a view here, so a
+//! datagram that is no standard query is turned away before it is parsed. A
+//! query is rare next to data frames, so building the answer may allocate.
 
 use hickory_proto::op::{Message, MessageType, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA};
@@ -10,6 +12,44 @@ use std::net::IpAddr;
 
 /// How long clients may cache an answer: short, since tasks come and go.
 const TTL: u32 = 5;
+
+pub const HEADER_LEN: usize = 12;
+
+/// A view of a DNS message's fixed header (RFC 1035 4.1.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Packet<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> Packet<T> {
+    /// A view of a message holding the fixed header.
+    pub fn new_checked(buffer: T) -> Result<Self, super::Error> {
+        if buffer.as_ref().len() < HEADER_LEN {
+            return Err(super::Error::Truncated);
+        }
+        Ok(Self { buffer })
+    }
+
+    pub fn id(&self) -> u16 {
+        let b = self.buffer.as_ref();
+        u16::from_be_bytes([b[0], b[1]])
+    }
+
+    /// QR: a response, not a query.
+    pub fn is_response(&self) -> bool {
+        self.buffer.as_ref()[2] & 0x80 != 0
+    }
+
+    /// The operation (0: a standard query).
+    pub fn opcode(&self) -> u8 {
+        (self.buffer.as_ref()[2] >> 3) & 0x0f
+    }
+
+    pub fn question_count(&self) -> u16 {
+        let b = self.buffer.as_ref();
+        u16::from_be_bytes([b[4], b[5]])
+    }
+}
 
 /// Answers the DNS query in `query` from `lookup` (a lowercase name without the
 /// trailing dot → its addresses), rotating multi-address answers by `rotate`.
@@ -21,6 +61,10 @@ pub fn answer(
     rotate: usize,
     lookup: impl Fn(&str) -> Option<Vec<IpAddr>>,
 ) -> Option<(Vec<u8>, usize)> {
+    let h = Packet::new_checked(query).ok()?;
+    if h.is_response() || h.opcode() != 0 || h.question_count() == 0 {
+        return None;
+    }
     let req = Message::from_vec(query).ok()?;
     if req.metadata.message_type != MessageType::Query || req.metadata.op_code != OpCode::Query {
         return None;
@@ -100,6 +144,18 @@ pub(crate) mod tests {
             m.metadata.response_code,
             m.answers.iter().map(|r| r.data.to_string()).collect(),
         )
+    }
+
+    #[test]
+    fn the_header_view_reads_what_hickory_wrote() {
+        let q = query("api.", RecordType::A);
+        let h = Packet::new_checked(&q[..]).unwrap();
+        assert_eq!((h.id(), h.is_response(), h.opcode()), (7, false, 0));
+        assert_eq!(h.question_count(), 1);
+        assert!(Packet::new_checked(&q[..11]).is_err());
+        let r = answer(&q, 0, table).unwrap().0;
+        assert!(Packet::new_checked(&r[..]).unwrap().is_response());
+        assert_eq!(answer(&r, 0, table), None, "a response is not answered");
     }
 
     #[test]

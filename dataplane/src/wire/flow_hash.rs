@@ -33,7 +33,7 @@ pub fn flow_hash(frame: &[u8]) -> u32 {
     let ip = &frame[14..];
     match (frame[12], frame[13]) {
         (0x08, 0x00) if ip.len() >= 20 => {
-            let ihl = usize::from(ip[0] & 0x0f) * 4;
+            let v4 = super::ipv4::Packet::new_unchecked(ip);
             h = mix(
                 h,
                 u64::from_le_bytes([
@@ -43,9 +43,9 @@ pub fn flow_hash(frame: &[u8]) -> u32 {
             h = mix(h, u64::from(ip[9]));
             // Ports only for unfragmented TCP/UDP: later fragments carry none, and
             // must take the same path as the first.
-            let fragmented = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0;
             let ported = matches!(ip[9], 6 | 17);
-            if let Some(p) = ip.get(ihl..ihl + 4).filter(|_| ported && !fragmented) {
+            let ihl = v4.header_len();
+            if let Some(p) = ip.get(ihl..ihl + 4).filter(|_| ported && !v4.is_fragment()) {
                 h = mix(h, u64::from(u32::from_le_bytes([p[0], p[1], p[2], p[3]])));
             }
         }

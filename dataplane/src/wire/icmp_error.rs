@@ -3,18 +3,13 @@
 //! larger than the network's MTU, so senders lower their path MTU instead of
 //! losing packets silently; "port unreachable" (ICMPv4 3/3, ICMPv6 1/4) for a rejected UDP flow.
 
+use super::{ethernet, icmpv4, icmpv6, ipv4, ipv6};
 use crate::Mac;
-use etherparse::checksum::Sum16BitWords;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-const ETH: usize = 14;
+const ETH: usize = ethernet::HEADER_LEN;
 /// IPv6 error messages must fit the minimum MTU (RFC 4443 2.4).
 const IPV6_MIN_MTU: usize = 1280;
-
-fn fold(sum: Sum16BitWords) -> [u8; 2] {
-    // etherparse sums native-endian words, so the result is stored native-endian too.
-    sum.ones_complement().to_ne_bytes()
-}
 
 /// Writes an ICMPv4 fragmentation-needed reply to the IPv4 frame in `room[..len]`
 /// (the frame is `len` bytes; `room` extends beyond it). Returns the reply length,
@@ -26,13 +21,13 @@ pub fn write_v4(
     gw_ip: Ipv4Addr,
     mtu: u16,
 ) -> Option<usize> {
-    let ip = etherparse::Ipv4HeaderSlice::from_slice(room.get(..len)?.get(ETH..)?).ok()?;
-    if !ip.dont_fragment() {
+    let ip = ipv4::Packet::new_checked(room.get(..len)?.get(ETH..)?).ok()?;
+    if !ip.dont_frag() {
         return None;
     }
     let mut rest = [0u8; 4];
     rest[2..4].copy_from_slice(&mtu.to_be_bytes());
-    error_v4(room, len, gw_mac, gw_ip, (3, 4), rest)
+    error_v4(room, len, gw_mac, gw_ip, (icmpv4::CODE_FRAG_NEEDED, rest))
 }
 
 /// Writes an ICMPv4 port-unreachable reply (3/3) to the frame in `room[..len]`,
@@ -43,46 +38,64 @@ pub fn write_v4_port_unreachable(
     src_mac: Mac,
     src_ip: Ipv4Addr,
 ) -> Option<usize> {
-    error_v4(room, len, src_mac, src_ip, (3, 3), [0; 4])
+    error_v4(
+        room,
+        len,
+        src_mac,
+        src_ip,
+        (icmpv4::CODE_PORT_UNREACHABLE, [0; 4]),
+    )
 }
 
-/// An ICMPv4 error of `(type, code)` quoting the offending packet's header and
-/// first 8 bytes, sent back to its source from `from_mac`/`from_ip`.
+/// The Ethernet header of a reply to the frame in `room`, written over it:
+/// back to its source from `from_mac`. Returns the frame's source.
+fn reply_ethernet(room: &mut [u8], from_mac: Mac, ethertype: ethernet::EtherType) -> Mac {
+    let mut f = ethernet::Frame::new_unchecked(room);
+    let to = f.src_addr();
+    ethernet::Repr {
+        src_addr: from_mac,
+        dst_addr: to,
+        ethertype,
+    }
+    .emit(&mut f);
+    to
+}
+
+/// An ICMPv4 destination unreachable of `code` quoting the offending
+/// packet's header and first 8 bytes, sent back to its source from
+/// `from_mac`/`from_ip`.
 fn error_v4(
     room: &mut [u8],
     len: usize,
     from_mac: Mac,
     from_ip: Ipv4Addr,
-    (kind, code): (u8, u8),
-    rest: [u8; 4],
+    (code, rest): (u8, [u8; 4]),
 ) -> Option<usize> {
-    let frame = room.get(..len)?;
-    let ip = etherparse::Ipv4HeaderSlice::from_slice(frame.get(ETH..)?).ok()?;
-    let dst = ip.source_addr();
-    let quote = (ip.slice().len() + 8).min(len - ETH);
-    let src_mac: Mac = frame[6..12].try_into().ok()?;
-    let total = 20 + 8 + quote;
+    let ip = ipv4::Packet::new_checked(room.get(..len)?.get(ETH..)?).ok()?;
+    let dst = ip.src_addr();
+    let quote = (ip.header_len() + 8).min(len - ETH);
+    let total = ipv4::MIN_HEADER_LEN + icmpv4::HEADER_LEN + quote;
     if room.len() < ETH + total {
         return None;
     }
-    room.copy_within(ETH..ETH + quote, ETH + 28);
-    room[0..6].copy_from_slice(&src_mac);
-    room[6..12].copy_from_slice(&from_mac);
-    room[12..14].copy_from_slice(&[0x08, 0x00]);
-    let h = &mut room[ETH..ETH + 20];
-    h.copy_from_slice(&[
-        0x45, 0xc0, 0, 0, 0, 0, 0, 0, 64, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    ]);
-    h[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-    h[12..16].copy_from_slice(&from_ip.octets());
-    h[16..20].copy_from_slice(&dst.octets());
-    let c = fold(Sum16BitWords::new().add_slice(h));
-    h[10..12].copy_from_slice(&c);
-    let icmp = &mut room[ETH + 20..ETH + total];
-    icmp[0..4].copy_from_slice(&[kind, code, 0, 0]);
-    icmp[4..8].copy_from_slice(&rest);
-    let c = fold(Sum16BitWords::new().add_slice(icmp));
-    icmp[2..4].copy_from_slice(&c);
+    room.copy_within(ETH..ETH + quote, ETH + total - quote);
+    reply_ethernet(room, from_mac, ethernet::EtherType::IPV4);
+    let ip = ipv4::Repr {
+        dscp_ecn: 0xc0, // network control, as routers send errors
+        dont_frag: false,
+        ..ipv4::Repr::new(from_ip, dst, ipv4::IpNumber::ICMP, total - 20)
+    };
+    ip.emit(&mut ipv4::Packet::new_unchecked(&mut room[ETH..]));
+    let icmp = icmpv4::Repr {
+        msg_type: icmpv4::DST_UNREACHABLE,
+        code,
+        rest_of_header: rest,
+    };
+    let at = ETH + ip.header_len();
+    icmp.emit(
+        &mut icmpv4::Packet::new_unchecked(&mut room[at..ETH + total]),
+        0,
+    );
     Some(ETH + total)
 }
 
@@ -99,7 +112,7 @@ pub fn write_v6(
         len,
         gw_mac,
         gw_ip,
-        (2, 0),
+        (icmpv6::PACKET_TOO_BIG, 0),
         u32::from(mtu).to_be_bytes(),
     )
 }
@@ -112,7 +125,14 @@ pub fn write_v6_port_unreachable(
     src_mac: Mac,
     src_ip: Ipv6Addr,
 ) -> Option<usize> {
-    error_v6(room, len, src_mac, src_ip, (1, 4), [0; 4])
+    error_v6(
+        room,
+        len,
+        src_mac,
+        src_ip,
+        (icmpv6::DST_UNREACHABLE, icmpv6::CODE_PORT_UNREACHABLE),
+        [0; 4],
+    )
 }
 
 /// An ICMPv6 error of `(type, code)` quoting as much of the offending packet as
@@ -122,57 +142,51 @@ fn error_v6(
     len: usize,
     from_mac: Mac,
     from_ip: Ipv6Addr,
-    (kind, code): (u8, u8),
+    (msg_type, code): (u8, u8),
     rest: [u8; 4],
 ) -> Option<usize> {
-    let frame = room.get(..len)?;
-    let ip = etherparse::Ipv6HeaderSlice::from_slice(frame.get(ETH..)?).ok()?;
-    let dst = ip.source_addr();
-    let quote = (len - ETH).min(IPV6_MIN_MTU - 40 - 8);
-    let src_mac: Mac = frame[6..12].try_into().ok()?;
-    let plen = 8 + quote;
-    if room.len() < ETH + 40 + plen {
+    let ip = ipv6::Packet::new_checked(room.get(..len)?.get(ETH..)?).ok()?;
+    let dst = ip.src_addr();
+    let quote = (len - ETH).min(IPV6_MIN_MTU - ipv6::HEADER_LEN - icmpv6::HEADER_LEN);
+    let plen = icmpv6::HEADER_LEN + quote;
+    let at = ETH + ipv6::HEADER_LEN;
+    if room.len() < at + plen {
         return None;
     }
-    room.copy_within(ETH..ETH + quote, ETH + 48);
-    room[0..6].copy_from_slice(&src_mac);
-    room[6..12].copy_from_slice(&from_mac);
-    room[12..14].copy_from_slice(&[0x86, 0xdd]);
-    let h = &mut room[ETH..ETH + 40];
-    h[0..4].copy_from_slice(&[0x60, 0, 0, 0]);
-    h[4..6].copy_from_slice(&(plen as u16).to_be_bytes());
-    h[6] = 58;
-    h[7] = 64;
-    h[8..24].copy_from_slice(&from_ip.octets());
-    h[24..40].copy_from_slice(&dst.octets());
-    let icmp = &mut room[ETH + 40..ETH + 40 + plen];
-    icmp[0..4].copy_from_slice(&[kind, code, 0, 0]);
-    icmp[4..8].copy_from_slice(&rest);
-    let sum = Sum16BitWords::new()
-        .add_16bytes(from_ip.octets())
-        .add_16bytes(dst.octets())
-        .add_4bytes((plen as u32).to_be_bytes())
-        .add_4bytes([0, 0, 0, 58])
-        .add_slice(icmp);
-    let c = fold(sum);
-    icmp[2..4].copy_from_slice(&c);
-    Some(ETH + 40 + plen)
+    room.copy_within(ETH..ETH + quote, at + icmpv6::HEADER_LEN);
+    reply_ethernet(room, from_mac, ethernet::EtherType::IPV6);
+    let ip = ipv6::Repr {
+        src_addr: from_ip,
+        dst_addr: dst,
+        next_header: ipv6::IpNumber::IPV6_ICMP,
+        payload_len: plen,
+        hop_limit: 64,
+    };
+    ip.emit(&mut ipv6::Packet::new_unchecked(&mut room[ETH..]));
+    let icmp = icmpv6::Repr {
+        msg_type,
+        code,
+        rest_of_header: rest,
+    };
+    icmp.emit(
+        &mut icmpv6::Packet::new_unchecked(&mut room[at..at + plen]),
+        ip.pseudo(),
+    );
+    Some(at + plen)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use etherparse::{Icmpv4Slice, Icmpv4Type, Icmpv6Slice, Icmpv6Type, PacketBuilder};
+    use crate::wire::build;
+    use etherparse::{Icmpv4Slice, Icmpv4Type, Icmpv6Slice, Icmpv6Type};
 
     #[test]
     fn v4_frag_needed_is_well_formed() {
-        let mut f = Vec::new();
-        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-            .ipv4([10, 0, 0, 2], [10, 0, 0, 3], 64)
-            .udp(1, 2)
-            .write(&mut f, &[0u8; 1500])
-            .unwrap();
-        f[14 + 6] |= 0x40; // DF
+        let mut f = build::eth([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4([10, 0, 0, 2], [10, 0, 0, 3])
+            .dont_frag(true)
+            .udp(1, 2, &[0u8; 1500]);
         let len = f.len();
         f.resize(4096, 0);
         let n = write_v4(
@@ -192,20 +206,19 @@ mod tests {
             Icmpv4Type::DestinationUnreachable(_)
         ));
         assert_eq!(u16::from_be_bytes([f[34 + 6], f[34 + 7]]), 1375);
-        let c = Sum16BitWords::new().add_slice(&f[34..n]).ones_complement();
+        let c = etherparse::checksum::Sum16BitWords::new()
+            .add_slice(&f[34..n])
+            .ones_complement();
         assert_eq!(c, 0, "ICMP checksum does not verify");
         assert_eq!(&f[0..6], &[2, 0, 0, 0, 0, 1]);
     }
 
     #[test]
     fn v4_without_df_gets_no_answer() {
-        let mut f = Vec::new();
-        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-            .ipv4([10, 0, 0, 2], [10, 0, 0, 3], 64)
-            .udp(1, 2)
-            .write(&mut f, &[0u8; 100])
-            .unwrap();
-        f[14 + 6] &= !0x40;
+        let mut f = build::eth([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4([10, 0, 0, 2], [10, 0, 0, 3])
+            .dont_frag(false)
+            .udp(1, 2, &[0u8; 100]);
         let len = f.len();
         assert_eq!(
             write_v4(&mut f, len, [2; 6], Ipv4Addr::new(10, 0, 0, 1), 1375),
@@ -217,16 +230,10 @@ mod tests {
     fn v6_packet_too_big_is_well_formed() {
         let src: Ipv6Addr = "fd00::2".parse().unwrap();
         let gw: Ipv6Addr = "fd00::1".parse().unwrap();
-        let mut f = Vec::new();
-        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-            .ipv6(
-                src.octets(),
-                [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3],
-                64,
-            )
-            .udp(1, 2)
-            .write(&mut f, &[0u8; 1500])
-            .unwrap();
+        let dst: Ipv6Addr = "fd00::3".parse().unwrap();
+        let mut f = build::eth([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv6(src, dst)
+            .udp(1, 2, &[0u8; 1500]);
         let len = f.len();
         f.resize(4096, 0);
         let n = write_v6(&mut f, len, [2; 6], gw, 1375).unwrap();

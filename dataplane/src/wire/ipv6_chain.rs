@@ -111,11 +111,25 @@ pub fn walk(ip: &[u8]) -> Result<Upper<'_>, ChainError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fuzzing::{ext_fragment, ext_options, icmpv6_frame, A};
+    use crate::wire::build::{self, ext_fragment, ext_options};
+    use crate::wire::icmpv6;
 
-    /// The IPv6 packet of an ICMPv6 message of type `kind` behind `exts`.
+    /// The IPv6 packet of a 16-byte ICMPv6 message of type `kind` behind `exts`.
     fn packet(exts: &[(u8, Vec<u8>)], kind: u8) -> Vec<u8> {
-        icmpv6_frame(A, kind, &[0; 12], exts)[14..].to_vec()
+        let link_local: std::net::Ipv6Addr = "fe80::a".parse().unwrap();
+        let all_nodes: std::net::Ipv6Addr = "ff02::1".parse().unwrap();
+        let mut ip = build::eth([2, 0, 0, 0, 0, 0xa], [0x33, 0x33, 0, 0, 0, 1])
+            .ipv6(link_local, all_nodes)
+            .ttl(255);
+        for (proto, h) in exts {
+            ip = ip.ext(*proto, h.clone());
+        }
+        let m = icmpv6::Repr {
+            msg_type: kind,
+            code: 0,
+            rest_of_header: [0; 4],
+        };
+        ip.icmp(m, &[0; 8])[14..].to_vec()
     }
 
     #[test]

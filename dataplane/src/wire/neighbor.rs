@@ -3,17 +3,14 @@
 //! without flooding the overlay.
 
 use super::ipv6_chain::{self, Fragment};
+use super::{arp, ethernet, icmpv6, ipv6};
 use crate::counters::DropReason;
 use crate::Mac;
-use etherparse::{
-    icmpv6::NeighborAdvertisementHeader, ArpHardwareId, ArpOperation, ArpPacketSlice, EtherType,
-    Icmpv6Slice, Icmpv6Type, IpNumber, Ipv6HeaderSlice,
-};
+use etherparse::IpNumber;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-const ETH: usize = 14;
-const ARP_LEN: usize = 28;
-const IPV6_LEN: usize = 40;
+const ETH: usize = ethernet::HEADER_LEN;
+const IPV6_LEN: usize = ipv6::HEADER_LEN;
 /// An NA with one target link-layer address option: 8 + 16 + 8 bytes.
 const NA_LEN: usize = 32;
 
@@ -28,41 +25,33 @@ pub struct Arp {
 
 /// Reads an Ethernet/IPv4 ARP packet; `None` for anything else or anything short.
 pub fn parse_arp(frame: &[u8]) -> Option<Arp> {
-    let arp = ArpPacketSlice::from_slice(frame.get(ETH..)?).ok()?;
-    if arp.hw_addr_type() != ArpHardwareId::ETHERNET
-        || arp.proto_addr_type() != EtherType::IPV4
-        || arp.hw_addr_size() != 6
-        || arp.proto_addr_size() != 4
-    {
-        return None;
-    }
-    let is_request = match arp.operation() {
-        ArpOperation::REQUEST => true,
-        ArpOperation::REPLY => false,
-        _ => return None,
-    };
+    let p = arp::Packet::new_checked(frame.get(ETH..)?).ok()?;
+    let a = arp::Repr::parse(&p).ok()?;
     Some(Arp {
-        is_request,
-        sender_mac: arp.sender_hw_addr().try_into().ok()?,
-        sender_ip: <[u8; 4]>::try_from(arp.sender_protocol_addr()).ok()?.into(),
-        target_ip: <[u8; 4]>::try_from(arp.target_protocol_addr()).ok()?.into(),
+        is_request: a.operation == arp::Operation::Request,
+        sender_mac: a.sender_hw_addr,
+        sender_ip: a.sender_proto_addr,
+        target_ip: a.target_proto_addr,
     })
 }
 
 /// Turns the ARP request in `frame` into the reply `answer_mac` would send.
 /// The caller has checked the frame with [`parse_arp`].
 pub fn write_arp_reply(frame: &mut [u8], req: &Arp, answer_mac: Mac) {
-    if frame.len() < ETH + ARP_LEN {
+    if frame.len() < ETH + arp::PACKET_LEN {
         return;
     }
-    frame[0..6].copy_from_slice(&req.sender_mac);
-    frame[6..12].copy_from_slice(&answer_mac);
-    let a = &mut frame[ETH..ETH + ARP_LEN];
-    a[6..8].copy_from_slice(&2u16.to_be_bytes());
-    a[8..14].copy_from_slice(&answer_mac);
-    a[14..18].copy_from_slice(&req.target_ip.octets());
-    a[18..24].copy_from_slice(&req.sender_mac);
-    a[24..28].copy_from_slice(&req.sender_ip.octets());
+    let mut eth = ethernet::Frame::new_unchecked(&mut frame[..]);
+    eth.set_dst_addr(req.sender_mac);
+    eth.set_src_addr(answer_mac);
+    arp::Repr {
+        operation: arp::Operation::Reply,
+        sender_hw_addr: answer_mac,
+        sender_proto_addr: req.target_ip,
+        target_hw_addr: req.sender_mac,
+        target_proto_addr: req.sender_ip,
+    }
+    .emit(&mut arp::Packet::new_unchecked(eth.payload_mut()));
 }
 
 /// A neighbour solicitation: who asks, for which address.
@@ -75,17 +64,17 @@ pub struct Solicitation {
 /// Reads an ICMPv6 neighbour solicitation carried directly after the IPv6 header
 /// (RFC 4861 forbids none, but hosts send none with extension headers).
 pub fn parse_solicitation(frame: &[u8]) -> Option<Solicitation> {
-    let ip = Ipv6HeaderSlice::from_slice(frame.get(ETH..)?).ok()?;
+    let ip = ipv6::Packet::new_checked(frame.get(ETH..)?).ok()?;
     if ip.next_header() != IpNumber::IPV6_ICMP || ip.hop_limit() != 255 {
         return None;
     }
-    let icmp = Icmpv6Slice::from_slice(frame.get(ETH + IPV6_LEN..)?).ok()?;
-    if icmp.icmp_type() != Icmpv6Type::NeighborSolicitation {
+    let icmp = icmpv6::Packet::new_checked(frame.get(ETH + IPV6_LEN..)?).ok()?;
+    if icmp.msg_type() != icmpv6::NEIGHBOR_SOLICIT || icmp.code() != 0 {
         return None;
     }
-    let target: [u8; 16] = icmp.payload().get(..16)?.try_into().ok()?;
+    let target: [u8; 16] = icmp.data().get(..16)?.try_into().ok()?;
     Some(Solicitation {
-        src_ip: ip.source_addr(),
+        src_ip: ip.src_addr(),
         target: target.into(),
     })
 }
@@ -94,7 +83,7 @@ pub fn parse_solicitation(frame: &[u8]) -> Option<Solicitation> {
 /// send, and returns its length (the buffer must hold 86 bytes).
 pub fn write_advertisement(frame: &mut [u8], ns: &Solicitation, answer_mac: Mac) -> Option<usize> {
     let total = ETH + IPV6_LEN + NA_LEN;
-    let requester: Mac = frame.get(6..12)?.try_into().ok()?;
+    let requester = ethernet::Frame::new_checked(&*frame).ok()?.src_addr();
     let f = frame.get_mut(..total)?;
     // A solicitation from the unspecified address (duplicate address detection)
     // is answered to all-nodes, unsolicited (RFC 4861 7.2.4).
@@ -108,31 +97,33 @@ pub fn write_advertisement(frame: &mut [u8], ns: &Solicitation, answer_mac: Mac)
     } else {
         [0x33, 0x33, 0, 0, 0, 1]
     };
-    f[0..6].copy_from_slice(&dst_mac);
-    f[6..12].copy_from_slice(&answer_mac);
-    f[12..14].copy_from_slice(&[0x86, 0xdd]);
-    let ip = &mut f[ETH..ETH + IPV6_LEN];
-    ip[0..4].copy_from_slice(&[0x60, 0, 0, 0]);
-    ip[4..6].copy_from_slice(&(NA_LEN as u16).to_be_bytes());
-    ip[6] = 58;
-    ip[7] = 255;
-    ip[8..24].copy_from_slice(&ns.target.octets());
-    ip[24..40].copy_from_slice(&dst.octets());
+    ethernet::Repr {
+        src_addr: answer_mac,
+        dst_addr: dst_mac,
+        ethertype: ethernet::EtherType::IPV6,
+    }
+    .emit(&mut ethernet::Frame::new_unchecked(&mut f[..]));
+    let ip = ipv6::Repr {
+        src_addr: ns.target,
+        dst_addr: dst,
+        next_header: IpNumber::IPV6_ICMP,
+        payload_len: NA_LEN,
+        hop_limit: 255,
+    };
+    ip.emit(&mut ipv6::Packet::new_unchecked(&mut f[ETH..]));
     let icmp = &mut f[ETH + IPV6_LEN..];
-    icmp[0..8].copy_from_slice(&[136, 0, 0, 0, 0, 0, 0, 0]);
-    icmp[4] = if solicited { 0x60 } else { 0x20 };
+    // the target, then its link-layer address option (type 2, 8 bytes)
     icmp[8..24].copy_from_slice(&ns.target.octets());
     icmp[24..26].copy_from_slice(&[2, 1]);
     icmp[26..32].copy_from_slice(&answer_mac);
-    let header = Icmpv6Type::NeighborAdvertisement(NeighborAdvertisementHeader {
-        router: false,
-        solicited,
-        r#override: true,
-    });
-    let csum = header
-        .calc_checksum(ns.target.octets(), dst.octets(), &icmp[8..NA_LEN])
-        .ok()?;
-    icmp[2..4].copy_from_slice(&csum.to_be_bytes());
+    // R clear, S as solicited, O set
+    let flags = if solicited { 0x60 } else { 0x20 };
+    icmpv6::Repr {
+        msg_type: icmpv6::NEIGHBOR_ADVERT,
+        code: 0,
+        rest_of_header: [flags, 0, 0, 0],
+    }
+    .emit(&mut icmpv6::Packet::new_unchecked(icmp), ip.pseudo());
     Some(total)
 }
 
@@ -179,7 +170,7 @@ pub fn nd_check(
         return match icmp.first() {
             // the ICMPv6 header (type, code, checksum) must be there to judge
             _ if icmp.len() < 4 => Err(DropReason::Ipv6HeaderChain),
-            Some(133..=137) => Err(DropReason::Ipv6HeaderChain),
+            Some(icmpv6::ROUTER_SOLICIT..=icmpv6::REDIRECT) => Err(DropReason::Ipv6HeaderChain),
             _ => Ok(()),
         };
     }
@@ -187,13 +178,13 @@ pub fn nd_check(
         return Ok(());
     };
     let (target_at, opts_at) = match kind {
-        133 => (None, 8),                                     // router solicitation
-        135 => (Some(8), 24),                                 // neighbour solicitation
-        136 => (Some(8), 24),                                 // neighbour advertisement
-        134 | 137 => return Err(DropReason::SpoofedSourceIp), // router advertisement, redirect
+        icmpv6::ROUTER_SOLICIT => (None, 8),
+        icmpv6::NEIGHBOR_SOLICIT | icmpv6::NEIGHBOR_ADVERT => (Some(8), 24),
+        // a container is no router
+        icmpv6::ROUTER_ADVERT | icmpv6::REDIRECT => return Err(DropReason::SpoofedSourceIp),
         _ => return Ok(()),
     };
-    if kind == 136 {
+    if kind == icmpv6::NEIGHBOR_ADVERT {
         let Some(t) = target_at.and_then(|a| icmp.get(a..a + 16)) else {
             return Err(DropReason::SpoofedSourceIp);
         };
@@ -223,33 +214,28 @@ pub fn nd_check(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use etherparse::{Icmpv6Slice, Icmpv6Type, Ipv6HeaderSlice};
 
-    pub fn arp_request(src_mac: Mac, src_ip: [u8; 4], target_ip: [u8; 4]) -> Vec<u8> {
-        let mut f = vec![0xff; 6];
-        f.extend_from_slice(&src_mac);
-        f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
-        f.extend_from_slice(&src_mac);
-        f.extend_from_slice(&src_ip);
-        f.extend_from_slice(&[0; 6]);
-        f.extend_from_slice(&target_ip);
-        f
-    }
+    pub use crate::wire::build::arp_request;
 
+    /// A neighbour solicitation from `src` (at `src_mac`) for `target`, with a
+    /// source link-layer address option.
     pub fn solicitation(src_mac: Mac, src: Ipv6Addr, target: Ipv6Addr) -> Vec<u8> {
-        use etherparse::PacketBuilder;
-        let mut payload = target.octets().to_vec();
-        payload.extend_from_slice(&[1, 1]);
-        payload.extend_from_slice(&src_mac);
-        let b = PacketBuilder::ethernet2(src_mac, [0x33, 0x33, 0xff, 0, 0, 1])
-            .ipv6(
-                src.octets(),
-                [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0, 1],
-                255,
+        let mut body = target.octets().to_vec();
+        body.extend_from_slice(&[1, 1]);
+        body.extend_from_slice(&src_mac);
+        let all_nodes: Ipv6Addr = "ff02::1:ff00:1".parse().unwrap();
+        crate::wire::build::eth(src_mac, [0x33, 0x33, 0xff, 0, 0, 1])
+            .ipv6(src, all_nodes)
+            .ttl(255)
+            .icmp(
+                icmpv6::Repr {
+                    msg_type: icmpv6::NEIGHBOR_SOLICIT,
+                    code: 0,
+                    rest_of_header: [0; 4],
+                },
+                &body,
             )
-            .icmpv6(Icmpv6Type::NeighborSolicitation);
-        let mut out = Vec::new();
-        b.write(&mut out, &payload).unwrap();
-        out
     }
 
     #[test]

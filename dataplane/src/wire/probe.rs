@@ -22,6 +22,7 @@
 //! what asked for it). Who is answered, and how often, the switch decides (see
 //! `Switch::from_underlay`).
 
+use super::ethernet;
 use super::vxlan::{self, VXLAN_HEADER_LEN};
 use thiserror::Error;
 
@@ -31,7 +32,7 @@ pub const PROBE_VNI: u32 = 0;
 pub const ETHERTYPE: [u8; 2] = [0x88, 0xb5];
 const MAGIC: [u8; 4] = *b"VXMP";
 const VERSION: u8 = 1;
-const ETH: usize = 14;
+const ETH: usize = ethernet::HEADER_LEN;
 const BODY: usize = 24;
 /// The smallest probe datagram (UDP payload): VXLAN header, Ethernet header, body.
 pub const MIN_LEN: usize = VXLAN_HEADER_LEN + ETH + BODY;
@@ -64,11 +65,14 @@ pub enum ProbeError {
 
 /// Reads a probe out of a VXLAN datagram (UDP payload).
 pub fn parse(datagram: &[u8]) -> Result<Probe, ProbeError> {
-    if vxlan::parse(datagram) != Ok(PROBE_VNI) {
+    let d = vxlan::Packet::new_checked(datagram).map_err(|_| ProbeError::NotProbe)?;
+    if d.vni() != PROBE_VNI {
         return Err(ProbeError::NotProbe);
     }
-    let frame = &datagram[VXLAN_HEADER_LEN..];
-    if frame.get(12..14) != Some(&ETHERTYPE[..]) || frame.get(ETH..ETH + 4) != Some(&MAGIC[..]) {
+    let frame = d.payload();
+    let ours = ethernet::Frame::new_checked(frame)
+        .is_ok_and(|f| f.ethertype().0.to_be_bytes() == ETHERTYPE);
+    if !ours || frame.get(ETH..ETH + 4) != Some(&MAGIC[..]) {
         return Err(ProbeError::NotProbe);
     }
     let body = frame.get(ETH..ETH + BODY).ok_or(ProbeError::Malformed)?;
@@ -99,9 +103,11 @@ pub fn emit_request(out: &mut [u8], id: u64) -> Option<()> {
         return None;
     }
     out.fill(0);
-    vxlan::emit(out, PROBE_VNI);
-    let frame = &mut out[VXLAN_HEADER_LEN..];
-    frame[12..14].copy_from_slice(&ETHERTYPE);
+    let mut d = vxlan::Packet::new_unchecked(&mut out[..]);
+    vxlan::Repr { vni: PROBE_VNI }.emit(&mut d);
+    let frame = d.payload_mut();
+    let ethertype = ethernet::EtherType(u16::from_be_bytes(ETHERTYPE));
+    ethernet::Frame::new_unchecked(&mut frame[..]).set_ethertype(ethertype);
     let body = &mut frame[ETH..ETH + BODY];
     body[..4].copy_from_slice(&MAGIC);
     body[4] = VERSION;

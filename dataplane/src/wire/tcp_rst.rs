@@ -2,17 +2,14 @@
 //! tell both ends of a tracked connection that it is gone (expiry, backend
 //! removal), so neither waits on a silent blackhole.
 
+use super::tcp::{self, ACK, RST};
+use super::{ethernet, ip, ipv4, ipv6};
 use crate::Mac;
-use etherparse::checksum::Sum16BitWords;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
-const ETH: usize = 14;
-const RST: u8 = 0x04;
-const ACK: u8 = 0x10;
-const SYN: u8 = 0x02;
-const FIN: u8 = 0x01;
+const ETH: usize = ethernet::HEADER_LEN;
 /// Ethernet + IPv4 or IPv6 + TCP, no options, no payload: room for either.
-pub const RST_LEN: usize = ETH + 40 + 20;
+pub const RST_LEN: usize = ETH + ipv6::HEADER_LEN + tcp::MIN_HEADER_LEN;
 
 /// One end of a segment: MAC, address, port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,71 +19,32 @@ pub struct End {
     pub port: u16,
 }
 
-fn fold(sum: Sum16BitWords) -> [u8; 2] {
-    // etherparse sums native-endian words, so the result is stored native-endian too.
-    sum.ones_complement().to_ne_bytes()
-}
-
 /// Writes a RST from `src` to `dst` into `out` (at least [`RST_LEN`] bytes) with
 /// sequence number `seq` (RFC 5961: accepted only when it is exactly the
 /// receiver's next expected one) and, when `ack` is given, RST|ACK. Both ends
 /// must be of one family (`None` otherwise). Returns the frame's length.
 pub fn write(out: &mut [u8], src: End, dst: End, seq: u32, ack: Option<u32>) -> Option<usize> {
-    let (ip_len, pseudo) = match (src.ip, dst.ip) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => (
-            20,
-            Sum16BitWords::new()
-                .add_4bytes(s.octets())
-                .add_4bytes(d.octets())
-                .add_4bytes([0, 6, 0, 20]),
-        ),
-        (IpAddr::V6(s), IpAddr::V6(d)) => (
-            40,
-            Sum16BitWords::new()
-                .add_16bytes(s.octets())
-                .add_16bytes(d.octets())
-                .add_4bytes([0, 0, 0, 20])
-                .add_4bytes([0, 0, 0, 6]),
-        ),
-        _ => return None,
-    };
-    let len = ETH + ip_len + 20;
+    const TCP_LEN: usize = tcp::MIN_HEADER_LEN;
+    let ip = ip::Repr::new(src.ip, dst.ip, ip::IpNumber::TCP, TCP_LEN)?;
+    let len = ETH + ip.header_len() + TCP_LEN;
     let f = out.get_mut(..len)?;
-    f[0..6].copy_from_slice(&dst.mac);
-    f[6..12].copy_from_slice(&src.mac);
-    match (src.ip, dst.ip) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            f[12..14].copy_from_slice(&[0x08, 0x00]);
-            let h = &mut f[ETH..ETH + 20];
-            h.copy_from_slice(&[
-                0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-            ]);
-            h[12..16].copy_from_slice(&s.octets());
-            h[16..20].copy_from_slice(&d.octets());
-            let c = fold(Sum16BitWords::new().add_slice(h));
-            h[10..12].copy_from_slice(&c);
-        }
-        (s, d) => {
-            let (IpAddr::V6(s), IpAddr::V6(d)) = (s, d) else {
-                return None;
-            };
-            f[12..14].copy_from_slice(&[0x86, 0xdd]);
-            let h = &mut f[ETH..ETH + 40];
-            h[..8].copy_from_slice(&[0x60, 0, 0, 0, 0, 20, 6, 64]);
-            h[8..24].copy_from_slice(&s.octets());
-            h[24..40].copy_from_slice(&d.octets());
-        }
+    ethernet::Repr {
+        src_addr: src.mac,
+        dst_addr: dst.mac,
+        ethertype: ip.ethertype(),
     }
-    let t = &mut f[ETH + ip_len..];
-    t.fill(0);
-    t[0..2].copy_from_slice(&src.port.to_be_bytes());
-    t[2..4].copy_from_slice(&dst.port.to_be_bytes());
-    t[4..8].copy_from_slice(&seq.to_be_bytes());
-    t[8..12].copy_from_slice(&ack.unwrap_or(0).to_be_bytes());
-    t[12] = 5 << 4;
-    t[13] = if ack.is_some() { RST | ACK } else { RST };
-    let c = fold(pseudo.add_slice(t));
-    t[16..18].copy_from_slice(&c);
+    .emit(&mut ethernet::Frame::new_unchecked(&mut f[..]));
+    ip.emit(&mut f[ETH..]);
+    let rst = tcp::Repr {
+        src_port: src.port,
+        dst_port: dst.port,
+        seq_number: seq,
+        ack_number: ack.unwrap_or(0),
+        flags: if ack.is_some() { RST | ACK } else { RST },
+        window: 0,
+    };
+    let at = ETH + ip.header_len();
+    rst.emit(&mut tcp::Packet::new_unchecked(&mut f[at..]), ip.pseudo());
     Some(len)
 }
 
@@ -96,69 +54,56 @@ pub fn write(out: &mut [u8], src: End, dst: End, seq: u32, ack: Option<u32>) -> 
 /// IPv6: TCP right after the fixed header).
 pub fn write_refusal(room: &mut [u8], len: usize, from_mac: Mac) -> Option<usize> {
     let f = room.get(..len)?;
-    let (ip_len, payload_len, src, dst) = match f.get(12..14)? {
-        [0x08, 0x00] if f.len() >= ETH + 20 && f[ETH + 9] == 6 => {
-            let ihl = usize::from(f[ETH] & 0x0f) * 4;
-            if ihl < 20 {
+    let eth = ethernet::Frame::new_checked(f).ok()?;
+    let l3 = eth.payload();
+    // (header length, what follows it, source, destination)
+    let (ip_len, payload_len, src, dst) = match eth.ethertype() {
+        ethernet::EtherType::IPV4 if l3.len() >= ipv4::MIN_HEADER_LEN => {
+            let ip = ipv4::Packet::new_unchecked(l3);
+            if ip.next_header() != ipv4::IpNumber::TCP || ip.header_len() < ipv4::MIN_HEADER_LEN {
                 return None;
             }
-            let total = usize::from(u16::from_be_bytes([f[ETH + 2], f[ETH + 3]]));
             (
-                ihl,
-                total.saturating_sub(ihl),
-                IpAddr::V4(Ipv4Addr::new(
-                    f[ETH + 12],
-                    f[ETH + 13],
-                    f[ETH + 14],
-                    f[ETH + 15],
-                )),
-                IpAddr::V4(Ipv4Addr::new(
-                    f[ETH + 16],
-                    f[ETH + 17],
-                    f[ETH + 18],
-                    f[ETH + 19],
-                )),
+                ip.header_len(),
+                ip.total_len().saturating_sub(ip.header_len()),
+                IpAddr::V4(ip.src_addr()),
+                IpAddr::V4(ip.dst_addr()),
             )
         }
-        [0x86, 0xdd] if f.len() >= ETH + 40 && f[ETH + 6] == 6 => {
-            let a = |o: usize| {
-                let mut b = [0u8; 16];
-                b.copy_from_slice(&f[ETH + o..ETH + o + 16]);
-                IpAddr::V6(Ipv6Addr::from(b))
-            };
+        ethernet::EtherType::IPV6 if l3.len() >= ipv6::HEADER_LEN => {
+            let ip = ipv6::Packet::new_unchecked(l3);
+            if ip.next_header() != ipv6::IpNumber::TCP {
+                return None;
+            }
             (
-                40,
-                usize::from(u16::from_be_bytes([f[ETH + 4], f[ETH + 5]])),
-                a(8),
-                a(24),
+                ipv6::HEADER_LEN,
+                ip.payload_len(),
+                IpAddr::V6(ip.src_addr()),
+                IpAddr::V6(ip.dst_addr()),
             )
         }
         _ => return None,
     };
-    let t = f.get(ETH + ip_len..ETH + ip_len + 20)?;
-    let flags = t[13];
-    if flags & RST != 0 {
+    let t = tcp::Packet::new_unchecked(l3.get(ip_len..ip_len + tcp::MIN_HEADER_LEN)?);
+    let seg = tcp::Repr::parse(&t);
+    if seg.flags & RST != 0 {
         return None;
     }
-    let data_off = usize::from(t[12] >> 4) * 4;
-    let payload = payload_len.saturating_sub(data_off) as u32;
-    let seg_seq = u32::from_be_bytes([t[4], t[5], t[6], t[7]]);
-    let seg_ack = u32::from_be_bytes([t[8], t[9], t[10], t[11]]);
+    let payload = payload_len.saturating_sub(t.header_len());
     let client = End {
-        mac: f[6..12].try_into().ok()?,
+        mac: eth.src_addr(),
         ip: src,
-        port: u16::from_be_bytes([t[0], t[1]]),
+        port: seg.src_port,
     };
     let us = End {
         mac: from_mac,
         ip: dst,
-        port: u16::from_be_bytes([t[2], t[3]]),
+        port: seg.dst_port,
     };
-    let (seq, ack) = if flags & ACK != 0 {
-        (seg_ack, None)
+    let (seq, ack) = if seg.flags & ACK != 0 {
+        (seg.ack_number, None)
     } else {
-        let len = payload + u32::from(flags & SYN != 0) + u32::from(flags & FIN != 0);
-        (0, Some(seg_seq.wrapping_add(len)))
+        (0, Some(seg.seq_number.wrapping_add(seg.seq_len(payload))))
     };
     write(room, us, client, seq, ack)
 }
@@ -166,17 +111,29 @@ pub fn write_refusal(room: &mut [u8], len: usize, from_mac: Mac) -> Option<usize
 #[cfg(test)]
 mod tests {
     use super::*;
-    use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
+    use crate::wire::build;
+    use crate::wire::tcp::SYN;
+    use etherparse::{SlicedPacket, TransportSlice};
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    /// A client's segment to port 8080 (seq 1000, window 64000).
+    fn seg(flags: u8) -> tcp::Repr {
+        tcp::Repr {
+            ack_number: 0,
+            window: 64000,
+            ..build::tcp(40000, 8080, 1000, flags)
+        }
+    }
+
+    fn client() -> build::Eth {
+        build::eth([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+    }
 
     #[test]
     fn refusal_of_a_syn_acks_it_and_checksums_verify() {
-        let mut f = Vec::new();
-        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-            .ipv4([10, 0, 0, 2], [10, 0, 0, 3], 64)
-            .tcp(40000, 8080, 1000, 64000)
-            .syn()
-            .write(&mut f, &[])
-            .unwrap();
+        let mut f = client()
+            .ipv4([10, 0, 0, 2], [10, 0, 0, 3])
+            .tcp(seg(SYN), &[]);
         let len = f.len();
         f.resize(256, 0);
         let n = write_refusal(&mut f, len, [2, 9, 9, 9, 9, 9]).unwrap();
@@ -208,13 +165,7 @@ mod tests {
     #[test]
     fn ipv6_refusal_of_a_syn_acks_it_and_checksums_verify() {
         let (a, b): (Ipv6Addr, Ipv6Addr) = ("fd00::2".parse().unwrap(), "fd00::3".parse().unwrap());
-        let mut f = Vec::new();
-        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-            .ipv6(a.octets(), b.octets(), 64)
-            .tcp(40000, 8080, 1000, 64000)
-            .syn()
-            .write(&mut f, &[])
-            .unwrap();
+        let mut f = client().ipv6(a, b).tcp(seg(SYN), &[]);
         let len = f.len();
         f.resize(256, 0);
         let n = write_refusal(&mut f, len, [2, 9, 9, 9, 9, 9]).unwrap();
@@ -266,22 +217,18 @@ mod tests {
 
     #[test]
     fn a_rst_is_never_answered_and_an_ack_takes_its_number() {
-        let mut f = Vec::new();
-        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-            .ipv4([10, 0, 0, 2], [10, 0, 0, 3], 64)
-            .tcp(40000, 8080, 1000, 64000)
-            .rst()
-            .write(&mut f, &[])
-            .unwrap();
+        let mut f = client()
+            .ipv4([10, 0, 0, 2], [10, 0, 0, 3])
+            .tcp(seg(RST), &[]);
         let len = f.len();
         assert_eq!(write_refusal(&mut f, len, [2; 6]), None);
-        let mut f = Vec::new();
-        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-            .ipv4([10, 0, 0, 2], [10, 0, 0, 3], 64)
-            .tcp(40000, 8080, 1000, 64000)
-            .ack(777)
-            .write(&mut f, &[1, 2, 3])
-            .unwrap();
+        let ack = tcp::Repr {
+            ack_number: 777,
+            ..seg(ACK)
+        };
+        let mut f = client()
+            .ipv4([10, 0, 0, 2], [10, 0, 0, 3])
+            .tcp(ack, &[1, 2, 3]);
         let len = f.len();
         f.resize(256, 0);
         let n = write_refusal(&mut f, len, [2; 6]).unwrap();

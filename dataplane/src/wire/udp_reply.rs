@@ -1,7 +1,7 @@
 //! A UDP/IPv4 frame from the gateway to an endpoint, written into a buffer: how
 //! the agent's own services (the embedded DNS, its forwarder) answer containers.
 
-use crate::offload::checksum;
+use super::{ethernet, ip, udp};
 use crate::Mac;
 use std::net::IpAddr;
 #[cfg(test)]
@@ -21,64 +21,28 @@ pub struct UdpPeer {
 /// Writes Ethernet + IPv4 or IPv6 + UDP + `payload` into `room`; returns the
 /// frame's length, or `None` when it does not fit (or the families differ).
 pub fn write(room: &mut [u8], p: &UdpPeer, payload: &[u8]) -> Option<usize> {
-    const ETH: usize = 14;
-    let ip_len = match (p.gateway_ip, p.client_ip) {
-        (IpAddr::V4(_), IpAddr::V4(_)) => 20,
-        (IpAddr::V6(_), IpAddr::V6(_)) => 40,
-        _ => return None,
-    };
-    let udp_len = 8 + payload.len();
-    let total = ETH + ip_len + udp_len;
+    const ETH: usize = ethernet::HEADER_LEN;
+    let udp_len = udp::HEADER_LEN + payload.len();
+    let ip = ip::Repr::new(p.gateway_ip, p.client_ip, ip::IpNumber::UDP, udp_len)?;
+    let total = ETH + ip.header_len() + udp_len;
     if room.len() < total || udp_len > usize::from(u16::MAX) - 20 {
         return None;
     }
-    room[0..6].copy_from_slice(&p.client_mac);
-    room[6..12].copy_from_slice(&p.gateway_mac);
-    let (src, dst): (&[u8], &[u8]);
-    let (s4, d4, s6, d6);
-    match (p.gateway_ip, p.client_ip) {
-        (IpAddr::V4(g), IpAddr::V4(c)) => {
-            (s4, d4) = (g.octets(), c.octets());
-            (src, dst) = (&s4, &d4);
-            room[12..14].copy_from_slice(&[0x08, 0x00]);
-            let ip = &mut room[ETH..ETH + 20];
-            ip.copy_from_slice(&[
-                0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-            ]);
-            ip[2..4].copy_from_slice(&((20 + udp_len) as u16).to_be_bytes());
-            ip[12..16].copy_from_slice(src);
-            ip[16..20].copy_from_slice(dst);
-            let c = checksum::ipv4_header(ip);
-            ip[10..12].copy_from_slice(&c.to_be_bytes());
-        }
-        (g, c) => {
-            let (IpAddr::V6(g), IpAddr::V6(c)) = (g, c) else {
-                return None;
-            };
-            (s6, d6) = (g.octets(), c.octets());
-            (src, dst) = (&s6, &d6);
-            room[12..14].copy_from_slice(&[0x86, 0xdd]);
-            let ip = &mut room[ETH..ETH + 40];
-            ip[..4].copy_from_slice(&[0x60, 0, 0, 0]);
-            ip[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
-            ip[6] = 17;
-            ip[7] = 64;
-            ip[8..24].copy_from_slice(src);
-            ip[24..40].copy_from_slice(dst);
-        }
+    ethernet::Repr {
+        src_addr: p.gateway_mac,
+        dst_addr: p.client_mac,
+        ethertype: ip.ethertype(),
     }
-    let u = ETH + ip_len;
-    room[u..u + 2].copy_from_slice(&p.gateway_port.to_be_bytes());
-    room[u + 2..u + 4].copy_from_slice(&p.client_port.to_be_bytes());
-    room[u + 4..u + 6].copy_from_slice(&(udp_len as u16).to_be_bytes());
-    room[u + 6..u + 8].copy_from_slice(&[0, 0]);
-    room[u + 8..u + udp_len].copy_from_slice(payload);
-    let pseudo = checksum::pseudo(src, dst, 17, udp_len as u32);
-    let mut c = !checksum::fold(checksum::add(pseudo, &room[u..u + udp_len]));
-    if c == 0 {
-        c = 0xffff;
+    .emit(&mut ethernet::Frame::new_unchecked(&mut room[..]));
+    ip.emit(&mut room[ETH..]);
+    let dgram = &mut room[ETH + ip.header_len()..total];
+    dgram[udp::HEADER_LEN..].copy_from_slice(payload);
+    udp::Repr {
+        src_port: p.gateway_port,
+        dst_port: p.client_port,
+        payload_len: payload.len(),
     }
-    room[u + 6..u + 8].copy_from_slice(&c.to_be_bytes());
+    .emit(&mut udp::Packet::new_unchecked(dgram), Some(ip.pseudo()));
     Some(total)
 }
 

@@ -1,4 +1,5 @@
 //! The 8-byte VXLAN header (RFC 7348 section 5). etherparse has no VXLAN, so it lives here.
+//! [`parse`] and [`emit`] are the short way for callers that want the VNI only.
 //!
 //! ```text
 //! |R|R|R|R|I|R|R|R|   Reserved (24)   |   VNI (24)   | Reserved (8) |
@@ -20,22 +21,91 @@ pub enum VxlanError {
     NoVniFlag,
 }
 
-/// Reads the VNI of a datagram. Reserved bits are ignored on receipt, as RFC 7348 asks.
-pub fn parse(datagram: &[u8]) -> Result<u32, VxlanError> {
-    let h: &[u8; VXLAN_HEADER_LEN] = datagram
-        .get(..VXLAN_HEADER_LEN)
-        .and_then(|s| s.try_into().ok())
-        .ok_or(VxlanError::Truncated)?;
-    if h[0] & FLAG_I == 0 {
-        return Err(VxlanError::NoVniFlag);
-    }
-    Ok(u32::from_be_bytes([0, h[4], h[5], h[6]]))
+view! {
+    /// A view of a VXLAN datagram (the UDP payload: header, then the inner frame).
+    ///
+    /// `new_unchecked`: accessors need [`VXLAN_HEADER_LEN`] bytes.
+    Packet
 }
 
-/// Writes a header for `vni` with every reserved bit zero, as RFC 7348 asks on transmit.
+impl<T: AsRef<[u8]>> Packet<T> {
+    /// A view of a datagram holding the header with the I flag set.
+    #[inline]
+    pub fn new_checked(buffer: T) -> Result<Self, VxlanError> {
+        let b = buffer.as_ref();
+        if b.len() < VXLAN_HEADER_LEN {
+            return Err(VxlanError::Truncated);
+        }
+        if b[0] & FLAG_I == 0 {
+            return Err(VxlanError::NoVniFlag);
+        }
+        Ok(Self { buffer })
+    }
+
+    #[inline]
+    pub fn flags(&self) -> u8 {
+        self.buffer.as_ref()[0]
+    }
+
+    #[inline]
+    pub fn vni(&self) -> u32 {
+        let h = self.buffer.as_ref();
+        u32::from_be_bytes([0, h[4], h[5], h[6]])
+    }
+
+    /// The inner Ethernet frame.
+    #[inline]
+    pub fn payload(&self) -> &[u8] {
+        &self.buffer.as_ref()[VXLAN_HEADER_LEN..]
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
+    /// Writes a header for `vni` with every reserved bit zero, as RFC 7348
+    /// asks on transmit.
+    #[inline]
+    pub fn set_header(&mut self, vni: u32) {
+        let v = (vni & MAX_VNI).to_be_bytes();
+        self.buffer.as_mut()[..VXLAN_HEADER_LEN]
+            .copy_from_slice(&[FLAG_I, 0, 0, 0, v[1], v[2], v[3], 0]);
+    }
+
+    #[inline]
+    pub fn payload_mut(&mut self) -> &mut [u8] {
+        &mut self.buffer.as_mut()[VXLAN_HEADER_LEN..]
+    }
+}
+
+/// A VXLAN header as values: its VNI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Repr {
+    pub vni: u32,
+}
+
+impl Repr {
+    pub fn parse<T: AsRef<[u8]>>(p: &Packet<T>) -> Self {
+        Self { vni: p.vni() }
+    }
+
+    pub const fn header_len(&self) -> usize {
+        VXLAN_HEADER_LEN
+    }
+
+    pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, p: &mut Packet<T>) {
+        p.set_header(self.vni);
+    }
+}
+
+/// Reads the VNI of a datagram. Reserved bits are ignored on receipt, as RFC 7348 asks.
+#[inline]
+pub fn parse(datagram: &[u8]) -> Result<u32, VxlanError> {
+    Packet::new_checked(datagram).map(|p| p.vni())
+}
+
+/// Writes a header for `vni` at the start of `out`.
+#[inline]
 pub fn emit(out: &mut [u8], vni: u32) {
-    let v = (vni & MAX_VNI).to_be_bytes();
-    out[..VXLAN_HEADER_LEN].copy_from_slice(&[FLAG_I, 0, 0, 0, v[1], v[2], v[3], 0]);
+    Packet::new_unchecked(out).set_header(vni);
 }
 
 #[cfg(test)]
