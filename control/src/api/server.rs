@@ -21,9 +21,9 @@ use axum::{Json, Router};
 use std::sync::Arc;
 use tokio::net::UnixListener;
 
-/// Where the agent's sockets are made; here too for the callers that bind
-/// the API's.
-pub use super::socket::{bind, bind_private, group_id};
+/// The API socket's binding lives in [`super::socket`]; named here too for
+/// the agent's start-up, which binds it before serving.
+pub use super::socket::{bind, group_id};
 
 pub struct ApiError(pub(super) StatusCode, pub(super) String);
 

@@ -1,4 +1,8 @@
-//! The `vxmesh` command line, as DESIGN.md's contract writes it.
+//! The `vxmesh` command line, as DESIGN.md's contract writes it: here its
+//! clap definitions (subcommands, flags, help); `agent_args` holds `vxmesh
+//! agent`'s flags and the configuration made of them, `commands` the client
+//! commands (an API call or two each, answers read as `api_types`), `output`
+//! and `flows` what they print, as tables or `--format json`.
 
 mod agent_args;
 mod commands;
