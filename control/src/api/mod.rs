@@ -5,4 +5,3 @@ pub mod client;
 mod flows;
 mod local;
 pub mod server;
-pub mod socket;
