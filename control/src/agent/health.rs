@@ -3,9 +3,13 @@
 //! `docker`'s HEALTHCHECK runs inside the container. The verdict goes to the
 //! store, so every node's balancer and DNS follow it.
 
+use super::{attach, Agent};
+use crate::state::ClusterState;
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What to probe.
@@ -52,6 +56,108 @@ pub fn probe(netns: PathBuf, ip: IpAddr, p: Probe, timeout: Duration) -> bool {
         Ok(matches!(head.get(9), Some(b'2') | Some(b'3')))
     });
     matches!(t.join(), Ok(Ok(true)))
+}
+
+impl Agent {
+    /// Probes this node's tasks whose service has `--health`, each every
+    /// `--health-interval` (default 5 s), and writes verdicts to the store:
+    /// unhealthy after 2 failures in a row, healthy after 1 success. Probes
+    /// run side by side, one at a time per task and at most
+    /// `--health-probes-max` at once (each holds a thread while it waits);
+    /// tasks due past that wait for a free slot.
+    pub async fn probe_tasks(self: Arc<Self>) {
+        let mut last: HashMap<String, std::time::Instant> = HashMap::new();
+        let mut fails: HashMap<String, u32> = HashMap::new();
+        let mut running: std::collections::HashSet<String> = Default::default();
+        let slots = Arc::new(tokio::sync::Semaphore::new(self.health_probes_max));
+        // at most one result per running probe waits here
+        let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel::<(String, bool)>();
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let st = self.last_state();
+            while let Ok((id, ok)) = done.try_recv() {
+                running.remove(&id);
+                self.record_probe(&st, &id, ok, &mut fails).await;
+            }
+            last.retain(|id, _| st.endpoints.contains_key(id));
+            fails.retain(|id, _| st.endpoints.contains_key(id));
+            // a task's ingress interface shares the task's verdict
+            for ep in st
+                .endpoints
+                .values()
+                .filter(|e| e.node == self.node && crate::state::ingress::task_of(e).is_none())
+            {
+                let Some(svc) = ep.service.as_ref().and_then(|s| st.services.get(s)) else {
+                    continue;
+                };
+                let Some(probe) = svc.health.as_deref().and_then(Probe::parse) else {
+                    continue;
+                };
+                let every = Duration::from_millis(svc.health_interval_ms.unwrap_or(5000).max(100));
+                if running.contains(&ep.id) || last.get(&ep.id).is_some_and(|t| t.elapsed() < every)
+                {
+                    continue;
+                }
+                let Some(ip) = ep.ips.first().copied() else {
+                    continue;
+                };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    break; // every slot busy: the rest on a later round
+                };
+                last.insert(ep.id.clone(), std::time::Instant::now());
+                running.insert(ep.id.clone());
+                let path = attach::netns_path(&ep.netns);
+                let timeout = every.min(Duration::from_secs(2));
+                let (id, tx) = (ep.id.clone(), done_tx.clone());
+                tokio::spawn(async move {
+                    let ok = tokio::task::spawn_blocking(move || {
+                        super::health::probe(path, ip, probe, timeout)
+                    })
+                    .await
+                    .unwrap_or(false);
+                    drop(slot);
+                    let _ = tx.send((id, ok));
+                });
+            }
+        }
+    }
+
+    /// Counts one probe's outcome for task `id` and writes its verdict to the
+    /// store when it changes.
+    async fn record_probe(
+        &self,
+        st: &ClusterState,
+        id: &str,
+        ok: bool,
+        fails: &mut HashMap<String, u32>,
+    ) {
+        let Some(ep) = st.endpoints.get(id) else {
+            return;
+        };
+        let n = fails.entry(ep.id.clone()).or_default();
+        *n = if ok { 0 } else { *n + 1 };
+        let verdict = match (ok, *n) {
+            (true, _) => "healthy",
+            (false, n) if n >= 2 => "unhealthy",
+            _ => return,
+        };
+        if ep.health.as_deref() == Some(verdict) {
+            return;
+        }
+        let (id, v) = (ep.id.clone(), verdict.to_string());
+        let r = self
+            .transact(move |st| {
+                if let Some(e) = st.endpoints.get_mut(&id) {
+                    e.health = Some(v.clone());
+                }
+                Ok(())
+            })
+            .await;
+        match r {
+            Ok(()) => tracing::info!(endpoint = %ep.id, health = verdict, "task health changed"),
+            Err(e) => tracing::warn!(endpoint = %ep.id, error = %e, "cannot record task health"),
+        }
+    }
 }
 
 #[cfg(test)]

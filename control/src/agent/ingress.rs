@@ -116,7 +116,7 @@ pub async fn create_sandbox(queues: usize) -> Result<(Sandbox, Vec<OwnedFd>), In
 /// and replies route back).
 pub fn render_table(st: &ClusterState, node: &str, advertise: IpAddr) -> String {
     let mut ports: [Vec<u16>; 2] = [Vec::new(), Vec::new()];
-    for (_, p) in super::switch_state::published_here(st, node) {
+    for (_, p) in crate::state::mesh::published_here(st, node) {
         ports[usize::from(p.proto == "udp")].push(p.published);
     }
     let rules = |to: &str, skip: &str| {

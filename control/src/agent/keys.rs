@@ -16,7 +16,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use vxmesh_dataplane::tunnel::x25519::{PublicKey, StaticSecret};
+use x25519_dalek::{PublicKey, StaticSecret};
 
 /// How long the previous key is still accepted after a rotation, while peers
 /// read the new public key from the store and handshake again.

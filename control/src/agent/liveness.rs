@@ -7,8 +7,10 @@
 //! itself: a node is alive while its value keeps changing, and down once it has
 //! not changed for [`DOWN_AFTER`] of this agent's [`Instant`]s.
 
+use super::Agent;
 use crate::state::ClusterState;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A node whose heartbeat has not changed for this long is down.
@@ -116,6 +118,110 @@ impl Beater {
             .max(self.last + 1);
         self.last = v;
         v
+    }
+}
+
+impl Agent {
+    /// Heartbeats this node every second and watches the others': a node whose
+    /// heartbeat has not changed for 4 s (on this agent's monotonic clock, see
+    /// [`Judge`]) is down, and its tasks leave this node's balancer and DNS
+    /// until it beats again. While the store cannot be read the last view
+    /// stands; once it can again, every node gets 4 s from then to beat (their
+    /// beats failed too) before it counts as down.
+    pub async fn liveness(self: Arc<Self>) {
+        const EVERY: Duration = Duration::from_secs(1);
+        let mut failing = false;
+        let mut beater = Beater::new(self.heartbeat_skew_ms);
+        loop {
+            let (s, node) = (self.store.clone(), self.node.clone());
+            let value = beater.next(crate::state::model::unix_now_ms());
+            let beats = tokio::task::spawn_blocking(move || {
+                let beat = s.heartbeat(&node, value);
+                let beats = s.heartbeats()?;
+                beat.map(|()| beats)
+            })
+            .await;
+            match beats {
+                Ok(Ok(beats)) => {
+                    let now = std::time::Instant::now();
+                    if std::mem::take(&mut failing) {
+                        if let Ok(mut j) = self.judge.lock() {
+                            j.store_back(now);
+                        }
+                        tracing::info!(
+                            "store reachable again: nodes get {:?} to heartbeat",
+                            DOWN_AFTER
+                        );
+                    }
+                    self.judge_liveness(&beats, now).await;
+                }
+                _ => {
+                    if !failing {
+                        tracing::warn!("heartbeat failed: keeping the last liveness view");
+                    }
+                    failing = true;
+                }
+            }
+            tokio::time::sleep(EVERY).await;
+        }
+    }
+
+    /// Applies one reading of the heartbeats.
+    async fn judge_liveness(
+        &self,
+        beats: &std::collections::BTreeMap<String, u64>,
+        now: std::time::Instant,
+    ) {
+        let st = self.last_state();
+        let down = match self.judge.lock() {
+            Ok(mut j) => {
+                j.observe(beats, now);
+                j.retain(&st);
+                j.down(&st, &self.node, now, DOWN_AFTER)
+            }
+            Err(_) => return,
+        };
+        let changed = match self.down.lock() {
+            Ok(mut d) if *d != down => {
+                tracing::info!(down = ?down, "node liveness changed");
+                *d = down;
+                true
+            }
+            _ => false,
+        };
+        if changed {
+            let ports = self.ports.lock().await;
+            self.publish(&st, &ports);
+        }
+    }
+
+    /// Each node's liveness as this agent sees it: the nodes it counts down, and
+    /// how long ago (on this agent's clock) each one's heartbeat last changed.
+    pub fn liveness_view(
+        &self,
+    ) -> (
+        std::collections::BTreeSet<String>,
+        std::collections::BTreeMap<String, Duration>,
+    ) {
+        let down = self.down.lock().map(|d| d.clone()).unwrap_or_default();
+        let ages = self
+            .judge
+            .lock()
+            .map(|j| j.ages(std::time::Instant::now()))
+            .unwrap_or_default();
+        (down, ages)
+    }
+
+    /// Waits until a dataplane worker stops on its own (it panicked, or its
+    /// poll failed); returns which and why, so that whoever runs the agent
+    /// stops it rather than let it heartbeat on with a dead forwarder.
+    pub async fn dead_worker(&self) -> (usize, String) {
+        loop {
+            if let Some(dead) = self.worker.stopped_worker() {
+                return dead;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 }
 

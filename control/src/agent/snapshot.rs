@@ -8,6 +8,7 @@
 //!   the agent was down (or killed) would leave its TAP behind; a starting
 //!   agent deletes those of endpoints the store no longer has here.
 
+use super::Agent;
 use crate::state::Endpoint;
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
@@ -134,6 +135,26 @@ pub(crate) fn write_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)
+}
+
+impl Agent {
+    /// Saves the balancer's connections for the next run (on a clean stop).
+    pub fn save_connections(&self) {
+        let entries = self.worker.connections();
+        match save_connections(&self.data_dir, &entries) {
+            Ok(n) => tracing::info!(connections = n, "connections saved for the next run"),
+            Err(e) => tracing::warn!(error = %e, "cannot save the connections"),
+        }
+    }
+
+    /// Puts back the connections the last run saved.
+    pub fn restore_connections(&self) {
+        let saved = take_connections(&self.data_dir);
+        if !saved.is_empty() {
+            let n = self.worker.restore_connections(&saved);
+            tracing::info!(connections = n, "connections restored from the last run");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -281,7 +281,7 @@ pub fn ingress_view(st: &ClusterState, node: &str, sandbox: &Sandbox) -> Option<
     let net = st.networks.get(ingress::NETWORK)?;
     let sandbox_mac = me.ingress_mac.as_deref().and_then(parse_mac)?;
     let mut published = FxHashMap::default();
-    for (svc, p) in published_here(st, node) {
+    for (svc, p) in crate::state::mesh::published_here(st, node) {
         published.insert(
             (proto_number(&p.proto), p.published),
             PublishedView {
@@ -331,29 +331,6 @@ pub fn ingress_view(st: &ClusterState, node: &str, sandbox: &Sandbox) -> Option<
         policies,
         // the agent puts its own in (one table for its life)
         rate_limit: None,
-    })
-}
-
-/// The ports this node answers: every `ingress`-mode port while its ingress is
-/// on, and `host`-mode ports of services with a task here.
-pub fn published_here<'a>(
-    st: &'a ClusterState,
-    node: &'a str,
-) -> impl Iterator<Item = (&'a crate::state::Service, &'a crate::state::PublishedPort)> + 'a {
-    let on = st.nodes.get(node).is_some_and(|n| n.ingress);
-    // one pass over the endpoints, not one per service (issue 21)
-    let local: rustc_hash::FxHashSet<&str> = st
-        .endpoints
-        .values()
-        .filter(|e| e.node == node)
-        .filter_map(|e| e.service.as_deref())
-        .collect();
-    st.services.values().flat_map(move |svc| {
-        let local_task = local.contains(svc.name.as_str());
-        svc.ports
-            .iter()
-            .filter(move |p| if p.mode == "host" { local_task } else { on })
-            .map(move |p| (svc, p))
     })
 }
 
@@ -550,7 +527,7 @@ mod service_tests {
         let ing = &sw.networks[&st.networks["ingress"].vni];
         assert_eq!(ing.services.len(), 1);
         assert_eq!(ing.services[&st.services["s1"].fwmark].backends.len(), 4);
-        let here: Vec<&str> = published_here(&st, "n1")
+        let here: Vec<&str> = crate::state::mesh::published_here(&st, "n1")
             .map(|(s, _)| s.name.as_str())
             .collect();
         assert_eq!(here, ["s1"]);

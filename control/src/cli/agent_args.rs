@@ -221,7 +221,7 @@ impl AgentArgs {
     pub(super) fn run(self) -> anyhow::Result<()> {
         crate::logging::init(self.log_json);
         let cfg = self.config()?;
-        tokio::runtime::Runtime::new()?.block_on(agent::run(cfg))
+        tokio::runtime::Runtime::new()?.block_on(crate::daemon::run(cfg))
     }
 
     fn config(self) -> anyhow::Result<AgentConfig> {

@@ -22,13 +22,21 @@
 //! Every call but RequestAddress is idempotent (Docker retries calls after an
 //! agent restart); a retried RequestAddress reserves another address, which
 //! Docker gives back with ReleaseAddress.
+//!
+//! Here: the driver's state and the network and endpoint calls; [`pools`] the
+//! IPAM calls; [`containers`] what the engine says of containers; [`engine`]
+//! the engine's API; [`protocol`] the plugin socket's routes. The driver sits
+//! on the [`Agent`] and the state; the daemon starts it.
 
+mod containers;
 mod engine;
+mod pools;
 pub mod protocol;
 
 use crate::agent::Agent;
 use crate::state::model::DOCKER_PENDING;
 use crate::state::{ipam, ops, ClusterState, NetworkSpec, StateError};
+use dashmap::{DashMap, DashSet};
 use ipnet::IpNet;
 use protocol::PluginError;
 use serde::{Deserialize, Serialize};
@@ -46,7 +54,7 @@ const OWNER: &str = "docker:";
 /// How long a call waits for what an earlier call set going (a network's name).
 const SETTLE: Duration = Duration::from_secs(15);
 
-/// What this node's driver remembers beside the store.
+/// What this node's driver remembers beside the store, as `docker.json` holds it.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct Local {
     /// Docker network ID to vxmesh network name.
@@ -58,7 +66,17 @@ struct Local {
 pub struct Driver {
     agent: Arc<Agent>,
     engine: Option<engine::Engine>,
-    local: Mutex<Local>,
+    /// Docker network ID to vxmesh network name ([`Local::networks`]): read
+    /// by every endpoint call, polled while a network's name is learnt, and
+    /// written by the task that learns it, so a concurrent map rather than
+    /// one lock all of them queue on.
+    networks: DashMap<String, String>,
+    /// Services created for a container's label ([`Local::services`]).
+    services: DashSet<String>,
+    /// Held while `docker.json` is written: each write takes its copy of the
+    /// maps under it, so writes land in order and the last one has every
+    /// change made before it.
+    saving: Mutex<()>,
     path: PathBuf,
 }
 
@@ -84,7 +102,7 @@ pub async fn start(
     socket_group: Option<u32>,
 ) -> anyhow::Result<Running> {
     let path = data_dir.join("docker.json");
-    let local = match std::fs::read(&path) {
+    let local: Local = match std::fs::read(&path) {
         Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
             tracing::warn!(file = %path.display(), error = %e, "ignoring an unreadable docker.json");
             Local::default()
@@ -101,7 +119,9 @@ pub async fn start(
     let driver = Arc::new(Driver {
         agent,
         engine,
-        local: Mutex::new(local),
+        networks: local.networks.into_iter().collect(),
+        services: local.services.into_iter().collect(),
+        saving: Mutex::new(()),
         path,
     });
     engine::forwarding(true).await;
@@ -148,8 +168,17 @@ fn network_by_subnet(st: &ClusterState, pool: &IpNet) -> Option<String> {
 }
 
 impl Driver {
-    async fn save(&self, local: &Local) {
-        let body = serde_json::to_vec_pretty(local).unwrap_or_default();
+    async fn save(&self) {
+        let _saving = self.saving.lock().await;
+        let local = Local {
+            networks: self
+                .networks
+                .iter()
+                .map(|e| (e.key().clone(), e.value().clone()))
+                .collect(),
+            services: self.services.iter().map(|s| s.key().clone()).collect(),
+        };
+        let body = serde_json::to_vec_pretty(&local).unwrap_or_default();
         if let Err(e) = crate::agent::snapshot::write_whole(&self.path, &body) {
             tracing::error!(file = %self.path.display(), error = %e, "cannot save docker.json");
         }
@@ -157,146 +186,6 @@ impl Driver {
 
     async fn state(&self) -> Result<ClusterState, PluginError> {
         Ok(self.agent.load().await.map_err(refused)?.state)
-    }
-
-    async fn request_pool(&self, r: &protocol::RequestPool) -> Result<IpNet, PluginError> {
-        if r.v6 {
-            return Err(refused(
-                "vxmesh's IPAM gives Docker IPv4 pools only: create the network without --ipv6",
-            ));
-        }
-        if !r.sub_pool.is_empty() && r.sub_pool != r.pool {
-            return Err(refused(
-                "vxmesh hands out addresses from the whole subnet: drop --ip-range",
-            ));
-        }
-        let st = self.state().await?;
-        let used: Vec<IpNet> = st
-            .networks
-            .values()
-            .flat_map(|n| n.subnets.clone())
-            .collect();
-        if r.pool.is_empty() {
-            return ipam::allocate_subnet(&used)
-                .ok_or_else(|| refused("no free subnet left: pass --subnet"));
-        }
-        let pool: IpNet = r
-            .pool
-            .parse()
-            .map_err(|_| refused(format!("--subnet {:?} is not a CIDR", r.pool)))?;
-        if !matches!(pool, IpNet::V4(_)) || pool.trunc() != pool {
-            return Err(refused(format!(
-                "--subnet {pool}: give an IPv4 network address, e.g. {}",
-                pool.trunc()
-            )));
-        }
-        if network_by_subnet(&st, &pool).is_some() {
-            return Ok(pool); // joins the vxmesh network that has it
-        }
-        // everything vxmesh checks of a new subnet (overlap, size), by the one
-        // function that makes networks, on a copy: Docker learns of a refusal now,
-        // not after it has made its network
-        let probe = NetworkSpec {
-            name: "docker-pool-check".into(),
-            subnets: vec![pool],
-            ..Default::default()
-        };
-        ops::create_network(&mut st.clone(), &probe).map_err(refused)?;
-        Ok(pool)
-    }
-
-    /// The network whose subnet is `pool`, once the CreateNetwork that makes it
-    /// has been resolved to a name.
-    async fn network_for(&self, pool: &IpNet) -> Result<String, PluginError> {
-        let end = Instant::now() + SETTLE;
-        loop {
-            if let Some(n) = network_by_subnet(&self.state().await?, pool) {
-                return Ok(n);
-            }
-            if Instant::now() >= end {
-                return Err(refused(format!(
-                    "no vxmesh network has subnet {pool}: create it with docker network create -d vxmesh --ipam-driver vxmesh --subnet {pool} NAME"
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn request_address(&self, r: &protocol::RequestAddress) -> Result<String, PluginError> {
-        let pool = pool_of(&r.pool_id)?;
-        let len = pool.prefix_len();
-        let gateway = ipam::gateway(&pool);
-        let wants_gateway = r
-            .options
-            .as_ref()
-            .and_then(|o| o.get("RequestAddressType"))
-            .is_some_and(|t| t == "com.docker.network.gateway");
-        if wants_gateway {
-            if !r.address.is_empty() && addr_of(&r.address)? != gateway {
-                return Err(refused(format!(
-                    "vxmesh answers as the gateway at {gateway}, the subnet's first address: drop --gateway or give {gateway}"
-                )));
-            }
-            return Ok(format!("{gateway}/{len}"));
-        }
-        let ip = if r.address.is_empty() {
-            None
-        } else {
-            Some(addr_of(&r.address)?)
-        };
-        let network = self.network_for(&pool).await?;
-        let node = self.agent.node.clone();
-        let id = format!("{:016x}", rand::random::<u64>());
-        let ep = self
-            .agent
-            .transact(move |st| {
-                let spec = crate::state::EndpointSpec {
-                    network: network.clone(),
-                    netns: format!("{DOCKER_PENDING}{id}"),
-                    ip,
-                    owner: Some(format!("{RESERVED}{id}")),
-                    ..Default::default()
-                };
-                ops::create_endpoint(st, &spec, &node, id.clone(), ipam::random_mac)
-            })
-            .await
-            .map_err(refused)?;
-        let addr = ep
-            .ips
-            .iter()
-            .find(|a| pool.contains(*a))
-            .ok_or_else(|| refused("the reserved endpoint has no address in the pool"))?;
-        Ok(format!("{addr}/{len}"))
-    }
-
-    async fn release_address(&self, r: &protocol::ReleaseAddress) -> Result<(), PluginError> {
-        let pool = pool_of(&r.pool_id)?;
-        let addr = addr_of(&r.address)?;
-        if addr == ipam::gateway(&pool) {
-            return Ok(());
-        }
-        let node = self.agent.node.clone();
-        self.agent
-            .transact(move |st| {
-                // Only a reservation Docker never bound; a bound endpoint goes with
-                // DeleteEndpoint.
-                let ids: Vec<String> = st
-                    .endpoints
-                    .values()
-                    .filter(|e| {
-                        e.node == node
-                            && e.ips.contains(&addr)
-                            && e.owner.as_deref().is_some_and(|o| o.starts_with(RESERVED))
-                    })
-                    .map(|e| e.id.clone())
-                    .collect();
-                for id in ids {
-                    ops::remove_endpoint(st, &id)?;
-                }
-                Ok(())
-            })
-            .await
-            .map_err(refused)
     }
 
     async fn create_network(
@@ -346,7 +235,7 @@ impl Driver {
             peer_vteps: Vec::new(),
         };
         let id = r.network_id.clone();
-        if self.local.lock().await.networks.contains_key(&id) {
+        if self.networks.contains_key(&id) {
             return Ok(());
         }
         // Docker learns the network's name after this call returns.
@@ -388,9 +277,8 @@ impl Driver {
         match made {
             Ok(made) => {
                 tracing::info!(network = %name, docker_id = %id, created = made, "Docker network is vxmesh network");
-                let mut local = self.local.lock().await;
-                local.networks.insert(id, name);
-                self.save(&local).await;
+                self.networks.insert(id, name);
+                self.save().await;
             }
             Err(e) => {
                 tracing::error!(network = %name, error = %e, "cannot make the Docker network's vxmesh network")
@@ -402,7 +290,7 @@ impl Driver {
     async fn resolve_unnamed(self: Arc<Self>) {
         let Some(engine) = &self.engine else { return };
         for (id, pool) in engine.vxmesh_networks().await {
-            if self.local.lock().await.networks.contains_key(&id) {
+            if self.networks.contains_key(&id) {
                 continue;
             }
             let spec = NetworkSpec {
@@ -415,13 +303,11 @@ impl Driver {
     }
 
     async fn delete_network(&self, id: &str) -> Result<(), PluginError> {
-        let mut local = self.local.lock().await;
-        let Some(name) = local.networks.remove(id) else {
+        let Some((_, name)) = self.networks.remove(id) else {
             return Ok(());
         };
-        self.save(&local).await;
-        let ours = local.services.clone();
-        drop(local);
+        self.save().await;
+        let ours: BTreeSet<String> = self.services.iter().map(|s| s.key().clone()).collect();
         let n = name.clone();
         let removed = self
             .agent
@@ -456,8 +342,8 @@ impl Driver {
     async fn network_name(&self, id: &str) -> Result<String, PluginError> {
         let end = Instant::now() + SETTLE;
         loop {
-            if let Some(n) = self.local.lock().await.networks.get(id) {
-                return Ok(n.clone());
+            if let Some(n) = self.networks.get(id) {
+                return Ok(n.value().clone());
             }
             if Instant::now() >= end {
                 return Err(refused(format!(
@@ -595,106 +481,6 @@ impl Driver {
             .leave_sandbox(&format!("{OWNER}{endpoint_id}"))
             .await
             .map_err(refused)
-    }
-
-    /// What the container says of itself: its name, its `vxmesh.service` label
-    /// (and `vxmesh.publish` for a service made for it) and its health, applied to
-    /// each of its endpoints on vxmesh networks.
-    async fn apply_container(&self, c: engine::Container) {
-        let node = self.agent.node.clone();
-        let cname = c.name.clone();
-        let r = self
-            .agent
-            .transact(move |st| {
-                let mut made = None;
-                let mut changed = false;
-                for eid in &c.endpoint_ids {
-                    let owner = format!("{OWNER}{eid}");
-                    let Some(id) = st
-                        .endpoints
-                        .values()
-                        .find(|e| e.node == node && e.owner.as_ref() == Some(&owner))
-                        .map(|e| e.id.clone())
-                    else {
-                        continue;
-                    };
-                    let network = st.endpoints[&id].network.clone();
-                    if let Some(svc) = &c.service {
-                        if !st.services.contains_key(svc) {
-                            let spec = crate::state::services::ServiceSpec {
-                                name: svc.clone(),
-                                networks: vec![network.clone()],
-                                publish: c.publish.clone(),
-                                ..Default::default()
-                            };
-                            crate::state::services::create_service(st, &spec)?;
-                            made = Some(svc.clone());
-                        } else if !st.services[svc].networks.contains(&network) {
-                            return Err(StateError::Invalid(format!(
-                                "service {svc} is not on network {network}"
-                            )));
-                        }
-                    }
-                    let e = st
-                        .endpoints
-                        .get_mut(&id)
-                        .ok_or_else(|| StateError::NotFound(id.clone()))?;
-                    let want = (Some(c.name.clone()), c.service.clone(), c.health.clone());
-                    if (e.name.clone(), e.service.clone(), e.health.clone()) != want {
-                        (e.name, e.service, e.health) = want;
-                        changed = true;
-                    }
-                }
-                if changed {
-                    crate::state::ingress::sync_tasks(st)?;
-                }
-                Ok(made)
-            })
-            .await;
-        match r {
-            Ok(made) => {
-                if let Some(s) = made {
-                    tracing::info!(service = %s, container = %cname, "service created for a container's label");
-                    let mut local = self.local.lock().await;
-                    local.services.insert(s);
-                    self.save(&local).await;
-                }
-            }
-            Err(e) => {
-                tracing::warn!(container = %cname, error = %e, "cannot apply the container's labels")
-            }
-        }
-    }
-
-    /// Endpoints Docker made on this node whose Docker endpoint no longer exists
-    /// (their container went while the agent was away) go.
-    async fn sweep(&self, live: &BTreeSet<String>) {
-        let Ok(st) = self.state().await else { return };
-        let stale: Vec<String> = st
-            .endpoints
-            .values()
-            .filter(|e| e.node == self.agent.node)
-            .filter(|e| {
-                e.owner
-                    .as_deref()
-                    .and_then(|o| o.strip_prefix(OWNER))
-                    .is_some_and(|eid| !live.contains(eid))
-            })
-            .map(|e| e.id.clone())
-            .collect();
-        for id in stale {
-            tracing::info!(endpoint = %id, "its Docker endpoint is gone: removing it");
-            if let Err(e) = self.agent.remove_endpoint(id.clone()).await {
-                tracing::warn!(endpoint = %id, error = %e, "cannot remove a stale Docker endpoint");
-            }
-        }
-    }
-
-    async fn follow_engine(self: Arc<Self>) {
-        let Some(engine) = self.engine.clone() else {
-            return;
-        };
-        engine.follow(self).await;
     }
 }
 

@@ -180,7 +180,7 @@ pub fn router(driver: Arc<Driver>) -> Router {
 /// the API's: whoever can connect can attach containers and change networks.
 pub async fn serve(path: &Path, group: Option<u32>, driver: Arc<Driver>) -> anyhow::Result<()> {
     use anyhow::Context;
-    let l = crate::api::server::bind_private(path, group)
+    let l = crate::sockets::bind_private(path, group)
         .and_then(|l| {
             l.set_nonblocking(true)?;
             Ok(tokio::net::UnixListener::from_std(l)?)

@@ -2,23 +2,16 @@
 //! node's sandbox address on it, the ingress interfaces of tasks whose service
 //! publishes ports, and per-node access policies.
 
+use super::error::StateError;
 use super::ipam;
-use super::model::{unix_now, ClusterState, Network, Node, Policy};
-use super::ops::{self, EndpointSpec, StateError};
+use super::mesh::{endpoint_id, OWNER_PREFIX};
+use super::model::{unix_now, ClusterState, Node, Policy};
+use super::networks::{self, EndpointSpec};
+
+pub use super::mesh::{network, task_of, DEFAULT_SUBNET, DEFAULT_SUBNET6, NETWORK, TASK_IFNAME};
 use ipnet::IpNet;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
-
-/// The network every published port is balanced over, as in Docker Swarm.
-pub const NETWORK: &str = "ingress";
-/// Its subnet when nothing else took it (Docker's default too).
-pub const DEFAULT_SUBNET: &str = "10.255.0.0/16";
-/// Its IPv6 subnet (a ULA /64), so published ports answer over IPv6 too.
-pub const DEFAULT_SUBNET6: &str = "fdff:ffff:ffff:ffff::/64";
-/// The name of a task's interface on the ingress network.
-pub const TASK_IFNAME: &str = "ingress0";
-/// `owner` of a task's ingress endpoint: this prefix and the task's id.
-const OWNER_PREFIX: &str = "ingress:";
 
 /// Creates the `ingress` network if the cluster has none yet (on 10.255.0.0/16,
 /// or a free subnet of the default pool when a user network took that).
@@ -45,12 +38,12 @@ pub fn ensure_network(st: &mut ClusterState) -> Result<(), StateError> {
         .into_iter()
         .collect();
     subnets.extend(free(DEFAULT_SUBNET6));
-    let spec = ops::NetworkSpec {
+    let spec = networks::NetworkSpec {
         name: NETWORK.into(),
         subnets,
         ..Default::default()
     };
-    let mut net = ops::create_network(st, &spec)?;
+    let mut net = networks::create_network(st, &spec)?;
     net.attachable = false;
     st.networks.insert(net.name.clone(), net);
     Ok(())
@@ -71,7 +64,7 @@ pub fn assign_node(st: &mut ClusterState, node: &mut Node) -> Result<(), StateEr
         .iter()
         .find(|s| s.addr().is_ipv4())
         .ok_or_else(|| StateError::Invalid("the ingress network has no IPv4 subnet".into()))?;
-    let mut used = super::services::used_addresses(st, NETWORK);
+    let mut used = ipam::used_addresses(st, NETWORK);
     used.remove(
         &node
             .ingress_ip
@@ -90,29 +83,6 @@ pub fn assign_node(st: &mut ClusterState, node: &mut Node) -> Result<(), StateEr
     Ok(())
 }
 
-/// The ingress network's subnet, where every node's sandbox and tasks' ingress
-/// interfaces take addresses.
-pub fn network(st: &ClusterState) -> Option<&Network> {
-    st.networks.get(NETWORK)
-}
-
-/// A stable id for a task's ingress endpoint, differing from the task's own in
-/// its first 12 characters (the TAP's name).
-fn endpoint_id(task: &str) -> String {
-    // FNV-1a: stable across runs and versions, unlike std's hasher
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in task.bytes().chain(*b"/ingress") {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{h:016x}")
-}
-
-/// The task an ingress endpoint belongs to.
-pub fn task_of(ep: &super::Endpoint) -> Option<&str> {
-    ep.owner.as_deref()?.strip_prefix(OWNER_PREFIX)
-}
-
 /// Makes every task of a service that publishes ports have an interface on the
 /// ingress network (in its own namespace, on its node), and no other task have
 /// one. Run by every operation that changes tasks or published ports, in the
@@ -124,7 +94,7 @@ pub fn sync_tasks(st: &mut ClusterState) -> Result<(), StateError> {
         .filter(|s| !s.ports.is_empty())
         .map(|s| s.name.as_str())
         .collect();
-    let wanted: Vec<super::Endpoint> = st
+    let wanted: Vec<super::model::Endpoint> = st
         .endpoints
         .values()
         .filter(|e| e.network != NETWORK)
@@ -154,7 +124,7 @@ pub fn sync_tasks(st: &mut ClusterState) -> Result<(), StateError> {
             owner: Some(format!("{OWNER_PREFIX}{}", task.id)),
             ..Default::default()
         };
-        ops::create_endpoint(
+        networks::create_endpoint(
             st,
             &spec,
             &task.node,
@@ -278,6 +248,7 @@ pub fn remove_policy(st: &mut ClusterState, id: &str) -> Result<Policy, StateErr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::ops;
     use crate::state::services::{self, ServiceSpec};
 
     fn cluster() -> ClusterState {
@@ -285,9 +256,9 @@ mod tests {
         for (n, a) in [("n1", "192.0.2.1"), ("n2", "192.0.2.2")] {
             ops::upsert_node(&mut st, Node::new(n, a.parse().unwrap())).unwrap();
         }
-        ops::create_network(
+        networks::create_network(
             &mut st,
-            &ops::NetworkSpec {
+            &networks::NetworkSpec {
                 name: "app".into(),
                 ..Default::default()
             },
@@ -328,7 +299,7 @@ mod tests {
             service: Some("web".into()),
             ..Default::default()
         };
-        ops::create_endpoint(&mut st, &spec, "n2", "t1".into(), ipam::random_mac).unwrap();
+        networks::create_endpoint(&mut st, &spec, "n2", "t1".into(), ipam::random_mac).unwrap();
         sync_tasks(&mut st).unwrap();
         let ing: Vec<_> = st.endpoints_on(NETWORK).cloned().collect();
         assert_eq!(ing.len(), 1);

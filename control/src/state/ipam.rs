@@ -2,10 +2,14 @@
 //! Pure functions over what is already allocated; the store's transaction makes
 //! them race-free across nodes.
 
-use super::ops::StateError;
+use super::error::StateError;
+use super::model::ClusterState;
 use ipnet::{IpNet, Ipv4Net};
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// The largest VNI (24 bits).
+pub const MAX_VNI: u32 = (1 << 24) - 1;
 
 /// Where networks created without `--subnet` get a /24 from.
 pub const DEFAULT_POOL: &str = "10.10.0.0/16";
@@ -57,7 +61,7 @@ pub fn allocate_subnet(used: &[IpNet]) -> Option<IpNet> {
 }
 
 pub fn allocate_vni(used: &BTreeSet<u32>) -> Option<u32> {
-    (FIRST_AUTO_VNI..=crate::state::ops::MAX_VNI).find(|v| !used.contains(v))
+    (FIRST_AUTO_VNI..=MAX_VNI).find(|v| !used.contains(v))
 }
 
 /// The gateway: the subnet's first host address.
@@ -115,6 +119,24 @@ pub fn random_mac() -> [u8; 6] {
 pub fn gateway_mac(vni: u32) -> [u8; 6] {
     let v = vni.to_be_bytes();
     [0x02, 0x56, 0x58, v[1], v[2], v[3]]
+}
+
+/// Addresses taken on a network: endpoints' and other services' VIPs.
+pub fn used_addresses(st: &ClusterState, network: &str) -> BTreeSet<IpAddr> {
+    let sandboxes = st
+        .nodes
+        .values()
+        .filter(|_| network == super::mesh::NETWORK)
+        .filter_map(|n| n.ingress_ip);
+    st.endpoints_on(network)
+        .flat_map(|e| e.ips.iter().copied())
+        .chain(
+            st.services
+                .values()
+                .flat_map(|s| s.vips_on(network).collect::<Vec<_>>()),
+        )
+        .chain(sandboxes)
+        .collect()
 }
 
 #[cfg(test)]

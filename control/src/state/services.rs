@@ -1,11 +1,11 @@
 //! Services: virtual IPs, fwmarks, published ports, and their checks. Like every
 //! operation on the state, each applies whole or not at all.
 
+use super::error::StateError;
 use super::ipam;
 use super::model::{unix_now, ClusterState, PublishedPort, Service};
-use super::ops::StateError;
+use super::names::valid_name;
 use std::collections::BTreeSet;
-use std::net::IpAddr;
 
 /// Where ports published without a number come from (Docker's default range).
 pub const AUTO_PORTS: std::ops::RangeInclusive<u16> = 30000..=32767;
@@ -145,26 +145,8 @@ fn assign_ports(
     Ok(out)
 }
 
-/// Addresses taken on a network: endpoints' and other services' VIPs.
-pub fn used_addresses(st: &ClusterState, network: &str) -> BTreeSet<IpAddr> {
-    let sandboxes = st
-        .nodes
-        .values()
-        .filter(|_| network == super::ingress::NETWORK)
-        .filter_map(|n| n.ingress_ip);
-    st.endpoints_on(network)
-        .flat_map(|e| e.ips.iter().copied())
-        .chain(
-            st.services
-                .values()
-                .flat_map(|s| s.vips_on(network).collect::<Vec<_>>()),
-        )
-        .chain(sandboxes)
-        .collect()
-}
-
 pub fn create_service(st: &mut ClusterState, spec: &ServiceSpec) -> Result<Service, StateError> {
-    super::ops::valid_name("service", &spec.name)?;
+    valid_name("service", &spec.name)?;
     if st.services.contains_key(&spec.name) {
         return Err(StateError::Conflict(format!(
             "service {} already exists: pick another name or change it with vxmesh service update",
@@ -204,7 +186,7 @@ pub fn create_service(st: &mut ClusterState, spec: &ServiceSpec) -> Result<Servi
         })?;
         if mode == "vip" {
             // one VIP of each family the network has, IPv4 first
-            let used = used_addresses(st, n);
+            let used = ipam::used_addresses(st, n);
             let mut subnets: Vec<&ipnet::IpNet> = net.subnets.iter().collect();
             subnets.sort_by_key(|s| s.addr().is_ipv6());
             for (i, subnet) in subnets.into_iter().enumerate() {
@@ -348,6 +330,7 @@ pub fn parse_health(s: &str) -> Result<(String, u16, String), StateError> {
 mod tests {
     use super::*;
     use crate::state::{ops, NetworkSpec};
+    use std::net::IpAddr;
 
     fn state() -> ClusterState {
         let mut st = ClusterState::default();

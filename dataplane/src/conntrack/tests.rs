@@ -1,3 +1,4 @@
+use super::state::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 use super::*;
 use std::hash::BuildHasher;
 use std::net::Ipv4Addr;
