@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod api_types;
 pub mod cli;
 pub mod cni;
 pub mod daemon;

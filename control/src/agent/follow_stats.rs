@@ -31,16 +31,17 @@ impl FollowStats {
         self.objects.store(objects as u64, Ordering::Relaxed);
     }
 
-    pub fn json(&self) -> serde_json::Value {
+    /// The counts as `vxmesh stats` shows them (its `follow`).
+    pub fn costs(&self) -> crate::api_types::stats::Follow {
         let secs = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64 / 1e9;
-        serde_json::json!({
-            "loads": self.loads.load(Ordering::Relaxed),
-            "load_seconds": secs(&self.load_ns),
-            "reconciles": self.reconciles.load(Ordering::Relaxed),
-            "reconcile_seconds": secs(&self.reconcile_ns),
-            "last_reconcile_seconds": secs(&self.last_reconcile_ns),
-            "objects": self.objects.load(Ordering::Relaxed),
-        })
+        crate::api_types::stats::Follow {
+            loads: self.loads.load(Ordering::Relaxed),
+            load_seconds: secs(&self.load_ns),
+            reconciles: self.reconciles.load(Ordering::Relaxed),
+            reconcile_seconds: secs(&self.reconcile_ns),
+            last_reconcile_seconds: secs(&self.last_reconcile_ns),
+            objects: self.objects.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -58,11 +59,11 @@ mod tests {
         s.loaded(Duration::from_millis(2));
         s.reconciled(Duration::from_millis(3), 7);
         s.reconciled(Duration::from_millis(5), 9);
-        let j = s.json();
-        assert_eq!(j["loads"], 1);
-        assert_eq!(j["reconciles"], 2);
-        assert!((j["reconcile_seconds"].as_f64().unwrap() - 0.008).abs() < 1e-9);
-        assert!((j["last_reconcile_seconds"].as_f64().unwrap() - 0.005).abs() < 1e-9);
-        assert_eq!(j["objects"], 9);
+        let j = s.costs();
+        assert_eq!(j.loads, 1);
+        assert_eq!(j.reconciles, 2);
+        assert!((j.reconcile_seconds - 0.008).abs() < 1e-9);
+        assert!((j.last_reconcile_seconds - 0.005).abs() < 1e-9);
+        assert_eq!(j.objects, 9);
     }
 }

@@ -2,7 +2,7 @@
 //! services and connections, the workers' counters, the rows left out of the
 //! state. Reads only; nothing here changes the node.
 
-use super::Agent;
+use super::{Agent, RealServer, VirtualService};
 use std::net::IpAddr;
 use vxmesh_dataplane::Counters;
 
@@ -47,7 +47,7 @@ impl Agent {
                     }
                     RealServer {
                         address,
-                        forward: "Masq",
+                        forward: "Masq".into(),
                         weight: b.weight,
                         healthy: b.healthy,
                         ejected: ejected.contains(&(net.vni, mark, address)),
@@ -60,7 +60,7 @@ impl Agent {
                 fwmark: mark,
                 vip,
                 vni: net.vni,
-                scheduler: svc.scheduler.as_str(),
+                scheduler: svc.scheduler.as_str().into(),
                 published,
                 backends,
             })
@@ -112,24 +112,26 @@ impl Agent {
     }
 
     /// The connections this node tracks through VIPs.
-    pub fn conntrack_table(&self) -> serde_json::Value {
-        let rows: Vec<serde_json::Value> = self
-            .worker
+    pub fn conntrack_table(&self) -> Vec<crate::api_types::conntrack::ConntrackEntry> {
+        self.worker
             .connections()
             .iter()
-            .map(|e| {
-                serde_json::json!({
-                    "proto": match e.orig.proto { 6 => "tcp", 17 => "udp", 1 => "icmp", _ => "other" },
-                    "zone": e.orig.zone,
-                    "src": format!("{}:{}", e.orig.src, e.orig.sport),
-                    "dst": format!("{}:{}", e.orig.dst, e.orig.dport),
-                    "backend": format!("{}:{}", e.reply.src, e.reply.sport),
-                    "fwmark": e.service,
-                    "state": format!("{:?}", e.state),
-                })
+            .map(|e| crate::api_types::conntrack::ConntrackEntry {
+                proto: match e.orig.proto {
+                    6 => "tcp",
+                    17 => "udp",
+                    1 => "icmp",
+                    _ => "other",
+                }
+                .into(),
+                zone: e.orig.zone,
+                src: format!("{}:{}", e.orig.src, e.orig.sport),
+                dst: format!("{}:{}", e.orig.dst, e.orig.dport),
+                backend: format!("{}:{}", e.reply.src, e.reply.sport),
+                fwmark: e.service,
+                state: format!("{:?}", e.state),
             })
-            .collect();
-        serde_json::Value::Array(rows)
+            .collect()
     }
 
     /// Per worker: frames read from ports and from the underlay.
@@ -145,31 +147,4 @@ impl Agent {
     pub fn conntrack_stats(&self) -> vxmesh_dataplane::io::dataplane::ConntrackStats {
         self.worker.conntrack_stats()
     }
-}
-
-/// One virtual service as `lb ls` and the metrics show it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct VirtualService {
-    pub fwmark: u32,
-    pub vip: IpAddr,
-    pub vni: u32,
-    pub scheduler: &'static str,
-    /// For the routing mesh's virtual services: the published ports that feed
-    /// them here (`PUB/PROTO->TARGET`); empty for a VIP.
-    pub published: Vec<String>,
-    pub backends: Vec<RealServer>,
-}
-
-/// A backend of a virtual service, with its connection counts (IPVS's words).
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct RealServer {
-    pub address: IpAddr,
-    pub forward: &'static str,
-    pub weight: u32,
-    pub healthy: bool,
-    /// Taken out for a while by passive health: new connections went
-    /// unanswered or were refused (see `vxmesh_dataplane::lb::passive`).
-    pub ejected: bool,
-    pub active: u32,
-    pub inactive: u32,
 }

@@ -345,7 +345,7 @@ mod tests {
     fn backend(address: &str, healthy: bool, ejected: bool) -> RealServer {
         RealServer {
             address: address.parse().unwrap(),
-            forward: "Masq",
+            forward: "Masq".into(),
             weight: 1,
             healthy,
             ejected,
@@ -360,7 +360,7 @@ mod tests {
             fwmark: 257,
             vip: "10.0.0.2".parse().unwrap(),
             vni: 4097,
-            scheduler: "rr",
+            scheduler: "rr".into(),
             published: vec![],
             backends: vec![
                 backend("10.0.0.5", true, false),

@@ -34,9 +34,10 @@ mod startup;
 pub mod switch_state;
 pub mod trace;
 
+/// `lb ls`'s rows, which the metrics count too, are the API's.
+pub use crate::api_types::lb::{RealServer, VirtualService};
 use crate::state::{ClusterState, StateError};
 use crate::store::{self, Snapshot, Store, UpdateError};
-pub use listings::{RealServer, VirtualService};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -1,12 +1,14 @@
-//! The CLI's side of the API: one HTTP/1.1 request per command over the unix socket.
+//! The CLI's side of the API: one HTTP/1.1 request per command over the unix
+//! socket, its body and answer the types of [`crate::api_types`].
 
-use super::ErrorBody;
+use crate::api_types::errors::ErrorBody;
 use anyhow::{anyhow, bail, Context};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
-use serde_json::Value;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use std::path::PathBuf;
 
 /// Where the CLI finds the local agent when neither -H nor VXMESH_HOST says.
@@ -31,14 +33,35 @@ impl Client {
         })
     }
 
-    pub async fn call(
+    /// A call whose answer is JSON, read as `T` (`serde_json::Value` reads any).
+    pub async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
-        body: Option<Value>,
-    ) -> anyhow::Result<Value> {
+        body: Option<impl Serialize>,
+    ) -> anyhow::Result<T> {
         let body = self.call_bytes(method, path, body).await?;
-        serde_json::from_slice(&body).context("the agent sent a response that is not JSON")
+        let v: serde_json::Value =
+            serde_json::from_slice(&body).context("the agent sent a response that is not JSON")?;
+        serde_json::from_value(v).context(
+            "the agent sent an answer this vxmesh does not understand (is it another version?)",
+        )
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.call(Method::GET, path, None::<()>).await
+    }
+
+    pub async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: impl Serialize,
+    ) -> anyhow::Result<T> {
+        self.call(Method::POST, path, Some(body)).await
+    }
+
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.call(Method::DELETE, path, None::<()>).await
     }
 
     /// A GET whose response comes line by line for as long as the agent
@@ -49,7 +72,7 @@ impl Client {
         path: &str,
         mut each: impl FnMut(&str) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
-        let mut resp = self.send(Method::GET, path, None).await?;
+        let mut resp = self.send(Method::GET, path, None::<()>).await?;
         let status = resp.status();
         if !status.is_success() {
             let body = resp.into_body().collect().await?.to_bytes();
@@ -73,7 +96,7 @@ impl Client {
         &self,
         method: Method,
         path: &str,
-        body: Option<Value>,
+        body: Option<impl Serialize>,
     ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
         let stream = tokio::net::UnixStream::connect(&self.socket).await.with_context(|| {
             format!(
@@ -84,7 +107,10 @@ impl Client {
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
-        let bytes = body.map(|b| b.to_string()).unwrap_or_default();
+        let bytes = match body {
+            Some(b) => serde_json::to_vec(&b)?,
+            None => Vec::new(),
+        };
         let req = Request::builder()
             .method(method)
             .uri(path)
@@ -102,7 +128,7 @@ impl Client {
         &self,
         method: Method,
         path: &str,
-        body: Option<Value>,
+        body: Option<impl Serialize>,
     ) -> anyhow::Result<Bytes> {
         let resp = self.send(method, path, body).await?;
         let status = resp.status();

@@ -3,22 +3,12 @@
 //! record a line (NDJSON) as each comes.
 
 use super::server::{Ag, ApiError};
-use crate::agent::flows::record::Filter;
+use crate::api_types::flows::{FlowQuery, Missed};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use tokio::sync::broadcast::error::RecvError;
-
-#[derive(Debug, serde::Deserialize)]
-pub struct FlowQuery {
-    #[serde(flatten)]
-    filter: Filter,
-    #[serde(default)]
-    follow: Option<String>,
-    #[serde(default)]
-    limit: Option<usize>,
-}
 
 /// Records kept and returned at most.
 const LIMIT_MAX: usize = crate::agent::flows::HISTORY + crate::agent::flows::OPEN_MAX;
@@ -42,7 +32,7 @@ pub async fn flows(State(a): Ag, Query(q): Query<FlowQuery>) -> Result<Response,
                 Ok(r) if f.matches(&r) => serde_json::to_string(&*r).ok()?,
                 Ok(_) => continue,
                 // a reader too slow for the records is told what it missed
-                Err(RecvError::Lagged(n)) => format!("{{\"missed\":{n}}}"),
+                Err(RecvError::Lagged(missed)) => serde_json::to_string(&Missed { missed }).ok()?,
                 Err(RecvError::Closed) => return None,
             };
             let bytes = axum::body::Bytes::from(line + "\n");

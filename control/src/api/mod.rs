@@ -1,11 +1,7 @@
-//! The agent's HTTP API on a unix socket: JSON in, JSON out. The CLI is its client.
+//! The agent's HTTP API on a unix socket: JSON in, JSON out, as the types of
+//! [`crate::api_types`]. The CLI and the CNI plugin are its clients.
 
 pub mod client;
 mod flows;
+mod local;
 pub mod server;
-
-/// The body of every error answer.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct ErrorBody {
-    pub error: String,
-}

@@ -1,16 +1,23 @@
 //! Routes of the agent's API. Reads go to the store (not the agent's cache), so a
-//! CLI call sees what another node just wrote.
+//! CLI call sees what another node just wrote. Bodies and answers are the
+//! types of [`crate::api_types`].
 
-use super::ErrorBody;
 use crate::agent::{Agent, AgentError};
-use crate::state::{ops, services, EndpointSpec, NetworkSpec, StateError};
+use crate::api_types::endpoints::EndpointSpec;
+use crate::api_types::errors::ErrorBody;
+use crate::api_types::networks::{Network, NetworkInspect, NetworkListing, NetworkSpec};
+use crate::api_types::nodes::{ExternalNode, Node, NodeListing, NodeStatus, NodeUpdate};
+use crate::api_types::policies::{Policy, PolicySpec};
+use crate::api_types::services::{
+    Endpoint, Service, ServiceInspect, ServiceListing, ServiceSpec, ServiceUpdate,
+};
+use crate::state::{ops, services, StateError};
 use crate::store::{StoreError, UpdateError};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::{json, Value};
 use std::sync::Arc;
 use tokio::net::UnixListener;
 
@@ -48,16 +55,25 @@ impl From<StateError> for ApiError {
     }
 }
 
-type Res = Result<Json<Value>, ApiError>;
-pub(super) type Ag = State<Arc<Agent>>;
+/// An answer as JSON with its object keys in sorted order, as the API has
+/// always written them (its answers were `serde_json::Value`s, whose maps
+/// sort): whoever compares the bytes the agent sends sees no change.
+pub(super) struct Sorted<T>(pub T);
 
-fn to_json<T: serde::Serialize>(v: T) -> Res {
-    serde_json::to_value(v)
-        .map(Json)
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+impl<T: serde::Serialize> IntoResponse for Sorted<T> {
+    fn into_response(self) -> Response {
+        match serde_json::to_value(&self.0) {
+            Ok(v) => Json(v).into_response(),
+            Err(e) => ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        }
+    }
 }
 
+pub(super) type Res<T> = Result<Sorted<T>, ApiError>;
+pub(super) type Ag = State<Arc<Agent>>;
+
 pub fn router(agent: Arc<Agent>) -> Router {
+    use super::local as node;
     Router::new()
         .route("/v1/networks", get(list_networks).post(create_network))
         .route(
@@ -72,7 +88,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
             "/v1/nodes/{name}/rotate-key",
             axum::routing::post(rotate_key),
         )
-        .route("/v1/stats", get(stats))
+        .route("/v1/stats", get(node::stats))
         .route("/v1/services", get(list_services).post(create_service))
         .route(
             "/v1/services/{name}",
@@ -85,10 +101,10 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/nodes/{name}/update", axum::routing::post(update_node))
         .route("/v1/policies", get(list_policies).post(add_policy))
         .route("/v1/policies/{id}", axum::routing::delete(remove_policy))
-        .route("/v1/lb", get(lb_table))
-        .route("/v1/conntrack", get(conntrack_table))
-        .route("/v1/trace", axum::routing::post(trace))
-        .route("/v1/doctor", axum::routing::post(doctor))
+        .route("/v1/lb", get(node::lb_table))
+        .route("/v1/conntrack", get(node::conntrack_table))
+        .route("/v1/trace", axum::routing::post(node::trace))
+        .route("/v1/doctor", axum::routing::post(node::doctor))
         .route("/v1/flows", get(super::flows::flows))
         .with_state(agent)
 }
@@ -114,129 +130,134 @@ pub async fn serve(listener: UnixListener, agent: Arc<Agent>) -> anyhow::Result<
     Ok(())
 }
 
-async fn list_networks(State(a): Ag) -> Res {
+async fn list_networks(State(a): Ag) -> Res<Vec<NetworkListing>> {
     let st = a.load().await?.state;
-    let v: Vec<Value> = st
+    let v = st
         .networks
         .values()
-        .map(|n| {
-            let mut j = serde_json::to_value(n).unwrap_or_default();
-            j["endpoints"] = json!(st.endpoints_on(&n.name).count());
-            j
+        .map(|n| NetworkListing {
+            network: n.clone(),
+            endpoints: st.endpoints_on(&n.name).count(),
         })
         .collect();
-    Ok(Json(Value::Array(v)))
+    Ok(Sorted(v))
 }
 
-async fn create_network(State(a): Ag, Json(spec): Json<NetworkSpec>) -> Res {
+async fn create_network(State(a): Ag, Json(spec): Json<NetworkSpec>) -> Res<Network> {
     let n = a.transact(move |st| ops::create_network(st, &spec)).await?;
     tracing::info!(network = %n.name, vni = n.vni, "network created");
-    to_json(n)
+    Ok(Sorted(n))
 }
 
-async fn inspect_network(State(a): Ag, Path(name): Path<String>) -> Res {
+async fn inspect_network(State(a): Ag, Path(name): Path<String>) -> Res<NetworkInspect> {
     let st = a.load().await?.state;
     let n = st.networks.get(&name).ok_or_else(|| {
         StateError::NotFound(format!(
             "no network named {name} (vxmesh network ls lists them)"
         ))
     })?;
-    let mut j = serde_json::to_value(n).unwrap_or_default();
-    j["endpoints"] =
-        serde_json::to_value(st.endpoints_on(&name).collect::<Vec<_>>()).unwrap_or_default();
-    Ok(Json(j))
+    Ok(Sorted(NetworkInspect {
+        network: n.clone(),
+        endpoints: st.endpoints_on(&name).cloned().collect(),
+    }))
 }
 
-async fn remove_network(State(a): Ag, Path(name): Path<String>) -> Res {
+async fn remove_network(State(a): Ag, Path(name): Path<String>) -> Res<Network> {
     let n = a.transact(move |st| ops::remove_network(st, &name)).await?;
     tracing::info!(network = %n.name, "network removed");
-    to_json(n)
+    Ok(Sorted(n))
 }
 
-async fn list_endpoints(State(a): Ag) -> Res {
-    to_json(a.load().await?.state.endpoints.values().collect::<Vec<_>>())
+async fn list_endpoints(State(a): Ag) -> Res<Vec<Endpoint>> {
+    Ok(Sorted(
+        a.load().await?.state.endpoints.into_values().collect(),
+    ))
 }
 
-async fn create_endpoint(State(a): Ag, Json(spec): Json<EndpointSpec>) -> Res {
+async fn create_endpoint(State(a): Ag, Json(spec): Json<EndpointSpec>) -> Res<Endpoint> {
     let e = a.create_endpoint(spec).await?;
     tracing::info!(endpoint = %e.id, network = %e.network, ips = ?e.ips, "endpoint created");
-    to_json(e)
+    Ok(Sorted(e))
 }
 
-async fn remove_endpoint(State(a): Ag, Path(id): Path<String>) -> Res {
+async fn remove_endpoint(State(a): Ag, Path(id): Path<String>) -> Res<Endpoint> {
     let e = a.remove_endpoint(id).await?;
     tracing::info!(endpoint = %e.id, "endpoint removed");
-    to_json(e)
+    Ok(Sorted(e))
 }
 
-async fn list_nodes(State(a): Ag) -> Res {
+async fn list_nodes(State(a): Ag) -> Res<Vec<NodeListing>> {
     let st = a.load().await?.state;
     let (down, ages) = a.liveness_view();
-    let v: Vec<Value> = st
+    let v = st
         .nodes
-        .values()
+        .into_values()
         .map(|n| {
-            let mut j = serde_json::to_value(n).unwrap_or_default();
             let up = n.name == a.node || !down.contains(&n.name) && ages.contains_key(&n.name);
-            j["status"] = json!(if n.external {
-                "external"
+            let status = if n.external {
+                NodeStatus::External
             } else if up {
-                "up"
+                NodeStatus::Up
             } else {
-                "down"
-            });
-            // since its heartbeat last changed, on this agent's clock
-            j["heartbeat_age_ms"] = json!(ages.get(&n.name).map(|t| t.as_millis() as u64));
-            j
+                NodeStatus::Down
+            };
+            NodeListing {
+                heartbeat_age_ms: ages.get(&n.name).map(|t| t.as_millis() as u64),
+                status,
+                node: n,
+            }
         })
         .collect();
-    Ok(Json(Value::Array(v)))
+    Ok(Sorted(v))
 }
 
-#[derive(serde::Deserialize)]
-struct ExternalNode {
-    name: String,
-    advertise_addr: std::net::IpAddr,
-    public_key: String,
-    tunnel_addr: std::net::Ipv4Addr,
-    wg_port: Option<u16>,
-}
-
-impl ExternalNode {
-    fn node(self) -> crate::state::Node {
-        let mut node = crate::state::Node::new(&self.name, self.advertise_addr);
-        node.public_key = Some(self.public_key);
-        node.tunnel_addr = Some(self.tunnel_addr);
-        node.wg_port = self.wg_port;
-        node.ingress = false;
-        node
-    }
-}
-
-async fn add_node(State(a): Ag, Json(n): Json<ExternalNode>) -> Res {
+async fn add_node(State(a): Ag, Json(n): Json<ExternalNode>) -> Res<Node> {
     let node = n.node();
     let n = a
         .transact(move |st| ops::add_external_node(st, node.clone()))
         .await?;
     tracing::info!(node = %n.name, "external WireGuard peer added");
-    to_json(n)
+    Ok(Sorted(n))
 }
 
-async fn remove_node(State(a): Ag, Path(name): Path<String>) -> Res {
+async fn remove_node(State(a): Ag, Path(name): Path<String>) -> Res<Node> {
     let n = a.transact(move |st| ops::remove_node(st, &name)).await?;
     tracing::info!(node = %n.name, "node removed");
-    to_json(n)
+    Ok(Sorted(n))
 }
 
-async fn rotate_key(State(a): Ag, Path(name): Path<String>) -> Res {
+async fn rotate_key(State(a): Ag, Path(name): Path<String>) -> Res<Node> {
     let n = a
         .transact(move |st| ops::request_rotation(st, &name))
         .await?;
     tracing::info!(node = %n.name, "key rotation requested");
-    to_json(n)
+    Ok(Sorted(n))
 }
 
-async fn list_services(State(a): Ag) -> Res {
+async fn update_node(
+    State(a): Ag,
+    Path(name): Path<String>,
+    Json(u): Json<NodeUpdate>,
+) -> Res<Node> {
+    let n = a.transact(move |st| update(st, &name, &u)).await?;
+    Ok(Sorted(n))
+}
+
+/// `node update`: its ingress switched, or (nothing asked) the node as it is.
+fn update(
+    st: &mut crate::state::ClusterState,
+    name: &str,
+    u: &NodeUpdate,
+) -> Result<Node, StateError> {
+    match u.ingress {
+        Some(on) => crate::state::ingress::set_node_ingress(st, name, on),
+        None => st.nodes.get(name).cloned().ok_or_else(|| {
+            StateError::NotFound(format!("no node named {name} (vxmesh node ls lists them)"))
+        }),
+    }
+}
+
+async fn list_services(State(a): Ag) -> Res<Vec<ServiceListing>> {
     let st = a.load().await?.state;
     // tasks counted in one pass, not one pass per service (issue 21)
     let mut tasks: std::collections::HashMap<&str, usize> = Default::default();
@@ -245,214 +266,80 @@ async fn list_services(State(a): Ag) -> Res {
             *tasks.entry(s).or_default() += 1;
         }
     }
-    let v: Vec<Value> = st
+    let v = st
         .services
         .values()
-        .map(|s| {
-            let mut j = serde_json::to_value(s).unwrap_or_default();
-            j["tasks"] = json!(tasks.get(s.name.as_str()).copied().unwrap_or(0));
-            j
+        .map(|s| ServiceListing {
+            tasks: tasks.get(s.name.as_str()).copied().unwrap_or(0),
+            service: s.clone(),
         })
         .collect();
-    Ok(Json(Value::Array(v)))
+    Ok(Sorted(v))
 }
 
-async fn create_service(State(a): Ag, Json(spec): Json<services::ServiceSpec>) -> Res {
+async fn create_service(State(a): Ag, Json(spec): Json<ServiceSpec>) -> Res<Service> {
     let s = a
         .transact(move |st| services::create_service(st, &spec))
         .await?;
     tracing::info!(service = %s.name, fwmark = s.fwmark, "service created");
-    to_json(s)
+    Ok(Sorted(s))
 }
 
-async fn inspect_service(State(a): Ag, Path(name): Path<String>) -> Res {
+async fn inspect_service(State(a): Ag, Path(name): Path<String>) -> Res<ServiceInspect> {
     let st = a.load().await?.state;
     let s = st.services.get(&name).ok_or_else(|| {
         StateError::NotFound(format!(
             "no service named {name} (vxmesh service ls lists them)"
         ))
     })?;
-    let mut j = serde_json::to_value(s).unwrap_or_default();
-    j["tasks"] = serde_json::to_value(
-        st.endpoints
+    Ok(Sorted(ServiceInspect {
+        service: s.clone(),
+        tasks: st
+            .endpoints
             .values()
             .filter(|e| e.service.as_deref() == Some(name.as_str()))
-            .collect::<Vec<_>>(),
-    )
-    .unwrap_or_default();
-    Ok(Json(j))
-}
-
-#[derive(serde::Deserialize)]
-struct ServiceUpdate {
-    #[serde(default)]
-    publish_add: Vec<String>,
-    #[serde(default)]
-    publish_rm: Vec<String>,
+            .cloned()
+            .collect(),
+    }))
 }
 
 async fn update_service(
     State(a): Ag,
     Path(name): Path<String>,
     Json(u): Json<ServiceUpdate>,
-) -> Res {
+) -> Res<Service> {
     let s = a
         .transact(move |st| services::update_ports(st, &name, &u.publish_add, &u.publish_rm))
         .await?;
-    to_json(s)
+    Ok(Sorted(s))
 }
 
-async fn remove_service(State(a): Ag, Path(name): Path<String>) -> Res {
+async fn remove_service(State(a): Ag, Path(name): Path<String>) -> Res<Service> {
     let s = a
         .transact(move |st| services::remove_service(st, &name))
         .await?;
     tracing::info!(service = %s.name, "service removed");
-    to_json(s)
+    Ok(Sorted(s))
 }
 
-#[derive(serde::Deserialize)]
-struct LbQuery {
-    /// Only this VIP's (or sandbox address's) rows.
-    #[serde(default)]
-    vip: Option<std::net::IpAddr>,
+async fn list_policies(State(a): Ag) -> Res<Vec<Policy>> {
+    Ok(Sorted(
+        a.load().await?.state.policies.into_values().collect(),
+    ))
 }
 
-async fn lb_table(State(a): Ag, axum::extract::Query(q): axum::extract::Query<LbQuery>) -> Res {
-    to_json(a.lb_rows(q.vip))
-}
-
-async fn conntrack_table(State(a): Ag) -> Res {
-    Ok(Json(a.conntrack_table()))
-}
-
-#[derive(serde::Deserialize)]
-struct TraceRequest {
-    network: String,
-    #[serde(default)]
-    filter: String,
-    seconds: f64,
-    count: usize,
-}
-
-/// A pcap file of what the switch saw on a network (`vxmesh trace`).
-async fn trace(State(a): Ag, Json(r): Json<TraceRequest>) -> Result<Response, ApiError> {
-    let (file, n) = a.trace(&r.network, &r.filter, r.seconds, r.count).await?;
-    Ok((
-        [
-            (
-                axum::http::header::CONTENT_TYPE,
-                "application/vnd.tcpdump.pcap".to_string(),
-            ),
-            (
-                axum::http::HeaderName::from_static("x-vxmesh-frames"),
-                n.to_string(),
-            ),
-        ],
-        file,
-    )
-        .into_response())
-}
-
-/// `vxmesh doctor`: every check, run now (it probes the other nodes, so it
-/// takes a few seconds).
-async fn doctor(State(a): Ag) -> Res {
-    to_json(a.doctor().await)
-}
-
-async fn stats(State(a): Ag) -> Res {
-    let invalid = a.invalid_rows();
-    let c = a.counters();
-    let ct = a.conntrack_stats();
-    let drops: serde_json::Map<String, Value> = c
-        .drops_by_reason()
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), json!(v)))
-        .collect();
-    Ok(Json(json!({
-        "node": a.node,
-        "advertise_addr": a.advertise_addr,
-        "endpoint_mtu": a.mtus.plain,
-        "encrypted_endpoint_mtu": a.mtus.encrypted,
-        "tunnel_tx": c.tunnel_tx,
-        "tunnel_rx": c.tunnel_rx,
-        "store": a.store_name(),
-        "store_reachable": a.store_reachable(),
-        "follow": a.follow_stats.json(),
-        "invalid_rows": invalid.len(),
-        "invalid": invalid,
-        "port_rx": c.port_rx,
-        "port_tx": c.port_tx,
-        "underlay_rx": c.underlay_rx,
-        "underlay_tx": c.underlay_tx,
-        "neighbor_replies": c.neighbor_replies,
-        "flooded": c.flooded,
-        "learned": c.learned,
-        "dns_answers": c.dns_answers,
-        "probes_answered": c.probes_answered,
-        "probe_replies": c.probe_replies,
-        "drops": drops,
-        "flow_logs": a.flows.is_some(),
-        "flow_log_lost": c.flow_log_lost,
-        "flow_log_sampled": c.flow_log_sampled,
-        "flow_log_drops_limited": c.flow_log_drops_limited,
-        "policy_audited": c.policy_audited,
-        "conntrack": {
-            "entries": ct.entries,
-            "max": ct.max,
-            "setups": ct.created,
-            "evicted": ct.evicted,
-            "lock_waits": ct.lock_waits,
-        },
-        "workers": a
-            .worker_counters()
-            .iter()
-            .map(|w| json!({
-                "port_rx": w.port_rx,
-                "port_tx": w.port_tx,
-                "underlay_rx": w.underlay_rx,
-                "underlay_tx": w.underlay_tx,
-                "tunnel_rx": w.tunnel_rx,
-                "tunnel_tx": w.tunnel_tx,
-            }))
-            .collect::<Vec<_>>(),
-    })))
-}
-
-#[derive(serde::Deserialize)]
-struct NodeUpdate {
-    #[serde(default)]
-    ingress: Option<bool>,
-}
-
-async fn update_node(State(a): Ag, Path(name): Path<String>, Json(u): Json<NodeUpdate>) -> Res {
-    let n = a
-        .transact(move |st| match u.ingress {
-            Some(on) => crate::state::ingress::set_node_ingress(st, &name, on),
-            None => st.nodes.get(&name).cloned().ok_or_else(|| {
-                StateError::NotFound(format!("no node named {name} (vxmesh node ls lists them)"))
-            }),
-        })
-        .await?;
-    to_json(n)
-}
-
-async fn list_policies(State(a): Ag) -> Res {
-    let st = a.load().await?.state;
-    to_json(st.policies.values().collect::<Vec<_>>())
-}
-
-async fn add_policy(State(a): Ag, Json(spec): Json<crate::state::ingress::PolicySpec>) -> Res {
+async fn add_policy(State(a): Ag, Json(spec): Json<PolicySpec>) -> Res<Policy> {
     let p = a
         .transact(move |st| crate::state::ingress::add_policy(st, &spec))
         .await?;
-    to_json(p)
+    Ok(Sorted(p))
 }
 
-async fn remove_policy(State(a): Ag, Path(id): Path<String>) -> Res {
+async fn remove_policy(State(a): Ag, Path(id): Path<String>) -> Res<Policy> {
     let p = a
         .transact(move |st| crate::state::ingress::remove_policy(st, &id))
         .await?;
-    to_json(p)
+    Ok(Sorted(p))
 }
 
 /// A route's JSON request body applied to `st` as the route applies it inside
@@ -468,11 +355,11 @@ pub fn apply(
     method: &str,
     path: &[&str],
     body: &[u8],
-) -> Result<Value, String> {
+) -> Result<serde_json::Value, String> {
     fn body_of<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, String> {
         serde_json::from_slice(b).map_err(|e| format!("422: {e}"))
     }
-    fn out<T: serde::Serialize>(r: Result<T, StateError>) -> Result<Value, String> {
+    fn out<T: serde::Serialize>(r: Result<T, StateError>) -> Result<serde_json::Value, String> {
         let v = r.map_err(|e| e.to_string())?;
         serde_json::to_value(v).map_err(|e| format!("500: {e}"))
     }
@@ -501,17 +388,7 @@ pub fn apply(
         )),
         ("DELETE", ["nodes", name]) => out(ops::remove_node(st, name)),
         ("POST", ["nodes", name, "rotate-key"]) => out(ops::request_rotation(st, name)),
-        ("POST", ["nodes", name, "update"]) => {
-            let u: NodeUpdate = body_of(body)?;
-            out(match u.ingress {
-                Some(on) => crate::state::ingress::set_node_ingress(st, name, on),
-                None => st
-                    .nodes
-                    .get(*name)
-                    .cloned()
-                    .ok_or_else(|| StateError::NotFound(format!("no node named {name}"))),
-            })
-        }
+        ("POST", ["nodes", name, "update"]) => out(update(st, name, &body_of(body)?)),
         ("POST", ["services"]) => out(services::create_service(st, &body_of(body)?)),
         ("POST", ["services", name, "update"]) => {
             let u: ServiceUpdate = body_of(body)?;
@@ -526,10 +403,10 @@ pub fn apply(
         ("POST", ["policies"]) => out(crate::state::ingress::add_policy(st, &body_of(body)?)),
         ("DELETE", ["policies", id]) => out(crate::state::ingress::remove_policy(st, id)),
         ("POST", ["trace"]) => {
-            let r: TraceRequest = body_of(body)?;
+            let r: crate::api_types::trace::TraceRequest = body_of(body)?;
             r.filter
                 .parse::<vxmesh_dataplane::switch::tap::TapFilter>()
-                .map(|_| Value::Null)
+                .map(|_| serde_json::Value::Null)
         }
         _ => Err(format!("404: {method} {path:?}")),
     }

@@ -1,12 +1,12 @@
 //! `vxmesh flows`: the node's flow records, as a table or JSON, once or as
 //! they come (`--follow`).
 
-use super::output::{s, table};
+use super::output::{or_dash, table};
 use super::{esc, Format};
 use crate::api::client::Client;
+use crate::api_types::flows::{FlowRecord, FollowLine};
 use clap::Args;
-use hyper::Method;
-use serde_json::Value;
+use std::net::IpAddr;
 
 #[derive(Args, Debug)]
 pub struct FlowsArgs {
@@ -43,52 +43,45 @@ const HEADERS: [&str; 11] = [
     "PKTS/BYTES C>B B>C",
 ];
 
-fn addr(ip: &Value, port: &Value) -> String {
-    match ip.as_str() {
-        Some(i) if i.contains(':') => format!("[{i}]:{}", s(port)),
-        _ => format!("{}:{}", s(ip), s(port)),
+fn addr(ip: IpAddr, port: u16) -> String {
+    match ip {
+        IpAddr::V6(i) => format!("[{i}]:{port}"),
+        IpAddr::V4(i) => format!("{i}:{port}"),
     }
 }
 
-fn row(r: &Value) -> Vec<String> {
-    let time = s(&r["time"]);
+fn row(r: &FlowRecord) -> Vec<String> {
     // the time of day is what a person scans for; the date is in JSON
-    let time = time
+    let time = r
+        .time
         .split('T')
         .nth(1)
-        .unwrap_or(&time)
+        .unwrap_or(&r.time)
         .trim_end_matches('Z');
-    let mut verdict = s(&r["verdict"]);
-    if !r["policy"].is_null() {
-        verdict = format!("{verdict} (policy {})", s(&r["policy"]));
+    let mut verdict = r.verdict.clone();
+    if let Some(p) = &r.policy {
+        verdict = format!("{verdict} (policy {p})");
     }
-    let backend = match (r["backend"].as_str(), r["nat"].as_str()) {
+    let backend = match (&r.backend, &r.nat) {
         (Some(b), Some(n)) => format!("{b} {n}"),
-        (None, Some(n)) => n.to_string(),
+        (None, Some(n)) => n.clone(),
         _ => "-".into(),
     };
-    let end = if r["end"].is_null() {
-        s(&r["reason"])
-    } else {
-        s(&r["end"])
-    };
+    let end = or_dash(r.end.as_ref().or(r.reason.as_ref()));
     vec![
         time.to_string(),
-        s(&r["event"]),
-        s(&r["network"]),
-        s(&r["proto"]),
-        addr(&r["src"], &r["sport"]),
-        addr(&r["dst"], &r["dport"]),
-        s(&r["service"]),
+        r.event.clone(),
+        r.network.clone(),
+        r.proto.clone(),
+        addr(r.src, r.sport),
+        addr(r.dst, r.dport),
+        or_dash(r.service.as_ref()),
         backend,
         verdict,
         end,
         format!(
             "{}/{} {}/{}",
-            s(&r["packets"]["client"]),
-            s(&r["bytes"]["client"]),
-            s(&r["packets"]["backend"]),
-            s(&r["bytes"]["backend"])
+            r.packets.client, r.bytes.client, r.packets.backend, r.bytes.backend
         ),
     ]
 }
@@ -105,16 +98,11 @@ pub async fn run(c: &Client, f: Format, a: FlowsArgs) -> anyhow::Result<()> {
         }
     }
     if !a.follow {
-        let v = c
-            .call(Method::GET, &format!("/v1/flows?{}", q.join("&")), None)
-            .await?;
+        let v: Vec<FlowRecord> = c.get(&format!("/v1/flows?{}", q.join("&"))).await?;
         if f == Format::Json {
             return super::output::pretty(&v);
         }
-        table(
-            &HEADERS,
-            v.as_array().into_iter().flatten().map(row).collect(),
-        );
+        table(&HEADERS, v.iter().map(row).collect());
         return Ok(());
     }
     q.push("follow=1".into());
@@ -128,10 +116,11 @@ pub async fn run(c: &Client, f: Format, a: FlowsArgs) -> anyhow::Result<()> {
         if f == Format::Json {
             println!("{line}");
         } else {
-            let v: Value = serde_json::from_str(line)?;
-            match v["missed"].as_u64() {
-                Some(n) => eprintln!("({n} records missed: this reader fell behind)"),
-                None => println!("{}", row(&v).join("  ")),
+            match serde_json::from_str(line)? {
+                FollowLine::Missed(m) => {
+                    eprintln!("({} records missed: this reader fell behind)", m.missed)
+                }
+                FollowLine::Record(r) => println!("{}", row(&r).join("  ")),
             }
         }
         // a reader piping into `head` stops us by closing its end

@@ -3,64 +3,11 @@
 //! on the wall clock.
 
 use crate::state::ClusterState;
-use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
+
+/// Records and their filter are the API's (`GET /v1/flows`).
+pub use crate::api_types::flows::{Both, Filter, FlowRecord};
 use vxmesh_dataplane::flowlog::{FlowEvent, Kind, Verdict};
-
-/// Packets or bytes each way.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Both {
-    /// From the client (the connection's originator).
-    pub client: u64,
-    /// From the backend (its replies).
-    pub backend: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FlowRecord {
-    /// RFC 3339, UTC, milliseconds.
-    pub time: String,
-    pub time_unix_ms: u64,
-    /// `open` (a connection set up, not ended yet), `end` (a connection,
-    /// whole) or `drop` (a packet).
-    pub event: String,
-    pub network: String,
-    /// `tcp`, `udp`, `icmp` or `icmpv6`.
-    pub proto: String,
-    pub src: IpAddr,
-    pub sport: u16,
-    /// What the client addressed: a VIP, or (ingress) the published port.
-    pub dst: IpAddr,
-    pub dport: u16,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub service: Option<String>,
-    /// The backend task's endpoint id.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub backend: Option<String>,
-    /// What the destination was translated to (DNAT): the backend's IP:PORT.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub nat: Option<String>,
-    /// The id of the policy that decided (or would have, in audit mode).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub policy: Option<String>,
-    /// `forwarded`, `drop`, `reject` (refused with a RST or ICMP), or
-    /// `audit:drop` / `audit:reject` (forwarded; an audit policy would not have).
-    pub verdict: String,
-    /// Why a packet was dropped (a drop reason of `vxmesh stats`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    /// How a connection ended: `fin`, `rst`, `idle`, `evicted`,
-    /// `backend_gone` or `replaced`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub end: Option<String>,
-    /// When a connection was set up (an ended one whose set-up was seen).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub duration_ms: Option<u64>,
-    pub packets: Both,
-    pub bytes: Both,
-    /// 1, or N when the worker kept one record in N (its ring was filling).
-    pub sample: u32,
-}
 
 pub fn proto_name(p: u8) -> String {
     match p {
@@ -166,34 +113,6 @@ fn connection_verdict(v: Verdict) -> String {
     match v {
         Verdict::AuditDrop | Verdict::AuditReject => v.as_str().into(),
         _ => "forwarded".into(),
-    }
-}
-
-/// Which records a reader wants (`vxmesh flows --network --service --verdict`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-pub struct Filter {
-    #[serde(default)]
-    pub network: Option<String>,
-    #[serde(default)]
-    pub service: Option<String>,
-    /// A verdict; `audit` stands for both audit verdicts.
-    #[serde(default)]
-    pub verdict: Option<String>,
-}
-
-impl Filter {
-    pub fn matches(&self, r: &FlowRecord) -> bool {
-        let verdict = match self.verdict.as_deref() {
-            None => true,
-            Some("audit") => r.verdict.starts_with("audit:"),
-            Some(v) => r.verdict == v,
-        };
-        verdict
-            && self.network.as_ref().is_none_or(|n| *n == r.network)
-            && self
-                .service
-                .as_ref()
-                .is_none_or(|s| r.service.as_ref() == Some(s))
     }
 }
 
