@@ -259,11 +259,8 @@ impl Core {
         frame: &[u8],
         io: &mut impl Sink,
     ) {
-        if io.write_port(port, hdr, frame) {
-            self.switch.counters.port_tx += 1;
-        } else {
-            self.switch.counters.drop(DropReason::TxFailed);
-        }
+        let ok = io.write_port(port, hdr, frame);
+        count_port_write(&mut self.switch.counters, ok);
     }
 
     /// Counts `sent` of `count` datagrams to the underlay as sent, the rest failed.
@@ -331,6 +328,15 @@ impl Core {
 
     pub(super) fn flush_wg(&mut self, io: &mut impl Sink) {
         flush_wg(&mut self.wg_batch, &mut self.switch.counters, io);
+    }
+}
+
+/// Counts a write to a port: written, or failed.
+pub(super) fn count_port_write(c: &mut Counters, ok: bool) {
+    if ok {
+        c.port_tx += 1;
+    } else {
+        c.drop(DropReason::TxFailed);
     }
 }
 

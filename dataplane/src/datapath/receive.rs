@@ -2,6 +2,7 @@
 //! socket, switched; consecutive TCP segments for one offloading TAP merged
 //! back into one super-frame (one write), as the kernel's GRO would.
 
+use super::port::count_port_write;
 use super::*;
 use crate::counters::DropReason;
 use crate::offload::vnet::VnetHdr;
@@ -32,13 +33,8 @@ impl Datapath {
         now: Instant,
         io: &mut impl Sink,
     ) {
-        let st = &*self.state;
-        let c = &mut self.core;
         buf.load_datagram(datagram);
-        let a = c
-            .switch
-            .from_underlay(st, src, buf, ms_since(self.start, now), false);
-        c.execute_received(st, a, buf, now, io);
+        self.switch_vxlan(src, buf, now, false, io);
     }
 
     /// A WireGuard datagram from `src`, received at `now`: decrypted into
@@ -51,7 +47,6 @@ impl Datapath {
         now: Instant,
         io: &mut impl Sink,
     ) {
-        let st = &*self.state;
         let c = &mut self.core;
         c.switch.counters.tunnel_rx += 1;
         let (tunnels, counters) = (&mut c.tunnels, &mut c.switch.counters);
@@ -61,9 +56,7 @@ impl Datapath {
         match r {
             Received::Vxlan { vtep, offset, len } => {
                 buf.set_tunnel_received(offset, len);
-                let now_ms = ms_since(self.start, now);
-                let a = c.switch.from_underlay(st, vtep, buf, now_ms, true);
-                c.execute_received(st, a, buf, now, io);
+                self.switch_vxlan(vtep, buf, now, true, io);
             }
             Received::Control => {}
             Received::Drop(r) => c.switch.counters.drop(r),
@@ -81,11 +74,24 @@ impl Datapath {
         now: Instant,
         io: &mut impl Sink,
     ) {
+        self.switch_vxlan(vtep, buf, now, true, io);
+    }
+
+    /// The VXLAN datagram in `buf` from `src` switched (`secure`: it came
+    /// out of the tunnel) and the action carried out.
+    #[inline(always)]
+    fn switch_vxlan(
+        &mut self,
+        src: IpAddr,
+        buf: &mut PacketBuf,
+        now: Instant,
+        secure: bool,
+        io: &mut impl Sink,
+    ) {
         let st = &*self.state;
         let c = &mut self.core;
-        let a = c
-            .switch
-            .from_underlay(st, vtep, buf, ms_since(self.start, now), true);
+        let now_ms = ms_since(self.start, now);
+        let a = c.switch.from_underlay(st, src, buf, now_ms, secure);
         c.execute_received(st, a, buf, now, io);
     }
 }
@@ -133,11 +139,8 @@ impl Core {
             return;
         };
         if let Some((h, frame)) = self.coalescer.take() {
-            if io.write_port(port, &h, frame) {
-                self.switch.counters.port_tx += 1;
-            } else {
-                self.switch.counters.drop(DropReason::TxFailed);
-            }
+            let ok = io.write_port(port, &h, frame);
+            count_port_write(&mut self.switch.counters, ok);
         }
     }
 }

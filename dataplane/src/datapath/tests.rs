@@ -5,7 +5,6 @@ use super::*;
 use crate::fuzzing::*;
 use crate::offload::segment;
 use crate::offload::vnet::{self, VnetHdr};
-use crate::tunnel::{TunnelConfig, TunnelPeer};
 use crate::wire::vxlan;
 use crate::Mac;
 use etherparse::PacketBuilder;
@@ -78,15 +77,7 @@ impl Sink for Recorder {
 }
 
 fn datapath(t0: Instant) -> Datapath {
-    let cfg = Config {
-        lane: 0,
-        start: t0,
-        sweeper: true,
-        fdb_learned: 64,
-        flood_rate: None,
-        dns_forwards: 16,
-        flow_log: None,
-    };
+    let cfg = config(t0);
     let ct = Arc::new(Mutex::new(Conntrack::new(1024)));
     let mut dp = Datapath::new(cfg, ct, Arc::new(state(false)), t0);
     for p in [P_A, P_B, P_C] {
@@ -196,26 +187,8 @@ fn a_frame_goes_through_the_tunnel_and_back_on_the_clock_it_is_given() {
     let t0 = Instant::now() + Duration::from_secs(86_400);
     let mut dp = datapath(t0);
     let mut io = Recorder::default();
-    let key = |seed: u8| {
-        let mut k = [seed; 32];
-        k[0] &= 248;
-        k
-    };
-    let public = |k| {
-        crate::tunnel::x25519::PublicKey::from(&crate::tunnel::x25519::StaticSecret::from(k))
-            .to_bytes()
-    };
     dp.set_tunnels(
-        TunnelConfig {
-            local_vtep: TUN_LOCAL,
-            keys: vec![key(1)],
-            preshared: None,
-            peers: vec![TunnelPeer {
-                vtep: TUN_PEER,
-                endpoint: PEER_EP,
-                public: public(key(2)),
-            }],
-        },
+        tunnel_config(TUN_LOCAL, 1, TUN_PEER, PEER_EP, 2),
         t0,
         &mut io,
     );
@@ -226,16 +199,7 @@ fn a_frame_goes_through_the_tunnel_and_back_on_the_clock_it_is_given() {
     );
     let mut peer = Tunnels::new();
     peer.configure(
-        TunnelConfig {
-            local_vtep: TUN_PEER,
-            keys: vec![key(2)],
-            preshared: None,
-            peers: vec![TunnelPeer {
-                vtep: TUN_LOCAL,
-                endpoint: LOCAL_EP,
-                public: public(key(1)),
-            }],
-        },
+        tunnel_config(TUN_PEER, 2, TUN_LOCAL, LOCAL_EP, 1),
         t0,
         &mut |_, _| {},
     );

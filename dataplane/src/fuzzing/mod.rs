@@ -26,7 +26,9 @@ mod targets;
 pub use frames::*;
 pub use seeds::seeds;
 pub use state::*;
-pub use targets::{dns, switch_tap, switch_underlay, wireguard, LOCAL_EP, PEER_EP};
+pub use targets::{
+    config, dns, switch_tap, switch_underlay, tunnel_config, wireguard, LOCAL_EP, PEER_EP,
+};
 
 /// The pipeline targets' input: up to [`MAX_RECORDS`] records, each a control
 /// byte, a big-endian u16 length and that many bytes (or what is left).

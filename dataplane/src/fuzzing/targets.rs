@@ -182,7 +182,8 @@ fn public(k: [u8; 32]) -> [u8; 32] {
 pub const LOCAL_EP: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 51820);
 pub const PEER_EP: SocketAddr = SocketAddr::new(IpAddr::V4(NODE_B), 51820);
 
-fn tunnel_config(
+/// A node's tunnel to one peer: keys made from seeds `me` and `them`.
+pub fn tunnel_config(
     local: Ipv4Addr,
     me: u8,
     peer: Ipv4Addr,
@@ -201,11 +202,10 @@ fn tunnel_config(
     }
 }
 
-/// A datapath on `st` as a worker would run it (it sweeps the connection
-/// table; a small one), every port of the state an offloading TAP (so
-/// deliveries from the underlay coalesce), the tunnel to the peer set up.
-fn datapath(st: &Arc<SwitchState>, t0: Instant) -> Datapath {
-    let cfg = Config {
+/// A small datapath's setup, as a worker's but for its tables' sizes: it
+/// sweeps the connection table, floods without a budget, logs no flows.
+pub fn config(t0: Instant) -> Config {
+    Config {
         lane: 0,
         start: t0,
         sweeper: true,
@@ -213,7 +213,14 @@ fn datapath(st: &Arc<SwitchState>, t0: Instant) -> Datapath {
         flood_rate: None,
         dns_forwards: 16,
         flow_log: None,
-    };
+    }
+}
+
+/// A datapath on `st` as a worker would run it (it sweeps the connection
+/// table; a small one), every port of the state an offloading TAP (so
+/// deliveries from the underlay coalesce), the tunnel to the peer set up.
+fn datapath(st: &Arc<SwitchState>, t0: Instant) -> Datapath {
+    let cfg = config(t0);
     let ct = Arc::new(Mutex::new(Conntrack::new(256)));
     let mut dp = Datapath::new(cfg, ct, st.clone(), t0);
     let ports = st.ports.keys().copied();
