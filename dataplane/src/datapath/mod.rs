@@ -14,6 +14,15 @@
 //! [`Datapath::flush`] after a batch of reads, which sends the GSO runs and
 //! the coalesced super-frame the batch left.
 //!
+//! Transmits go to a sink rather than being polled out (quinn's
+//! `poll_transmit`) because a TCP super-frame leaves as gathering sends whose
+//! parts borrow both the frame where the read put it and headers written
+//! beside it: handed over at once, nothing is copied into a transmit queue
+//! and nothing is allocated per packet. The sink is a type parameter, so the
+//! worker's syscalls are called directly, with no dynamic dispatch.
+//! (boringtun's `Tunn` is the one piece that still reads a clock: its timers
+//! have no call that takes one.)
+//!
 //! It owns: the [`Switch`] (learned FDB, flow cache, balancer, counters, flow
 //! log) and the state it switches by; the offload handling (virtio-net
 //! headers, checksum completion, UDP segmentation, the gather-or-cut decision
