@@ -11,6 +11,9 @@
 //! in memory (computed from the types, and measured with the counting allocator
 //! below).
 //!
+//! `datapath/*` drive the worker's whole datapath through its offload paths
+//! ([`datapath`]), the same code the workers, the unit tests and the fuzzer run.
+//!
 //! `hash_flood/*` time conntrack lookups and remove+insert with 2,048 keys
 //! crafted to share one bucket under FxHash (the index's unkeyed hash until
 //! issue 18) beside 2,048 random ones: with the keyed index the two cost the same.
@@ -24,6 +27,10 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 use vxmesh_dataplane::wire::{flow_hash::flow_hash, vxlan};
+
+// beside this file, not in benches/ (which would make it a bench of its own)
+#[path = "switch/datapath.rs"]
+mod datapath;
 use vxmesh_dataplane::{
     Action, BackendView, Location, Mac, NetworkView, PacketBuf, PortId, PortView, ServiceView,
     Switch, SwitchState,
@@ -43,24 +50,30 @@ fn count(delta: isize) {
     }
 }
 
+// SAFETY: every call is passed on to the system allocator unchanged; the
+// counting beside it neither allocates nor touches the memory.
 unsafe impl GlobalAlloc for CountingAlloc {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         count(l.size() as isize);
+        // SAFETY: the caller's contract for this call is the system allocator's.
         unsafe { System.alloc(l) }
     }
 
     unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
         count(l.size() as isize);
+        // SAFETY: the caller's contract for this call is the system allocator's.
         unsafe { System.alloc_zeroed(l) }
     }
 
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
         count(-(l.size() as isize));
+        // SAFETY: the caller's contract for this call is the system allocator's.
         unsafe { System.dealloc(p, l) }
     }
 
     unsafe fn realloc(&self, p: *mut u8, l: Layout, new_size: usize) -> *mut u8 {
         count(new_size as isize - l.size() as isize);
+        // SAFETY: the caller's contract for this call is the system allocator's.
         unsafe { System.realloc(p, l, new_size) }
     }
 }
@@ -411,8 +424,8 @@ fn wireguard(c: &mut Criterion) {
     };
     let mut a = Tunnels::new();
     let mut b = Tunnels::new();
-    a.configure(cfg(va, ka, vb, ep(2), kb), &mut |_, _| {});
-    b.configure(cfg(vb, kb, va, ep(1), ka), &mut |_, _| {});
+    a.configure(cfg(va, ka, vb, ep(2), kb), Instant::now(), &mut |_, _| {});
+    b.configure(cfg(vb, kb, va, ep(1), ka), Instant::now(), &mut |_, _| {});
     let mut packet = vec![0u8; inner::INNER_HEADER_LEN + 8 + 1450];
     assert!(inner::write(&mut packet, va, vb, 1, 8 + 1450));
     // handshake: A's first packet queues and initiates; B answers; A completes
@@ -428,7 +441,7 @@ fn wireguard(c: &mut Criterion) {
             } else {
                 (&mut a, ep(2), true)
             };
-            let _ = t.receive(from, &d, &mut out, &mut |r, _| {
+            let _ = t.receive(from, &d, &mut out, Instant::now(), &mut |r, _| {
                 wire.push((r.to_vec(), back))
             });
         }
@@ -1330,6 +1343,6 @@ criterion_group! {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))
         .sample_size(50);
-    targets = baseline, from_port, from_underlay, offload, wireguard, lb, lb_path, hash_flood
+    targets = baseline, from_port, from_underlay, offload, datapath::datapath, wireguard, lb, lb_path, hash_flood
 }
 criterion_main!(benches);

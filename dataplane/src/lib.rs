@@ -1,17 +1,24 @@
 //! vxmesh's data plane.
 //!
-//! The per-packet core ([`switch`], [`wire`]) is sans-IO: it takes a frame in a
-//! [`buf::PacketBuf`], the control-plane snapshot ([`switch::SwitchState`]) and the
-//! current time, and returns an [`switch::Action`]. It makes no syscalls and does not
-//! allocate per packet, so it can be unit-tested, fuzzed and benchmarked alone.
-//! The drivers in [`io`] only move buffers between devices, sockets and the core.
+//! The per-packet core is sans-IO: a worker's [`datapath::Datapath`] takes
+//! frames and datagrams in [`buf::PacketBuf`]s with the time they came at, and
+//! hands transmits to its caller; inside, the [`switch`] decides each frame's
+//! fate by the control plane's snapshot ([`switch::SwitchState`]), [`offload`]
+//! cuts and merges super-frames, [`tunnel`] encrypts, [`wire`] reads and
+//! writes the headers. It makes no syscalls, reads no clock and does not
+//! allocate per packet, so the unit tests, the benches and the fuzzer drive
+//! the same code the workers do. The drivers in [`io`] only wait for
+//! readiness and move buffers between devices, sockets and the datapath.
 
 pub mod buf;
 pub mod conntrack;
 pub mod counters;
+pub mod datapath;
 pub mod fair;
 pub mod flowlog;
-#[doc(hidden)]
+/// The fuzz targets' entry points, state and frame builders: for `fuzz/`, the
+/// corpus replay tests and unit tests only (feature `fuzzing`), not the API.
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod io;
 pub mod keyed;
@@ -24,6 +31,7 @@ pub mod wire;
 
 pub use buf::PacketBuf;
 pub use counters::{Counters, DropReason};
+pub use datapath::Datapath;
 pub use switch::{
     Action, BackendView, Location, NetworkView, PortId, PortView, ServiceView, Switch, SwitchState,
 };

@@ -172,6 +172,7 @@ fn encrypted_beside_plain_and_bad_datagrams_counted() -> anyhow::Result<()> {
                 public: n2_pub,
             }],
         },
+        std::time::Instant::now(),
         &mut |_, _| {},
     );
     let _ = stranger.send_to(Ipv4Addr::new(100, 64, 0, 2), &[0x45; 60], &mut |d, _| {

@@ -35,6 +35,7 @@ struct Ring<T> {
 // store of `head` (Release); the two never touch one slot at once. `T: Copy`
 // leaves nothing to drop or alias.
 unsafe impl<T: Copy + Send> Sync for Ring<T> {}
+// SAFETY: as for `Sync` above; the slots own plain `Copy` values.
 unsafe impl<T: Copy + Send> Send for Ring<T> {}
 
 /// The writing end (one worker's).

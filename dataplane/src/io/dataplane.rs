@@ -17,7 +17,7 @@ use crate::switch::{PortId, SwitchState};
 use crate::traffic::{Traffic, TrafficTotals};
 use crate::tunnel::TunnelConfig;
 use arc_swap::ArcSwap;
-use rustc_hash::FxHashMap;
+use dashmap::DashMap;
 use std::io;
 use std::net::{IpAddr, UdpSocket};
 use std::os::fd::OwnedFd;
@@ -31,9 +31,10 @@ pub struct Dataplane {
     conntrack: Arc<std::sync::Mutex<crate::conntrack::Conntrack>>,
     limits: Limits,
     /// Each port's and each network's traffic counters, made when the port is
-    /// added or the network first published, kept until it goes.
-    port_traffic: Mutex<FxHashMap<PortId, Traffic>>,
-    network_traffic: Mutex<FxHashMap<u32, Traffic>>,
+    /// added or the network first published, kept until it goes (written by
+    /// the control plane's tasks, read by every scrape: sharded, no one lock).
+    port_traffic: DashMap<PortId, Traffic, rustc_hash::FxBuildHasher>,
+    network_traffic: DashMap<u32, Traffic, rustc_hash::FxBuildHasher>,
     /// The workers' clock's zero (connection times are milliseconds since).
     start: std::time::Instant,
     /// Answers to the doctor's probes, from every worker.
@@ -191,8 +192,8 @@ impl Dataplane {
             workers: handles,
             state,
             source_ports: ports,
-            port_traffic: Mutex::default(),
-            network_traffic: Mutex::default(),
+            port_traffic: DashMap::default(),
+            network_traffic: DashMap::default(),
             start,
             probes,
             buffers,
@@ -263,9 +264,7 @@ impl Dataplane {
     /// reads and the others write through a duplicate.
     pub fn add_port(&self, id: PortId, fds: Vec<OwnedFd>, vnet: bool) -> io::Result<()> {
         let traffic = Traffic::new(self.workers.len());
-        if let Ok(mut t) = self.port_traffic.lock() {
-            t.insert(id, traffic.clone());
-        }
+        self.port_traffic.insert(id, traffic.clone());
         if fds.len() == self.workers.len() {
             for (w, fd) in self.workers.iter().zip(fds) {
                 w.add_port(id, fd, vnet, true, traffic.clone());
@@ -286,9 +285,7 @@ impl Dataplane {
     }
 
     pub fn remove_port(&self, id: PortId) {
-        if let Ok(mut t) = self.port_traffic.lock() {
-            t.remove(&id);
-        }
+        self.port_traffic.remove(&id);
         for w in &self.workers {
             w.remove_port(id);
         }
@@ -297,14 +294,13 @@ impl Dataplane {
     /// Makes `st` the state every following frame is switched by, on every worker.
     /// Each network keeps its traffic counters from one state to the next.
     pub fn publish(&self, mut st: SwitchState) {
-        if let Ok(mut t) = self.network_traffic.lock() {
-            t.retain(|vni, _| st.networks.contains_key(vni));
-            for (vni, net) in st.networks.iter_mut() {
-                net.traffic = t
-                    .entry(*vni)
-                    .or_insert_with(|| Traffic::new(self.workers.len()))
-                    .clone();
-            }
+        let t = &self.network_traffic;
+        t.retain(|vni, _| st.networks.contains_key(vni));
+        for (vni, net) in st.networks.iter_mut() {
+            net.traffic = t
+                .entry(*vni)
+                .or_insert_with(|| Traffic::new(self.workers.len()))
+                .clone();
         }
         self.state.store(Arc::new(st));
         for w in &self.workers {
@@ -370,17 +366,17 @@ impl Dataplane {
     /// Each port's frames in (read from it) and out (written to it), by port.
     pub fn port_traffic(&self) -> Vec<(PortId, TrafficTotals)> {
         self.port_traffic
-            .lock()
-            .map(|t| t.iter().map(|(p, c)| (*p, c.totals())).collect())
-            .unwrap_or_default()
+            .iter()
+            .map(|e| (*e.key(), e.value().totals()))
+            .collect()
     }
 
     /// Each network's frames from (in) and to (out) other nodes, by VNI.
     pub fn network_traffic(&self) -> Vec<(u32, TrafficTotals)> {
         self.network_traffic
-            .lock()
-            .map(|t| t.iter().map(|(v, c)| (*v, c.totals())).collect())
-            .unwrap_or_default()
+            .iter()
+            .map(|e| (*e.key(), e.value().totals()))
+            .collect()
     }
 
     /// Entries in the connection table, and connections set up and evicted so far.

@@ -327,8 +327,10 @@ pub fn recv_many(s: &UdpSocket, bufs: &mut [Vec<u8>], meta: &mut [RecvMeta]) -> 
     let n = bufs.len().min(meta.len()).min(BATCH);
     // SAFETY: zeroed C structs are valid; every pointer set below outlives the call.
     let mut addrs: [libc::sockaddr_storage; BATCH] = unsafe { std::mem::zeroed() };
+    // SAFETY: as above: a zeroed iovec is valid (null, 0), filled in below.
     let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
     let mut controls = [[0u64; 8]; BATCH];
+    // SAFETY: as above: a zeroed mmsghdr is valid, its pointers set below.
     let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
     for i in 0..n {
         iovs[i] = libc::iovec {

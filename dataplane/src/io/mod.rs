@@ -1,7 +1,6 @@
 //! Drivers: thin code that moves buffers between devices, sockets and the core.
 
 pub mod dataplane;
-pub mod dns_pending;
 pub mod gso;
 pub mod packet_socket;
 pub mod probe;

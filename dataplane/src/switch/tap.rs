@@ -98,7 +98,9 @@ impl TapFilter {
     }
 }
 
-/// One worker's end of a trace.
+/// One worker's end of a trace, as the control plane hands it over: what to
+/// copy, and the queue the copies go to. The worker keeps the queue; the
+/// switch gets only the [`Tracer`] (a sans-IO core holds no channel).
 #[derive(Debug, Clone)]
 pub struct Tap {
     vni: u32,
@@ -111,16 +113,67 @@ impl Tap {
         Self { vni, filter, sink }
     }
 
+    /// What the switch needs to pick the frames to copy.
+    pub fn tracer(&self) -> Tracer {
+        Tracer::new(self.vni, self.filter)
+    }
+
+    /// Hands a copied frame to the trace's queue; false when the queue was
+    /// full (the copy is lost, the frame is not).
+    pub fn send(&self, frame: Vec<u8>) -> bool {
+        !matches!(self.sink.try_send(frame), Err(TrySendError::Full(_)))
+    }
+
     /// Offers a frame seen on network `vni`; false when it matched but the
-    /// queue was full (the copy is lost, the frame is not).
+    /// queue was full.
     pub fn offer(&self, vni: u32, frame: &[u8]) -> bool {
         if vni != self.vni || !self.filter.matches(frame) {
             return true;
         }
-        !matches!(
-            self.sink.try_send(frame.to_vec()),
-            Err(TrySendError::Full(_))
-        )
+        self.send(frame.to_vec())
+    }
+}
+
+/// Copies of the frames a running trace matches, kept until the worker takes
+/// them (after each batch, see [`crate::datapath::Datapath::poll_traced`]).
+/// Bounded: past [`Tracer::MAX`] waiting, copies are lost (`trace_lost`).
+#[derive(Debug)]
+pub struct Tracer {
+    vni: u32,
+    filter: TapFilter,
+    frames: std::collections::VecDeque<Vec<u8>>,
+}
+
+impl Tracer {
+    /// Copies waiting at most (a batch is 64 frames: the worker takes them
+    /// long before).
+    pub const MAX: usize = 1024;
+
+    pub fn new(vni: u32, filter: TapFilter) -> Self {
+        Self {
+            vni,
+            filter,
+            frames: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// Copies a frame seen on network `vni` if the trace wants it; false
+    /// when it did but no room was left.
+    pub fn offer(&mut self, vni: u32, frame: &[u8]) -> bool {
+        if vni != self.vni || !self.filter.matches(frame) {
+            return true;
+        }
+        if self.frames.len() >= Self::MAX {
+            return false;
+        }
+        // a copy per traced frame, only while a trace runs (as before)
+        self.frames.push_back(frame.to_vec());
+        true
+    }
+
+    /// The oldest copy not taken yet.
+    pub fn take(&mut self) -> Option<Vec<u8>> {
+        self.frames.pop_front()
     }
 }
 

@@ -11,6 +11,8 @@
 //! tunnel addresses, so a stock WireGuard peer with the kernel's VXLAN behind it
 //! interoperates.
 
+#![forbid(unsafe_code)]
+
 pub mod inner;
 
 /// The curve25519 types, re-exported so the control plane builds no second copy.
@@ -109,6 +111,10 @@ pub struct Tunnels {
     crossing_window: Duration,
 }
 
+/// How often [`Tunnels::tick`] wants to run: WireGuard's timers are checked
+/// at this granularity.
+pub const TICK: Duration = Duration::from_millis(250);
+
 /// WireGuard message types (the first byte; the next three are zero).
 const MSG_INIT: u8 = 1;
 const MSG_RESPONSE: u8 = 2;
@@ -184,7 +190,14 @@ impl Tunnels {
     /// Applies a new configuration: slots for new peers or new keys are made,
     /// slots whose peer or keys are gone are dropped (their packets then fail),
     /// and a new slot next to an established one starts its handshake at once.
-    pub fn configure(&mut self, cfg: TunnelConfig, send: &mut dyn FnMut(&[u8], SocketAddr)) {
+    /// `now`: the caller's clock (slots remember when they were made and
+    /// superseded; see [`Tunnels::tick`]).
+    pub fn configure(
+        &mut self,
+        cfg: TunnelConfig,
+        now: Instant,
+        send: &mut dyn FnMut(&[u8], SocketAddr),
+    ) {
         self.local_vtep = cfg.local_vtep;
         self.preshared = cfg.preshared;
         let keys: Vec<(StaticSecret, PublicKey)> = cfg
@@ -205,7 +218,6 @@ impl Tunnels {
         self.peers = cfg.peers;
         let local: Vec<[u8; 32]> = self.keys.iter().map(|k| k.1.to_bytes()).collect();
         let peers = &self.peers;
-        let now = Instant::now();
         self.slots.retain(|_, s| {
             let Some(p) = peers.iter().find(|p| p.vtep == s.vtep) else {
                 return false; // peer removed: its packets fail from now on
@@ -269,7 +281,7 @@ impl Tunnels {
                     peer_public: p.public,
                     local_public: cur_public.to_bytes(),
                     tunn,
-                    created: Instant::now(),
+                    created: now,
                     established: None,
                     handshake_at: None,
                     superseded: None,
@@ -364,12 +376,14 @@ impl Tunnels {
         }
     }
 
-    /// Decrypts a datagram from `src` into `out` (the buffer's tunnel slot).
+    /// Decrypts a datagram from `src` into `out` (the buffer's tunnel slot);
+    /// `now` (the caller's clock) dates a completed handshake.
     pub fn receive(
         &mut self,
         src: SocketAddr,
         datagram: &[u8],
         out: &mut [u8],
+        now: Instant,
         send: &mut dyn FnMut(&[u8], SocketAddr),
     ) -> Received {
         let mut cookie = [0u8; 64];
@@ -411,7 +425,6 @@ impl Tunnels {
                     (MSG_INIT, Some(MSG_RESPONSE)) | (MSG_RESPONSE, Some(MSG_DATA))
                 );
                 if done {
-                    let now = Instant::now();
                     self.handshakes += 1;
                     self.rekeys += u64::from(
                         last_handshake.is_some_and(|t| now.duration_since(t) >= crossing_window),
@@ -425,7 +438,7 @@ impl Tunnels {
                 {
                     send(d, slot.endpoint);
                 }
-                note_session(slot);
+                note_session(slot, now);
                 return Received::Control;
             }
             TunnResult::WriteToTunnelV4(p, from) => {
@@ -436,7 +449,7 @@ impl Tunnels {
             }
             TunnResult::WriteToTunnelV6(..) => return Received::Drop(DropReason::TunnelNotAllowed),
         };
-        note_session(slot);
+        note_session(slot, now);
         let vtep = IpAddr::V4(slot.vtep);
         match inner::strip(&out[..out_len], local_vtep, slot.vtep) {
             Some(offset) => Received::Vxlan {
@@ -448,16 +461,16 @@ impl Tunnels {
         }
     }
 
-    /// Drives handshakes, rekeys and keepalives (call every ~250 ms), and retires
-    /// slots that a newer session has replaced.
-    pub fn tick(&mut self, send: &mut dyn FnMut(&[u8], SocketAddr)) {
+    /// Drives handshakes, rekeys and keepalives (call every [`TICK`]), and
+    /// retires slots that a newer session has replaced. (boringtun's `Tunn`
+    /// keeps its own clock for its timers: it has no call that takes one.)
+    pub fn tick(&mut self, now: Instant, send: &mut dyn FnMut(&[u8], SocketAddr)) {
         for slot in self.slots.values_mut() {
             if let TunnResult::WriteToNetwork(d) = slot.tunn.update_timers(&mut self.scratch) {
                 send(d, slot.endpoint);
             }
-            note_session(slot);
+            note_session(slot, now);
         }
-        let now = Instant::now();
         let newest: Vec<(Ipv4Addr, Instant, Instant)> = self
             .slots
             .values()
@@ -480,9 +493,9 @@ impl Tunnels {
     }
 }
 
-fn note_session(slot: &mut Slot) {
+fn note_session(slot: &mut Slot, now: Instant) {
     if slot.established.is_none() && slot.tunn.stats().0.is_some() {
-        slot.established = Some(Instant::now());
+        slot.established = Some(now);
     }
 }
 

@@ -1,6 +1,11 @@
 use super::*;
 use std::collections::VecDeque;
 
+/// The clock the tunnels are given (a test's own; nothing here waits).
+fn now() -> Instant {
+    Instant::now()
+}
+
 const VA: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
 const VB: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
 
@@ -66,12 +71,16 @@ impl Net {
             drops: vec![],
         };
         let mut q = Vec::new();
-        n.a.configure(cfg(VA, &[key(1)], VB, ep(2), key(2)), &mut |d, to| {
-            q.push((d.to_vec(), ep(1), to))
-        });
-        n.b.configure(cfg(VB, &[key(2)], VA, ep(1), key(1)), &mut |d, to| {
-            q.push((d.to_vec(), ep(2), to))
-        });
+        n.a.configure(
+            cfg(VA, &[key(1)], VB, ep(2), key(2)),
+            now(),
+            &mut |d, to| q.push((d.to_vec(), ep(1), to)),
+        );
+        n.b.configure(
+            cfg(VB, &[key(2)], VA, ep(1), key(1)),
+            now(),
+            &mut |d, to| q.push((d.to_vec(), ep(2), to)),
+        );
         n.wire.extend(q);
         n
     }
@@ -106,7 +115,7 @@ impl Net {
             (&mut self.b, &mut self.got_b, ep(2))
         };
         let w = &mut self.wire;
-        match t.receive(from, d, &mut out, &mut |d, dst| {
+        match t.receive(from, d, &mut out, now(), &mut |d, dst| {
             w.push_back((d.to_vec(), me, dst))
         }) {
             Received::Vxlan { offset, len, .. } => got.push(out[offset..offset + len].to_vec()),
@@ -160,6 +169,7 @@ fn replayed_forged_and_unknown_are_dropped_by_reason() {
     let mut q = vec![];
     stranger.configure(
         cfg(Ipv4Addr::new(100, 64, 0, 9), &[key(9)], VB, ep(2), key(2)),
+        now(),
         &mut |_, _| {},
     );
     stranger
@@ -197,6 +207,7 @@ fn a_removed_peer_can_no_longer_send() {
             peers: vec![],
             ..cfg(VB, &[key(2)], VA, ep(1), key(1))
         },
+        now(),
         &mut |_, _| {},
     );
     n.send_a(b"after");
@@ -222,6 +233,7 @@ fn key_rotation_loses_nothing() {
     let mut q = vec![];
     n.a.configure(
         cfg(VA, &[key(3), key(1)], VB, ep(2), key(2)),
+        now(),
         &mut |d, to| q.push((d.to_vec(), ep(1), to)),
     );
     n.wire.extend(q);
@@ -230,15 +242,17 @@ fn key_rotation_loses_nothing() {
     }
     // B learns A's new public key from the store
     let mut q = vec![];
-    n.b.configure(cfg(VB, &[key(2)], VA, ep(1), key(3)), &mut |d, to| {
-        q.push((d.to_vec(), ep(2), to))
-    });
+    n.b.configure(
+        cfg(VB, &[key(2)], VA, ep(1), key(3)),
+        now(),
+        &mut |d, to| q.push((d.to_vec(), ep(2), to)),
+    );
     n.wire.extend(q);
     for _ in 0..5 {
         step(&mut n);
     }
     // A forgets the old key
-    n.a.configure(cfg(VA, &[key(3)], VB, ep(2), key(2)), &mut |_, _| {});
+    n.a.configure(cfg(VA, &[key(3)], VB, ep(2), key(2)), now(), &mut |_, _| {});
     for _ in 0..5 {
         step(&mut n);
     }
@@ -270,10 +284,10 @@ fn peers_added_after_keys_work() {
         preshared: None,
         peers: vec![],
     };
-    a.configure(none(VA, key(1)), &mut |_, _| {});
-    b.configure(none(VB, key(2)), &mut |_, _| {});
-    a.configure(cfg(VA, &[key(1)], VB, ep(2), key(2)), &mut |_, _| {});
-    b.configure(cfg(VB, &[key(2)], VA, ep(1), key(1)), &mut |_, _| {});
+    a.configure(none(VA, key(1)), now(), &mut |_, _| {});
+    b.configure(none(VB, key(2)), now(), &mut |_, _| {});
+    a.configure(cfg(VA, &[key(1)], VB, ep(2), key(2)), now(), &mut |_, _| {});
+    b.configure(cfg(VB, &[key(2)], VA, ep(1), key(1)), now(), &mut |_, _| {});
     let mut n = Net {
         a,
         b,
@@ -312,7 +326,9 @@ fn a_flood_of_handshakes_gets_cookies_not_work() {
         let mut out = vec![0u8; 2048];
         let mut replies = vec![];
         if let Received::Drop(DropReason::TunnelUnderLoad) =
-            n.a.receive(ep(2), &init, &mut out, &mut |d, _| replies.push(d.len()))
+            n.a.receive(ep(2), &init, &mut out, now(), &mut |d, _| {
+                replies.push(d.len())
+            })
         {
             under_load += 1;
         }
@@ -356,12 +372,15 @@ fn handshakes_and_rekeys_are_counted() {
     // while both still hold the old session, so on both ends it is a rekey
     n.a.configure(
         cfg(VA, &[key(3), key(1)], VB, ep(2), key(2)),
+        now(),
         &mut |_, _| {},
     );
     let mut q = vec![];
-    n.b.configure(cfg(VB, &[key(2)], VA, ep(1), key(3)), &mut |d, to| {
-        q.push((d.to_vec(), ep(2), to))
-    });
+    n.b.configure(
+        cfg(VB, &[key(2)], VA, ep(1), key(3)),
+        now(),
+        &mut |d, to| q.push((d.to_vec(), ep(2), to)),
+    );
     n.wire.extend(q);
     n.pump();
     assert_eq!((n.a.handshakes(), n.a.rekeys()), (2, 1));

@@ -1,35 +1,32 @@
 //! The run-to-completion worker: one thread, one epoll set (mio) over the underlay
 //! socket and every port fd. Each ready fd is read until empty (within a budget, for
-//! fairness), each frame goes through the core and out again before the next is
-//! read. The worker owns its switch (learned FDB, counters): no lock on the packet
-//! path. The control plane talks to it through a command queue plus a waker, and
-//! publishes state by swapping an `Arc` (arc-swap).
+//! fairness), each frame goes through the worker's [`Datapath`] and out again before
+//! the next is read. The datapath does all the protocol work, sans-IO; the worker
+//! only waits for readiness, makes the syscalls and owns the buffers and fds. The
+//! control plane talks to it through a command queue plus a waker, and publishes
+//! state by swapping an `Arc` (arc-swap).
 //!
-//! - [`transmit`]: frames from ports switched and sent on (super-frames
-//!   gathered to the underlay, the tunnel, other ports);
-//! - [`receive`]: underlay and WireGuard batches switched, TCP segments merged
-//!   back for one TAP write;
-//! - [`dns`]: the embedded DNS's forwarding to the node's resolvers;
-//! - here: the handle, the command queue, the loop, and the doctor's probes.
+//! - [`transmit`]: the datapath's [`Sink`]: port writes, underlay and tunnel
+//!   sends (GSO and gathering sends), DNS queries; and reading the ports;
+//! - [`receive`]: reading the underlay and WireGuard sockets in batches
+//!   (`recvmmsg`, UDP GRO);
+//! - [`dns`]: the socket queries to the node's resolvers go from;
+//! - here: the handle, the command queue, the loop and its timers.
 
 mod dns;
 mod receive;
 mod transmit;
 
-use crate::buf::{PacketBuf, Segmented};
+use crate::buf::PacketBuf;
 use crate::counters::{Counters, DropReason};
-use crate::io::dns_pending::DnsPending;
+use crate::datapath::{Datapath, Event, PortRead, Sink};
 use crate::io::gso;
 use crate::io::probe::{ProbeEvent, ProbeInbox, ProbeSend};
 use crate::io::underlay::Underlay;
-use crate::offload::coalesce::Coalescer;
-use crate::offload::gather::{Gather, GSO_MAX_BYTES, GSO_MAX_SEGMENTS};
-use crate::offload::segment;
 use crate::offload::vnet::{self, VnetHdr};
-use crate::switch::{Action, PortId, Switch, SwitchState};
+use crate::switch::{PortId, SwitchState};
 use crate::traffic::Traffic;
-use crate::tunnel::{Received, TunnelConfig, Tunnels};
-use crate::wire::vxlan::VXLAN_HEADER_LEN;
+use crate::tunnel::TunnelConfig;
 use arc_swap::ArcSwap;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -43,26 +40,18 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use dns::DnsSocket;
-use transmit::{flush_wg, send_wg, write_frame, GsoBatch};
+use transmit::WorkerIo;
 
 const WAKER: Token = Token(0);
 const UNDERLAY: Token = Token(1);
 const WIREGUARD: Token = Token(2);
 const DNS_FORWARD: Token = Token(3);
 const FIRST_PORT_TOKEN: usize = 4;
-/// How long a forwarded query waits for its answer.
-const DNS_FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
-/// WireGuard's timers want a tick about this often.
-const TUNNEL_TICK: Duration = Duration::from_millis(250);
 /// Frames taken from one fd before looking at the others.
 const BUDGET: usize = 64;
-/// How often counters are copied out for the control plane.
+/// How often counters are copied out for the control plane (and the wall
+/// clock told to the datapath).
 const PUBLISH_EVERY: Duration = Duration::from_millis(100);
-/// How often worker 0 sweeps the connection table: expired entries go, and
-/// SYNs unanswered for `lb::passive::SYN_RETRY_MS` count against their
-/// backend, so a dead backend is out within about 1.3 s of three of them
-/// (a sweep of a full table takes about 64 us, in 2 us slices).
-const SWEEP_EVERY: Duration = Duration::from_millis(500);
 
 enum Command {
     /// A port's fd for this worker; `read`: this worker reads it (else it only
@@ -119,49 +108,56 @@ impl WorkerHandle {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (tx, rx) = mpsc::channel();
         let counters = Arc::new(Mutex::new(Counters::default()));
-        let mut switch = Switch::with_conntrack(limits.fdb_learned, conntrack);
-        switch.set_lane(index);
-        switch.set_flood_rate(limits.flood_rate);
-        let flows = limits.flow_log.map(|cfg| {
-            let (log, reader) = crate::flowlog::FlowLog::new(cfg);
-            switch.set_flow_log(Some(log));
-            Mutex::new(reader)
-        });
+        let (flow_log, flows) = match limits.flow_log {
+            Some(cfg) => {
+                let (log, reader) = crate::flowlog::FlowLog::new(cfg);
+                (Some(log), Some(Mutex::new(reader)))
+            }
+            None => (None, None),
+        };
+        let now = Instant::now();
+        let dp = Datapath::new(
+            crate::datapath::Config {
+                lane: index,
+                start,
+                sweeper: index == 0,
+                fdb_learned: limits.fdb_learned,
+                flood_rate: limits.flood_rate,
+                dns_forwards: limits
+                    .dns_forwards
+                    .clamp(1, crate::io::dataplane::DNS_FORWARDS_LIMIT),
+                flow_log,
+            },
+            conntrack,
+            state.load_full(),
+            now,
+        );
         let mut w = Worker {
             poll,
             rx,
-            underlay,
-            ports: FxHashMap::default(),
-            batch: GsoBatch::default(),
-            gather: Gather::default(),
-            wg_batch: GsoBatch::default(),
-            coalescer: Coalescer::new(),
-            co_port: None,
+            io: WorkerIo {
+                ports: FxHashMap::default(),
+                underlay,
+                wg: wireguard,
+                wg_gso: true,
+                dns_sock: DnsSocket::bind()?,
+                lane: index,
+            },
+            dp,
             rx_bufs: vec![vec![0u8; 65_536 + 4096]; gso::BATCH],
             underlay_dropped: 0,
             wg_dropped: 0,
-            dns_sock: DnsSocket::bind()?,
-            dns_pending: DnsPending::new(
-                limits
-                    .dns_forwards
-                    .clamp(1, crate::io::dataplane::DNS_FORWARDS_LIMIT),
-            ),
             dns_scratch: vec![0u8; 65_536],
             rx_meta: [gso::RecvMeta::default(); gso::BATCH],
             state: state.clone(),
-            switch,
-            index,
             published: counters.clone(),
-            start,
-            wg: wireguard,
-            wg_gso: true,
-            tunnels: Tunnels::new(),
+            tap: None,
             panic_at: None,
             probe_inbox: probes,
             clock_skew_ms: 0,
         };
-        w.set_wall_clock();
-        if let Some(wg) = &w.wg {
+        w.set_wall_clock(now);
+        if let Some(wg) = &w.io.wg {
             wg.set_nonblocking(true)?;
             if let Err(e) = gso::enable_gro(wg) {
                 tracing::warn!(error = %e, "UDP GRO unavailable on the WireGuard socket");
@@ -172,17 +168,17 @@ impl WorkerHandle {
                 Interest::READABLE,
             )?;
         }
-        w.dns_sock.sock.set_nonblocking(true)?;
+        w.io.dns_sock.sock.set_nonblocking(true)?;
         w.poll.registry().register(
-            &mut SourceFd(&w.dns_sock.sock.as_raw_fd()),
+            &mut SourceFd(&w.io.dns_sock.sock.as_raw_fd()),
             DNS_FORWARD,
             Interest::READABLE,
         )?;
-        if let Err(e) = w.underlay.enable_gro() {
+        if let Err(e) = w.io.underlay.enable_gro() {
             tracing::warn!(error = %e, "UDP GRO unavailable: one datagram per read");
         }
         w.poll.registry().register(
-            &mut SourceFd(&w.underlay.rx.as_raw_fd()),
+            &mut SourceFd(&w.io.underlay.rx.as_raw_fd()),
             UNDERLAY,
             Interest::READABLE,
         )?;
@@ -297,39 +293,22 @@ impl Drop for WorkerHandle {
 struct Worker {
     poll: Poll,
     rx: mpsc::Receiver<Command>,
-    underlay: Underlay,
-    ports: FxHashMap<PortId, Port>,
-    /// Equal-sized VXLAN datagrams to one VTEP, waiting for one GSO send.
-    batch: GsoBatch,
-    /// Where a super-frame's segment headers are written for a gathering send.
-    gather: Gather,
-    /// The same for encrypted datagrams to one WireGuard peer.
-    wg_batch: GsoBatch,
-    /// Segments from the underlay for one port, waiting to be one TAP write.
-    coalescer: Coalescer,
-    co_port: Option<PortId>,
+    /// The protocol work: everything read goes through it.
+    dp: Datapath,
+    /// The fds and sockets its transmits go out on.
+    io: WorkerIo,
     /// One `recvmmsg`: up to `gso::BATCH` messages, each a GRO run of up to 64 KiB.
     rx_bufs: Vec<Vec<u8>>,
     /// The underlay and WireGuard sockets' overflow counts when last read.
     underlay_dropped: u32,
     wg_dropped: u32,
-    /// Relays DNS queries for unknown names to the node's resolvers.
-    dns_sock: DnsSocket,
-    /// Forwarded queries by the id we gave them: who asked and their id, at
-    /// most `--dns-forwards-max`, shared between the ports that ask.
-    dns_pending: DnsPending<(crate::wire::udp_reply::UdpPeer, u16)>,
+    /// Where answers from the node's resolvers are read.
     dns_scratch: Vec<u8>,
     rx_meta: [gso::RecvMeta; gso::BATCH],
     state: Arc<ArcSwap<SwitchState>>,
-    switch: Switch,
     published: Arc<Mutex<Counters>>,
-    /// Shared by all workers, so conntrack timestamps agree.
-    start: Instant,
-    index: usize,
-    wg: Option<std::net::UdpSocket>,
-    /// Whether WireGuard runs still leave as one GSO send (see [`gso::send_run`]).
-    wg_gso: bool,
-    tunnels: Tunnels,
+    /// The queue of a running trace (the datapath takes the copies).
+    tap: Option<crate::switch::tap::Tap>,
     /// Test-only: when to panic (see [`WorkerHandle::inject_panic`]).
     panic_at: Option<Instant>,
     /// Where answers to this node's probes go, for the doctor (all workers').
@@ -344,19 +323,6 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> &str {
         .copied()
         .or_else(|| p.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("(no message)")
-}
-
-/// A random 16-bit number (std's per-instance random hash keys as the source).
-fn random_u16() -> u16 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0),
-    );
-    h.finish() as u16
 }
 
 struct Port {
@@ -376,18 +342,19 @@ impl Worker {
     fn run(&mut self) -> Result<(), String> {
         let mut events = Events::with_capacity(256);
         let mut buf = PacketBuf::new();
-        // where TSO super-frames are cut into segments
-        let mut seg = PacketBuf::new();
         // fds that still had frames when their budget ran out
         let mut pending: Vec<Token> = Vec::new();
         let mut ready: Vec<Token> = Vec::with_capacity(256);
         let mut last_publish = Instant::now();
-        let mut last_tick = Instant::now();
-        let mut last_limiter_reset = Instant::now();
-        let mut last_sweep = Instant::now();
         loop {
+            let now = Instant::now();
             let timeout = if pending.is_empty() {
-                PUBLISH_EVERY
+                let publish = (last_publish + PUBLISH_EVERY).saturating_duration_since(now);
+                let due = self
+                    .dp
+                    .poll_timeout()
+                    .map_or(publish, |t| t.saturating_duration_since(now));
+                publish.min(due)
             } else {
                 Duration::ZERO
             };
@@ -398,7 +365,7 @@ impl Worker {
             }
             if self.panic_at.is_some_and(|t| Instant::now() >= t) {
                 // as a bug in the packet path would: with the table locked
-                let table = self.switch.conntrack();
+                let table = self.dp.conntrack();
                 let _held = crate::conntrack::lock_counted(&table);
                 panic!("injected fault (VXMESH_TEST_FAULT=worker-panic-after)");
             }
@@ -418,46 +385,49 @@ impl Worker {
                     }
                     UNDERLAY => self.drain_underlay(&mut buf),
                     WIREGUARD => self.drain_wireguard(&mut buf),
-                    DNS_FORWARD => self.drain_dns(&mut buf),
-                    t => {
-                        self.drain_port(PortId((t.0 - FIRST_PORT_TOKEN) as u32), &mut buf, &mut seg)
-                    }
+                    DNS_FORWARD => self.drain_dns(),
+                    t => self.drain_port(PortId((t.0 - FIRST_PORT_TOKEN) as u32), &mut buf),
                 };
+                self.hand_on();
                 if more {
                     pending.push(t);
                 }
             }
-            if self.tunnels.is_enabled() && last_tick.elapsed() >= TUNNEL_TICK {
-                let (wg, tunnels, c) = (&self.wg, &mut self.tunnels, &mut self.switch.counters);
-                tunnels.tick(&mut |d, to| send_wg(wg, c, d, to));
-                last_tick = Instant::now();
+            let now = Instant::now();
+            if self.dp.poll_timeout().is_some_and(|t| now >= t) {
+                self.dp.handle_timeout(now, &mut self.io);
+                self.hand_on();
             }
-            if last_limiter_reset.elapsed() >= Duration::from_secs(1) {
-                self.tunnels.reset_rate_limiter();
-                self.set_wall_clock();
-                last_limiter_reset = Instant::now();
-                let now = self.now_ms();
-                self.dns_pending
-                    .expire(now, DNS_FORWARD_TIMEOUT.as_millis() as u64);
-            }
-            if self.index == 0 && last_sweep.elapsed() >= SWEEP_EVERY {
-                last_sweep = Instant::now();
-                let now = self.now_ms();
-                let gone = self.switch.expire(now);
-                self.send_resets(&gone, &mut buf);
-            }
-            if last_publish.elapsed() >= PUBLISH_EVERY {
+            if now.saturating_duration_since(last_publish) >= PUBLISH_EVERY {
+                self.set_wall_clock(now);
                 self.publish_counters();
-                last_publish = Instant::now();
+                last_publish = now;
+            }
+        }
+    }
+
+    /// Hands on what the datapath left for others: probe answers to the
+    /// doctor's inbox, a trace's copies to its queue.
+    fn hand_on(&mut self) {
+        while let Some(e) = self.dp.poll_event() {
+            match e {
+                Event::ProbeAnswer { answer, at } => {
+                    if let Ok(mut inbox) = self.probe_inbox.lock() {
+                        inbox.push(ProbeEvent::Answer { answer, at });
+                    }
+                }
+            }
+        }
+        while let Some(f) = self.dp.poll_traced() {
+            if !self.tap.as_ref().is_some_and(|t| t.send(f)) {
+                self.dp.switch_mut().counters.trace_lost += 1;
             }
         }
     }
 
     fn publish_counters(&self) {
         if let Ok(mut c) = self.published.lock() {
-            c.clone_from(&self.switch.counters);
-            c.tunnel_handshakes = self.tunnels.handshakes();
-            c.tunnel_rekeys = self.tunnels.rekeys();
+            self.dp.copy_counters(&mut c);
         }
     }
 
@@ -483,7 +453,8 @@ impl Worker {
                     };
                     match r {
                         Ok(()) => {
-                            self.ports.insert(
+                            self.dp.add_port(id, vnet);
+                            self.io.ports.insert(
                                 id,
                                 Port {
                                     fd,
@@ -497,7 +468,8 @@ impl Worker {
                     }
                 }
                 Command::RemovePort(id) => {
-                    if let Some(p) = self.ports.remove(&id).filter(|p| p.read) {
+                    self.dp.remove_port(id);
+                    if let Some(p) = self.io.ports.remove(&id).filter(|p| p.read) {
                         let _ = self
                             .poll
                             .registry()
@@ -505,22 +477,19 @@ impl Worker {
                     }
                 }
                 Command::StateChanged => {
-                    let st = self.state.load();
-                    let gone = self.switch.on_state(&st);
-                    let mut buf = PacketBuf::new();
-                    self.send_resets(&gone, &mut buf);
+                    let st = self.state.load_full();
+                    self.dp.set_state(st, Instant::now(), &mut self.io);
                 }
-                Command::Tunnels(cfg) => {
-                    let (wg, tunnels, c) = (&self.wg, &mut self.tunnels, &mut self.switch.counters);
-                    tunnels.configure(*cfg, &mut |d, to| send_wg(wg, c, d, to));
-                    tracing::debug!(slots = tunnels.slots(), "tunnels configured");
+                Command::Tunnels(cfg) => self.dp.set_tunnels(*cfg, Instant::now(), &mut self.io),
+                Command::Trace(t) => {
+                    self.dp.set_trace(t.as_ref().map(|t| t.tracer()));
+                    self.tap = t;
                 }
-                Command::Trace(t) => self.switch.tap = t,
                 Command::PanicAt(t) => self.panic_at = Some(t),
                 Command::Probe(p) => self.send_probe(p),
                 Command::ClockSkew(ms) => {
                     self.clock_skew_ms = ms;
-                    self.set_wall_clock();
+                    self.set_wall_clock(Instant::now());
                 }
                 Command::Stop => return false,
             }
@@ -528,67 +497,23 @@ impl Worker {
         true
     }
 
-    /// Resets both ends of connections whose entries went (expired, or their
-    /// backend left), so neither waits on a connection nobody carries.
-    fn send_resets(&mut self, gone: &[crate::conntrack::Entry], buf: &mut PacketBuf) {
-        if gone.is_empty() {
-            return;
-        }
-        let st = self.state.load_full();
-        for e in gone {
-            for to_client in [true, false] {
-                let a = self.switch.reset(&st, e, to_client, buf);
-                self.execute(a, buf);
-            }
-        }
-        self.flush_batch();
-        tracing::debug!(connections = gone.len(), "reset connections that went away");
-    }
-
-    fn now_ms(&self) -> u64 {
-        self.start.elapsed().as_millis() as u64
-    }
-
-    /// Tells the switch the wall clock at its clock's zero (again every
-    /// second, so a stepped clock shows in probe answers).
-    fn set_wall_clock(&mut self) {
+    /// Tells the datapath the wall clock (read here: the datapath reads no
+    /// clock), so a stepped clock shows in probe answers.
+    fn set_wall_clock(&mut self, now: Instant) {
         let unix_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        let at_zero = unix_ms
-            .saturating_sub(self.now_ms())
+            .unwrap_or(0)
             .saturating_add_signed(self.clock_skew_ms);
-        self.switch.set_wall_clock(at_zero);
+        self.dp.set_wall_clock(now, unix_ms);
     }
 
-    /// Sends a doctor's probe: plain from the underlay's probe socket, or
-    /// through the tunnel. What stops it leaving goes to the inbox at once.
+    /// Sends a doctor's probe; what stops it leaving goes to the inbox at once.
     fn send_probe(&mut self, p: ProbeSend) {
-        let mut buf = PacketBuf::new();
-        let len = p.len.clamp(crate::wire::probe::MIN_LEN, 65_000);
-        if crate::wire::probe::emit_request(&mut buf.datagram_slot()[..len], p.id).is_none() {
-            return;
-        }
-        buf.set_datagram_len(len);
-        let failed = if p.secure {
-            buf.pull_front(crate::wire::vxlan::VXLAN_HEADER_LEN);
-            let r = self.send_secure(0, p.to, &mut buf);
-            flush_wg(
-                &mut self.wg_batch,
-                &self.wg,
-                &mut self.wg_gso,
-                &mut self.switch.counters,
-            );
-            r.err()
-                .map(|r| format!("the tunnel refused it ({})", r.as_str()))
-        } else {
-            self.underlay
-                .send_probe(p.to, buf.data())
-                .err()
-                .map(|e| e.to_string())
-        };
-        if let Some(error) = failed {
+        if let Err(error) = self
+            .dp
+            .send_probe(p.id, p.to, p.len, p.secure, &mut self.io)
+        {
             let e = ProbeEvent::SendFailed { id: p.id, error };
             if let Ok(mut inbox) = self.probe_inbox.lock() {
                 inbox.push(e);

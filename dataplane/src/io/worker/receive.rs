@@ -1,6 +1,6 @@
 //! The worker's receive side: VXLAN from the underlay and WireGuard
-//! datagrams read in batches (UDP GRO runs), switched, and TCP segments for
-//! one port merged back into super-frames for one TAP write.
+//! datagrams read in batches (`recvmmsg`, UDP GRO runs) and handed to the
+//! datapath.
 
 use super::*;
 
@@ -26,10 +26,9 @@ pub(super) fn count_overflow(meta: &[gso::RecvMeta], seen: &mut u32, c: &mut Cou
 
 impl Worker {
     /// Reads the underlay until empty (within the budget). With UDP GRO one read
-    /// holds a run of datagrams of one flow; consecutive TCP segments for one
-    /// port are coalesced into one TAP write.
+    /// holds a run of datagrams of one flow, handed to the datapath one by one
+    /// (it coalesces consecutive TCP segments for one port into one TAP write).
     pub(super) fn drain_underlay(&mut self, buf: &mut PacketBuf) -> bool {
-        let st = self.state.load();
         let mut more = true;
         for _ in 0..BUDGET / gso::BATCH {
             let Some(got) = self.read_batch(Rx::Underlay) else {
@@ -37,15 +36,17 @@ impl Worker {
                 break;
             };
             // one clock read per batch, not per datagram
-            let now = self.now_ms();
+            let now = Instant::now();
             for m in 0..got {
                 let meta = self.rx_meta[m];
                 for d in meta.datagrams() {
-                    buf.load_datagram(&self.rx_bufs[m][d]);
-                    let a = self
-                        .switch
-                        .from_underlay(&st, meta.from.ip(), buf, now, false);
-                    self.execute_received(a, buf);
+                    self.dp.handle_underlay_rx(
+                        meta.from.ip(),
+                        &self.rx_bufs[m][d],
+                        buf,
+                        now,
+                        &mut self.io,
+                    );
                 }
             }
             if self.emptied(got) {
@@ -53,7 +54,7 @@ impl Worker {
                 break;
             }
         }
-        self.flush_coalescer();
+        self.dp.flush(&mut self.io);
         more
     }
 
@@ -61,8 +62,8 @@ impl Worker {
     /// socket dropped since the last read; `None` when it is empty (or failed).
     pub(super) fn read_batch(&mut self, sock: Rx) -> Option<usize> {
         let (s, seen) = match sock {
-            Rx::Underlay => (&self.underlay.rx, &mut self.underlay_dropped),
-            Rx::WireGuard => (self.wg.as_ref()?, &mut self.wg_dropped),
+            Rx::Underlay => (&self.io.underlay.rx, &mut self.underlay_dropped),
+            Rx::WireGuard => (self.io.wg.as_ref()?, &mut self.wg_dropped),
         };
         let got = match gso::recv_many(s, &mut self.rx_bufs, &mut self.rx_meta) {
             Ok(n) => n,
@@ -73,7 +74,11 @@ impl Worker {
                 return None;
             }
         };
-        count_overflow(&self.rx_meta[..got], seen, &mut self.switch.counters);
+        count_overflow(
+            &self.rx_meta[..got],
+            seen,
+            &mut self.dp.switch_mut().counters,
+        );
         Some(got)
     }
 
@@ -84,83 +89,27 @@ impl Worker {
         got < self.rx_bufs.len().min(gso::BATCH)
     }
 
-    /// Executes the action for a frame from the underlay or a tunnel: deliveries to
-    /// an offloading TAP go through the coalescer, anything else flushes it first
-    /// (so nothing overtakes what it holds).
-    pub(super) fn execute_received(&mut self, a: Action<'_>, buf: &mut PacketBuf) {
-        match a {
-            Action::Deliver(p) if self.ports.get(&p).is_some_and(|p| p.vnet) => {
-                self.coalesce(p, buf.data())
-            }
-            a => {
-                self.flush_coalescer();
-                self.execute(a, buf);
-            }
-        }
-    }
-
-    /// Adds a frame for `port` to the pending super-frame, or writes what is
-    /// pending and starts anew.
-    pub(super) fn coalesce(&mut self, port: PortId, frame: &[u8]) {
-        if self.co_port == Some(port) && self.coalescer.push(frame) {
-            return;
-        }
-        self.flush_coalescer();
-        if self.coalescer.push(frame) {
-            self.co_port = Some(port);
-        } else {
-            self.write_port(port, frame);
-        }
-    }
-
-    pub(super) fn flush_coalescer(&mut self) {
-        let Some(port) = self.co_port.take() else {
-            return;
-        };
-        if let Some((h, frame)) = self.coalescer.take() {
-            write_frame(
-                &self.ports,
-                &mut self.switch.counters,
-                self.index,
-                port,
-                &h,
-                frame,
-            );
-        }
-    }
-
     /// Reads the WireGuard socket until empty (within the budget): with UDP GRO a
-    /// read holds a run of one peer's datagrams, each decrypted in turn; runs of
-    /// TCP segments for one port become one TAP write, as on the plain path.
+    /// read holds a run of one peer's datagrams, each decrypted in turn by the
+    /// datapath.
     pub(super) fn drain_wireguard(&mut self, buf: &mut PacketBuf) -> bool {
-        let st = self.state.load();
         let mut more = true;
         for _ in 0..BUDGET / gso::BATCH {
             let Some(got) = self.read_batch(Rx::WireGuard) else {
                 more = false;
                 break;
             };
-            let now = self.now_ms();
+            let now = Instant::now();
             for m in 0..got {
                 let meta = self.rx_meta[m];
                 for d in meta.datagrams() {
-                    self.switch.counters.tunnel_rx += 1;
-                    let (wg, tunnels, c) = (&self.wg, &mut self.tunnels, &mut self.switch.counters);
-                    let r = tunnels.receive(
+                    self.dp.handle_tunnel_rx(
                         meta.from,
                         &self.rx_bufs[m][d],
-                        buf.tunnel_slot(),
-                        &mut |d, to| send_wg(wg, c, d, to),
+                        buf,
+                        now,
+                        &mut self.io,
                     );
-                    match r {
-                        Received::Vxlan { vtep, offset, len } => {
-                            buf.set_tunnel_received(offset, len);
-                            let a = self.switch.from_underlay(&st, vtep, buf, now, true);
-                            self.execute_received(a, buf);
-                        }
-                        Received::Control => {}
-                        Received::Drop(r) => self.switch.counters.drop(r),
-                    }
                 }
             }
             if self.emptied(got) {
@@ -168,13 +117,7 @@ impl Worker {
                 break;
             }
         }
-        self.flush_coalescer();
-        flush_wg(
-            &mut self.wg_batch,
-            &self.wg,
-            &mut self.wg_gso,
-            &mut self.switch.counters,
-        );
+        self.dp.flush(&mut self.io);
         more
     }
 }
