@@ -6,8 +6,10 @@ pub mod api;
 pub mod cli;
 pub mod cni;
 pub mod docker;
+pub mod firewall;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod logging;
+pub mod netlink;
 pub mod state;
 pub mod store;
