@@ -80,27 +80,23 @@ impl Netlink {
     /// Adds `r`; one already there (the same destination in the table) is
     /// [`NetlinkError::exists`] and stays as it was.
     pub async fn add_route(&self, r: &Route) -> Result<(), NetlinkError> {
-        let index = self.require(&r.dev).await?.index;
-        let what = format!("add route {r:?}{}", self.place());
-        self.handle
-            .route()
-            .add(r.message(index))
-            .execute()
-            .await
-            .map_err(|e| NetlinkError::of(what, e))
+        self.put_route(r, false).await
     }
 
     /// Adds `r`, or replaces the route to its destination in its table.
     pub async fn replace_route(&self, r: &Route) -> Result<(), NetlinkError> {
+        self.put_route(r, true).await
+    }
+
+    async fn put_route(&self, r: &Route, replace: bool) -> Result<(), NetlinkError> {
         let index = self.require(&r.dev).await?.index;
-        let what = format!("replace route {r:?}{}", self.place());
-        self.handle
-            .route()
-            .add(r.message(index))
-            .replace()
-            .execute()
-            .await
-            .map_err(|e| NetlinkError::of(what, e))
+        let verb = if replace { "replace" } else { "add" };
+        let what = format!("{verb} route {r:?}{}", self.place());
+        let mut req = self.handle.route().add(r.message(index));
+        if replace {
+            req = req.replace();
+        }
+        req.execute().await.map_err(|e| NetlinkError::of(what, e))
     }
 
     /// Deletes the route to `r.dst` through `r.dev` in `r`'s table, whatever
