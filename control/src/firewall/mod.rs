@@ -5,6 +5,8 @@
 //! linking libnftnl), so their answers are read as exit statuses and JSON,
 //! never by matching their text.
 
+#![forbid(unsafe_code)]
+
 pub mod docker_user;
 pub mod nft;
 

@@ -5,6 +5,8 @@
 //! The device is looked up in the namespace of the socket the ioctl is made
 //! on, so the caller runs this inside the device's namespace.
 
+#![allow(unsafe_code)]
+
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;

@@ -16,6 +16,10 @@
 //! the namespace of whoever opens them) and makes its ethtool ioctls (the
 //! socket's namespace picks the device). No runtime thread ever changes
 //! namespace.
+//!
+//! Unsafe code is denied here but in [`ethtool`], the one ioctl.
+
+#![deny(unsafe_code)]
 
 mod addr;
 mod error;
