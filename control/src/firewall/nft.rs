@@ -75,3 +75,63 @@ pub fn rule_counts(l: &Listing) -> BTreeMap<String, usize> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `f` on a thread with a network namespace of its own (and so
+    /// nftables tables of its own), gone when the thread ends. Needs root;
+    /// without it, says so and passes.
+    fn in_own_netns(f: impl FnOnce() + Send + 'static) {
+        let t = std::thread::spawn(move || {
+            if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET) {
+                eprintln!("skipped: cannot make a network namespace ({e}); run as root");
+                return;
+            }
+            f()
+        });
+        if let Err(panic) = t.join() {
+            std::panic::resume_unwind(panic);
+        }
+    }
+
+    #[test]
+    fn batches_apply_whole_and_listings_are_read_as_json() {
+        in_own_netns(|| {
+            // a runtime on this thread, so `nft` starts in its namespace
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Err(FirewallError::Spawn { .. }) = list_table("ip", "x").await {
+                    eprintln!("skipped: no nft here");
+                    return;
+                }
+                assert_eq!(list_table("ip", "vxmesh-test").await.unwrap(), None);
+                apply("table ip vxmesh-test {\n  chain a {\n    type filter hook input priority 0; policy accept;\n    tcp dport 1 drop\n    tcp dport 2 drop\n  }\n  chain b {\n  }\n}\n")
+                    .await
+                    .unwrap();
+                let chains = list_table("ip", "vxmesh-test").await.unwrap().unwrap();
+                assert_eq!(
+                    chains,
+                    BTreeMap::from([("a".to_string(), 2), ("b".to_string(), 0)])
+                );
+                // one bad line: nothing of the batch applies, and the refusal
+                // is the exit status (with nft's words for the log)
+                let e = apply("table ip vxmesh-test {\n  chain c {\n  }\n}\nthis is not nft\n")
+                    .await
+                    .unwrap_err();
+                match e {
+                    FirewallError::Refused {
+                        program, status, ..
+                    } => assert_eq!((program, status.code()), ("nft", Some(1))),
+                    other => panic!("{other}"),
+                }
+                let chains = list_table("ip", "vxmesh-test").await.unwrap().unwrap();
+                assert!(!chains.contains_key("c"), "{chains:?}");
+            });
+        });
+    }
+}
