@@ -20,7 +20,7 @@
 
 use super::switch_state::Mtus;
 use crate::firewall::{nft, FirewallError};
-use crate::netlink::{LinkChange, Netlink, NetlinkError};
+use crate::netlink::{sysctl, LinkChange, Netlink, NetlinkError};
 use crate::state::{ingress, ipam, ClusterState};
 use ipnet::IpNet;
 use rustc_hash::FxHashMap;
@@ -64,12 +64,6 @@ pub enum EgressError {
     Tap(std::io::Error),
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
-    #[error("cannot set {0}: {1}")]
-    Sysctl(String, std::io::Error),
-}
-
-fn sysctl(path: &str, value: &str) -> Result<(), EgressError> {
-    std::fs::write(path, value).map_err(|e| EgressError::Sysctl(path.into(), e))
 }
 
 /// Creates the egress TAP (`queues` queues, one per worker) with MTU `mtu`
@@ -85,13 +79,12 @@ pub async fn create_tap(queues: usize, mtu: u32) -> Result<(EgressTap, Vec<Owned
     let m = vxmesh_dataplane::mac_to_string(&host_mac);
     here.set_link(DEVICE, LinkChange::new().mac(&m).mtu(mtu))
         .await?;
-    let v6 = format!("/proc/sys/net/ipv6/conf/{DEVICE}");
     // a node with IPv6 off has neither file: IPv4 egress still works
-    if std::path::Path::new(&v6).exists() {
-        sysctl(&format!("{v6}/accept_dad"), "0")?;
-        sysctl(&format!("{v6}/disable_ipv6"), "0")?;
+    if std::path::Path::new(&format!("/proc/sys/net/ipv6/conf/{DEVICE}")).exists() {
+        sysctl(&format!("ipv6/conf/{DEVICE}/accept_dad"), "0")?;
+        sysctl(&format!("ipv6/conf/{DEVICE}/disable_ipv6"), "0")?;
     }
-    sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
+    sysctl("ipv4/ip_forward", "1")?;
     let cidr: IpNet = HOST_CIDR.parse().expect("HOST_CIDR is a CIDR");
     if let Err(e) = here
         .add_address(DEVICE, cidr.addr(), cidr.prefix_len(), false)
@@ -295,7 +288,7 @@ pub async fn sync_routes(have: &mut BTreeSet<Route>, want: &BTreeSet<Route>) {
     if new.iter().any(|r| r.subnet.addr().is_ipv6()) {
         // forwarding on a node that had none: it stops taking router
         // advertisements on its other interfaces (as with Docker's IPv6)
-        if let Err(e) = sysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1") {
+        if let Err(e) = sysctl("ipv6/conf/all/forwarding", "1") {
             tracing::warn!(error = %e, "cannot turn on IPv6 forwarding; IPv6 egress will not work");
         }
     }

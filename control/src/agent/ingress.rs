@@ -8,7 +8,7 @@
 //! read exactly as an operator would type them.
 
 use crate::firewall::{nft, FirewallError};
-use crate::netlink::{host_has_ipv6, LinkChange, Netlink, NetlinkError};
+use crate::netlink::{host_has_ipv6, sysctl, LinkChange, Netlink, NetlinkError};
 use crate::state::ClusterState;
 use ipnet::IpNet;
 use std::fmt::Write as _;
@@ -47,14 +47,8 @@ pub enum IngressError {
     Tap(std::io::Error),
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
-    #[error("cannot set {0}: {1}")]
-    Sysctl(String, std::io::Error),
     #[error("the ingress table: {0}")]
     Nft(#[from] FirewallError),
-}
-
-fn sysctl(path: &str, value: &str) -> Result<(), IngressError> {
-    std::fs::write(path, value).map_err(|e| IngressError::Sysctl(path.into(), e))
 }
 
 /// Creates the sandbox TAP (`queues` queues, one per worker) and sets the
@@ -75,14 +69,11 @@ pub async fn create_sandbox(queues: usize) -> Result<(Sandbox, Vec<OwnedFd>), In
     let v6 = host_has_ipv6();
     if v6 {
         for (key, value) in [("accept_ra", "0"), ("autoconf", "0"), ("disable_ipv6", "0")] {
-            sysctl(&format!("/proc/sys/net/ipv6/conf/{DEVICE}/{key}"), value)?;
+            sysctl(&format!("ipv6/conf/{DEVICE}/{key}"), value)?;
         }
     }
-    sysctl(
-        &format!("/proc/sys/net/ipv4/conf/{DEVICE}/route_localnet"),
-        "1",
-    )?;
-    sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
+    sysctl(&format!("ipv4/conf/{DEVICE}/route_localnet"), "1")?;
+    sysctl("ipv4/ip_forward", "1")?;
     for cidr in [HOST_CIDR, HOST_CIDR6] {
         if cidr == HOST_CIDR6 && !v6 {
             continue;
@@ -180,7 +171,7 @@ fn flush_script() -> String {
 pub async fn apply_table(table: &str) -> Result<(), IngressError> {
     nft::apply(&format!("{}{table}", flush_script())).await?;
     if table.contains("table ip6 ") {
-        sysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1")?;
+        sysctl("ipv6/conf/all/forwarding", "1")?;
     }
     Ok(())
 }

@@ -76,14 +76,10 @@ impl Netlink {
 
     /// Writes `value` to `/proc/sys/net/KEY` of this connection's namespace.
     pub async fn set_sysctl(&self, key: &str, value: &str) -> Result<(), NetlinkError> {
-        let path = format!("/proc/sys/net/{key}");
-        let value = value.to_string();
-        let write = move || {
-            std::fs::write(&path, value).map_err(|source| NetlinkError::Sysctl { path, source })
-        };
+        let (key, value) = (key.to_string(), value.to_string());
         match &self.netns {
-            None => write(),
-            Some(ns) => netns::run_in(ns, write).await,
+            None => sysctl(&key, &value),
+            Some(ns) => netns::run_in(ns, move || sysctl(&key, &value)).await,
         }
     }
 
@@ -117,6 +113,13 @@ impl Netlink {
             Some(p) => format!(" in {}", p.display()),
         }
     }
+}
+
+/// Writes `value` to `/proc/sys/net/KEY` of the calling thread's namespace
+/// (the agent's own, on any of its runtime's threads).
+pub fn sysctl(key: &str, value: &str) -> Result<(), NetlinkError> {
+    let path = format!("/proc/sys/net/{key}");
+    std::fs::write(&path, value).map_err(|source| NetlinkError::Sysctl { path, source })
 }
 
 /// Whether this kernel has IPv6 at all (not booted with `ipv6.disable=1`):
