@@ -233,12 +233,16 @@ pub fn render_table(st: &ClusterState, guard: &NodeGuard) -> String {
     )
 }
 
+/// The egress table, not written again once removed at a stop.
+static OWNED: nft::Owned = nft::Owned::new();
+
 /// Replaces the table with `table` in one transaction.
 pub async fn apply_table(table: &str) -> Result<(), FirewallError> {
-    nft::apply(&format!(
-        "table inet {TABLE}\ndelete table inet {TABLE}\n{table}"
-    ))
-    .await
+    OWNED
+        .apply(&format!(
+            "table inet {TABLE}\ndelete table inet {TABLE}\n{table}"
+        ))
+        .await
 }
 
 /// Removes the table and the TAP (its routes go with it): `--cleanup-on-exit`.
@@ -246,7 +250,9 @@ pub async fn remove() -> Result<(), FirewallError> {
     if let Ok(here) = Netlink::here() {
         let _ = here.delete_link(DEVICE).await;
     }
-    nft::apply(&format!("table inet {TABLE}\ndelete table inet {TABLE}\n")).await
+    OWNED
+        .remove(&format!("table inet {TABLE}\ndelete table inet {TABLE}\n"))
+        .await
 }
 
 /// The route of `r` into the TAP.

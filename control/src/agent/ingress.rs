@@ -153,6 +153,9 @@ pub fn render_table(st: &ClusterState, node: &str, advertise: IpAddr) -> String 
     out
 }
 
+/// The ingress tables, not written again once removed at a stop.
+static TABLES: nft::Owned = nft::Owned::new();
+
 /// The tables' names, for one transaction that empties them: `table X` first
 /// (creating one that is missing), so deleting never fails. The IPv6 one only
 /// where the kernel has IPv6.
@@ -169,7 +172,7 @@ fn flush_script() -> String {
 /// IPv6 table is there (not before: a host taking its default route from
 /// router advertisements loses it with forwarding on, unless `accept_ra=2`).
 pub async fn apply_table(table: &str) -> Result<(), IngressError> {
-    nft::apply(&format!("{}{table}", flush_script())).await?;
+    TABLES.apply(&format!("{}{table}", flush_script())).await?;
     if table.contains("table ip6 ") {
         sysctl("ipv6/conf/all/forwarding", "1")?;
     }
@@ -178,7 +181,7 @@ pub async fn apply_table(table: &str) -> Result<(), IngressError> {
 
 /// Removes the tables (`--cleanup-on-exit`).
 pub async fn remove_table() -> Result<(), IngressError> {
-    Ok(nft::apply(&flush_script()).await?)
+    Ok(TABLES.remove(&flush_script()).await?)
 }
 
 #[cfg(test)]

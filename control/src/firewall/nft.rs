@@ -12,6 +12,44 @@ pub async fn apply(script: &str) -> Result<(), FirewallError> {
     run("nft", &["-f", "-"], script).await.map(|_| ())
 }
 
+/// Tables of the agent's that, once removed for good (`--cleanup-on-exit`),
+/// are not written again: the reconcile loop may still be applying them
+/// while the agent stops, and whichever `nft` came last would win. Applying
+/// and removing take turns, and after the removal an apply does nothing.
+pub struct Owned {
+    removed: tokio::sync::Mutex<bool>,
+}
+
+impl Owned {
+    pub const fn new() -> Self {
+        Owned {
+            removed: tokio::sync::Mutex::const_new(false),
+        }
+    }
+
+    /// [`apply`], unless the tables were removed for good.
+    pub async fn apply(&self, script: &str) -> Result<(), FirewallError> {
+        let removed = self.removed.lock().await;
+        if *removed {
+            return Ok(());
+        }
+        apply(script).await
+    }
+
+    /// [`apply`] of the script that removes the tables, for good.
+    pub async fn remove(&self, script: &str) -> Result<(), FirewallError> {
+        let mut removed = self.removed.lock().await;
+        *removed = true;
+        apply(script).await
+    }
+}
+
+impl Default for Owned {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// The chains of table `family name` with the number of rules in each, or
 /// `None` if there is no such table.
 pub async fn list_table(
