@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and running vxmesh's demo and tests need, from Debian's
-# packages: iproute2 (ip, bridge), util-linux (nsenter), nftables (nft: the
-# ingress table), ethtool, ping, iperf3,
+# packages: nftables (nft: the agent's tables), and for the tests iproute2 (ip,
+# bridge), util-linux (nsenter), ethtool, ping, iperf3,
 # tcpdump, wireguard-go + wg (a stock WireGuard peer for the interop tests),
 # busybox-static (httpd and wget in the guides, which the docs test runs),
 # a C compiler for the bundled SQLite, etcd (the cluster store the tests run

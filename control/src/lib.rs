@@ -14,12 +14,14 @@ pub mod cli;
 pub mod cni;
 pub mod daemon;
 pub mod docker;
+pub mod firewall;
 /// The fuzz targets' entry points (parsers of store rows, API bodies and
 /// CNI input): for `fuzz/` and the corpus replay test only (feature
 /// `fuzzing`), not the library's API.
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod logging;
+pub mod netlink;
 pub mod sockets;
 pub mod state;
 pub mod store;

@@ -3,7 +3,7 @@
 //! Either way the container side gets the endpoint's name, MAC, addresses, MTU and a
 //! default route via the network's gateway.
 
-use super::iproute::{ethtool_in, ip, ip_in, PlumbError};
+use crate::netlink::{Link, LinkChange, Netlink, NetlinkError, Route};
 use crate::state::{Endpoint, Network};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -25,7 +25,7 @@ pub enum AttachError {
     #[error("cannot read veth {0}: {1}")]
     PacketSocket(String, std::io::Error),
     #[error(transparent)]
-    Plumb(#[from] PlumbError),
+    Netlink(#[from] NetlinkError),
 }
 
 /// `/run/netns/NAME` for a name, the path itself for a path.
@@ -47,13 +47,16 @@ pub async fn precheck(netns: &str, ifname: &str, veth: Option<&str>) -> Result<(
         ));
     }
     if let Some(v) = veth {
-        if ip(&["link", "show", "dev", v]).await.is_err() {
+        if !matches!(Netlink::here()?.link(v).await, Ok(Some(_))) {
             return Err(AttachError::NoVeth(v.into()));
         }
         if veth_peer(&path, v).await?.is_none() {
             return Err(AttachError::NotAVethIntoNetns(v.into(), netns.into()));
         }
-    } else if ip_in(&path, &["link", "show", "dev", ifname]).await.is_ok() {
+    } else if matches!(
+        Netlink::in_netns(&path).await?.link(ifname).await,
+        Ok(Some(_))
+    ) {
         return Err(AttachError::IfnameTaken {
             netns: netns.into(),
             ifname: ifname.into(),
@@ -101,7 +104,7 @@ pub async fn attach(
                     ifname,
                     ..ep.clone()
                 };
-                configure(&path, &found, net, mtu).await?;
+                configure(&Netlink::in_netns(&path).await?, &found, net, mtu).await?;
                 return Ok(Attached {
                     fds,
                     offloaded: true,
@@ -110,10 +113,13 @@ pub async fn attach(
             let fds = tap::create_persistent(&name, queues)
                 .map_err(|e| AttachError::Tap(name.clone(), e))?;
             let placed = async {
-                let ns = path.display().to_string();
-                ip(&["link", "set", "dev", &name, "netns", &ns]).await?;
-                ip_in(&path, &["link", "set", "dev", &name, "name", &ep.ifname]).await?;
-                configure(&path, ep, net, mtu).await
+                Netlink::here()?
+                    .set_link(&name, LinkChange::new().netns(&path))
+                    .await?;
+                let nl = Netlink::in_netns(&path).await?;
+                nl.set_link(&name, LinkChange::new().rename(&ep.ifname))
+                    .await?;
+                configure(&nl, ep, net, mtu).await
             }
             .await;
             if let Err(e) = placed {
@@ -130,20 +136,20 @@ pub async fn attach(
             let peer = veth_peer(&path, host)
                 .await?
                 .ok_or_else(|| AttachError::NotAVethIntoNetns(host.clone(), ep.netns.clone()))?;
+            let nl = Netlink::in_netns(&path).await?;
             if peer != ep.ifname {
-                ip_in(&path, &["link", "set", "dev", &peer, "down"]).await?;
-                ip_in(&path, &["link", "set", "dev", &peer, "name", &ep.ifname]).await?;
+                // down first: the kernel renames no running interface
+                nl.set_link(&peer, LinkChange::new().down()).await?;
+                nl.set_link(&peer, LinkChange::new().rename(&ep.ifname))
+                    .await?;
             }
             // The host end hands the agent whatever the container end sends; with
             // offloads on that would be unchecksummed super-frames.
-            ethtool_in(
-                &path,
-                &["-K", &ep.ifname, "tx", "off", "tso", "off", "gso", "off"],
-            )
-            .await?;
-            configure(&path, ep, net, mtu).await?;
-            let m = mtu.to_string();
-            ip(&["link", "set", "dev", host, "mtu", &m, "up"]).await?;
+            nl.offloads_off(&ep.ifname).await?;
+            configure(&nl, ep, net, mtu).await?;
+            Netlink::here()?
+                .set_link(host, LinkChange::new().mtu(mtu).up())
+                .await?;
             packet_socket::open(host)
                 .map(|fd| Attached {
                     fds: vec![fd],
@@ -169,9 +175,10 @@ pub async fn tap_for_docker(
     let queues = if net.encrypted { 1 } else { queues };
     let fds =
         tap::create_persistent(&name, queues).map_err(|e| AttachError::Tap(name.clone(), e))?;
-    let m = mtu.to_string();
-    if let Err(e) = ip(&["link", "set", "dev", &name, "address", &ep.mac, "mtu", &m]).await {
-        let _ = ip(&["link", "del", "dev", &name]).await;
+    let here = Netlink::here()?;
+    let set = LinkChange::new().mac(&ep.mac).mtu(mtu);
+    if let Err(e) = here.set_link(&name, set).await {
+        let _ = here.delete_link(&name).await;
         return Err(e.into());
     }
     Ok((
@@ -190,14 +197,8 @@ pub async fn tap_for_docker(
 async fn reopen(netns: &Path, ep: &Endpoint, queues: usize) -> Option<(String, Vec<OwnedFd>)> {
     // Found by MAC: the name may not be the one recorded (Docker names its
     // interfaces itself).
-    let out = ip_in(netns, &["-d", "-j", "link", "show"]).await.ok()?;
-    let v: serde_json::Value = serde_json::from_str(&out).ok()?;
-    let name = v.as_array()?.iter().find_map(|l| {
-        (l["address"].as_str() == Some(ep.mac.as_str())
-            && l["linkinfo"]["info_kind"].as_str() == Some("tun"))
-        .then(|| l["ifname"].as_str().map(String::from))
-        .flatten()
-    })?;
+    let nl = Netlink::in_netns(netns).await.ok()?;
+    let name = endpoint_taps(&nl, ep).await.ok()?.into_iter().next()?.name;
     match tap::reopen_in(netns, &name, queues) {
         Ok(fds) => {
             tracing::info!(endpoint = %ep.id, ifname = %name, "reopened the endpoint's TAP");
@@ -205,7 +206,7 @@ async fn reopen(netns: &Path, ep: &Endpoint, queues: usize) -> Option<(String, V
         }
         Err(e) => {
             tracing::info!(endpoint = %ep.id, error = %e, "cannot reopen the endpoint's TAP: making it anew");
-            let _ = ip_in(netns, &["link", "del", "dev", &name]).await;
+            let _ = nl.delete_link(&name).await;
             None
         }
     }
@@ -220,36 +221,36 @@ pub async fn detach(ep: &Endpoint) {
     }
     let path = netns_path(&ep.netns);
     if path.exists() {
-        if let Ok(out) = ip_in(&path, &["-d", "-j", "link", "show"]).await {
-            let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-            let ours = v.as_array().into_iter().flatten().filter(|l| {
-                l["address"].as_str() == Some(ep.mac.as_str())
-                    && l["linkinfo"]["info_kind"].as_str() == Some("tun")
-            });
-            for name in ours.filter_map(|l| l["ifname"].as_str()) {
-                let _ = ip_in(&path, &["link", "del", "dev", name]).await;
+        if let Ok(nl) = Netlink::in_netns(&path).await {
+            for l in endpoint_taps(&nl, ep).await.unwrap_or_default() {
+                let _ = nl.delete_link(&l.name).await;
             }
         }
     }
-    let _ = ip(&["link", "del", "dev", &tap_name(ep)]).await;
+    if let Ok(here) = Netlink::here() {
+        let _ = here.delete_link(&tap_name(ep)).await;
+    }
+}
+
+/// The TAPs with `ep`'s MAC among `nl`'s interfaces: the endpoint's, under
+/// whatever name it has there.
+pub async fn endpoint_taps(nl: &Netlink, ep: &Endpoint) -> Result<Vec<Link>, NetlinkError> {
+    let mac = vxmesh_dataplane::parse_mac(&ep.mac);
+    let mut links = nl.links().await?;
+    links.retain(|l| l.is_tun() && mac.is_some() && l.mac == mac);
+    Ok(links)
 }
 
 /// The name, inside `netns`, of the other end of veth `host`.
 async fn veth_peer(netns: &Path, host: &str) -> Result<Option<String>, AttachError> {
-    let out = ip(&["-j", "link", "show", "dev", host])
-        .await
-        .map_err(|_| AttachError::NoVeth(host.into()))?;
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-    let Some(peer_index) = v[0]["link_index"].as_u64() else {
+    let Ok(Some(link)) = Netlink::here()?.link(host).await else {
+        return Err(AttachError::NoVeth(host.into()));
+    };
+    let Some(peer_index) = link.link_index else {
         return Ok(None);
     };
-    let out = ip_in(netns, &["-j", "link", "show"]).await?;
-    let links: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-    Ok(links.as_array().into_iter().flatten().find_map(|l| {
-        (l["ifindex"].as_u64() == Some(peer_index))
-            .then(|| l["ifname"].as_str().map(String::from))
-            .flatten()
-    }))
+    let nl = Netlink::in_netns(netns).await?;
+    Ok(nl.link_by_index(peer_index).await?.map(|l| l.name))
 }
 
 /// Where iproute2 looks for a named namespace's own resolv.conf: `ip netns exec`
@@ -306,22 +307,31 @@ pub fn forget_resolv_conf(ep: &Endpoint) {
 /// from its ingress address goes back through the ingress network's gateway, so
 /// replies to outside clients (whose addresses the task sees) return the way
 /// they came, not out of the task's default route.
-const INGRESS_TABLE: &str = "4789";
+const INGRESS_TABLE: u32 = 4789;
 
-async fn configure(ns: &Path, ep: &Endpoint, net: &Network, mtu: u32) -> Result<(), AttachError> {
+/// `Ok` also for what is there already.
+fn or_exists(r: Result<(), NetlinkError>) -> Result<(), NetlinkError> {
+    match r {
+        Err(e) if e.exists() => Ok(()),
+        r => r,
+    }
+}
+
+async fn configure(
+    nl: &Netlink,
+    ep: &Endpoint,
+    net: &Network,
+    mtu: u32,
+) -> Result<(), AttachError> {
     let ingress = net.name == crate::state::ingress::NETWORK;
     if !ingress {
         write_resolv_conf(ep, net);
     }
-    let m = mtu.to_string();
     let dev = ep.ifname.as_str();
-    ip_in(
-        ns,
-        &["link", "set", "dev", dev, "address", &ep.mac, "mtu", &m],
-    )
-    .await?;
+    nl.set_link(dev, LinkChange::new().mac(&ep.mac).mtu(mtu))
+        .await?;
     // a kernel without IPv6 (ipv6.disable=1) keeps IPv4 going alone
-    let v6_ok = super::iproute::host_has_ipv6();
+    let v6_ok = crate::netlink::host_has_ipv6();
     if !v6_ok && ep.ips.iter().any(|a| a.is_ipv6()) {
         tracing::warn!(endpoint = %ep.id, "this kernel has no IPv6: the endpoint's IPv6 address is not configured");
     }
@@ -329,86 +339,38 @@ async fn configure(ns: &Path, ep: &Endpoint, net: &Network, mtu: u32) -> Result<
         let Some(subnet) = net.subnets.iter().find(|s| s.contains(addr)) else {
             continue;
         };
-        let cidr = format!("{addr}/{}", subnet.prefix_len());
-        let mut args = vec!["addr", "add", cidr.as_str(), "dev", dev];
-        if addr.is_ipv6() {
-            args.push("nodad");
-        }
-        match ip_in(ns, &args).await {
-            Ok(_) => {}
-            Err(e) if e.exists() => {}
+        let add = || nl.add_address(dev, *addr, subnet.prefix_len(), addr.is_ipv6());
+        match or_exists(add().await) {
+            Ok(()) => {}
             // the network has an IPv6 subnet, so the interface needs IPv6 even
             // where the namespace's default turned it off (Docker's containers)
             Err(e) if e.ipv6_disabled() => {
-                super::iproute::enable_ipv6_in(ns, dev).await?;
-                if let Err(e) = ip_in(ns, &args).await {
-                    if !e.exists() {
-                        return Err(e.into());
-                    }
-                }
+                nl.enable_ipv6(dev).await?;
+                or_exists(add().await)?;
             }
             Err(e) => return Err(e.into()),
         }
     }
-    ip_in(ns, &["link", "set", "dev", dev, "up"]).await?;
+    nl.set_link(dev, LinkChange::new().up()).await?;
     if ingress {
         for v6 in [false, true].into_iter().filter(|v6| v6_ok || !v6) {
-            let family = if v6 { "-6" } else { "-4" };
             let addr = ep.ips.iter().find(|a| a.is_ipv6() == v6);
             let gw = net.gateways.iter().find(|g| g.is_ipv6() == v6);
             let (Some(addr), Some(gw)) = (addr, gw) else {
                 continue;
             };
-            let (a, g) = (addr.to_string(), gw.to_string());
-            ip_in(
-                ns,
-                &[
-                    family,
-                    "route",
-                    "replace",
-                    "default",
-                    "via",
-                    &g,
-                    "dev",
-                    dev,
-                    "table",
-                    INGRESS_TABLE,
-                ],
-            )
-            .await?;
-            let rule = [
-                family,
-                "rule",
-                "add",
-                "from",
-                &a,
-                "table",
-                INGRESS_TABLE,
-                "priority",
-                INGRESS_TABLE,
-            ];
-            if let Err(e) = ip_in(ns, &rule).await {
-                if !e.exists() {
-                    return Err(e.into());
-                }
-            }
+            let route = Route {
+                table: Some(INGRESS_TABLE),
+                ..Route::default_via(*gw, dev)
+            };
+            nl.replace_route(&route).await?;
+            or_exists(nl.add_rule(*addr, INGRESS_TABLE, INGRESS_TABLE).await)?;
         }
         return Ok(());
     }
     for gw in net.gateways.iter().filter(|g| v6_ok || g.is_ipv4()) {
-        let g = gw.to_string();
-        let family = if gw.is_ipv6() { "-6" } else { "-4" };
         // A namespace already routed elsewhere (another network) keeps its default.
-        if let Err(e) = ip_in(
-            ns,
-            &[family, "route", "add", "default", "via", &g, "dev", dev],
-        )
-        .await
-        {
-            if !e.exists() {
-                return Err(e.into());
-            }
-        }
+        or_exists(nl.add_route(&Route::default_via(*gw, dev)).await)?;
     }
     Ok(())
 }

@@ -18,8 +18,9 @@
 //! ingress one does: while no NAT chain is left the kernel stops translating
 //! established connections) and goes with `--cleanup-on-exit`.
 
-use super::iproute::{self, ip, PlumbError};
 use super::switch_state::Mtus;
+use crate::firewall::{nft, FirewallError};
+use crate::netlink::{sysctl, LinkChange, Netlink, NetlinkError};
 use crate::state::{ingress, ipam, ClusterState};
 use ipnet::IpNet;
 use rustc_hash::FxHashMap;
@@ -62,13 +63,7 @@ pub enum EgressError {
     #[error("cannot create the egress TAP {DEVICE}: {0}")]
     Tap(std::io::Error),
     #[error(transparent)]
-    Plumb(#[from] PlumbError),
-    #[error("cannot set {0}: {1}")]
-    Sysctl(String, std::io::Error),
-}
-
-fn sysctl(path: &str, value: &str) -> Result<(), EgressError> {
-    std::fs::write(path, value).map_err(|e| EgressError::Sysctl(path.into(), e))
+    Netlink(#[from] NetlinkError),
 }
 
 /// Creates the egress TAP (`queues` queues, one per worker) with MTU `mtu`
@@ -76,26 +71,30 @@ fn sysctl(path: &str, value: &str) -> Result<(), EgressError> {
 /// subnets' routes, without duplicate address detection, which would hold its
 /// link-local address back a second), and IPv4 forwarding.
 pub async fn create_tap(queues: usize, mtu: u32) -> Result<(EgressTap, Vec<OwnedFd>), EgressError> {
+    let here = Netlink::here()?;
     // a TAP dies with its fds, but a crashed agent's may linger a moment
-    let _ = ip(&["link", "del", DEVICE]).await;
+    let _ = here.delete_link(DEVICE).await;
     let fds = tap::create_queues(DEVICE, queues).map_err(EgressError::Tap)?;
     let host_mac = ipam::random_mac();
     let m = vxmesh_dataplane::mac_to_string(&host_mac);
-    let mtu = mtu.to_string();
-    ip(&["link", "set", "dev", DEVICE, "address", &m, "mtu", &mtu]).await?;
-    let v6 = format!("/proc/sys/net/ipv6/conf/{DEVICE}");
+    here.set_link(DEVICE, LinkChange::new().mac(&m).mtu(mtu))
+        .await?;
     // a node with IPv6 off has neither file: IPv4 egress still works
-    if std::path::Path::new(&v6).exists() {
-        sysctl(&format!("{v6}/accept_dad"), "0")?;
-        sysctl(&format!("{v6}/disable_ipv6"), "0")?;
+    if std::path::Path::new(&format!("/proc/sys/net/ipv6/conf/{DEVICE}")).exists() {
+        sysctl(&format!("ipv6/conf/{DEVICE}/accept_dad"), "0")?;
+        sysctl(&format!("ipv6/conf/{DEVICE}/disable_ipv6"), "0")?;
     }
-    sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
-    if let Err(e) = ip(&["addr", "add", HOST_CIDR, "dev", DEVICE]).await {
+    sysctl("ipv4/ip_forward", "1")?;
+    let cidr: IpNet = HOST_CIDR.parse().expect("HOST_CIDR is a CIDR");
+    if let Err(e) = here
+        .add_address(DEVICE, cidr.addr(), cidr.prefix_len(), false)
+        .await
+    {
         if !e.exists() {
             return Err(e.into());
         }
     }
-    ip(&["link", "set", "dev", DEVICE, "up"]).await?;
+    here.set_link(DEVICE, LinkChange::new().up()).await?;
     Ok((
         EgressTap {
             port: PORT,
@@ -234,28 +233,58 @@ pub fn render_table(st: &ClusterState, guard: &NodeGuard) -> String {
     )
 }
 
+/// The egress table, not written again once removed at a stop.
+static OWNED: nft::Owned = nft::Owned::new();
+
 /// Replaces the table with `table` in one transaction.
-pub async fn apply_table(table: &str) -> Result<(), PlumbError> {
-    iproute::nft(&format!(
-        "table inet {TABLE}\ndelete table inet {TABLE}\n{table}"
-    ))
-    .await
+pub async fn apply_table(table: &str) -> Result<(), FirewallError> {
+    OWNED
+        .apply(&format!(
+            "table inet {TABLE}\ndelete table inet {TABLE}\n{table}"
+        ))
+        .await
 }
 
 /// Removes the table and the TAP (its routes go with it): `--cleanup-on-exit`.
-pub async fn remove() -> Result<(), PlumbError> {
-    let _ = ip(&["link", "del", DEVICE]).await;
-    iproute::nft(&format!("table inet {TABLE}\ndelete table inet {TABLE}\n")).await
+pub async fn remove() -> Result<(), FirewallError> {
+    if let Ok(here) = Netlink::here() {
+        let _ = here.delete_link(DEVICE).await;
+    }
+    OWNED
+        .remove(&format!("table inet {TABLE}\ndelete table inet {TABLE}\n"))
+        .await
+}
+
+/// The route of `r` into the TAP.
+fn tap_route(r: &Route) -> crate::netlink::Route {
+    let via = match r.subnet {
+        IpNet::V4(_) => IpAddr::V4(NEXT_HOP),
+        IpNet::V6(_) => IpAddr::V6(NEXT_HOP6),
+    };
+    crate::netlink::Route {
+        dst: r.subnet,
+        via: Some(via),
+        dev: DEVICE.to_string(),
+        table: None,
+        mtu: Some(r.mtu),
+    }
 }
 
 /// Brings the TAP's routes from `have` to `want`; `have` ends as what is
 /// there. A route is added, never replaced: a subnet the node already routes
 /// elsewhere (its own LAN, say) keeps that route, and is reported.
 pub async fn sync_routes(have: &mut BTreeSet<Route>, want: &BTreeSet<Route>) {
+    let here = match Netlink::here() {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot change the egress routes");
+            return;
+        }
+    };
     let gone: Vec<Route> = have.difference(want).copied().collect();
     for r in gone {
         let s = r.subnet.to_string();
-        match ip(&["route", "del", &s, "dev", DEVICE]).await {
+        match here.del_route(&tap_route(&r)).await {
             Ok(_) => tracing::info!(subnet = %s, "egress route removed"),
             Err(e) => tracing::warn!(subnet = %s, error = %e, "cannot remove an egress route"),
         }
@@ -265,21 +294,13 @@ pub async fn sync_routes(have: &mut BTreeSet<Route>, want: &BTreeSet<Route>) {
     if new.iter().any(|r| r.subnet.addr().is_ipv6()) {
         // forwarding on a node that had none: it stops taking router
         // advertisements on its other interfaces (as with Docker's IPv6)
-        if let Err(e) = sysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1") {
+        if let Err(e) = sysctl("ipv6/conf/all/forwarding", "1") {
             tracing::warn!(error = %e, "cannot turn on IPv6 forwarding; IPv6 egress will not work");
         }
     }
     for r in new {
-        let (s, m) = (r.subnet.to_string(), r.mtu.to_string());
-        let (family, via) = match r.subnet {
-            IpNet::V4(_) => ("-4", IpAddr::V4(NEXT_HOP)),
-            IpNet::V6(_) => ("-6", IpAddr::V6(NEXT_HOP6)),
-        };
-        let via = via.to_string();
-        let args = [
-            family, "route", "add", &s, "via", &via, "dev", DEVICE, "mtu", &m,
-        ];
-        match ip(&args).await {
+        let s = r.subnet.to_string();
+        match here.add_route(&tap_route(&r)).await {
             Ok(_) => {
                 tracing::info!(subnet = %s, "egress route added");
                 have.insert(r);

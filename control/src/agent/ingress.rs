@@ -7,8 +7,10 @@
 //! a change applies atomically (no moment with half the ports) and the rules
 //! read exactly as an operator would type them.
 
-use super::iproute::{ip, PlumbError};
+use crate::firewall::{nft, FirewallError};
+use crate::netlink::{host_has_ipv6, sysctl, LinkChange, Netlink, NetlinkError};
 use crate::state::ClusterState;
+use ipnet::IpNet;
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::OwnedFd;
@@ -44,17 +46,9 @@ pub enum IngressError {
     #[error("cannot create the ingress sandbox TAP {DEVICE}: {0}")]
     Tap(std::io::Error),
     #[error(transparent)]
-    Plumb(#[from] PlumbError),
-    #[error("cannot set {0}: {1}")]
-    Sysctl(String, std::io::Error),
-    #[error("cannot run nft (is nftables installed?): {0}")]
-    NftSpawn(std::io::Error),
-    #[error("nft refused the ingress table: {0}")]
-    Nft(String),
-}
-
-fn sysctl(path: &str, value: &str) -> Result<(), IngressError> {
-    std::fs::write(path, value).map_err(|e| IngressError::Sysctl(path.into(), e))
+    Netlink(#[from] NetlinkError),
+    #[error("the ingress table: {0}")]
+    Nft(#[from] FirewallError),
 }
 
 /// Creates the sandbox TAP (`queues` queues, one per worker) and sets the
@@ -62,42 +56,41 @@ fn sysctl(path: &str, value: &str) -> Result<(), IngressError> {
 /// into the TAP), and `route_localnet`, so `127.0.0.1:PORT` may be DNATed out
 /// of it as Docker does on `docker_gwbridge`.
 pub async fn create_sandbox(queues: usize) -> Result<(Sandbox, Vec<OwnedFd>), IngressError> {
+    let here = Netlink::here()?;
     // a TAP dies with its fds, but a crashed agent's may linger a moment
-    let _ = ip(&["link", "del", DEVICE]).await;
+    let _ = here.delete_link(DEVICE).await;
     let fds = tap::create_queues(DEVICE, queues).map_err(IngressError::Tap)?;
     let host_mac = crate::state::ipam::random_mac();
     let mac = vxmesh_dataplane::mac_to_string(&host_mac);
-    ip(&["link", "set", "dev", DEVICE, "address", &mac]).await?;
+    here.set_link(DEVICE, LinkChange::new().mac(&mac)).await?;
     // IPv6 on, for published ports over the node's IPv6 addresses, but no
     // router solicitations or autoconfiguration on a link that has no router;
     // a node with IPv6 off (no such files) keeps IPv4 ingress
-    let v6 = super::iproute::host_has_ipv6();
+    let v6 = host_has_ipv6();
     if v6 {
         for (key, value) in [("accept_ra", "0"), ("autoconf", "0"), ("disable_ipv6", "0")] {
-            sysctl(&format!("/proc/sys/net/ipv6/conf/{DEVICE}/{key}"), value)?;
+            sysctl(&format!("ipv6/conf/{DEVICE}/{key}"), value)?;
         }
     }
-    sysctl(
-        &format!("/proc/sys/net/ipv4/conf/{DEVICE}/route_localnet"),
-        "1",
-    )?;
-    sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
+    sysctl(&format!("ipv4/conf/{DEVICE}/route_localnet"), "1")?;
+    sysctl("ipv4/ip_forward", "1")?;
     for cidr in [HOST_CIDR, HOST_CIDR6] {
         if cidr == HOST_CIDR6 && !v6 {
             continue;
         }
-        let mut args = vec!["addr", "add", cidr, "dev", DEVICE];
-        if cidr == HOST_CIDR6 {
-            // the agent is the only other host on the link
-            args.push("nodad");
-        }
-        if let Err(e) = ip(&args).await {
+        let net: IpNet = cidr.parse().expect("HOST_CIDR and HOST_CIDR6 are CIDRs");
+        // IPv6: the agent is the only other host on the link, no DAD
+        let nodad = cidr == HOST_CIDR6;
+        if let Err(e) = here
+            .add_address(DEVICE, net.addr(), net.prefix_len(), nodad)
+            .await
+        {
             if !e.exists() {
                 return Err(e.into());
             }
         }
     }
-    ip(&["link", "set", "dev", DEVICE, "up"]).await?;
+    here.set_link(DEVICE, LinkChange::new().up()).await?;
     Ok((
         Sandbox {
             port: PORT,
@@ -145,7 +138,7 @@ pub fn render_table(st: &ClusterState, node: &str, advertise: IpAddr) -> String 
     let mut out = format!(
         "table ip {TABLE} {{\n  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n{v4}  }}\n  chain output {{\n    type nat hook output priority -100; policy accept;\n{v4}  }}\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    oifname \"{DEVICE}\" ip saddr 127.0.0.0/8 {snat}\n  }}\n}}\n"
     );
-    let v6 = super::iproute::host_has_ipv6()
+    let v6 = host_has_ipv6()
         && crate::state::ingress::network(st)
             .is_some_and(|n| n.subnets.iter().any(|s| s.addr().is_ipv6()));
     if v6 {
@@ -160,21 +153,15 @@ pub fn render_table(st: &ClusterState, node: &str, advertise: IpAddr) -> String 
     out
 }
 
-/// `nft -f -` (the agent's one way of driving nftables), its refusal said as
-/// the ingress table's.
-async fn nft(script: &str) -> Result<(), IngressError> {
-    super::iproute::nft(script).await.map_err(|e| match e {
-        PlumbError::Failed { stderr, .. } => IngressError::Nft(stderr),
-        PlumbError::Spawn { source, .. } => IngressError::NftSpawn(source),
-    })
-}
+/// The ingress tables, not written again once removed at a stop.
+static TABLES: nft::Owned = nft::Owned::new();
 
 /// The tables' names, for one transaction that empties them: `table X` first
 /// (creating one that is missing), so deleting never fails. The IPv6 one only
 /// where the kernel has IPv6.
 fn flush_script() -> String {
     let mut s = format!("table ip {TABLE}\ndelete table ip {TABLE}\n");
-    if super::iproute::host_has_ipv6() {
+    if host_has_ipv6() {
         let _ = write!(s, "table ip6 {TABLE}\ndelete table ip6 {TABLE}\n");
     }
     s
@@ -185,16 +172,16 @@ fn flush_script() -> String {
 /// IPv6 table is there (not before: a host taking its default route from
 /// router advertisements loses it with forwarding on, unless `accept_ra=2`).
 pub async fn apply_table(table: &str) -> Result<(), IngressError> {
-    nft(&format!("{}{table}", flush_script())).await?;
+    TABLES.apply(&format!("{}{table}", flush_script())).await?;
     if table.contains("table ip6 ") {
-        sysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1")?;
+        sysctl("ipv6/conf/all/forwarding", "1")?;
     }
     Ok(())
 }
 
 /// Removes the tables (`--cleanup-on-exit`).
 pub async fn remove_table() -> Result<(), IngressError> {
-    nft(&flush_script()).await
+    Ok(TABLES.remove(&flush_script()).await?)
 }
 
 #[cfg(test)]

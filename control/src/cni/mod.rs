@@ -219,9 +219,10 @@ pub async fn run(inv: &Invocation) -> Result<Option<Value>, CniError> {
             let netns = inv.env(&inv.netns, "CNI_NETNS")?;
             let path = crate::agent::attach::netns_path(&netns);
             let ifname = ep["ifname"].as_str().unwrap_or("eth0");
-            let present = crate::agent::iproute::ip_in(&path, &["link", "show", "dev", ifname])
-                .await
-                .is_ok();
+            let present = match crate::netlink::Netlink::in_netns(&path).await {
+                Ok(nl) => matches!(nl.link(ifname).await, Ok(Some(_))),
+                Err(_) => false,
+            };
             if !present {
                 return Err(CniError::new(
                     E_CONTAINER_UNKNOWN,

@@ -194,15 +194,18 @@ pub async fn learn_ifname(agent: Arc<Agent>, ep: Endpoint) {
     let end = Instant::now() + Duration::from_secs(15);
     while Instant::now() < end {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let Ok(out) = crate::agent::iproute::ip_in(&path, &["-j", "link", "show"]).await else {
+        let links = match crate::netlink::Netlink::in_netns(&path).await {
+            Ok(nl) => nl.links().await,
+            Err(e) => Err(e),
+        };
+        let Ok(links) = links else {
             continue;
         };
-        let links: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-        let name = links.as_array().into_iter().flatten().find_map(|l| {
-            (l["address"].as_str() == Some(ep.mac.as_str()))
-                .then(|| l["ifname"].as_str().map(String::from))
-                .flatten()
-        });
+        let mac = vxmesh_dataplane::parse_mac(&ep.mac);
+        let name = links
+            .into_iter()
+            .find(|l| mac.is_some() && l.mac == mac)
+            .map(|l| l.name);
         // Docker moves the TAP in under the agent's name for it, then renames
         // it: only the name it ends with counts.
         let Some(name) = name.filter(|n| *n != crate::agent::attach::tap_name(&ep)) else {
@@ -233,29 +236,9 @@ pub async fn learn_ifname(agent: Arc<Agent>, ep: Endpoint) {
 /// containers' egress through the egress TAP; Docker's `DOCKER-USER` chain is
 /// where an accept for them belongs (what may enter the egress TAP is narrowed
 /// in the agent's own egress table: replies only). Removed on stop.
+/// Docker's chain is kept through iptables, so these rules are too
+/// ([`crate::firewall::docker_user`] says why nftables cannot do it).
 pub async fn forwarding(on: bool) {
     let devs = [crate::agent::ingress::DEVICE, crate::agent::egress::DEVICE];
-    for (dev, dir) in devs.iter().flat_map(|d| [(*d, "-i"), (*d, "-o")]) {
-        let rule = ["DOCKER-USER", dir, dev, "-j", "ACCEPT"];
-        let has = iptables(&[&["-C"][..], &rule[..]].concat()).await;
-        let r = match (on, has) {
-            (true, false) => iptables(&[&["-I"][..], &rule[..]].concat()).await,
-            (false, true) => iptables(&[&["-D"][..], &rule[..]].concat()).await,
-            _ => true,
-        };
-        if !r {
-            tracing::debug!(rule = ?rule, on, "no DOCKER-USER chain to change (no Docker firewall here)");
-        }
-    }
-}
-
-async fn iptables(args: &[&str]) -> bool {
-    tokio::process::Command::new("iptables")
-        .args(["-w", "5"])
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .await
-        .is_ok_and(|s| s.success())
+    crate::firewall::docker_user::forwarding(&devs, on).await;
 }

@@ -5,6 +5,8 @@
 
 use super::Check;
 use crate::agent::{attach, egress, ingress, iproute, Agent};
+use crate::firewall::nft;
+use crate::netlink::Netlink;
 use crate::state::{ClusterState, Endpoint};
 use std::collections::BTreeMap;
 
@@ -97,7 +99,7 @@ async fn underlay_mtu(a: &Agent) -> Check {
             format!("{} is no longer an address of this node", a.advertise_addr),
             "put the address back on its interface (ip addr), or restart the agent with the node's address as --advertise-addr",
         ),
-        Err(e) => Check::warn(check, format!("cannot read the interfaces: {e}"), "see that iproute2 is installed"),
+        Err(e) => Check::warn(check, format!("cannot read the interfaces: {e}"), "see the agent's log; it needs CAP_NET_ADMIN"),
     }
 }
 
@@ -141,19 +143,11 @@ fn expected(script: &str) -> BTreeMap<(String, String), BTreeMap<String, usize>>
     out
 }
 
-/// Chains and their rule counts of a table as `nft -j list table` shows it.
+/// Chains and their rule counts of a table as `nft -j list table` shows it
+/// (nothing for what is not such a listing).
+#[cfg(test)]
 fn listed(json: &str) -> BTreeMap<String, usize> {
-    let v: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
-    let mut out = BTreeMap::new();
-    for item in v["nftables"].as_array().into_iter().flatten() {
-        if let Some(name) = item["chain"]["name"].as_str() {
-            out.entry(name.to_string()).or_insert(0);
-        }
-        if let Some(chain) = item["rule"]["chain"].as_str() {
-            *out.entry(chain.to_string()).or_insert(0) += 1;
-        }
-    }
-    out
+    nft::rule_counts(&serde_json::from_str(json).unwrap_or_default())
 }
 
 /// Each table the agent last wrote: there, with its chains and rules.
@@ -161,12 +155,16 @@ async fn tables(applied: &str) -> Vec<Check> {
     let mut out = Vec::new();
     for ((family, table), want) in expected(applied) {
         let check = format!("nft.{family}.{table}");
-        let have = match iproute::nft_list_table(&family, &table).await {
-            Ok(json) => listed(&json),
-            Err(e) => {
+        let have = match nft::list_table(&family, &table).await {
+            Ok(Some(chains)) => chains,
+            missing => {
+                let why = match missing {
+                    Err(e) => format!(" ({e})"),
+                    _ => String::new(),
+                };
                 out.push(Check::fail(
                     check,
-                    format!("table {family} {table} is missing ({e})"),
+                    format!("table {family} {table} is missing{why}"),
                     format!("{RESTART}; if something removes it (a firewall service that flushes the whole ruleset), make it leave vxmesh's tables alone"),
                 ));
                 continue;
@@ -210,13 +208,13 @@ async fn own_tap(dev: &str, made: bool) -> Check {
             format!("mend what the log names, then {RESTART}"),
         );
     }
-    match iproute::ip(&["-j", "link", "show", "dev", dev]).await {
-        Ok(out) => {
-            let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-            let up = v[0]["flags"]
-                .as_array()
-                .is_some_and(|f| f.iter().any(|x| x == "UP"));
-            if up {
+    let link = match Netlink::here() {
+        Ok(nl) => nl.link(dev).await,
+        Err(e) => Err(e),
+    };
+    match link {
+        Ok(Some(l)) => {
+            if l.up {
                 Check::ok(check, format!("{dev} is there and up"))
             } else {
                 Check::fail(
@@ -226,7 +224,8 @@ async fn own_tap(dev: &str, made: bool) -> Check {
                 )
             }
         }
-        Err(_) => Check::fail(check, format!("{dev} is missing"), RESTART),
+        Ok(None) => Check::fail(check, format!("{dev} is missing"), RESTART),
+        Err(e) => Check::fail(check, format!("{dev} cannot be read: {e}"), RESTART),
     }
 }
 
@@ -234,24 +233,21 @@ async fn own_tap(dev: &str, made: bool) -> Check {
 /// agent finds it), or the host end of its veth.
 async fn endpoint_interface(ep: &Endpoint) -> Result<(), String> {
     if let Some(v) = &ep.veth {
-        return iproute::ip(&["link", "show", "dev", v])
-            .await
-            .map(|_| ())
-            .map_err(|_| format!("its veth {v} is missing"));
+        let nl = Netlink::here().map_err(|e| e.to_string())?;
+        return match nl.link(v).await {
+            Ok(Some(_)) => Ok(()),
+            _ => Err(format!("its veth {v} is missing")),
+        };
     }
     let path = attach::netns_path(&ep.netns);
     if !path.exists() {
         return Err(format!("its namespace {} is gone", path.display()));
     }
-    let out = iproute::ip_in(&path, &["-d", "-j", "link", "show"])
+    let nl = Netlink::in_netns(&path).await.map_err(|e| e.to_string())?;
+    let found = attach::endpoint_taps(&nl, ep)
         .await
         .map_err(|e| e.to_string())?;
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-    let found = v.as_array().into_iter().flatten().any(|l| {
-        l["address"].as_str() == Some(ep.mac.as_str())
-            && l["linkinfo"]["info_kind"].as_str() == Some("tun")
-    });
-    if found {
+    if !found.is_empty() {
         Ok(())
     } else {
         Err(format!(
