@@ -4,6 +4,8 @@
 //! until the agent is asked to stop or a dataplane worker dies. Nothing below
 //! imports this module: the agent knows nothing of its callers.
 
+#![forbid(unsafe_code)]
+
 use crate::agent::{self, Agent, AgentConfig};
 use crate::{api, docker};
 use anyhow::Context;

@@ -2,6 +2,8 @@
 //! here so that the targets and the corpus replay test
 //! (`tests/fuzz_corpus.rs`) run the same code. Not part of the crate's API.
 
+#![forbid(unsafe_code)]
+
 use crate::agent::switch_state::{self, Mtus};
 use crate::state::{ops, services, ClusterState, NetworkSpec, Node};
 use serde_json::Value;

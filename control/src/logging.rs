@@ -2,6 +2,8 @@
 //! lines (`--log-json`: one JSON object per event, one event per line), always on
 //! stderr.
 
+#![forbid(unsafe_code)]
+
 use std::io::IsTerminal;
 use tracing_subscriber::filter::{EnvFilter, LevelFilter};
 

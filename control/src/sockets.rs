@@ -2,6 +2,8 @@
 //! only root and one group can ever connect, since whoever connects controls
 //! the node. Below the API and the Docker driver, which both bind one.
 
+#![forbid(unsafe_code)]
+
 /// Mode of the agent's sockets: its owner (root) and its group may connect.
 pub const SOCKET_MODE: u32 = 0o660;
 

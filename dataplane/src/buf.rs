@@ -1,6 +1,8 @@
 //! A packet buffer with headroom, so encapsulation prepends headers in place
 //! instead of copying the frame.
 
+#![forbid(unsafe_code)]
+
 use crate::tunnel::inner::{self, INNER_HEADER_LEN};
 use crate::wire::vxlan::VXLAN_HEADER_LEN;
 use std::net::Ipv4Addr;

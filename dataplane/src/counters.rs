@@ -1,6 +1,8 @@
 //! Per-worker counters: plain integers on the packet path (one owner, no atomics),
 //! copied out to the control plane now and then.
 
+#![forbid(unsafe_code)]
+
 use serde::Serialize;
 
 /// Why a frame or datagram was dropped. Every drop has one, so operators can tell

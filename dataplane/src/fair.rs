@@ -12,6 +12,8 @@
 //! small owners (a flood from random addresses) do not make every busy one
 //! look greedy.
 
+#![forbid(unsafe_code)]
+
 use rustc_hash::FxHashMap;
 use std::hash::Hash;
 

@@ -19,6 +19,8 @@
 //! The key is drawn when the first table is made, never per packet, so the
 //! per-packet core makes no syscall for it.
 
+#![forbid(unsafe_code)]
+
 use foldhash::fast::{FoldHasher, SeedableRandomState};
 use foldhash::SharedSeed;
 use std::hash::BuildHasher;

@@ -7,6 +7,8 @@
 //! instruction and no line bouncing between cores), and a scrape sums the lanes.
 //! The lanes sit right behind the handle's pointer: one load to reach them.
 
+#![forbid(unsafe_code)]
+
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;

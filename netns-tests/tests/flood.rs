@@ -118,6 +118,7 @@ fn syn_flood(
     source: impl Fn(u64) -> (Ipv4Addr, u16) + Send + 'static,
 ) -> anyhow::Result<(u64, Duration)> {
     in_netns(ns, move || -> anyhow::Result<(u64, Duration)> {
+        // SAFETY: a NUL-terminated literal; if_nametoindex only reads it.
         let ifindex = unsafe { libc::if_nametoindex(c"ul0".as_ptr()) };
         anyhow::ensure!(ifindex != 0, "no ul0");
         // SAFETY: plain socket(2); checked before use.

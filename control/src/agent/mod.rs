@@ -13,6 +13,8 @@
 //! and metrics list. The node's plumbing (TAPs, nftables, routes) is in
 //! [`attach`], [`ingress`], [`egress`], [`node_guard`] and [`iproute`].
 
+#![forbid(unsafe_code)]
+
 pub mod attach;
 pub mod doctor;
 pub mod egress;

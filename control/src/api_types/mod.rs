@@ -12,6 +12,8 @@
 //! documents written by the agent before these types existed read into them
 //! and write back unchanged.
 
+#![forbid(unsafe_code)]
+
 pub mod conntrack;
 pub mod doctor;
 pub mod endpoints;

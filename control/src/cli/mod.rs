@@ -4,6 +4,8 @@
 //! commands (an API call or two each, answers read as `api_types`), `output`
 //! and `flows` what they print, as tables or `--format json`.
 
+#![forbid(unsafe_code)]
+
 mod agent_args;
 mod commands;
 mod flows;

@@ -5,6 +5,8 @@
 //! Attachments are endpoints whose `owner` is `cni:CONTAINER_ID:IFNAME`, so DEL,
 //! CHECK and GC find them again; DEL of something already gone succeeds.
 
+#![forbid(unsafe_code)]
+
 use crate::api::client::Client;
 use hyper::Method;
 use serde_json::{json, Value};

@@ -28,6 +28,8 @@
 //! the engine's API; [`protocol`] the plugin socket's routes. The driver sits
 //! on the [`Agent`] and the state; the daemon starts it.
 
+#![forbid(unsafe_code)]
+
 mod containers;
 mod engine;
 mod pools;

@@ -13,6 +13,8 @@
 //!   name one module) and [`services`];
 //! - [`validate`]: the check of rows read back from a store.
 
+#![forbid(unsafe_code)]
+
 pub mod error;
 pub mod ingress;
 pub mod ipam;

@@ -10,6 +10,8 @@
 //! Reading checks every object as the write path would have (see
 //! [`crate::state::validate`]): a bad row is left out and listed, never fatal.
 
+#![forbid(unsafe_code)]
+
 pub mod etcd;
 pub mod sqlite;
 #[cfg(test)]

@@ -24,6 +24,8 @@
 //! slab in [`touch`] slots, so that workers can serve established connections
 //! from their own [`cache`] without the table's lock.
 
+#![forbid(unsafe_code)]
+
 pub mod cache;
 mod conn;
 mod evict;

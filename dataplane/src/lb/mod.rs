@@ -2,6 +2,8 @@
 //! backend for a new flow. (Virtual services keyed by fwmark, conntrack and NAT
 //! build on them.)
 
+#![forbid(unsafe_code)]
+
 pub mod limit;
 pub mod maglev;
 pub mod nat;

@@ -12,6 +12,8 @@
 //! - `checksum`: the Internet checksum, now [`crate::wire::checksum`]; the
 //!   name stays here for the benches until they import it from there.
 
+#![forbid(unsafe_code)]
+
 pub use crate::wire::checksum;
 pub mod coalesce;
 pub mod gather;

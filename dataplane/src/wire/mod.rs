@@ -11,6 +11,8 @@
 //! needs ([`flow_hash`], [`ipv6_chain`]). [`build`] composes whole frames for
 //! tests, benches and the fuzzer.
 
+#![forbid(unsafe_code)]
+
 /// Declares a view: a struct over a buffer `T`, `new_unchecked` (no checks:
 /// accessors panic past the buffer's end; the doc says how much they need),
 /// and `into_inner`. Each protocol adds its own `new_checked` and accessors.
