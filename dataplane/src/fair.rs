@@ -220,12 +220,12 @@ impl<K: Hash + Eq + Copy> Owners<K> {
 /// several workers has each one's budget); ports the state no longer has are
 /// forgotten ([`PortRate::retain`]).
 #[derive(Debug)]
-pub struct PortRate {
+pub struct PortRate<K> {
     gcra: crate::lb::limit::Gcra,
-    tat: FxHashMap<crate::switch::PortId, u64>,
+    tat: FxHashMap<K, u64>,
 }
 
-impl PortRate {
+impl<K: std::hash::Hash + Eq + Copy> PortRate<K> {
     pub fn new(limit: crate::lb::limit::RateLimit) -> Self {
         Self {
             gcra: crate::lb::limit::Gcra::new(limit),
@@ -234,13 +234,13 @@ impl PortRate {
     }
 
     /// Whether `port` may send one more frame at `now_ms` (counted if so).
-    pub fn admit(&mut self, port: crate::switch::PortId, now_ms: u64) -> bool {
+    pub fn admit(&mut self, port: K, now_ms: u64) -> bool {
         let tat = self.tat.entry(port).or_insert(0);
         self.gcra.admit(tat, now_ms)
     }
 
     /// Keeps only the ports `keep` names.
-    pub fn retain(&mut self, keep: impl Fn(crate::switch::PortId) -> bool) {
+    pub fn retain(&mut self, keep: impl Fn(K) -> bool) {
         self.tat.retain(|p, _| keep(*p));
     }
 }
@@ -294,26 +294,25 @@ mod tests {
     #[test]
     fn a_port_spends_its_own_flood_budget_not_the_others() {
         use crate::lb::limit::RateLimit;
-        use crate::switch::PortId;
         let mut r = PortRate::new(RateLimit {
             per_sec: 100,
             burst: 10,
         });
-        let storm = (0..1_000).filter(|_| r.admit(PortId(1), 0)).count();
+        let storm = (0..1_000).filter(|_| r.admit(1u32, 0)).count();
         assert_eq!(storm, 10, "its burst");
-        assert!(r.admit(PortId(2), 0), "another port's budget is whole");
-        assert!((0..9).all(|_| r.admit(PortId(2), 0)));
-        assert!(!r.admit(PortId(2), 0));
+        assert!(r.admit(2u32, 0), "another port's budget is whole");
+        assert!((0..9).all(|_| r.admit(2u32, 0)));
+        assert!(!r.admit(2u32, 0));
         // a second later: a second's worth again (at most the burst)
-        let later = (0..1_000).filter(|_| r.admit(PortId(1), 1_000)).count();
+        let later = (0..1_000).filter(|_| r.admit(1u32, 1_000)).count();
         assert_eq!(later, 10);
         let mut sent = 0;
         for ms in 1_001..3_001 {
-            sent += usize::from(r.admit(PortId(1), ms));
+            sent += usize::from(r.admit(1u32, ms));
         }
         assert!((199..=201).contains(&sent), "100 a second: {sent}");
-        r.retain(|p| p != PortId(1));
-        assert!(r.admit(PortId(1), 3_001), "forgotten, then whole again");
+        r.retain(|p| p != 1u32);
+        assert!(r.admit(1u32, 3_001), "forgotten, then whole again");
     }
 
     proptest::proptest! {

@@ -2,7 +2,7 @@
 //! `follow=1`, a body that goes on for as long as the client reads, one JSON
 //! record a line (NDJSON) as each comes.
 
-use super::server::{Ag, ApiError};
+use super::answer::{Ag, ApiError};
 use crate::api_types::flows::{FlowQuery, Missed};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;

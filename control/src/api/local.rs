@@ -2,7 +2,7 @@
 //! store: its dataplane's counters, balancer and connections, a trace of a
 //! network's frames, and the doctor's checks run from here.
 
-use super::server::{Ag, ApiError, Res, Sorted};
+use super::answer::{Ag, ApiError, Res, Sorted};
 use crate::api_types::conntrack::ConntrackEntry;
 use crate::api_types::doctor::Report;
 use crate::api_types::lb::{LbQuery, VirtualService};

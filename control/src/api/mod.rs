@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+mod answer;
 pub mod client;
 mod flows;
 mod local;

@@ -2,9 +2,8 @@
 //! CLI call sees what another node just wrote. Bodies and answers are the
 //! types of [`crate::api_types`].
 
-use crate::agent::{Agent, AgentError};
+use crate::agent::Agent;
 use crate::api_types::endpoints::EndpointSpec;
-use crate::api_types::errors::ErrorBody;
 use crate::api_types::networks::{Network, NetworkInspect, NetworkListing, NetworkSpec};
 use crate::api_types::nodes::{ExternalNode, Node, NodeListing, NodeStatus, NodeUpdate};
 use crate::api_types::policies::{Policy, PolicySpec};
@@ -12,65 +11,13 @@ use crate::api_types::services::{
     Endpoint, Service, ServiceInspect, ServiceListing, ServiceSpec, ServiceUpdate,
 };
 use crate::state::{ops, services, StateError};
-use crate::store::{StoreError, UpdateError};
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use std::sync::Arc;
 use tokio::net::UnixListener;
 
-pub struct ApiError(pub(super) StatusCode, pub(super) String);
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.0, Json(ErrorBody { error: self.1 })).into_response()
-    }
-}
-
-impl From<AgentError> for ApiError {
-    fn from(e: AgentError) -> Self {
-        let code = match &e {
-            AgentError::Update(UpdateError::State(StateError::Invalid(_))) => {
-                StatusCode::BAD_REQUEST
-            }
-            AgentError::Update(UpdateError::State(StateError::NotFound(_))) => {
-                StatusCode::NOT_FOUND
-            }
-            AgentError::Update(UpdateError::State(StateError::Conflict(_))) => StatusCode::CONFLICT,
-            AgentError::Update(UpdateError::Store(StoreError::Unreachable { .. })) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            AgentError::Attach(_) => StatusCode::BAD_REQUEST,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        ApiError(code, e.to_string())
-    }
-}
-
-impl From<StateError> for ApiError {
-    fn from(e: StateError) -> Self {
-        AgentError::from(e).into()
-    }
-}
-
-/// An answer as JSON with its object keys in sorted order, as the API has
-/// always written them (its answers were `serde_json::Value`s, whose maps
-/// sort): whoever compares the bytes the agent sends sees no change.
-pub(super) struct Sorted<T>(pub T);
-
-impl<T: serde::Serialize> IntoResponse for Sorted<T> {
-    fn into_response(self) -> Response {
-        match serde_json::to_value(&self.0) {
-            Ok(v) => Json(v).into_response(),
-            Err(e) => ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-        }
-    }
-}
-
-pub(super) type Res<T> = Result<Sorted<T>, ApiError>;
-pub(super) type Ag = State<Arc<Agent>>;
+use super::answer::{Ag, Res, Sorted};
 
 pub fn router(agent: Arc<Agent>) -> Router {
     use super::local as node;

@@ -3,8 +3,8 @@
 //! its own entries, anyone else takes an entry not live, or one of a client
 //! over its share, first.
 
+use super::EndReason;
 use super::{Conntrack, Key, State};
-use crate::flowlog::EndReason;
 use std::net::IpAddr;
 
 /// Entries looked at to choose one to evict.

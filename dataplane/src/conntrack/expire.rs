@@ -1,8 +1,8 @@
 //! Connections going: the sweep of expired entries (in slices, under a lock
 //! taken per slice), and removals when a backend goes.
 
+use super::EndReason;
 use super::{six_of, timeout_ms, Conntrack, Entry, State};
-use crate::flowlog::EndReason;
 use std::net::IpAddr;
 
 /// Locks the table, counting in it a lock that had to be waited for (another

@@ -28,6 +28,7 @@
 
 pub mod cache;
 mod conn;
+mod ended;
 mod evict;
 mod expire;
 mod index;
@@ -41,8 +42,8 @@ pub use key::Key;
 pub use state::{timeout_ms, Dir, Entry, State};
 use state::{TCP_FIN, TCP_RST, TCP_SYN};
 
-use crate::flowlog::{self, EndReason, FlowEvent};
 use conn::{Conn, Six};
+pub use ended::{EndReason, Ended};
 use index::{Index, Ref};
 use rustc_hash::FxHashMap;
 use std::net::IpAddr;
@@ -90,7 +91,7 @@ pub struct Conntrack {
 
 /// Ends recorded under the table's lock, in a buffer allocated once.
 struct EndLog {
-    pending: Vec<FlowEvent>,
+    pending: Vec<Ended>,
     /// Ends the buffer had no room for.
     lost: u64,
 }
@@ -190,7 +191,7 @@ impl Conntrack {
 
     /// Hands the ends recorded since the last call to `to`, oldest first.
     #[inline]
-    pub fn drain_log(&mut self, mut to: impl FnMut(FlowEvent)) {
+    pub fn drain_log(&mut self, mut to: impl FnMut(Ended)) {
         if let Some(l) = self.log.as_mut().filter(|l| !l.pending.is_empty()) {
             for e in l.pending.drain(..) {
                 to(e);
@@ -206,11 +207,17 @@ impl Conntrack {
             return;
         }
         let e = self.entry(id, c);
-        let counts = self.touch[id as usize].counts();
-        let now = self.now_ms;
+        let (packets, bytes) = self.touch[id as usize].counts();
+        let at_ms = self.now_ms;
         if let Some(l) = self.log.as_mut() {
             if l.pending.len() < END_LOG {
-                l.pending.push(FlowEvent::end(&e, why, counts, now));
+                l.pending.push(Ended {
+                    entry: e,
+                    why,
+                    packets,
+                    bytes,
+                    at_ms,
+                });
             } else {
                 l.lost += 1;
             }
@@ -467,7 +474,7 @@ impl Conntrack {
     /// Removes slot `id`'s connection `c` without making a copy of it (an
     /// eviction, a stale holder of a key: nobody looks at what went).
     fn unlink(&mut self, id: u32, c: &Conn, why: EndReason) {
-        if self.log.is_some() && !flowlog::event::already_ended(c.state) {
+        if self.log.is_some() && !ended::already_ended(c.state) {
             self.log_end(id, c, why);
         }
         let s = six_of(&self.six, c, id);

@@ -4,7 +4,6 @@
 
 use super::conn::Conn;
 use super::{six_of, tally, Conntrack, Key};
-use crate::flowlog;
 use std::net::IpAddr;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,7 +89,7 @@ impl Conntrack {
             if let Some(why) = self
                 .log
                 .as_ref()
-                .and(flowlog::event::ended_by(before.0, e.state))
+                .and(super::ended::ended_by(before.0, e.state))
             {
                 let c = *e;
                 self.log_end(id, &c, why);

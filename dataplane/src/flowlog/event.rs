@@ -2,39 +2,10 @@
 //! rather than names (the agent resolves a zone to its network, a fwmark to
 //! its service, an address to its task).
 
-use crate::conntrack::{Entry, Key, State};
+pub use crate::conntrack::EndReason;
+use crate::conntrack::{Ended, Key};
 use crate::counters::DropReason;
 use std::net::{IpAddr, Ipv4Addr};
-
-/// How a connection ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EndReason {
-    /// Both sides sent FIN.
-    Fin,
-    /// Either side sent RST.
-    Rst,
-    /// Nothing seen for its state's timeout.
-    Idle,
-    /// Pushed out of the full table by a new connection.
-    Evicted,
-    /// Its backend left (removed, or taken out as unhealthy).
-    BackendGone,
-    /// Its 4-tuple was taken by a new connection, or it was scheduled anew.
-    Replaced,
-}
-
-impl EndReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EndReason::Fin => "fin",
-            EndReason::Rst => "rst",
-            EndReason::Idle => "idle",
-            EndReason::Evicted => "evicted",
-            EndReason::BackendGone => "backend_gone",
-            EndReason::Replaced => "replaced",
-        }
-    }
-}
 
 /// What the node's policy said of a new ingress connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -124,36 +95,16 @@ impl Default for FlowEvent {
 
 impl FlowEvent {
     /// The end of a tracked connection, with what it carried both ways.
-    pub fn end(e: &Entry, why: EndReason, counts: ([u64; 2], [u64; 2]), now_ms: u64) -> Self {
+    pub fn end(e: &Ended) -> Self {
         FlowEvent {
-            kind: Kind::End(why),
-            at_ms: now_ms,
-            key: e.orig,
-            nat: Some((e.reply.src, e.reply.sport)),
-            service: e.service,
-            packets: counts.0,
-            bytes: counts.1,
+            kind: Kind::End(e.why),
+            at_ms: e.at_ms,
+            key: e.entry.orig,
+            nat: Some((e.entry.reply.src, e.entry.reply.sport)),
+            service: e.entry.service,
+            packets: e.packets,
+            bytes: e.bytes,
             ..Default::default()
         }
     }
-}
-
-/// How a connection's state change ends it, if it does: the first moment both
-/// sides have sent FIN, or either RST.
-pub fn ended_by(before: State, after: State) -> Option<EndReason> {
-    let done = |s| matches!(s, State::TimeWait | State::Close);
-    if done(before) {
-        return None;
-    }
-    match after {
-        State::TimeWait => Some(EndReason::Fin),
-        State::Close => Some(EndReason::Rst),
-        _ => None,
-    }
-}
-
-/// Whether a connection removed from the table in state `s` has had its end
-/// recorded already ([`ended_by`]).
-pub fn already_ended(s: State) -> bool {
-    matches!(s, State::TimeWait | State::Close)
 }

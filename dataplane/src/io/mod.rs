@@ -2,6 +2,7 @@
 
 pub mod dataplane;
 pub mod gso;
+pub mod limits;
 pub mod packet_socket;
 pub mod probe;
 pub mod tap;

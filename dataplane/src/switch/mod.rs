@@ -129,7 +129,7 @@ pub struct Switch {
     /// This worker's lane in the networks' [`crate::traffic::Traffic`] counters.
     lane: usize,
     /// Each port's budget of frames to replicate (`--flood-rate`); none: no limit.
-    flood_budget: Option<crate::fair::PortRate>,
+    flood_budget: Option<crate::fair::PortRate<PortId>>,
     /// Doctor probes: budgets and the wall clock answers carry.
     probes: probe::Probes,
     /// Where multi-address DNS answers (`tasks.NAME`) start: moves on with

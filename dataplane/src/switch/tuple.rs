@@ -19,7 +19,7 @@ pub(super) fn ip_len(buf: &PacketBuf) -> Wire {
 #[inline(always)]
 pub(super) fn take_ends(ct: &mut Conntrack, log: &mut Option<FlowLog>, c: &mut Counters) {
     if let Some(l) = log.as_mut() {
-        ct.drain_log(|e| l.connection(e, c));
+        ct.drain_log(|e| l.connection(crate::flowlog::FlowEvent::end(&e), c));
     }
 }
 

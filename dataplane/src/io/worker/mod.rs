@@ -101,7 +101,7 @@ impl WorkerHandle {
         start: Instant,
         underlay: Underlay,
         wireguard: Option<std::net::UdpSocket>,
-        limits: crate::io::dataplane::Limits,
+        limits: crate::io::limits::Limits,
         probes: Arc<Mutex<ProbeInbox>>,
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
@@ -125,7 +125,7 @@ impl WorkerHandle {
                 flood_rate: limits.flood_rate,
                 dns_forwards: limits
                     .dns_forwards
-                    .clamp(1, crate::io::dataplane::DNS_FORWARDS_LIMIT),
+                    .clamp(1, crate::io::limits::DNS_FORWARDS_LIMIT),
                 flow_log,
             },
             conntrack,
