@@ -9,12 +9,10 @@
 //!   arena, payloads left in place, for one gathering GSO send (no copy).
 //! - [`coalesce`]: consecutive segments of one flow from the underlay → one
 //!   super-frame for a single TAP write (GRO).
-//! - `checksum`: the Internet checksum, now [`crate::wire::checksum`]; the
-//!   name stays here for the benches until they import it from there.
+//! The Internet checksum they all use is [`crate::wire::checksum`].
 
 #![forbid(unsafe_code)]
 
-pub use crate::wire::checksum;
 pub mod coalesce;
 pub mod gather;
 pub mod segment;
