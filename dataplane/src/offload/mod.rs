@@ -9,6 +9,7 @@
 //!   arena, payloads left in place, for one gathering GSO send (no copy).
 //! - [`coalesce`]: consecutive segments of one flow from the underlay → one
 //!   super-frame for a single TAP write (GRO).
+//!
 //! The Internet checksum they all use is [`crate::wire::checksum`].
 
 #![forbid(unsafe_code)]
