@@ -1,9 +1,13 @@
-//! Frames for seeds and tests: what a container, a node or the kernel sends.
+//! Frames for seeds and tests: what a container, a node or the kernel sends,
+//! each composed from [`crate::wire::build`] (one way to write a frame for the
+//! tests, the benches and the fuzzer), under the names the seeds use.
 
 use crate::offload::vnet;
-use crate::wire::vxlan;
+use crate::wire::{build, icmpv4, tcp};
 use crate::Mac;
-use etherparse::PacketBuilder;
+use std::net::Ipv6Addr;
+
+pub use build::{arp_request, datagram, ext_fragment, ext_options};
 
 /// An IPv4/UDP frame.
 pub fn udp_frame(
@@ -15,13 +19,18 @@ pub fn udp_frame(
     dport: u16,
     payload: &[u8],
 ) -> Vec<u8> {
-    let mut out = Vec::new();
-    PacketBuilder::ethernet2(src, dst)
-        .ipv4(sip, dip, 64)
-        .udp(sport, dport)
-        .write(&mut out, payload)
-        .expect("frame");
-    out
+    build::eth(src, dst)
+        .ipv4(sip, dip)
+        .udp(sport, dport, payload)
+}
+
+/// The TCP header the seeds use: sequence 1000, window 65535, `flags` (SYN
+/// 0x02, ACK 0x10 acknowledging 1, FIN 0x01, RST 0x04).
+fn tcp_header(sport: u16, dport: u16, flags: u8) -> tcp::Repr {
+    tcp::Repr {
+        window: 65535,
+        ..build::tcp(sport, dport, 1000, flags)
+    }
 }
 
 /// An IPv4/TCP frame with `flags` (SYN 0x02, ACK 0x10, FIN 0x01, RST 0x04).
@@ -36,35 +45,9 @@ pub fn tcp_frame(
     flags: u8,
     payload: &[u8],
 ) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(src, dst)
-        .ipv4(sip, dip, 64)
-        .tcp(sport, dport, 1000, 65535);
-    let mut out = Vec::new();
-    with_flags(b, flags)
-        .write(&mut out, payload)
-        .expect("frame");
-    out
-}
-
-/// Sets SYN (0x02), ACK (0x10, acknowledging 1), FIN (0x01) and RST (0x04)
-/// from `flags`.
-fn with_flags(
-    mut b: etherparse::PacketBuilderStep<etherparse::TcpHeader>,
-    flags: u8,
-) -> etherparse::PacketBuilderStep<etherparse::TcpHeader> {
-    if flags & 0x02 != 0 {
-        b = b.syn();
-    }
-    if flags & 0x10 != 0 {
-        b = b.ack(1);
-    }
-    if flags & 0x01 != 0 {
-        b = b.fin();
-    }
-    if flags & 0x04 != 0 {
-        b = b.rst();
-    }
-    b
+    build::eth(src, dst)
+        .ipv4(sip, dip)
+        .tcp(tcp_header(sport, dport, flags), payload)
 }
 
 /// [`tcp_frame`] over IPv6.
@@ -79,47 +62,34 @@ pub fn tcp6_frame(
     flags: u8,
     payload: &[u8],
 ) -> Vec<u8> {
-    let v6 = |s: &str| s.parse::<std::net::Ipv6Addr>().expect("v6").octets();
-    let b = PacketBuilder::ethernet2(src, dst)
-        .ipv6(v6(sip), v6(dip), 64)
-        .tcp(sport, dport, 1000, 65535);
-    let mut out = Vec::new();
-    with_flags(b, flags)
-        .write(&mut out, payload)
-        .expect("frame");
-    out
+    build::eth(src, dst)
+        .ipv6(v6(sip), v6(dip))
+        .tcp(tcp_header(sport, dport, flags), payload)
 }
 
-pub fn arp_request(src: Mac, sip: [u8; 4], tip: [u8; 4]) -> Vec<u8> {
-    let mut f = vec![0xff; 6];
-    f.extend_from_slice(&src);
-    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
-    f.extend_from_slice(&src);
-    f.extend_from_slice(&sip);
-    f.extend_from_slice(&[0; 6]);
-    f.extend_from_slice(&tip);
-    f
+fn v6(s: &str) -> Ipv6Addr {
+    s.parse().expect("an IPv6 address")
 }
 
+/// A standard DNS query for `name`, of type AAAA or A.
 pub fn dns_query(id: u16, name: &str, aaaa: bool) -> Vec<u8> {
-    use hickory_proto::op::{Message, MessageType, OpCode, Query};
-    use hickory_proto::rr::{Name, RecordType};
-    use std::str::FromStr;
-    let mut m = Message::new(id, MessageType::Query, OpCode::Query);
-    let t = if aaaa {
-        RecordType::AAAA
-    } else {
-        RecordType::A
-    };
-    m.add_query(Query::query(Name::from_str(name).expect("name"), t));
-    m.to_vec().expect("query")
+    use hickory_proto::rr::RecordType;
+    build::dns_query(
+        id,
+        name,
+        if aaaa {
+            RecordType::AAAA
+        } else {
+            RecordType::A
+        },
+    )
 }
 
+/// A neighbour solicitation from `src` at `sip` for `target`, to its
+/// solicited-node multicast group, hop limit 255.
 pub fn icmpv6_solicitation(src: Mac, sip: &str, target: &str) -> Vec<u8> {
-    let sip: std::net::Ipv6Addr = sip.parse().expect("v6");
-    let target: std::net::Ipv6Addr = target.parse().expect("v6");
-    let t = target.octets();
-    let dip = [
+    let t = v6(target).octets();
+    let group = Ipv6Addr::new(
         0xff02,
         0,
         0,
@@ -128,84 +98,40 @@ pub fn icmpv6_solicitation(src: Mac, sip: &str, target: &str) -> Vec<u8> {
         1,
         0xff00 | u16::from(t[13]),
         u16::from_be_bytes([t[14], t[15]]),
-    ];
-    let dip = std::net::Ipv6Addr::new(
-        dip[0], dip[1], dip[2], dip[3], dip[4], dip[5], dip[6], dip[7],
     );
-    let mut body = Vec::new();
-    body.extend_from_slice(&[0; 4]);
-    body.extend_from_slice(&t);
+    let mut body = t.to_vec();
     body.extend_from_slice(&[1, 1]);
     body.extend_from_slice(&src);
-    let mut out = Vec::new();
-    PacketBuilder::ethernet2(src, [0x33, 0x33, 0xff, t[13], t[14], t[15]])
-        .ipv6(sip.octets(), dip.octets(), 255)
-        .icmpv6(etherparse::Icmpv6Type::Unknown {
-            type_u8: 135,
-            code_u8: 0,
-            bytes5to8: [0; 4],
-        })
-        .write(&mut out, &body[4..])
-        .expect("frame");
-    out
+    build::eth(src, [0x33, 0x33, 0xff, t[13], t[14], t[15]])
+        .ipv6(v6(sip), group)
+        .ttl(255)
+        .icmp(icmp(135), &body)
 }
 
-/// An extension header of 8 bytes holding one PadN option: a hop-by-hop or
-/// destination options header (its Next Header is filled in by [`icmpv6_frame`]).
-pub fn ext_options() -> Vec<u8> {
-    vec![0, 0, 1, 4, 0, 0, 0, 0]
-}
-
-/// A Fragment header at `offset` (in 8-byte units); offset 0 without `more`
-/// is an atomic fragment.
-pub fn ext_fragment(offset: u16, more: bool) -> Vec<u8> {
-    let o = offset << 3 | u16::from(more);
-    let mut f = vec![0, 0];
-    f.extend_from_slice(&o.to_be_bytes());
-    f.extend_from_slice(&[0, 0, 0x5e, 0xed]);
-    f
+fn icmp(msg_type: u8) -> icmpv4::Repr {
+    icmpv4::Repr {
+        msg_type,
+        code: 0,
+        rest_of_header: [0; 4],
+    }
 }
 
 /// An ICMPv6 message of type `kind` (`body`: what follows its 4-byte header)
 /// from `src` at fe80::a to all-nodes, hop limit 255 as neighbour discovery
 /// has it, behind the extension headers `exts` (protocol number and bytes;
-/// each Next Header is filled in here), with a valid checksum: what a container
+/// each Next Header is filled in), with a valid checksum: what a container
 /// would send to hide a router advertisement from the guard.
 pub fn icmpv6_frame(src: Mac, kind: u8, body: &[u8], exts: &[(u8, Vec<u8>)]) -> Vec<u8> {
-    let sip: [u8; 16] = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xa];
-    let dip: [u8; 16] = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-    let mut f = vec![0x33, 0x33, 0, 0, 0, 1];
-    f.extend_from_slice(&src);
-    f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0, 0, 0, 0, 255]);
-    f.extend_from_slice(&sip);
-    f.extend_from_slice(&dip);
-    f[20] = exts.first().map_or(58, |e| e.0);
-    for (i, (_, h)) in exts.iter().enumerate() {
-        let at = f.len();
-        f.extend_from_slice(h);
-        f[at] = exts.get(i + 1).map_or(58, |e| e.0);
-    }
-    let icmp_at = f.len();
-    f.extend_from_slice(&[kind, 0, 0, 0]);
-    f.extend_from_slice(body);
-    let plen = (f.len() - 54) as u16;
-    f[18..20].copy_from_slice(&plen.to_be_bytes());
-    // the pseudo-header (RFC 8200 8.1), then the message
-    let icmp_len = (f.len() - icmp_at) as u32;
-    let mut sum: u32 = 58 + (icmp_len >> 16) + (icmp_len & 0xffff);
-    let mut words = |b: &[u8]| {
-        for c in b.chunks(2) {
-            sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
-        }
-    };
-    words(&sip);
-    words(&dip);
-    words(&f[icmp_at..]);
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    f[icmp_at + 2..icmp_at + 4].copy_from_slice(&(!(sum as u16)).to_be_bytes());
-    f
+    let (rest, data) = body.split_at(body.len().min(4));
+    let mut m = icmp(kind);
+    m.rest_of_header[..rest.len()].copy_from_slice(rest);
+    let ip = exts.iter().fold(
+        build::eth(src, [0x33, 0x33, 0, 0, 0, 1])
+            .ipv6(v6("fe80::a"), v6("ff02::1"))
+            .ttl(255),
+        |ip, (proto, h)| ip.ext(*proto, h.clone()),
+    );
+    ip.icmp(m, data)
 }
 
 /// A router advertisement's body after its ICMPv6 header: hop limit 64,
@@ -230,14 +156,6 @@ pub fn neighbor_advertisement_body(target: &str, lladdr: Mac) -> Vec<u8> {
     b.extend_from_slice(&[2, 1]);
     b.extend_from_slice(&lladdr);
     b
-}
-
-/// A VXLAN datagram of `frame` on `vni`.
-pub fn datagram(vni: u32, frame: &[u8]) -> Vec<u8> {
-    let mut d = vec![0u8; vxlan::VXLAN_HEADER_LEN];
-    vxlan::emit(&mut d, vni);
-    d.extend_from_slice(frame);
-    d
 }
 
 pub fn vnet_frame(h: vnet::VnetHdr, frame: &[u8]) -> Vec<u8> {
