@@ -20,13 +20,13 @@
 
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
-use etherparse::PacketBuilder;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
-use vxmesh_dataplane::wire::{flow_hash::flow_hash, vxlan};
+use vxmesh_dataplane::wire::build::{self, arp_request, datagram};
+use vxmesh_dataplane::wire::{flow_hash::flow_hash, tcp as tcp_wire};
 
 // beside this file, not in benches/ (which would make it a bench of its own)
 #[path = "switch/datapath.rs"]
@@ -168,31 +168,9 @@ fn state(extra_remote: usize) -> (SwitchState, Vec<Mac>) {
 }
 
 fn udp(src: Mac, dst: Mac, sip: [u8; 4], dip: [u8; 4]) -> Vec<u8> {
-    let mut out = Vec::new();
-    PacketBuilder::ethernet2(src, dst)
-        .ipv4(sip, dip, 64)
-        .udp(1000, 2000)
-        .write(&mut out, &[0x5a; PAYLOAD])
-        .unwrap();
-    out
-}
-
-fn arp_request(src_mac: Mac, src_ip: [u8; 4], target_ip: [u8; 4]) -> Vec<u8> {
-    let mut f = vec![0xff; 6];
-    f.extend_from_slice(&src_mac);
-    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
-    f.extend_from_slice(&src_mac);
-    f.extend_from_slice(&src_ip);
-    f.extend_from_slice(&[0; 6]);
-    f.extend_from_slice(&target_ip);
-    f
-}
-
-fn datagram(vni: u32, frame: &[u8]) -> Vec<u8> {
-    let mut d = vec![0u8; vxlan::VXLAN_HEADER_LEN];
-    vxlan::emit(&mut d, vni);
-    d.extend_from_slice(frame);
-    d
+    build::eth(src, dst)
+        .ipv4(sip, dip)
+        .udp(1000, 2000, &[0x5a; PAYLOAD])
 }
 
 fn group<'a>(c: &'a mut Criterion, name: &str) -> BenchmarkGroup<'a, WallTime> {

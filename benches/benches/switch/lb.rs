@@ -159,26 +159,23 @@ pub(super) fn tcp(
     flags: Flags,
     payload: usize,
 ) -> Vec<u8> {
-    let mut out = Vec::new();
-    let b = PacketBuilder::ethernet2(src, dst)
-        .ipv4(from.0, to.0, 64)
-        .tcp(from.1, to.1, 1000, 64_000);
-    flags
-        .set(b)
-        .write(&mut out, &vec![0x5a; payload])
-        .expect("frame");
-    out
+    build::eth(src, dst)
+        .ipv4(from.0, to.0)
+        .tcp(flags.header(from.1, to.1), &vec![0x5a; payload])
 }
 
 impl Flags {
-    pub(super) fn set(
-        self,
-        b: etherparse::PacketBuilderStep<etherparse::TcpHeader>,
-    ) -> etherparse::PacketBuilderStep<etherparse::TcpHeader> {
-        match self {
-            Flags::Syn => b.syn(),
-            Flags::SynAck => b.syn().ack(1),
-            Flags::Ack => b.ack(1),
+    /// The TCP header of these flags (sequence 1000, window 64,000; an ACK
+    /// acknowledges 1).
+    pub(super) fn header(self, src_port: u16, dst_port: u16) -> tcp_wire::Repr {
+        let flags = match self {
+            Flags::Syn => tcp_wire::SYN,
+            Flags::SynAck => tcp_wire::SYN | tcp_wire::ACK,
+            Flags::Ack => tcp_wire::ACK,
+        };
+        tcp_wire::Repr {
+            window: 64_000,
+            ..build::tcp(src_port, dst_port, 1000, flags)
         }
     }
 }

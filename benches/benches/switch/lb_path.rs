@@ -294,16 +294,10 @@ pub(super) fn tcp6(
     flags: Flags,
     payload: usize,
 ) -> Vec<u8> {
-    let a = |s: &str| s.parse::<std::net::Ipv6Addr>().expect("v6").octets();
-    let mut out = Vec::new();
-    let b = PacketBuilder::ethernet2(src, dst)
-        .ipv6(a(from.0), a(to.0), 64)
-        .tcp(from.1, to.1, 1000, 64_000);
-    flags
-        .set(b)
-        .write(&mut out, &vec![0x5a; payload])
-        .expect("frame");
-    out
+    let a = |s: &str| s.parse::<std::net::Ipv6Addr>().expect("v6");
+    build::eth(src, dst)
+        .ipv6(a(from.0), a(to.0))
+        .tcp(flags.header(from.1, to.1), &vec![0x5a; payload])
 }
 
 /// `vip6_tracked` and `vip6_reply`: `vip_tracked` and `vip_reply` through the

@@ -5,14 +5,13 @@ use super::*;
 /// A TCP super-frame of 44 MSS-sized segments, as a container's kernel hands the
 /// TAP with TSO (64 KiB), and the same data as the segments GRO merges back.
 pub(super) fn super_frame() -> Vec<u8> {
-    let mut out = Vec::new();
-    PacketBuilder::ethernet2(A, R)
-        .ipv4([10, 0, 0, 10], [10, 0, 0, 12], 64)
-        .tcp(40000, 5201, 1, 64000)
-        .ack(1)
-        .write(&mut out, &vec![0x5a; 44 * 1398])
-        .expect("frame fits");
-    out
+    build::eth(A, R).ipv4([10, 0, 0, 10], [10, 0, 0, 12]).tcp(
+        tcp_wire::Repr {
+            window: 64_000,
+            ..build::tcp(40000, 5201, 1, tcp_wire::ACK)
+        },
+        &vec![0x5a; 44 * 1398],
+    )
 }
 
 /// Segmentation and coalescing, per 1398-byte segment (Elements = segments).
