@@ -383,8 +383,8 @@ impl Worker {
                         }
                         false
                     }
-                    UNDERLAY => self.drain_underlay(&mut buf),
-                    WIREGUARD => self.drain_wireguard(&mut buf),
+                    UNDERLAY => self.drain(receive::Rx::Underlay, &mut buf),
+                    WIREGUARD => self.drain(receive::Rx::WireGuard, &mut buf),
                     DNS_FORWARD => self.drain_dns(),
                     t => self.drain_port(PortId((t.0 - FIRST_PORT_TOKEN) as u32), &mut buf),
                 };

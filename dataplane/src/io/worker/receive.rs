@@ -25,13 +25,15 @@ pub(super) fn count_overflow(meta: &[gso::RecvMeta], seen: &mut u32, c: &mut Cou
 }
 
 impl Worker {
-    /// Reads the underlay until empty (within the budget). With UDP GRO one read
-    /// holds a run of datagrams of one flow, handed to the datapath one by one
-    /// (it coalesces consecutive TCP segments for one port into one TAP write).
-    pub(super) fn drain_underlay(&mut self, buf: &mut PacketBuf) -> bool {
+    /// Reads `rx` until empty (within the budget) and hands each datagram to
+    /// the datapath: VXLAN from the underlay, WireGuard from the tunnel
+    /// socket. With UDP GRO one read holds a run of datagrams of one flow,
+    /// handed over one by one (the datapath coalesces consecutive TCP
+    /// segments for one port into one TAP write).
+    pub(super) fn drain(&mut self, rx: Rx, buf: &mut PacketBuf) -> bool {
         let mut more = true;
         for _ in 0..BUDGET / gso::BATCH {
-            let Some(got) = self.read_batch(Rx::Underlay) else {
+            let Some(got) = self.read_batch(rx) else {
                 more = false;
                 break;
             };
@@ -40,13 +42,20 @@ impl Worker {
             for m in 0..got {
                 let meta = self.rx_meta[m];
                 for d in meta.datagrams() {
-                    self.dp.handle_underlay_rx(
-                        meta.from.ip(),
-                        &self.rx_bufs[m][d],
-                        buf,
-                        now,
-                        &mut self.io,
-                    );
+                    let datagram = &self.rx_bufs[m][d];
+                    match rx {
+                        Rx::Underlay => self.dp.handle_underlay_rx(
+                            meta.from.ip(),
+                            datagram,
+                            buf,
+                            now,
+                            &mut self.io,
+                        ),
+                        Rx::WireGuard => {
+                            self.dp
+                                .handle_tunnel_rx(meta.from, datagram, buf, now, &mut self.io)
+                        }
+                    }
                 }
             }
             if self.emptied(got) {
@@ -58,8 +67,6 @@ impl Worker {
         more
     }
 
-    /// Reads one batch of `sock` into `rx_bufs`/`rx_meta`, counting what the
-    /// socket dropped since the last read; `None` when it is empty (or failed).
     pub(super) fn read_batch(&mut self, sock: Rx) -> Option<usize> {
         let (s, seen) = match sock {
             Rx::Underlay => (&self.io.underlay.rx, &mut self.underlay_dropped),
@@ -87,38 +94,6 @@ impl Worker {
     /// see EAGAIN (one syscall per wake-up saved when a wake-up brings one or two).
     pub(super) fn emptied(&self, got: usize) -> bool {
         got < self.rx_bufs.len().min(gso::BATCH)
-    }
-
-    /// Reads the WireGuard socket until empty (within the budget): with UDP GRO a
-    /// read holds a run of one peer's datagrams, each decrypted in turn by the
-    /// datapath.
-    pub(super) fn drain_wireguard(&mut self, buf: &mut PacketBuf) -> bool {
-        let mut more = true;
-        for _ in 0..BUDGET / gso::BATCH {
-            let Some(got) = self.read_batch(Rx::WireGuard) else {
-                more = false;
-                break;
-            };
-            let now = Instant::now();
-            for m in 0..got {
-                let meta = self.rx_meta[m];
-                for d in meta.datagrams() {
-                    self.dp.handle_tunnel_rx(
-                        meta.from,
-                        &self.rx_bufs[m][d],
-                        buf,
-                        now,
-                        &mut self.io,
-                    );
-                }
-            }
-            if self.emptied(got) {
-                more = false;
-                break;
-            }
-        }
-        self.dp.flush(&mut self.io);
-        more
     }
 }
 

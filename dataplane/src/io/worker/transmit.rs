@@ -107,6 +107,8 @@ impl Worker {
         let mut more = true;
         // counted once per batch: no refcount or counter line touched per frame
         let (mut pkts, mut bytes) = (0u64, 0u64);
+        // one clock read per drain, as the receive side reads one per batch
+        let now = Instant::now();
         for _ in 0..BUDGET {
             let slot = if vnet {
                 buf.vnet_slot()
@@ -137,8 +139,7 @@ impl Worker {
                 bytes += n as u64;
                 PortRead::Frame(n)
             };
-            self.dp
-                .handle_port_rx(port, read, buf, Instant::now(), &mut self.io);
+            self.dp.handle_port_rx(port, read, buf, now, &mut self.io);
         }
         if let Some(p) = self.io.ports.get(&port) {
             p.traffic.rx(self.io.lane, pkts, bytes);
